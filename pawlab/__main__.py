@@ -1,0 +1,3 @@
+from pawlab.cli import main
+
+raise SystemExit(main())

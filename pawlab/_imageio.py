@@ -1,0 +1,127 @@
+"""Decoding and resizing one image, robustly; and a process pool to do many.
+
+`decode` is the single place where bytes become pixels. It never lets a damaged file pass
+as an image: truncated files, decompression bombs and non-images raise `ImageDecodeError`
+with a short reason, which callers record as a skipped file.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing as mp
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+# A partial decode must fail loudly, never produce a half-grey image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ImageDecodeError(Exception):
+    """A file is not a usable image; ``str(exc)`` is the one-line reason."""
+
+
+def _flatten_alpha(im: Image.Image) -> Image.Image:
+    """Composite transparent images onto white, as viewers show them."""
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba).convert("RGB")
+    return im
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit and float modes: scale to 8 bits instead of clipping everything to white."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im, dtype=np.float64)
+        return Image.fromarray(np.clip(a / 257.0, 0, 255).round().astype(np.uint8), "L")
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        scale = 255.0 if a.max(initial=0.0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(a * scale, 0, 255).round().astype(np.uint8), "L")
+    return im
+
+
+def decode(data: bytes, size: tuple[int, int] | None, channels: int = 3) -> np.ndarray:
+    """Bytes to a uint8 array of shape (H, W, channels), resized to ``size`` = (H, W).
+
+    JPEGs are scaled while decoding (DCT scaling via ``Image.draft``) to the smallest
+    power-of-two reduction still at least ``size``, then resized: the same quality as a
+    full decode at a fraction of the cost. EXIF orientation is applied. The image is
+    squashed to ``size`` (no crop), as in the Cortex and Keras tutorials.
+    """
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    mode = "RGB" if channels == 3 else "L"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            if size is not None and im.format == "JPEG":
+                h, w = size
+                # draft() wants (width, height) in stored orientation; ask for the larger side
+                # both ways so that an EXIF rotation cannot leave us below the target.
+                side = max(h, w)
+                im.draft(mode if im.mode != "CMYK" else None, (side, side))
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            im = _flatten_alpha(_to_8bit(im))
+            if im.mode != mode:
+                im = im.convert(mode)
+            if size is not None and (im.height, im.width) != size:
+                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            arr = np.array(im, dtype=np.uint8)  # a writable copy, detached from PIL
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"decompression bomb guard: {exc}") from None
+    except Image.DecompressionBombWarning as exc:
+        raise ImageDecodeError(f"decompression bomb guard: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not a readable image") from None
+    except OSError as exc:
+        reason = str(exc)
+        if "truncated" in reason:
+            raise ImageDecodeError(f"truncated image ({reason})") from None
+        raise ImageDecodeError(f"cannot decode image ({reason})") from None
+    except (ValueError, SyntaxError, EOFError, TypeError) as exc:
+        raise ImageDecodeError(f"cannot decode image ({exc})") from None
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def parallel_map(
+    fn: Callable[[T], R], tasks: Iterable[T], *, workers: int, total: int, chunksize: int = 16
+) -> Iterator[R]:
+    """``map(fn, tasks)`` in order, in ``workers`` processes when the job is big enough.
+
+    ``forkserver`` keeps workers clean of the parent's threads (torch, OpenMP), which makes
+    forking safe even after a model was built.
+    """
+    if workers <= 1 or total < 2 * chunksize:
+        yield from map(fn, tasks)
+        return
+    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers) as pool:
+        yield from pool.imap(fn, tasks, chunksize=chunksize)

@@ -1,0 +1,104 @@
+"""Readers for image sources: a folder and a zip behind one interface.
+
+A source lists its files as relative POSIX names and returns their bytes; everything above
+(labelling, splitting, decoding) works on names and bytes only, so folders and zips behave
+identically. Sources are cheap to re-open by path, which is how worker processes get theirs.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from datetime import datetime
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+from pawlab.errors import DataError
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of a source: its relative POSIX name, byte size and modification time."""
+
+    name: str
+    size: int
+    mtime: float
+
+
+class Source(Protocol):
+    path: Path
+
+    def entries(self) -> list[Entry]: ...
+
+    def read(self, name: str) -> bytes: ...
+
+
+class FolderSource:
+    kind = "folder"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def entries(self) -> list[Entry]:
+        out: list[Entry] = []
+        for root, dirs, files in os.walk(self.path, followlinks=True):
+            dirs.sort()
+            rel_root = Path(root).relative_to(self.path)
+            for fname in sorted(files):
+                full = Path(root) / fname
+                try:
+                    st = full.stat()
+                except OSError:  # dangling link: listed so that it is reported, not lost
+                    out.append(Entry((rel_root / fname).as_posix(), -1, 0.0))
+                    continue
+                out.append(Entry((rel_root / fname).as_posix(), st.st_size, st.st_mtime))
+        return out
+
+    def read(self, name: str) -> bytes:
+        return (self.path / name).read_bytes()
+
+
+class ZipSource:
+    """A zip read in place: no extraction."""
+
+    kind = "zip"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DataError(f"{path}: not a readable zip file ({exc})") from None
+
+    def entries(self) -> list[Entry]:
+        out = []
+        for info in self._zip.infolist():
+            if info.is_dir():
+                continue
+            mtime = datetime(*info.date_time).timestamp()
+            out.append(Entry(info.filename, info.file_size, mtime))
+        out.sort(key=lambda e: e.name)
+        return out
+
+    def read(self, name: str) -> bytes:
+        return self._zip.read(name)
+
+
+def open_source(path: str | os.PathLike[str]) -> FolderSource | ZipSource:
+    """Open a folder or a ``.zip`` as a source; a clear error for anything else."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"{p}: no such file or folder")
+    if p.is_dir():
+        return FolderSource(p.resolve())
+    if zipfile.is_zipfile(p):
+        return ZipSource(p.resolve())
+    raise DataError(f"{p}: not a folder or a zip file")
+
+
+@lru_cache(maxsize=8)
+def cached_source(path: str) -> FolderSource | ZipSource:
+    """Per-process cache, so that a worker opens a zip once, not once per file."""
+    return open_source(path)

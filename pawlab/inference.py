@@ -1,0 +1,341 @@
+"""Inference: load a model file, predict images, evaluate labelled data, write submissions."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from pawlab import checkpoint
+from pawlab._imageio import ImageDecodeError, decode, default_workers, parallel_map
+from pawlab.data import Skipped, decode_task, load_eval_set, load_unlabeled
+from pawlab.errors import DataError, ModelFileError
+from pawlab.models import Network, build
+from pawlab.preprocessing import Preprocessing
+from pawlab.training import predict_logits, resolve_device
+
+ImageLike = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's class probabilities, in the Cortex tutorial's shape."""
+
+    probabilities: dict[str, float]
+    classification: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"probability-map": self.probabilities, "classification": self.classification}
+
+
+class Model:
+    """A trained classifier loaded from its model file."""
+
+    def __init__(self, network: Network, classes: list[str], preprocessing: Preprocessing,
+                 meta: dict[str, Any], path: Path | None = None, device: str = "auto") -> None:
+        self.device = resolve_device(device)
+        self.network = network.to(self.device).eval()
+        self.classes = classes
+        self.preprocessing = preprocessing
+        self.meta = meta
+        self.path = path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str = "auto") -> Model:
+        ck = checkpoint.load(path)
+        try:
+            classes = list(ck.meta["classes"])
+            pre = Preprocessing.from_json(ck.meta["preprocessing"])
+            network = build(ck.meta["architecture"], num_classes=len(classes), where=str(path))
+            network.load_state_dict(ck.model_state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ModelFileError(f"{path}: damaged model file ({str(exc).splitlines()[0]})") from None
+        return cls(network, classes, pre, ck.meta, Path(path), device)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return dict(self.meta.get("metrics", {}))
+
+    def _load_image(self, image: ImageLike) -> np.ndarray:
+        """Anything image-like -> uint8 (H, W, C) at the model's input size."""
+        size, c = self.preprocessing.size, self.preprocessing.channels
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim not in (2, 3):
+                raise DataError("image array must be uint8 with shape (H, W) or (H, W, C)")
+            image = Image.fromarray(image)
+        if isinstance(image, Image.Image):
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            data, name = buf.getvalue(), "<image>"
+        elif isinstance(image, bytes):
+            data, name = image, "<bytes>"
+        else:
+            name = str(image)
+            try:
+                data = Path(image).read_bytes()
+            except OSError as exc:
+                raise DataError(f"{name}: cannot read ({exc.strerror})") from None
+        try:
+            return decode(data, size, c)
+        except ImageDecodeError as exc:
+            raise DataError(f"{name}: {exc}") from None
+
+    def predict_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """uint8 (N, H, W, C) at the model's size -> probabilities (N, classes)."""
+        logits = predict_logits(self.network, images, self.preprocessing, self.device, batch_size)
+        return F.softmax(logits, dim=1).numpy()
+
+    def predict(self, image: ImageLike) -> Prediction:
+        """One image (path, bytes, PIL image or uint8 array) -> its probability map."""
+        probs = self.predict_proba(self._load_image(image)[None])[0]
+        return self._prediction(probs)
+
+    def predict_many(self, images: Sequence[ImageLike]) -> list[Prediction]:
+        arrays = np.stack([self._load_image(im) for im in images])
+        return [self._prediction(p) for p in self.predict_proba(arrays)]
+
+    def _prediction(self, probs: np.ndarray) -> Prediction:
+        pm = {c: float(p) for c, p in zip(self.classes, probs, strict=True)}
+        return Prediction(pm, self.classes[int(np.argmax(probs))])
+
+
+def load_model(path: str | os.PathLike[str], device: str = "auto") -> Model:
+    """Load a model file written by `pawlab.train`."""
+    return Model.load(path, device)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvalReport:
+    classes: list[str]
+    count: int
+    accuracy: float
+    log_loss: float
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
+    precision: dict[str, float]
+    recall: dict[str, float]
+    split: str  # which images were evaluated, in words
+    figures: dict[str, str] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy, "log_loss": self.log_loss, "count": self.count,
+            "classes": self.classes, "confusion_matrix": self.confusion_matrix,
+            "precision": self.precision, "recall": self.recall, "evaluated": self.split,
+            "figures": self.figures, "skipped": self.skipped,
+        }
+
+    def table(self) -> str:
+        w = max(8, *(len(c) for c in self.classes))
+        lines = [
+            f"evaluated {self.count} images ({self.split})",
+            f"accuracy  {self.accuracy:.4f}",
+            f"log loss  {self.log_loss:.4f}",
+            "",
+            f"{'class':<{w}}  precision  recall",
+        ]
+        lines += [f"{c:<{w}}  {self.precision[c]:>9.4f}  {self.recall[c]:>6.4f}" for c in self.classes]
+        lines += ["", "confusion matrix (rows: true, columns: predicted)",
+                  " " * w + "  " + "  ".join(f"{c:>{w}}" for c in self.classes)]
+        for c, row in zip(self.classes, self.confusion_matrix, strict=True):
+            lines.append(f"{c:<{w}}  " + "  ".join(f"{v:>{w}}" for v in row))
+        for name, path in self.figures.items():
+            lines.append(f"{name}: {path}")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} files (see --json for the list)")
+        return "\n".join(lines)
+
+
+def metrics_from_probs(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, log loss, confusion matrix, per-class precision and recall."""
+    k = len(classes)
+    pred = probs.argmax(1)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (labels, pred), 1)
+    p_true = np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0)
+    col, row = cm.sum(0), cm.sum(1)
+    diag = np.diag(cm)
+    return {
+        "accuracy": float((pred == labels).mean()),
+        "log_loss": float(-np.log(p_true).mean()),
+        "confusion_matrix": cm.tolist(),
+        "precision": {c: float(diag[i] / col[i]) if col[i] else 0.0 for i, c in enumerate(classes)},
+        "recall": {c: float(diag[i] / row[i]) if row[i] else 0.0 for i, c in enumerate(classes)},
+    }
+
+
+def evaluate(
+    model: Model | str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    *,
+    report_dir: str | os.PathLike[str] | None = None,
+    workers: int = 0,
+    progress: bool = True,
+    samples: int = 24,
+) -> EvalReport:
+    """Evaluate on labelled data: its validation split when it has one, never training images.
+
+    Writes ``predictions.png`` (a grid of sample predictions, wrong ones marked) to
+    ``report_dir`` (default: beside the model file, ``<model>-eval/``).
+    """
+    m = model if isinstance(model, Model) else load_model(model)
+    data_info = m.meta.get("training", {}).get("data", {})
+    ev = load_eval_set(data, m.preprocessing.size, m.preprocessing.channels, m.classes,
+                       trained_on=data_info, workers=workers, progress=progress)
+    probs = m.predict_proba(ev.images.images)
+    stats = metrics_from_probs(probs, ev.images.labels, m.classes)
+    if report_dir is None:
+        base = m.path if m.path is not None else Path("model")
+        report_dir = base.with_name(base.stem + "-eval")
+    out = Path(report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    from pawlab.reports import prediction_grid
+
+    grid = prediction_grid(ev.images.images, ev.images.labels, probs, m.classes, out / "predictions.png",
+                           samples=samples)
+    return EvalReport(classes=m.classes, count=len(ev.images), split=ev.description,
+                      figures={"predictions": str(grid)},
+                      skipped=[{"name": s.name, "reason": s.reason} for s in ev.skipped], **stats)
+
+
+# ----------------------------------------------------------------------------- submission
+
+
+@dataclass
+class SubmitReport:
+    path: Path
+    rows: int  # rows in the file now
+    written: int  # rows written by this run
+    resumed: int  # rows already there
+    skipped: list[Skipped]
+    failed: list[Skipped]  # images that could not be decoded: written with an uninformative label
+    seconds: float
+
+
+def _numeric_id(name: str) -> int | None:
+    stem = PurePosixPath(name).stem
+    return int(stem) if re.fullmatch(r"\d+", stem) else None
+
+
+def _existing_rows(path: Path) -> set[int]:
+    """Ids already in a (possibly interrupted) submission; a torn last line is cut off."""
+    if not path.exists():
+        return set()
+    raw = path.read_bytes()
+    if not raw.startswith(b"id,label\n"):
+        raise DataError(f"{path}: exists and is not a submission file (delete it to start over)")
+    cut = raw.rfind(b"\n") + 1
+    if cut < len(raw):
+        with open(path, "r+b") as fh:
+            fh.truncate(cut)
+    ids = set()
+    for line in raw[9:cut].decode().splitlines():
+        ids.add(int(line.split(",", 1)[0]))
+    return ids
+
+
+def submit(
+    model: Model | str | os.PathLike[str],
+    test: str | os.PathLike[str],
+    out: str | os.PathLike[str] = "submission.csv",
+    *,
+    hard: bool = False,
+    batch_size: int = 256,
+    workers: int = 0,
+    progress: bool = True,
+    stream: TextIO | None = None,
+) -> SubmitReport:
+    """Write the Kaggle CSV ``id,label`` for a folder or zip of images named by numeric id.
+
+    ``label`` is the probability of the second class (``dog`` for cat/dog) clipped to
+    [0.005, 0.995], or 0/1 with ``hard``; with more than two classes, the predicted class
+    name. Rows are appended in id order, a batch at a time: an interrupted run, started
+    again, keeps the rows already written and does the rest.
+    """
+    start = time.perf_counter()
+    m = model if isinstance(model, Model) else load_model(model)
+    source, names, skipped = load_unlabeled(test, m.preprocessing.size, m.preprocessing.channels)
+    numbered = []
+    for n in names:
+        i = _numeric_id(n)
+        if i is None:
+            skipped.append(Skipped(n, "name is not a numeric id"))
+        else:
+            numbered.append((i, n))
+    numbered.sort()
+    ids = [i for i, _ in numbered]
+    dupes = {i for i in ids if ids.count(i) > 1} if len(set(ids)) != len(ids) else set()
+    if dupes:
+        raise DataError(f"{source.path}: several images share the id {min(dupes)}")
+    out_path = Path(out)
+    done = _existing_rows(out_path)
+    todo = [(i, n) for i, n in numbered if i not in done]
+    if not out_path.exists():
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_bytes(b"id,label\n")
+    binary = len(m.classes) == 2
+    failed: list[Skipped] = []
+    tasks = [(str(source.path), n, m.preprocessing.size, m.preprocessing.channels) for _, n in todo]
+    results = parallel_map(decode_task, tasks, workers=workers or default_workers(), total=len(tasks))
+    bar = tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress or None, file=sys.stderr)
+    fd = os.open(out_path, os.O_WRONLY | os.O_APPEND)
+    written = 0
+    try:
+        for chunk in _chunks(zip(todo, results, strict=True), batch_size):
+            good = [(i, r) for (i, _), r in chunk if not isinstance(r, str)]
+            failed += [Skipped(n, r) for (_, n), r in chunk if isinstance(r, str)]
+            probs = m.predict_proba(np.stack([r for _, r in good])) if good else np.empty((0, 0))
+            by_id = {i: p for (i, _), p in zip(good, probs, strict=True)}
+            rows = []
+            for (i, _), _r in chunk:
+                p = by_id.get(i)
+                rows.append(f"{i},{_label(p, m.classes, binary, hard)}\n")
+            os.write(fd, "".join(rows).encode())  # whole rows in one write
+            written += len(rows)
+            bar.update(len(chunk))
+    finally:
+        os.close(fd)
+        bar.close()
+    return SubmitReport(out_path, len(done) + written, written, len(done), skipped, failed,
+                        time.perf_counter() - start)
+
+
+def _label(p: np.ndarray | None, classes: list[str], binary: bool, hard: bool) -> str:
+    if p is None:  # undecodable image: the uninformative answer
+        return "0.5" if binary and not hard else ("0" if binary else classes[0])
+    if not binary:
+        return classes[int(np.argmax(p))]
+    if hard:
+        return str(int(p[1] >= 0.5))
+    return f"{float(np.clip(p[1], 0.005, 0.995)):.6f}"
+
+
+def _chunks(it: Iterator[Any] | Any, n: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for x in it:
+        chunk.append(x)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def report_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2)

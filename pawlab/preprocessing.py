@@ -1,0 +1,51 @@
+"""How pixels become network inputs; stored in every model file so inference matches training."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    size: tuple[int, int]  # (H, W)
+    channels: int = 3
+    resize: str = "squash"  # the whole image resized to size, aspect ratio not kept
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # on [0, 1] pixels: inputs end up in [-1, 1]
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    @classmethod
+    def for_input(cls, shape: tuple[int, ...]) -> Preprocessing:
+        """Default preprocessing for a network input (C, H, W)."""
+        c = shape[0]
+        return cls(size=(shape[1], shape[2]), channels=c, mean=(0.5,) * c, std=(0.5,) * c)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["size"] = list(self.size)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Preprocessing:
+        return cls(
+            size=(int(d["size"][0]), int(d["size"][1])),
+            channels=int(d["channels"]),
+            resize=str(d.get("resize", "squash")),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+        )
+
+    def to_unit(self, batch: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1]."""
+        t = torch.as_tensor(batch)
+        return t.permute(0, 3, 1, 2).float().div_(255.0)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels (B, C, H, W) -> network inputs."""
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
