@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL.JpegImagePlugin import JpegImageFile
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -67,8 +68,8 @@ def decode(data: bytes, size: tuple[int, int] | None, channels: int = 3) -> np.n
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            if size is not None and im.format == "JPEG":
+            im: Image.Image = Image.open(io.BytesIO(data))
+            if size is not None and isinstance(im, JpegImageFile):
                 h, w = size
                 # draft() wants (width, height) in stored orientation; ask for the larger side
                 # both ways so that an EXIF rotation cannot leave us below the target.

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import zipfile
-from datetime import datetime
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol

@@ -91,13 +91,13 @@ def load(path: str | os.PathLike[str], *, with_optimizer: bool = False) -> Check
     if not p.is_file():
         raise ModelFileError(f"{p}: no such model file")
     try:
-        with safe_open(str(p), framework="pt") as fh:  # type: ignore[no-untyped-call]
+        with safe_open(str(p), framework="pt") as fh:
             header = fh.metadata() or {}
             if "pawlab" not in header:
                 raise ModelFileError(f"{p}: not a pawlab model file (no pawlab metadata)")
             meta: dict[str, Any] = json.loads(header["pawlab"])
             model_state, optim_tensors = {}, {}
-            for key in fh.keys():
+            for key in fh.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if key.startswith(MODEL_PREFIX):
                     model_state[key[len(MODEL_PREFIX) :]] = fh.get_tensor(key)
                 elif with_optimizer and key.startswith(OPTIM_PREFIX):

@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a network; saves the model whenever validation loss improves")
     p.add_argument("data", help="a prepared folder or any source `prepare` accepts")
     arch = p.add_mutually_exclusive_group()
-    arch.add_argument("--arch", default=None, help="a built-in architecture (see `pawlab archs`); default cortex-cnn")
+    arch.add_argument(
+        "--arch", default=None, help="a built-in architecture (see `pawlab archs`); default cortex-cnn"
+    )
     arch.add_argument("--arch-file", type=Path, help="a network described in TOML, YAML or JSON")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=_positive_int, default=10)
@@ -73,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=_positive_int, default=None, help="override the network's input size")
     p.add_argument("--val-fraction", type=float, default=0.2, help="for sources without their own split")
-    p.add_argument("--patience", type=_positive_int, default=None, help="stop after N epochs without improvement")
+    p.add_argument(
+        "--patience", type=_positive_int, default=None, help="stop after N epochs without improvement"
+    )
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, default=0)
     _quiet(p)
@@ -87,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path)
     p.add_argument("data", help="a prepared folder or labelled source (its validation split if it has one)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--report-dir", type=Path, default=None, help="where to write figures (default: beside the model)")
+    p.add_argument(
+        "--report-dir", type=Path, default=None, help="where to write figures (default: beside the model)"
+    )
     p.add_argument("--workers", type=int, default=0)
     _quiet(p)
 
@@ -147,11 +153,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not 0 < args.val_fraction < 1:
         raise ConfigError(f"--val-fraction: must be strictly between 0 and 1, got {args.val_fraction}")
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    result = train(args.data, args.out, arch, cfg, size=args.size, val_fraction=args.val_fraction,
-                   workers=args.workers, patience=args.patience)
+    result = train(
+        args.data,
+        args.out,
+        arch,
+        cfg,
+        size=args.size,
+        val_fraction=args.val_fraction,
+        workers=args.workers,
+        patience=args.patience,
+    )
     b = result.best
-    print(f"best: epoch {int(b['epoch'])}, val loss {b['val_loss']:.4f}, val acc {b['val_accuracy']:.4f} "
-          f"-> {result.model_path} ({result.seconds:.0f}s)")
+    print(
+        f"best: epoch {int(b['epoch'])}, val loss {b['val_loss']:.4f}, val acc {b['val_accuracy']:.4f} "
+        f"-> {result.model_path} ({result.seconds:.0f}s)"
+    )
     return 0
 
 
@@ -172,8 +188,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pawlab.inference import evaluate
 
-    report = evaluate(args.model, args.data, report_dir=args.report_dir, workers=args.workers,
-                      progress=not args.quiet and not args.json)
+    report = evaluate(
+        args.model,
+        args.data,
+        report_dir=args.report_dir,
+        workers=args.workers,
+        progress=not args.quiet and not args.json,
+    )
     print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
     return 0
 
@@ -181,8 +202,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from pawlab.inference import submit
 
-    r = submit(args.model, args.test, args.out, hard=args.hard, batch_size=args.batch_size,
-               workers=args.workers, progress=not args.quiet)
+    r = submit(
+        args.model,
+        args.test,
+        args.out,
+        hard=args.hard,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
     resumed = f" ({r.resumed} already there, resumed)" if r.resumed else ""
     print(f"wrote {r.written} rows to {r.path}{resumed}: {r.rows} in all, {r.seconds:.1f}s")
     for s in r.failed:
@@ -213,8 +241,13 @@ def cmd_archs(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "demo": cmd_demo, "prepare": cmd_prepare, "train": cmd_train, "predict": cmd_predict,
-    "evaluate": cmd_evaluate, "submit": cmd_submit, "archs": cmd_archs,
+    "demo": cmd_demo,
+    "prepare": cmd_prepare,
+    "train": cmd_train,
+    "predict": cmd_predict,
+    "evaluate": cmd_evaluate,
+    "submit": cmd_submit,
+    "archs": cmd_archs,
 }
 
 

@@ -73,9 +73,7 @@ class AugmentConfig:
             key, sep, raw = part.strip().partition("=")
             key = key.strip()
             if key not in known:
-                raise ConfigError(
-                    f"augment: unknown option {key!r} (known: {', '.join(sorted(known))})"
-                )
+                raise ConfigError(f"augment: unknown option {key!r} (known: {', '.join(sorted(known))})")
             if key == "flip":
                 values[key] = raw.strip().lower() not in ("0", "false", "no") if sep else True
                 continue
@@ -122,13 +120,14 @@ class TrainConfig:
             f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})",
         )
         if self.lr is not None:
-            _check(
-                math.isfinite(self.lr) and self.lr > 0, "lr", f"must be a positive number, got {self.lr}"
-            )
+            _check(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be a positive number, got {self.lr}")
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-               "device", f"must be auto, cpu or cuda[:N], got {self.device!r}")
+        _check(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "device",
+            f"must be auto, cpu or cuda[:N], got {self.device!r}",
+        )
 
     @property
     def learning_rate(self) -> float:

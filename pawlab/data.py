@@ -256,8 +256,7 @@ def decode_names(
     ok: list[int] = []
     skipped: list[Skipped] = []
     results = parallel_map(decode_task, tasks, workers=workers, total=len(tasks))
-    bar = tqdm(results, total=len(tasks), desc=desc, unit="img", disable=not progress or None,
-               leave=False)
+    bar = tqdm(results, total=len(tasks), desc=desc, unit="img", disable=not progress or None, leave=False)
     for i, res in enumerate(bar):
         if isinstance(res, str):
             skipped.append(Skipped(names[i], res))
@@ -270,7 +269,9 @@ def decode_names(
 def _check_classes(items: Sequence[Item], where: str) -> list[str]:
     classes = sorted({it.label for it in items if it.label is not None})
     if not items:
-        raise DataError(f"{where}: no images found (looked for {', '.join(sorted({'.jpg', '.png', '...'}))} files)")
+        raise DataError(
+            f"{where}: no images found (looked for {', '.join(sorted({'.jpg', '.png', '...'}))} files)"
+        )
     if len(classes) < 2:
         only = f" only {classes[0]!r}" if classes else ""
         raise DataError(
@@ -420,8 +421,10 @@ class PrepareReport:
             lines.append(f"  {split:<10} {sum(per_class.values()):>6} images ({detail})")
         if self.skipped:
             reasons = Counter(s["reason"].split(" (")[0] for s in self.skipped)
-            lines.append(f"  skipped    {len(self.skipped):>6} files: " + "; ".join(
-                f"{n} {r}" for r, n in reasons.most_common()))
+            lines.append(
+                f"  skipped    {len(self.skipped):>6} files: "
+                + "; ".join(f"{n} {r}" for r, n in reasons.most_common())
+            )
         lines.append(f"  took {self.seconds:.1f}s; manifest: {Path(self.out) / 'manifest.json'}")
         return "\n".join(lines)
 

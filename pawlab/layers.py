@@ -57,15 +57,23 @@ def _out_size(size: int, kernel: int, stride: int, pad: int) -> int:
 
 
 @LAYERS.register("input")
-def input_layer(shape: Shape, ctx: BuildContext, *, size: int | list[int], channels: int = 3) -> tuple[None, Shape]:
+def input_layer(
+    shape: Shape, ctx: BuildContext, *, size: int | list[int], channels: int = 3
+) -> tuple[None, Shape]:
     """``size``: N or [H, W]; ``channels``: 3 (RGB) or 1 (grayscale). Must come first."""
     raise AssertionError("input is handled by build()")  # pragma: no cover
 
 
 @LAYERS.register("conv", "convolutional", "conv2d")
 def conv(
-    shape: Shape, ctx: BuildContext, *, filters: int, kernel: int, stride: int = 1,
-    pad: int | str = 0, bias: bool = True,
+    shape: Shape,
+    ctx: BuildContext,
+    *,
+    filters: int,
+    kernel: int,
+    stride: int = 1,
+    pad: int | str = 0,
+    bias: bool = True,
 ) -> tuple[nn.Module, Shape]:
     """2-D convolution. ``pad`` is a number of pixels or ``"same"``."""
     c, h, w = _image(shape, "conv")
@@ -123,7 +131,9 @@ def linear(
     on the network's last linear layer."""
     if units is None:
         if not ctx.is_last_linear:
-            raise LayerShapeError("units is required (only the last linear layer defaults to the number of classes)")
+            raise LayerShapeError(
+                "units is required (only the last linear layer defaults to the number of classes)"
+            )
         units = ctx.num_classes
     units = _int(units, "units")
     fan_in = math.prod(shape)

@@ -40,8 +40,14 @@ ARCHITECTURES: Registry[ArchFactory] = Registry("architecture")
 class Network(nn.Module):
     """A sequential network built from a description. ``forward`` returns logits (B, classes)."""
 
-    def __init__(self, spec: list[LayerSpec], input_shape: Shape, layers: list[nn.Module],
-                 shapes: list[Shape], names: list[str]) -> None:
+    def __init__(
+        self,
+        spec: list[LayerSpec],
+        input_shape: Shape,
+        layers: list[nn.Module],
+        shapes: list[Shape],
+        names: list[str],
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.input_shape = input_shape  # (C, H, W)

@@ -51,7 +51,12 @@ def prediction_grid(
         x0, y0 = pad + c * (tile + pad), pad + r * (tile + caption + pad)
         arr = images[i]
         im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).convert("RGB")
-        sheet.paste(im.resize((tile, tile), Image.Resampling.NEAREST if arr.shape[0] < 48 else Image.Resampling.BILINEAR), (x0, y0))
+        sheet.paste(
+            im.resize(
+                (tile, tile), Image.Resampling.NEAREST if arr.shape[0] < 48 else Image.Resampling.BILINEAR
+            ),
+            (x0, y0),
+        )
         pred = int(probs[i].argmax())
         ok = pred == int(labels[i])
         colour = RIGHT if ok else WRONG

@@ -29,9 +29,16 @@ from pawlab.augment import augment_batch
 from pawlab.config import DataConfig, TrainConfig
 from pawlab.data import Dataset, ImageSet, load_dataset
 from pawlab.errors import ConfigError
-from pawlab.models import LayerSpec, Network, build, get_architecture, input_shape, validate_spec, with_input_size
+from pawlab.models import (
+    LayerSpec,
+    Network,
+    build,
+    get_architecture,
+    input_shape,
+    validate_spec,
+    with_input_size,
+)
 from pawlab.preprocessing import Preprocessing
-
 
 # ----------------------------------------------------------------------------- loop
 
@@ -157,8 +164,9 @@ class Trainer:
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
         self.network.eval()
-        logits = predict_logits(self.network, self.val_set.images, self.preprocessing, self.device,
-                                self.config.batch_size * 2)
+        logits = predict_logits(
+            self.network, self.val_set.images, self.preprocessing, self.device, self.config.batch_size * 2
+        )
         y = torch.from_numpy(self.val_set.labels)
         return {
             "val_loss": F.cross_entropy(logits, y).item(),
@@ -206,7 +214,10 @@ class Trainer:
 
 
 def predict_logits(
-    network: torch.nn.Module, images: np.ndarray, pre: Preprocessing, device: torch.device,
+    network: torch.nn.Module,
+    images: np.ndarray,
+    pre: Preprocessing,
+    device: torch.device,
     batch_size: int = 256,
 ) -> torch.Tensor:
     """uint8 (N, H, W, C) -> float logits (N, classes) on the CPU, in eval mode."""
@@ -275,8 +286,14 @@ class ProgressPrinter(Callback):
         total = trainer.config.epochs
         label = f"epoch {trainer.state.epoch}" + (f"/{total}" if total else "")
         if self.bar_enabled:
-            self.bar = tqdm(total=trainer.batches_per_epoch, desc=label, unit="batch", leave=False,
-                            disable=None, file=sys.stderr)
+            self.bar = tqdm(
+                total=trainer.batches_per_epoch,
+                desc=label,
+                unit="batch",
+                leave=False,
+                disable=None,
+                file=sys.stderr,
+            )
 
     def after_batch(self, trainer: Trainer) -> None:
         self.seen += trainer.state.batch_size
@@ -296,7 +313,8 @@ class ProgressPrinter(Callback):
         print(
             f"epoch {n:>7}  train loss {m['train_loss']:.4f}  val loss {m['val_loss']:.4f}  "
             f"val acc {m['val_accuracy']:.4f}  {m['seconds']:.1f}s{mark}",
-            file=self.stream, flush=True,
+            file=self.stream,
+            flush=True,
         )
 
     def after_fit(self, trainer: Trainer) -> None:
@@ -355,8 +373,12 @@ def train(
         if ds.size != (h, w) or ds.train.images.shape[-1] != c:
             raise ConfigError(f"data: loaded at {ds.size} but the network expects {c}x{h}x{w}")
     else:
-        ds = load_dataset(data, DataConfig(size=h, val_fraction=val_fraction, seed=config.seed, workers=workers),
-                          channels=c, progress=config.progress)
+        ds = load_dataset(
+            data,
+            DataConfig(size=h, val_fraction=val_fraction, seed=config.seed, workers=workers),
+            channels=c,
+            progress=config.progress,
+        )
     torch.manual_seed(config.seed)
     network = build(spec, num_classes=len(ds.classes))
     pre = Preprocessing.for_input((c, h, w))
@@ -367,8 +389,14 @@ def train(
         "preprocessing": pre.to_json(),
         "training": {
             "config": _config_json(config),
-            "data": {"source": ds.source, "presplit": ds.presplit, "val_fraction": val_fraction,
-                     "seed": config.seed, "train_count": len(ds.train), "validation_count": len(ds.validation)},
+            "data": {
+                "source": ds.source,
+                "presplit": ds.presplit,
+                "val_fraction": val_fraction,
+                "seed": config.seed,
+                "train_count": len(ds.train),
+                "validation_count": len(ds.validation),
+            },
             "monitor": "val_loss",
         },
     }
@@ -380,14 +408,16 @@ def train(
         f"training {len(ds.train)} images ({', '.join(ds.classes)}), validating on {len(ds.validation)}, "
         f"{c}x{h}x{w} on {trainer.device}, {config.optimizer} lr {config.learning_rate:g}, "
         f"augment {config.augment.describe()}",
-        file=stream, flush=True,
+        file=stream,
+        flush=True,
     )
     state = trainer.fit()
     if not state.history:
         raise KeyboardInterrupt  # stopped before the first epoch ended: nothing was saved
     best_epoch = min(state.history, key=lambda m: m["val_loss"])
-    return TrainResult(Path(out), state.history, best_epoch, ds.classes, state.interrupted,
-                       time.perf_counter() - start)
+    return TrainResult(
+        Path(out), state.history, best_epoch, ds.classes, state.interrupted, time.perf_counter() - start
+    )
 
 
 def _config_json(config: TrainConfig) -> dict[str, Any]:

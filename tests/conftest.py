@@ -26,8 +26,9 @@ def make_image(label: str, seed: int, size: int = 24) -> Image.Image:
     return Image.fromarray(arr)
 
 
-def write_tree(root: Path, counts: dict[str, int], *, flat: bool = False, ext: str = ".jpg",
-               start: int = 0) -> Path:
+def write_tree(
+    root: Path, counts: dict[str, int], *, flat: bool = False, ext: str = ".jpg", start: int = 0
+) -> Path:
     """class-per-folder (``root/cat/cat.3.jpg``) or Kaggle-flat (``root/cat.3.jpg``) images."""
     for label, n in counts.items():
         for i in range(start, start + n):

@@ -1,0 +1,217 @@
+"""End-to-end tests through the real entry point (`python -m pawlab`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pawlab(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "pawlab", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+TINY_TOML = """
+[[layers]]
+type = "input"
+size = 16
+[[layers]]
+type = "conv"
+kernel = 3
+filters = 8
+pad = 1
+[[layers]]
+type = "relu"
+[[layers]]
+type = "max-pool"
+[[layers]]
+type = "linear"
+[[layers]]
+type = "softmax"
+"""
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """prepare -> train once, shared by the tests that use the results."""
+    root = tmp_path_factory.mktemp("cli")
+    src = write_tree(root / "src", {"cat": 16, "dog": 16}, flat=True)
+    (src / "readme.txt").write_text("not an image")
+    (src / "dog.999.jpg").write_bytes(b"")  # zero bytes
+    arch = root / "tiny.toml"
+    arch.write_text(TINY_TOML)
+    prep = pawlab("prepare", src, root / "prepared", "--size", 20, "--seed", 1, "--json", "-q")
+    assert prep.returncode == 0, prep.stderr
+    trained = pawlab(
+        "train",
+        root / "prepared",
+        "--arch-file",
+        arch,
+        "--epochs",
+        3,
+        "--out",
+        root / "model.safetensors",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.05",
+        "--augment",
+        "rotate=10,noise=0.05,flip",
+        "-q",
+        "--workers",
+        1,
+    )
+    assert trained.returncode == 0, trained.stderr
+    return {
+        "root": root,
+        "src": src,
+        "model": root / "model.safetensors",
+        "prepared": root / "prepared",
+        "prep_json": Path(prep.stdout),
+        "train_out": Path(trained.stdout),
+    }
+
+
+def test_prepare_output_and_manifest(workflow: dict[str, Path]) -> None:
+    prepared = workflow["prepared"]
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    assert manifest["classes"] == ["cat", "dog"]
+    assert manifest["size"] == 20 and manifest["seed"] == 1
+    n_train = len(list((prepared / "train").glob("*/*.png")))
+    n_val = len(list((prepared / "validation").glob("*/*.png")))
+    assert n_train + n_val == 32
+    assert sum(manifest["counts"]["validation"].values()) == n_val
+    reasons = {s["name"]: s["reason"] for s in manifest["skipped"]}
+    assert "not an image" in reasons["readme.txt"]
+    assert "empty" in reasons["dog.999.jpg"]
+
+
+def test_train_prints_epochs_and_best(workflow: dict[str, Path]) -> None:
+    out = str(workflow["train_out"])
+    assert out.count("epoch ") >= 3 and "val acc" in out
+    assert "best: epoch" in out
+    assert workflow["model"].is_file()
+
+
+def test_predict_json(workflow: dict[str, Path]) -> None:
+    image = next((workflow["prepared"] / "validation" / "dog").glob("*.png"))
+    proc = pawlab("predict", workflow["model"], image, image, "--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(ln) for ln in proc.stdout.splitlines()]
+    assert len(lines) == 2
+    assert set(lines[0]["probability-map"]) == {"cat", "dog"}
+    assert lines[0]["classification"] in ("cat", "dog")
+
+
+def test_evaluate_json_and_figure(workflow: dict[str, Path]) -> None:
+    proc = pawlab(
+        "evaluate",
+        workflow["model"],
+        workflow["prepared"],
+        "--json",
+        "--report-dir",
+        workflow["root"] / "report",
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert {"accuracy", "log_loss", "confusion_matrix", "classes", "count"} <= set(report)
+    assert report["count"] == len(list((workflow["prepared"] / "validation").glob("*/*.png")))
+    assert (workflow["root"] / "report" / "predictions.png").stat().st_size > 0
+
+
+def test_evaluate_table(workflow: dict[str, Path]) -> None:
+    proc = pawlab("evaluate", workflow["model"], workflow["prepared"], "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert "accuracy" in proc.stdout and "confusion matrix" in proc.stdout
+
+
+def test_submit(workflow: dict[str, Path]) -> None:
+    test = workflow["root"] / "test"
+    test.mkdir()
+    for i, img in enumerate(sorted((workflow["prepared"] / "validation").glob("*/*.png")), 1):
+        (test / f"{i * 10}.png").write_bytes(img.read_bytes())
+    out = workflow["root"] / "sub.csv"
+    proc = pawlab("submit", workflow["model"], test, "--out", out, "-q")
+    assert proc.returncode == 0, proc.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0] == "id,label"
+    ids = [int(ln.split(",")[0]) for ln in lines[1:]]
+    assert ids == sorted(ids) and len(ids) == len(list(test.iterdir()))
+
+
+def test_archs_lists_and_describes() -> None:
+    listing = pawlab("archs")
+    assert listing.returncode == 0 and "cortex-cnn" in listing.stdout and "max-pool" in listing.stdout
+    shown = pawlab("archs", "cortex-cnn")
+    assert shown.returncode == 0 and "50x10x10" in shown.stdout
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(
+        pawlab("prepare", tmp_path / "empty", tmp_path / "out", "--size", 8), "no images found", "empty"
+    )
+
+
+def test_one_class_only(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 3, "dog": 0})
+    assert_one_line_error(pawlab("train", src, "--epochs", 1), "1 class", "'cat'")
+
+
+def test_missing_source(tmp_path: Path) -> None:
+    assert_one_line_error(
+        pawlab("prepare", tmp_path / "nope", tmp_path / "out", "--size", 8), "no such file or folder", "nope"
+    )
+
+
+def test_unknown_architecture(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 2, "dog": 2})
+    assert_one_line_error(pawlab("train", src, "--arch", "resnet9000"), "unknown architecture", "resnet9000")
+
+
+def test_layers_that_do_not_fit(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 2, "dog": 2})
+    arch = tmp_path / "bad.yaml"
+    arch.write_text(
+        "layers:\n  - {type: input, size: 8}\n  - {type: conv, kernel: 5, filters: 4}\n"
+        "  - {type: conv, kernel: 5, filters: 4}\n  - {type: linear}\n"
+    )
+    assert_one_line_error(pawlab("train", src, "--arch-file", arch), "layer 2", "conv", "4x4x4")
+
+
+def test_missing_model_file(tmp_path: Path) -> None:
+    img = write_tree(tmp_path / "src", {"cat": 1}) / "cat" / "cat.0.jpg"
+    assert_one_line_error(pawlab("predict", tmp_path / "none.safetensors", img), "no such model file")
+
+
+def test_bad_flag_value(tmp_path: Path) -> None:
+    assert_one_line_error(pawlab("prepare", tmp_path, tmp_path / "o", "--size", "-3"), "--size")
+    assert_one_line_error(pawlab("train", tmp_path, "--optimizer", "lbfgs"), "optimizer", "lbfgs")

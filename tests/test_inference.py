@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pawlab.config import DataConfig, TrainConfig
+from pawlab.data import prepare
+from pawlab.errors import DataError, ModelFileError
+from pawlab.inference import evaluate, load_model, metrics_from_probs, submit
+from pawlab.training import train
+from tests.conftest import make_image, write_tree
+from tests.test_training import TINY
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(source tree, model file) trained once for the whole module."""
+    root = tmp_path_factory.mktemp("inf")
+    src = write_tree(root / "src", {"cat": 20, "dog": 20})
+    model = root / "model.safetensors"
+    train(
+        src,
+        model,
+        TINY,
+        TrainConfig(epochs=8, lr=3e-3, batch_size=8, progress=False),
+        workers=1,
+        stream=io.StringIO(),
+    )
+    return src, model
+
+
+def test_predict_probability_map(trained: tuple[Path, Path]) -> None:
+    src, model_path = trained
+    model = load_model(model_path)
+    pred = model.predict(src / "dog" / "dog.3.jpg")
+    assert set(pred.probabilities) == {"cat", "dog"}
+    assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert pred.classification == max(pred.probabilities, key=pred.probabilities.__getitem__)
+    assert pred.to_json()["classification"] == pred.classification
+    assert set(pred.to_json()["probability-map"]) == {"cat", "dog"}
+
+
+def test_predict_accepts_paths_pil_arrays_and_bytes(trained: tuple[Path, Path]) -> None:
+    src, model_path = trained
+    model = load_model(model_path)
+    path = src / "cat" / "cat.1.jpg"
+    im = Image.open(path).convert("RGB")
+    a = model.predict(path).probabilities
+    for other in (im, np.asarray(im), path.read_bytes(), str(path)):
+        b = model.predict(other).probabilities  # type: ignore[arg-type]
+        assert b == pytest.approx(a, abs=1e-3)
+    assert len(model.predict_many([path, im])) == 2
+
+
+def test_predict_bad_image_is_a_data_error(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "x.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="x.jpg"):
+        load_model(trained[1]).predict(bad)
+
+
+def test_missing_or_foreign_model_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="no such model file"):
+        load_model(tmp_path / "none.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelFileError, match="junk.safetensors"):
+        load_model(junk)
+
+
+def test_evaluate_on_training_source_uses_its_validation_split(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    src, model_path = trained
+    model = load_model(model_path)
+    report = evaluate(model, src, report_dir=tmp_path / "rep", workers=1, progress=False)
+    assert report.count == model.meta["training"]["data"]["validation_count"]
+    assert "validation split used in training" in report.split
+    assert np.sum(report.confusion_matrix) == report.count
+    assert 0 <= report.accuracy <= 1 and report.log_loss >= 0
+    assert Path(report.figures["predictions"]).is_file()
+    js = report.to_json()
+    assert {"accuracy", "log_loss", "confusion_matrix", "classes", "count"} <= set(js)
+
+
+def test_evaluate_on_another_source_takes_it_whole(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    other = write_tree(tmp_path / "other", {"cat": 5, "dog": 7}, start=100)
+    report = evaluate(trained[1], other, report_dir=tmp_path / "rep", workers=1, progress=False)
+    assert report.count == 12
+    assert [sum(r) for r in report.confusion_matrix] == [5, 7]
+
+
+def test_evaluate_on_prepared_folder_uses_validation(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    src, model_path = trained
+    rep = prepare(src, tmp_path / "prep", DataConfig(size=16, workers=1), progress=False)
+    report = evaluate(model_path, tmp_path / "prep", report_dir=tmp_path / "rep", workers=1, progress=False)
+    assert report.count == sum(rep.counts["validation"].values())
+
+
+def test_evaluate_rejects_unknown_class(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    other = write_tree(tmp_path / "other", {"cat": 2, "fox": 2})
+    with pytest.raises(DataError, match="'fox' is not one of the model's classes"):
+        evaluate(trained[1], other, report_dir=tmp_path / "rep", workers=1, progress=False)
+
+
+def test_metrics_from_probs() -> None:
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    labels = np.array([0, 1, 1, 1])
+    m = metrics_from_probs(probs, labels, ["cat", "dog"])
+    assert m["accuracy"] == 0.75
+    assert m["confusion_matrix"] == [[1, 0], [1, 2]]
+    assert m["precision"] == {"cat": 0.5, "dog": 1.0}
+    assert m["recall"] == {"cat": 1.0, "dog": pytest.approx(2 / 3)}
+    assert m["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4, 0.7])))
+
+
+# ----------------------------------------------------------------------------- submission
+
+
+def _test_set(root: Path, n: int = 12) -> Path:
+    root.mkdir(parents=True)
+    for i in range(1, n + 1):
+        make_image("cat" if i % 2 else "dog", seed=i).save(root / f"{i}.jpg")
+    return root
+
+
+def _rows(path: Path) -> list[tuple[int, str]]:
+    lines = path.read_text().splitlines()
+    assert lines[0] == "id,label"
+    return [(int(a), b) for a, b in (ln.split(",") for ln in lines[1:])]
+
+
+def test_submit_writes_sorted_clipped_probabilities(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    test = _test_set(tmp_path / "test")
+    (test / "notes.txt").write_text("hi")
+    (test / "cover.jpg").write_bytes(b"x")
+    out = tmp_path / "sub.csv"
+    report = submit(trained[1], test, out, batch_size=5, workers=1, progress=False)
+    rows = _rows(out)
+    assert [i for i, _ in rows] == list(range(1, 13))
+    assert all(0.005 <= float(v) <= 0.995 for _, v in rows)
+    assert report.written == 12 and report.rows == 12
+    assert {s.name for s in report.skipped} == {"notes.txt", "cover.jpg"}
+    # the easy toy task: odd ids are cats (label near 0), even are dogs
+    assert np.mean([(float(v) > 0.5) == (i % 2 == 0) for i, v in rows]) >= 0.8
+
+
+def test_submit_hard_labels(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    test = _test_set(tmp_path / "test", 4)
+    submit(trained[1], test, tmp_path / "sub.csv", hard=True, workers=1, progress=False)
+    assert {v for _, v in _rows(tmp_path / "sub.csv")} <= {"0", "1"}
+
+
+def test_submit_resumes_after_interruption(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    test = _test_set(tmp_path / "test")
+    full = tmp_path / "full.csv"
+    submit(trained[1], test, full, batch_size=4, workers=1, progress=False)
+    # an interrupted run: four whole rows and a torn fifth
+    lines = full.read_text().splitlines(keepends=True)
+    part = tmp_path / "part.csv"
+    part.write_text("".join(lines[:5]) + lines[5][:3])
+    report = submit(trained[1], test, part, batch_size=4, workers=1, progress=False)
+    assert report.resumed == 4 and report.written == 8
+    assert part.read_text() == full.read_text()
+
+
+def test_submit_undecodable_image_gets_uninformative_label(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    test = _test_set(tmp_path / "test", 3)
+    (test / "4.jpg").write_bytes(b"\xff\xd8 broken")
+    report = submit(trained[1], test, tmp_path / "sub.csv", workers=1, progress=False)
+    assert dict(_rows(tmp_path / "sub.csv"))[4] == "0.5"
+    assert [s.name for s in report.failed] == ["4.jpg"]
+
+
+def test_submit_refuses_foreign_output_file(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    test = _test_set(tmp_path / "test", 2)
+    out = tmp_path / "sub.csv"
+    out.write_text("something else\n")
+    with pytest.raises(DataError, match="not a submission file"):
+        submit(trained[1], test, out, workers=1, progress=False)
+
+
+def test_submit_from_zip(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    test = _test_set(tmp_path / "test", 6)
+    archive = shutil.make_archive(str(tmp_path / "test"), "zip", tmp_path, "test")
+    submit(trained[1], archive, tmp_path / "a.csv", workers=1, progress=False)
+    submit(trained[1], test, tmp_path / "b.csv", workers=1, progress=False)
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
