@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pawlab._imageio import ImageDecodeError, decode, default_workers, is_image_name, parallel_map
+from pawlab._imageio import (
+    IMAGE_EXTENSIONS,
+    ImageDecodeError,
+    decode,
+    default_workers,
+    is_image_name,
+    parallel_map,
+)
 from pawlab._sources import FolderSource, ZipSource, cached_source, open_source
 from pawlab.config import DataConfig
 from pawlab.errors import DataError
@@ -266,12 +273,14 @@ def decode_names(
     return out[: len(ok)], ok, skipped
 
 
+def no_images_error(where: object) -> DataError:
+    return DataError(f"{where}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} files)")
+
+
 def _check_classes(items: Sequence[Item], where: str) -> list[str]:
     classes = sorted({it.label for it in items if it.label is not None})
     if not items:
-        raise DataError(
-            f"{where}: no images found (looked for {', '.join(sorted({'.jpg', '.png', '...'}))} files)"
-        )
+        raise no_images_error(where)
     if len(classes) < 2:
         only = f" only {classes[0]!r}" if classes else ""
         raise DataError(
@@ -392,7 +401,9 @@ def load_unlabeled(
         else:
             names.append(e.name)
     if not names:
-        raise DataError(f"{source.path}: no images found")
+        raise DataError(
+            f"{source.path}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} files)"
+        )
     return source, names, skipped
 
 
@@ -469,16 +480,17 @@ def prepare(
 
     start = time.perf_counter()
     out_dir = Path(out).expanduser().resolve()
-    ds = load_dataset(src, config, progress=progress)
-    if out_dir == Path(ds.source) or Path(ds.source) in out_dir.parents:
+    src_path = open_source(src).path
+    if out_dir == src_path or src_path in out_dir.parents:
         raise DataError(f"{out_dir}: the output folder must not be inside the source")
     manifest = out_dir / MANIFEST
+    if not manifest.exists() and out_dir.exists() and any(out_dir.iterdir()):
+        raise DataError(f"{out_dir}: exists, is not empty and is not a pawlab prepared folder")
+    ds = load_dataset(src, config, progress=progress)
     if manifest.exists():
         manifest.unlink()  # first: a half-replaced folder must not look finished
         for split in SPLITS:
             shutil.rmtree(out_dir / split, ignore_errors=True)
-    elif out_dir.exists() and any(out_dir.iterdir()):
-        raise DataError(f"{out_dir}: exists, is not empty and is not a pawlab prepared folder")
     counts: dict[str, dict[str, int]] = {}
     for split, imgs in (("train", ds.train), ("validation", ds.validation)):
         split_dir = out_dir / split

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -307,10 +308,10 @@ def submit(
         else:
             numbered.append((i, n))
     numbered.sort()
-    ids = [i for i, _ in numbered]
-    dupes = {i for i in ids if ids.count(i) > 1} if len(set(ids)) != len(ids) else set()
-    if dupes:
-        raise DataError(f"{source.path}: several images share the id {min(dupes)}")
+    repeated = [i for i, n in Counter(i for i, _ in numbered).items() if n > 1]
+    if repeated:
+        same = [n for i, n in numbered if i == min(repeated)]
+        raise DataError(f"{source.path}: several images share the id {min(repeated)}: {', '.join(same)}")
     out_path = Path(out)
     done = _existing_rows(out_path)
     todo = [(i, n) for i, n in numbered if i not in done]
