@@ -401,9 +401,7 @@ def load_unlabeled(
         else:
             names.append(e.name)
     if not names:
-        raise DataError(
-            f"{source.path}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} files)"
-        )
+        raise no_images_error(source.path)
     return source, names, skipped
 
 
