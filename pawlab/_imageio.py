@@ -91,7 +91,7 @@ def decode(data: bytes, size: tuple[int, int] | None, channels: int = 3) -> np.n
         raise ImageDecodeError("not a readable image") from None
     except OSError as exc:
         reason = str(exc)
-        if "truncated" in reason:
+        if "truncated" in reason.lower():
             raise ImageDecodeError(f"truncated image ({reason})") from None
         raise ImageDecodeError(f"cannot decode image ({reason})") from None
     except (ValueError, SyntaxError, EOFError, TypeError) as exc:

@@ -98,7 +98,14 @@ def open_source(path: str | os.PathLike[str]) -> FolderSource | ZipSource:
     raise DataError(f"{p}: not a folder or a zip file")
 
 
+def source_stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime in ns) of a source path: a rewritten zip gets a new stamp."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
 @lru_cache(maxsize=8)
-def cached_source(path: str) -> FolderSource | ZipSource:
-    """Per-process cache, so that a worker opens a zip once, not once per file."""
+def cached_source(path: str, stamp: tuple[int, int]) -> FolderSource | ZipSource:
+    """Per-process cache, so that a worker opens a zip once, not once per file; ``stamp``
+    (see `source_stamp`) makes a zip replaced at the same path open afresh."""
     return open_source(path)

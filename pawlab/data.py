@@ -22,9 +22,11 @@ import json
 import os
 import shutil
 import time
+import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -39,7 +41,7 @@ from pawlab._imageio import (
     is_image_name,
     parallel_map,
 )
-from pawlab._sources import FolderSource, ZipSource, cached_source, open_source
+from pawlab._sources import FolderSource, ZipSource, cached_source, open_source, source_stamp
 from pawlab.config import DataConfig
 from pawlab.errors import DataError
 
@@ -86,6 +88,11 @@ class Item:
     name: str  # full name inside the source
     label: str | None
     split: str | None = None
+    key: str = ""  # name below any wrapper and split folder: what the split hashes
+
+    @property
+    def split_key(self) -> str:
+        return self.key or self.name
 
 
 @dataclass(frozen=True)
@@ -114,20 +121,29 @@ def _strip_wrappers(names: list[str]) -> str:
     return "/".join(prefix) + "/" if prefix else ""
 
 
-def _split_dirs(rel_names: list[str]) -> tuple[str, str] | None:
-    """If the tree has train/ and validation/ (or a labelled test/), their names."""
-    tops = {PurePosixPath(n).parts[0] for n in rel_names if len(PurePosixPath(n).parts) >= 2}
-    train = next((d for d in TRAIN_DIRS if d in tops), None)
+def _split_dirs(rel_names: list[str]) -> tuple[str, str | None] | None:
+    """The tree's own split folders (matched ignoring case), if it has a ``train/``.
+
+    Returns (train, validation): validation is ``validation/``/``val/``, or ``test/`` when
+    it is labelled, or None when there is only a ``train/`` (e.g. beside an unlabelled
+    Kaggle ``test/``): then only ``train/`` is used, and split by seed.
+    """
+    tops: dict[str, str] = {}
+    for n in rel_names:
+        parts = PurePosixPath(n).parts
+        if len(parts) >= 2:
+            tops.setdefault(parts[0].lower(), parts[0])
+    train = next((tops[d] for d in TRAIN_DIRS if d in tops), None)
     if train is None:
         return None
-    val = next((d for d in VALIDATION_DIRS if d in tops), None)
+    val = next((tops[d] for d in VALIDATION_DIRS if d in tops), None)
     if val is None:
-        test = next((d for d in TEST_DIRS if d in tops), None)
+        test = next((tops[d] for d in TEST_DIRS if d in tops), None)
         if test is not None and any(
             label_of(n[len(test) + 1 :]) for n in rel_names if n.startswith(test + "/")
         ):
             val = test
-    return (train, val) if val is not None else None
+    return train, val
 
 
 def catalog(names: Sequence[str]) -> Catalog:
@@ -152,18 +168,19 @@ def catalog(names: Sequence[str]) -> Catalog:
         if dirs is not None:
             top, _, r = r.partition("/")
             if top == dirs[0]:
-                split = "train"
+                split = None if dirs[1] is None else "train"
             elif top == dirs[1]:
                 split = "validation"
             else:
-                skipped.append(Skipped(full, f"outside the {dirs[0]}/ and {dirs[1]}/ folders"))
+                where = f"{dirs[0]}/ and {dirs[1]}/ folders" if dirs[1] else f"{dirs[0]}/ folder"
+                skipped.append(Skipped(full, f"outside the {where}"))
                 continue
         label = label_of(r)
         if label is None:
             skipped.append(Skipped(full, "no label: not in a class folder and no 'label.' name prefix"))
             continue
-        items.append(Item(full, label, split))
-    return Catalog(items, skipped, presplit=dirs is not None)
+        items.append(Item(full, label, split, key=r))
+    return Catalog(items, skipped, presplit=dirs is not None and dirs[1] is not None)
 
 
 def _unit_hash(seed: int, key: str) -> float:
@@ -175,9 +192,10 @@ def assign_splits(items: Sequence[Item], val_fraction: float, seed: int) -> list
     """Give every unsplit item a split, stratified by class and stable.
 
     Each file goes to validation when a seeded hash of its name falls below
-    ``val_fraction``: every class gets that fraction in expectation, and adding files never
-    moves an existing file to the other split. Each class with two or more files keeps at
-    least one in each split.
+    ``val_fraction``: every class gets that fraction in expectation, and adding files does
+    not move existing files between splits. The hash is of the name below any wrapping and
+    split folder, so a folder and its zip split alike. Each class with two or more files
+    keeps at least one file in each split; for tiny classes that rule can override the hash.
     """
     out: list[Item] = []
     by_class: dict[str | None, list[Item]] = {}
@@ -187,14 +205,14 @@ def assign_splits(items: Sequence[Item], val_fraction: float, seed: int) -> list
         else:
             by_class.setdefault(it.label, []).append(it)
     for members in by_class.values():
-        hashes = [_unit_hash(seed, m.name) for m in members]
+        hashes = [_unit_hash(seed, m.split_key) for m in members]
         splits = ["validation" if h < val_fraction else "train" for h in hashes]
         if len(members) >= 2:
             if "validation" not in splits:
                 splits[int(np.argmin(hashes))] = "validation"
             if "train" not in splits:
                 splits[int(np.argmax(hashes))] = "train"
-        out.extend(Item(m.name, m.label, s) for m, s in zip(members, splits, strict=True))
+        out.extend(replace(m, split=s) for m, s in zip(members, splits, strict=True))
     return out
 
 
@@ -231,16 +249,28 @@ class Dataset:
     presplit: bool
 
 
-def decode_task(task: tuple[str, str, tuple[int, int] | None, int]) -> np.ndarray | str:
-    src_path, name, size, channels = task
+DecodeTask = tuple[str, tuple[int, int], str, tuple[int, int] | None, int]
+
+
+def decode_task(task: DecodeTask) -> np.ndarray | str:
+    """(source path, source stamp, name, size, channels) -> array, or the reason it is skipped."""
+    src_path, stamp, name, size, channels = task
     try:
-        data = cached_source(src_path).read(name)
-    except OSError as exc:
-        return f"unreadable file ({exc.strerror or exc})"
+        data = cached_source(src_path, stamp).read(name)
+    except (OSError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return f"unreadable file ({reason})"
     try:
         return decode(data, size, channels)
     except ImageDecodeError as exc:
         return str(exc)
+
+
+def decode_tasks(
+    source: FolderSource | ZipSource, names: Sequence[str], size: tuple[int, int] | None, channels: int
+) -> list[DecodeTask]:
+    stamp = source_stamp(source.path)
+    return [(str(source.path), stamp, n, size, channels) for n in names]
 
 
 def decode_names(
@@ -258,7 +288,7 @@ def decode_names(
     skipped files with their reasons.
     """
     workers = workers or default_workers()
-    tasks = [(str(source.path), n, size, channels) for n in names]
+    tasks = decode_tasks(source, names, size, channels)
     out = np.empty((len(names), size[0], size[1], channels), dtype=np.uint8)
     ok: list[int] = []
     skipped: list[Skipped] = []
@@ -481,6 +511,8 @@ def prepare(
     src_path = open_source(src).path
     if out_dir == src_path or src_path in out_dir.parents:
         raise DataError(f"{out_dir}: the output folder must not be inside the source")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a folder")
     manifest = out_dir / MANIFEST
     if not manifest.exists() and out_dir.exists() and any(out_dir.iterdir()):
         raise DataError(f"{out_dir}: exists, is not empty and is not a pawlab prepared folder")

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from pawlab import checkpoint
 from pawlab._imageio import ImageDecodeError, decode, default_workers, parallel_map
-from pawlab.data import Skipped, decode_task, load_eval_set, load_unlabeled
+from pawlab.data import Skipped, decode_task, decode_tasks, load_eval_set, load_unlabeled
 from pawlab.errors import DataError, ModelFileError
 from pawlab.models import Network, build
 from pawlab.preprocessing import Preprocessing
@@ -320,7 +320,7 @@ def submit(
         out_path.write_bytes(b"id,label\n")
     binary = len(m.classes) == 2
     failed: list[Skipped] = []
-    tasks = [(str(source.path), n, m.preprocessing.size, m.preprocessing.channels) for _, n in todo]
+    tasks = decode_tasks(source, [n for _, n in todo], m.preprocessing.size, m.preprocessing.channels)
     results = parallel_map(decode_task, tasks, workers=workers or default_workers(), total=len(tasks))
     bar = tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress or None, file=sys.stderr)
     fd = os.open(out_path, os.O_WRONLY | os.O_APPEND)

@@ -124,7 +124,7 @@ def validate_spec(spec: object, where: str = "architecture") -> list[LayerSpec]:
     return out
 
 
-def input_shape(spec: Sequence[LayerSpec]) -> Shape:
+def input_shape(spec: Sequence[LayerSpec], where: str = "architecture") -> Shape:
     """(C, H, W) of a validated description's input layer."""
     first = spec[0]
     size, channels = first.get("size"), first.get("channels", 3)
@@ -133,9 +133,11 @@ def input_shape(spec: Sequence[LayerSpec]) -> Shape:
     elif isinstance(size, Sequence) and len(size) == 2 and all(isinstance(s, int) for s in size):
         h, w = int(size[0]), int(size[1])
     else:
-        raise ArchitectureError(f"layer 0 (input): size must be N or [H, W], got {size!r}")
+        raise ArchitectureError(f"{where}: layer 0 (input): size must be N or [H, W], got {size!r}")
     if channels not in (1, 3) or h < 1 or w < 1:
-        raise ArchitectureError(f"layer 0 (input): need channels 1 or 3 and a positive size, got {first!r}")
+        raise ArchitectureError(
+            f"{where}: layer 0 (input): need channels 1 or 3 and a positive size, got {first!r}"
+        )
     return (int(channels), h, w)
 
 
@@ -149,7 +151,7 @@ def with_input_size(spec: Sequence[LayerSpec], size: int) -> list[LayerSpec]:
 def build(spec: Sequence[LayerSpec], num_classes: int, where: str = "architecture") -> Network:
     """Build and shape-check a description for ``num_classes`` outputs."""
     layers_spec = validate_spec(spec, where)
-    shape = input_shape(layers_spec)
+    shape = input_shape(layers_spec, where)
     last_linear = max((i for i, s in enumerate(layers_spec) if s["type"] == "linear"), default=-1)
     modules: list[nn.Module] = []
     shapes: list[Shape] = [shape]
@@ -173,7 +175,7 @@ def build(spec: Sequence[LayerSpec], num_classes: int, where: str = "architectur
             f"{where}: the network ends with shape {fmt_shape(shape)} but the data has "
             f"{num_classes} classes (end with a linear layer of {num_classes} units, or leave its units out)"
         )
-    return Network(layers_spec, input_shape(layers_spec), modules, shapes, names)
+    return Network(layers_spec, shapes[0], modules, shapes, names)
 
 
 # ----------------------------------------------------------------------------- sources of specs
@@ -192,7 +194,9 @@ def load_arch_file(path: str | os.PathLike[str]) -> list[LayerSpec]:
     """A description from TOML (``[[layers]]`` tables), YAML or JSON (``layers:`` list)."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ArchitectureError(f"{p}: not a UTF-8 text file") from None
     except OSError as exc:
         raise ArchitectureError(f"{p}: cannot read architecture file ({exc.strerror})") from None
     suffix = p.suffix.lower()

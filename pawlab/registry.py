@@ -14,19 +14,28 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
 
+    @staticmethod
+    def normalise(name: str) -> str:
+        """Lookups ignore case and treat ``_`` as ``-``: ``Max_Pool`` is ``max-pool``."""
+        return name.strip().lower().replace("_", "-")
+
     def register(self, name: str, *aliases: str) -> Callable[[T], T]:
+        key = self.normalise(name)
+        keys = [key, *(self.normalise(a) for a in aliases)]
+        taken = [k for k in keys if k in self._items or k in self._aliases]
+        if taken or len(set(keys)) != len(keys):
+            raise ValueError(f"{self.kind} name {(taken or keys)[0]!r} is registered twice")
+
         def deco(obj: T) -> T:
-            if name in self._items or name in self._aliases:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._items[name] = obj
-            for a in aliases:
-                self._aliases[a] = name
+            self._items[key] = obj
+            for a in keys[1:]:
+                self._aliases[a] = key
             return obj
 
         return deco
 
     def canonical(self, name: str) -> str | None:
-        key = name.strip().lower().replace("_", "-")
+        key = self.normalise(name)
         if key in self._items:
             return key
         return self._aliases.get(key)

@@ -84,8 +84,9 @@ def zip_tree(folder: Path, dest: Path, prefix: str = "", extra: Iterable[str] = 
     return dest
 
 
-def by_class_and_file(images: np.ndarray, labels: np.ndarray, names: list[str],
-                      classes: list[str]) -> list[tuple[str, str, str]]:
+def by_class_and_file(
+    images: np.ndarray, labels: np.ndarray, names: list[str], classes: list[str]
+) -> list[tuple[str, str, str]]:
     """(class, file name within the class, pixel digest) rows, sorted: comparable across sources."""
     rows = [
         (classes[int(lab)], PurePosixPath(n).name, hashlib.sha1(img.tobytes()).hexdigest())
@@ -115,8 +116,11 @@ def add_bad_files(root: Path) -> dict[str, str]:
     (root / "dog" / "dog.text.jpg").write_bytes(b"this is not a picture\n" * 20)
     whole = (root / "cat" / "cat.0.jpg").read_bytes()
     (root / "cat" / "cat.cut.jpg").write_bytes(whole[: len(whole) // 2])
-    return {"cat/cat.empty.jpg": "empty", "dog/dog.text.jpg": "not a readable image",
-            "cat/cat.cut.jpg": "truncated"}
+    return {
+        "cat/cat.empty.jpg": "empty",
+        "dog/dog.text.jpg": "not a readable image",
+        "cat/cat.cut.jpg": "truncated",
+    }
 
 
 # ----------------------------------------------------------------------------- labelling
@@ -212,9 +216,7 @@ def test_catalog_presplit_keeps_the_split(val_dir: str) -> None:
     cat = catalog(names)
     assert cat.presplit
     assert labels_of(cat) == dict(zip(names, ["cat", "dog", "cat", "dog"], strict=True))
-    assert splits_of(cat) == dict(
-        zip(names, ["train", "train", "validation", "validation"], strict=True)
-    )
+    assert splits_of(cat) == dict(zip(names, ["train", "train", "validation", "validation"], strict=True))
 
 
 def test_catalog_presplit_under_a_wrapper_with_flat_names() -> None:
@@ -240,11 +242,6 @@ def test_catalog_unlabelled_test_is_not_a_split() -> None:
     assert not catalog(UNLABELLED_TEST).presplit
 
 
-@pytest.mark.xfail(
-    reason="BUG: with an unlabelled test/ beside train/ nothing is looked through: "
-    "train/cat.1.jpg gets label 'train' and test/1.jpg label 'test' (parent_label)",
-    strict=True,
-)
 def test_catalog_unlabelled_test_beside_train_labels_the_training_images() -> None:
     cat = catalog(UNLABELLED_TEST)
     assert labels_of(cat) == {"train/cat.1.jpg": "cat", "train/dog.2.jpg": "dog"}
@@ -260,8 +257,8 @@ def test_catalog_skips_files_without_label_with_a_reason() -> None:
 
 
 @pytest.mark.parametrize(
-    "junk", [".DS_Store", "cat/._cat.1.jpg", "__MACOSX/cat/._cat.1.jpg", "__MACOSX/cat.1.jpg",
-             "cat/.hidden.jpg"]
+    "junk",
+    [".DS_Store", "cat/._cat.1.jpg", "__MACOSX/cat/._cat.1.jpg", "__MACOSX/cat.1.jpg", "cat/.hidden.jpg"],
 )
 def test_catalog_skips_hidden_files(junk: str) -> None:
     cat = catalog(["cat/cat.1.jpg", "dog/dog.1.jpg", junk])
@@ -456,11 +453,6 @@ def test_decode_truncated_jpeg(size: tuple[int, int] | None) -> None:
         decode(data[: len(data) // 2], size)
 
 
-@pytest.mark.xfail(
-    reason="BUG: decode matches 'truncated' case-sensitively; Pillow's 'Truncated File Read' "
-    "(a JPEG cut before its scan data) is reported as 'cannot decode image'",
-    strict=True,
-)
 def test_decode_jpeg_truncated_in_its_header_is_reported_as_truncated() -> None:
     data = encode(Image.new("RGB", (24, 24), (10, 200, 30)), "JPEG")
     with pytest.raises(ImageDecodeError, match="^truncated image"):
@@ -568,11 +560,6 @@ def test_load_dataset_zip_without_wrapper_splits_like_folder(tree: Path, tmp_pat
         assert split_rows(zipped, split) == split_rows(folder, split)
 
 
-@pytest.mark.xfail(
-    reason="BUG: assign_splits hashes the full name, wrapper folder included, so zipping a "
-    "folder under a wrapper (or moving it into one) changes the train/validation split",
-    strict=True,
-)
 def test_load_dataset_zip_with_wrapper_splits_like_folder(tree: Path, tmp_path: Path) -> None:
     zipped, folder = load(zip_tree(tree, tmp_path / "data.zip", prefix="wrap/")), load(tree)
     for split in ("train", "validation"):
@@ -580,11 +567,6 @@ def test_load_dataset_zip_with_wrapper_splits_like_folder(tree: Path, tmp_path: 
         assert files == [row[:2] for row in split_rows(folder, split)], split
 
 
-@pytest.mark.xfail(
-    reason="BUG: decode_task reads through cached_source, an lru_cache keyed on the path only: "
-    "a zip rewritten at the same path is read from the stale open handle (KeyError)",
-    strict=True,
-)
 def test_load_dataset_rereads_a_zip_replaced_at_the_same_path(tmp_path: Path) -> None:
     zp = tmp_path / "data.zip"
     zip_tree(write_tree(tmp_path / "a", {"cat": 3, "dog": 3}), zp)
@@ -595,11 +577,6 @@ def test_load_dataset_rereads_a_zip_replaced_at_the_same_path(tmp_path: Path) ->
     assert len(ds.train) + len(ds.validation) == 6
 
 
-@pytest.mark.xfail(
-    reason="BUG: decode_task only catches OSError around source.read; a zip member with a bad "
-    "CRC raises zipfile.BadZipFile and aborts the whole load instead of being skipped",
-    strict=True,
-)
 def test_load_dataset_skips_a_corrupt_zip_member(tree: Path, tmp_path: Path) -> None:
     zp = tmp_path / "data.zip"
     with zipfile.ZipFile(zp, "w", zipfile.ZIP_STORED) as z:
@@ -737,8 +714,7 @@ def test_prepare_rerun_replaces_cleanly(tree: Path, tmp_path: Path) -> None:
     prepare(tree, out, DataConfig(size=12, seed=0, val_fraction=0.5, workers=1), progress=False)
     (out / "train" / "cat" / "stale.png").write_bytes(b"left over")
     (out / "train" / "owl").mkdir()
-    report = prepare(tree, out, DataConfig(size=8, seed=1, val_fraction=0.3, workers=1),
-                     progress=False)
+    report = prepare(tree, out, DataConfig(size=8, seed=1, val_fraction=0.3, workers=1), progress=False)
     manifest = read_json(out / MANIFEST)
     assert manifest["size"] == 8 and manifest["seed"] == 1
     assert counts_on_disk(out) == report.counts == manifest["counts"]
@@ -772,11 +748,6 @@ def test_prepare_refuses_output_inside_source(tree: Path) -> None:
     assert not (tree / "prepared").exists()
 
 
-@pytest.mark.xfail(
-    reason="BUG: prepare() calls out_dir.iterdir() on an existing plain file and lets "
-    "NotADirectoryError escape instead of raising DataError",
-    strict=True,
-)
 def test_prepare_output_is_a_file(tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     out.write_text("a file")
@@ -793,8 +764,7 @@ def test_prepare_keeps_a_presplit_source_split(tmp_path: Path) -> None:
     assert report.presplit
     val = {p.relative_to(out / "validation").as_posix() for p in pngs(out / "validation")}
     train = {p.relative_to(out / "train").as_posix() for p in pngs(out / "train")}
-    assert val == {f"{c}/{c}.{i}.png" for c, n in (("cat", 3), ("dog", 2))
-                   for i in range(100, 100 + n)}
+    assert val == {f"{c}/{c}.{i}.png" for c, n in (("cat", 3), ("dog", 2)) for i in range(100, 100 + n)}
     assert train == {f"{c}/{c}.{i}.png" for c in ("cat", "dog") for i in range(4)}
 
 
@@ -812,7 +782,8 @@ def test_prepare_names_colliding_stems_uniquely(tmp_path: Path) -> None:
             (src / label / sub).mkdir(parents=True)
             for i in range(3):
                 make_image(label, zlib.crc32(f"{label}{sub}{i}".encode())).save(
-                    src / label / sub / f"{i}.jpg")
+                    src / label / sub / f"{i}.jpg"
+                )
     out = tmp_path / "out"
     report = prepare(src, out, DataConfig(size=8, workers=1), progress=False)
     assert len(pngs(out)) == sum(sum(c.values()) for c in report.counts.values()) == 12

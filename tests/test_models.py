@@ -261,15 +261,34 @@ def body_summary(net: Network) -> list[tuple[str, ...]]:
 def test_cortex_cnn_structure() -> None:
     net = build(get_architecture("cortex-cnn"), num_classes=2)
     assert [layer["type"] for layer in net.spec] == [
-        "input", "conv", "max-pool", "relu", "conv", "max-pool", "relu", "conv", "relu",
-        "linear", "relu", "dropout", "linear", "softmax",
+        "input",
+        "conv",
+        "max-pool",
+        "relu",
+        "conv",
+        "max-pool",
+        "relu",
+        "conv",
+        "relu",
+        "linear",
+        "relu",
+        "dropout",
+        "linear",
+        "softmax",
     ]
     assert net.input_shape == (3, 52, 52)
     assert body_summary(net) == [
-        ("conv", "3", "20", "5"), ("max-pool", "2"), ("ReLU",),
-        ("conv", "20", "50", "5"), ("max-pool", "2"), ("ReLU",),
-        ("conv", "50", "50", "1"), ("ReLU",),
-        ("Flatten",), ("linear", str(50 * 10 * 10), "1000"), ("ReLU",),
+        ("conv", "3", "20", "5"),
+        ("max-pool", "2"),
+        ("ReLU",),
+        ("conv", "20", "50", "5"),
+        ("max-pool", "2"),
+        ("ReLU",),
+        ("conv", "50", "50", "1"),
+        ("ReLU",),
+        ("Flatten",),
+        ("linear", str(50 * 10 * 10), "1000"),
+        ("ReLU",),
         ("dropout", "0.5"),
         ("linear", "1000", "2"),
     ]
@@ -287,8 +306,12 @@ def test_keras_mlp_structure() -> None:
 
 
 def test_shape_error_names_layer_index_type_and_input() -> None:
-    spec = [{"type": "input", "size": 4, "channels": 3}, {"type": "relu"},
-            {"type": "conv", "kernel": 5, "filters": 8}, {"type": "linear"}]
+    spec = [
+        {"type": "input", "size": 4, "channels": 3},
+        {"type": "relu"},
+        {"type": "conv", "kernel": 5, "filters": 8},
+        {"type": "linear"},
+    ]
     msg = error_of(spec)
     assert "layer 2" in msg
     assert "conv" in msg
@@ -315,8 +338,9 @@ def test_bad_layer_parameters(layer: LayerSpec, words: list[str]) -> None:
 
 
 def test_image_layer_after_features() -> None:
-    msg = error_of([INPUT, {"type": "flatten"}, {"type": "conv", "kernel": 1, "filters": 2},
-                    {"type": "linear"}])
+    msg = error_of(
+        [INPUT, {"type": "flatten"}, {"type": "conv", "kernel": 1, "filters": 2}, {"type": "linear"}]
+    )
     assert "layer 2" in msg and "image input" in msg and "144" in msg
 
 
@@ -393,11 +417,6 @@ def test_bad_input_layer(first: LayerSpec) -> None:
     assert "layer 0 (input)" in error_of([first, {"type": "linear"}])
 
 
-@pytest.mark.xfail(
-    reason="BUG: input_shape() does not take `where`, so input-size errors from build(..., "
-    "where=file) do not name the file, unlike every other ArchitectureError of build",
-    strict=True,
-)
 def test_bad_input_layer_error_names_where() -> None:
     with pytest.raises(ArchitectureError, match="my-net.toml"):
         build([{"type": "input", "size": 0}, {"type": "linear"}], 2, where="my-net.toml")
@@ -438,8 +457,11 @@ def test_arch_file_builds_the_same_network(tmp_path: Path, filename: str, text: 
 
 def test_arch_file_accepts_aliases(tmp_path: Path) -> None:
     path = tmp_path / "net.yaml"
-    path.write_text(SMALL_YAML.replace("type: conv", "type: Convolutional").replace(
-        "max-pool", "max_pooling").replace("type: linear", "type: dense"))
+    path.write_text(
+        SMALL_YAML.replace("type: conv", "type: Convolutional")
+        .replace("max-pool", "max_pooling")
+        .replace("type: linear", "type: dense")
+    )
     assert load_arch_file(path) == validate_spec(SMALL)
 
 
@@ -492,11 +514,6 @@ def test_arch_file_validation_error_names_the_file(tmp_path: Path) -> None:
     assert str(exc.value).startswith(str(path))
 
 
-@pytest.mark.xfail(
-    reason="BUG: load_arch_file only catches OSError around read_text(); a file that is not "
-    "UTF-8 lets UnicodeDecodeError escape instead of ArchitectureError",
-    strict=True,
-)
 def test_arch_file_not_text_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "net.toml"
     path.write_bytes(b"\xff\xfe\x00\x01[[layers]]")
@@ -529,8 +546,13 @@ def test_layer_aliases(alias: str, canonical: str) -> None:
 
 @pytest.mark.parametrize(
     ("spelling", "canonical"),
-    [("MAX_POOL", "max-pool"), (" Conv ", "conv"), ("Global_Avg_Pool", "global-avg-pool"),
-     ("Max_Pooling", "max-pool"), ("DENSE", "linear")],
+    [
+        ("MAX_POOL", "max-pool"),
+        (" Conv ", "conv"),
+        ("Global_Avg_Pool", "global-avg-pool"),
+        ("Max_Pooling", "max-pool"),
+        ("DENSE", "linear"),
+    ],
 )
 def test_registry_is_case_and_underscore_insensitive(spelling: str, canonical: str) -> None:
     assert LAYERS.canonical(spelling) == canonical
@@ -560,11 +582,6 @@ def test_registry_double_registration_raises(second: str) -> None:
     assert reg.get("conv") == 1
 
 
-@pytest.mark.xfail(
-    reason="BUG: Registry.register does not check aliases: an alias that is already a name or "
-    "an alias is accepted and silently rebinds (or is shadowed)",
-    strict=True,
-)
 @pytest.mark.parametrize("alias", ["conv", "convolutional"], ids=["existing-name", "existing-alias"])
 def test_registry_duplicate_alias_raises(alias: str) -> None:
     reg: Registry[int] = Registry("layer")
@@ -573,11 +590,6 @@ def test_registry_duplicate_alias_raises(alias: str) -> None:
         reg.register("conv3d", alias)(2)
 
 
-@pytest.mark.xfail(
-    reason="BUG: Registry.register stores names as given while lookups normalise (lower case, "
-    "'_' -> '-'): 'foo_bar' after 'foo-bar' is accepted and can never be looked up",
-    strict=True,
-)
 def test_registry_double_registration_is_normalised() -> None:
     reg: Registry[int] = Registry("layer")
     reg.register("foo-bar")(1)
