@@ -21,7 +21,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check pawlab tests bench
+	$(PY) -m ruff check pawlab tests $(wildcard bench)
 	$(PY) -m mypy
 
 clean:
