@@ -64,7 +64,7 @@ def decode(data: bytes, size: tuple[int, int] | None, channels: int = 3) -> np.n
     """
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
-    mode = "RGB" if channels == 3 else "L"
+    mode = "RGB"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -96,9 +96,17 @@ def decode(data: bytes, size: tuple[int, int] | None, channels: int = 3) -> np.n
         raise ImageDecodeError(f"cannot decode image ({reason})") from None
     except (ValueError, SyntaxError, EOFError, TypeError) as exc:
         raise ImageDecodeError(f"cannot decode image ({exc})") from None
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return arr
+    return to_channels(arr, channels)
+
+
+def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """RGB (..., 3) uint8 -> (..., channels): 1 is ITU-R 601 luma, as Pillow's "L" mode."""
+    if images.shape[-1] == channels:
+        return images
+    if channels != 1 or images.shape[-1] != 3:
+        raise ValueError(f"cannot convert {images.shape[-1]} channels to {channels}")
+    luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
 
 
 def is_image_name(name: str) -> bool:

@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="decoding processes (default: one per core)")
-    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument("--strict", action="store_true", help="fail instead of skipping unreadable files")
+    p.add_argument(
+        "--dedupe", action="store_true", help="remove validation images byte-identical to training images"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     _quiet(p)
 
     p = sub.add_parser("train", help="train a network; saves the model whenever validation loss improves")
@@ -129,7 +133,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from pawlab.data import prepare
 
     cfg = DataConfig(size=args.size, val_fraction=args.val_fraction, seed=args.seed, workers=args.workers)
-    report = prepare(args.src, args.out, cfg, progress=not args.quiet)
+    report = prepare(args.src, args.out, cfg, progress=not args.quiet, dedupe=args.dedupe, strict=args.strict)
     print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
     return 0
 

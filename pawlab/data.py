@@ -18,28 +18,28 @@ Files that cannot be used are never fatal: they are returned as `Skipped` with a
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
-import time
 import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from pawlab._imageio import (
-    IMAGE_EXTENSIONS,
-    ImageDecodeError,
-    decode,
-    default_workers,
-    is_image_name,
-    parallel_map,
+from pawlab._imageio import IMAGE_EXTENSIONS, ImageDecodeError, decode, is_image_name, to_channels
+from pawlab._pack import (
+    MANIFEST,
+    SPLITS,
+    Packed,
+    PackResult,
+    PlannedItem,
+    cache_dir_for,
+    check_out_dir,
+    open_packed,
+    pack,
 )
 from pawlab._sources import FolderSource, ZipSource, cached_source, open_source, source_stamp
 from pawlab.config import DataConfig
@@ -48,8 +48,6 @@ from pawlab.errors import DataError
 TRAIN_DIRS = ("train",)
 VALIDATION_DIRS = ("validation", "valid", "val")
 TEST_DIRS = ("test",)
-SPLITS = ("train", "validation")
-MANIFEST = "manifest.json"
 
 
 # ----------------------------------------------------------------------------- labelling
@@ -151,8 +149,8 @@ def catalog(names: Sequence[str]) -> Catalog:
     skipped: list[Skipped] = []
     candidates: list[str] = []
     for n in names:
-        if n == MANIFEST:
-            continue  # a prepared folder's own record, not data
+        if n == MANIFEST or ("/" not in n and n.endswith(".npy")):
+            continue  # a prepared folder's own files, not data
         if is_hidden(n):
             skipped.append(Skipped(n, "hidden or system file"))
         elif not is_image_name(n):
@@ -273,36 +271,6 @@ def decode_tasks(
     return [(str(source.path), stamp, n, size, channels) for n in names]
 
 
-def decode_names(
-    source: FolderSource | ZipSource,
-    names: Sequence[str],
-    size: tuple[int, int],
-    channels: int = 3,
-    workers: int = 0,
-    progress: bool = True,
-    desc: str = "decoding",
-) -> tuple[np.ndarray, list[int], list[Skipped]]:
-    """Decode ``names`` in parallel into one (N_ok, H, W, C) array.
-
-    Returns the array, the indices (into ``names``) of the files that decoded, and the
-    skipped files with their reasons.
-    """
-    workers = workers or default_workers()
-    tasks = decode_tasks(source, names, size, channels)
-    out = np.empty((len(names), size[0], size[1], channels), dtype=np.uint8)
-    ok: list[int] = []
-    skipped: list[Skipped] = []
-    results = parallel_map(decode_task, tasks, workers=workers, total=len(tasks))
-    bar = tqdm(results, total=len(tasks), desc=desc, unit="img", disable=not progress or None, leave=False)
-    for i, res in enumerate(bar):
-        if isinstance(res, str):
-            skipped.append(Skipped(names[i], res))
-        else:
-            out[len(ok)] = res
-            ok.append(i)
-    return out[: len(ok)], ok, skipped
-
-
 def no_images_error(where: object) -> DataError:
     return DataError(f"{where}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} files)")
 
@@ -320,19 +288,88 @@ def _check_classes(items: Sequence[Item], where: str) -> list[str]:
     return classes
 
 
-def _catalog_source(path: str | os.PathLike[str]) -> tuple[FolderSource | ZipSource, Catalog]:
-    source = open_source(path)
-    return source, catalog([e.name for e in source.entries()])
+def _plan(
+    source: FolderSource | ZipSource, val_fraction: float, seed: int
+) -> tuple[list[PlannedItem], list[tuple[str, str]], list[tuple[str, int, float]], bool]:
+    """Catalogue and split a source: (planned items, skipped files, all entries, presplit)."""
+    entries = source.entries()
+    stamps = {e.name: e for e in entries}
+    cat = catalog([e.name for e in entries])
+    _check_classes(cat.items, str(source.path))
+    planned = [
+        PlannedItem(it.name, str(it.label), str(it.split), stamps[it.name].size, stamps[it.name].mtime)
+        for it in assign_splits(cat.items, val_fraction, seed)
+    ]
+    skipped = [(sk.name, sk.reason) for sk in cat.skipped]
+    return planned, skipped, [(e.name, e.size, e.mtime) for e in entries], cat.presplit
 
 
-def _image_set(items: Sequence[Item], arrays: np.ndarray, classes: list[str]) -> ImageSet:
-    index = {c: i for i, c in enumerate(classes)}
-    return ImageSet(
-        images=arrays,
-        labels=np.array([index[str(it.label)] for it in items], dtype=np.int64),
-        names=[it.name for it in items],
-        classes=classes,
+def pack_source(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    config: DataConfig,
+    *,
+    progress: bool = True,
+    png: bool = False,
+    dedupe: bool = False,
+    strict: bool = False,
+) -> PackResult:
+    """Pack ``src`` into ``out`` at ``config.size`` (see `pawlab._pack`)."""
+    source = open_source(src)
+    out_dir = Path(out).expanduser().resolve()
+    check_out_dir(out_dir, source.path)
+    planned, skipped, entries, presplit = _plan(source, config.val_fraction, config.seed)
+    settings = {"seed": config.seed, "val_fraction": config.val_fraction, "presplit": presplit}
+    return pack(
+        source,
+        planned,
+        skipped,
+        out_dir,
+        size=config.size,
+        settings=settings,
+        entries=entries,
+        workers=config.workers,
+        progress=progress,
+        png=png,
+        dedupe=dedupe,
+        strict=strict,
     )
+
+
+def packed_for(
+    path: str | os.PathLike[str], config: DataConfig, *, progress: bool = True
+) -> tuple[Packed, bool]:
+    """The packed form of a source at ``config.size``, and whether it has its own split.
+
+    A folder made by `prepare` at that size is used as it is. Any other source (or a
+    prepared folder at another size, through its original source) is packed once into the
+    cache folder (`pawlab._pack.cache_root`) and reused while it is unchanged.
+    """
+    p = Path(path).expanduser()
+    prepared = open_packed(p) if p.is_dir() else None
+    if prepared is not None:
+        if prepared.size == config.size:
+            return prepared, True
+        original = Path(prepared.manifest["source"])
+        if original.exists():
+            same_split = DataConfig(
+                size=config.size,
+                val_fraction=float(prepared.manifest["val_fraction"]),
+                seed=int(prepared.manifest["seed"]),
+                workers=config.workers,
+            )
+            cached = pack_source(
+                original, cache_dir_for(original, config.size), same_split, progress=progress
+            )
+            return cached.packed, True
+    source_path = open_source(p).path
+    cache = cache_dir_for(source_path, config.size)
+    packed = pack_source(source_path, cache, config, progress=progress).packed
+    return packed, bool(packed.manifest.get("presplit")) or prepared is not None
+
+
+def _skipped(packed: Packed) -> list[Skipped]:
+    return [Skipped(s["name"], s["reason"]) for s in packed.manifest["skipped"]]
 
 
 def load_dataset(
@@ -342,30 +379,28 @@ def load_dataset(
     channels: int = 3,
     progress: bool = True,
 ) -> Dataset:
-    """Read, label, split and decode a labelled source into memory at ``config.size``."""
-    source, cat = _catalog_source(path)
-    _check_classes(cat.items, str(source.path))
-    items = assign_splits(cat.items, config.val_fraction, config.seed)
-    size = (config.size, config.size)
-    arrays, kept, skipped = decode_names(
-        source, [it.name for it in items], size, channels, config.workers, progress
-    )
-    items = [items[i] for i in kept]
-    classes = _check_classes(items, str(source.path))
-    sets = {}
-    for split in SPLITS:
-        sel = [i for i, it in enumerate(items) if it.split == split]
-        if not sel:
-            raise DataError(f"{source.path}: the {split} split has no readable image")
-        sets[split] = _image_set([items[i] for i in sel], arrays[sel], classes)
+    """Read, label, split and decode a labelled source into memory at ``config.size``.
+
+    Decoding happens once per source and size: later calls read the packed cache.
+    """
+    packed, presplit = packed_for(path, config, progress=progress)
+    sets = {
+        split: ImageSet(
+            images=to_channels(np.array(packed.images(split)), channels),
+            labels=packed.labels(split),
+            names=packed.names(split),
+            classes=packed.classes,
+        )
+        for split in SPLITS
+    }
     return Dataset(
-        classes=classes,
+        classes=packed.classes,
         train=sets["train"],
         validation=sets["validation"],
-        skipped=cat.skipped + skipped,
-        source=str(source.path),
-        size=size,
-        presplit=cat.presplit,
+        skipped=_skipped(packed),
+        source=str(Path(path).expanduser().resolve()),
+        size=(config.size, config.size),
+        presplit=presplit,
     )
 
 
@@ -388,33 +423,38 @@ def load_eval_set(
 ) -> EvalSet:
     """The labelled images to evaluate a model on, never its training images.
 
-    A source with its own split gives its validation images. The very source a model was
-    trained on (without its own split) gives the validation part of the split used in
+    A source with its own split (or a prepared folder) gives its validation images. The
+    very source a model was trained on gives the validation part of the split used in
     training. Any other source is taken whole, as an independent test set.
     """
-    source, cat = _catalog_source(path)
+    if size[0] != size[1]:
+        raise DataError(f"{path}: only square input sizes are supported, got {size}")
     trained_on = trained_on or {}
-    items = cat.items
-    if cat.presplit:
-        items = [it for it in items if it.split == "validation"]
-        description = "the source's validation split"
-    elif trained_on.get("source") == str(source.path):
-        frac, seed = float(trained_on["val_fraction"]), int(trained_on["seed"])
-        items = [it for it in assign_splits(items, frac, seed) if it.split == "validation"]
+    resolved = str(Path(path).expanduser().resolve())
+    same = trained_on.get("source") == resolved
+    frac, seed = (float(trained_on["val_fraction"]), int(trained_on["seed"])) if same else (0.2, 0)
+    config = DataConfig(size=size[0], val_fraction=frac, seed=seed, workers=workers)
+    packed, presplit = packed_for(path, config, progress=progress)
+    if presplit:
+        splits, description = ["validation"], "the source's validation split"
+    elif same:
+        splits = ["validation"]
         description = f"the validation split used in training (fraction {frac:g}, seed {seed})"
     else:
-        description = "all labelled images of the source"
-    if not items:
-        raise DataError(f"{source.path}: no labelled images to evaluate")
-    unknown = sorted({str(it.label) for it in items} - set(classes))
+        splits, description = list(SPLITS), "all labelled images of the source"
+    unknown = sorted(set(packed.classes) - set(classes))
     if unknown:
         raise DataError(
-            f"{source.path}: class {unknown[0]!r} is not one of the model's classes ({', '.join(classes)})"
+            f"{resolved}: class {unknown[0]!r} is not one of the model's classes ({', '.join(classes)})"
         )
-    arrays, kept, skipped = decode_names(source, [it.name for it in items], size, channels, workers, progress)
-    if not kept:
-        raise DataError(f"{source.path}: no readable image to evaluate")
-    return EvalSet(_image_set([items[i] for i in kept], arrays, classes), cat.skipped + skipped, description)
+    remap = np.array([classes.index(c) for c in packed.classes], dtype=np.int64)
+    images = ImageSet(
+        images=to_channels(np.concatenate([np.array(packed.images(s)) for s in splits]), channels),
+        labels=remap[np.concatenate([packed.labels(s) for s in splits])],
+        names=[n for s in splits for n in packed.names(s)],
+        classes=classes,
+    )
+    return EvalSet(images, _skipped(packed), description)
 
 
 def load_unlabeled(
@@ -440,7 +480,7 @@ def load_unlabeled(
 
 @dataclass
 class PrepareReport:
-    """What `prepare` did; also written as ``OUT/manifest.json``."""
+    """What `prepare` did (the manifest, less its per-file index)."""
 
     out: str
     source: str
@@ -449,12 +489,43 @@ class PrepareReport:
     val_fraction: float
     classes: list[str]
     counts: dict[str, dict[str, int]]  # split -> class -> images
-    skipped: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[dict[str, str]] = field(default_factory=list)
+    deduplicated: bool = False
     presplit: bool = False
     seconds: float = 0.0
+    up_to_date: bool = False  # nothing had changed: nothing was decoded
+    decoded: int = 0
+    reused: int = 0
+
+    @classmethod
+    def from_pack(cls, result: PackResult) -> PrepareReport:
+        m = result.packed.manifest
+        return cls(
+            out=str(result.packed.root),
+            source=m["source"],
+            size=m["size"],
+            seed=m["seed"],
+            val_fraction=m["val_fraction"],
+            classes=m["classes"],
+            counts=m["counts"],
+            skipped=[{"name": s["name"], "reason": s["reason"]} for s in m["skipped"]],
+            duplicates=m["duplicates"],
+            deduplicated=m["deduplicated"],
+            presplit=m["presplit"],
+            seconds=m["seconds"],
+            up_to_date=result.up_to_date,
+            decoded=result.decoded,
+            reused=result.reused,
+        )
 
     def summary(self) -> str:
-        lines = [f"prepared {self.source} -> {self.out} at {self.size}x{self.size}"]
+        state = (
+            "up to date, nothing decoded"
+            if self.up_to_date
+            else (f"{self.decoded} decoded, {self.reused} reused")
+        )
+        lines = [f"prepared {self.source} -> {self.out} at {self.size}x{self.size} ({state})"]
         for split, per_class in self.counts.items():
             detail = ", ".join(f"{c} {n}" for c, n in per_class.items())
             lines.append(f"  {split:<10} {sum(per_class.values()):>6} images ({detail})")
@@ -464,32 +535,17 @@ class PrepareReport:
                 f"  skipped    {len(self.skipped):>6} files: "
                 + "; ".join(f"{n} {r}" for r, n in reasons.most_common())
             )
-        lines.append(f"  took {self.seconds:.1f}s; manifest: {Path(self.out) / 'manifest.json'}")
+        if self.duplicates:
+            first = self.duplicates[0]
+            action = (
+                "removed from validation" if self.deduplicated else "--dedupe removes them from validation"
+            )
+            lines.append(
+                f"  duplicates {len(self.duplicates):>6} validation images byte-identical to training images "
+                f"({action}), e.g. {first['validation']} = {first['train']}"
+            )
+        lines.append(f"  took {self.seconds:.1f}s; manifest: {Path(self.out) / MANIFEST}")
         return "\n".join(lines)
-
-
-def _file_ids(names: Sequence[str]) -> list[str]:
-    """Output file stems: the source file's stem, made unique with a short hash when needed."""
-    stems = [PurePosixPath(n).stem for n in names]
-    seen = Counter(stems)
-    return [
-        s if seen[s] == 1 else f"{s}-{hashlib.blake2b(n.encode(), digest_size=4).hexdigest()}"
-        for s, n in zip(stems, names, strict=True)
-    ]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file whole or not at all: a temporary file renamed into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def prepare(
@@ -498,64 +554,17 @@ def prepare(
     config: DataConfig = DataConfig(),
     *,
     progress: bool = True,
+    dedupe: bool = False,
+    strict: bool = False,
 ) -> PrepareReport:
-    """Decode, resize and split ``src``, writing ``out/{train,validation}/<class>/<id>.png``.
+    """Decode, resize and split ``src`` into ``out``.
 
-    ``out/manifest.json`` records classes, counts, size, source, seed and every skipped file
-    with its reason. It is written last: a folder without it is an unfinished prepare.
+    Writes the packed arrays that `train` reads, the tutorials' layout
+    ``out/{train,validation}/<class>/<id>.png`` and ``out/manifest.json`` (classes, counts,
+    size, source, seed, every skipped file with its reason, duplicates). Run again on an
+    unchanged source it returns at once; on a changed one it decodes only what changed.
+    ``dedupe`` drops validation images that are byte-identical to training images;
+    ``strict`` fails instead of skipping unreadable files.
     """
-    from PIL import Image
-
-    start = time.perf_counter()
-    out_dir = Path(out).expanduser().resolve()
-    src_path = open_source(src).path
-    if out_dir == src_path or src_path in out_dir.parents:
-        raise DataError(f"{out_dir}: the output folder must not be inside the source")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"{out_dir}: exists and is not a folder")
-    manifest = out_dir / MANIFEST
-    if not manifest.exists() and out_dir.exists() and any(out_dir.iterdir()):
-        raise DataError(f"{out_dir}: exists, is not empty and is not a pawlab prepared folder")
-    ds = load_dataset(src, config, progress=progress)
-    if manifest.exists():
-        manifest.unlink()  # first: a half-replaced folder must not look finished
-        for split in SPLITS:
-            shutil.rmtree(out_dir / split, ignore_errors=True)
-    counts: dict[str, dict[str, int]] = {}
-    for split, imgs in (("train", ds.train), ("validation", ds.validation)):
-        split_dir = out_dir / split
-        for cls in ds.classes:
-            (split_dir / cls).mkdir(parents=True, exist_ok=True)
-        for i, fid in enumerate(_file_ids(imgs.names)):
-            cls = ds.classes[int(imgs.labels[i])]
-            arr = imgs.images[i]
-            Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(
-                split_dir / cls / f"{fid}.png", compress_level=1
-            )
-        counts[split] = imgs.counts()
-    report = PrepareReport(
-        out=str(out_dir),
-        source=ds.source,
-        size=config.size,
-        seed=config.seed,
-        val_fraction=config.val_fraction,
-        classes=ds.classes,
-        counts=counts,
-        skipped=[asdict(s) for s in ds.skipped],
-        presplit=ds.presplit,
-        seconds=time.perf_counter() - start,
-    )
-    atomic_write_text(manifest, json.dumps(asdict(report), indent=2) + "\n")
-    return report
-
-
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The manifest of a prepared folder, or None if ``path`` is not one."""
-    m = Path(path) / MANIFEST
-    if not m.is_file():
-        return None
-    try:
-        data: dict[str, Any] = json.loads(m.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data
+    result = pack_source(src, out, config, progress=progress, png=True, dedupe=dedupe, strict=strict)
+    return PrepareReport.from_pack(result)

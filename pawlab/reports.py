@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pawlab.data import atomic_write_bytes
+from pawlab._atomic import atomic_write_bytes
 
 RIGHT = (30, 140, 60)
 WRONG = (210, 40, 40)
@@ -65,8 +66,6 @@ def prediction_grid(
         if not ok:
             draw.text((x0, y0 + tile + 16), f"true: {classes[int(labels[i])]}", fill=WRONG, font=font)
     out = Path(path)
-    import io
-
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     atomic_write_bytes(out, buf.getvalue())

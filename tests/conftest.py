@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 
@@ -42,3 +43,9 @@ def write_tree(
 def tree(tmp_path: Path) -> Path:
     """A class-per-folder tree of 20 cats and 20 dogs."""
     return write_tree(tmp_path / "src", {"cat": 20, "dog": 20})
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Packed caches of test sources go to a temporary folder, not ~/.cache."""
+    os.environ["PAWLAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("pawlab-cache"))

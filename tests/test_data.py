@@ -602,8 +602,10 @@ def test_load_dataset_presplit_folder_keeps_its_split(tmp_path: Path) -> None:
 
 
 def test_load_dataset_multiprocess_matches_single_process(
-    tree: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    tree = write_tree(tmp_path / "src", {"cat": 60, "dog": 60})
+    monkeypatch.setenv("PAWLAB_CACHE_DIR", str(tmp_path / "cache-single"))
     single = load(tree, DataConfig(size=16, workers=1))
     contexts: list[str] = []
     real_get_context = _imageio.mp.get_context
@@ -613,6 +615,7 @@ def test_load_dataset_multiprocess_matches_single_process(
         return real_get_context(method)
 
     monkeypatch.setattr(_imageio.mp, "get_context", spy)
+    monkeypatch.setenv("PAWLAB_CACHE_DIR", str(tmp_path / "cache-multi"))  # decode again
     multi = load(tree, DataConfig(size=16, workers=2))
     assert contexts, "the process pool was not used"
     for a, b in ((single.train, multi.train), (single.validation, multi.validation)):
@@ -687,7 +690,8 @@ def test_prepare_writes_pngs_and_manifest(tree: Path, tmp_path: Path) -> None:
     assert sum(sum(c.values()) for c in report.counts.values()) == 40
     assert {s["name"] for s in manifest["skipped"]} == set(bad)
     assert all(s["reason"] for s in manifest["skipped"])
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "train", "validation"]
+    arrays = sorted(manifest["arrays"].values())
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, "train", "validation", *arrays])
     for p in pngs(out):
         with Image.open(p) as im:
             assert (im.format, im.size, im.mode) == ("PNG", (12, 12), "RGB")

@@ -1,0 +1,421 @@
+"""The packed cache: a source decoded once into one memory-mapped uint8 array per split.
+
+A packed folder holds ``train-<token>.npy`` and ``validation-<token>.npy`` (N, H, W, 3) and
+``manifest.json``, which lists, for every row, the source file's name, label, byte size,
+modification time and content digest, plus every skipped file with its reason. `pack`
+compares a source with that manifest:
+
+* nothing changed (same files, sizes, mtimes, and the same size/seed/fraction): the folder is
+  used as it is, with no decoding at all;
+* some files changed: their rows are decoded again, the others are copied from the old
+  arrays (also when only the seed or fraction changed);
+
+The manifest is the commit point. New arrays get new file names, the manifest is replaced
+atomically, and only then are the old arrays deleted; a kill at any moment leaves either the
+old complete state or the new one, never a half-written array that a later run trusts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+import zipfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from pawlab._atomic import atomic_write_text
+from pawlab._imageio import ImageDecodeError, decode, default_workers, parallel_map
+from pawlab._sources import FolderSource, ZipSource, cached_source, source_stamp
+from pawlab.errors import DataError
+
+PACK_FORMAT = "pawlab-prepared"
+PACK_VERSION = 2
+MANIFEST = "manifest.json"
+SPLITS = ("train", "validation")
+HIDDEN_REASON = "hidden or system file"
+
+
+@dataclass(frozen=True)
+class PlannedItem:
+    """A labelled image to pack: where it comes from and which split it goes to."""
+
+    name: str
+    label: str
+    split: str
+    size: int
+    mtime: float
+
+
+@dataclass
+class Packed:
+    """A complete packed folder, opened."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def size(self) -> int:
+        return int(self.manifest["size"])
+
+    def images(self, split: str) -> np.ndarray:
+        """The split's images, memory-mapped read-only: (N, H, W, 3) uint8."""
+        arr: np.ndarray = np.load(self.root / self.manifest["arrays"][split], mmap_mode="r")
+        return arr
+
+    def labels(self, split: str) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index[f[1]] for f in self.manifest["files"][split]], dtype=np.int64)
+
+    def names(self, split: str) -> list[str]:
+        return [f[0] for f in self.manifest["files"][split]]
+
+
+def open_packed(root: str | os.PathLike[str]) -> Packed | None:
+    """The packed folder at ``root``, or None if there is none (or it is incomplete)."""
+    manifest = read_manifest(root)
+    if manifest is None or not manifest.get("complete"):
+        return None
+    r = Path(root)
+    if not all((r / manifest["arrays"][s]).is_file() for s in SPLITS):
+        return None
+    return Packed(r, manifest)
+
+
+def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any] | None:
+    path = Path(root) / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != PACK_FORMAT or data.get("version") != PACK_VERSION:
+        return None
+    return data
+
+
+# ----------------------------------------------------------------------------- worker tasks
+
+
+@lru_cache(maxsize=4)
+def _open_rows(path: str) -> np.ndarray:
+    arr: np.ndarray = np.load(path, mmap_mode="r+")
+    return arr
+
+
+DecodeIntoTask = tuple[str, tuple[int, int], str, int, str, int]
+
+
+def _decode_into(task: DecodeIntoTask) -> tuple[str | None, str | None]:
+    """Decode one file straight into row ``row`` of the array file; (reason, digest)."""
+    src_path, stamp, name, size, array_path, row = task
+    try:
+        data = cached_source(src_path, stamp).read(name)
+    except (OSError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return f"unreadable file ({reason})", None
+    try:
+        _open_rows(array_path)[row] = decode(data, (size, size), 3)
+    except ImageDecodeError as exc:
+        return str(exc), None
+    return None, hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _write_png(task: tuple[str, int, str]) -> None:
+    array_path, row, png_path = task
+    Image.fromarray(np.asarray(_open_rows(array_path)[row])).save(png_path, compress_level=1)
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def fingerprint(source: Path, entries: Sequence[tuple[str, int, float]], settings: dict[str, Any]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([PACK_VERSION, str(source), settings], sort_keys=True).encode())
+    for name, size, mtime in entries:
+        h.update(f"{name}\0{size}\0{mtime!r}\n".encode())
+    return h.hexdigest()
+
+
+def check_out_dir(out: Path, src: Path) -> None:
+    """Refuse outputs that would destroy data: inside the source, a file, a foreign folder."""
+    if out == src or src in out.parents:
+        raise DataError(f"{out}: the output folder must not be inside the source")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    if out.exists() and not (out / MANIFEST).exists() and any(out.iterdir()):
+        raise DataError(f"{out}: exists, is not empty and is not a pawlab prepared folder")
+
+
+def _new_array(path: Path, n: int, size: int) -> np.memmap[Any, Any]:
+    arr: np.memmap[Any, Any] = np.lib.format.open_memmap(
+        path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3)
+    )
+    return arr
+
+
+def _compact(root: Path, name: str, arr_path: Path, keep: np.ndarray, size: int) -> Path:
+    """A new array file with only the rows in ``keep`` (bool mask)."""
+    new_path = root / name
+    src = np.load(arr_path, mmap_mode="r")
+    dst = _new_array(new_path, int(keep.sum()), size)
+    rows = np.flatnonzero(keep)
+    for start in range(0, len(rows), 1024):
+        chunk = rows[start : start + 1024]
+        dst[start : start + len(chunk)] = src[chunk]
+    dst.flush()
+    del dst, src
+    arr_path.unlink()
+    return new_path
+
+
+@dataclass
+class PackResult:
+    packed: Packed
+    up_to_date: bool  # nothing was decoded or written
+    decoded: int  # files decoded this time
+    reused: int  # rows copied from the previous arrays
+
+
+def pack(
+    source: FolderSource | ZipSource,
+    planned: Sequence[PlannedItem],
+    skipped: Sequence[tuple[str, str]],
+    out: Path,
+    *,
+    size: int,
+    settings: dict[str, Any],
+    entries: Sequence[tuple[str, int, float]],
+    workers: int = 0,
+    progress: bool = True,
+    png: bool = False,
+    dedupe: bool = False,
+    strict: bool = False,
+) -> PackResult:
+    """Bring the packed folder ``out`` up to date with ``planned`` (see the module doc).
+
+    ``skipped`` are files already rejected before decoding (name, reason); ``settings``
+    (size, seed, fraction, ...) and ``entries`` (every file of the source with its size and
+    mtime) make the fingerprint that decides whether anything must be done.
+    """
+    start = time.perf_counter()
+    workers = workers or default_workers()
+    fp = fingerprint(source.path, entries, {**settings, "png": png, "dedupe": dedupe, "strict": strict})
+    old = read_manifest(out)
+    if old is not None and old.get("fingerprint") == fp and old.get("complete"):
+        opened = open_packed(out)
+        if opened is not None:
+            return PackResult(opened, up_to_date=True, decoded=0, reused=0)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(out, old)
+
+    # Where each row comes from: a previous array (same name, size, mtime) or the source.
+    # keyed by (name, byte size, mtime): a file that changed in any of these is decoded again
+    old_rows: dict[tuple[str, int, float], tuple[str, int, str]] = {}  # -> (split, row, digest)
+    old_skips: dict[tuple[str, int, float], str] = {}  # -> reason
+    if old is not None and old["size"] == size:
+        for split in SPLITS:
+            for row, (name, _label, fsize, mtime, digest) in enumerate(old["files"][split]):
+                old_rows[(name, fsize, mtime)] = (split, row, digest)
+        for s in old.get("skipped", []):
+            if "size" in s:
+                old_skips[(s["name"], s["size"], s["mtime"])] = s["reason"]
+    all_skipped: list[dict[str, Any]] = [{"name": n, "reason": r} for n, r in skipped]
+    token = uuid.uuid4().hex[:8]
+    stamp = source_stamp(source.path)
+    arrays: dict[str, Path] = {}
+    files: dict[str, list[list[Any]]] = {}
+    decoded = reused = 0
+    for split in SPLITS:
+        items = []
+        for it in (p for p in planned if p.split == split):
+            reason = old_skips.get((it.name, it.size, it.mtime))
+            if reason is not None:
+                all_skipped.append({"name": it.name, "reason": reason, "size": it.size, "mtime": it.mtime})
+            else:
+                items.append(it)
+        arr_path = out / f"{split}-{token}.npy"
+        arrays[split] = arr_path
+        arr = _new_array(arr_path, len(items), size)
+        digests: list[str | None] = [None] * len(items)
+        to_decode: list[int] = []
+        copies: dict[str, list[tuple[int, int]]] = {}
+        for i, it in enumerate(items):
+            prev = old_rows.get((it.name, it.size, it.mtime))
+            if prev is not None:
+                copies.setdefault(prev[0], []).append((i, prev[1]))
+                digests[i] = prev[2]
+            else:
+                to_decode.append(i)
+        for old_split, pairs in copies.items():
+            assert old is not None
+            src_arr = np.load(out / old["arrays"][old_split], mmap_mode="r")
+            for k in range(0, len(pairs), 1024):
+                chunk = pairs[k : k + 1024]
+                arr[[i for i, _ in chunk]] = src_arr[[r for _, r in chunk]]
+            reused += len(pairs)
+        arr.flush()
+        del arr
+        tasks = [(str(source.path), stamp, items[i].name, size, str(arr_path), i) for i in to_decode]
+        results = parallel_map(_decode_into, tasks, workers=workers, total=len(tasks), chunksize=32)
+        bar = tqdm(
+            results,
+            total=len(tasks),
+            desc=f"decoding {split}",
+            unit="img",
+            disable=not progress or None,
+            leave=False,
+        )
+        ok = np.ones(len(items), dtype=bool)
+        for i, (reason, digest) in zip(to_decode, bar, strict=True):
+            if reason is None:
+                digests[i] = digest
+            else:
+                ok[i] = False
+                it = items[i]
+                all_skipped.append({"name": it.name, "reason": reason, "size": it.size, "mtime": it.mtime})
+        _open_rows.cache_clear()
+        decoded += len(to_decode)
+        if not ok.all():
+            arrays[split] = _compact(out, f"{split}-{token}c.npy", arr_path, ok, size)
+        files[split] = [
+            [it.name, it.label, it.size, it.mtime, digests[i]] for i, it in enumerate(items) if ok[i]
+        ]
+
+    # Exact duplicates (same bytes) in train and validation.
+    in_train = {f[4]: f[0] for f in files["train"]}
+    duplicates = [
+        {"validation": f[0], "train": in_train[f[4]]} for f in files["validation"] if f[4] in in_train
+    ]
+    if dedupe and duplicates:
+        keep = np.array([f[4] not in in_train for f in files["validation"]])
+        arrays["validation"] = _compact(out, f"validation-{token}d.npy", arrays["validation"], keep, size)
+        files["validation"] = [f for f, k in zip(files["validation"], keep, strict=True) if k]
+
+    real_skips = [s for s in all_skipped if s["reason"] != HIDDEN_REASON]
+    if strict and real_skips:
+        for p in arrays.values():
+            p.unlink(missing_ok=True)
+        first = real_skips[0]
+        raise DataError(
+            f"{source.path}: --strict: {len(real_skips)} file(s) skipped, "
+            f"e.g. {first['name']}: {first['reason']}"
+        )
+    classes = sorted({f[1] for split in SPLITS for f in files[split]})
+    where = str(source.path)
+    if len(classes) < 2:
+        for p in arrays.values():
+            p.unlink(missing_ok=True)
+        raise DataError(f"{where}: fewer than 2 classes have a readable image")
+    for split in SPLITS:
+        if not files[split]:
+            for p in arrays.values():
+                p.unlink(missing_ok=True)
+            raise DataError(f"{where}: the {split} split has no readable image")
+
+    manifest: dict[str, Any] = {
+        "format": PACK_FORMAT,
+        "version": PACK_VERSION,
+        "fingerprint": fp,
+        "complete": not png,
+        "source": str(source.path),
+        **settings,
+        "size": size,
+        "classes": classes,
+        "counts": {s: {c: sum(1 for f in files[s] if f[1] == c) for c in classes} for s in SPLITS},
+        "skipped": all_skipped,
+        "duplicates": duplicates,
+        "deduplicated": dedupe,
+        "png": png,
+        "arrays": {s: p.name for s, p in arrays.items()},
+        "files": files,
+        "seconds": 0.0,
+    }
+    _commit(out, manifest, old)
+    if png:
+        _write_png_tree(out, manifest, workers, progress)
+        manifest["complete"] = True
+    manifest["seconds"] = time.perf_counter() - start
+    atomic_write_text(out / MANIFEST, json.dumps(manifest) + "\n")
+    return PackResult(Packed(out, manifest), up_to_date=False, decoded=decoded, reused=reused)
+
+
+def _commit(out: Path, manifest: dict[str, Any], old: dict[str, Any] | None) -> None:
+    """Make ``manifest`` current, then drop the previous arrays."""
+    atomic_write_text(out / MANIFEST, json.dumps(manifest) + "\n")
+    if old is not None:
+        for name in old["arrays"].values():
+            if name not in manifest["arrays"].values():
+                (out / name).unlink(missing_ok=True)
+
+
+def _remove_orphans(out: Path, manifest: dict[str, Any] | None) -> None:
+    """Array files a killed run left behind (not named by the manifest)."""
+    keep = set(manifest["arrays"].values()) if manifest is not None else set()
+    for split in SPLITS:
+        for p in out.glob(f"{split}-*.npy"):
+            if p.name not in keep:
+                p.unlink(missing_ok=True)
+
+
+def png_ids(names: Sequence[str]) -> list[str]:
+    """Output file stems: the source file's stem, made unique with a short hash when needed."""
+    stems = [PurePosixPath(n).stem for n in names]
+    seen: dict[str, int] = {}
+    for s in stems:
+        seen[s] = seen.get(s, 0) + 1
+    return [
+        s if seen[s] == 1 else f"{s}-{hashlib.blake2b(n.encode(), digest_size=4).hexdigest()}"
+        for s, n in zip(stems, names, strict=True)
+    ]
+
+
+def _write_png_tree(out: Path, manifest: dict[str, Any], workers: int, progress: bool) -> None:
+    """``out/<split>/<class>/<id>.png`` for every row, written by the worker processes."""
+    tasks = []
+    for split in SPLITS:
+        shutil.rmtree(out / split, ignore_errors=True)
+        for cls in manifest["classes"]:
+            (out / split / cls).mkdir(parents=True, exist_ok=True)
+        rows = manifest["files"][split]
+        arr_path = str(out / manifest["arrays"][split])
+        for row, (fid, f) in enumerate(zip(png_ids([f[0] for f in rows]), rows, strict=True)):
+            tasks.append((arr_path, row, str(out / split / f[1] / f"{fid}.png")))
+    results = parallel_map(_write_png, tasks, workers=workers, total=len(tasks), chunksize=64)
+    for _ in tqdm(
+        results, total=len(tasks), desc="writing PNGs", unit="img", disable=not progress or None, leave=False
+    ):
+        pass
+    _open_rows.cache_clear()
+
+
+def cache_root() -> Path:
+    """Where packed copies of sources used directly by `train`/`evaluate` are kept.
+
+    ``$PAWLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/pawlab``, else ``~/.cache/pawlab``. Safe to
+    delete at any time.
+    """
+    env = os.environ.get("PAWLAB_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pawlab"
+
+
+def cache_dir_for(src: Path, size: int) -> Path:
+    key = hashlib.blake2b(f"{src}\0{size}".encode(), digest_size=10).hexdigest()
+    return cache_root() / f"{src.name[:40]}-{size}-{key}"
