@@ -1,19 +1,40 @@
 """pawlab: a workbench for training and using image classifiers.
 
-import pawlab
-pawlab.prepare("cats_and_dogs.zip", "data/", pawlab.DataConfig(size=64))
-pawlab.train("data/", "model.safetensors", arch="cortex-cnn", config=pawlab.TrainConfig(epochs=10))
-pawlab.load_model("model.safetensors").predict("cat.jpg")
+    import pawlab
+    pawlab.prepare("cats_and_dogs.zip", "data/", pawlab.DataConfig(size=64))
+    pawlab.train("data/", "model.safetensors", arch="cortex-cnn", config=pawlab.TrainConfig(epochs=10))
+    pawlab.load_model("model.safetensors").predict("cat.jpg")
+
+The public names below are imported on first use, so that ``import pawlab`` (and the data
+workers, which import ``pawlab._imageio``) do not pay for importing torch.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from pawlab._version import __version__
-from pawlab.config import AugmentConfig, DataConfig, TrainConfig
-from pawlab.data import Dataset, ImageSet, load_dataset, prepare
-from pawlab.errors import ArchitectureError, ConfigError, DataError, ModelFileError, PawlabError
-from pawlab.inference import EvalReport, Model, Prediction, evaluate, load_model, submit
-from pawlab.layers import LAYERS
-from pawlab.models import ARCHITECTURES, Network, build, get_architecture, load_arch_file
-from pawlab.training import Callback, Trainer, TrainResult, train
+
+if TYPE_CHECKING:
+    from pawlab.config import AugmentConfig, DataConfig, TrainConfig
+    from pawlab.data import Dataset, ImageSet, PrepareReport, load_dataset, prepare
+    from pawlab.errors import ArchitectureError, ConfigError, DataError, ModelFileError, PawlabError
+    from pawlab.inference import EvalReport, Model, Prediction, evaluate, load_model, submit
+    from pawlab.layers import LAYERS
+    from pawlab.models import ARCHITECTURES, Network, build, get_architecture, load_arch_file
+    from pawlab.training import Callback, Trainer, TrainResult, train
+
+_EXPORTS = {
+    "pawlab.config": ["AugmentConfig", "DataConfig", "TrainConfig"],
+    "pawlab.data": ["Dataset", "ImageSet", "PrepareReport", "load_dataset", "prepare"],
+    "pawlab.errors": ["ArchitectureError", "ConfigError", "DataError", "ModelFileError", "PawlabError"],
+    "pawlab.inference": ["EvalReport", "Model", "Prediction", "evaluate", "load_model", "submit"],
+    "pawlab.layers": ["LAYERS"],
+    "pawlab.models": ["ARCHITECTURES", "Network", "build", "get_architecture", "load_arch_file"],
+    "pawlab.training": ["Callback", "Trainer", "TrainResult", "train"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "ARCHITECTURES",
@@ -32,6 +53,7 @@ __all__ = [
     "Network",
     "PawlabError",
     "Prediction",
+    "PrepareReport",
     "TrainConfig",
     "TrainResult",
     "Trainer",
@@ -46,3 +68,16 @@ __all__ = [
     "submit",
     "train",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pawlab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -11,8 +11,8 @@ import io
 import multiprocessing as mp
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -120,17 +120,45 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def parallel_map(
-    fn: Callable[[T], R], tasks: Iterable[T], *, workers: int, total: int, chunksize: int = 16
-) -> Iterator[R]:
-    """``map(fn, tasks)`` in order, in ``workers`` processes when the job is big enough.
+class Workers:
+    """A process pool for the stages of one job, started on first use (small jobs run
+    in-process) and shared by the stages, so that a job pays for starting workers once.
 
     ``forkserver`` keeps workers clean of the parent's threads (torch, OpenMP), which makes
-    forking safe even after a model was built.
+    starting them safe even after a model was built.
     """
-    if workers <= 1 or total < 2 * chunksize:
-        yield from map(fn, tasks)
-        return
-    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers) as pool:
-        yield from pool.imap(fn, tasks, chunksize=chunksize)
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: Any = None
+
+    def map(self, fn: Callable[[T], R], tasks: Sequence[T], chunksize: int = 16) -> Iterator[R]:
+        """``map(fn, tasks)``, in order."""
+        if self.workers <= 1 or len(tasks) < 2 * chunksize:
+            return map(fn, tasks)
+        if self._pool is None:
+            methods = mp.get_all_start_methods()
+            self._pool = mp.get_context("forkserver" if "forkserver" in methods else "spawn").Pool(
+                self.workers
+            )
+        return iter(self._pool.imap(fn, tasks, chunksize=chunksize))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def parallel_map(
+    fn: Callable[[T], R], tasks: Sequence[T], *, workers: int, chunksize: int = 16
+) -> Iterator[R]:
+    """``map(fn, tasks)`` in order, in ``workers`` processes when the job is big enough."""
+    with Workers(workers) as pool:
+        yield from pool.map(fn, tasks, chunksize)

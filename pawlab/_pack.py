@@ -36,7 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pawlab._atomic import atomic_write_text
-from pawlab._imageio import ImageDecodeError, decode, default_workers, parallel_map
+from pawlab._imageio import ImageDecodeError, Workers, decode, default_workers
 from pawlab._sources import FolderSource, ZipSource, cached_source, source_stamp
 from pawlab.errors import DataError
 
@@ -168,9 +168,9 @@ def _new_array(path: Path, n: int, size: int) -> np.memmap[Any, Any]:
     return arr
 
 
-def _compact(root: Path, name: str, arr_path: Path, keep: np.ndarray, size: int) -> Path:
-    """A new array file with only the rows in ``keep`` (bool mask)."""
-    new_path = root / name
+def _compact(root: Path, arr_path: Path, suffix: str, keep: np.ndarray, size: int) -> Path:
+    """A new array file with only the rows in ``keep`` (bool mask); the old one is deleted."""
+    new_path = root / f"{arr_path.stem}{suffix}.npy"
     src = np.load(arr_path, mmap_mode="r")
     dst = _new_array(new_path, int(keep.sum()), size)
     rows = np.flatnonzero(keep)
@@ -213,7 +213,6 @@ def pack(
     mtime) make the fingerprint that decides whether anything must be done.
     """
     start = time.perf_counter()
-    workers = workers or default_workers()
     fp = fingerprint(source.path, entries, {**settings, "png": png, "dedupe": dedupe, "strict": strict})
     old = read_manifest(out)
     if old is not None and old.get("fingerprint") == fp and old.get("complete"):
@@ -222,136 +221,158 @@ def pack(
             return PackResult(opened, up_to_date=True, decoded=0, reused=0)
     out.mkdir(parents=True, exist_ok=True)
     _remove_orphans(out, old)
+    with Workers(workers or default_workers()) as pool:
+        plans, all_skipped, decoded, reused = _build_arrays(
+            source, planned, out, size, old, pool, progress, uuid.uuid4().hex[:8]
+        )
+        all_skipped = [{"name": n, "reason": r} for n, r in skipped] + all_skipped
+        arrays = {split: plan.path for split, plan in plans.items()}
+        files = {split: plan.files for split, plan in plans.items()}
 
-    # Where each row comes from: a previous array (same name, size, mtime) or the source.
-    # keyed by (name, byte size, mtime): a file that changed in any of these is decoded again
+        # Exact duplicates (same bytes) in train and validation.
+        in_train = {f[4]: f[0] for f in files["train"]}
+        duplicates = [
+            {"validation": f[0], "train": in_train[f[4]]} for f in files["validation"] if f[4] in in_train
+        ]
+        if dedupe and duplicates:
+            keep = np.array([f[4] not in in_train for f in files["validation"]])
+            arrays["validation"] = _compact(out, arrays["validation"], "d", keep, size)
+            files["validation"] = [f for f, k in zip(files["validation"], keep, strict=True) if k]
+
+        real_skips = [sk for sk in all_skipped if sk["reason"] != HIDDEN_REASON]
+        classes = sorted({f[1] for split in SPLITS for f in files[split]})
+        problem = None
+        if strict and real_skips:
+            first = real_skips[0]
+            problem = f"--strict: {len(real_skips)} file(s) skipped, e.g. {first['name']}: {first['reason']}"
+        elif len(classes) < 2:
+            problem = "fewer than 2 classes have a readable image"
+        elif not all(files[split] for split in SPLITS):
+            empty = next(split for split in SPLITS if not files[split])
+            problem = f"the {empty} split has no readable image"
+        if problem is not None:
+            for path in arrays.values():
+                path.unlink(missing_ok=True)
+            raise DataError(f"{source.path}: {problem}")
+
+        manifest: dict[str, Any] = {
+            "format": PACK_FORMAT,
+            "version": PACK_VERSION,
+            "fingerprint": fp,
+            "complete": not png,
+            "source": str(source.path),
+            **settings,
+            "size": size,
+            "classes": classes,
+            "counts": {sp: {c: sum(1 for f in files[sp] if f[1] == c) for c in classes} for sp in SPLITS},
+            "skipped": all_skipped,
+            "duplicates": duplicates,
+            "deduplicated": dedupe,
+            "png": png,
+            "arrays": {sp: path.name for sp, path in arrays.items()},
+            "files": files,
+            "seconds": 0.0,
+        }
+        _commit(out, manifest, old)
+        if png:
+            _write_png_tree(out, manifest, pool, progress)
+            manifest["complete"] = True
+    manifest["seconds"] = time.perf_counter() - start
+    atomic_write_text(out / MANIFEST, json.dumps(manifest) + "\n")
+    return PackResult(Packed(out, manifest), up_to_date=False, decoded=decoded, reused=reused)
+
+
+@dataclass
+class _SplitPlan:
+    path: Path  # the new array file
+    items: list[PlannedItem]
+    digests: list[str | None]
+    ok: np.ndarray  # bool (N,): row decoded (or copied)
+    files: list[list[Any]]  # manifest rows, filled at the end
+
+
+def _build_arrays(
+    source: FolderSource | ZipSource,
+    planned: Sequence[PlannedItem],
+    out: Path,
+    size: int,
+    old: dict[str, Any] | None,
+    pool: Workers,
+    progress: bool,
+    token: str,
+) -> tuple[dict[str, _SplitPlan], list[dict[str, Any]], int, int]:
+    """New arrays for both splits: rows copied from the old arrays where the file is
+    unchanged (same name, size and mtime), decoded by the workers otherwise."""
     old_rows: dict[tuple[str, int, float], tuple[str, int, str]] = {}  # -> (split, row, digest)
     old_skips: dict[tuple[str, int, float], str] = {}  # -> reason
     if old is not None and old["size"] == size:
         for split in SPLITS:
             for row, (name, _label, fsize, mtime, digest) in enumerate(old["files"][split]):
                 old_rows[(name, fsize, mtime)] = (split, row, digest)
-        for s in old.get("skipped", []):
-            if "size" in s:
-                old_skips[(s["name"], s["size"], s["mtime"])] = s["reason"]
-    all_skipped: list[dict[str, Any]] = [{"name": n, "reason": r} for n, r in skipped]
-    token = uuid.uuid4().hex[:8]
+        for sk in old.get("skipped", []):
+            if "size" in sk:
+                old_skips[(sk["name"], sk["size"], sk["mtime"])] = sk["reason"]
+    skipped: list[dict[str, Any]] = []
+    plans: dict[str, _SplitPlan] = {}
+    tasks: list[DecodeIntoTask] = []
+    task_rows: list[tuple[str, int]] = []
     stamp = source_stamp(source.path)
-    arrays: dict[str, Path] = {}
-    files: dict[str, list[list[Any]]] = {}
-    decoded = reused = 0
+    reused = 0
     for split in SPLITS:
         items = []
-        for it in (p for p in planned if p.split == split):
+        for it in planned:
+            if it.split != split:
+                continue
             reason = old_skips.get((it.name, it.size, it.mtime))
-            if reason is not None:
-                all_skipped.append({"name": it.name, "reason": reason, "size": it.size, "mtime": it.mtime})
-            else:
+            if reason is None:
                 items.append(it)
-        arr_path = out / f"{split}-{token}.npy"
-        arrays[split] = arr_path
-        arr = _new_array(arr_path, len(items), size)
-        digests: list[str | None] = [None] * len(items)
-        to_decode: list[int] = []
+            else:
+                skipped.append({"name": it.name, "reason": reason, "size": it.size, "mtime": it.mtime})
+        plan = _SplitPlan(
+            out / f"{split}-{token}.npy", items, [None] * len(items), np.ones(len(items), dtype=bool), []
+        )
+        plans[split] = plan
+        arr = _new_array(plan.path, len(items), size)
         copies: dict[str, list[tuple[int, int]]] = {}
         for i, it in enumerate(items):
             prev = old_rows.get((it.name, it.size, it.mtime))
-            if prev is not None:
-                copies.setdefault(prev[0], []).append((i, prev[1]))
-                digests[i] = prev[2]
+            if prev is None:
+                tasks.append((str(source.path), stamp, it.name, size, str(plan.path), i))
+                task_rows.append((split, i))
             else:
-                to_decode.append(i)
+                copies.setdefault(prev[0], []).append((i, prev[1]))
+                plan.digests[i] = prev[2]
         for old_split, pairs in copies.items():
             assert old is not None
-            src_arr = np.load(out / old["arrays"][old_split], mmap_mode="r")
+            previous = np.load(out / old["arrays"][old_split], mmap_mode="r")
             for k in range(0, len(pairs), 1024):
                 chunk = pairs[k : k + 1024]
-                arr[[i for i, _ in chunk]] = src_arr[[r for _, r in chunk]]
+                arr[[i for i, _ in chunk]] = previous[[r for _, r in chunk]]
             reused += len(pairs)
         arr.flush()
         del arr
-        tasks = [(str(source.path), stamp, items[i].name, size, str(arr_path), i) for i in to_decode]
-        results = parallel_map(_decode_into, tasks, workers=workers, total=len(tasks), chunksize=32)
-        bar = tqdm(
-            results,
-            total=len(tasks),
-            desc=f"decoding {split}",
-            unit="img",
-            disable=not progress or None,
-            leave=False,
-        )
-        ok = np.ones(len(items), dtype=bool)
-        for i, (reason, digest) in zip(to_decode, bar, strict=True):
-            if reason is None:
-                digests[i] = digest
-            else:
-                ok[i] = False
-                it = items[i]
-                all_skipped.append({"name": it.name, "reason": reason, "size": it.size, "mtime": it.mtime})
-        _open_rows.cache_clear()
-        decoded += len(to_decode)
-        if not ok.all():
-            arrays[split] = _compact(out, f"{split}-{token}c.npy", arr_path, ok, size)
-        files[split] = [
-            [it.name, it.label, it.size, it.mtime, digests[i]] for i, it in enumerate(items) if ok[i]
+    results = pool.map(_decode_into, tasks, chunksize=32)
+    bar = tqdm(
+        results, total=len(tasks), desc="decoding", unit="img", disable=not progress or None, leave=False
+    )
+    for (split, i), (reason, digest) in zip(task_rows, bar, strict=True):
+        plan = plans[split]
+        if reason is None:
+            plan.digests[i] = digest
+        else:
+            plan.ok[i] = False
+            it = plan.items[i]
+            skipped.append({"name": it.name, "reason": reason, "size": it.size, "mtime": it.mtime})
+    _open_rows.cache_clear()
+    for plan in plans.values():
+        if not plan.ok.all():
+            plan.path = _compact(out, plan.path, "c", plan.ok, size)
+        plan.files = [
+            [it.name, it.label, it.size, it.mtime, plan.digests[i]]
+            for i, it in enumerate(plan.items)
+            if plan.ok[i]
         ]
-
-    # Exact duplicates (same bytes) in train and validation.
-    in_train = {f[4]: f[0] for f in files["train"]}
-    duplicates = [
-        {"validation": f[0], "train": in_train[f[4]]} for f in files["validation"] if f[4] in in_train
-    ]
-    if dedupe and duplicates:
-        keep = np.array([f[4] not in in_train for f in files["validation"]])
-        arrays["validation"] = _compact(out, f"validation-{token}d.npy", arrays["validation"], keep, size)
-        files["validation"] = [f for f, k in zip(files["validation"], keep, strict=True) if k]
-
-    real_skips = [s for s in all_skipped if s["reason"] != HIDDEN_REASON]
-    if strict and real_skips:
-        for p in arrays.values():
-            p.unlink(missing_ok=True)
-        first = real_skips[0]
-        raise DataError(
-            f"{source.path}: --strict: {len(real_skips)} file(s) skipped, "
-            f"e.g. {first['name']}: {first['reason']}"
-        )
-    classes = sorted({f[1] for split in SPLITS for f in files[split]})
-    where = str(source.path)
-    if len(classes) < 2:
-        for p in arrays.values():
-            p.unlink(missing_ok=True)
-        raise DataError(f"{where}: fewer than 2 classes have a readable image")
-    for split in SPLITS:
-        if not files[split]:
-            for p in arrays.values():
-                p.unlink(missing_ok=True)
-            raise DataError(f"{where}: the {split} split has no readable image")
-
-    manifest: dict[str, Any] = {
-        "format": PACK_FORMAT,
-        "version": PACK_VERSION,
-        "fingerprint": fp,
-        "complete": not png,
-        "source": str(source.path),
-        **settings,
-        "size": size,
-        "classes": classes,
-        "counts": {s: {c: sum(1 for f in files[s] if f[1] == c) for c in classes} for s in SPLITS},
-        "skipped": all_skipped,
-        "duplicates": duplicates,
-        "deduplicated": dedupe,
-        "png": png,
-        "arrays": {s: p.name for s, p in arrays.items()},
-        "files": files,
-        "seconds": 0.0,
-    }
-    _commit(out, manifest, old)
-    if png:
-        _write_png_tree(out, manifest, workers, progress)
-        manifest["complete"] = True
-    manifest["seconds"] = time.perf_counter() - start
-    atomic_write_text(out / MANIFEST, json.dumps(manifest) + "\n")
-    return PackResult(Packed(out, manifest), up_to_date=False, decoded=decoded, reused=reused)
+    return plans, skipped, len(tasks), reused
 
 
 def _commit(out: Path, manifest: dict[str, Any], old: dict[str, Any] | None) -> None:
@@ -384,7 +405,7 @@ def png_ids(names: Sequence[str]) -> list[str]:
     ]
 
 
-def _write_png_tree(out: Path, manifest: dict[str, Any], workers: int, progress: bool) -> None:
+def _write_png_tree(out: Path, manifest: dict[str, Any], pool: Workers, progress: bool) -> None:
     """``out/<split>/<class>/<id>.png`` for every row, written by the worker processes."""
     tasks = []
     for split in SPLITS:
@@ -395,7 +416,7 @@ def _write_png_tree(out: Path, manifest: dict[str, Any], workers: int, progress:
         arr_path = str(out / manifest["arrays"][split])
         for row, (fid, f) in enumerate(zip(png_ids([f[0] for f in rows]), rows, strict=True)):
             tasks.append((arr_path, row, str(out / split / f[1] / f"{fid}.png")))
-    results = parallel_map(_write_png, tasks, workers=workers, total=len(tasks), chunksize=64)
+    results = pool.map(_write_png, tasks, chunksize=64)
     for _ in tqdm(
         results, total=len(tasks), desc="writing PNGs", unit="img", disable=not progress or None, leave=False
     ):

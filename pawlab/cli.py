@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="decoding processes (default: one per core)")
     p.add_argument("--strict", action="store_true", help="fail instead of skipping unreadable files")
     p.add_argument(
+        "--no-png",
+        action="store_true",
+        help="write only the packed arrays train reads, not the PNG tree (much faster at large sizes)",
+    )
+    p.add_argument(
         "--dedupe", action="store_true", help="remove validation images byte-identical to training images"
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -133,7 +138,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from pawlab.data import prepare
 
     cfg = DataConfig(size=args.size, val_fraction=args.val_fraction, seed=args.seed, workers=args.workers)
-    report = prepare(args.src, args.out, cfg, progress=not args.quiet, dedupe=args.dedupe, strict=args.strict)
+    report = prepare(
+        args.src,
+        args.out,
+        cfg,
+        progress=not args.quiet,
+        dedupe=args.dedupe,
+        strict=args.strict,
+        png=not args.no_png,
+    )
     print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
     return 0
 

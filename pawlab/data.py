@@ -556,6 +556,7 @@ def prepare(
     progress: bool = True,
     dedupe: bool = False,
     strict: bool = False,
+    png: bool = True,
 ) -> PrepareReport:
     """Decode, resize and split ``src`` into ``out``.
 
@@ -564,7 +565,8 @@ def prepare(
     size, source, seed, every skipped file with its reason, duplicates). Run again on an
     unchanged source it returns at once; on a changed one it decodes only what changed.
     ``dedupe`` drops validation images that are byte-identical to training images;
-    ``strict`` fails instead of skipping unreadable files.
+    ``strict`` fails instead of skipping unreadable files; ``png=False`` writes only the
+    packed arrays (the PNG tree costs more than decoding at large sizes).
     """
-    result = pack_source(src, out, config, progress=progress, png=True, dedupe=dedupe, strict=strict)
+    result = pack_source(src, out, config, progress=progress, png=png, dedupe=dedupe, strict=strict)
     return PrepareReport.from_pack(result)

@@ -321,7 +321,7 @@ def submit(
     binary = len(m.classes) == 2
     failed: list[Skipped] = []
     tasks = decode_tasks(source, [n for _, n in todo], m.preprocessing.size, m.preprocessing.channels)
-    results = parallel_map(decode_task, tasks, workers=workers or default_workers(), total=len(tasks))
+    results = parallel_map(decode_task, tasks, workers=workers or default_workers())
     bar = tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress or None, file=sys.stderr)
     fd = os.open(out_path, os.O_WRONLY | os.O_APPEND)
     written = 0

@@ -1,0 +1,158 @@
+"""Benchmark: `pawlab prepare` against a plain one-process Pillow loop, in the same run.
+
+    .venv/bin/python bench/prepare.py [--n 25000] [--sizes 64,224] [--work DIR]
+
+1. Builds a Kaggle-scale flat folder (``cat.123.jpg``) of N JPEGs from
+   ``../shared/data/cats_and_dogs_filtered`` by re-encoding, flipping and cropping copies
+   under new ids (kept in --work and reused by later runs).
+2. For each size, times side by side:
+   * baseline: one process, ``Image.open(f).convert("RGB").resize((S, S))`` into an array;
+   * pawlab prepare, default (packed arrays + the PNG tree);
+   * pawlab prepare --no-png (packed arrays only: what `pawlab train SRC` builds);
+   * pawlab prepare again on the unchanged source (the cache hit).
+   Each pawlab run is a fresh ``python -m pawlab prepare`` process into an empty folder;
+   its peak memory is the summed RSS of the process and its workers, sampled every 20 ms.
+3. Prints images/s, ratios to the baseline and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "cats_and_dogs_filtered"
+
+
+def _make_one(args: tuple[str, str, int]) -> None:
+    src, dest, seed = args
+    rng = random.Random(seed)
+    im = Image.open(src).convert("RGB")
+    if rng.random() < 0.5:
+        im = ImageOps.mirror(im)
+    w, h = im.size
+    cw, ch = int(w * rng.uniform(0.8, 1.0)), int(h * rng.uniform(0.8, 1.0))
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    im.crop((x, y, x + cw, y + ch)).save(dest, quality=rng.randint(75, 92))
+
+
+def build_set(dest: Path, n: int) -> Path:
+    marker = dest / f".complete-{n}"
+    if marker.exists():
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    originals = sorted(SHARED.glob("*/*/*.jpg"))
+    if not originals:
+        sys.exit(f"no JPEGs under {SHARED}")
+    jobs = []
+    counters = {"cat": 0, "dog": 0}
+    for i in range(n):
+        src = originals[i % len(originals)]
+        label = "cat" if src.parent.name.startswith("cat") else "dog"
+        jobs.append((str(src), str(dest / f"{label}.{counters[label]}.jpg"), i))
+        counters[label] += 1
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(_make_one, jobs, chunksize=64))
+    marker.touch()
+    print(f"built {n} JPEGs in {dest} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    return dest
+
+
+def baseline(files: list[Path], size: int) -> float:
+    """Seconds for the plain one-process loop."""
+    out = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    t0 = time.perf_counter()
+    for i, f in enumerate(files):
+        out[i] = np.asarray(Image.open(f).convert("RGB").resize((size, size)))
+    return time.perf_counter() - t0
+
+
+def _tree_rss(pid: int) -> int:
+    """Summed resident memory (bytes) of a process and all its descendants."""
+    total = 0
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        stack.extend(children.get(p, []))
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def run_prepare(src: Path, out: Path, size: int, extra: list[str]) -> tuple[float, int]:
+    """(seconds, peak summed RSS in bytes) of one `pawlab prepare` process."""
+    cmd = [sys.executable, "-m", "pawlab", "prepare", str(src), str(out), "--size", str(size), "-q", *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(proc.pid))
+        time.sleep(0.02)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"prepare failed: {proc.stderr.read()}")
+    return seconds, peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=25000)
+    ap.add_argument("--sizes", default="64,224")
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "pawlab-bench")
+    args = ap.parse_args()
+    src = build_set(args.work / f"kaggle-{args.n}", args.n)
+    files = sorted(src.glob("*.jpg"))
+    os.environ["PAWLAB_CACHE_DIR"] = str(args.work / "cache")
+    print(f"{len(files)} JPEGs, {os.cpu_count()} CPUs; pawlab uses one process per core", flush=True)
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        base = baseline(files, size)
+        results = {}
+        for label, extra in (("prepare", []), ("prepare --no-png", ["--no-png"])):
+            out = args.work / f"out-{size}{'-nopng' if extra else ''}"
+            shutil.rmtree(out, ignore_errors=True)
+            results[label] = run_prepare(src, out, size, extra)
+        again = run_prepare(src, args.work / f"out-{size}-nopng", size, ["--no-png"])
+        rows.append((size, base, results, again))
+        n = len(files)
+        print(f"\n{size}x{size}: baseline {n / base:8.0f} img/s ({base:.1f}s)", flush=True)
+        for label, (sec, peak) in results.items():
+            print(f"  pawlab {label:<17} {n / sec:8.0f} img/s ({sec:.1f}s)  x{base / sec:5.2f} baseline"
+                  f"  peak RSS {peak / 2**20:6.0f} MiB", flush=True)
+        print(f"  pawlab prepare, unchanged source again: {again[0]:.2f}s (cache hit)", flush=True)
+    print("\ntargets: >= 4x baseline at 64x64, >= 2.5x at 224x224, peak < 1 GiB for 25,000 at 64x64")
+    for size, base, results, _ in rows:
+        for label, (sec, peak) in results.items():
+            print(f"  {size:>3} {label:<17} x{base / sec:5.2f}  peak {peak / 2**20:5.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""The public API: every exported name resolves, and importing data code does not import torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pawlab
+
+
+def test_every_exported_name_resolves() -> None:
+    for name in pawlab.__all__:
+        assert getattr(pawlab, name) is not None
+    assert set(pawlab.__all__) == {*pawlab._MODULE_OF, "__version__"}
+
+
+def test_data_workers_do_not_import_torch() -> None:
+    code = "import sys, pawlab, pawlab.data, pawlab._pack; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
