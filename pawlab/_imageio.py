@@ -18,6 +18,11 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
+try:
+    import simplejpeg
+except ImportError:  # optional: Pillow decodes everything without it, more slowly
+    simplejpeg = None
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 # A partial decode must fail loudly, never produce a half-grey image.
@@ -54,38 +59,82 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return im
 
 
+# EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _decode_jpeg_scaled(data: bytes, size: tuple[int, int]) -> Image.Image | None:
+    """libjpeg-turbo (simplejpeg) decoding straight to the smallest M/8 scale still at least
+    ``size``: 447x374 -> 224 decodes at 5/8, not in full. None: let Pillow do it (CMYK, or
+    anything simplejpeg does not take, so that Pillow gives the precise error)."""
+    if simplejpeg is None or not data.startswith(b"\xff\xd8"):
+        return None
+    try:
+        _, _, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if colorspace not in ("Gray", "YCbCr", "RGB"):
+        return None
+    orientation = Image.open(io.BytesIO(data)).getexif().get(0x0112, 1)
+    h, w = size
+    if orientation in (5, 6, 7, 8):  # stored sideways
+        h, w = w, h
+    try:
+        arr = simplejpeg.decode_jpeg(
+            data, colorspace="RGB", fastdct=True, fastupsample=True, min_height=h, min_width=w, strict=True
+        )
+    except ValueError as exc:
+        reason = str(exc)
+        if "premature end" in reason.lower():
+            raise ImageDecodeError(f"truncated image ({reason})") from None
+        raise ImageDecodeError(f"cannot decode image ({reason})") from None
+    im = Image.fromarray(arr)
+    transpose = _ORIENTATION.get(orientation)
+    return im.transpose(transpose) if transpose is not None else im
+
+
+def _open_pillow(data: bytes, size: tuple[int, int] | None) -> Image.Image:
+    """Pillow decoding, JPEGs scaled by a power of two (``draft``), EXIF orientation applied."""
+    im: Image.Image = Image.open(io.BytesIO(data))
+    if size is not None and isinstance(im, JpegImageFile):
+        # draft() takes the stored orientation; asking for the larger side both ways keeps an
+        # EXIF rotation from leaving the image below the target.
+        side = max(size)
+        im.draft("RGB" if im.mode != "CMYK" else None, (side, side))
+    im.load()
+    return ImageOps.exif_transpose(im)
+
+
 def decode(data: bytes, size: tuple[int, int] | None, channels: int = 3) -> np.ndarray:
     """Bytes to a uint8 array of shape (H, W, channels), resized to ``size`` = (H, W).
 
-    JPEGs are scaled while decoding (DCT scaling via ``Image.draft``) to the smallest
-    power-of-two reduction still at least ``size``, then resized: the same quality as a
-    full decode at a fraction of the cost. EXIF orientation is applied. The image is
-    squashed to ``size`` (no crop), as in the Cortex and Keras tutorials.
+    JPEGs are scaled while decoding (libjpeg-turbo's DCT scaling by M/8, or Pillow's
+    ``Image.draft`` by powers of two) to the smallest reduction still at least ``size``,
+    then resized: the quality of a full decode at a fraction of the cost. EXIF orientation
+    is applied. The image is squashed to ``size`` (no crop), as in the Cortex and Keras
+    tutorials.
     """
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
-    mode = "RGB"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im: Image.Image = Image.open(io.BytesIO(data))
-            if size is not None and isinstance(im, JpegImageFile):
-                h, w = size
-                # draft() wants (width, height) in stored orientation; ask for the larger side
-                # both ways so that an EXIF rotation cannot leave us below the target.
-                side = max(h, w)
-                im.draft(mode if im.mode != "CMYK" else None, (side, side))
-            im.load()
-            im = ImageOps.exif_transpose(im)
+            im = (_decode_jpeg_scaled(data, size) if size is not None else None) or _open_pillow(data, size)
             im = _flatten_alpha(_to_8bit(im))
-            if im.mode != mode:
-                im = im.convert(mode)
+            if im.mode != "RGB":
+                im = im.convert("RGB")
             if size is not None and (im.height, im.width) != size:
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            arr = np.array(im, dtype=np.uint8)  # a writable copy, detached from PIL
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"decompression bomb guard: {exc}") from None
-    except Image.DecompressionBombWarning as exc:
+            arr = np.array(im, dtype=np.uint8)  # a writable copy, detached from Pillow
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"decompression bomb guard: {exc}") from None
     except UnidentifiedImageError:
         raise ImageDecodeError("not a readable image") from None

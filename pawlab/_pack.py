@@ -221,6 +221,9 @@ def pack(
             return PackResult(opened, up_to_date=True, decoded=0, reused=0)
     out.mkdir(parents=True, exist_ok=True)
     _remove_orphans(out, old)
+    if old is None:  # mark the folder as ours at once, so that a killed first run can be rerun
+        placeholder = {"format": PACK_FORMAT, "version": PACK_VERSION, "complete": False, "arrays": {}}
+        atomic_write_text(out / MANIFEST, json.dumps(placeholder) + "\n")
     with Workers(workers or default_workers()) as pool:
         plans, all_skipped, decoded, reused = _build_arrays(
             source, planned, out, size, old, pool, progress, uuid.uuid4().hex[:8]
@@ -305,7 +308,7 @@ def _build_arrays(
     unchanged (same name, size and mtime), decoded by the workers otherwise."""
     old_rows: dict[tuple[str, int, float], tuple[str, int, str]] = {}  # -> (split, row, digest)
     old_skips: dict[tuple[str, int, float], str] = {}  # -> reason
-    if old is not None and old["size"] == size:
+    if old is not None and "files" in old and old["size"] == size:
         for split in SPLITS:
             for row, (name, _label, fsize, mtime, digest) in enumerate(old["files"][split]):
                 old_rows[(name, fsize, mtime)] = (split, row, digest)
@@ -351,7 +354,7 @@ def _build_arrays(
             reused += len(pairs)
         arr.flush()
         del arr
-    results = pool.map(_decode_into, tasks, chunksize=32)
+    results = pool.map(_decode_into, tasks, chunksize=64)
     bar = tqdm(
         results, total=len(tasks), desc="decoding", unit="img", disable=not progress or None, leave=False
     )
