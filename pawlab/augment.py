@@ -38,11 +38,54 @@ def random_noise(x: torch.Tensor, max_std: float, gen: torch.Generator) -> torch
     return (x + noise * std).clamp_(0.0, 1.0)
 
 
+def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=gen, device=gen.device) * (high - low) + low
+
+
+def random_resized_crop(x: torch.Tensor, min_area: float, gen: torch.Generator) -> torch.Tensor:
+    """Crop each image to a random box of at least ``min_area`` of its area (aspect ratio in
+    [3/4, 4/3]) at a random place, resized back to the full size."""
+    b = x.shape[0]
+    area = _uniform(b, min_area, 1.0, gen)
+    log_ratio = _uniform(b, math.log(3 / 4), math.log(4 / 3), gen)
+    ratio = log_ratio.exp()
+    w = (area * ratio).sqrt().clamp(max=1.0)  # fractions of the full width and height
+    h = (area / ratio).sqrt().clamp(max=1.0)
+    cx = (_uniform(b, -1.0, 1.0, gen) * (1 - w)).to(x)  # centre, in [-1, 1] coordinates
+    cy = (_uniform(b, -1.0, 1.0, gen) * (1 - h)).to(x)
+    zero = torch.zeros_like(cx)
+    w, h = w.to(x), h.to(x)
+    theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def color_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
+    """Scale brightness, contrast and saturation by factors in [1 - s, 1 + s] per image."""
+    b = x.shape[0]
+    brightness, contrast, saturation = (
+        _uniform(b, 1 - strength, 1 + strength, gen).to(x).view(b, 1, 1, 1) for _ in range(3)
+    )
+    x = x * brightness
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * contrast + mean
+    if x.shape[1] == 3:
+        gray = (x * torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)).sum(
+            1, keepdim=True
+        )
+        x = (x - gray) * saturation + gray
+    return x.clamp(0.0, 1.0)
+
+
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    if cfg.crop > 0:
+        x = random_resized_crop(x, cfg.crop, gen)
     if cfg.flip:
         x = random_flip(x, gen)
     if cfg.rotate > 0:
         x = random_rotate(x, cfg.rotate, gen)
+    if cfg.jitter > 0:
+        x = color_jitter(x, cfg.jitter, gen)
     if cfg.noise > 0:
         x = random_noise(x, cfg.noise, gen)
     return x

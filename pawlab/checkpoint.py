@@ -1,9 +1,9 @@
 """The self-describing model file: one ``.safetensors`` file, no pickle.
 
 Tensors: the network's weights under ``model.`` and, for resuming, the optimizer's state
-tensors under ``optim.``. The safetensors header's metadata holds one JSON document under
-the key ``pawlab``: architecture, classes, preprocessing, metrics, history and training
-state. A file alone is enough to predict, evaluate or resume.
+tensors under ``optim.`` and the random generators' states under ``rng.``. The safetensors
+header's metadata holds one JSON document under the key ``pawlab``: architecture, classes,
+preprocessing, metrics, history and training state. A file alone is enough to predict, evaluate or resume.
 
 Files are written atomically (temporary file, fsync, rename): a kill never leaves a broken
 model where a good one was.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ FORMAT = "pawlab-model"
 FORMAT_VERSION = 1
 MODEL_PREFIX = "model."
 OPTIM_PREFIX = "optim."
+RNG_PREFIX = "rng."
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Checkpoint:
     meta: dict[str, Any]
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict[str, Any] | None
+    rng: dict[str, torch.Tensor] = field(default_factory=dict)  # random generators' states
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -64,6 +66,7 @@ def save(
     model_state: dict[str, torch.Tensor],
     meta: dict[str, Any],
     optimizer_state: dict[str, Any] | None = None,
+    rng: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Atomically write a model file; returns its path."""
     p = Path(path)
@@ -74,6 +77,8 @@ def save(
         opt_tensors, opt_rest = _flatten_optimizer(optimizer_state)
         tensors.update(opt_tensors)
         meta["optimizer_state"] = opt_rest
+    for name, state in (rng or {}).items():
+        tensors[RNG_PREFIX + name] = state.detach().cpu().contiguous()
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     try:
         save_file(tensors, str(tmp), metadata={"pawlab": json.dumps(meta)})
@@ -96,12 +101,14 @@ def load(path: str | os.PathLike[str], *, with_optimizer: bool = False) -> Check
             if "pawlab" not in header:
                 raise ModelFileError(f"{p}: not a pawlab model file (no pawlab metadata)")
             meta: dict[str, Any] = json.loads(header["pawlab"])
-            model_state, optim_tensors = {}, {}
+            model_state, optim_tensors, rng = {}, {}, {}
             for key in fh.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if key.startswith(MODEL_PREFIX):
                     model_state[key[len(MODEL_PREFIX) :]] = fh.get_tensor(key)
                 elif with_optimizer and key.startswith(OPTIM_PREFIX):
                     optim_tensors[key] = fh.get_tensor(key)
+                elif with_optimizer and key.startswith(RNG_PREFIX):
+                    rng[key[len(RNG_PREFIX) :]] = fh.get_tensor(key)
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{p}: not a readable model file ({str(exc).splitlines()[0]})") from None
     if meta.get("format") != FORMAT:
@@ -114,4 +121,4 @@ def load(path: str | os.PathLike[str], *, with_optimizer: bool = False) -> Check
     if with_optimizer and "optimizer_state" in meta:
         optimizer_state = _unflatten_optimizer(optim_tensors, meta["optimizer_state"])
     meta.pop("optimizer_state", None)
-    return Checkpoint(meta, model_state, optimizer_state)
+    return Checkpoint(meta, model_state, optimizer_state, rng)

@@ -32,6 +32,76 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _train_options(p: argparse.ArgumentParser, optimizer: bool = True) -> None:
+    """The training flags shared by `train` and `compare`."""
+    if optimizer:
+        p.add_argument("--optimizer", default="adam", help="sgd, rmsprop, adagrad, adam or adamw")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's)")
+    p.add_argument("--schedule", default="constant", help="constant, step, cosine or one-cycle")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--balance", default="none", help="imbalanced classes: none, weights or sampler")
+    p.add_argument("--augment", default="", help="e.g. rotate=25,noise=0.25,flip,crop=0.6,jitter=0.2")
+    p.add_argument(
+        "--augment-copies", type=_positive_int, default=1, help="augmented copies per image and epoch"
+    )
+    p.add_argument("--monitor", default="val_loss", help="val_loss or val_accuracy: what the best model is")
+    p.add_argument(
+        "--patience", type=_positive_int, default=None, help="stop after N epochs without improvement"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=_positive_int, default=None, help="override the network's input size")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", help="auto (bf16 where fast), fp32 or bf16")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+
+
+def _train_config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
+    values: dict[str, Any] = dict(
+        epochs=None if getattr(args, "forever", False) else (args.epochs or 10),
+        optimizer=getattr(args, "optimizer", "adam").lower(),
+        lr=args.lr,
+        schedule=args.schedule,
+        batch_size=args.batch_size,
+        weight_decay=args.weight_decay,
+        nesterov=args.nesterov,
+        label_smoothing=args.label_smoothing,
+        balance=args.balance,
+        augment=AugmentConfig.parse(args.augment),
+        augment_copies=args.augment_copies,
+        monitor=args.monitor,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        progress=not args.quiet,
+    )
+    values.update(overrides)
+    if not 0 < args.val_fraction < 1:
+        raise ConfigError(f"--val-fraction: must be strictly between 0 and 1, got {args.val_fraction}")
+    return TrainConfig(**values)
+
+
+def _distributed_setup() -> None:
+    """Under torchrun: join the process group (gloo on CPU, nccl on CUDA)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            if backend == "nccl":
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group(backend)
+
+
 def _quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -65,29 +135,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _quiet(p)
 
-    p = sub.add_parser("train", help="train a network; saves the model whenever validation loss improves")
-    p.add_argument("data", help="a prepared folder or any source `prepare` accepts")
+    p = sub.add_parser("train", help="train a network; saves the model whenever validation improves")
+    p.add_argument("data", nargs="?", help="a prepared folder or any source `prepare` accepts")
     arch = p.add_mutually_exclusive_group()
     arch.add_argument(
         "--arch", default=None, help="a built-in architecture (see `pawlab archs`); default cortex-cnn"
     )
     arch.add_argument("--arch-file", type=Path, help="a network described in TOML, YAML or JSON")
+    arch.add_argument("--resume", type=Path, metavar="RUN_DIR|MODEL", help="continue a run where it stopped")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=_positive_int, default=10)
-    length.add_argument("--forever", action="store_true", help="train until Ctrl-C or SIGTERM")
-    p.add_argument("--out", type=Path, default=Path("model.safetensors"), help="the model file to write")
-    p.add_argument("--optimizer", default="adam", help="sgd, rmsprop, adagrad, adam or adamw")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's)")
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--augment", default="", help="e.g. rotate=25,noise=0.25,flip")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=_positive_int, default=None, help="override the network's input size")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="for sources without their own split")
-    p.add_argument(
-        "--patience", type=_positive_int, default=None, help="stop after N epochs without improvement"
+    length.add_argument("--epochs", type=_positive_int, default=None, help="default 10")
+    length.add_argument(
+        "--forever", action="store_true", help="train until Ctrl-C or SIGTERM, then stop cleanly"
     )
-    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--out", type=Path, default=None, help="the best model file (default: RUN_DIR/model.safetensors)"
+    )
+    p.add_argument("--run-dir", type=Path, default=None, help="config, metrics log and resumable state")
+    _train_options(p)
+    p.add_argument("--val-fraction", type=float, default=0.2, help="for sources without their own split")
+    p.add_argument("--workers", type=int, default=0)
+    _quiet(p)
+
+    p = sub.add_parser("compare", help="one run per optimizer on the same data, seed and network")
+    p.add_argument("data")
+    p.add_argument("--optimizers", default="sgd,rmsprop,adagrad,adam")
+    p.add_argument("--arch", default="cortex-cnn")
+    p.add_argument("--arch-file", type=Path)
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--out-dir", type=Path, default=Path("compare"), help="models, runs and the plot")
+    _train_options(p, optimizer=False)
+    p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--workers", type=int, default=0)
     _quiet(p)
 
@@ -151,40 +229,67 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pawlab.models import load_arch_file
-    from pawlab.training import train
+    from pawlab.training import resume, train
 
-    arch: Any = load_arch_file(args.arch_file) if args.arch_file else (args.arch or "cortex-cnn")
-    cfg = TrainConfig(
-        epochs=None if args.forever else args.epochs,
-        optimizer=args.optimizer.lower(),
-        lr=args.lr,
-        batch_size=args.batch_size,
-        weight_decay=args.weight_decay,
-        augment=AugmentConfig.parse(args.augment),
-        seed=args.seed,
-        device=args.device,
-        progress=not args.quiet,
-    )
-    if not 0 < args.val_fraction < 1:
-        raise ConfigError(f"--val-fraction: must be strictly between 0 and 1, got {args.val_fraction}")
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    result = train(
+    _distributed_setup()
+    if args.resume is not None:
+        result = resume(
+            args.resume,
+            args.data,
+            epochs=args.epochs,
+            forever=args.forever,
+            out=args.out,
+            workers=args.workers,
+        )
+    else:
+        if args.data is None:
+            raise ConfigError("train: DATA is required (or --resume RUN_DIR)")
+        arch: Any = load_arch_file(args.arch_file) if args.arch_file else (args.arch or "cortex-cnn")
+        result = train(
+            args.data,
+            args.out,
+            arch,
+            _train_config(args),
+            size=args.size,
+            val_fraction=args.val_fraction,
+            workers=args.workers,
+            run_dir=args.run_dir,
+        )
+    if _is_main_process():
+        b = result.best
+        print(
+            f"best: epoch {int(b['epoch'])}, val loss {b['val_loss']:.4f}, val acc {b['val_accuracy']:.4f} "
+            f"-> {result.model_path} ({result.seconds:.0f}s; run: {result.run_dir})"
+        )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pawlab.experiments import compare_optimizers
+    from pawlab.models import load_arch_file
+
+    arch: Any = load_arch_file(args.arch_file) if args.arch_file else args.arch
+    optimizers = [o.strip().lower() for o in args.optimizers.split(",") if o.strip()]
+    report = compare_optimizers(
         args.data,
-        args.out,
-        arch,
-        cfg,
+        optimizers,
+        _train_config(args),
+        arch=arch,
+        out_dir=args.out_dir,
         size=args.size,
         val_fraction=args.val_fraction,
         workers=args.workers,
-        patience=args.patience,
     )
-    b = result.best
-    print(
-        f"best: epoch {int(b['epoch'])}, val loss {b['val_loss']:.4f}, val acc {b['val_accuracy']:.4f} "
-        f"-> {result.model_path} ({result.seconds:.0f}s)"
-    )
+    print(report.table())
     return 0
 
 
@@ -261,6 +366,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "prepare": cmd_prepare,
     "train": cmd_train,
+    "compare": cmd_compare,
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,
     "submit": cmd_submit,

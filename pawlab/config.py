@@ -7,7 +7,7 @@ fails early with a message that names the field.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from pawlab.errors import ConfigError
@@ -47,19 +47,27 @@ class AugmentConfig:
     noise: maximum standard deviation of Gaussian pixel noise, on the [0, 1] pixel scale;
         each image draws its own deviation uniformly in [0, noise].
     flip: random horizontal flips.
+    crop: random resized crops keeping at least this fraction of the area (0: off), with
+        aspect ratios in [3/4, 4/3], resized back to the input size.
+    jitter: colour jitter strength: brightness, contrast and saturation each scaled by a
+        factor in [1 - jitter, 1 + jitter].
     """
 
     rotate: float = 0.0
     noise: float = 0.0
     flip: bool = False
+    crop: float = 0.0
+    jitter: float = 0.0
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.rotate <= 180.0, "augment.rotate", f"must be in [0, 180], got {self.rotate}")
         _check(0.0 <= self.noise <= 1.0, "augment.noise", f"must be in [0, 1], got {self.noise}")
+        _check(0.0 <= self.crop < 1.0, "augment.crop", f"must be in [0, 1), got {self.crop}")
+        _check(0.0 <= self.jitter < 1.0, "augment.jitter", f"must be in [0, 1), got {self.jitter}")
 
     @property
     def enabled(self) -> bool:
-        return self.rotate > 0 or self.noise > 0 or self.flip
+        return self.rotate > 0 or self.noise > 0 or self.flip or self.crop > 0 or self.jitter > 0
 
     @classmethod
     def parse(cls, text: str) -> AugmentConfig:
@@ -86,29 +94,47 @@ class AugmentConfig:
         return cls(**values)
 
     def describe(self) -> str:
-        parts = []
-        if self.rotate:
-            parts.append(f"rotate={self.rotate:g}")
-        if self.noise:
-            parts.append(f"noise={self.noise:g}")
+        parts = [
+            f"{f.name}={getattr(self, f.name):g}"
+            for f in fields(self)
+            if f.name != "flip" and getattr(self, f.name)
+        ]
         if self.flip:
             parts.append("flip")
         return ",".join(parts) or "none"
 
 
+SCHEDULES = ("constant", "step", "cosine", "one-cycle")
+PRECISIONS = ("auto", "fp32", "bf16")
+BALANCE = ("none", "weights", "sampler")
+MONITORS = {"val_loss": "min", "val_accuracy": "max"}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run. ``epochs=None`` trains until interrupted."""
+    """One training run. ``epochs=None`` trains until interrupted (Ctrl-C or SIGTERM)."""
 
     epochs: int | None = 10
     optimizer: str = "adam"
-    lr: float | None = None  # None: the optimizer's default below
-    batch_size: int = 64
+    lr: float | None = None  # None: the optimizer's default (DEFAULT_LR)
+    batch_size: int = 64  # in all: under DDP each of N processes takes batch_size / N
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd and rmsprop
+    nesterov: bool = False  # sgd
+    schedule: str = "constant"  # learning rate over the run: constant, step, cosine, one-cycle
+    step_every: int = 10  # step schedule: epochs between decays
+    step_gamma: float = 0.1  # step schedule: factor per decay
+    label_smoothing: float = 0.0
+    balance: str = "none"  # imbalanced classes: none, weights (loss weights) or sampler
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment_copies: int = 1  # augmented copies of each training image per epoch
+    monitor: str = "val_loss"  # what "best" means for the checkpoint and early stopping
+    patience: int | None = None  # early stopping: epochs without improvement
     seed: int = 0
     device: str = "auto"  # auto: cuda when present, else cpu
+    precision: str = "auto"  # auto: bf16 autocast where the hardware has fast bf16, else fp32
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the network
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -124,6 +150,35 @@ class TrainConfig:
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(
+            self.schedule in SCHEDULES,
+            "schedule",
+            f"unknown schedule {self.schedule!r} (known: {', '.join(SCHEDULES)})",
+        )
+        _check(
+            self.epochs is not None or self.schedule in ("constant", "step"),
+            "schedule",
+            f"{self.schedule} needs a number of epochs; use constant or step with --forever",
+        )
+        _check(self.step_every >= 1, "step_every", f"must be >= 1, got {self.step_every}")
+        _check(0 < self.step_gamma <= 1, "step_gamma", f"must be in (0, 1], got {self.step_gamma}")
+        _check(
+            0 <= self.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}"
+        )
+        _check(
+            self.balance in BALANCE, "balance", f"must be one of {', '.join(BALANCE)}, got {self.balance!r}"
+        )
+        _check(self.augment_copies >= 1, "augment_copies", f"must be >= 1, got {self.augment_copies}")
+        _check(
+            self.monitor in MONITORS, "monitor", f"must be one of {', '.join(MONITORS)}, got {self.monitor!r}"
+        )
+        if self.patience is not None:
+            _check(self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
+        _check(
+            self.precision in PRECISIONS,
+            "precision",
+            f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+        )
+        _check(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             "device",
             f"must be auto, cpu or cuda[:N], got {self.device!r}",
@@ -135,6 +190,18 @@ class TrainConfig:
 
     def with_(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["augment"] = asdict(self.augment)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        values["augment"] = AugmentConfig(**d.get("augment", {}))
+        return cls(**values)
 
 
 DEFAULT_LR = {"sgd": 0.01, "rmsprop": 1e-3, "adagrad": 1e-2, "adam": 1e-3, "adamw": 1e-3}

@@ -70,3 +70,29 @@ def prediction_grid(
     sheet.save(buf, format="PNG")
     atomic_write_bytes(out, buf.getvalue())
     return out
+
+
+def line_plot(
+    series: dict[str, list[tuple[float, float]]], path: str | Path, *, title: str, xlabel: str, ylabel: str
+) -> Path:
+    """A PNG with one line per series (e.g. validation accuracy per epoch per optimizer)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for name, points in series.items():
+        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", markersize=3, label=name)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, buf.getvalue())
+    return out

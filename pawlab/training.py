@@ -1,34 +1,50 @@
-"""Training: one plain loop with named events, and callbacks for everything else.
+"""Training: one plain loop with named events; everything else is a callback.
 
 Events, in order: ``before_fit``, then per epoch ``before_epoch``, per batch
 ``before_batch``/``after_batch``, then ``before_validation``/``after_validation`` and
-``after_epoch``; finally ``after_fit`` (also after Ctrl-C). Checkpoints, progress output and
-early stopping are callbacks; the loop itself knows nothing of them.
+``after_epoch``; finally ``after_fit`` (also after Ctrl-C or SIGTERM). Checkpoints, the
+resumable state, the metrics log, progress output, early stopping and the NaN guard are
+callbacks (`pawlab.callbacks`); the loop knows nothing of them.
+
+Under ``torchrun`` the loop is data-parallel (DDP): every process draws the same shuffled
+order and takes its own share of each batch; gradients are averaged; only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from pawlab import checkpoint
 from pawlab._version import __version__
 from pawlab.augment import augment_batch
+from pawlab.callbacks import (
+    BestCheckpoint,
+    Callback,
+    EarlyStopping,
+    LastState,
+    MetricsLog,
+    NaNGuard,
+    ProgressPrinter,
+    is_better,
+)
 from pawlab.config import DataConfig, TrainConfig
 from pawlab.data import Dataset, ImageSet, load_dataset
-from pawlab.errors import ConfigError
+from pawlab.errors import ConfigError, ModelFileError
 from pawlab.models import (
     LayerSpec,
     Network,
@@ -40,54 +56,54 @@ from pawlab.models import (
 )
 from pawlab.preprocessing import Preprocessing
 
-# ----------------------------------------------------------------------------- loop
+__all__ = ["Callback", "TrainResult", "TrainState", "Trainer", "resume", "train"]
 
 
 @dataclass
 class TrainState:
     """What callbacks can read (and a few things they may set)."""
 
-    epoch: int = 0  # 1-based number of the epoch running or just finished
+    epoch: int = 0  # epochs completed; during an epoch, the 1-based number of the running one
     batch: int = 0
     batch_loss: float = math.nan
     batch_size: int = 0
     metrics: dict[str, float] = field(default_factory=dict)  # this epoch's, after validation
     history: list[dict[str, float]] = field(default_factory=list)
-    best: float | None = None  # best monitored value so far
+    best: float | None = None  # best value of the monitored metric so far
+    best_epoch: int = 0
     improved: bool = False  # set by the checkpoint callback for this epoch
     stop: bool = False  # set by a callback to end training after this epoch
     interrupted: bool = False  # Ctrl-C or SIGTERM
 
 
-class Callback:
-    """Override any of the event methods; ``order`` sorts callbacks (lower runs first)."""
-
-    order = 0
-
-    def before_fit(self, trainer: Trainer) -> None: ...
-    def before_epoch(self, trainer: Trainer) -> None: ...
-    def before_batch(self, trainer: Trainer) -> None: ...
-    def after_batch(self, trainer: Trainer) -> None: ...
-    def before_validation(self, trainer: Trainer) -> None: ...
-    def after_validation(self, trainer: Trainer) -> None: ...
-    def after_epoch(self, trainer: Trainer) -> None: ...
-    def after_fit(self, trainer: Trainer) -> None: ...
+# ----------------------------------------------------------------------------- building blocks
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
+        if dist.is_available() and dist.is_initialized() and torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device: cuda was asked for but no CUDA device is available")
     return torch.device(name)
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast: asked for, or ``auto`` where the hardware runs it fast."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
     lr, wd = cfg.learning_rate, cfg.weight_decay
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
     if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
+        return torch.optim.RMSprop(params, lr=lr, momentum=0.0, weight_decay=wd)
     if cfg.optimizer == "adagrad":
         return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
     if cfg.optimizer == "adam":
@@ -95,10 +111,65 @@ def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd or 0.01)
 
 
-def batches(n: int, batch_size: int, gen: torch.Generator | None) -> list[torch.Tensor]:
-    """Index batches over n items, shuffled when a generator is given."""
-    order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
-    return list(order.split(batch_size))
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The schedule's multiplier of the base learning rate at optimizer step ``step``."""
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return float(cfg.step_gamma ** ((step // steps_per_epoch) // cfg.step_every))
+    assert cfg.epochs is not None
+    total = max(1, cfg.epochs * steps_per_epoch)
+    t = min(step / total, 1.0)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    # one-cycle: linear warm-up over the first 30% from lr/25, then cosine down to lr/1e4
+    warm = 0.3
+    if t < warm:
+        return 1 / 25 + (1 - 1 / 25) * t / warm
+    return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * (t - warm) / (1 - warm)))
+
+
+def epoch_order(labels: np.ndarray, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """The training indices of one epoch: shuffled, ``augment_copies`` times each, or drawn
+    with class-balancing weights (``balance=sampler``)."""
+    n = len(labels) * cfg.augment_copies
+    if cfg.balance == "sampler":
+        counts = np.bincount(labels, minlength=int(labels.max()) + 1).astype(np.float64)
+        weights = torch.from_numpy(1.0 / counts[labels])
+        return torch.multinomial(weights, n, replacement=True, generator=gen)
+    return torch.randperm(len(labels), generator=gen).repeat(cfg.augment_copies)[
+        torch.randperm(n, generator=gen)
+    ]
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Loss weights inversely proportional to class frequency (mean weight 1)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def predict_logits(
+    network: torch.nn.Module,
+    images: np.ndarray,
+    pre: Preprocessing,
+    device: torch.device,
+    batch_size: int = 256,
+    bf16: bool = False,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float logits (N, classes) on the CPU, in eval mode."""
+    network.eval()
+    out = []
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        for start in range(0, len(images), batch_size):
+            x = pre.normalize(pre.to_unit(images[start : start + batch_size]).to(device))
+            out.append(network(x.contiguous(memory_format=fmt)).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+# ----------------------------------------------------------------------------- the loop
 
 
 class Trainer:
@@ -113,59 +184,132 @@ class Trainer:
         preprocessing: Preprocessing,
         callbacks: Sequence[Callback] = (),
         checkpoint_meta: dict[str, Any] | None = None,
+        stream: TextIO | None = None,
     ) -> None:
         self.config = config
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        self.is_main = self.rank == 0
+        self.stream = stream or sys.stdout
         self.device = resolve_device(config.device)
-        self.network = network.to(self.device)
+        self.bf16 = use_bf16(config.precision, self.device)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.network = network.to(self.device).to(memory_format=self.memory_format)  # type: ignore[call-overload]
+        self.model: torch.nn.Module = self.network
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.network, device_ids=ids)
+        if config.compile:
+            self.model = torch.compile(self.model)  # type: ignore[assignment]
         self.preprocessing = preprocessing
         self.train_set, self.val_set = train_set, val_set
         self.optimizer = make_optimizer(self.network.parameters(), config)
         self.callbacks = sorted(callbacks, key=lambda c: c.order)
         self.state = TrainState()
         self.checkpoint_meta = checkpoint_meta or {}
-        self.gen = torch.Generator().manual_seed(config.seed)
+        self.gen = torch.Generator().manual_seed(config.seed)  # shuffling: the same on every rank
+        self.aug_gen = torch.Generator().manual_seed(config.seed * 1000 + self.rank + 1)
+        self.steps = 0  # optimizer steps taken
+        self.loss_weights = (
+            class_weights(train_set.labels, len(train_set.classes)).to(self.device)
+            if config.balance == "weights"
+            else None
+        )
         # uint8 (N, H, W, C) kept on the host; one batch at a time goes to the device.
         self._train_x = torch.from_numpy(train_set.images)
         self._train_y = torch.from_numpy(train_set.labels)
 
-    # -- events
+    # -- events and helpers
     def emit(self, event: str) -> None:
         for cb in self.callbacks:
             getattr(cb, event)(self)
 
+    def log(self, message: str) -> None:
+        if self.is_main:
+            print(message, file=self.stream, flush=True)
+
+    @property
+    def per_process_batch(self) -> int:
+        return max(1, math.ceil(self.config.batch_size / self.world_size))
+
     @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(len(self.train_set) / self.config.batch_size)
+        per_process = len(self.train_set) * self.config.augment_copies // self.world_size
+        return math.ceil(per_process / self.per_process_batch)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _set_lr(self) -> None:
+        factor = lr_factor(self.config, self.steps, self.batches_per_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.learning_rate * factor
 
     def _inputs(self, images: torch.Tensor, augment: bool) -> torch.Tensor:
-        x = self.preprocessing.to_unit(images).to(self.device, non_blocking=True)  # (B, C, H, W)
+        x = self.preprocessing.to_unit(images).to(self.device, non_blocking=True)  # (B, C, H, W) in [0, 1]
         if augment and self.config.augment.enabled:
-            x = augment_batch(x, self.config.augment, self.gen)
-        return self.preprocessing.normalize(x)
+            x = augment_batch(x, self.config.augment, self.aug_gen)
+        return self.preprocessing.normalize(x).contiguous(memory_format=self.memory_format)
 
-    def train_epoch(self) -> float:
-        self.network.train()
+    # -- one epoch
+    def train_epoch(self) -> tuple[float, float]:
+        """(mean training loss, images per second of this process)."""
+        self.model.train()
         total, count = 0.0, 0
-        for i, idx in enumerate(batches(len(self.train_set), self.config.batch_size, self.gen)):
+        t0 = time.perf_counter()
+        order = epoch_order(self.train_set.labels, self.config, self.gen)
+        if self.distributed:
+            # every process takes an equal share (a few images of the epoch's tail are left out),
+            # so that all take the same number of steps: DDP's gradient exchange needs that
+            order = order[: len(order) // self.world_size * self.world_size][self.rank :: self.world_size]
+        for i, idx in enumerate(order.split(self.per_process_batch)):
             self.state.batch, self.state.batch_size = i, len(idx)
             self.emit("before_batch")
+            self._set_lr()
             x = self._inputs(self._train_x[idx], augment=True)
             y = self._train_y[idx].to(self.device)
-            loss = F.cross_entropy(self.network(x), y)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = self.model(x)
+            loss = F.cross_entropy(
+                logits.float(), y, weight=self.loss_weights, label_smoothing=self.config.label_smoothing
+            )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            self.steps += 1
             self.state.batch_loss = loss.item()
             total += self.state.batch_loss * len(idx)
             count += len(idx)
             self.emit("after_batch")
-        return total / max(count, 1)
+        seconds = max(time.perf_counter() - t0, 1e-9)
+        if self.distributed:  # the loss over every process's share
+            self._average_buffers()
+            sums = torch.tensor([float(total), float(count)], dtype=torch.float64, device=self.device)
+            dist.all_reduce(sums)
+            return float(sums[0]) / max(float(sums[1]), 1.0), count / seconds
+        return total / max(count, 1), count / seconds
 
-    @torch.inference_mode()
+    def _average_buffers(self) -> None:
+        """Batch-norm statistics are updated by each process on its own share: average them
+        so that every process validates and saves the same model."""
+        for buf in self.network.buffers():
+            if buf.is_floating_point():
+                dist.all_reduce(buf)
+                buf.div_(self.world_size)
+
     def validate(self) -> dict[str, float]:
-        self.network.eval()
+        """Loss and accuracy on the whole validation set (computed alike on every rank)."""
+        # fp32 even when training in bf16: the saved metrics are what `evaluate` will report
         logits = predict_logits(
-            self.network, self.val_set.images, self.preprocessing, self.device, self.config.batch_size * 2
+            self.network,
+            self.val_set.images,
+            self.preprocessing,
+            self.device,
+            self.config.batch_size * 2,
+            bf16=False,
+            channels_last=self.config.channels_last,
         )
         y = torch.from_numpy(self.val_set.labels)
         return {
@@ -183,23 +327,31 @@ class Trainer:
                 self.state.epoch, self.state.improved = epoch, False
                 self.emit("before_epoch")
                 t0 = time.perf_counter()
-                train_loss = self.train_epoch()
+                train_loss, rate = self.train_epoch()
                 self.emit("before_validation")
-                metrics = {"epoch": float(epoch), "train_loss": train_loss, **self.validate()}
+                metrics = {
+                    "epoch": float(epoch),
+                    "train_loss": train_loss,
+                    **self.validate(),
+                    "lr": self.lr,
+                    "images_per_s": rate * self.world_size,
+                }
                 metrics["seconds"] = time.perf_counter() - t0
                 self.state.metrics = metrics
+                self.state.history.append(metrics)  # the same dict: callbacks see one record
                 self.emit("after_validation")
-                self.state.history.append(metrics)
                 self.emit("after_epoch")
                 if self.state.stop:
                     break
         except KeyboardInterrupt:
             self.state.interrupted = True
+            self.state.epoch -= 1  # the running epoch did not finish: a resume starts it again
         self.emit("after_fit")
         return self.state
 
+    # -- state
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the current weights, metrics and training state as a model file."""
+        """Write weights, metrics and the full training state as a model file."""
         meta = {
             **self.checkpoint_meta,
             "metrics": self.state.metrics,
@@ -207,121 +359,39 @@ class Trainer:
             "training": {
                 **self.checkpoint_meta.get("training", {}),
                 "epoch": self.state.epoch,
+                "steps": self.steps,
                 "best": self.state.best,
+                "best_epoch": self.state.best_epoch,
+                "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks if cb.state_dict()},
             },
         }
-        return checkpoint.save(path, self.network.state_dict(), meta, self.optimizer.state_dict())
+        rng = {
+            "shuffle": self.gen.get_state(),
+            "augment": self.aug_gen.get_state(),
+            "torch": torch.get_rng_state(),
+        }
+        return checkpoint.save(path, self.network.state_dict(), meta, self.optimizer.state_dict(), rng)
 
-
-def predict_logits(
-    network: torch.nn.Module,
-    images: np.ndarray,
-    pre: Preprocessing,
-    device: torch.device,
-    batch_size: int = 256,
-) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float logits (N, classes) on the CPU, in eval mode."""
-    network.eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            x = pre.normalize(pre.to_unit(images[start : start + batch_size]).to(device))
-            out.append(network(x).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
-
-
-# ----------------------------------------------------------------------------- callbacks
-
-
-class BestCheckpoint(Callback):
-    """Save the model whenever the monitored validation metric improves (atomically)."""
-
-    order = 10
-
-    def __init__(self, path: str | os.PathLike[str], monitor: str = "val_loss", mode: str = "min") -> None:
-        self.path = Path(path)
-        self.monitor, self.mode = monitor, mode
-
-    def _better(self, value: float, best: float | None) -> bool:
-        if best is None or math.isnan(best):
-            return not math.isnan(value)
-        return value < best if self.mode == "min" else value > best
-
-    def after_validation(self, trainer: Trainer) -> None:
-        value = trainer.state.metrics[self.monitor]
-        if self._better(value, trainer.state.best):
-            trainer.state.best = value
-            trainer.state.improved = True
-            trainer.save(self.path)
-
-
-class EarlyStopping(Callback):
-    """Stop when the checkpoint's metric has not improved for ``patience`` epochs."""
-
-    order = 20
-
-    def __init__(self, patience: int) -> None:
-        self.patience, self.wait = patience, 0
-
-    def after_epoch(self, trainer: Trainer) -> None:
-        self.wait = 0 if trainer.state.improved else self.wait + 1
-        if self.wait >= self.patience:
-            trainer.state.stop = True
-
-
-class ProgressPrinter(Callback):
-    """A bar within each epoch (on a terminal) and one summary line per epoch."""
-
-    order = 30
-
-    def __init__(self, stream: TextIO | None = None, bar: bool = True) -> None:
-        self.stream = stream or sys.stdout
-        self.bar_enabled = bar
-        self.bar: tqdm[Any] | None = None
-        self.t0 = 0.0
-        self.seen = 0
-
-    def before_epoch(self, trainer: Trainer) -> None:
-        self.t0, self.seen = time.perf_counter(), 0
-        total = trainer.config.epochs
-        label = f"epoch {trainer.state.epoch}" + (f"/{total}" if total else "")
-        if self.bar_enabled:
-            self.bar = tqdm(
-                total=trainer.batches_per_epoch,
-                desc=label,
-                unit="batch",
-                leave=False,
-                disable=None,
-                file=sys.stderr,
-            )
-
-    def after_batch(self, trainer: Trainer) -> None:
-        self.seen += trainer.state.batch_size
-        if self.bar is not None:
-            rate = self.seen / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.set_postfix(loss=f"{trainer.state.batch_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
-            self.bar.update()
-
-    def after_epoch(self, trainer: Trainer) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        m = trainer.state.metrics
-        total = trainer.config.epochs
-        n = f"{trainer.state.epoch}/{total}" if total else f"{trainer.state.epoch}"
-        mark = "  * saved" if trainer.state.improved else ""
-        print(
-            f"epoch {n:>7}  train loss {m['train_loss']:.4f}  val loss {m['val_loss']:.4f}  "
-            f"val acc {m['val_accuracy']:.4f}  {m['seconds']:.1f}s{mark}",
-            file=self.stream,
-            flush=True,
-        )
-
-    def after_fit(self, trainer: Trainer) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if trainer.state.interrupted:
-            print("interrupted: stopping (the best model so far is saved)", file=self.stream, flush=True)
+    def load_state(self, ck: checkpoint.Checkpoint) -> None:
+        """Continue from a checkpoint written by `save` (weights, optimizer, epoch, RNG, best)."""
+        self.network.load_state_dict(ck.model_state)
+        if ck.optimizer_state is not None:
+            self.optimizer.load_state_dict(ck.optimizer_state)
+        t = ck.meta.get("training", {})
+        self.state.epoch = int(t.get("epoch", 0))
+        self.steps = int(t.get("steps", 0))
+        self.state.best = t.get("best")
+        self.state.best_epoch = int(t.get("best_epoch", 0))
+        self.state.history = list(ck.meta.get("history", []))
+        self.state.metrics = dict(ck.meta.get("metrics", {}))
+        states = t.get("callbacks", {})
+        for cb in self.callbacks:
+            if type(cb).__name__ in states:
+                cb.load_state_dict(states[type(cb).__name__])
+        if "shuffle" in ck.rng:
+            self.gen.set_state(ck.rng["shuffle"])
+            self.aug_gen.set_state(ck.rng["augment"])
+            torch.set_rng_state(ck.rng["torch"])
 
 
 # ----------------------------------------------------------------------------- public API
@@ -329,7 +399,8 @@ class ProgressPrinter(Callback):
 
 @dataclass
 class TrainResult:
-    model_path: Path
+    model_path: Path  # the best model
+    run_dir: Path
     history: list[dict[str, float]]
     best: dict[str, float]  # the metrics of the saved (best) epoch
     classes: list[str]
@@ -344,51 +415,80 @@ def resolve_architecture(arch: str | Sequence[LayerSpec]) -> list[LayerSpec]:
     return validate_spec(list(arch))
 
 
+def default_run_dir(out: Path | None, arch_name: str) -> Path:
+    if out is not None:
+        return out.with_name(out.stem + "-run")
+    return Path("runs") / f"{arch_name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _load_data(
+    data: str | os.PathLike[str] | Dataset,
+    spec: list[LayerSpec],
+    config: TrainConfig,
+    val_fraction: float,
+    workers: int,
+) -> Dataset:
+    c, h, w = input_shape(spec)
+    if h != w:
+        raise ConfigError("size: non-square inputs are not supported by the data loader yet")
+    if isinstance(data, Dataset):
+        if data.size != (h, w) or data.train.images.shape[-1] != c:
+            raise ConfigError(f"data: loaded at {data.size} but the network expects {c}x{h}x{w}")
+        return data
+    cfg = DataConfig(size=h, val_fraction=val_fraction, seed=config.seed, workers=workers)
+    # only rank 0 builds the packed cache; the others wait and then read it
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        dist.barrier()
+        return load_dataset(data, cfg, channels=c, progress=False)
+    ds = load_dataset(data, cfg, channels=c, progress=config.progress)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return ds
+
+
 def train(
     data: str | os.PathLike[str] | Dataset,
-    out: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
     arch: str | Sequence[LayerSpec] = "cortex-cnn",
     config: TrainConfig = TrainConfig(),
     *,
     size: int | None = None,
     val_fraction: float = 0.2,
     workers: int = 0,
+    run_dir: str | os.PathLike[str] | None = None,
     callbacks: Sequence[Callback] = (),
-    patience: int | None = None,
     stream: TextIO | None = None,
+    patience: int | None = None,
 ) -> TrainResult:
     """Train a network on ``data`` (a prepared folder, any source `prepare` accepts, or a
-    loaded `Dataset`) and write the best model (lowest validation loss) to ``out``.
+    loaded `Dataset`) and write the best model (by ``config.monitor``) to ``out``.
+
+    The run directory (default: beside ``out`` as ``<out>-run/``, or ``runs/<arch>-<time>/``)
+    holds ``config.json``, ``metrics.jsonl`` and ``last.safetensors``, the state that
+    `resume` continues from.
     """
-    start = time.perf_counter()
-    stream = stream or sys.stdout
+    if patience is not None:
+        config = config.with_(patience=patience)
     spec = resolve_architecture(arch)
     if size is not None:
         spec = with_input_size(spec, size)
-    c, h, w = input_shape(spec)
-    if h != w:
-        raise ConfigError("size: non-square inputs are not supported by the data loader yet")
-    if isinstance(data, Dataset):
-        ds = data
-        if ds.size != (h, w) or ds.train.images.shape[-1] != c:
-            raise ConfigError(f"data: loaded at {ds.size} but the network expects {c}x{h}x{w}")
-    else:
-        ds = load_dataset(
-            data,
-            DataConfig(size=h, val_fraction=val_fraction, seed=config.seed, workers=workers),
-            channels=c,
-            progress=config.progress,
-        )
+    out_path = Path(out) if out is not None else None
+    run = (
+        Path(run_dir)
+        if run_dir is not None
+        else default_run_dir(out_path, arch if isinstance(arch, str) else "net")
+    )
+    out_path = out_path or run / "model.safetensors"
+    ds = _load_data(data, spec, config, val_fraction, workers)
     torch.manual_seed(config.seed)
     network = build(spec, num_classes=len(ds.classes))
-    pre = Preprocessing.for_input((c, h, w))
     meta = {
         "pawlab_version": __version__,
         "architecture": spec,
         "classes": ds.classes,
-        "preprocessing": pre.to_json(),
+        "preprocessing": Preprocessing.for_input(input_shape(spec)).to_json(),
         "training": {
-            "config": _config_json(config),
+            "config": config.to_json(),
             "data": {
                 "source": ds.source,
                 "presplit": ds.presplit,
@@ -397,30 +497,106 @@ def train(
                 "train_count": len(ds.train),
                 "validation_count": len(ds.validation),
             },
-            "monitor": "val_loss",
+            "monitor": config.monitor,
+            "run_dir": str(run.resolve()),
         },
     }
-    cbs: list[Callback] = [BestCheckpoint(out), ProgressPrinter(stream, bar=config.progress), *callbacks]
-    if patience is not None:
-        cbs.append(EarlyStopping(patience))
-    trainer = Trainer(network, ds.train, ds.validation, config, pre, cbs, meta)
-    print(
+    return _fit(network, ds, config, meta, out_path, run, callbacks, stream, resume_from=None)
+
+
+def resume(
+    path: str | os.PathLike[str],
+    data: str | os.PathLike[str] | Dataset | None = None,
+    *,
+    epochs: int | None = None,
+    forever: bool = False,
+    out: str | os.PathLike[str] | None = None,
+    workers: int = 0,
+    callbacks: Sequence[Callback] = (),
+    stream: TextIO | None = None,
+) -> TrainResult:
+    """Continue a run from its run directory (its ``last.safetensors``) or a model file:
+    weights, optimizer, schedule, epoch, random state and the best score so far, so that a
+    resumed run never replaces a better model with a worse one. ``epochs`` raises the total.
+    """
+    p = Path(path)
+    state_file = p / "last.safetensors" if p.is_dir() else p
+    ck = checkpoint.load(state_file, with_optimizer=True)
+    t = ck.meta.get("training", {})
+    if "config" not in t or "data" not in t:
+        raise ModelFileError(f"{state_file}: has no training state to resume from")
+    config = TrainConfig.from_json(t["config"])
+    if forever:
+        config = config.with_(epochs=None)
+    elif epochs is not None:
+        config = config.with_(epochs=epochs)
+    spec = ck.meta["architecture"]
+    d = t["data"]
+    ds = _load_data(data if data is not None else d["source"], spec, config, d["val_fraction"], workers)
+    if ds.classes != ck.meta["classes"]:
+        raise ConfigError(f"data: classes {ds.classes} differ from the run's {ck.meta['classes']}")
+    run = Path(t.get("run_dir") or (p if p.is_dir() else p.with_name(p.stem + "-run")))
+    out_path = Path(out) if out is not None else run / "model.safetensors"
+    if out is None and not out_path.exists() and (run / "config.json").exists():
+        out_path = Path(json.loads((run / "config.json").read_text()).get("model", out_path))
+    network = build(spec, num_classes=len(ds.classes))
+    meta = {k: v for k, v in ck.meta.items() if k not in ("metrics", "history", "format", "format_version")}
+    meta["training"] = {**t, "config": config.to_json()}
+    return _fit(network, ds, config, meta, out_path, run, callbacks, stream, resume_from=ck)
+
+
+def _fit(
+    network: Network,
+    ds: Dataset,
+    config: TrainConfig,
+    meta: dict[str, Any],
+    out_path: Path,
+    run: Path,
+    callbacks: Sequence[Callback],
+    stream: TextIO | None,
+    resume_from: checkpoint.Checkpoint | None,
+) -> TrainResult:
+    start = time.perf_counter()
+    cbs: list[Callback] = [
+        NaNGuard(),
+        BestCheckpoint(out_path),
+        MetricsLog(run / "metrics.jsonl"),
+        LastState(run / "last.safetensors"),
+        ProgressPrinter(stream, bar=config.progress),
+        *callbacks,
+    ]
+    if config.patience is not None:
+        cbs.append(EarlyStopping(config.patience))
+    pre = Preprocessing.from_json(meta["preprocessing"])
+    trainer = Trainer(network, ds.train, ds.validation, config, pre, cbs, meta, stream)
+    if resume_from is not None:
+        trainer.load_state(resume_from)
+    if trainer.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        record = {
+            "model": str(out_path),
+            "architecture": meta["architecture"],
+            "classes": ds.classes,
+            "config": config.to_json(),
+            "data": meta["training"]["data"],
+        }
+        (run / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    c, h, w = network.input_shape
+    where = f"{trainer.device}" + (f" x{trainer.world_size} processes" if trainer.distributed else "")
+    trainer.log(
+        f"{'resuming after epoch ' + str(trainer.state.epoch) + ': ' if resume_from else ''}"
         f"training {len(ds.train)} images ({', '.join(ds.classes)}), validating on {len(ds.validation)}, "
-        f"{c}x{h}x{w} on {trainer.device}, {config.optimizer} lr {config.learning_rate:g}, "
-        f"augment {config.augment.describe()}",
-        file=stream,
-        flush=True,
+        f"{c}x{h}x{w} on {where}{' bf16' if trainer.bf16 else ''}, {config.optimizer} lr "
+        f"{config.learning_rate:g} ({config.schedule}), augment {config.augment.describe()}; run: {run}"
     )
     state = trainer.fit()
     if not state.history:
         raise KeyboardInterrupt  # stopped before the first epoch ended: nothing was saved
-    best_epoch = min(state.history, key=lambda m: m["val_loss"])
+    monitor = config.monitor
+    best = state.history[0]
+    for m in state.history[1:]:
+        if is_better(m[monitor], best[monitor], monitor):
+            best = m
     return TrainResult(
-        Path(out), state.history, best_epoch, ds.classes, state.interrupted, time.perf_counter() - start
+        out_path, run, state.history, best, ds.classes, state.interrupted, time.perf_counter() - start
     )
-
-
-def _config_json(config: TrainConfig) -> dict[str, Any]:
-    d = asdict(config)
-    d["augment"] = asdict(config.augment)
-    return d

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -215,3 +216,75 @@ def test_missing_model_file(tmp_path: Path) -> None:
 def test_bad_flag_value(tmp_path: Path) -> None:
     assert_one_line_error(pawlab("prepare", tmp_path, tmp_path / "o", "--size", "-3"), "--size")
     assert_one_line_error(pawlab("train", tmp_path, "--optimizer", "lbfgs"), "optimizer", "lbfgs")
+
+
+def test_forever_stops_cleanly_on_sigterm_and_resumes(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 12, "dog": 12})
+    arch = tmp_path / "tiny.toml"
+    arch.write_text(TINY_TOML)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pawlab",
+            "train",
+            str(src),
+            "--arch-file",
+            str(arch),
+            "--forever",
+            "--out",
+            str(tmp_path / "m.safetensors"),
+            "-q",
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:  # wait for two finished epochs
+        seen.append(line)
+        if sum(ln.startswith("epoch") for ln in seen) == 2:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted: stopped cleanly" in rest and "Traceback" not in err
+    assert (tmp_path / "m.safetensors").is_file() and (tmp_path / "m-run" / "last.safetensors").is_file()
+    resumed = pawlab("train", "--resume", tmp_path / "m-run", "--epochs", 4, "-q", "--workers", 1)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch" in resumed.stdout and "epoch     4/4" in resumed.stdout
+
+
+def test_compare_optimizers(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 12, "dog": 12})
+    arch = tmp_path / "tiny.toml"
+    arch.write_text(TINY_TOML)
+    proc = pawlab(
+        "compare",
+        src,
+        "--arch-file",
+        arch,
+        "--optimizers",
+        "sgd,adam",
+        "--epochs",
+        2,
+        "--out-dir",
+        tmp_path / "cmp",
+        "-q",
+        "--workers",
+        1,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [
+        ln.split()[0] for ln in proc.stdout.splitlines() if ln.split() and ln.split()[0] in ("sgd", "adam")
+    ]
+    assert rows == ["sgd", "adam"]
+    assert (tmp_path / "cmp" / "accuracy.png").stat().st_size > 0
+    assert (tmp_path / "cmp" / "sgd.safetensors").is_file() and (
+        tmp_path / "cmp" / "adam.safetensors"
+    ).is_file()

@@ -604,7 +604,7 @@ def test_load_dataset_presplit_folder_keeps_its_split(tmp_path: Path) -> None:
 def test_load_dataset_multiprocess_matches_single_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tree = write_tree(tmp_path / "src", {"cat": 60, "dog": 60})
+    tree = write_tree(tmp_path / "src", {"cat": 80, "dog": 80})
     monkeypatch.setenv("PAWLAB_CACHE_DIR", str(tmp_path / "cache-single"))
     single = load(tree, DataConfig(size=16, workers=1))
     contexts: list[str] = []

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
 import io
+import json
 import math
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +15,14 @@ import torch
 
 from pawlab import checkpoint
 from pawlab.augment import augment_batch, random_flip, random_rotate
+from pawlab.callbacks import TrainingDiverged
 from pawlab.config import AugmentConfig, DataConfig, TrainConfig
 from pawlab.data import load_dataset
 from pawlab.errors import ConfigError
-from pawlab.training import Callback, Trainer, train
+from pawlab.training import Callback, Trainer, class_weights, epoch_order, lr_factor, resume, train
+from tests.conftest import write_tree
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = [
     {"type": "input", "size": 16, "channels": 3},
@@ -60,7 +69,8 @@ def test_saves_only_when_validation_loss_improves(
     real_save = Trainer.save
 
     def spy(self: Trainer, path: object) -> Path:
-        saved_epochs.append(self.state.epoch)
+        if Path(str(path)).name == "m.safetensors":  # the best model, not the resumable state
+            saved_epochs.append(self.state.epoch)
         return real_save(self, path)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Trainer, "save", spy)
@@ -74,8 +84,9 @@ def test_same_seed_same_metrics(tree: Path, tmp_path: Path) -> None:
     cfg = FAST.with_(augment=AugmentConfig(rotate=20, noise=0.1, flip=True))
     a = _train(tree, tmp_path / "a.safetensors", cfg).history  # type: ignore[attr-defined]
     b = _train(tree, tmp_path / "b.safetensors", cfg).history  # type: ignore[attr-defined]
-    strip = [{k: v for k, v in m.items() if k != "seconds"} for m in a]
-    assert strip == [{k: v for k, v in m.items() if k != "seconds"} for m in b]
+    timing = ("seconds", "images_per_s")
+    strip = [{k: v for k, v in m.items() if k not in timing} for m in a]
+    assert strip == [{k: v for k, v in m.items() if k not in timing} for m in b]
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "rmsprop", "adagrad", "adam", "adamw"])
@@ -200,3 +211,171 @@ def test_augment_option_parsing() -> None:
         AugmentConfig.parse("spin=3")
     with pytest.raises(ConfigError, match="augment.rotate"):
         AugmentConfig.parse("rotate=abc")
+
+
+# ----------------------------------------------------------------------------- run state, resume
+
+
+def test_run_directory_contents(tree: Path, tmp_path: Path) -> None:
+    result = _train(tree, tmp_path / "m.safetensors", FAST.with_(epochs=3))
+    run = result.run_dir  # type: ignore[attr-defined]
+    assert run == tmp_path / "m-run"
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [int(m["epoch"]) for m in lines] == [1, 2, 3]
+    assert {"train_loss", "val_loss", "val_accuracy", "lr"} <= set(lines[0])
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["optimizer"] == "adam" and config["model"] == str(tmp_path / "m.safetensors")
+    assert checkpoint.load(run / "last.safetensors").meta["training"]["epoch"] == 3
+
+
+def test_resume_continues_exactly(tree: Path, tmp_path: Path) -> None:
+    # a schedule's plan depends on the number of epochs, so "2 then resume to 4" equals a
+    # straight 4-epoch run only with a constant (or step) schedule
+    cfg = FAST.with_(epochs=4, augment=AugmentConfig(rotate=15, flip=True), schedule="step", step_every=1)
+    straight = _train(tree, tmp_path / "c.safetensors", cfg).history  # type: ignore[attr-defined]
+    _train(tree, tmp_path / "d.safetensors", cfg.with_(epochs=2))
+    resumed = resume(tmp_path / "d-run", epochs=4, workers=1, stream=io.StringIO()).history
+    timing = ("seconds", "images_per_s")
+    assert [{k: v for k, v in m.items() if k not in timing} for m in resumed] == [
+        {k: v for k, v in m.items() if k not in timing} for m in straight
+    ]
+
+
+def test_resume_never_replaces_a_better_model(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "m.safetensors"
+    _train(tree, out, FAST.with_(epochs=3))
+    best_before = checkpoint.load(out).meta["metrics"]
+    best_value = checkpoint.load(tmp_path / "m-run" / "last.safetensors").meta["training"]["best"]
+    assert best_value == pytest.approx(min(m["val_loss"] for m in checkpoint.load(out).meta["history"]))
+
+    class Worse(Callback):  # every resumed epoch looks worse than the best so far
+        order = 5
+
+        def after_validation(self, trainer: Trainer) -> None:
+            trainer.state.metrics["val_loss"] = best_value + 1.0
+
+    resume(tmp_path / "m-run", epochs=5, workers=1, stream=io.StringIO(), callbacks=[Worse()])
+    assert checkpoint.load(out).meta["metrics"] == best_before
+    assert checkpoint.load(tmp_path / "m-run" / "last.safetensors").meta["training"]["epoch"] == 5
+
+
+def test_interrupt_mid_epoch_saves_resumable_state(tree: Path, tmp_path: Path) -> None:
+    class StopInEpochTwo(Callback):
+        def after_batch(self, trainer: Trainer) -> None:
+            if trainer.state.epoch == 2 and trainer.state.batch == 1:
+                raise KeyboardInterrupt
+
+    result = _train(tree, tmp_path / "m.safetensors", FAST.with_(epochs=None), callbacks=[StopInEpochTwo()])
+    assert result.interrupted  # type: ignore[attr-defined]
+    last = checkpoint.load(tmp_path / "m-run" / "last.safetensors", with_optimizer=True)
+    assert last.meta["training"]["epoch"] == 1  # epoch 2 did not finish: a resume redoes it
+    assert last.meta["training"]["steps"] > result.history[0]["epoch"]  # type: ignore[attr-defined]
+    resumed = resume(tmp_path / "m-run", epochs=3, workers=1, stream=io.StringIO())
+    assert [int(m["epoch"]) for m in resumed.history] == [1, 2, 3]
+
+
+def test_monitor_accuracy(tree: Path, tmp_path: Path) -> None:
+    result = _train(tree, tmp_path / "m.safetensors", FAST.with_(epochs=4, monitor="val_accuracy"))
+    saved = checkpoint.load(tmp_path / "m.safetensors").meta["metrics"]
+    assert saved["val_accuracy"] == max(m["val_accuracy"] for m in result.history)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "one-cycle"])
+def test_schedules(schedule: str) -> None:
+    cfg = TrainConfig(epochs=10, schedule=schedule, step_every=3, step_gamma=0.5)
+    factors = [lr_factor(cfg, step, 10) for step in range(100)]
+    assert all(0 < f <= 1.0 for f in factors)
+    if schedule == "constant":
+        assert set(factors) == {1.0}
+    elif schedule == "step":
+        assert factors[29] == 1.0 and factors[30] == 0.5 and factors[60] == 0.25
+    elif schedule == "cosine":
+        assert factors[0] == 1.0 and factors[-1] < 0.01 and factors == sorted(factors, reverse=True)
+    else:
+        peak = factors.index(max(factors))
+        assert factors[0] < 0.1 and 25 <= peak <= 35 and factors[-1] < 0.01
+
+
+def test_forever_needs_a_schedule_without_end() -> None:
+    with pytest.raises(ConfigError, match="cosine needs a number of epochs"):
+        TrainConfig(epochs=None, schedule="cosine")
+
+
+def test_nan_guard_stops_with_a_clear_error(tree: Path, tmp_path: Path) -> None:
+    class Poison(Callback):
+        order = -20  # before the guard
+
+        def after_batch(self, trainer: Trainer) -> None:
+            if trainer.state.epoch == 2:
+                trainer.state.batch_loss = math.nan
+
+    with pytest.raises(TrainingDiverged, match="became nan at epoch 2"):
+        _train(tree, tmp_path / "m.safetensors", FAST, callbacks=[Poison()])
+    assert checkpoint.load(tmp_path / "m.safetensors").meta["metrics"]["epoch"] == 1
+
+
+def test_balanced_sampler_and_class_weights() -> None:
+    labels = np.array([0] * 90 + [1] * 10)
+    gen = torch.Generator().manual_seed(0)
+    order = epoch_order(labels, TrainConfig(balance="sampler"), gen)
+    share = float((labels[order.numpy()] == 1).mean())
+    assert len(order) == 100 and 0.35 < share < 0.65
+    w = class_weights(labels, 2)
+    assert w[1] / w[0] == pytest.approx(9.0)
+
+
+def test_augment_copies_repeat_each_image() -> None:
+    labels = np.arange(10) % 2
+    order = epoch_order(labels, TrainConfig(augment_copies=3), torch.Generator().manual_seed(0))
+    assert sorted(order.tolist()) == sorted(list(range(10)) * 3)
+
+
+def test_precision_and_memory_format_agree(tree: Path, tmp_path: Path) -> None:
+    fp32 = _train(tree, tmp_path / "a.safetensors", FAST.with_(precision="fp32", channels_last=False))
+    fast = _train(tree, tmp_path / "b.safetensors", FAST.with_(precision="bf16", channels_last=True))
+    assert abs(fp32.best["val_accuracy"] - fast.best["val_accuracy"]) <= 0.25  # type: ignore[attr-defined]
+    assert math.isfinite(fast.history[-1]["train_loss"])  # type: ignore[attr-defined]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_train_one_model(tmp_path: Path) -> None:
+    """Two CPU processes (gloo), started as torchrun starts them: RANK, WORLD_SIZE, MASTER_*."""
+    src = write_tree(tmp_path / "src", {"cat": 32, "dog": 32})
+    base = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "ddp_script.py"), str(src), str(tmp_path)],
+            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        outputs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world"] == 2
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # one model, kept in step on both ranks
+    assert ranks[0]["losses"] == ranks[1]["losses"]  # the loss is reduced over both shares
+    assert ranks[0]["losses"][-1] < ranks[0]["losses"][0]
+    assert (tmp_path / "model.safetensors").is_file()
