@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     arch.add_argument("--arch-file", type=Path, help="a network described in TOML, YAML or JSON")
     arch.add_argument("--resume", type=Path, metavar="RUN_DIR|MODEL", help="continue a run where it stopped")
+    arch.add_argument("--preset", help="a named recipe (architecture, size and training settings)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=_positive_int, default=None, help="default 10")
     length.add_argument(

@@ -1,0 +1,52 @@
+"""Named training recipes: an architecture, an input size and a training configuration.
+
+    pawlab train DATA --preset cats-dogs-scratch
+
+A preset is the whole recipe; on the command line only ``--epochs``, ``--seed``, ``--device``,
+``--out``, ``--run-dir``, ``--quiet`` and ``--workers`` change it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pawlab.config import AugmentConfig, TrainConfig
+from pawlab.errors import ConfigError
+from pawlab.registry import Registry
+
+
+@dataclass(frozen=True)
+class Preset:
+    arch: str
+    size: int
+    config: TrainConfig
+    description: str
+
+
+PRESETS: Registry[Preset] = Registry("preset")
+
+PRESETS.register("cats-dogs-scratch")(
+    Preset(
+        arch="small-resnet",
+        size=64,
+        config=TrainConfig(
+            epochs=80,
+            optimizer="adamw",
+            lr=2e-3,
+            weight_decay=0.05,
+            schedule="one-cycle",
+            label_smoothing=0.1,
+            batch_size=64,
+            augment=AugmentConfig(crop=0.35, flip=True, rotate=10, jitter=0.2),
+        ),
+        description="a small residual net from scratch at 64x64 with strong augmentation "
+        "(about 17 minutes on 2 CPU cores for 2,000 images)",
+    )
+)
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS.get(name)
+    except KeyError:
+        raise ConfigError(f"preset: unknown preset {name!r} (known: {', '.join(PRESETS.names())})") from None
