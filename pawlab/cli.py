@@ -251,9 +251,26 @@ def cmd_train(args: argparse.Namespace) -> int:
             out=args.out,
             workers=args.workers,
         )
+    elif args.data is None:
+        raise ConfigError("train: DATA is required (or --resume RUN_DIR)")
+    elif args.preset is not None:
+        from pawlab.presets import get_preset
+
+        preset = get_preset(args.preset)
+        cfg = preset.config.with_(seed=args.seed, device=args.device, progress=not args.quiet)
+        if args.epochs is not None:
+            cfg = cfg.with_(epochs=args.epochs)
+        result = train(
+            args.data,
+            args.out,
+            preset.arch,
+            cfg,
+            size=preset.size,
+            val_fraction=args.val_fraction,
+            workers=args.workers,
+            run_dir=args.run_dir,
+        )
     else:
-        if args.data is None:
-            raise ConfigError("train: DATA is required (or --resume RUN_DIR)")
         arch: Any = load_arch_file(args.arch_file) if args.arch_file else (args.arch or "cortex-cnn")
         result = train(
             args.data,
@@ -356,6 +373,12 @@ def cmd_archs(args: argparse.Namespace) -> int:
         for name in LAYERS.names():
             doc = (LAYERS.get(name).__doc__ or "").strip().splitlines()[0]
             print(f"  {name:<16} {doc}")
+        from pawlab.presets import PRESETS
+
+        print("presets (pawlab train DATA --preset NAME):")
+        for name in PRESETS.names():
+            preset = PRESETS.get(name)
+            print(f"  {name:<20} {preset.arch} at {preset.size}x{preset.size}: {preset.description}")
         return 0
     is_file = Path(args.arch).suffix.lower() in (".toml", ".yaml", ".yml", ".json")
     spec = load_arch_file(args.arch) if is_file else get_architecture(args.arch)

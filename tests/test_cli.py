@@ -288,3 +288,24 @@ def test_compare_optimizers(tmp_path: Path) -> None:
     assert (tmp_path / "cmp" / "sgd.safetensors").is_file() and (
         tmp_path / "cmp" / "adam.safetensors"
     ).is_file()
+
+
+def test_preset_runs_and_unknown_preset_is_an_error(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 10, "dog": 10})
+    proc = pawlab(
+        "train",
+        src,
+        "--preset",
+        "cats-dogs-scratch",
+        "--epochs",
+        1,
+        "--out",
+        tmp_path / "m.safetensors",
+        "-q",
+        "--workers",
+        1,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "64x64" in proc.stdout and "adamw" in proc.stdout and "one-cycle" in proc.stdout
+    assert_one_line_error(pawlab("train", src, "--preset", "nope"), "unknown preset", "cats-dogs-scratch")
+    assert "cats-dogs-scratch" in pawlab("archs").stdout
