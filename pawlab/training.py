@@ -573,6 +573,8 @@ def _fit(
         trainer.load_state(resume_from)
     if trainer.is_main:
         run.mkdir(parents=True, exist_ok=True)
+        if resume_from is None:  # a new run in an old run directory starts a new log
+            (run / "metrics.jsonl").unlink(missing_ok=True)
         record = {
             "model": str(out_path),
             "architecture": meta["architecture"],

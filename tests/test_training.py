@@ -226,6 +226,8 @@ def test_run_directory_contents(tree: Path, tmp_path: Path) -> None:
     config = json.loads((run / "config.json").read_text())
     assert config["config"]["optimizer"] == "adam" and config["model"] == str(tmp_path / "m.safetensors")
     assert checkpoint.load(run / "last.safetensors").meta["training"]["epoch"] == 3
+    _train(tree, tmp_path / "m.safetensors", FAST.with_(epochs=2))  # a new run in the same place
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_resume_continues_exactly(tree: Path, tmp_path: Path) -> None:
