@@ -17,6 +17,7 @@ old complete state or the new one, never a half-written array that a later run t
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -25,7 +26,8 @@ import time
 import uuid
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -157,7 +159,11 @@ def check_out_dir(out: Path, src: Path) -> None:
         raise DataError(f"{out}: the output folder must not be inside the source")
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder")
-    if out.exists() and not (out / MANIFEST).exists() and any(out.iterdir()):
+    if (
+        out.exists()
+        and not (out / MANIFEST).exists()
+        and any(not p.name.startswith(".") for p in out.iterdir())
+    ):
         raise DataError(f"{out}: exists, is not empty and is not a pawlab prepared folder")
 
 
@@ -440,6 +446,20 @@ def cache_root() -> Path:
     return Path(base) / "pawlab"
 
 
-def cache_dir_for(src: Path, size: int) -> Path:
-    key = hashlib.blake2b(f"{src}\0{size}".encode(), digest_size=10).hexdigest()
+def cache_dir_for(src: Path, size: int, seed: int, val_fraction: float) -> Path:
+    """One cache folder per source, size and split, so that runs with other settings (a seed
+    sweep, say) never rewrite each other's arrays."""
+    key = hashlib.blake2b(f"{src}\0{size}\0{seed}\0{val_fraction!r}".encode(), digest_size=10).hexdigest()
     return cache_root() / f"{src.name[:40]}-{size}-{key}"
+
+
+@contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a packed folder: concurrent runs wait for each other."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -87,7 +87,7 @@ def _train_config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def _distributed_setup() -> None:
+def _distributed_setup(device: str = "auto") -> None:
     """Under torchrun: join the process group (gloo on CPU, nccl on CUDA)."""
     import os
 
@@ -96,7 +96,7 @@ def _distributed_setup() -> None:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
             if backend == "nccl":
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             dist.init_process_group(backend)
@@ -230,6 +230,19 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reject_changed(args: argparse.Namespace, mode: str, allowed: set[str]) -> None:
+    """With --resume or --preset the recipe is fixed: a flag that would change it is an error,
+    not silently ignored."""
+    defaults = vars(build_parser().parse_args(["train"]))
+    changed = sorted(
+        k for k, v in vars(args).items() if k not in allowed and k in defaults and v != defaults[k]
+    )
+    if changed:
+        flag = "--" + changed[0].replace("_", "-")
+        keep = ", ".join("--" + a.replace("_", "-") for a in sorted(allowed - {"data", "resume", "preset"}))
+        raise ConfigError(f"{flag} cannot be combined with {mode}, which fixes the recipe (allowed: {keep})")
+
+
 def _is_main_process() -> bool:
     import os
 
@@ -241,8 +254,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pawlab.training import resume, train
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    _distributed_setup()
+    _distributed_setup(args.device)
     if args.resume is not None:
+        _reject_changed(args, "--resume", {"resume", "data", "epochs", "forever", "out", "workers", "quiet"})
         result = resume(
             args.resume,
             args.data,
@@ -255,6 +269,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("train: DATA is required (or --resume RUN_DIR)")
     elif args.preset is not None:
         from pawlab.presets import get_preset
+
+        _reject_changed(
+            args,
+            "--preset",
+            {"preset", "data", "epochs", "seed", "device", "out", "run_dir", "workers", "quiet"},
+        )
 
         preset = get_preset(args.preset)
         cfg = preset.config.with_(seed=args.seed, device=args.device, progress=not args.quiet)

@@ -38,6 +38,7 @@ from pawlab._pack import (
     PlannedItem,
     cache_dir_for,
     check_out_dir,
+    locked,
     open_packed,
     pack,
 )
@@ -245,6 +246,7 @@ class Dataset:
     source: str
     size: tuple[int, int]
     presplit: bool
+    origin: dict[str, Any] = field(default_factory=dict)  # raw source, seed and fraction of the split
 
 
 DecodeTask = tuple[str, tuple[int, int], str, tuple[int, int] | None, int]
@@ -320,20 +322,21 @@ def pack_source(
     check_out_dir(out_dir, source.path)
     planned, skipped, entries, presplit = _plan(source, config.val_fraction, config.seed)
     settings = {"seed": config.seed, "val_fraction": config.val_fraction, "presplit": presplit}
-    return pack(
-        source,
-        planned,
-        skipped,
-        out_dir,
-        size=config.size,
-        settings=settings,
-        entries=entries,
-        workers=config.workers,
-        progress=progress,
-        png=png,
-        dedupe=dedupe,
-        strict=strict,
-    )
+    with locked(out_dir):  # concurrent runs on one folder wait for each other
+        return pack(
+            source,
+            planned,
+            skipped,
+            out_dir,
+            size=config.size,
+            settings=settings,
+            entries=entries,
+            workers=config.workers,
+            progress=progress,
+            png=png,
+            dedupe=dedupe,
+            strict=strict,
+        )
 
 
 def packed_for(
@@ -359,11 +362,14 @@ def packed_for(
                 workers=config.workers,
             )
             cached = pack_source(
-                original, cache_dir_for(original, config.size), same_split, progress=progress
+                original,
+                cache_dir_for(original, config.size, same_split.seed, same_split.val_fraction),
+                same_split,
+                progress=progress,
             )
             return cached.packed, True
     source_path = open_source(p).path
-    cache = cache_dir_for(source_path, config.size)
+    cache = cache_dir_for(source_path, config.size, config.seed, config.val_fraction)
     packed = pack_source(source_path, cache, config, progress=progress).packed
     return packed, bool(packed.manifest.get("presplit")) or prepared is not None
 
@@ -401,6 +407,7 @@ def load_dataset(
         source=str(Path(path).expanduser().resolve()),
         size=(config.size, config.size),
         presplit=presplit,
+        origin={k: packed.manifest[k] for k in ("source", "seed", "val_fraction", "presplit")},
     )
 
 
@@ -430,9 +437,25 @@ def load_eval_set(
     if size[0] != size[1]:
         raise DataError(f"{path}: only square input sizes are supported, got {size}")
     trained_on = trained_on or {}
+    # where the model's split came from: the raw source, and the seed and fraction that split it
+    origin = trained_on.get("origin") or trained_on
     resolved = str(Path(path).expanduser().resolve())
-    same = trained_on.get("source") == resolved
-    frac, seed = (float(trained_on["val_fraction"]), int(trained_on["seed"])) if same else (0.2, 0)
+    prepared = open_packed(resolved) if Path(resolved).is_dir() else None
+    if (
+        prepared is not None
+        and origin.get("source") == prepared.manifest["source"]
+        and not origin.get("presplit")
+    ):
+        m = prepared.manifest
+        if (m["seed"], m["val_fraction"]) != (origin["seed"], origin["val_fraction"]):
+            raise DataError(
+                f"{resolved}: prepared from the model's training source with another split "
+                f"(seed {m['seed']}, fraction {m['val_fraction']:g}), so its validation images include "
+                f"training images; prepare it with --seed {origin['seed']} "
+                f"--val-fraction {origin['val_fraction']:g}"
+            )
+    same = origin.get("source") == resolved and not origin.get("presplit")
+    frac, seed = (float(origin["val_fraction"]), int(origin["seed"])) if same else (0.2, 0)
     config = DataConfig(size=size[0], val_fraction=frac, seed=seed, workers=workers)
     packed, presplit = packed_for(path, config, progress=progress)
     if presplit:

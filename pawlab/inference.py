@@ -20,6 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pawlab import checkpoint
+from pawlab._atomic import atomic_write_text
 from pawlab._imageio import ImageDecodeError, decode, default_workers, parallel_map
 from pawlab.data import Skipped, decode_task, decode_tasks, load_eval_set, load_unlabeled
 from pawlab.errors import DataError, ModelFileError
@@ -262,6 +263,21 @@ def _numeric_id(name: str) -> int | None:
     return int(stem) if re.fullmatch(r"\d+", stem) else None
 
 
+def _file_identity(path: Path | None) -> str:
+    """A model file's path, size and modification time (a retrained model differs)."""
+    if path is None:
+        return "<in memory>"
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _existing_rows(path: Path) -> set[int]:
     """Ids already in a (possibly interrupted) submission; a torn last line is cut off."""
     if not path.exists():
@@ -295,7 +311,9 @@ def submit(
     ``label`` is the probability of the second class (``dog`` for cat/dog) clipped to
     [0.005, 0.995], or 0/1 with ``hard``; with more than two classes, the predicted class
     name. Rows are appended in id order, a batch at a time: an interrupted run, started
-    again, keeps the rows already written and does the rest.
+    again with the same model, test set and labels, keeps the rows already written and does
+    the rest (``<out>.pawlab-job.json`` records the job until it is complete); any other run
+    writes the file afresh.
     """
     start = time.perf_counter()
     m = model if isinstance(model, Model) else load_model(model)
@@ -308,16 +326,27 @@ def submit(
         else:
             numbered.append((i, n))
     numbered.sort()
+    if not numbered:
+        example = f", e.g. {skipped[0].name}" if skipped else ""
+        raise DataError(f"{source.path}: no image is named by a numeric id like 1.jpg{example}")
     repeated = [i for i, n in Counter(i for i, _ in numbered).items() if n > 1]
     if repeated:
         same = [n for i, n in numbered if i == min(repeated)]
         raise DataError(f"{source.path}: several images share the id {min(repeated)}: {', '.join(same)}")
     out_path = Path(out)
-    done = _existing_rows(out_path)
+    # The rows already in the file are kept only if this very job wrote them: same model file,
+    # same test source, same labels. The job's identity lives beside the file until it is done.
+    job = {"model": _file_identity(m.path), "test": str(source.path), "hard": hard, "classes": m.classes}
+    sidecar = out_path.with_name(out_path.name + ".pawlab-job.json")
+    resumable = sidecar.exists() and _read_json(sidecar) == job
+    done = _existing_rows(out_path) if resumable else set()
     todo = [(i, n) for i, n in numbered if i not in done]
-    if not out_path.exists():
+    if not resumable:
+        if out_path.exists() and not out_path.read_bytes()[:9] == b"id,label\n":
+            raise DataError(f"{out_path}: exists and is not a submission file (delete it to start over)")
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_bytes(b"id,label\n")
+        atomic_write_text(sidecar, json.dumps(job))
+        atomic_write_text(out_path, "id,label\n")
     binary = len(m.classes) == 2
     failed: list[Skipped] = []
     tasks = decode_tasks(source, [n for _, n in todo], m.preprocessing.size, m.preprocessing.channels)
@@ -341,6 +370,7 @@ def submit(
     finally:
         os.close(fd)
         bar.close()
+    sidecar.unlink()  # complete: a later run starts afresh
     return SubmitReport(
         out_path, len(done) + written, written, len(done), skipped, failed, time.perf_counter() - start
     )

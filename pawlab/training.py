@@ -164,7 +164,9 @@ def predict_logits(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for start in range(0, len(images), batch_size):
-            x = pre.normalize(pre.to_unit(images[start : start + batch_size]).to(device))
+            x = pre.normalize(
+                pre.to_unit(torch.from_numpy(np.asarray(images[start : start + batch_size])).to(device))
+            )
             out.append(network(x.contiguous(memory_format=fmt)).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
 
@@ -248,7 +250,7 @@ class Trainer:
             group["lr"] = self.config.learning_rate * factor
 
     def _inputs(self, images: torch.Tensor, augment: bool) -> torch.Tensor:
-        x = self.preprocessing.to_unit(images).to(self.device, non_blocking=True)  # (B, C, H, W) in [0, 1]
+        x = self.preprocessing.to_unit(images.to(self.device, non_blocking=True))  # (B, C, H, W) in [0, 1]
         if augment and self.config.augment.enabled:
             x = augment_batch(x, self.config.augment, self.aug_gen)
         return self.preprocessing.normalize(x).contiguous(memory_format=self.memory_format)
@@ -345,7 +347,8 @@ class Trainer:
                     break
         except KeyboardInterrupt:
             self.state.interrupted = True
-            self.state.epoch -= 1  # the running epoch did not finish: a resume starts it again
+            if not self.state.history or self.state.history[-1]["epoch"] != self.state.epoch:
+                self.state.epoch -= 1  # the running epoch did not finish: a resume starts it again
         self.emit("after_fit")
         return self.state
 
@@ -491,6 +494,7 @@ def train(
             "config": config.to_json(),
             "data": {
                 "source": ds.source,
+                "origin": ds.origin,
                 "presplit": ds.presplit,
                 "val_fraction": val_fraction,
                 "seed": config.seed,
@@ -535,7 +539,7 @@ def resume(
     ds = _load_data(data if data is not None else d["source"], spec, config, d["val_fraction"], workers)
     if ds.classes != ck.meta["classes"]:
         raise ConfigError(f"data: classes {ds.classes} differ from the run's {ck.meta['classes']}")
-    run = Path(t.get("run_dir") or (p if p.is_dir() else p.with_name(p.stem + "-run")))
+    run = p if p.is_dir() else Path(t.get("run_dir") or p.with_name(p.stem + "-run"))
     out_path = Path(out) if out is not None else run / "model.safetensors"
     if out is None and not out_path.exists() and (run / "config.json").exists():
         out_path = Path(json.loads((run / "config.json").read_text()).get("model", out_path))
@@ -576,7 +580,7 @@ def _fit(
         if resume_from is None:  # a new run in an old run directory starts a new log
             (run / "metrics.jsonl").unlink(missing_ok=True)
         record = {
-            "model": str(out_path),
+            "model": str(out_path.resolve()),
             "architecture": meta["architecture"],
             "classes": ds.classes,
             "config": config.to_json(),

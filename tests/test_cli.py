@@ -309,3 +309,12 @@ def test_preset_runs_and_unknown_preset_is_an_error(tmp_path: Path) -> None:
     assert "64x64" in proc.stdout and "adamw" in proc.stdout and "one-cycle" in proc.stdout
     assert_one_line_error(pawlab("train", src, "--preset", "nope"), "unknown preset", "cats-dogs-scratch")
     assert "cats-dogs-scratch" in pawlab("archs").stdout
+
+
+def test_resume_and_preset_refuse_flags_they_would_ignore(tmp_path: Path) -> None:
+    assert_one_line_error(pawlab("train", "--resume", tmp_path / "run", "--lr", "0.1"), "--lr", "--resume")
+    assert_one_line_error(
+        pawlab("train", tmp_path, "--preset", "cats-dogs-scratch", "--batch-size", 8),
+        "--batch-size",
+        "--preset",
+    )

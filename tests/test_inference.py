@@ -160,13 +160,41 @@ def test_submit_resumes_after_interruption(trained: tuple[Path, Path], tmp_path:
     test = _test_set(tmp_path / "test")
     full = tmp_path / "full.csv"
     submit(trained[1], test, full, batch_size=4, workers=1, progress=False)
-    # an interrupted run: four whole rows and a torn fifth
-    lines = full.read_text().splitlines(keepends=True)
+    assert not (tmp_path / "full.csv.pawlab-job.json").exists()  # finished: no job record left
+
+    model = load_model(trained[1])
+    real, calls = model.predict_proba, {"n": 0}
+
+    def killed_at_second_batch(images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(images, batch_size)
+
+    model.predict_proba = killed_at_second_batch  # type: ignore[method-assign]
     part = tmp_path / "part.csv"
-    part.write_text("".join(lines[:5]) + lines[5][:3])
+    with pytest.raises(KeyboardInterrupt):
+        submit(model, test, part, batch_size=4, workers=1, progress=False)
+    assert len(part.read_text().splitlines()) == 5  # header and one whole batch
+    with open(part, "a") as fh:
+        fh.write("5,0.1")  # a torn row, as a kill in mid-write would leave
     report = submit(trained[1], test, part, batch_size=4, workers=1, progress=False)
     assert report.resumed == 4 and report.written == 8
     assert part.read_text() == full.read_text()
+
+
+def test_submit_with_another_model_starts_afresh(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    test = _test_set(tmp_path / "test", 4)
+    out = tmp_path / "sub.csv"
+    submit(trained[1], test, out, workers=1, progress=False)
+    report = submit(trained[1], test, out, hard=True, workers=1, progress=False)  # other labels
+    assert report.resumed == 0 and report.written == 4
+    assert {v for _, v in _rows(out)} <= {"0", "1"}
+
+
+def test_submit_without_numeric_ids_is_an_error(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no image is named by a numeric id"):
+        submit(trained[1], trained[0], tmp_path / "sub.csv", workers=1, progress=False)
 
 
 def test_submit_undecodable_image_gets_uninformative_label(
@@ -193,3 +221,22 @@ def test_submit_from_zip(trained: tuple[Path, Path], tmp_path: Path) -> None:
     submit(trained[1], archive, tmp_path / "a.csv", workers=1, progress=False)
     submit(trained[1], test, tmp_path / "b.csv", workers=1, progress=False)
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+
+
+def test_evaluate_raw_source_of_a_prepared_training_folder_uses_its_split(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 20, "dog": 20})
+    prep = prepare(src, tmp_path / "prep", DataConfig(size=16, workers=1, seed=3), progress=False)
+    model = tmp_path / "m.safetensors"
+    train(
+        tmp_path / "prep",
+        model,
+        TINY,
+        TrainConfig(epochs=1, progress=False, seed=3),
+        workers=1,
+        stream=io.StringIO(),
+    )
+    report = evaluate(model, src, report_dir=tmp_path / "rep", workers=1, progress=False)
+    assert report.count == sum(prep.counts["validation"].values())  # not all 40: no training image
+    prepare(src, tmp_path / "other", DataConfig(size=16, workers=1, seed=4), progress=False)
+    with pytest.raises(DataError, match="another split"):
+        evaluate(model, tmp_path / "other", report_dir=tmp_path / "rep", workers=1, progress=False)

@@ -4,6 +4,7 @@ import io
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -381,3 +382,26 @@ def test_ddp_two_processes_train_one_model(tmp_path: Path) -> None:
     assert ranks[0]["losses"] == ranks[1]["losses"]  # the loss is reduced over both shares
     assert ranks[0]["losses"][-1] < ranks[0]["losses"][0]
     assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_interrupt_after_an_epoch_finished_keeps_it(tree: Path, tmp_path: Path) -> None:
+    class StopAfterSecondEpoch(Callback):
+        order = 100
+
+        def after_epoch(self, trainer: Trainer) -> None:
+            if trainer.state.epoch == 2:
+                raise KeyboardInterrupt
+
+    _train(tree, tmp_path / "m.safetensors", FAST.with_(epochs=None), callbacks=[StopAfterSecondEpoch()])
+    assert checkpoint.load(tmp_path / "m-run" / "last.safetensors").meta["training"]["epoch"] == 2
+
+
+def test_resume_writes_into_the_directory_it_is_given(tree: Path, tmp_path: Path) -> None:
+    _train(tree, tmp_path / "m.safetensors", FAST.with_(epochs=2))
+    shutil.copytree(tmp_path / "m-run", tmp_path / "branch")
+    before = (tmp_path / "m-run" / "last.safetensors").read_bytes()
+    resume(
+        tmp_path / "branch", epochs=3, out=tmp_path / "branch.safetensors", workers=1, stream=io.StringIO()
+    )
+    assert (tmp_path / "m-run" / "last.safetensors").read_bytes() == before
+    assert checkpoint.load(tmp_path / "branch" / "last.safetensors").meta["training"]["epoch"] == 3
