@@ -691,7 +691,8 @@ def test_prepare_writes_pngs_and_manifest(tree: Path, tmp_path: Path) -> None:
     assert {s["name"] for s in manifest["skipped"]} == set(bad)
     assert all(s["reason"] for s in manifest["skipped"])
     arrays = sorted(manifest["arrays"].values())
-    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, "train", "validation", *arrays])
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # .lock is hidden
+    assert visible == sorted([MANIFEST, "train", "validation", *arrays])
     for p in pngs(out):
         with Image.open(p) as im:
             assert (im.format, im.size, im.mode) == ("PNG", (12, 12), "RGB")
