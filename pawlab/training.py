@@ -250,7 +250,14 @@ class Trainer:
             group["lr"] = self.config.learning_rate * factor
 
     def _inputs(self, images: torch.Tensor, augment: bool) -> torch.Tensor:
-        x = self.preprocessing.to_unit(images.to(self.device, non_blocking=True))  # (B, C, H, W) in [0, 1]
+        # uint8 (B, H, W, C) -> (B, C, H, W) laid out in the training memory format while still
+        # one byte a value, then float in [0, 1]
+        x = (
+            images.to(self.device, non_blocking=True)
+            .permute(0, 3, 1, 2)
+            .contiguous(memory_format=self.memory_format)
+        )
+        x = x.float().div_(255.0)
         if augment and self.config.augment.enabled:
             x = augment_batch(x, self.config.augment, self.aug_gen)
         return self.preprocessing.normalize(x).contiguous(memory_format=self.memory_format)
