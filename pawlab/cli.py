@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     arch.add_argument("--arch-file", type=Path, help="a network described in TOML, YAML or JSON")
     arch.add_argument("--resume", type=Path, metavar="RUN_DIR|MODEL", help="continue a run where it stopped")
     arch.add_argument("--preset", help="a named recipe (architecture, size and training settings)")
+    arch.add_argument(
+        "--backbone", help="transfer learning: a pretrained backbone (efficientnet_lite0) with a new head"
+    )
+    p.add_argument(
+        "--fine-tune", action="store_true", help="with --backbone: train the backbone too (default: frozen)"
+    )
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=_positive_int, default=None, help="default 10")
     length.add_argument(
@@ -286,6 +292,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             preset.arch,
             cfg,
             size=preset.size,
+            val_fraction=args.val_fraction,
+            workers=args.workers,
+            run_dir=args.run_dir,
+        )
+    elif args.backbone is not None:
+        from pawlab.models import transfer_architecture
+
+        spec = transfer_architecture(args.backbone, frozen=not args.fine_tune)
+        result = train(
+            args.data,
+            args.out,
+            spec,
+            _train_config(args),
+            size=args.size,
             val_fraction=args.val_fraction,
             workers=args.workers,
             run_dir=args.run_dir,

@@ -210,3 +210,37 @@ def softmax(shape: Shape, ctx: BuildContext) -> tuple[None, Shape]:
     if len(shape) != 1:
         raise LayerShapeError(f"softmax needs features (F,), got {fmt_shape(shape)}")
     return None, shape
+
+
+class BackboneFeatures(nn.Module):
+    """A pretrained backbone's pooled features; ``frozen``: no gradients, statistics fixed."""
+
+    def __init__(self, name: str, frozen: bool) -> None:
+        super().__init__()
+        from pawlab.backbones import load_backbone
+
+        self.net, _ = load_backbone(name)
+        self.frozen = frozen
+        if frozen:
+            self.net.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> BackboneFeatures:
+        super().train(mode)
+        if self.frozen:
+            self.net.eval()  # batch-norm statistics stay the pretrained ones
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, F)
+        features: torch.Tensor = self.net.forward_features(x)
+        return features
+
+
+@LAYERS.register("backbone", "pretrained")
+def backbone(shape: Shape, ctx: BuildContext, *, name: str, frozen: bool = True) -> tuple[nn.Module, Shape]:
+    """A pretrained ImageNet backbone (see pawlab.backbones) giving pooled features; its
+    weights are loaded from the installed package, then from the model file."""
+    c, _, _ = _image(shape, "backbone")
+    if c != 3:
+        raise LayerShapeError(f"a pretrained backbone needs RGB input, got {c} channels")
+    module = BackboneFeatures(str(name), bool(frozen))
+    return module, (module.net.features,)

@@ -298,3 +298,20 @@ def small_resnet() -> list[LayerSpec]:
         {"type": "linear"},
         {"type": "softmax"},
     ]
+
+
+def transfer_architecture(backbone: str, *, frozen: bool = True, size: int = 224) -> list[LayerSpec]:
+    """A pretrained backbone with a new head for the data's classes."""
+    return [
+        {"type": "input", "size": size, "channels": 3},
+        {"type": "backbone", "name": backbone, "frozen": frozen},
+        {"type": "dropout", "p": 0.2},
+        {"type": "linear"},
+        {"type": "softmax"},
+    ]
+
+
+@ARCHITECTURES.register("efficientnet-lite0")
+def efficientnet_lite0() -> list[LayerSpec]:
+    """EfficientNet-Lite0 pretrained on ImageNet (frozen) with a new linear head, at 224x224."""
+    return transfer_architecture("efficientnet_lite0")

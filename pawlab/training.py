@@ -206,7 +206,8 @@ class Trainer:
             self.model = torch.compile(self.model)  # type: ignore[assignment]
         self.preprocessing = preprocessing
         self.train_set, self.val_set = train_set, val_set
-        self.optimizer = make_optimizer(self.network.parameters(), config)
+        # frozen parts (a pretrained backbone) have no gradients and no optimizer state
+        self.optimizer = make_optimizer([p for p in self.network.parameters() if p.requires_grad], config)
         self.callbacks = sorted(callbacks, key=lambda c: c.order)
         self.state = TrainState()
         self.checkpoint_meta = checkpoint_meta or {}

@@ -37,3 +37,31 @@ def test_wrong_weights_are_refused_with_the_keys(tmp_path: Path) -> None:
         load_backbone("efficientnet_lite0", bad)
     with pytest.raises(ModelFileError, match="unknown backbone"):
         load_backbone("resnet9000")
+
+
+def test_frozen_backbone_trains_only_its_head(tmp_path: Path) -> None:
+    import io
+
+    from pawlab import checkpoint
+    from pawlab.config import TrainConfig
+    from pawlab.inference import load_model
+    from pawlab.models import transfer_architecture
+    from pawlab.training import train
+    from tests.conftest import write_tree
+
+    src = write_tree(tmp_path / "src", {"cat": 8, "dog": 8})
+    out = tmp_path / "m.safetensors"
+    before, _ = load_backbone("efficientnet_lite0")
+    train(
+        src,
+        out,
+        transfer_architecture("efficientnet_lite0", size=32),
+        TrainConfig(epochs=2, progress=False),
+        workers=1,
+        stream=io.StringIO(),
+    )
+    state = checkpoint.load(out).model_state
+    for name, tensor in before.state_dict().items():  # weights and batch-norm statistics unchanged
+        assert torch.equal(state[f"body.0.net.{name}"], tensor), name
+    pred = load_model(out).predict(src / "cat" / "cat.0.jpg")
+    assert set(pred.probabilities) == {"cat", "dog"}

@@ -318,3 +318,26 @@ def test_resume_and_preset_refuse_flags_they_would_ignore(tmp_path: Path) -> Non
         "--batch-size",
         "--preset",
     )
+
+
+def test_transfer_learning_from_the_command_line(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 8, "dog": 8})
+    proc = pawlab(
+        "train",
+        src,
+        "--backbone",
+        "efficientnet_lite0",
+        "--size",
+        32,
+        "--epochs",
+        1,
+        "--out",
+        tmp_path / "m.safetensors",
+        "-q",
+        "--workers",
+        1,
+    )
+    assert proc.returncode == 0, proc.stderr
+    shown = pawlab("predict", tmp_path / "m.safetensors", src / "dog" / "dog.1.jpg", "--json")
+    assert json.loads(shown.stdout)["classification"] in ("cat", "dog")
+    assert_one_line_error(pawlab("train", src, "--backbone", "vgg99"), "unknown backbone", "vgg99")

@@ -31,6 +31,7 @@ INPUT: LayerSpec = {"type": "input", "size": [6, 8], "channels": 3}
 # `test_layer_builds_and_infers_its_shape`.
 LAYER_EXAMPLES: dict[str, dict[str, Any]] = {
     "avg-pool": {"kernel": 2},
+    "backbone": {"name": "efficientnet_lite0"},
     "batch-norm": {},
     "conv": {"kernel": 3, "filters": 4, "stride": 1, "pad": 0},
     "dropout": {"p": 0.25},
@@ -119,6 +120,8 @@ def spec_using(name: str) -> list[LayerSpec]:
         return [layer, *head]
     if name == "softmax":
         return [INPUT, {"type": "linear"}, layer]
+    if name == "backbone":  # pretrained on RGB
+        return [{"type": "input", "size": 32, "channels": 3}, layer, *head]
     return [INPUT, layer, *head]
 
 
