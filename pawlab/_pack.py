@@ -24,8 +24,6 @@ import os
 import shutil
 import time
 import uuid
-import zipfile
-import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +37,7 @@ from tqdm import tqdm
 
 from pawlab._atomic import atomic_write_text
 from pawlab._imageio import ImageDecodeError, Workers, decode, default_workers
-from pawlab._sources import FolderSource, ZipSource, cached_source, source_stamp
+from pawlab._sources import FolderSource, ZipSource, read_entry, source_stamp
 from pawlab.errors import DataError
 
 PACK_FORMAT = "pawlab-prepared"
@@ -125,11 +123,9 @@ DecodeIntoTask = tuple[str, tuple[int, int], str, int, str, int]
 def _decode_into(task: DecodeIntoTask) -> tuple[str | None, str | None]:
     """Decode one file straight into row ``row`` of the array file; (reason, digest)."""
     src_path, stamp, name, size, array_path, row = task
-    try:
-        data = cached_source(src_path, stamp).read(name)
-    except (OSError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return f"unreadable file ({reason})", None
+    data = read_entry(src_path, stamp, name)
+    if isinstance(data, str):
+        return data, None
     try:
         _open_rows(array_path)[row] = decode(data, (size, size), 3)
     except ImageDecodeError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -109,3 +110,12 @@ def cached_source(path: str, stamp: tuple[int, int]) -> FolderSource | ZipSource
     """Per-process cache, so that a worker opens a zip once, not once per file; ``stamp``
     (see `source_stamp`) makes a zip replaced at the same path open afresh."""
     return open_source(path)
+
+
+def read_entry(path: str, stamp: tuple[int, int], name: str) -> bytes | str:
+    """A file's bytes from the (per-process cached) source at ``path``, or why it cannot be read."""
+    try:
+        return cached_source(path, stamp).read(name)
+    except (OSError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return f"unreadable file ({reason})"

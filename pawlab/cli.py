@@ -255,8 +255,28 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _recipe(args: argparse.Namespace) -> tuple[Any, TrainConfig, int | None]:
+    """(architecture, training config, input size) from --preset, --backbone or --arch[-file]."""
+    from pawlab.models import load_arch_file, transfer_architecture
+
+    if args.preset is not None:
+        from pawlab.presets import get_preset
+
+        _reject_changed(
+            args,
+            "--preset",
+            {"preset", "data", "epochs", "seed", "device", "out", "run_dir", "workers", "quiet"},
+        )
+        preset = get_preset(args.preset)
+        cfg = preset.config.with_(seed=args.seed, device=args.device, progress=not args.quiet)
+        return preset.arch, cfg if args.epochs is None else cfg.with_(epochs=args.epochs), preset.size
+    if args.backbone is not None:
+        return transfer_architecture(args.backbone, frozen=not args.fine_tune), _train_config(args), args.size
+    arch: Any = load_arch_file(args.arch_file) if args.arch_file else (args.arch or "cortex-cnn")
+    return arch, _train_config(args), args.size
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from pawlab.models import load_arch_file
     from pawlab.training import resume, train
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -273,51 +293,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     elif args.data is None:
         raise ConfigError("train: DATA is required (or --resume RUN_DIR)")
-    elif args.preset is not None:
-        from pawlab.presets import get_preset
-
-        _reject_changed(
-            args,
-            "--preset",
-            {"preset", "data", "epochs", "seed", "device", "out", "run_dir", "workers", "quiet"},
-        )
-
-        preset = get_preset(args.preset)
-        cfg = preset.config.with_(seed=args.seed, device=args.device, progress=not args.quiet)
-        if args.epochs is not None:
-            cfg = cfg.with_(epochs=args.epochs)
-        result = train(
-            args.data,
-            args.out,
-            preset.arch,
-            cfg,
-            size=preset.size,
-            val_fraction=args.val_fraction,
-            workers=args.workers,
-            run_dir=args.run_dir,
-        )
-    elif args.backbone is not None:
-        from pawlab.models import transfer_architecture
-
-        spec = transfer_architecture(args.backbone, frozen=not args.fine_tune)
-        result = train(
-            args.data,
-            args.out,
-            spec,
-            _train_config(args),
-            size=args.size,
-            val_fraction=args.val_fraction,
-            workers=args.workers,
-            run_dir=args.run_dir,
-        )
     else:
-        arch: Any = load_arch_file(args.arch_file) if args.arch_file else (args.arch or "cortex-cnn")
+        arch, cfg, size = _recipe(args)
         result = train(
             args.data,
             args.out,
             arch,
-            _train_config(args),
-            size=args.size,
+            cfg,
+            size=size,
             val_fraction=args.val_fraction,
             workers=args.workers,
             run_dir=args.run_dir,

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import zipfile
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +29,7 @@ import numpy as np
 
 from pawlab._imageio import IMAGE_EXTENSIONS, ImageDecodeError, decode, is_image_name, to_channels
 from pawlab._pack import (
+    HIDDEN_REASON,
     MANIFEST,
     SPLITS,
     Packed,
@@ -42,7 +41,7 @@ from pawlab._pack import (
     open_packed,
     pack,
 )
-from pawlab._sources import FolderSource, ZipSource, cached_source, open_source, source_stamp
+from pawlab._sources import FolderSource, ZipSource, open_source, read_entry, source_stamp
 from pawlab.config import DataConfig
 from pawlab.errors import DataError
 
@@ -75,6 +74,15 @@ def label_of(name: str) -> str | None:
 def is_hidden(name: str) -> bool:
     """Dot-files, ``__MACOSX/`` resource forks and similar debris are not data."""
     return any(p.startswith(".") or p == "__MACOSX" for p in PurePosixPath(name).parts)
+
+
+def non_image_reason(name: str) -> str | None:
+    """Why a file is not image data (hidden, wrong type), or None if it may be an image."""
+    if is_hidden(name):
+        return HIDDEN_REASON
+    if not is_image_name(name):
+        return "not an image file type"
+    return None
 
 
 # ----------------------------------------------------------------------------- cataloguing
@@ -152,12 +160,11 @@ def catalog(names: Sequence[str]) -> Catalog:
     for n in names:
         if n == MANIFEST or ("/" not in n and n.endswith(".npy")):
             continue  # a prepared folder's own files, not data
-        if is_hidden(n):
-            skipped.append(Skipped(n, "hidden or system file"))
-        elif not is_image_name(n):
-            skipped.append(Skipped(n, "not an image file type"))
-        else:
+        reason = non_image_reason(n)
+        if reason is None:
             candidates.append(n)
+        else:
+            skipped.append(Skipped(n, reason))
     prefix = _strip_wrappers(candidates)
     rel = [n[len(prefix) :] for n in candidates]
     dirs = _split_dirs(rel)
@@ -255,11 +262,9 @@ DecodeTask = tuple[str, tuple[int, int], str, tuple[int, int] | None, int]
 def decode_task(task: DecodeTask) -> np.ndarray | str:
     """(source path, source stamp, name, size, channels) -> array, or the reason it is skipped."""
     src_path, stamp, name, size, channels = task
-    try:
-        data = cached_source(src_path, stamp).read(name)
-    except (OSError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return f"unreadable file ({reason})"
+    data = read_entry(src_path, stamp, name)
+    if isinstance(data, str):
+        return data
     try:
         return decode(data, size, channels)
     except ImageDecodeError as exc:
@@ -487,12 +492,11 @@ def load_unlabeled(
     source = open_source(path)
     names, skipped = [], []
     for e in source.entries():
-        if is_hidden(e.name):
-            skipped.append(Skipped(e.name, "hidden or system file"))
-        elif not is_image_name(e.name):
-            skipped.append(Skipped(e.name, "not an image file type"))
-        else:
+        reason = non_image_reason(e.name)
+        if reason is None:
             names.append(e.name)
+        else:
+            skipped.append(Skipped(e.name, reason))
     if not names:
         raise no_images_error(source.path)
     return source, names, skipped
