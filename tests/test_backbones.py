@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +10,16 @@ import pytest
 import torch
 
 from pawlab._imageio import decode
-from pawlab.backbones import BACKBONES, load_backbone
+from pawlab.backbones import BACKBONES, build_backbone, load_backbone
 from pawlab.errors import ModelFileError
 from tests.conftest import CATS_DOGS, requires_cats_dogs
 
+INSTALLED = [n for n in BACKBONES.names() if BACKBONES.get(n).default_weights is not None]
+RESNETS = ["resnet18", "resnet34", "resnet50"]
+
 
 @requires_cats_dogs
-@pytest.mark.parametrize("name", BACKBONES.names())
+@pytest.mark.parametrize("name", INSTALLED)
 def test_backbone_recognises_a_cat(name: str) -> None:
     model, spec = load_backbone(name)
     photos = sorted((CATS_DOGS / "validation" / "cats").glob("*.jpg"))[:4]
@@ -65,3 +69,175 @@ def test_frozen_backbone_trains_only_its_head(tmp_path: Path) -> None:
         assert torch.equal(state[f"body.0.net.{name}"], tensor), name
     pred = load_model(out).predict(src / "cat" / "cat.0.jpg")
     assert set(pred.probabilities) == {"cat", "dog"}
+
+
+# torchvision's ResNet layout, written out from its resnet.py: blocks per layer, a block's convs and
+# batch norms, the pooled width, and how many state-dict entries that makes (each BatchNorm2d has 5:
+# weight, bias, running_mean, running_var, num_batches_tracked).
+TORCHVISION = {
+    "resnet18": ((2, 2, 2, 2), 2, 512, 122),
+    "resnet34": ((3, 4, 6, 3), 2, 512, 218),
+    "resnet50": ((3, 4, 6, 3), 3, 2048, 320),
+}
+BN_ENTRIES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def torchvision_keys(name: str) -> set[str]:
+    depths, convs, width, _ = TORCHVISION[name]
+    keys = {"conv1.weight", "fc.weight", "fc.bias", *(f"bn1.{e}" for e in BN_ENTRIES)}
+    for i, depth in enumerate(depths, 1):
+        for j in range(depth):
+            block = f"layer{i}.{j}"
+            for c in range(1, convs + 1):
+                keys |= {f"{block}.conv{c}.weight", *(f"{block}.bn{c}.{e}" for e in BN_ENTRIES)}
+            # a projection where the shape changes: stride 2 (layers 2-4), or 64 -> 256 channels (50's layer1)
+            if j == 0 and (i > 1 or width == 2048):
+                keys |= {f"{block}.downsample.0.weight", *(f"{block}.downsample.1.{e}" for e in BN_ENTRIES)}
+    return keys
+
+
+def random_state(name: str) -> dict[str, torch.Tensor]:
+    """Every entry of ``name``'s state dict, buffers included, set to values a fresh build lacks."""
+    model, _ = build_backbone(name)
+    gen = torch.Generator().manual_seed(0)
+    return {
+        k: torch.randn(v.shape, generator=gen) if v.is_floating_point() else v + 7
+        for k, v in model.state_dict().items()
+    }
+
+
+@pytest.mark.parametrize("name", RESNETS)
+def test_resnet_has_torchvisions_key_layout(name: str) -> None:
+    model, spec = build_backbone(name)
+    state = model.state_dict()
+    assert set(state) == torchvision_keys(name)
+    assert len(state) == TORCHVISION[name][3]
+    width = TORCHVISION[name][2]
+    assert state["fc.weight"].shape == (1000, width)
+    assert ("layer1.0.downsample.0.weight" in state) == (name == "resnet50")
+    assert "layer2.0.downsample.0.weight" in state
+    if name == "resnet50":
+        assert "layer4.2.bn3.running_var" in state
+        assert state["layer1.0.conv2.weight"].shape == (64, 64, 3, 3)
+        assert model.get_submodule("layer2.0.conv2").stride == (2, 2)  # v1.5: stride on the 3x3
+        assert model.get_submodule("layer2.0.conv1").stride == (1, 1)
+    else:
+        assert model.get_submodule("layer2.0.conv1").stride == (2, 2)
+    assert model.get_submodule("bn1").eps == 1e-5
+    assert (spec.size, spec.mean, spec.std) == (224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert spec.default_weights is None
+
+
+@pytest.mark.parametrize("name", RESNETS)
+def test_resnet_pools_features(name: str) -> None:
+    model, _ = build_backbone(name)
+    width = TORCHVISION[name][2]
+    assert model.features == width
+    with torch.inference_mode():
+        x = torch.randn(2, 3, 64, 64)
+        assert model.eval().forward_features(x).shape == (2, width)
+        assert model(x).shape == (2, 1000)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.parametrize("name", RESNETS)
+def test_resnet_weights_round_trip(name: str, suffix: str, tmp_path: Path) -> None:
+    state = random_state(name)
+    path = tmp_path / f"{name}{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    model, spec = load_backbone(name, path)
+    assert spec is BACKBONES.get(name)
+    assert not model.training
+    loaded = model.state_dict()
+    assert set(loaded) == set(state)
+    for key, tensor in state.items():
+        assert torch.equal(loaded[key], tensor), key
+
+
+@pytest.mark.parametrize("name", RESNETS)
+def test_resnet_wrong_keys_are_listed(name: str, tmp_path: Path) -> None:
+    state = random_state(name)
+    state["head.weight"] = state.pop("fc.weight")
+    path = tmp_path / "w.pth"
+    torch.save(state, path)
+    with pytest.raises(ModelFileError) as err:
+        load_backbone(name, path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "w.pth" in message
+    assert "missing keys (1): fc.weight" in message
+    assert "unexpected keys (1): head.weight" in message
+
+
+@pytest.mark.parametrize("name", RESNETS)
+def test_resnet_shape_mismatch_is_named(name: str, tmp_path: Path) -> None:
+    width = TORCHVISION[name][2]
+    state = random_state(name)
+    state["fc.weight"], state["fc.bias"] = torch.zeros(10, width), torch.zeros(10)  # a 10-class head
+    path = tmp_path / "w.pth"
+    torch.save(state, path)
+    with pytest.raises(ModelFileError) as err:
+        load_backbone(name, path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "2 shape mismatch" in message
+    assert f"fc.weight: file (10, {width}) vs {name} (1000, {width})" in message
+    assert f"fc.bias: file (10,) vs {name} (1000,)" in message
+
+
+@pytest.mark.parametrize("name", RESNETS)
+def test_resnet_has_no_installed_weights(name: str) -> None:
+    with pytest.raises(ModelFileError, match=f"^{name}: no weights are installed.*--weights FILE$"):
+        load_backbone(name)
+
+
+def test_torchvisions_own_files_load(tmp_path: Path) -> None:
+    """Nested in a training checkpoint, and without batch-norm counters (saved before torch 0.4.1)."""
+    state = {k: v for k, v in random_state("resnet18").items() if not k.endswith("num_batches_tracked")}
+    for key in ("state_dict", "model"):
+        path = tmp_path / f"{key}.pt"
+        torch.save({key: state, "epoch": 90}, path)
+        model, _ = load_backbone("resnet18", path)
+        loaded = model.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in state.items())
+        assert int(loaded["bn1.num_batches_tracked"]) == 0
+
+
+def test_unreadable_weights_name_the_file(tmp_path: Path) -> None:
+    cases: dict[str, object] = {
+        "list.pth": [torch.zeros(1)],
+        "number.pth": {"conv1.weight": 3},
+        "module.pth": torch.nn.Linear(2, 2),  # a whole pickled model: refused, never unpickled
+    }
+    for file, obj in cases.items():
+        torch.save(obj, tmp_path / file)
+    for file in ("junk.pth", "junk.safetensors", "empty.pt"):
+        (tmp_path / file).write_bytes(b"" if file.startswith("empty") else b"not weights at all")
+    for file in [*cases, "junk.pth", "junk.safetensors", "empty.pt", "absent.pth"]:
+        with pytest.raises(ModelFileError, match=re.escape(str(tmp_path / file))) as err:
+            load_backbone("resnet18", tmp_path / file)
+        assert "\n" not in str(err.value), file
+    with pytest.raises(ModelFileError, match="torch.nn.modules.linear.Linear"):
+        load_backbone("resnet18", tmp_path / "module.pth")
+    with pytest.raises(ModelFileError, match="unknown backbone"):
+        build_backbone("resnet9000")
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_stages_hold_every_parameter_but_the_head_once(name: str) -> None:
+    model, _ = build_backbone(name)
+    stages = model.stages()
+    assert 3 <= len(stages) <= 4
+    grouped = [id(p) for group in stages for module in group for p in module.parameters()]
+    assert all(any(True for m in group for _ in m.parameters()) for group in stages)
+    assert len(grouped) == len(set(grouped))
+    head = {id(p) for p in model.classifier.parameters()}
+    assert set(grouped) == {id(p) for p in model.parameters()} - head
+    assert not head & set(grouped)
+    first, *_ = model.parameters()  # the stem, on the input side
+    assert any(p is first for m in stages[0] for p in m.parameters())
