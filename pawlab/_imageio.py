@@ -113,14 +113,27 @@ def _open_pillow(data: bytes, size: tuple[int, int] | None) -> Image.Image:
     return ImageOps.exif_transpose(im)
 
 
-def decode(data: bytes, size: tuple[int, int] | None, channels: int = 3) -> np.ndarray:
+def _crop_box(width: int, height: int, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The centred region of a (width, height) image with the aspect ratio of ``size`` (H, W)."""
+    target = size[1] / size[0]
+    if width / height > target:  # too wide: keep the full height
+        w = height * target
+        return ((width - w) / 2, 0.0, (width + w) / 2, float(height))
+    h = width / target
+    return (0.0, (height - h) / 2, float(width), (height + h) / 2)
+
+
+def decode(
+    data: bytes, size: tuple[int, int] | None, channels: int = 3, resize: str = "squash"
+) -> np.ndarray:
     """Bytes to a uint8 array of shape (H, W, channels), resized to ``size`` = (H, W).
 
     JPEGs are scaled while decoding (libjpeg-turbo's DCT scaling by M/8, or Pillow's
     ``Image.draft`` by powers of two) to the smallest reduction still at least ``size``,
     then resized: the quality of a full decode at a fraction of the cost. EXIF orientation
-    is applied. The image is squashed to ``size`` (no crop), as in the Cortex and Keras
-    tutorials.
+    is applied. ``resize``: ``squash`` resizes the whole image to ``size`` (aspect ratio not
+    kept), as in the Cortex and Keras tutorials; ``crop`` resizes the shorter side to fit and
+    keeps the centre (as ImageNet models are evaluated).
     """
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
@@ -131,7 +144,10 @@ def decode(data: bytes, size: tuple[int, int] | None, channels: int = 3) -> np.n
             im = _flatten_alpha(_to_8bit(im))
             if im.mode != "RGB":
                 im = im.convert("RGB")
-            if size is not None and (im.height, im.width) != size:
+            if size is not None and resize == "crop":
+                box = _crop_box(im.width, im.height, size)
+                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box)
+            elif size is not None and (im.height, im.width) != size:
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             arr = np.array(im, dtype=np.uint8)  # a writable copy, detached from Pillow
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

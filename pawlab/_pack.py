@@ -73,6 +73,10 @@ class Packed:
     def size(self) -> int:
         return int(self.manifest["size"])
 
+    @property
+    def resize(self) -> str:
+        return str(self.manifest.get("resize", "squash"))
+
     def images(self, split: str) -> np.ndarray:
         """The split's images, memory-mapped read-only: (N, H, W, 3) uint8."""
         arr: np.ndarray = np.load(self.root / self.manifest["arrays"][split], mmap_mode="r")
@@ -117,17 +121,17 @@ def _open_rows(path: str) -> np.ndarray:
     return arr
 
 
-DecodeIntoTask = tuple[str, tuple[int, int], str, int, str, int]
+DecodeIntoTask = tuple[str, tuple[int, int], str, int, str, str, int]
 
 
 def _decode_into(task: DecodeIntoTask) -> tuple[str | None, str | None]:
     """Decode one file straight into row ``row`` of the array file; (reason, digest)."""
-    src_path, stamp, name, size, array_path, row = task
+    src_path, stamp, name, size, resize, array_path, row = task
     data = read_entry(src_path, stamp, name)
     if isinstance(data, str):
         return data, None
     try:
-        _open_rows(array_path)[row] = decode(data, (size, size), 3)
+        _open_rows(array_path)[row] = decode(data, (size, size), 3, resize)
     except ImageDecodeError as exc:
         return str(exc), None
     return None, hashlib.blake2b(data, digest_size=16).hexdigest()
@@ -211,11 +215,14 @@ def pack(
     """Bring the packed folder ``out`` up to date with ``planned`` (see the module doc).
 
     ``skipped`` are files already rejected before decoding (name, reason); ``settings``
-    (size, seed, fraction, ...) and ``entries`` (every file of the source with its size and
+    (resize policy, seed, fraction, ...) and ``entries`` (every file of the source with its size and
     mtime) make the fingerprint that decides whether anything must be done.
     """
     start = time.perf_counter()
-    fp = fingerprint(source.path, entries, {**settings, "png": png, "dedupe": dedupe, "strict": strict})
+    resize = str(settings.get("resize", "squash"))
+    fp = fingerprint(
+        source.path, entries, {**settings, "size": size, "png": png, "dedupe": dedupe, "strict": strict}
+    )
     old = read_manifest(out)
     if old is not None and old.get("fingerprint") == fp and old.get("complete"):
         opened = open_packed(out)
@@ -228,7 +235,7 @@ def pack(
         atomic_write_text(out / MANIFEST, json.dumps(placeholder) + "\n")
     with Workers(workers or default_workers()) as pool:
         plans, all_skipped, decoded, reused = _build_arrays(
-            source, planned, out, size, old, pool, progress, uuid.uuid4().hex[:8]
+            source, planned, out, size, resize, old, pool, progress, uuid.uuid4().hex[:8]
         )
         all_skipped = [{"name": n, "reason": r} for n, r in skipped] + all_skipped
         arrays = {split: plan.path for split, plan in plans.items()}
@@ -301,6 +308,7 @@ def _build_arrays(
     planned: Sequence[PlannedItem],
     out: Path,
     size: int,
+    resize: str,
     old: dict[str, Any] | None,
     pool: Workers,
     progress: bool,
@@ -310,7 +318,7 @@ def _build_arrays(
     unchanged (same name, size and mtime), decoded by the workers otherwise."""
     old_rows: dict[tuple[str, int, float], tuple[str, int, str]] = {}  # -> (split, row, digest)
     old_skips: dict[tuple[str, int, float], str] = {}  # -> reason
-    if old is not None and "files" in old and old["size"] == size:
+    if old is not None and "files" in old and (old["size"], old.get("resize", "squash")) == (size, resize):
         for split in SPLITS:
             for row, (name, _label, fsize, mtime, digest) in enumerate(old["files"][split]):
                 old_rows[(name, fsize, mtime)] = (split, row, digest)
@@ -342,7 +350,7 @@ def _build_arrays(
         for i, it in enumerate(items):
             prev = old_rows.get((it.name, it.size, it.mtime))
             if prev is None:
-                tasks.append((str(source.path), stamp, it.name, size, str(plan.path), i))
+                tasks.append((str(source.path), stamp, it.name, size, resize, str(plan.path), i))
                 task_rows.append((split, i))
             else:
                 copies.setdefault(prev[0], []).append((i, prev[1]))
@@ -442,11 +450,14 @@ def cache_root() -> Path:
     return Path(base) / "pawlab"
 
 
-def cache_dir_for(src: Path, size: int, seed: int, val_fraction: float) -> Path:
-    """One cache folder per source, size and split, so that runs with other settings (a seed
-    sweep, say) never rewrite each other's arrays."""
-    key = hashlib.blake2b(f"{src}\0{size}\0{seed}\0{val_fraction!r}".encode(), digest_size=10).hexdigest()
-    return cache_root() / f"{src.name[:40]}-{size}-{key}"
+def cache_dir_for(src: Path, size: int, seed: int, val_fraction: float, resize: str = "squash") -> Path:
+    """One cache folder per source, size, resize policy and split, so that runs with other
+    settings (a seed sweep, say) never rewrite each other's arrays."""
+    policy = "" if resize == "squash" else f"\0{resize}"
+    key = hashlib.blake2b(
+        f"{src}\0{size}\0{seed}\0{val_fraction!r}{policy}".encode(), digest_size=10
+    ).hexdigest()
+    return cache_root() / f"{src.name[:40]}-{size}{'' if resize == 'squash' else '-' + resize}-{key}"
 
 
 @contextmanager

@@ -300,7 +300,7 @@ del _name, _build
 _SHOWN = 5  # keys named in an error message; the rest are counted
 
 
-def _spec(name: str) -> BackboneSpec:
+def backbone_spec(name: str) -> BackboneSpec:
     try:
         return BACKBONES.get(name)
     except KeyError:
@@ -309,14 +309,14 @@ def _spec(name: str) -> BackboneSpec:
 
 def build_backbone(name: str) -> tuple[Backbone, BackboneSpec]:
     """The architecture alone, freshly initialised: for a model file that holds all its weights."""
-    spec = _spec(name)
+    spec = backbone_spec(name)
     return spec.build(), spec
 
 
 def load_backbone(name: str, weights: str | Path | None = None) -> tuple[Backbone, BackboneSpec]:
     """A backbone with pretrained weights, from ``weights`` (``.pth``/``.pt`` or ``.safetensors``)
     or else its installed ones, strictly checked (a one-line `ModelFileError` otherwise)."""
-    spec = _spec(name)
+    spec = backbone_spec(name)
     if weights is not None:
         path = Path(weights)
     elif spec.default_weights is not None:

@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -102,6 +103,18 @@ def _distributed_setup(device: str = "auto") -> None:
             dist.init_process_group(backend)
 
 
+def _inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tta", action="store_true", help="test-time augmentation: average the image, its mirror and 2 crops"
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 only if training found it agrees with fp32 on this model",
+    )
+
+
 def _quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -150,6 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fine-tune", action="store_true", help="with --backbone: train the backbone too (default: frozen)"
     )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="with --backbone: its pretrained weights (a state dict file)",
+    )
+    p.add_argument(
+        "--resize",
+        choices=("squash", "crop"),
+        default=None,
+        help="fit images to the input: squash (from scratch) or crop the centre (with --backbone)",
+    )
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=_positive_int, default=None, help="default 10")
     length.add_argument(
@@ -180,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path)
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--json", action="store_true", help="one JSON object per image, one per line")
+    _inference_options(p)
 
     p = sub.add_parser("evaluate", help="accuracy, log loss and confusion matrix on labelled data")
     p.add_argument("model", type=Path)
@@ -189,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--report-dir", type=Path, default=None, help="where to write figures (default: beside the model)"
     )
     p.add_argument("--workers", type=int, default=0)
+    _inference_options(p)
     _quiet(p)
 
     p = sub.add_parser("submit", help="Kaggle submission CSV (id,label) for a folder or zip of test images")
@@ -196,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("test", help="folder or zip of images named by numeric id (1.jpg ...)")
     p.add_argument("--out", type=Path, default=Path("submission.csv"))
     p.add_argument("--hard", action="store_true", help="labels 0/1 instead of probabilities")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--workers", type=int, default=0)
+    _inference_options(p)
     _quiet(p)
 
     p = sub.add_parser("archs", help="list architectures and layers, or show one network's shapes")
@@ -271,7 +299,16 @@ def _recipe(args: argparse.Namespace) -> tuple[Any, TrainConfig, int | None]:
         cfg = preset.config.with_(seed=args.seed, device=args.device, progress=not args.quiet)
         return preset.arch, cfg if args.epochs is None else cfg.with_(epochs=args.epochs), preset.size
     if args.backbone is not None:
-        return transfer_architecture(args.backbone, frozen=not args.fine_tune), _train_config(args), args.size
+        from pawlab.presets import TRANSFER
+
+        # the transfer recipe, with whatever the command line changes from its defaults
+        given, defaults = _train_config(args), _train_config(build_parser().parse_args(["train"]))
+        changed = {f.name: getattr(given, f.name) for f in fields(TrainConfig)}
+        changed = {k: v for k, v in changed.items() if v != getattr(defaults, k)}
+        spec = transfer_architecture(args.backbone, frozen=not args.fine_tune, weights=args.weights)
+        return spec, TRANSFER.with_(**changed), args.size
+    if args.weights is not None:
+        raise ConfigError("--weights needs --backbone NAME")
     arch: Any = load_arch_file(args.arch_file) if args.arch_file else (args.arch or "cortex-cnn")
     return arch, _train_config(args), args.size
 
@@ -301,6 +338,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             arch,
             cfg,
             size=size,
+            resize=args.resize,
             val_fraction=args.val_fraction,
             workers=args.workers,
             run_dir=args.run_dir,
@@ -337,9 +375,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pawlab.inference import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, precision=args.precision)
     for path in args.images:
-        pred = model.predict(path)
+        pred = model.predict(path, tta=args.tta)
         if args.json:
             print(json.dumps({"image": str(path), **pred.to_json()}))
         else:
@@ -349,30 +387,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pawlab.inference import evaluate
+    from pawlab.inference import evaluate, load_model
 
     report = evaluate(
-        args.model,
+        load_model(args.model, precision=args.precision),
         args.data,
         report_dir=args.report_dir,
         workers=args.workers,
         progress=not args.quiet and not args.json,
+        tta=args.tta,
     )
     print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
     return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from pawlab.inference import submit
+    from pawlab.inference import load_model, submit
 
     r = submit(
-        args.model,
+        load_model(args.model, precision=args.precision),
         args.test,
         args.out,
         hard=args.hard,
         batch_size=args.batch_size,
         workers=args.workers,
         progress=not args.quiet,
+        tta=args.tta,
     )
     resumed = f" ({r.resumed} already there, resumed)" if r.resumed else ""
     print(f"wrote {r.written} rows to {r.path}{resumed}: {r.rows} in all, {r.seconds:.1f}s")

@@ -12,6 +12,8 @@ from typing import Any
 
 from pawlab.errors import ConfigError
 
+RESIZE_POLICIES = ("squash", "crop")  # how an image is fitted to the input size (see pawlab._imageio.decode)
+
 OPTIMIZERS = ("sgd", "rmsprop", "adagrad", "adam", "adamw")
 
 
@@ -28,9 +30,11 @@ class DataConfig:
     val_fraction: float = 0.2
     seed: int = 0
     workers: int = 0  # 0: one per CPU core
+    resize: str = "squash"  # squash: whole image, aspect not kept; crop: shorter side fits, centre kept
 
     def __post_init__(self) -> None:
         _check(1 <= self.size <= 4096, "size", f"must be between 1 and 4096, got {self.size}")
+        _check(self.resize in RESIZE_POLICIES, "resize", f"must be squash or crop, got {self.resize!r}")
         _check(
             0.0 < self.val_fraction < 1.0,
             "val_fraction",
@@ -135,6 +139,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast where the hardware has fast bf16, else fp32
     channels_last: bool = True
     compile: bool = False  # torch.compile the network
+    cache_features: bool = True  # a frozen backbone's features are computed once and cached
     progress: bool = True
 
     def __post_init__(self) -> None:

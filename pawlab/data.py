@@ -256,26 +256,31 @@ class Dataset:
     origin: dict[str, Any] = field(default_factory=dict)  # raw source, seed and fraction of the split
 
 
-DecodeTask = tuple[str, tuple[int, int], str, tuple[int, int] | None, int]
+DecodeTask = tuple[str, tuple[int, int], str, tuple[int, int] | None, int, str]
 
 
 def decode_task(task: DecodeTask) -> np.ndarray | str:
-    """(source path, source stamp, name, size, channels) -> array, or the reason it is skipped."""
-    src_path, stamp, name, size, channels = task
+    """(source path, source stamp, name, size, channels, resize) -> array, or the reason it
+    is skipped."""
+    src_path, stamp, name, size, channels, resize = task
     data = read_entry(src_path, stamp, name)
     if isinstance(data, str):
         return data
     try:
-        return decode(data, size, channels)
+        return decode(data, size, channels, resize)
     except ImageDecodeError as exc:
         return str(exc)
 
 
 def decode_tasks(
-    source: FolderSource | ZipSource, names: Sequence[str], size: tuple[int, int] | None, channels: int
+    source: FolderSource | ZipSource,
+    names: Sequence[str],
+    size: tuple[int, int] | None,
+    channels: int,
+    resize: str = "squash",
 ) -> list[DecodeTask]:
     stamp = source_stamp(source.path)
-    return [(str(source.path), stamp, n, size, channels) for n in names]
+    return [(str(source.path), stamp, n, size, channels, resize) for n in names]
 
 
 def no_images_error(where: object) -> DataError:
@@ -326,7 +331,12 @@ def pack_source(
     out_dir = Path(out).expanduser().resolve()
     check_out_dir(out_dir, source.path)
     planned, skipped, entries, presplit = _plan(source, config.val_fraction, config.seed)
-    settings = {"seed": config.seed, "val_fraction": config.val_fraction, "presplit": presplit}
+    settings = {
+        "seed": config.seed,
+        "val_fraction": config.val_fraction,
+        "presplit": presplit,
+        "resize": config.resize,
+    }
     with locked(out_dir):  # concurrent runs on one folder wait for each other
         return pack(
             source,
@@ -349,14 +359,14 @@ def packed_for(
 ) -> tuple[Packed, bool]:
     """The packed form of a source at ``config.size``, and whether it has its own split.
 
-    A folder made by `prepare` at that size is used as it is. Any other source (or a
+    A folder made by `prepare` at that size and resize policy is used as it is. Any other source (or a
     prepared folder at another size, through its original source) is packed once into the
     cache folder (`pawlab._pack.cache_root`) and reused while it is unchanged.
     """
     p = Path(path).expanduser()
     prepared = open_packed(p) if p.is_dir() else None
     if prepared is not None:
-        if prepared.size == config.size:
+        if (prepared.size, prepared.resize) == (config.size, config.resize):
             return prepared, True
         original = Path(prepared.manifest["source"])
         if original.exists():
@@ -365,16 +375,17 @@ def packed_for(
                 val_fraction=float(prepared.manifest["val_fraction"]),
                 seed=int(prepared.manifest["seed"]),
                 workers=config.workers,
+                resize=config.resize,
             )
             cached = pack_source(
                 original,
-                cache_dir_for(original, config.size, same_split.seed, same_split.val_fraction),
+                cache_dir_for(original, config.size, same_split.seed, same_split.val_fraction, config.resize),
                 same_split,
                 progress=progress,
             )
             return cached.packed, True
     source_path = open_source(p).path
-    cache = cache_dir_for(source_path, config.size, config.seed, config.val_fraction)
+    cache = cache_dir_for(source_path, config.size, config.seed, config.val_fraction, config.resize)
     packed = pack_source(source_path, cache, config, progress=progress).packed
     return packed, bool(packed.manifest.get("presplit")) or prepared is not None
 
@@ -432,6 +443,7 @@ def load_eval_set(
     trained_on: dict[str, Any] | None = None,
     workers: int = 0,
     progress: bool = True,
+    resize: str = "squash",
 ) -> EvalSet:
     """The labelled images to evaluate a model on, never its training images.
 
@@ -461,7 +473,7 @@ def load_eval_set(
             )
     same = origin.get("source") == resolved and not origin.get("presplit")
     frac, seed = (float(origin["val_fraction"]), int(origin["seed"])) if same else (0.2, 0)
-    config = DataConfig(size=size[0], val_fraction=frac, seed=seed, workers=workers)
+    config = DataConfig(size=size[0], val_fraction=frac, seed=seed, workers=workers, resize=resize)
     packed, presplit = packed_for(path, config, progress=progress)
     if presplit:
         splits, description = ["validation"], "the source's validation split"

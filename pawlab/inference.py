@@ -15,18 +15,19 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
 import numpy as np
-import torch.nn.functional as F
+import torch
 from PIL import Image
 from tqdm import tqdm
 
 from pawlab import checkpoint
 from pawlab._atomic import atomic_write_text
 from pawlab._imageio import ImageDecodeError, decode, default_workers, parallel_map
+from pawlab._infer import TTA_VIEWS, predict_outputs
 from pawlab.data import Skipped, decode_task, decode_tasks, load_eval_set, load_unlabeled
-from pawlab.errors import DataError, ModelFileError
+from pawlab.errors import ConfigError, DataError, ModelFileError
 from pawlab.models import Network, build
 from pawlab.preprocessing import Preprocessing
-from pawlab.training import predict_logits, resolve_device
+from pawlab.training import resolve_device, use_bf16
 
 ImageLike = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
 
@@ -53,25 +54,39 @@ class Model:
         meta: dict[str, Any],
         path: Path | None = None,
         device: str = "auto",
+        precision: str = "auto",
     ) -> None:
         self.device = resolve_device(device)
-        self.network = network.to(self.device).eval()
+        self.network = network.to(self.device).to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
         self.classes = classes
         self.preprocessing = preprocessing
         self.meta = meta
         self.path = path
+        self.bf16 = self._use_bf16(precision)
+
+    def _use_bf16(self, precision: str) -> bool:
+        """``auto``: bf16 only where the hardware runs it fast and training recorded that
+        this model's bf16 predictions agree with fp32 (see `pawlab._infer.check_agreement`)."""
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision: must be auto, fp32 or bf16, got {precision!r}")
+        if precision != "auto":
+            return precision == "bf16"
+        agreed = bool(self.meta.get("inference", {}).get("ok"))
+        return agreed and use_bf16("auto", self.device)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str = "auto") -> Model:
+    def load(cls, path: str | os.PathLike[str], device: str = "auto", precision: str = "auto") -> Model:
         ck = checkpoint.load(path)
         try:
             classes = list(ck.meta["classes"])
             pre = Preprocessing.from_json(ck.meta["preprocessing"])
-            network = build(ck.meta["architecture"], num_classes=len(classes), where=str(path))
+            network = build(
+                ck.meta["architecture"], num_classes=len(classes), where=str(path), pretrained=False
+            )
             network.load_state_dict(ck.model_state)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{path}: damaged model file ({str(exc).splitlines()[0]})") from None
-        return cls(network, classes, pre, ck.meta, Path(path), device)
+        return cls(network, classes, pre, ck.meta, Path(path), device, precision)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -97,32 +112,42 @@ class Model:
             except OSError as exc:
                 raise DataError(f"{name}: cannot read ({exc.strerror})") from None
         try:
-            return decode(data, size, c)
+            return decode(data, size, c, self.preprocessing.resize)
         except ImageDecodeError as exc:
             raise DataError(f"{name}: {exc}") from None
 
-    def predict_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """uint8 (N, H, W, C) at the model's size -> probabilities (N, classes)."""
-        logits = predict_logits(self.network, images, self.preprocessing, self.device, batch_size)
-        return F.softmax(logits, dim=1).numpy()
+    def predict_proba(self, images: np.ndarray, batch_size: int = 128, tta: bool = False) -> np.ndarray:
+        """uint8 (N, H, W, C) at the model's size -> probabilities (N, classes); ``tta``:
+        averaged over the image, its mirror and two crops."""
+        probs = predict_outputs(
+            self.network,
+            images,
+            self.preprocessing,
+            self.device,
+            batch_size,
+            bf16=self.bf16,
+            views=TTA_VIEWS if tta else ("plain",),
+            softmax=True,
+        )
+        return probs.numpy()
 
-    def predict(self, image: ImageLike) -> Prediction:
+    def predict(self, image: ImageLike, tta: bool = False) -> Prediction:
         """One image (path, bytes, PIL image or uint8 array) -> its probability map."""
-        probs = self.predict_proba(self._load_image(image)[None])[0]
+        probs = self.predict_proba(self._load_image(image)[None], tta=tta)[0]
         return self._prediction(probs)
 
-    def predict_many(self, images: Sequence[ImageLike]) -> list[Prediction]:
+    def predict_many(self, images: Sequence[ImageLike], tta: bool = False) -> list[Prediction]:
         arrays = np.stack([self._load_image(im) for im in images])
-        return [self._prediction(p) for p in self.predict_proba(arrays)]
+        return [self._prediction(p) for p in self.predict_proba(arrays, tta=tta)]
 
     def _prediction(self, probs: np.ndarray) -> Prediction:
         pm = {c: float(p) for c, p in zip(self.classes, probs, strict=True)}
         return Prediction(pm, self.classes[int(np.argmax(probs))])
 
 
-def load_model(path: str | os.PathLike[str], device: str = "auto") -> Model:
-    """Load a model file written by `pawlab.train`."""
-    return Model.load(path, device)
+def load_model(path: str | os.PathLike[str], device: str = "auto", precision: str = "auto") -> Model:
+    """Load a model file written by `pawlab.train`; ``precision`` auto, fp32 or bf16."""
+    return Model.load(path, device, precision)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -140,6 +165,7 @@ class EvalReport:
     split: str  # which images were evaluated, in words
     figures: dict[str, str] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    top_losses: list[dict[str, Any]] = field(default_factory=list)  # the most confidently wrong
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -152,6 +178,7 @@ class EvalReport:
             "recall": self.recall,
             "evaluated": self.split,
             "figures": self.figures,
+            "top_losses": self.top_losses,
             "skipped": self.skipped,
         }
 
@@ -205,11 +232,13 @@ def evaluate(
     workers: int = 0,
     progress: bool = True,
     samples: int = 24,
+    tta: bool = False,
 ) -> EvalReport:
     """Evaluate on labelled data: its validation split when it has one, never training images.
 
-    Writes ``predictions.png`` (a grid of sample predictions, wrong ones marked) to
-    ``report_dir`` (default: beside the model file, ``<model>-eval/``).
+    Writes to ``report_dir`` (default: beside the model file, ``<model>-eval/``)
+    ``predictions.png`` (sample predictions, wrong ones marked), ``confusion_matrix.png`` and
+    ``top_losses.png`` (the most confidently wrong images). ``tta``: test-time augmentation.
     """
     m = model if isinstance(model, Model) else load_model(model)
     data_info = m.meta.get("training", {}).get("data", {})
@@ -221,24 +250,43 @@ def evaluate(
         trained_on=data_info,
         workers=workers,
         progress=progress,
+        resize=m.preprocessing.resize,
     )
-    probs = m.predict_proba(ev.images.images)
+    probs = m.predict_proba(ev.images.images, tta=tta)
     stats = metrics_from_probs(probs, ev.images.labels, m.classes)
     if report_dir is None:
         base = m.path if m.path is not None else Path("model")
         report_dir = base.with_name(base.stem + "-eval")
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from pawlab.reports import prediction_grid
+    from pawlab.reports import confusion_matrix_plot, prediction_grid, top_losses, top_losses_grid
 
-    grid = prediction_grid(
-        ev.images.images, ev.images.labels, probs, m.classes, out / "predictions.png", samples=samples
-    )
+    images, labels = ev.images.images, ev.images.labels
+    figures = {
+        "predictions": prediction_grid(
+            images, labels, probs, m.classes, out / "predictions.png", samples=samples
+        ),
+        "confusion_matrix": confusion_matrix_plot(
+            stats["confusion_matrix"], m.classes, out / "confusion_matrix.png"
+        ),
+        "top_losses": top_losses_grid(images, labels, probs, m.classes, out / "top_losses.png"),
+    }
+    worst = [
+        {
+            "name": ev.images.names[i],
+            "true": m.classes[int(labels[i])],
+            "predicted": m.classes[int(probs[i].argmax())],
+            "loss": loss,
+            "p_true": float(probs[i, int(labels[i])]),
+        }
+        for i, loss in top_losses(labels, probs, 12)
+    ]
     return EvalReport(
         classes=m.classes,
         count=len(ev.images),
-        split=ev.description,
-        figures={"predictions": str(grid)},
+        split=ev.description + (", test-time augmentation" if tta else ""),
+        figures={k: str(v) for k, v in figures.items()},
+        top_losses=worst,
         skipped=[{"name": s.name, "reason": s.reason} for s in ev.skipped],
         **stats,
     )
@@ -305,6 +353,7 @@ def submit(
     workers: int = 0,
     progress: bool = True,
     stream: TextIO | None = None,
+    tta: bool = False,
 ) -> SubmitReport:
     """Write the Kaggle CSV ``id,label`` for a folder or zip of images named by numeric id.
 
@@ -336,7 +385,13 @@ def submit(
     out_path = Path(out)
     # The rows already in the file are kept only if this very job wrote them: same model file,
     # same test source, same labels. The job's identity lives beside the file until it is done.
-    job = {"model": _file_identity(m.path), "test": str(source.path), "hard": hard, "classes": m.classes}
+    job = {
+        "model": _file_identity(m.path),
+        "test": str(source.path),
+        "hard": hard,
+        "classes": m.classes,
+        "tta": tta,
+    }
     sidecar = out_path.with_name(out_path.name + ".pawlab-job.json")
     resumable = sidecar.exists() and _read_json(sidecar) == job
     done = _existing_rows(out_path) if resumable else set()
@@ -349,7 +404,8 @@ def submit(
         atomic_write_text(out_path, "id,label\n")
     binary = len(m.classes) == 2
     failed: list[Skipped] = []
-    tasks = decode_tasks(source, [n for _, n in todo], m.preprocessing.size, m.preprocessing.channels)
+    pre = m.preprocessing
+    tasks = decode_tasks(source, [n for _, n in todo], pre.size, pre.channels, pre.resize)
     results = parallel_map(decode_task, tasks, workers=workers or default_workers())
     bar = tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress or None, file=sys.stderr)
     fd = os.open(out_path, os.O_WRONLY | os.O_APPEND)
@@ -358,7 +414,7 @@ def submit(
         for chunk in _chunks(zip(todo, results, strict=True), batch_size):
             good = [(i, r) for (i, _), r in chunk if not isinstance(r, str)]
             failed += [Skipped(n, r) for (_, n), r in chunk if isinstance(r, str)]
-            probs = m.predict_proba(np.stack([r for _, r in good])) if good else np.empty((0, 0))
+            probs = m.predict_proba(np.stack([r for _, r in good]), tta=tta) if good else np.empty((0, 0))
             by_id = {i: p for (i, _), p in zip(good, probs, strict=True)}
             rows = []
             for (i, _), _r in chunk:

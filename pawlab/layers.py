@@ -30,6 +30,7 @@ class LayerShapeError(ValueError):
 class BuildContext:
     num_classes: int
     is_last_linear: bool  # the last linear layer of the network defaults to num_classes units
+    pretrained: bool = True  # False: a model file supplies every weight, pretrained ones included
 
 
 Builder = Callable[..., tuple[nn.Module | None, Shape]]
@@ -215,11 +216,12 @@ def softmax(shape: Shape, ctx: BuildContext) -> tuple[None, Shape]:
 class BackboneFeatures(nn.Module):
     """A pretrained backbone's pooled features; ``frozen``: no gradients, statistics fixed."""
 
-    def __init__(self, name: str, frozen: bool) -> None:
+    def __init__(self, name: str, frozen: bool, weights: str | None = None, pretrained: bool = True) -> None:
         super().__init__()
-        from pawlab.backbones import load_backbone
+        from pawlab.backbones import build_backbone, load_backbone
 
-        self.net, _ = load_backbone(name)
+        self.name = name
+        self.net, _ = load_backbone(name, weights) if pretrained else build_backbone(name)
         self.frozen = frozen
         if frozen:
             self.net.requires_grad_(False)
@@ -236,11 +238,16 @@ class BackboneFeatures(nn.Module):
 
 
 @LAYERS.register("backbone", "pretrained")
-def backbone(shape: Shape, ctx: BuildContext, *, name: str, frozen: bool = True) -> tuple[nn.Module, Shape]:
-    """A pretrained ImageNet backbone (see pawlab.backbones) giving pooled features; its
-    weights are loaded from the installed package, then from the model file."""
+def backbone(
+    shape: Shape, ctx: BuildContext, *, name: str, frozen: bool = True, weights: str | None = None
+) -> tuple[nn.Module, Shape]:
+    """A pretrained ImageNet backbone (see pawlab.backbones) giving pooled features. Its
+    weights come from ``weights`` (a file) or the installed package when training starts;
+    a model file carries them afterwards."""
     c, _, _ = _image(shape, "backbone")
     if c != 3:
         raise LayerShapeError(f"a pretrained backbone needs RGB input, got {c} channels")
-    module = BackboneFeatures(str(name), bool(frozen))
+    module = BackboneFeatures(
+        str(name), bool(frozen), None if weights is None else str(weights), ctx.pretrained
+    )
     return module, (module.net.features,)

@@ -22,6 +22,7 @@ import json
 import os
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from torch import nn
 
 from pawlab.errors import ArchitectureError
 from pawlab.layers import LAYERS, BuildContext, LayerShapeError, Shape, fmt_shape
+from pawlab.preprocessing import Preprocessing
 from pawlab.registry import Registry
 
 LayerSpec = dict[str, Any]
@@ -148,8 +150,11 @@ def with_input_size(spec: Sequence[LayerSpec], size: int) -> list[LayerSpec]:
     return out
 
 
-def build(spec: Sequence[LayerSpec], num_classes: int, where: str = "architecture") -> Network:
-    """Build and shape-check a description for ``num_classes`` outputs."""
+def build(
+    spec: Sequence[LayerSpec], num_classes: int, where: str = "architecture", *, pretrained: bool = True
+) -> Network:
+    """Build and shape-check a description for ``num_classes`` outputs. ``pretrained=False``
+    skips loading pretrained backbone weights (a model file is about to supply them)."""
     layers_spec = validate_spec(spec, where)
     shape = input_shape(layers_spec, where)
     last_linear = max((i for i, s in enumerate(layers_spec) if s["type"] == "linear"), default=-1)
@@ -158,7 +163,7 @@ def build(spec: Sequence[LayerSpec], num_classes: int, where: str = "architectur
     names = [_describe(layers_spec[0])]
     for i, layer in enumerate(layers_spec[1:], 1):
         params = {k: v for k, v in layer.items() if k != "type"}
-        ctx = BuildContext(num_classes=num_classes, is_last_linear=i == last_linear)
+        ctx = BuildContext(num_classes=num_classes, is_last_linear=i == last_linear, pretrained=pretrained)
         try:
             module, new_shape = LAYERS.get(layer["type"])(shape, ctx, **params)
         except (LayerShapeError, TypeError, ValueError) as exc:
@@ -300,11 +305,17 @@ def small_resnet() -> list[LayerSpec]:
     ]
 
 
-def transfer_architecture(backbone: str, *, frozen: bool = True, size: int = 224) -> list[LayerSpec]:
-    """A pretrained backbone with a new head for the data's classes."""
+def transfer_architecture(
+    backbone: str, *, frozen: bool = True, size: int = 224, weights: str | os.PathLike[str] | None = None
+) -> list[LayerSpec]:
+    """A pretrained backbone with a new head for the data's classes; ``weights``: a file of
+    pretrained weights (otherwise those of an installed package)."""
+    layer: LayerSpec = {"type": "backbone", "name": backbone, "frozen": frozen}
+    if weights is not None:
+        layer["weights"] = str(Path(weights).expanduser().resolve())
     return [
         {"type": "input", "size": size, "channels": 3},
-        {"type": "backbone", "name": backbone, "frozen": frozen},
+        layer,
         {"type": "dropout", "p": 0.2},
         {"type": "linear"},
         {"type": "softmax"},
@@ -315,3 +326,21 @@ def transfer_architecture(backbone: str, *, frozen: bool = True, size: int = 224
 def efficientnet_lite0() -> list[LayerSpec]:
     """EfficientNet-Lite0 pretrained on ImageNet (frozen) with a new linear head, at 224x224."""
     return transfer_architecture("efficientnet_lite0")
+
+
+def backbone_layer(spec: Sequence[LayerSpec]) -> LayerSpec | None:
+    """The description's pretrained backbone layer, if it has one."""
+    return next((layer for layer in spec if LAYERS.canonical(str(layer.get("type"))) == "backbone"), None)
+
+
+def preprocessing_for(spec: Sequence[LayerSpec], resize: str | None = None) -> Preprocessing:
+    """How images become inputs of this network: a pretrained backbone's normalisation and
+    (by default) centre crop; otherwise [-1, 1] pixels and the whole image squashed."""
+    base = Preprocessing.for_input(input_shape(spec))
+    layer = backbone_layer(spec)
+    if layer is None:
+        return replace(base, resize=resize or "squash")
+    from pawlab.backbones import backbone_spec
+
+    bb = backbone_spec(str(layer["name"]))
+    return replace(base, mean=bb.mean, std=bb.std, resize=resize or "crop")

@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,6 +30,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from pawlab import checkpoint
+from pawlab._features import frozen_trunk, trunk_features
+from pawlab._infer import check_agreement, predict_outputs
 from pawlab._version import __version__
 from pawlab.augment import augment_batch
 from pawlab.callbacks import (
@@ -51,6 +53,7 @@ from pawlab.models import (
     build,
     get_architecture,
     input_shape,
+    preprocessing_for,
     validate_spec,
     with_input_size,
 )
@@ -149,33 +152,16 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def predict_logits(
-    network: torch.nn.Module,
-    images: np.ndarray,
-    pre: Preprocessing,
-    device: torch.device,
-    batch_size: int = 256,
-    bf16: bool = False,
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float logits (N, classes) on the CPU, in eval mode."""
-    network.eval()
-    out = []
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for start in range(0, len(images), batch_size):
-            x = pre.normalize(
-                pre.to_unit(torch.from_numpy(np.asarray(images[start : start + batch_size])).to(device))
-            )
-            out.append(network(x.contiguous(memory_format=fmt)).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
 class Trainer:
-    """Runs epochs of a network over in-memory image sets and fires callback events."""
+    """Runs epochs of a network over in-memory image sets and fires callback events.
+
+    With ``head_from`` the sets hold a frozen trunk's features (N, views, F) instead of
+    images: only ``network.body[head_from:]`` runs (a random view per image and epoch when
+    augmenting), and the whole network is what gets saved.
+    """
 
     def __init__(
         self,
@@ -187,8 +173,10 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         checkpoint_meta: dict[str, Any] | None = None,
         stream: TextIO | None = None,
+        head_from: int | None = None,
     ) -> None:
         self.config = config
+        self.head_from = head_from
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
         self.world_size = dist.get_world_size() if self.distributed else 1
@@ -198,10 +186,11 @@ class Trainer:
         self.bf16 = use_bf16(config.precision, self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.network = network.to(self.device).to(memory_format=self.memory_format)  # type: ignore[call-overload]
-        self.model: torch.nn.Module = self.network
+        self.head: torch.nn.Module = self.network if head_from is None else self.network.body[head_from:]
+        self.model: torch.nn.Module = self.head
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.network, device_ids=ids)
+            self.model = torch.nn.parallel.DistributedDataParallel(self.head, device_ids=ids)
         if config.compile:
             self.model = torch.compile(self.model)  # type: ignore[assignment]
         self.preprocessing = preprocessing
@@ -251,6 +240,14 @@ class Trainer:
             group["lr"] = self.config.learning_rate * factor
 
     def _inputs(self, images: torch.Tensor, augment: bool) -> torch.Tensor:
+        if self.head_from is not None:  # features (B, views, F): one view per image
+            views = images.shape[1]
+            pick = (
+                torch.randint(views, (len(images),), generator=self.aug_gen)
+                if augment and views > 1
+                else torch.zeros(len(images), dtype=torch.long)
+            )
+            return images[torch.arange(len(images)), pick].to(self.device, non_blocking=True)
         # uint8 (B, H, W, C) -> (B, C, H, W) laid out in the training memory format while still
         # one byte a value, then float in [0, 1]
         x = (
@@ -312,15 +309,20 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Loss and accuracy on the whole validation set (computed alike on every rank)."""
         # fp32 even when training in bf16: the saved metrics are what `evaluate` will report
-        logits = predict_logits(
-            self.network,
-            self.val_set.images,
-            self.preprocessing,
-            self.device,
-            self.config.batch_size * 2,
-            bf16=False,
-            channels_last=self.config.channels_last,
-        )
+        if self.head_from is not None:
+            self.head.eval()
+            with torch.inference_mode():
+                feats = torch.from_numpy(self.val_set.images[:, 0]).to(self.device)
+                logits = self.head(feats).float().cpu()
+        else:
+            logits = predict_outputs(
+                self.network,
+                self.val_set.images,
+                self.preprocessing,
+                self.device,
+                self.config.batch_size * 2,
+                channels_last=self.config.channels_last,
+            )
         y = torch.from_numpy(self.val_set.labels)
         return {
             "val_loss": F.cross_entropy(logits, y).item(),
@@ -438,6 +440,7 @@ def _load_data(
     config: TrainConfig,
     val_fraction: float,
     workers: int,
+    resize: str,
 ) -> Dataset:
     c, h, w = input_shape(spec)
     if h != w:
@@ -446,7 +449,7 @@ def _load_data(
         if data.size != (h, w) or data.train.images.shape[-1] != c:
             raise ConfigError(f"data: loaded at {data.size} but the network expects {c}x{h}x{w}")
         return data
-    cfg = DataConfig(size=h, val_fraction=val_fraction, seed=config.seed, workers=workers)
+    cfg = DataConfig(size=h, val_fraction=val_fraction, seed=config.seed, workers=workers, resize=resize)
     # only rank 0 builds the packed cache; the others wait and then read it
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         dist.barrier()
@@ -464,6 +467,7 @@ def train(
     config: TrainConfig = TrainConfig(),
     *,
     size: int | None = None,
+    resize: str | None = None,
     val_fraction: float = 0.2,
     workers: int = 0,
     run_dir: str | os.PathLike[str] | None = None,
@@ -476,7 +480,8 @@ def train(
 
     The run directory (default: beside ``out`` as ``<out>-run/``, or ``runs/<arch>-<time>/``)
     holds ``config.json``, ``metrics.jsonl`` and ``last.safetensors``, the state that
-    `resume` continues from.
+    `resume` continues from. ``resize`` (``squash`` or ``crop``) defaults to ``crop`` for a
+    pretrained backbone, as it was trained, and ``squash`` otherwise.
     """
     if patience is not None:
         config = config.with_(patience=patience)
@@ -490,14 +495,15 @@ def train(
         else default_run_dir(out_path, arch if isinstance(arch, str) else "net")
     )
     out_path = out_path or run / "model.safetensors"
-    ds = _load_data(data, spec, config, val_fraction, workers)
+    pre = preprocessing_for(spec, resize)
+    ds = _load_data(data, spec, config, val_fraction, workers, pre.resize)
     torch.manual_seed(config.seed)
     network = build(spec, num_classes=len(ds.classes))
     meta = {
         "pawlab_version": __version__,
         "architecture": spec,
         "classes": ds.classes,
-        "preprocessing": Preprocessing.for_input(input_shape(spec)).to_json(),
+        "preprocessing": pre.to_json(),
         "training": {
             "config": config.to_json(),
             "data": {
@@ -544,15 +550,21 @@ def resume(
         config = config.with_(epochs=epochs)
     spec = ck.meta["architecture"]
     d = t["data"]
-    ds = _load_data(data if data is not None else d["source"], spec, config, d["val_fraction"], workers)
+    resize = Preprocessing.from_json(ck.meta["preprocessing"]).resize
+    source = data if data is not None else d["source"]
+    ds = _load_data(source, spec, config, d["val_fraction"], workers, resize)
     if ds.classes != ck.meta["classes"]:
         raise ConfigError(f"data: classes {ds.classes} differ from the run's {ck.meta['classes']}")
     run = p if p.is_dir() else Path(t.get("run_dir") or p.with_name(p.stem + "-run"))
     out_path = Path(out) if out is not None else run / "model.safetensors"
     if out is None and not out_path.exists() and (run / "config.json").exists():
         out_path = Path(json.loads((run / "config.json").read_text()).get("model", out_path))
-    network = build(spec, num_classes=len(ds.classes))
-    meta = {k: v for k, v in ck.meta.items() if k not in ("metrics", "history", "format", "format_version")}
+    network = build(spec, num_classes=len(ds.classes), pretrained=False)  # the state has every weight
+    meta = {
+        k: v
+        for k, v in ck.meta.items()
+        if k not in ("metrics", "history", "format", "format_version", "inference")
+    }
     meta["training"] = {**t, "config": config.to_json()}
     return _fit(network, ds, config, meta, out_path, run, callbacks, stream, resume_from=ck)
 
@@ -580,7 +592,9 @@ def _fit(
     if config.patience is not None:
         cbs.append(EarlyStopping(config.patience))
     pre = Preprocessing.from_json(meta["preprocessing"])
-    trainer = Trainer(network, ds.train, ds.validation, config, pre, cbs, meta, stream)
+    features = _feature_sets(network, ds, config, pre)
+    train_set, val_set, head_from = features or (ds.train, ds.validation, None)
+    trainer = Trainer(network, train_set, val_set, config, pre, cbs, meta, stream, head_from=head_from)
     if resume_from is not None:
         trainer.load_state(resume_from)
     if trainer.is_main:
@@ -601,11 +615,14 @@ def _fit(
         f"{'resuming after epoch ' + str(trainer.state.epoch) + ': ' if resume_from else ''}"
         f"training {len(ds.train)} images ({', '.join(ds.classes)}), validating on {len(ds.validation)}, "
         f"{c}x{h}x{w} on {where}{' bf16' if trainer.bf16 else ''}, {config.optimizer} lr "
-        f"{config.learning_rate:g} ({config.schedule}), augment {config.augment.describe()}; run: {run}"
+        f"{config.learning_rate:g} ({config.schedule}), augment {config.augment.describe()}"
+        f"{'; head on cached backbone features' if head_from is not None else ''}; run: {run}"
     )
     state = trainer.fit()
     if not state.history:
         raise KeyboardInterrupt  # stopped before the first epoch ended: nothing was saved
+    if trainer.is_main and out_path.exists():
+        _record_agreement(trainer, out_path, ds.validation)
     monitor = config.monitor
     best = state.history[0]
     for m in state.history[1:]:
@@ -614,3 +631,58 @@ def _fit(
     return TrainResult(
         out_path, run, state.history, best, ds.classes, state.interrupted, time.perf_counter() - start
     )
+
+
+def _feature_sets(
+    network: Network, ds: Dataset, config: TrainConfig, pre: Preprocessing
+) -> tuple[ImageSet, ImageSet, int] | None:
+    """With a frozen backbone first, the training and validation sets as its cached features
+    (mirrored too when augmenting with flips), and where the head starts; None when the
+    images themselves are needed (no frozen trunk, or augmentations other than flips)."""
+    k = frozen_trunk(network)
+    aug = config.augment
+    if k is None or not config.cache_features or aug.rotate or aug.noise or aug.crop or aug.jitter:
+        return None
+    device = resolve_device(config.device)
+    trunk = network.body[:k].to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    views = ("plain", "flip") if aug.flip else ("plain",)
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed and dist.get_rank() != 0:
+        dist.barrier()  # rank 0 computes and caches; the others then read the cache
+    show = config.progress and (not distributed or dist.get_rank() == 0)
+    train_feats = trunk_features(
+        trunk, ds.train.images, pre, device, views=views, progress=show, what="training images"
+    )
+    val_feats = trunk_features(
+        trunk, ds.validation.images, pre, device, progress=show, what="validation images"
+    )
+    if distributed and dist.get_rank() == 0:
+        dist.barrier()
+    return replace(ds.train, images=train_feats), replace(ds.validation, images=val_feats), k
+
+
+AGREEMENT_IMAGES = 1000  # validation images on which bf16 inference is checked against fp32
+
+
+def _record_agreement(trainer: Trainer, path: Path, val_set: ImageSet) -> None:
+    """Check bf16 inference of the saved model against fp32 on validation images and record
+    the outcome in the model file: inference uses bf16 only where it agreed."""
+    if not use_bf16("auto", trainer.device):
+        return
+    ck = checkpoint.load(path, with_optimizer=True)
+    network = trainer.network
+    network.load_state_dict(ck.model_state)
+    images = val_set.images[:AGREEMENT_IMAGES]
+    fp32 = None
+    if trainer.head_from is not None:  # fp32 features are cached: only the head runs
+        trainer.head.eval()
+        with torch.inference_mode():
+            feats = torch.from_numpy(trainer.val_set.images[:AGREEMENT_IMAGES, 0]).to(trainer.device)
+            fp32 = F.softmax(trainer.head(feats).float(), dim=1).cpu()
+    result = check_agreement(network, images, trainer.preprocessing, trainer.device, fp32)
+    trainer.log(
+        f"bf16 inference vs fp32 on {result['images']} validation images: same class "
+        f"{result['same_class']:.2%}, largest probability difference {result['max_prob_diff']:.4f} -> "
+        f"{'bf16' if result['ok'] else 'fp32'} for inference"
+    )
+    checkpoint.save(path, ck.model_state, {**ck.meta, "inference": result}, ck.optimizer_state, ck.rng)

@@ -165,11 +165,11 @@ def test_submit_resumes_after_interruption(trained: tuple[Path, Path], tmp_path:
     model = load_model(trained[1])
     real, calls = model.predict_proba, {"n": 0}
 
-    def killed_at_second_batch(images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def killed_at_second_batch(images: np.ndarray, batch_size: int = 128, tta: bool = False) -> np.ndarray:
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real(images, batch_size)
+        return real(images, batch_size, tta)
 
     model.predict_proba = killed_at_second_batch  # type: ignore[method-assign]
     part = tmp_path / "part.csv"
