@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from pawlab._atomic import atomic_write_bytes
-from pawlab._infer import array_batches, run_batches
+from pawlab._infer import INFER_BATCH, array_batches, run_batches
 from pawlab._pack import cache_root
 from pawlab.layers import BackboneFeatures
 from pawlab.preprocessing import Preprocessing
@@ -64,7 +64,7 @@ def trunk_features(
     device: torch.device,
     *,
     views: tuple[str, ...] = ("plain",),
-    batch_size: int = 64,
+    batch_size: int = INFER_BATCH,
     progress: bool = True,
     what: str = "images",
 ) -> np.ndarray:

@@ -254,6 +254,7 @@ class Dataset:
     size: tuple[int, int]
     presplit: bool
     origin: dict[str, Any] = field(default_factory=dict)  # raw source, seed and fraction of the split
+    resize: str = "squash"  # how the images were fitted to ``size``
 
 
 DecodeTask = tuple[str, tuple[int, int], str, tuple[int, int] | None, int, str]
@@ -424,6 +425,7 @@ def load_dataset(
         size=(config.size, config.size),
         presplit=presplit,
         origin={k: packed.manifest[k] for k in ("source", "seed", "val_fraction", "presplit")},
+        resize=packed.resize,
     )
 
 

@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from pawlab import checkpoint
 from pawlab._atomic import atomic_write_text
+from pawlab._features import frozen_trunk, trunk_features
 from pawlab._imageio import ImageDecodeError, decode, default_workers, parallel_map
-from pawlab._infer import TTA_VIEWS, predict_outputs
+from pawlab._infer import INFER_BATCH, TTA_VIEWS, predict_outputs
 from pawlab.data import Skipped, decode_task, decode_tasks, load_eval_set, load_unlabeled
 from pawlab.errors import ConfigError, DataError, ModelFileError
 from pawlab.models import Network, build
@@ -116,9 +117,29 @@ class Model:
         except ImageDecodeError as exc:
             raise DataError(f"{name}: {exc}") from None
 
-    def predict_proba(self, images: np.ndarray, batch_size: int = 128, tta: bool = False) -> np.ndarray:
+    def predict_proba(
+        self,
+        images: np.ndarray,
+        batch_size: int = INFER_BATCH,
+        tta: bool = False,
+        cached: bool = False,
+        progress: bool = False,
+    ) -> np.ndarray:
         """uint8 (N, H, W, C) at the model's size -> probabilities (N, classes); ``tta``:
-        averaged over the image, its mirror and two crops."""
+        averaged over the image, its mirror and two crops. ``cached``: a frozen backbone's
+        features come from (and go to) the feature cache, as in training."""
+        views = TTA_VIEWS if tta else ("plain",)
+        trunk = frozen_trunk(self.network) if cached and not self.bf16 else None
+        if trunk is not None:
+            body = self.network.body
+            feats = trunk_features(
+                body[:trunk], images, self.preprocessing, self.device, views=views, progress=progress
+            )
+            with torch.inference_mode():
+                x = torch.from_numpy(feats).to(self.device)  # (N, views, F)
+                out = body[trunk:](x.flatten(0, 1)).float().softmax(1)
+                mean: np.ndarray = out.view(len(images), len(views), -1).mean(1).cpu().numpy()
+                return mean
         probs = predict_outputs(
             self.network,
             images,
@@ -126,7 +147,7 @@ class Model:
             self.device,
             batch_size,
             bf16=self.bf16,
-            views=TTA_VIEWS if tta else ("plain",),
+            views=views,
             softmax=True,
         )
         return probs.numpy()
@@ -252,7 +273,7 @@ def evaluate(
         progress=progress,
         resize=m.preprocessing.resize,
     )
-    probs = m.predict_proba(ev.images.images, tta=tta)
+    probs = m.predict_proba(ev.images.images, tta=tta, cached=True, progress=progress)
     stats = metrics_from_probs(probs, ev.images.labels, m.classes)
     if report_dir is None:
         base = m.path if m.path is not None else Path("model")
@@ -349,7 +370,7 @@ def submit(
     out: str | os.PathLike[str] = "submission.csv",
     *,
     hard: bool = False,
-    batch_size: int = 256,
+    batch_size: int = 64,
     workers: int = 0,
     progress: bool = True,
     stream: TextIO | None = None,
@@ -406,7 +427,9 @@ def submit(
     failed: list[Skipped] = []
     pre = m.preprocessing
     tasks = decode_tasks(source, [n for _, n in todo], pre.size, pre.channels, pre.resize)
-    results = parallel_map(decode_task, tasks, workers=workers or default_workers())
+    # decoding runs ahead in worker processes while the network computes; half the cores for
+    # them (decoding costs a fraction of a forward pass; more would take the network's cores)
+    results = parallel_map(decode_task, tasks, workers=workers or max(1, default_workers() // 2))
     bar = tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress or None, file=sys.stderr)
     fd = os.open(out_path, os.O_WRONLY | os.O_APPEND)
     written = 0

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pawlab.errors import ArchitectureError
+from pawlab.config import RESIZE_POLICIES
+from pawlab.errors import ArchitectureError, ConfigError
 from pawlab.layers import LAYERS, BuildContext, LayerShapeError, Shape, fmt_shape
 from pawlab.preprocessing import Preprocessing
 from pawlab.registry import Registry
@@ -336,6 +337,8 @@ def backbone_layer(spec: Sequence[LayerSpec]) -> LayerSpec | None:
 def preprocessing_for(spec: Sequence[LayerSpec], resize: str | None = None) -> Preprocessing:
     """How images become inputs of this network: a pretrained backbone's normalisation and
     (by default) centre crop; otherwise [-1, 1] pixels and the whole image squashed."""
+    if resize is not None and resize not in RESIZE_POLICIES:
+        raise ConfigError(f"resize: must be one of {', '.join(RESIZE_POLICIES)}, got {resize!r}")
     base = Preprocessing.for_input(input_shape(spec))
     layer = backbone_layer(spec)
     if layer is None:

@@ -45,9 +45,11 @@ PRESETS.register("cats-dogs-scratch")(
 )
 
 
-# `pawlab train DATA --backbone NAME`: the head on cached frozen features, with mirrored views.
-# Chosen by 5-fold cross-validation on cats_and_dogs_filtered/train only (EfficientNet-Lite0,
-# centre-crop resize): 99.25% accuracy, log loss 0.025 there.
+# `pawlab train DATA --backbone NAME`: a new head trained on the frozen backbone's cached
+# features. Chosen by 5-fold cross-validation on cats_and_dogs_filtered/train only
+# (EfficientNet-Lite0): centre crop beat squash (99.2% vs 98.8%, log loss 0.023 vs 0.033 for
+# a linear probe); this recipe reached 99.25%, log loss 0.025 there (99.15% without the
+# mirrored views, which double the feature extraction).
 TRANSFER = TrainConfig(
     epochs=20,
     optimizer="adamw",

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from pawlab import checkpoint
 from pawlab._features import frozen_trunk, trunk_features
-from pawlab._infer import check_agreement, predict_outputs
+from pawlab._infer import INFER_BATCH, check_agreement, predict_outputs
 from pawlab._version import __version__
 from pawlab.augment import augment_batch
 from pawlab.callbacks import (
@@ -320,7 +320,8 @@ class Trainer:
                 self.val_set.images,
                 self.preprocessing,
                 self.device,
-                self.config.batch_size * 2,
+                # large inputs: small batches, which stay in the CPU's caches
+                INFER_BATCH if self.network.input_shape[1] > 96 else self.config.batch_size * 2,
                 channels_last=self.config.channels_last,
             )
         y = torch.from_numpy(self.val_set.labels)
@@ -448,6 +449,10 @@ def _load_data(
     if isinstance(data, Dataset):
         if data.size != (h, w) or data.train.images.shape[-1] != c:
             raise ConfigError(f"data: loaded at {data.size} but the network expects {c}x{h}x{w}")
+        if data.resize != resize:
+            raise ConfigError(
+                f"data: loaded with resize={data.resize} but the network expects resize={resize}"
+            )
         return data
     cfg = DataConfig(size=h, val_fraction=val_fraction, seed=config.seed, workers=workers, resize=resize)
     # only rank 0 builds the packed cache; the others wait and then read it
@@ -560,6 +565,7 @@ def resume(
     if out is None and not out_path.exists() and (run / "config.json").exists():
         out_path = Path(json.loads((run / "config.json").read_text()).get("model", out_path))
     network = build(spec, num_classes=len(ds.classes), pretrained=False)  # the state has every weight
+    network.load_state_dict(ck.model_state)  # before a frozen backbone's features are computed
     meta = {
         k: v
         for k, v in ck.meta.items()
@@ -681,8 +687,9 @@ def _record_agreement(trainer: Trainer, path: Path, val_set: ImageSet) -> None:
             fp32 = F.softmax(trainer.head(feats).float(), dim=1).cpu()
     result = check_agreement(network, images, trainer.preprocessing, trainer.device, fp32)
     trainer.log(
-        f"bf16 inference vs fp32 on {result['images']} validation images: same class "
-        f"{result['same_class']:.2%}, largest probability difference {result['max_prob_diff']:.4f} -> "
+        f"bf16 inference {'agrees' if result['ok'] else 'does not agree'} with fp32 on "
+        f"{'the first ' if not result['ok'] else ''}{result['images']} validation images (same class "
+        f"{result['same_class']:.2%}, largest probability difference {result['max_prob_diff']:.4f}): "
         f"{'bf16' if result['ok'] else 'fp32'} for inference"
     )
     checkpoint.save(path, ck.model_state, {**ck.meta, "inference": result}, ck.optimizer_state, ck.rng)

@@ -338,6 +338,80 @@ def test_transfer_learning_from_the_command_line(tmp_path: Path) -> None:
         1,
     )
     assert proc.returncode == 0, proc.stderr
-    shown = pawlab("predict", tmp_path / "m.safetensors", src / "dog" / "dog.1.jpg", "--json")
+    assert "best: epoch 1" in proc.stdout and "head on cached backbone features" in proc.stdout
+    model = tmp_path / "m.safetensors"
+    shown = pawlab("predict", model, src / "dog" / "dog.1.jpg", "--json")
     assert json.loads(shown.stdout)["classification"] in ("cat", "dog")
     assert_one_line_error(pawlab("train", src, "--backbone", "vgg99"), "unknown backbone", "vgg99")
+    # inference options: test-time augmentation and precision
+    evaluated = pawlab("evaluate", model, src, "--tta", "-q", "--workers", 1)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "test-time augmentation" in evaluated.stdout and "accuracy" in evaluated.stdout
+    assert "top_losses:" in evaluated.stdout and (tmp_path / "m-eval" / "top_losses.png").is_file()
+    image = src / "cat" / "cat.2.jpg"
+    tta = pawlab("predict", model, image, "--tta", "--precision", "fp32", "--json")
+    assert tta.returncode == 0, tta.stderr
+    probs = json.loads(tta.stdout)["probability-map"]
+    assert set(probs) == {"cat", "dog"} and abs(sum(probs.values()) - 1) < 1e-4
+    assert_one_line_error(
+        pawlab("predict", model, image, "--precision", "nonsense"), "--precision", "nonsense"
+    )
+
+
+def test_weights_flag_needs_a_backbone_and_a_backbone_without_weights_needs_it(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 4, "dog": 4})
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"unused")
+    work = tmp_path / "work"
+    work.mkdir()
+    assert_one_line_error(
+        pawlab("train", src, "--weights", weights, "--epochs", 1, cwd=work), "--weights", "--backbone"
+    )
+    no_weights = pawlab(
+        "train", src, "--backbone", "resnet18", "--size", 32, "--epochs", 1, "-q", "--workers", 1, cwd=work
+    )
+    assert_one_line_error(no_weights, "resnet18", "--weights")
+    assert not (work / "runs").exists()  # refused before a run was started
+
+
+def test_backbone_with_a_weights_file(tmp_path: Path) -> None:
+    import torch
+
+    from pawlab import checkpoint
+    from pawlab.backbones import resnet18
+
+    src = write_tree(tmp_path / "src", {"cat": 6, "dog": 6})
+    weights = tmp_path / "resnet18.pth"
+    torch.manual_seed(0)
+    torch.save(resnet18().state_dict(), weights)
+    model = tmp_path / "m.safetensors"
+    proc = pawlab(
+        "train",
+        src,
+        "--backbone",
+        "resnet18",
+        "--weights",
+        weights,
+        "--size",
+        32,
+        "--epochs",
+        1,
+        "--out",
+        model,
+        "-q",
+        "--workers",
+        1,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "best: epoch 1" in proc.stdout
+    meta = checkpoint.load(model).meta
+    assert meta["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert meta["preprocessing"]["std"] == pytest.approx([0.229, 0.224, 0.225])
+    assert meta["preprocessing"]["resize"] == "crop"
+    state = checkpoint.load(model).model_state
+    for name, tensor in torch.load(weights).items():  # frozen: the file's weights, unchanged
+        assert torch.equal(state[f"body.0.net.{name}"], tensor), name
+    weights.unlink()  # the model file holds every weight: the weights file is no longer needed
+    shown = pawlab("predict", model, src / "dog" / "dog.1.jpg", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["classification"] in ("cat", "dog")

@@ -70,3 +70,69 @@ def test_decoders_agree() -> None:
     finally:
         _imageio.simplejpeg = saved
     assert np.abs(turbo - pillow).mean() < 3
+
+
+# ----------------------------------------------------------------------------- resize policies
+
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+
+
+def _thirds(w: int, h: int, fmt: str = "PNG") -> bytes:
+    """Red, green and blue thirds: side by side when wide, stacked when tall."""
+    arr = np.zeros((h, w, 3), dtype=np.uint8)
+    wide = w >= h
+    n = w if wide else h
+    for i, colour in enumerate((RED, GREEN, BLUE)):
+        part = slice(i * n // 3, (i + 1) * n // 3)
+        if wide:
+            arr[:, part] = colour
+        else:
+            arr[part, :] = colour
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def _colour_share(arr: np.ndarray, colour: tuple[int, int, int]) -> float:
+    """The share of pixels within 60 of ``colour`` on every channel."""
+    return float((np.abs(arr.astype(int) - np.array(colour)).max(-1) < 60).mean())
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_crop_keeps_the_centre_of_a_wide_image(decoder: str, fmt: str) -> None:
+    data = _thirds(300, 100, fmt)
+    crop = decode(data, (32, 32), resize="crop")
+    assert crop.shape == (32, 32, 3)
+    # only the middle third is left (JPEG chroma may tint the outermost pixels)
+    assert _colour_share(crop[1:-1, 1:-1], GREEN) == 1.0 and crop[..., 1].min() > 128
+    assert _colour_share(crop, RED) == 0 and _colour_share(crop, BLUE) == 0
+    squash = decode(data, (32, 32), resize="squash")
+    assert squash.shape == (32, 32, 3)
+    assert _colour_share(squash[:, :8], RED) > 0.95  # the whole width, squeezed
+    assert _colour_share(squash[:, 12:20], GREEN) > 0.95
+    assert _colour_share(squash[:, -8:], BLUE) > 0.95
+    assert np.array_equal(squash, decode(data, (32, 32)))  # squash is the default
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_crop_keeps_the_centre_of_a_tall_image(decoder: str, fmt: str) -> None:
+    data = _thirds(100, 300, fmt)
+    crop = decode(data, (32, 32), resize="crop")
+    assert crop.shape == (32, 32, 3)
+    assert _colour_share(crop[1:-1, 1:-1], GREEN) == 1.0 and crop[..., 1].min() > 128
+    assert _colour_share(crop, RED) == 0 and _colour_share(crop, BLUE) == 0
+    squash = decode(data, (32, 32), resize="squash")
+    assert _colour_share(squash[:8], RED) > 0.95
+    assert _colour_share(squash[12:20], GREEN) > 0.95
+    assert _colour_share(squash[-8:], BLUE) > 0.95
+
+
+def test_crop_to_a_non_square_size_and_of_a_square_image() -> None:
+    # a 300x100 image cropped to 16 high and 48 wide: the aspect ratios match, nothing is cut
+    data = _thirds(300, 100)
+    wide = decode(data, (16, 48), resize="crop")
+    assert wide.shape == (16, 48, 3)
+    assert _colour_share(wide[:, :14], RED) > 0.95 and _colour_share(wide[:, -14:], BLUE) > 0.95
+    # a square image is the same either way
+    square = _thirds(90, 90)
+    assert np.array_equal(decode(square, (30, 30), resize="crop"), decode(square, (30, 30)))

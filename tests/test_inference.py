@@ -240,3 +240,84 @@ def test_evaluate_raw_source_of_a_prepared_training_folder_uses_its_split(tmp_pa
     prepare(src, tmp_path / "other", DataConfig(size=16, workers=1, seed=4), progress=False)
     with pytest.raises(DataError, match="another split"):
         evaluate(model, tmp_path / "other", report_dir=tmp_path / "rep", workers=1, progress=False)
+
+
+# ----------------------------------------------------------------------------- transfer models
+
+
+@pytest.fixture(scope="module")
+def transfer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(source tree, model file) of a frozen EfficientNet-Lite0 with a trained head, at 32x32."""
+    from pawlab.models import transfer_architecture
+
+    root = tmp_path_factory.mktemp("transfer")
+    src = write_tree(root / "src", {"cat": 8, "dog": 8})
+    model = root / "model.safetensors"
+    train(
+        src,
+        model,
+        transfer_architecture("efficientnet_lite0", size=32),
+        TrainConfig(epochs=2, progress=False),
+        workers=1,
+        stream=io.StringIO(),
+    )
+    return src, model
+
+
+def test_evaluate_transfer_model_writes_figures_and_top_losses(
+    transfer: tuple[Path, Path], tmp_path: Path
+) -> None:
+    src, model_path = transfer
+    report = evaluate(model_path, src, report_dir=tmp_path / "rep", workers=1, progress=False)
+    assert report.count == load_model(model_path).meta["training"]["data"]["validation_count"]
+    for name in ("predictions", "confusion_matrix", "top_losses"):
+        figure = tmp_path / "rep" / f"{name}.png"
+        assert figure.stat().st_size > 0, name
+        assert Path(report.figures[name]) == figure
+        assert Image.open(figure).size[0] > 0
+    worst = report.top_losses
+    assert 0 < len(worst) <= min(12, report.count)
+    for entry in worst:
+        assert set(entry) == {"name", "true", "predicted", "loss", "p_true"}
+        assert entry["true"] in ("cat", "dog") and entry["predicted"] in ("cat", "dog")
+        assert entry["name"].split("/")[0] == entry["true"]  # class-per-folder names
+        assert 0.0 <= entry["p_true"] <= 1.0
+        assert entry["loss"] == pytest.approx(-np.log(max(entry["p_true"], 1e-15)), rel=1e-5)
+        assert (entry["predicted"] != entry["true"]) == (entry["p_true"] < 0.5)
+    losses = [e["loss"] for e in worst]
+    assert losses == sorted(losses, reverse=True)
+    assert report.to_json()["top_losses"] == worst
+    assert "test-time augmentation" not in report.split
+
+
+def test_evaluate_and_predict_with_tta(transfer: tuple[Path, Path], tmp_path: Path) -> None:
+    src, model_path = transfer
+    model = load_model(model_path, precision="fp32")
+    plain = evaluate(model, src, report_dir=tmp_path / "a", workers=1, progress=False)
+    tta = evaluate(model, src, report_dir=tmp_path / "b", workers=1, progress=False, tta=True)
+    assert "test-time augmentation" in tta.split and tta.split.startswith(plain.split)
+    assert tta.count == plain.count and 0.0 <= tta.accuracy <= 1.0 and tta.log_loss >= 0
+    assert np.sum(tta.confusion_matrix) == tta.count
+    image = src / "cat" / "cat.3.jpg"
+    a, b = model.predict(image), model.predict(image, tta=True)
+    assert sum(b.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert a.probabilities != b.probabilities  # the mirror and crops change the average
+    assert len(model.predict_many([image, image], tta=True)) == 2
+
+
+def test_inference_precision(transfer: tuple[Path, Path]) -> None:
+    from pawlab.errors import ConfigError
+    from pawlab.training import use_bf16
+
+    src, model_path = transfer
+    assert load_model(model_path, precision="fp32").bf16 is False
+    assert load_model(model_path, precision="bf16").bf16 is True
+    auto = load_model(model_path)
+    agreed = bool(auto.meta.get("inference", {}).get("ok"))
+    assert auto.bf16 == (agreed and use_bf16("auto", auto.device))
+    with pytest.raises(ConfigError, match="precision"):
+        load_model(model_path, precision="nonsense")
+    image = src / "dog" / "dog.1.jpg"
+    fast = load_model(model_path, precision="bf16").predict(image).probabilities
+    exact = load_model(model_path, precision="fp32").predict(image).probabilities
+    assert fast == pytest.approx(exact, abs=0.05)

@@ -209,3 +209,85 @@ def test_to_channels_matches_pillow_luma() -> None:
     ours = to_channels(rgb, 1)[..., 0].astype(int)
     pillow = np.asarray(Image.fromarray(rgb).convert("L")).astype(int)
     assert ours.shape == (16, 16) and np.abs(ours - pillow).max() <= 1
+
+
+# ----------------------------------------------------------------------------- resize policy
+
+
+def _wide_tree(root: Path, per_class: int = 5) -> Path:
+    """Wide (48x16) images: a red left third, a green middle, a blue right third, plus noise."""
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            rng = np.random.default_rng([i, len(label)])
+            arr = rng.integers(0, 40, (16, 48, 3), dtype=np.uint8)
+            arr[:, :16, 0] += 200
+            arr[:, 16:32, 1] += 200
+            arr[:, 32:, 2] += 200
+            Image.fromarray(arr).save(root / label / f"{label}.{i}.png")
+    return root
+
+
+def test_resize_policy_is_validated() -> None:
+    from pawlab.errors import ConfigError
+
+    assert DataConfig(resize="crop").resize == "crop"
+    assert DataConfig().resize == "squash"
+    with pytest.raises(ConfigError, match="resize") as err:
+        DataConfig(resize="stretch")
+    assert "stretch" in str(err.value)
+
+
+def test_crop_and_squash_are_packed_apart(tmp_path: Path) -> None:
+    src = _wide_tree(tmp_path / "src")
+    squash = load_dataset(src, DataConfig(size=16, workers=1), progress=False)
+    crop = load_dataset(src, DataConfig(size=16, workers=1, resize="crop"), progress=False)
+    assert squash.train.names == crop.train.names  # the same split, other pixels
+    assert squash.train.images.shape == crop.train.images.shape == (len(squash.train), 16, 16, 3)
+    for s, c in zip(squash.train.images, crop.train.images, strict=True):
+        assert not np.array_equal(s, c)
+        assert c[..., 1].min() > 150 and c[..., 0].max() < 100  # the green middle only
+        assert s[:, :4, 0].min() > 150 and s[:, -4:, 2].min() > 150  # red left, blue right
+    # each is its own cache folder, and asking again reads it back unchanged
+    again = load_dataset(src, DataConfig(size=16, workers=1, resize="crop"), progress=False)
+    assert np.array_equal(again.train.images, crop.train.images)
+    again = load_dataset(src, DataConfig(size=16, workers=1), progress=False)
+    assert np.array_equal(again.train.images, squash.train.images)
+
+
+def test_prepared_folder_records_resize_and_is_not_reused_for_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _wide_tree(tmp_path / "src")
+    squash_cfg = DataConfig(size=16, workers=1)
+    crop_cfg = DataConfig(size=16, workers=1, resize="crop")
+    out = tmp_path / "out"
+    first = prepare(src, out, squash_cfg, progress=False, png=False)
+    assert first.decoded == 10
+    assert json.loads((out / MANIFEST).read_text())["resize"] == "squash"
+    squashed = _rows(out)
+    # a squashed folder handed to a crop run: the crop is made from the original source
+    from_prepared = load_dataset(out, crop_cfg, progress=False)
+    assert from_prepared.presplit
+    for name, img in zip(from_prepared.train.names, from_prepared.train.images, strict=True):
+        assert not np.array_equal(img, squashed[name]), name
+        assert img[..., 0].max() < 100  # no red: the centre was kept
+    # preparing the same folder with crop decodes everything again (no pixels reused)
+    second = prepare(src, out, crop_cfg, progress=False, png=False)
+    assert second.decoded == 10 and second.reused == 0 and not second.up_to_date
+    assert json.loads((out / MANIFEST).read_text())["resize"] == "crop"
+    cropped = _rows(out)
+    assert cropped.keys() == squashed.keys()
+    assert all(not np.array_equal(cropped[n], squashed[n]) for n in cropped)
+    assert all(
+        np.array_equal(cropped[n], img)
+        for n, img in zip(from_prepared.train.names, from_prepared.train.images, strict=True)
+    )
+    # and the same resize again is a cache hit
+    _no_decoding(monkeypatch)
+    third = prepare(src, out, crop_cfg, progress=False, png=False)
+    assert third.up_to_date and third.decoded == 0
+    ds = load_dataset(out, crop_cfg, progress=False)  # the prepared folder itself, as it is
+    assert ds.presplit and all(
+        np.array_equal(cropped[n], img) for n, img in zip(ds.train.names, ds.train.images, strict=True)
+    )

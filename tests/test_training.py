@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,16 @@ from pawlab.callbacks import TrainingDiverged
 from pawlab.config import AugmentConfig, DataConfig, TrainConfig
 from pawlab.data import load_dataset
 from pawlab.errors import ConfigError
-from pawlab.training import Callback, Trainer, class_weights, epoch_order, lr_factor, resume, train
+from pawlab.training import (
+    Callback,
+    Trainer,
+    TrainResult,
+    class_weights,
+    epoch_order,
+    lr_factor,
+    resume,
+    train,
+)
 from tests.conftest import write_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +116,7 @@ def test_interrupt_keeps_best_model(tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
     result = _train(tree, out, FAST.with_(epochs=None), callbacks=[StopAfterTwo()])
     assert result.interrupted  # type: ignore[attr-defined]
-    assert len(result.history) == 2  # type: ignore[attr-defined]
+    assert len(result.history) == 2
     assert checkpoint.load(out).meta["metrics"]["epoch"] <= 2
 
 
@@ -120,7 +130,7 @@ def test_early_stopping(tree: Path, tmp_path: Path) -> None:
     result = _train(
         tree, tmp_path / "m.safetensors", FAST.with_(epochs=20), patience=2, callbacks=[NeverImproves()]
     )
-    assert len(result.history) == 2  # type: ignore[attr-defined]
+    assert len(result.history) == 2
 
 
 def test_failed_save_leaves_previous_model_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -405,3 +415,125 @@ def test_resume_writes_into_the_directory_it_is_given(tree: Path, tmp_path: Path
     )
     assert (tmp_path / "m-run" / "last.safetensors").read_bytes() == before
     assert checkpoint.load(tmp_path / "branch" / "last.safetensors").meta["training"]["epoch"] == 3
+
+
+# ----------------------------------------------------------------------------- transfer learning
+
+HEAD_LOG = "head on cached backbone features"
+
+
+def _transfer(src: Path, out: Path, config: TrainConfig) -> tuple[TrainResult, str]:
+    """A frozen EfficientNet-Lite0 with a new head, at 32x32: (result, training log)."""
+    from pawlab.models import transfer_architecture
+
+    buf = io.StringIO()
+    spec = transfer_architecture("efficientnet_lite0", size=32)
+    return train(src, out, spec, config, workers=1, stream=buf), buf.getvalue()
+
+
+def test_frozen_backbone_head_trains_on_cached_features(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pawlab import _features
+    from pawlab._infer import AGREE_MAX_PROB_DIFF
+    from pawlab._pack import cache_root
+    from pawlab.inference import evaluate, load_model
+    from pawlab.training import use_bf16
+
+    monkeypatch.setenv("PAWLAB_CACHE_DIR", str(tmp_path / "cache"))  # nothing cached yet
+    src = write_tree(tmp_path / "src", {"cat": 8, "dog": 8})
+    out = tmp_path / "m.safetensors"
+    result, log = _transfer(src, out, TrainConfig(epochs=2, progress=False))
+    assert HEAD_LOG in log
+    assert len(result.history) == 2
+    # the training (plain view) and validation features were cached
+    assert cache_root() == tmp_path / "cache"
+    assert len(list((cache_root() / "features").glob("*.npy"))) == 2
+    ck = checkpoint.load(out)
+    pre = ck.meta["preprocessing"]
+    assert pre["resize"] == "crop" and pre["size"] == [32, 32] and pre["mean"] == [0.5, 0.5, 0.5]
+    if "inference" in ck.meta:  # written only where the CPU runs bf16 fast
+        record = ck.meta["inference"]
+        assert set(record) >= {"precision", "images", "same_class", "max_prob_diff", "ok"}
+        assert 0.0 <= record["same_class"] <= 1.0
+        assert not record["ok"] or record["max_prob_diff"] <= AGREE_MAX_PROB_DIFF
+        assert "bf16 inference" in log
+    else:
+        assert not use_bf16("auto", torch.device("cpu"))
+    model = load_model(out, precision="fp32")
+    pred = model.predict(src / "dog" / "dog.2.jpg")
+    assert set(pred.probabilities) == {"cat", "dog"}
+    assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    # the metrics measured on cached features are those of the whole network on the pixels
+    report = evaluate(model, src, report_dir=tmp_path / "rep", workers=1, progress=False)
+    assert report.count == ck.meta["training"]["data"]["validation_count"]
+    assert report.accuracy == pytest.approx(ck.meta["metrics"]["val_accuracy"])
+    assert report.log_loss == pytest.approx(ck.meta["metrics"]["val_loss"], rel=1e-3, abs=1e-4)
+
+    # a second run on the same data computes no features: all come from the cache
+    def no_compute(*args: object, **kwargs: object) -> np.ndarray:
+        raise AssertionError("features computed again")
+
+    monkeypatch.setattr(_features, "_compute", no_compute)
+    again, log = _transfer(src, tmp_path / "again.safetensors", TrainConfig(epochs=1, progress=False))
+    assert HEAD_LOG in log and len(again.history) == 1
+
+
+def test_pixel_augmentation_runs_the_frozen_backbone(tmp_path: Path) -> None:
+    from pawlab.backbones import load_backbone
+
+    src = write_tree(tmp_path / "src", {"cat": 6, "dog": 6})
+    out = tmp_path / "rot.safetensors"
+    _, log = _transfer(src, out, TrainConfig(epochs=1, progress=False, augment=AugmentConfig(rotate=10)))
+    assert HEAD_LOG not in log and "rotate" in log
+    pretrained, _ = load_backbone("efficientnet_lite0")
+    state = checkpoint.load(out).model_state
+    for name, tensor in pretrained.state_dict().items():  # frozen: statistics untouched too
+        assert torch.equal(state[f"body.0.net.{name}"], tensor), name
+    _, log = _transfer(
+        src, tmp_path / "nocache.safetensors", TrainConfig(epochs=1, progress=False, cache_features=False)
+    )
+    assert HEAD_LOG not in log
+
+
+def test_resize_policy_is_recorded(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pawlab import training
+    from pawlab.models import get_architecture, preprocessing_for, transfer_architecture
+
+    assert preprocessing_for(get_architecture("small-cnn")).resize == "squash"
+    assert preprocessing_for(transfer_architecture("efficientnet_lite0")).resize == "crop"
+    one = FAST.with_(epochs=1)
+    _train(tree, tmp_path / "a.safetensors", one)
+    assert checkpoint.load(tmp_path / "a.safetensors").meta["preprocessing"]["resize"] == "squash"
+    _train(tree, tmp_path / "b.safetensors", one, resize="crop")
+    assert checkpoint.load(tmp_path / "b.safetensors").meta["preprocessing"]["resize"] == "crop"
+    # and resume loads its data with the policy the run was trained with
+    loaded: list[str] = []
+    real = training._load_data
+
+    def spy(*args: Any) -> Any:
+        loaded.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(training, "_load_data", spy)
+    resume(tmp_path / "b-run", epochs=2, workers=1, stream=io.StringIO())
+    assert loaded == ["crop"]
+    last = checkpoint.load(tmp_path / "b-run" / "last.safetensors").meta
+    assert last["training"]["epoch"] == 2 and last["preprocessing"]["resize"] == "crop"
+
+
+def test_resume_of_a_frozen_backbone_run_reuses_its_cached_features(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pawlab import _features
+
+    monkeypatch.setenv("PAWLAB_CACHE_DIR", str(tmp_path / "cache"))
+    src = write_tree(tmp_path / "src", {"cat": 6, "dog": 6})
+    _transfer(src, tmp_path / "m.safetensors", TrainConfig(epochs=1, progress=False))
+
+    def no_compute(*args: object, **kwargs: object) -> np.ndarray:
+        raise AssertionError("features computed again: not those of the run's backbone")
+
+    monkeypatch.setattr(_features, "_compute", no_compute)
+    resume(tmp_path / "m-run", epochs=2, workers=1, stream=io.StringIO())
+    assert checkpoint.load(tmp_path / "m-run" / "last.safetensors").meta["training"]["epoch"] == 2
