@@ -23,12 +23,10 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,31 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from prepare import SHARED, _make_one  # noqa: E402  (bench/prepare.py)
+from prepare import SHARED, build_set  # noqa: E402  (bench/prepare.py)
 
 from pawlab import checkpoint  # noqa: E402
 from pawlab._infer import check_agreement  # noqa: E402
 from pawlab.models import build, preprocessing_for, transfer_architecture  # noqa: E402
 
 SIZE = 224
-
-
-def build_test_set(dest: Path, n: int) -> Path:
-    marker = dest / f".complete-{n}"
-    if marker.exists():
-        return dest
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-    originals = sorted(SHARED.glob("*/*/*.jpg"))
-    if not originals:
-        sys.exit(f"no JPEGs under {SHARED}")
-    jobs = [(str(originals[i % len(originals)]), str(dest / f"{i + 1}.jpg"), i) for i in range(n)]
-    t0 = time.perf_counter()
-    with ProcessPoolExecutor() as pool:
-        list(pool.map(_make_one, jobs, chunksize=64))
-    marker.touch()
-    print(f"built {n} test JPEGs in {dest} ({time.perf_counter() - t0:.0f}s)", flush=True)
-    return dest
 
 
 def make_model(path: Path) -> torch.nn.Module:
@@ -133,7 +113,7 @@ def main() -> None:
     else:
         model_path = work / "model.safetensors"
         net = make_model(model_path)
-    test = build_test_set(work / f"test-{args.n}", args.n)
+    test = build_set(work / f"test-{args.n}", args.n, numbered=True)
     files = sorted(test.glob("*.jpg"), key=lambda p: int(p.stem))
     print(
         f"{len(files)} JPEGs, EfficientNet-Lite0 at {SIZE}x{SIZE}, {torch.get_num_threads()} threads",
@@ -171,7 +151,7 @@ def main() -> None:
     )
 
     if args.submission:
-        big = build_test_set(work / f"test-{args.submission}", args.submission)
+        big = build_set(work / f"test-{args.submission}", args.submission, numbered=True)
         seconds = pawlab_submit(model_path, big, work / "submission-full.csv")
         print(
             f"  a {args.submission}-image submission with pawlab's defaults: {seconds:.0f}s wall "

@@ -47,7 +47,8 @@ def _make_one(args: tuple[str, str, int]) -> None:
     im.crop((x, y, x + cw, y + ch)).save(dest, quality=rng.randint(75, 92))
 
 
-def build_set(dest: Path, n: int) -> Path:
+def build_set(dest: Path, n: int, numbered: bool = False) -> Path:
+    """N JPEGs named ``cat.0.jpg`` ... (a labelled set), or ``1.jpg`` ... (a Kaggle test set)."""
     marker = dest / f".complete-{n}"
     if marker.exists():
         return dest
@@ -61,7 +62,8 @@ def build_set(dest: Path, n: int) -> Path:
     for i in range(n):
         src = originals[i % len(originals)]
         label = "cat" if src.parent.name.startswith("cat") else "dog"
-        jobs.append((str(src), str(dest / f"{label}.{counters[label]}.jpg"), i))
+        name = f"{i + 1}.jpg" if numbered else f"{label}.{counters[label]}.jpg"
+        jobs.append((str(src), str(dest / name), i))
         counters[label] += 1
     t0 = time.perf_counter()
     with ProcessPoolExecutor() as pool:
