@@ -306,14 +306,19 @@ class Trainer:
                 dist.all_reduce(buf)
                 buf.div_(self.world_size)
 
+    def val_feature_logits(self, limit: int | None = None) -> torch.Tensor:
+        """fp32 logits (N, classes) of the head on the cached validation features (first ``limit``)."""
+        self.head.eval()
+        with torch.inference_mode():
+            feats = torch.from_numpy(self.val_set.images[:limit, 0]).to(self.device)
+            logits: torch.Tensor = self.head(feats).float().cpu()
+        return logits
+
     def validate(self) -> dict[str, float]:
         """Loss and accuracy on the whole validation set (computed alike on every rank)."""
         # fp32 even when training in bf16: the saved metrics are what `evaluate` will report
         if self.head_from is not None:
-            self.head.eval()
-            with torch.inference_mode():
-                feats = torch.from_numpy(self.val_set.images[:, 0]).to(self.device)
-                logits = self.head(feats).float().cpu()
+            logits = self.val_feature_logits()
         else:
             logits = predict_outputs(
                 self.network,
@@ -681,10 +686,7 @@ def _record_agreement(trainer: Trainer, path: Path, val_set: ImageSet) -> None:
     images = val_set.images[:AGREEMENT_IMAGES]
     fp32 = None
     if trainer.head_from is not None:  # fp32 features are cached: only the head runs
-        trainer.head.eval()
-        with torch.inference_mode():
-            feats = torch.from_numpy(trainer.val_set.images[:AGREEMENT_IMAGES, 0]).to(trainer.device)
-            fp32 = F.softmax(trainer.head(feats).float(), dim=1).cpu()
+        fp32 = F.softmax(trainer.val_feature_logits(AGREEMENT_IMAGES), dim=1)
     result = check_agreement(network, images, trainer.preprocessing, trainer.device, fp32)
     trainer.log(
         f"bf16 inference {'agrees' if result['ok'] else 'does not agree'} with fp32 on "
