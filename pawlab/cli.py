@@ -113,6 +113,12 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: bf16 only if training found it agrees with fp32 on this model",
     )
+    p.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="torch.compile the network: auto (jobs of 2,000 images or more), on or off",
+    )
 
 
 def _quiet(p: argparse.ArgumentParser) -> None:
@@ -160,8 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     arch.add_argument(
         "--backbone", help="transfer learning: a pretrained backbone (efficientnet_lite0) with a new head"
     )
+    tune = p.add_mutually_exclusive_group()
+    tune.add_argument(
+        "--freeze", action="store_true", help="with --backbone: train the head only (the default)"
+    )
+    tune.add_argument(
+        "--fine-tune",
+        action="store_true",
+        help="with --backbone: after the head, unfreeze the backbone for --fine-tune-epochs epochs with "
+        "lower learning rates for earlier layers (fastai's fine_tune)",
+    )
     p.add_argument(
-        "--fine-tune", action="store_true", help="with --backbone: train the backbone too (default: frozen)"
+        "--fine-tune-epochs", type=int, default=1, help="epochs with the backbone unfrozen (default 1)"
     )
     p.add_argument(
         "--weights",
@@ -305,10 +321,13 @@ def _recipe(args: argparse.Namespace) -> tuple[Any, TrainConfig, int | None]:
         given, defaults = _train_config(args), _train_config(build_parser().parse_args(["train"]))
         changed = {f.name: getattr(given, f.name) for f in fields(TrainConfig)}
         changed = {k: v for k, v in changed.items() if v != getattr(defaults, k)}
-        spec = transfer_architecture(args.backbone, frozen=not args.fine_tune, weights=args.weights)
+        if args.fine_tune:
+            changed["fine_tune_epochs"] = args.fine_tune_epochs
+        spec = transfer_architecture(args.backbone, weights=args.weights)
         return spec, TRANSFER.with_(**changed), args.size
-    if args.weights is not None:
-        raise ConfigError("--weights needs --backbone NAME")
+    for flag in ("weights", "fine_tune", "freeze"):
+        if getattr(args, flag) not in (None, False):
+            raise ConfigError(f"--{flag.replace('_', '-')} needs --backbone NAME")
     arch: Any = load_arch_file(args.arch_file) if args.arch_file else (args.arch or "cortex-cnn")
     return arch, _train_config(args), args.size
 
@@ -375,7 +394,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pawlab.inference import load_model
 
-    model = load_model(args.model, precision=args.precision)
+    model = load_model(args.model, precision=args.precision, compile=args.compile)
     for path in args.images:
         pred = model.predict(path, tta=args.tta)
         if args.json:
@@ -390,7 +409,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pawlab.inference import evaluate, load_model
 
     report = evaluate(
-        load_model(args.model, precision=args.precision),
+        load_model(args.model, precision=args.precision, compile=args.compile),
         args.data,
         report_dir=args.report_dir,
         workers=args.workers,
@@ -405,7 +424,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from pawlab.inference import load_model, submit
 
     r = submit(
-        load_model(args.model, precision=args.precision),
+        load_model(args.model, precision=args.precision, compile=args.compile),
         args.test,
         args.out,
         hard=args.hard,

@@ -140,6 +140,13 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False  # torch.compile the network
     cache_features: bool = True  # a frozen backbone's features are computed once and cached
+    # fastai's fine_tune: after the head is trained on a frozen backbone, this many epochs with
+    # the backbone unfrozen (at half the learning rate, spread as `lr_spread` says)
+    fine_tune_epochs: int = 0
+    # discriminative learning rates: the head's rate / the first backbone stage's, geometric in
+    # between (1: one rate for all)
+    lr_spread: float = 1.0
+    schedule_start: int = 0  # the epoch where the schedule starts (a fine-tuning phase's first)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -182,6 +189,17 @@ class TrainConfig:
             self.precision in PRECISIONS,
             "precision",
             f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+        )
+        _check(self.fine_tune_epochs >= 0, "fine_tune_epochs", f"must be >= 0, got {self.fine_tune_epochs}")
+        _check(
+            math.isfinite(self.lr_spread) and self.lr_spread >= 1,
+            "lr_spread",
+            f"must be a number >= 1, got {self.lr_spread}",
+        )
+        _check(
+            self.schedule_start >= 0 and (self.epochs is None or self.schedule_start < self.epochs),
+            "schedule_start",
+            f"must be >= 0 and below epochs, got {self.schedule_start}",
         )
         _check(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),

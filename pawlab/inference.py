@@ -23,7 +23,7 @@ from pawlab import checkpoint
 from pawlab._atomic import atomic_write_text
 from pawlab._features import frozen_trunk, trunk_features
 from pawlab._imageio import ImageDecodeError, decode, default_workers, parallel_map
-from pawlab._infer import INFER_BATCH, TTA_VIEWS, predict_outputs
+from pawlab._infer import COMPILE_MIN_IMAGES, INFER_BATCH, TTA_VIEWS, Compiled, predict_outputs
 from pawlab.data import Skipped, decode_task, decode_tasks, load_eval_set, load_unlabeled
 from pawlab.errors import ConfigError, DataError, ModelFileError
 from pawlab.models import Network, build
@@ -56,6 +56,7 @@ class Model:
         path: Path | None = None,
         device: str = "auto",
         precision: str = "auto",
+        compile: str = "auto",
     ) -> None:
         self.device = resolve_device(device)
         self.network = network.to(self.device).to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
@@ -64,10 +65,18 @@ class Model:
         self.meta = meta
         self.path = path
         self.bf16 = self._use_bf16(precision)
+        # images whose bf16 top-class probability is below 1 - guard are run again in fp32
+        record = meta.get("inference", {})
+        self.guard: float | None = float(record["guard"]) if self.bf16 and "guard" in record else None
+        if compile not in ("auto", "on", "off"):
+            raise ConfigError(f"compile: must be auto, on or off, got {compile!r}")
+        self.compile = compile
+        self._compiled: Compiled | None = None
 
     def _use_bf16(self, precision: str) -> bool:
         """``auto``: bf16 only where the hardware runs it fast and training recorded that
-        this model's bf16 predictions agree with fp32 (see `pawlab._infer.check_agreement`)."""
+        this model's guarded bf16 predictions agree with fp32 (`pawlab._infer.check_agreement`);
+        ``bf16``: bf16 regardless (with the recorded guard, if any)."""
         if precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision: must be auto, fp32 or bf16, got {precision!r}")
         if precision != "auto":
@@ -75,8 +84,22 @@ class Model:
         agreed = bool(self.meta.get("inference", {}).get("ok"))
         return agreed and use_bf16("auto", self.device)
 
+    def prepare_for(self, images: int) -> None:
+        """Get ready for a job of ``images`` images: ``compile`` ``on``, or ``auto`` and at
+        least `COMPILE_MIN_IMAGES` (compiling costs tens of seconds once, then each batch
+        runs faster)."""
+        wanted = self.compile == "on" or (self.compile == "auto" and images >= COMPILE_MIN_IMAGES)
+        if wanted and self._compiled is None:
+            self._compiled = Compiled(self.network, INFER_BATCH)
+
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str = "auto", precision: str = "auto") -> Model:
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        device: str = "auto",
+        precision: str = "auto",
+        compile: str = "auto",
+    ) -> Model:
         ck = checkpoint.load(path)
         try:
             classes = list(ck.meta["classes"])
@@ -87,7 +110,7 @@ class Model:
             network.load_state_dict(ck.model_state)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{path}: damaged model file ({str(exc).splitlines()[0]})") from None
-        return cls(network, classes, pre, ck.meta, Path(path), device, precision)
+        return cls(network, classes, pre, ck.meta, Path(path), device, precision, compile)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -129,7 +152,8 @@ class Model:
         averaged over the image, its mirror and two crops. ``cached``: a frozen backbone's
         features come from (and go to) the feature cache, as in training."""
         views = TTA_VIEWS if tta else ("plain",)
-        trunk = frozen_trunk(self.network) if cached and not self.bf16 else None
+        # cached features are fp32: the probabilities are exact, whatever the precision
+        trunk = frozen_trunk(self.network) if cached else None
         if trunk is not None:
             body = self.network.body
             feats = trunk_features(
@@ -145,8 +169,10 @@ class Model:
             images,
             self.preprocessing,
             self.device,
-            batch_size,
+            INFER_BATCH if self._compiled is not None else batch_size,
             bf16=self.bf16,
+            guard=self.guard,
+            forward=self._compiled,
             views=views,
             softmax=True,
         )
@@ -159,6 +185,7 @@ class Model:
 
     def predict_many(self, images: Sequence[ImageLike], tta: bool = False) -> list[Prediction]:
         arrays = np.stack([self._load_image(im) for im in images])
+        self.prepare_for(len(arrays) * (len(TTA_VIEWS) if tta else 1))
         return [self._prediction(p) for p in self.predict_proba(arrays, tta=tta)]
 
     def _prediction(self, probs: np.ndarray) -> Prediction:
@@ -166,9 +193,12 @@ class Model:
         return Prediction(pm, self.classes[int(np.argmax(probs))])
 
 
-def load_model(path: str | os.PathLike[str], device: str = "auto", precision: str = "auto") -> Model:
-    """Load a model file written by `pawlab.train`; ``precision`` auto, fp32 or bf16."""
-    return Model.load(path, device, precision)
+def load_model(
+    path: str | os.PathLike[str], device: str = "auto", precision: str = "auto", compile: str = "auto"
+) -> Model:
+    """Load a model file written by `pawlab.train`. ``precision``: auto, fp32 or bf16;
+    ``compile``: auto (for jobs of many images), on or off (see `Model.prepare_for`)."""
+    return Model.load(path, device, precision, compile)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -273,6 +303,7 @@ def evaluate(
         progress=progress,
         resize=m.preprocessing.resize,
     )
+    m.prepare_for(len(ev.images) * (len(TTA_VIEWS) if tta else 1))
     probs = m.predict_proba(ev.images.images, tta=tta, cached=True, progress=progress)
     stats = metrics_from_probs(probs, ev.images.labels, m.classes)
     if report_dir is None:
@@ -426,6 +457,7 @@ def submit(
     binary = len(m.classes) == 2
     failed: list[Skipped] = []
     pre = m.preprocessing
+    m.prepare_for(len(todo) * (len(TTA_VIEWS) if tta else 1))
     tasks = decode_tasks(source, [n for _, n in todo], pre.size, pre.channels, pre.resize)
     # decoding runs ahead in worker processes while the network computes; half the cores for
     # them (decoding costs a fraction of a forward pass; more would take the network's cores)

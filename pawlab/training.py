@@ -114,14 +114,41 @@ def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd or 0.01)
 
 
+def param_groups(network: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The trainable parameters in optimizer groups, each with its ``lr_scale``. With
+    ``cfg.lr_spread`` > 1 and a trainable backbone: one group per backbone stage, from the input
+    side, then the rest (the head); their scales rise geometrically from 1 / lr_spread to 1
+    (fastai's discriminative learning rates)."""
+    from pawlab.layers import BackboneFeatures
+
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    backbones = [m for m in network.modules() if isinstance(m, BackboneFeatures) and not m.frozen]
+    if cfg.lr_spread <= 1 or not backbones:
+        return [{"params": trainable, "lr_scale": 1.0}]
+    stages = [
+        [p for m in stage for p in m.parameters() if p.requires_grad] for stage in backbones[0].net.stages()
+    ]
+    stages = [s for s in stages if s]
+    seen = {id(p) for s in stages for p in s}
+    groups = [*stages, [p for p in trainable if id(p) not in seen]]
+    n = len(groups)
+    return [
+        {"params": g, "lr_scale": cfg.lr_spread ** (-(n - 1 - i) / (n - 1))}
+        for i, g in enumerate(groups)
+        if g
+    ]
+
+
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """The schedule's multiplier of the base learning rate at optimizer step ``step``."""
+    """The schedule's multiplier of the base learning rate at optimizer step ``step`` (counted
+    from the first epoch; the schedule runs from epoch ``cfg.schedule_start``)."""
+    step = max(0, step - cfg.schedule_start * steps_per_epoch)
     if cfg.schedule == "constant":
         return 1.0
     if cfg.schedule == "step":
         return float(cfg.step_gamma ** ((step // steps_per_epoch) // cfg.step_every))
     assert cfg.epochs is not None
-    total = max(1, cfg.epochs * steps_per_epoch)
+    total = max(1, (cfg.epochs - cfg.schedule_start) * steps_per_epoch)
     t = min(step / total, 1.0)
     if cfg.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * t))
@@ -196,7 +223,7 @@ class Trainer:
         self.preprocessing = preprocessing
         self.train_set, self.val_set = train_set, val_set
         # frozen parts (a pretrained backbone) have no gradients and no optimizer state
-        self.optimizer = make_optimizer([p for p in self.network.parameters() if p.requires_grad], config)
+        self.optimizer = make_optimizer(param_groups(self.network, config), config)
         self.callbacks = sorted(callbacks, key=lambda c: c.order)
         self.state = TrainState()
         self.checkpoint_meta = checkpoint_meta or {}
@@ -231,13 +258,13 @@ class Trainer:
         return math.ceil(per_process / self.per_process_batch)
 
     @property
-    def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+    def lr(self) -> float:  # the head's (the largest) learning rate
+        return max(float(g["lr"]) for g in self.optimizer.param_groups)
 
     def _set_lr(self) -> None:
         factor = lr_factor(self.config, self.steps, self.batches_per_epoch)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.config.learning_rate * factor
+            group["lr"] = self.config.learning_rate * factor * group.get("lr_scale", 1.0)
 
     def _inputs(self, images: torch.Tensor, augment: bool) -> torch.Tensor:
         if self.head_from is not None:  # features (B, views, F): one view per image
@@ -529,7 +556,7 @@ def train(
             "run_dir": str(run.resolve()),
         },
     }
-    return _fit(network, ds, config, meta, out_path, run, callbacks, stream, resume_from=None)
+    return _fit_phases(network, ds, config, meta, out_path, run, callbacks, stream, resume_from=None)
 
 
 def resume(
@@ -577,7 +604,59 @@ def resume(
         if k not in ("metrics", "history", "format", "format_version", "inference")
     }
     meta["training"] = {**t, "config": config.to_json()}
-    return _fit(network, ds, config, meta, out_path, run, callbacks, stream, resume_from=ck)
+    return _fit_phases(network, ds, config, meta, out_path, run, callbacks, stream, resume_from=ck)
+
+
+def _unfrozen(spec: Sequence[LayerSpec]) -> list[LayerSpec] | None:
+    """``spec`` with its frozen backbone trainable; None when it has no frozen backbone."""
+    if not any(
+        layer.get("type") in ("backbone", "pretrained") and layer.get("frozen", True) for layer in spec
+    ):
+        return None
+    return [
+        {**layer, "frozen": False} if layer.get("type") in ("backbone", "pretrained") else dict(layer)
+        for layer in spec
+    ]
+
+
+def _fit_phases(
+    network: Network,
+    ds: Dataset,
+    config: TrainConfig,
+    meta: dict[str, Any],
+    out_path: Path,
+    run: Path,
+    callbacks: Sequence[Callback],
+    stream: TextIO | None,
+    resume_from: checkpoint.Checkpoint | None,
+) -> TrainResult:
+    """`_fit`, then, with ``config.fine_tune_epochs``, fastai's ``fine_tune``: the best model
+    of the head's training with its backbone unfrozen for that many more epochs, at half the
+    learning rate spread over the backbone's stages (``lr_spread``, default 100), a new
+    one-cycle schedule, the same run directory and the same best score to beat."""
+    unfrozen = _unfrozen(meta["architecture"])
+    if config.fine_tune_epochs and (unfrozen is None or config.epochs is None):
+        raise ConfigError(
+            "fine_tune_epochs: needs a frozen pretrained backbone (--backbone) and a number of epochs"
+        )
+    tune = bool(config.fine_tune_epochs)
+    first = _fit(network, ds, config, meta, out_path, run, callbacks, stream, resume_from, check=not tune)
+    if not tune or first.interrupted:
+        return first
+    assert unfrozen is not None and config.epochs is not None
+    done = int(first.history[-1]["epoch"])
+    config = config.with_(
+        epochs=done + config.fine_tune_epochs,
+        schedule_start=done,
+        lr=config.learning_rate / 2,
+        lr_spread=config.lr_spread if config.lr_spread > 1 else 100.0,
+        fine_tune_epochs=0,
+    )
+    network = build(unfrozen, num_classes=len(ds.classes), pretrained=False)
+    network.load_state_dict(checkpoint.load(out_path).model_state)  # the head's best epoch
+    meta = {**meta, "architecture": unfrozen, "training": {**meta["training"], "config": config.to_json()}}
+    second = _fit(network, ds, config, meta, out_path, run, callbacks, stream, None, continue_from=first)
+    return replace(second, seconds=first.seconds + second.seconds)
 
 
 def _fit(
@@ -590,7 +669,12 @@ def _fit(
     callbacks: Sequence[Callback],
     stream: TextIO | None,
     resume_from: checkpoint.Checkpoint | None,
+    *,
+    continue_from: TrainResult | None = None,
+    check: bool = True,
 ) -> TrainResult:
+    """One training phase. ``continue_from``: an earlier phase of the same run, whose epochs,
+    history and best score this one carries on from. ``check``: record bf16 agreement."""
     start = time.perf_counter()
     cbs: list[Callback] = [
         NaNGuard(),
@@ -608,9 +692,18 @@ def _fit(
     trainer = Trainer(network, train_set, val_set, config, pre, cbs, meta, stream, head_from=head_from)
     if resume_from is not None:
         trainer.load_state(resume_from)
+    if continue_from is not None:
+        st = trainer.state
+        st.history = list(continue_from.history)
+        st.metrics = dict(st.history[-1])
+        st.epoch = int(st.metrics["epoch"])
+        st.best, st.best_epoch = continue_from.best[config.monitor], int(continue_from.best["epoch"])
+        trainer.steps = st.epoch * trainer.batches_per_epoch
     if trainer.is_main:
         run.mkdir(parents=True, exist_ok=True)
-        if resume_from is None:  # a new run in an old run directory starts a new log
+        if (
+            resume_from is None and continue_from is None
+        ):  # a new run in an old run directory starts a new log
             (run / "metrics.jsonl").unlink(missing_ok=True)
         record = {
             "model": str(out_path.resolve()),
@@ -622,17 +715,24 @@ def _fit(
         (run / "config.json").write_text(json.dumps(record, indent=2) + "\n")
     c, h, w = network.input_shape
     where = f"{trainer.device}" + (f" x{trainer.world_size} processes" if trainer.distributed else "")
+    phase = ""
+    if resume_from is not None:
+        phase = f"resuming after epoch {trainer.state.epoch}: "
+    elif continue_from is not None:
+        phase = f"fine-tuning the whole network from epoch {trainer.state.epoch + 1}: "
+    spread = f" (/{config.lr_spread:g} for the first layers)" if config.lr_spread > 1 else ""
     trainer.log(
-        f"{'resuming after epoch ' + str(trainer.state.epoch) + ': ' if resume_from else ''}"
+        f"{phase}"
         f"training {len(ds.train)} images ({', '.join(ds.classes)}), validating on {len(ds.validation)}, "
         f"{c}x{h}x{w} on {where}{' bf16' if trainer.bf16 else ''}, {config.optimizer} lr "
-        f"{config.learning_rate:g} ({config.schedule}), augment {config.augment.describe()}"
+        f"{config.learning_rate:g}{spread} "
+        f"({config.schedule}), augment {config.augment.describe()}"
         f"{'; head on cached backbone features' if head_from is not None else ''}; run: {run}"
     )
     state = trainer.fit()
     if not state.history:
         raise KeyboardInterrupt  # stopped before the first epoch ended: nothing was saved
-    if trainer.is_main and out_path.exists():
+    if check and trainer.is_main and out_path.exists():
         _record_agreement(trainer, out_path, ds.validation)
     monitor = config.monitor
     best = state.history[0]
@@ -676,8 +776,8 @@ AGREEMENT_IMAGES = 1000  # validation images on which bf16 inference is checked 
 
 
 def _record_agreement(trainer: Trainer, path: Path, val_set: ImageSet) -> None:
-    """Check bf16 inference of the saved model against fp32 on validation images and record
-    the outcome in the model file: inference uses bf16 only where it agreed."""
+    """Check guarded bf16 inference of the saved model against fp32 on validation images and
+    record the outcome in the model file: inference uses bf16 only where it agreed."""
     if not use_bf16("auto", trainer.device):
         return
     ck = checkpoint.load(path, with_optimizer=True)
@@ -686,12 +786,12 @@ def _record_agreement(trainer: Trainer, path: Path, val_set: ImageSet) -> None:
     images = val_set.images[:AGREEMENT_IMAGES]
     fp32 = None
     if trainer.head_from is not None:  # fp32 features are cached: only the head runs
-        fp32 = F.softmax(trainer.val_feature_logits(AGREEMENT_IMAGES), dim=1)
+        fp32 = trainer.val_feature_logits(AGREEMENT_IMAGES)
     result = check_agreement(network, images, trainer.preprocessing, trainer.device, fp32)
     trainer.log(
         f"bf16 inference {'agrees' if result['ok'] else 'does not agree'} with fp32 on "
-        f"{'the first ' if not result['ok'] else ''}{result['images']} validation images (same class "
-        f"{result['same_class']:.2%}, largest probability difference {result['max_prob_diff']:.4f}): "
-        f"{'bf16' if result['ok'] else 'fp32'} for inference"
+        f"{result['images']} validation images (same class {result['same_class']:.2%}, largest "
+        f"probability difference {result['max_prob_diff']:.4f}, {result['rerun']:.1%} run again in "
+        f"fp32 by the guard {result['guard']:.4f}): {'bf16' if result['ok'] else 'fp32'} for inference"
     )
     checkpoint.save(path, ck.model_state, {**ck.meta, "inference": result}, ck.optimizer_state, ck.rng)

@@ -331,6 +331,7 @@ def test_transfer_learning_from_the_command_line(tmp_path: Path) -> None:
         32,
         "--epochs",
         1,
+        "--fine-tune",
         "--out",
         tmp_path / "m.safetensors",
         "-q",
@@ -338,13 +339,15 @@ def test_transfer_learning_from_the_command_line(tmp_path: Path) -> None:
         1,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "best: epoch 1" in proc.stdout and "head on cached backbone features" in proc.stdout
+    # the head on cached features for an epoch, then the whole network for one more
+    assert "head on cached backbone features" in proc.stdout
+    assert "fine-tuning the whole network from epoch 2" in proc.stdout and "best: epoch" in proc.stdout
     model = tmp_path / "m.safetensors"
     shown = pawlab("predict", model, src / "dog" / "dog.1.jpg", "--json")
     assert json.loads(shown.stdout)["classification"] in ("cat", "dog")
     assert_one_line_error(pawlab("train", src, "--backbone", "vgg99"), "unknown backbone", "vgg99")
     # inference options: test-time augmentation and precision
-    evaluated = pawlab("evaluate", model, src, "--tta", "-q", "--workers", 1)
+    evaluated = pawlab("evaluate", model, src, "--tta", "-q", "--workers", 1, "--compile", "off")
     assert evaluated.returncode == 0, evaluated.stderr
     assert "test-time augmentation" in evaluated.stdout and "accuracy" in evaluated.stdout
     assert "top_losses:" in evaluated.stdout and (tmp_path / "m-eval" / "top_losses.png").is_file()
@@ -356,6 +359,7 @@ def test_transfer_learning_from_the_command_line(tmp_path: Path) -> None:
     assert_one_line_error(
         pawlab("predict", model, image, "--precision", "nonsense"), "--precision", "nonsense"
     )
+    assert_one_line_error(pawlab("predict", model, image, "--compile", "maybe"), "--compile", "maybe")
 
 
 def test_weights_flag_needs_a_backbone_and_a_backbone_without_weights_needs_it(tmp_path: Path) -> None:
@@ -366,6 +370,12 @@ def test_weights_flag_needs_a_backbone_and_a_backbone_without_weights_needs_it(t
     work.mkdir()
     assert_one_line_error(
         pawlab("train", src, "--weights", weights, "--epochs", 1, cwd=work), "--weights", "--backbone"
+    )
+    assert_one_line_error(pawlab("train", src, "--fine-tune", cwd=work), "--fine-tune", "--backbone")
+    assert_one_line_error(
+        pawlab("train", src, "--backbone", "efficientnet_lite0", "--freeze", "--fine-tune", cwd=work),
+        "--fine-tune",
+        "--freeze",
     )
     no_weights = pawlab(
         "train", src, "--backbone", "resnet18", "--size", 32, "--epochs", 1, "-q", "--workers", 1, cwd=work

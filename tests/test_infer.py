@@ -10,9 +10,13 @@ import torch.nn.functional as F
 from pawlab._infer import (
     AGREE_MAX_PROB_DIFF,
     AGREE_SAME_CLASS,
+    GUARD_MAX,
+    MAX_RERUN,
     TTA_VIEWS,
     VIEWS,
+    Compiled,
     check_agreement,
+    choose_guard,
     predict_outputs,
     to_inputs,
     view,
@@ -21,7 +25,17 @@ from pawlab.preprocessing import Preprocessing
 
 CPU = torch.device("cpu")
 PRE = Preprocessing(size=(12, 12))
-AGREEMENT_KEYS = {"precision", "images", "same_class", "max_prob_diff", "ok"}
+AGREEMENT_KEYS = {
+    "precision",
+    "images",
+    "calibration_images",
+    "guard",
+    "rerun",
+    "same_class",
+    "max_prob_diff",
+    "unguarded_max_prob_diff",
+    "ok",
+}
 
 
 def tiny_net(classes: int = 3) -> torch.nn.Module:
@@ -103,14 +117,54 @@ def test_predict_outputs_with_tta_averages_probabilities() -> None:
     assert not torch.allclose(plain, probs, atol=1e-6)  # the other views count
 
 
+def test_guarded_bf16_runs_unsure_images_again_in_fp32() -> None:
+    net, batch = tiny_net(), images(16)
+    exact = predict_outputs(net, batch, PRE, CPU, softmax=True)
+    fast = predict_outputs(net, batch, PRE, CPU, softmax=True, bf16=True)
+    # guard 0: every image is unsure, so all probabilities are fp32's
+    assert torch.allclose(
+        predict_outputs(net, batch, PRE, CPU, softmax=True, bf16=True, guard=0.0), exact, atol=1e-6
+    )
+    # guard 1: none is, so they are bf16's
+    assert torch.equal(predict_outputs(net, batch, PRE, CPU, softmax=True, bf16=True, guard=1.0), fast)
+    # in between: fp32's exactly where bf16's top class is below 1 - guard
+    guard = float((1 - fast.amax(1)).median())
+    mixed = predict_outputs(net, batch, PRE, CPU, softmax=True, bf16=True, guard=guard)
+    unsure = (1 - fast.amax(1)) > guard
+    assert 0 < int(unsure.sum()) < len(batch)
+    assert torch.allclose(mixed[unsure], exact[unsure], atol=1e-6)
+    assert torch.equal(mixed[~unsure], fast[~unsure])
+
+
+def test_choose_guard_keeps_bf16_where_it_stays_close() -> None:
+    unsure = torch.tensor([0.001, 0.002, 0.004, 0.008, 0.016, 0.032])
+    # differences grow with doubt; the limit is half the allowed difference
+    diff = torch.tensor([0.0001, 0.0002, 0.001, 0.003, 0.007, 0.02])
+    assert choose_guard(unsure, diff) == pytest.approx(0.008)  # 0.007 > 0.005 at 0.016
+    assert choose_guard(unsure, diff, limit=0.01) == pytest.approx(0.016)
+    # order does not matter; a changed class (inf) stops the guard below it
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    assert choose_guard(unsure[perm], diff[perm]) == pytest.approx(0.008)
+    diff[2] = float("inf")
+    assert choose_guard(unsure, diff) == pytest.approx(0.002)
+    # all fine: the largest guard allowed; none fine: every image runs again in fp32
+    assert choose_guard(unsure, torch.zeros(6)) == GUARD_MAX
+    assert choose_guard(unsure, torch.ones(6)) == 0.0
+
+
 def _check(result: dict[str, object], n: int) -> None:
-    assert set(result) >= AGREEMENT_KEYS
+    assert set(result) == AGREEMENT_KEYS
     assert result["precision"] == "bf16"
     same, diff, seen = result["same_class"], result["max_prob_diff"], result["images"]
     assert isinstance(same, float) and isinstance(diff, float) and isinstance(seen, int)
-    assert 0.0 <= same <= 1.0 and 0.0 <= diff <= 1.0 and 0 < seen <= n
+    assert 0.0 <= same <= 1.0 and 0.0 <= diff <= 1.0
+    # the guard is chosen on the first half, agreement measured on the rest
+    assert seen + result["calibration_images"] == n and seen == n // 2  # type: ignore[operator]
+    assert 0 <= result["guard"] <= GUARD_MAX  # type: ignore[operator]
+    assert diff <= result["unguarded_max_prob_diff"] + 1e-6  # type: ignore[operator]
     if result["ok"]:
-        assert diff <= AGREE_MAX_PROB_DIFF and same >= AGREE_SAME_CLASS and seen == n
+        assert diff <= AGREE_MAX_PROB_DIFF and same >= AGREE_SAME_CLASS
+        assert result["rerun"] <= MAX_RERUN  # type: ignore[operator]
 
 
 def test_check_agreement_of_a_tiny_network() -> None:
@@ -118,17 +172,55 @@ def test_check_agreement_of_a_tiny_network() -> None:
     result = check_agreement(net, batch, PRE, CPU)
     _check(result, 20)
     assert result["ok"] == (
-        result["same_class"] >= AGREE_SAME_CLASS and result["max_prob_diff"] <= AGREE_MAX_PROB_DIFF
+        result["same_class"] >= AGREE_SAME_CLASS
+        and result["max_prob_diff"] <= AGREE_MAX_PROB_DIFF
+        and result["rerun"] <= MAX_RERUN
     )
 
 
-def test_check_agreement_against_given_probabilities() -> None:
+def test_check_agreement_against_given_logits() -> None:
     net, batch = tiny_net(), images(20)
-    fp32 = predict_outputs(net, batch, PRE, CPU, softmax=True)
+    fp32 = predict_outputs(net, batch, PRE, CPU)
     assert check_agreement(net, batch, PRE, CPU, fp32) == check_agreement(net, batch, PRE, CPU)
-    # fp32 probabilities that bf16 cannot match: every class differs
-    wrong = F.one_hot((fp32.argmax(1) + 1) % 3, 3).float()
+    # fp32 outputs that bf16 cannot match: every class differs, confidently
+    wrong = 20 * F.one_hot((fp32.argmax(1) + 1) % 3, 3).float()
     result = check_agreement(net, batch, PRE, CPU, wrong)
     _check(result, 20)
     assert result["ok"] is False
-    assert result["same_class"] == 0.0 and result["max_prob_diff"] > 0.5
+    # every image would run again in fp32: it agrees, but fp32 alone is faster
+    assert result["guard"] == 0.0 and result["rerun"] == 1.0 and result["max_prob_diff"] < 1e-6
+    assert result["unguarded_max_prob_diff"] > 0.5
+    # an image with no room to be checked on is not agreement
+    assert check_agreement(net, batch[:1], PRE, CPU)["ok"] is False
+
+
+def test_compiled_pads_the_last_batch_and_matches_eager(capsys: pytest.CaptureFixture[str]) -> None:
+    net, batch = tiny_net().eval(), images(10)
+    eager = predict_outputs(net, batch, PRE, CPU, batch_size=4)
+    compiled = Compiled(net, 4)
+    calls: list[int] = []
+    fn = compiled.fn
+    compiled.fn = lambda x: (calls.append(len(x)), fn(x))[1]
+    out = predict_outputs(net, batch, PRE, CPU, batch_size=4, forward=compiled)
+    assert calls == [4, 4, 4]  # 4 + 4 + 2 padded to 4: one shape, one graph
+    assert out.shape == (10, 3)
+    if compiled.failed is None:
+        assert torch.allclose(out, eager, atol=1e-4)
+    else:  # no C++ compiler here: it ran eagerly and said so once
+        assert torch.allclose(out, eager, atol=1e-6)
+        assert capsys.readouterr().err.count("torch.compile failed") == 1
+
+
+def test_compiled_falls_back_to_eager_when_compiling_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    net, batch = tiny_net().eval(), images(6)
+    compiled = Compiled(net, 4)
+
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    compiled.fn = broken
+    out = predict_outputs(net, batch, PRE, CPU, batch_size=4, forward=compiled)
+    assert torch.allclose(out, predict_outputs(net, batch, PRE, CPU), atol=1e-6)
+    assert compiled.failed == "RuntimeError: no C++ compiler found"
+    err = capsys.readouterr().err
+    assert err.count("torch.compile failed (RuntimeError: no C++ compiler found); running uncompiled") == 1

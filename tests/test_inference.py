@@ -317,6 +317,22 @@ def test_inference_precision(transfer: tuple[Path, Path]) -> None:
     assert auto.bf16 == (agreed and use_bf16("auto", auto.device))
     with pytest.raises(ConfigError, match="precision"):
         load_model(model_path, precision="nonsense")
+    # guarded bf16: the guard recorded by training's agreement check, used only with bf16
+    record = auto.meta.get("inference", {})
+    assert auto.guard == (record["guard"] if auto.bf16 else None)
+    assert load_model(model_path, precision="fp32").guard is None
+    # compiling: on asks for it; auto only for long jobs; off never
+    with pytest.raises(ConfigError, match="compile"):
+        load_model(model_path, compile="nonsense")
+    for mode, images, compiled in (
+        ("auto", 10, False),
+        ("auto", 100_000, True),
+        ("on", 1, True),
+        ("off", 10**6, False),
+    ):
+        m = load_model(model_path, compile=mode)
+        m.prepare_for(images)
+        assert (m._compiled is not None) is compiled, (mode, images)
     image = src / "dog" / "dog.1.jpg"
     fast = load_model(model_path, precision="bf16").predict(image).probabilities
     exact = load_model(model_path, precision="fp32").predict(image).probabilities

@@ -537,3 +537,79 @@ def test_resume_of_a_frozen_backbone_run_reuses_its_cached_features(
     monkeypatch.setattr(_features, "_compute", no_compute)
     resume(tmp_path / "m-run", epochs=2, workers=1, stream=io.StringIO())
     assert checkpoint.load(tmp_path / "m-run" / "last.safetensors").meta["training"]["epoch"] == 2
+
+
+def test_fine_tune_unfreezes_the_backbone_after_the_head(tmp_path: Path) -> None:
+    from pawlab.backbones import load_backbone
+
+    src = write_tree(tmp_path / "src", {"cat": 6, "dog": 6})
+    out = tmp_path / "m.safetensors"
+    config = TrainConfig(epochs=2, fine_tune_epochs=1, optimizer="adamw", lr=1e-3, progress=False)
+    result, log = _transfer(src, out, config)
+    # two epochs of the head on cached features, then one of the whole network, one history
+    assert HEAD_LOG in log and "fine-tuning the whole network from epoch 3" in log
+    assert "lr 0.0005 (/100 for the first layers)" in log
+    assert [int(m["epoch"]) for m in result.history] == [1, 2, 3]
+    lines = (tmp_path / "m-run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    # the run's state is the fine-tuning phase's: resumable as it is
+    last = checkpoint.load(tmp_path / "m-run" / "last.safetensors")
+    backbone = last.meta["architecture"][1]
+    assert backbone["type"] == "backbone" and backbone["frozen"] is False
+    tuned = TrainConfig.from_json(last.meta["training"]["config"])
+    assert (tuned.epochs, tuned.schedule_start, tuned.fine_tune_epochs) == (3, 2, 0)
+    assert tuned.lr == pytest.approx(5e-4) and tuned.lr_spread == 100.0
+    # the backbone itself was trained in the last epoch
+    pretrained = load_backbone("efficientnet_lite0", None)[0].state_dict()
+    key = "_conv_stem.weight"
+    assert not torch.equal(last.model_state["body.0.net." + key], pretrained[key])
+    # the saved model is the best epoch, whichever phase it came from
+    best = checkpoint.load(out)
+    assert best.meta["metrics"]["epoch"] == result.best["epoch"]
+    assert best.meta["architecture"][1]["frozen"] is (result.best["epoch"] <= 2)
+
+
+def test_fine_tune_needs_a_frozen_backbone(tree: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="fine_tune_epochs: needs a frozen pretrained backbone"):
+        train(tree, tmp_path / "m.safetensors", "small-cnn", FAST.with_(fine_tune_epochs=1))
+
+
+def test_discriminative_learning_rates_over_backbone_stages() -> None:
+    from pawlab.models import build, transfer_architecture
+    from pawlab.training import param_groups
+
+    net = build(transfer_architecture("efficientnet_lite0", size=32, frozen=False), 2, pretrained=False)
+    cfg = TrainConfig(optimizer="adamw", lr=1e-3, lr_spread=100.0, epochs=2)
+    groups = param_groups(net, cfg)
+    scales = [g["lr_scale"] for g in groups]
+    # input side first at lr / 100, the head last at lr, geometric in between
+    assert scales[0] == pytest.approx(0.01) and scales[-1] == pytest.approx(1.0)
+    assert scales == sorted(scales) and len(groups) >= 3
+    ratios = [b / a for a, b in zip(scales[:-1], scales[1:], strict=True)]
+    assert ratios == pytest.approx([ratios[0]] * len(ratios))
+    # every trainable parameter exactly once; the head's in the last group
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == sum(1 for p in net.parameters() if p.requires_grad)
+    assert {id(p) for p in net.body[-1].parameters()} <= {id(p) for p in groups[-1]["params"]}
+    # one rate for all without a spread, and for a frozen backbone (the head alone)
+    assert [g["lr_scale"] for g in param_groups(net, cfg.with_(lr_spread=1.0))] == [1.0]
+    frozen = build(transfer_architecture("efficientnet_lite0", size=32), 2, pretrained=False)
+    assert [g["lr_scale"] for g in param_groups(frozen, cfg)] == [1.0]
+    # the schedule sets each group's rate at its scale
+    for config in (cfg, cfg.with_(schedule="one-cycle")):
+        opt = torch.optim.AdamW(groups, lr=1.0)
+        factor = lr_factor(config, 3, 10)
+        for g in opt.param_groups:
+            g["lr"] = config.learning_rate * factor * g["lr_scale"]
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3 * factor * s for s in scales])
+
+
+def test_schedule_start_begins_a_new_schedule() -> None:
+    cfg = TrainConfig(epochs=5, schedule="one-cycle")
+    later = cfg.with_(epochs=8, schedule_start=5)
+    for step in range(0, 30, 7):  # 10 steps an epoch: epochs 6-8 follow the same curve over 3 epochs
+        assert lr_factor(later, 50 + step, 10) == pytest.approx(lr_factor(cfg.with_(epochs=3), step, 10))
+    with pytest.raises(ConfigError, match="schedule_start"):
+        TrainConfig(epochs=3, schedule_start=3)
+    with pytest.raises(ConfigError, match="lr_spread"):
+        TrainConfig(lr_spread=0.5)
