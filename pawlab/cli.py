@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -90,8 +91,6 @@ def _train_config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
 
 def _distributed_setup(device: str = "auto") -> None:
     """Under torchrun: join the process group (gloo on CPU, nccl on CUDA)."""
-    import os
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch
         import torch.distributed as dist
@@ -119,6 +118,7 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="torch.compile the network: auto (jobs of 2,000 images or more), on or off",
     )
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
 
 
 def _quiet(p: argparse.ArgumentParser) -> None:
@@ -394,7 +394,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pawlab.inference import load_model
 
-    model = load_model(args.model, precision=args.precision, compile=args.compile)
+    model = load_model(args.model, args.device, args.precision, args.compile)
     for path in args.images:
         pred = model.predict(path, tta=args.tta)
         if args.json:
@@ -409,7 +409,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pawlab.inference import evaluate, load_model
 
     report = evaluate(
-        load_model(args.model, precision=args.precision, compile=args.compile),
+        load_model(args.model, args.device, args.precision, args.compile),
         args.data,
         report_dir=args.report_dir,
         workers=args.workers,
@@ -421,10 +421,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    """Under torchrun, ranks predict shards and rank 0 merges them and reports."""
     from pawlab.inference import load_model, submit
 
+    _distributed_setup(args.device)
     r = submit(
-        load_model(args.model, precision=args.precision, compile=args.compile),
+        load_model(args.model, args.device, args.precision, args.compile),
         args.test,
         args.out,
         hard=args.hard,
@@ -433,6 +435,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         tta=args.tta,
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 reports for all
     resumed = f" ({r.resumed} already there, resumed)" if r.resumed else ""
     print(f"wrote {r.written} rows to {r.path}{resumed}: {r.rows} in all, {r.seconds:.1f}s")
     for s in r.failed:

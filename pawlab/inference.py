@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
@@ -16,6 +17,7 @@ from typing import Any, TextIO
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
@@ -378,21 +380,50 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _existing_rows(path: Path) -> set[int]:
-    """Ids already in a (possibly interrupted) submission; a torn last line is cut off."""
+def _read_rows(path: Path, header: bool) -> dict[int, str]:
+    """id -> its whole row (with its newline) in a submission or a shard's part file, which
+    may have been interrupted: a torn last line is cut off the file."""
     if not path.exists():
-        return set()
+        return {}
     raw = path.read_bytes()
-    if not raw.startswith(b"id,label\n"):
-        raise DataError(f"{path}: exists and is not a submission file (delete it to start over)")
+    start = 0
+    if header:
+        if not raw.startswith(b"id,label\n"):
+            raise DataError(f"{path}: exists and is not a submission file (delete it to start over)")
+        start = 9
     cut = raw.rfind(b"\n") + 1
     if cut < len(raw):
         with open(path, "r+b") as fh:
             fh.truncate(cut)
-    ids = set()
-    for line in raw[9:cut].decode().splitlines():
-        ids.add(int(line.split(",", 1)[0]))
-    return ids
+    rows = {}
+    for line in raw[start:cut].decode().splitlines():
+        rows[int(line.split(",", 1)[0])] = line + "\n"
+    return rows
+
+
+def _part_files(out: Path) -> list[Path]:
+    """Shards' rows under torchrun: ``<out>.part-<rank>``, merged into ``out`` at the end."""
+    return sorted(out.parent.glob(f"{glob.escape(out.name)}.part-*"))
+
+
+def _merge_parts(out: Path) -> None:
+    """The submission and its shards' part files -> one file in id order (atomically)."""
+    parts = _part_files(out)
+    if not parts:
+        return
+    rows = _read_rows(out, header=True)
+    for part in parts:
+        rows.update(_read_rows(part, header=False))
+    atomic_write_text(out, "id,label\n" + "".join(rows[i] for i in sorted(rows)))
+    for part in parts:
+        part.unlink()
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size): several under torchrun, once the process group is set up."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def submit(
@@ -414,7 +445,8 @@ def submit(
     name. Rows are appended in id order, a batch at a time: an interrupted run, started
     again with the same model, test set and labels, keeps the rows already written and does
     the rest (``<out>.pawlab-job.json`` records the job until it is complete); any other run
-    writes the file afresh.
+    writes the file afresh. Under torchrun, each rank takes every N-th image and appends to
+    ``<out>.part-<rank>``; rank 0 merges the parts into ``out`` in id order at the end.
     """
     start = time.perf_counter()
     m = model if isinstance(model, Model) else load_model(model)
@@ -435,6 +467,7 @@ def submit(
         same = [n for i, n in numbered if i == min(repeated)]
         raise DataError(f"{source.path}: several images share the id {min(repeated)}: {', '.join(same)}")
     out_path = Path(out)
+    rank, world = _world()
     # The rows already in the file are kept only if this very job wrote them: same model file,
     # same test source, same labels. The job's identity lives beside the file until it is done.
     job = {
@@ -446,14 +479,24 @@ def submit(
     }
     sidecar = out_path.with_name(out_path.name + ".pawlab-job.json")
     resumable = sidecar.exists() and _read_json(sidecar) == job
-    done = _existing_rows(out_path) if resumable else set()
-    todo = [(i, n) for i, n in numbered if i not in done]
-    if not resumable:
-        if out_path.exists() and not out_path.read_bytes()[:9] == b"id,label\n":
-            raise DataError(f"{out_path}: exists and is not a submission file (delete it to start over)")
+    if not resumable and out_path.exists() and not out_path.read_bytes()[:9] == b"id,label\n":
+        raise DataError(f"{out_path}: exists and is not a submission file (delete it to start over)")
+    if rank == 0 and not resumable:
         out_path.parent.mkdir(parents=True, exist_ok=True)
+        for part in _part_files(out_path):
+            part.unlink()
         atomic_write_text(sidecar, json.dumps(job))
         atomic_write_text(out_path, "id,label\n")
+    if world > 1:
+        dist.barrier()  # rank 0 has started the job afresh, or not
+    # rows already written: in the file, and in shards' part files of an interrupted torchrun
+    done = set(_read_rows(out_path, header=True)) if resumable else set()
+    if resumable:
+        for part in _part_files(out_path):
+            done |= set(_read_rows(part, header=False))
+    if world > 1:
+        dist.barrier()  # every rank has read them before any appends
+    todo = [(i, n) for i, n in numbered if i not in done][rank::world]  # this rank's shard
     binary = len(m.classes) == 2
     failed: list[Skipped] = []
     pre = m.preprocessing
@@ -461,9 +504,17 @@ def submit(
     tasks = decode_tasks(source, [n for _, n in todo], pre.size, pre.channels, pre.resize)
     # decoding runs ahead in worker processes while the network computes; half the cores for
     # them (decoding costs a fraction of a forward pass; more would take the network's cores)
-    results = parallel_map(decode_task, tasks, workers=workers or max(1, default_workers() // 2))
-    bar = tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress or None, file=sys.stderr)
-    fd = os.open(out_path, os.O_WRONLY | os.O_APPEND)
+    results = parallel_map(decode_task, tasks, workers=workers or max(1, default_workers() // 2 // world))
+    bar = tqdm(
+        total=len(todo),
+        desc="predicting" if world == 1 else f"predicting (rank 0 of {world})",
+        unit="img",
+        disable=not progress or rank != 0 or None,
+        file=sys.stderr,
+    )
+    # one process appends to the submission itself; under torchrun each rank to its part file
+    target = out_path if world == 1 else out_path.with_name(f"{out_path.name}.part-{rank}")
+    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     written = 0
     try:
         for chunk in _chunks(zip(todo, results, strict=True), batch_size):
@@ -481,7 +532,16 @@ def submit(
     finally:
         os.close(fd)
         bar.close()
-    sidecar.unlink()  # complete: a later run starts afresh
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, (written, failed))
+        written = sum(w for w, _ in gathered)
+        failed = [f for _, fs in gathered for f in fs]
+    if rank == 0:
+        _merge_parts(out_path)  # shards (this run's, or an interrupted one's) into id order
+        sidecar.unlink()  # complete: a later run starts afresh
+    if world > 1:
+        dist.barrier()  # the file is complete when any rank returns
     return SubmitReport(
         out_path, len(done) + written, written, len(done), skipped, failed, time.perf_counter() - start
     )

@@ -337,3 +337,77 @@ def test_inference_precision(transfer: tuple[Path, Path]) -> None:
     fast = load_model(model_path, precision="bf16").predict(image).probabilities
     exact = load_model(model_path, precision="fp32").predict(image).probabilities
     assert fast == pytest.approx(exact, abs=0.05)
+
+
+def test_submit_under_torchrun_merges_the_shards_in_id_order(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Two CPU ranks started as torchrun starts them (RANK, WORLD_SIZE, MASTER_*)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_training import ROOT, _free_port
+
+    test = _test_set(tmp_path / "test")
+    full = tmp_path / "full.csv"
+    submit(trained[1], test, full, workers=1, progress=False)
+    out = tmp_path / "sub.csv"
+    base = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }
+    cmd = [sys.executable, "-m", "pawlab", "submit", str(trained[1]), str(test), "--out", str(out)]
+    procs = [
+        subprocess.Popen(
+            [*cmd, "-q", "--workers", "1", "--device", "cpu", "--batch-size", "3"],
+            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        outputs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert out.read_text() == full.read_text()  # every row once, in id order, as one process writes
+    assert "wrote 12 rows" in outputs[0][0] and outputs[1][0] == ""  # rank 0 reports for both
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("sub.csv")) == ["sub.csv"]
+
+
+def test_submit_resumes_the_shards_of_an_interrupted_torchrun(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    test = _test_set(tmp_path / "test")
+    full = tmp_path / "full.csv"
+    submit(trained[1], test, full, workers=1, progress=False)
+    rows = dict(_rows(full))
+    # an interrupted job: its record, the first rows in the file, and two ranks' part files
+    model = load_model(trained[1])
+    real = model.predict_proba
+
+    def killed_after_a_batch(images: np.ndarray, batch_size: int = 128, tta: bool = False) -> np.ndarray:
+        if killed_after_a_batch.calls:  # type: ignore[attr-defined]
+            raise KeyboardInterrupt
+        killed_after_a_batch.calls += 1  # type: ignore[attr-defined]
+        return real(images, batch_size, tta)
+
+    killed_after_a_batch.calls = 0  # type: ignore[attr-defined]
+    model.predict_proba = killed_after_a_batch  # type: ignore[method-assign]
+    out = tmp_path / "sub.csv"
+    with pytest.raises(KeyboardInterrupt):
+        submit(model, test, out, batch_size=4, workers=1, progress=False)
+    (tmp_path / "sub.csv.part-0").write_text(f"7,{rows[7]}\n9,{rows[9]}\n")
+    (tmp_path / "sub.csv.part-1").write_text(f"8,{rows[8]}\n10,0.3")  # a torn last row
+    report = submit(trained[1], test, out, batch_size=4, workers=1, progress=False)
+    assert report.resumed == 4 + 3 and report.written == 12 - 7
+    assert out.read_text() == full.read_text()
+    assert not list(tmp_path.glob("sub.csv.*"))  # parts merged, job record gone
