@@ -107,7 +107,8 @@ def main() -> None:
     print(f"{n} JPEGs, EfficientNet-Lite0 at {SIZE}x{SIZE}, {torch.get_num_threads()} threads", flush=True)
     if record:
         print(
-            f"model file's agreement record: guarded bf16 {'agrees' if record.get('ok') else 'does not agree'}"
+            f"model file's agreement record: guarded bf16 "
+            f"{'agrees' if record.get('ok') else 'does not agree'}"
             f" with fp32 on {record.get('images')} validation photos (guard {record.get('guard', 0):.4f}, "
             f"{record.get('rerun', 0):.1%} run again in fp32, largest probability difference "
             f"{record.get('max_prob_diff', 0):.4f}; {record.get('unguarded_max_prob_diff', 0):.4f} unguarded)"
@@ -137,7 +138,8 @@ def main() -> None:
     same = float(np.mean((fast_rows[:, 1] >= 0.5) == (exact_rows[:, 1] >= 0.5)))
     diff = float(np.abs(fast_rows[:, 1] - exact_rows[:, 1]).max())
     print(
-        f"  defaults vs pawlab fp32 on these {n}: same class {same:.2%}, largest probability difference {diff:.4f}"
+        f"  defaults vs pawlab fp32 on these {n}: same class {same:.2%}, "
+        f"largest probability difference {diff:.4f}"
     )
     same = float(np.mean((exact_rows[:, 1] >= 0.5) == (plain_probs[:, 1] >= 0.5)))
     diff = float(np.abs(np.clip(plain_probs[:, 1], 0.005, 0.995) - exact_rows[:, 1]).max())
