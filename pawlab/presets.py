@@ -25,12 +25,14 @@ class Preset:
 
 PRESETS: Registry[Preset] = Registry("preset")
 
+# Chosen on a split of cats_and_dogs_filtered/train only (1,600 / 400, --val-fraction 0.2):
+# with the pooled stem an epoch costs about a third of small-resnet's, and 180 epochs beat 70.
 PRESETS.register("cats-dogs-scratch")(
     Preset(
-        arch="small-resnet",
+        arch="pooled-resnet",
         size=64,
         config=TrainConfig(
-            epochs=70,
+            epochs=180,
             optimizer="adamw",
             lr=2e-3,
             weight_decay=0.05,
@@ -39,8 +41,8 @@ PRESETS.register("cats-dogs-scratch")(
             batch_size=64,
             augment=AugmentConfig(crop=0.35, flip=True, rotate=10, jitter=0.2),
         ),
-        description="a small residual net from scratch at 64x64 with strong augmentation "
-        "(about 18 minutes on 2 CPU cores for 2,000 images)",
+        description="a small residual net with a pooled stem, from scratch at 64x64 with strong "
+        "augmentation, 180 epochs",
     )
 )
 
