@@ -68,7 +68,9 @@ def plain_loop(net: torch.nn.Module, files: list[Path]) -> tuple[float, np.ndarr
 
 
 def timed_submit(model: Model, test: Path, out: Path) -> tuple[float, np.ndarray]:
-    """(seconds, the CSV's rows (N, 2)) of one in-process `pawlab.submit`."""
+    """(seconds, the CSV's rows (N, 2)) of one in-process `pawlab.submit`, from scratch."""
+    out.unlink(missing_ok=True)
+    out.with_name(out.name + ".pawlab-job.json").unlink(missing_ok=True)  # never a resumed job
     t0 = time.perf_counter()
     submit(model, test, out, progress=False)
     return time.perf_counter() - t0, np.loadtxt(out, delimiter=",", skiprows=1, ndmin=2)
@@ -152,6 +154,7 @@ def main() -> None:
         big = build_set(work / f"test-{args.submission}", args.submission, numbered=True)
         out = work / "submission-full.csv"
         out.unlink(missing_ok=True)
+        out.with_name(out.name + ".pawlab-job.json").unlink(missing_ok=True)
         t0 = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "pawlab", "submit", str(model_path), str(big), "--out", str(out), "-q"],

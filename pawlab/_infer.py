@@ -173,12 +173,15 @@ def choose_guard(unsure: torch.Tensor, diff: torch.Tensor, limit: float = AGREE_
     probability difference from fp32 (``inf`` where the class changed). Images at most
     ``guard`` unsure keep bf16; the others are run again in fp32. Half the allowed
     difference by default, a margin for images other than these."""
-    order = torch.argsort(unsure)
+    order = torch.argsort(unsure, stable=True)
     worst = torch.cummax(diff[order], 0).values  # (N,) worst difference kept up to each image
     fits = int((worst <= limit).sum())  # a prefix: the cumulative maximum only grows
     if fits == len(unsure):
         return GUARD_MAX
-    return min(GUARD_MAX, float(unsure[order[fits - 1]])) if fits else 0.0
+    # strictly below the first image that does not fit: images tied with it run again too
+    below = unsure[order[:fits]]
+    below = below[below < unsure[order[fits]]]
+    return min(GUARD_MAX, float(below.max())) if len(below) else 0.0
 
 
 def check_agreement(
@@ -189,11 +192,11 @@ def check_agreement(
     fp32_logits: torch.Tensor | None = None,
     batch_size: int = INFER_BATCH,
 ) -> dict[str, Any]:
-    """Guarded bf16 against fp32 on real images. The guard is chosen on the first half of
-    ``images`` (`choose_guard`); agreement is measured on the other half, images the guard was
-    not chosen on: the share predicting the same class, the largest probability difference
-    and the share run again in fp32. ``ok`` when both are within the limits and at most
-    `MAX_RERUN` of the images run twice (otherwise fp32 alone is faster)."""
+    """Guarded bf16 against fp32 on real images. The guard is chosen on every other image
+    (`choose_guard`); agreement is measured on the rest, images the guard was not chosen on:
+    the share predicting the same class, the largest probability difference and the share run
+    again in fp32. ``ok`` when both are within the limits and at most `MAX_RERUN` of the
+    images run twice (otherwise fp32 alone is faster)."""
     n = len(images)
     ref = fp32_logits if fp32_logits is not None else predict_outputs(module, images, pre, device, batch_size)
     p_ref = F.softmax(ref, 1)
@@ -201,13 +204,13 @@ def check_agreement(
     unsure = 1 - p_fast.amax(1)  # (N,)
     diff = (p_fast - p_ref).abs().amax(1)
     diff[p_fast.argmax(1) != p_ref.argmax(1)] = math.inf
-    half = (n + 1) // 2
-    guard = choose_guard(unsure[:half], diff[:half])
-    rerun = unsure[half:] > guard  # these images get their fp32 probabilities
-    guarded = torch.where(rerun[:, None], p_ref[half:], p_fast[half:])
-    held = n - half
-    same = float((guarded.argmax(1) == p_ref[half:].argmax(1)).float().mean()) if held else 0.0
-    worst = float((guarded - p_ref[half:]).abs().max()) if held else 1.0
+    calib, check = slice(0, None, 2), slice(1, None, 2)  # interleaved: both see every class
+    guard = choose_guard(unsure[calib], diff[calib])
+    rerun = unsure[check] > guard  # these images get their fp32 probabilities
+    guarded = torch.where(rerun[:, None], p_ref[check], p_fast[check])
+    held, half = n // 2, n - n // 2
+    same = float((guarded.argmax(1) == p_ref[check].argmax(1)).float().mean()) if held else 0.0
+    worst = float((guarded - p_ref[check]).abs().max()) if held else 1.0
     return {
         "precision": "bf16",
         "images": held,

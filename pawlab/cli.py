@@ -177,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
         "lower learning rates for earlier layers (fastai's fine_tune)",
     )
     p.add_argument(
-        "--fine-tune-epochs", type=int, default=1, help="epochs with the backbone unfrozen (default 1)"
+        "--fine-tune-epochs",
+        type=_positive_int,
+        default=None,
+        help="with --fine-tune: epochs with the backbone unfrozen (default 1)",
     )
     p.add_argument(
         "--weights",
@@ -321,11 +324,13 @@ def _recipe(args: argparse.Namespace) -> tuple[Any, TrainConfig, int | None]:
         given, defaults = _train_config(args), _train_config(build_parser().parse_args(["train"]))
         changed = {f.name: getattr(given, f.name) for f in fields(TrainConfig)}
         changed = {k: v for k, v in changed.items() if v != getattr(defaults, k)}
+        if args.fine_tune_epochs is not None and not args.fine_tune:
+            raise ConfigError("--fine-tune-epochs needs --fine-tune")
         if args.fine_tune:
-            changed["fine_tune_epochs"] = args.fine_tune_epochs
+            changed["fine_tune_epochs"] = args.fine_tune_epochs or 1
         spec = transfer_architecture(args.backbone, weights=args.weights)
         return spec, TRANSFER.with_(**changed), args.size
-    for flag in ("weights", "fine_tune", "freeze"):
+    for flag in ("weights", "fine_tune", "freeze", "fine_tune_epochs"):
         if getattr(args, flag) not in (None, False):
             raise ConfigError(f"--{flag.replace('_', '-')} needs --backbone NAME")
     arch: Any = load_arch_file(args.arch_file) if args.arch_file else (args.arch or "cortex-cnn")

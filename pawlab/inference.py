@@ -69,7 +69,8 @@ class Model:
         self.bf16 = self._use_bf16(precision)
         # images whose bf16 top-class probability is below 1 - guard are run again in fp32
         record = meta.get("inference", {})
-        self.guard: float | None = float(record["guard"]) if self.bf16 and "guard" in record else None
+        agreed = bool(record.get("ok")) and "guard" in record
+        self.guard: float | None = float(record["guard"]) if self.bf16 and agreed else None
         if compile not in ("auto", "on", "off"):
             raise ConfigError(f"compile: must be auto, on or off, got {compile!r}")
         self.compile = compile
@@ -78,7 +79,7 @@ class Model:
     def _use_bf16(self, precision: str) -> bool:
         """``auto``: bf16 only where the hardware runs it fast and training recorded that
         this model's guarded bf16 predictions agree with fp32 (`pawlab._infer.check_agreement`);
-        ``bf16``: bf16 regardless (with the recorded guard, if any)."""
+        ``bf16``: bf16 regardless (guarded where the check agreed)."""
         if precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision: must be auto, fp32 or bf16, got {precision!r}")
         if precision != "auto":
@@ -182,6 +183,7 @@ class Model:
 
     def predict(self, image: ImageLike, tta: bool = False) -> Prediction:
         """One image (path, bytes, PIL image or uint8 array) -> its probability map."""
+        self.prepare_for(len(TTA_VIEWS) if tta else 1)
         probs = self.predict_proba(self._load_image(image)[None], tta=tta)[0]
         return self._prediction(probs)
 
@@ -396,9 +398,20 @@ def _read_rows(path: Path, header: bool) -> dict[int, str]:
         with open(path, "r+b") as fh:
             fh.truncate(cut)
     rows = {}
-    for line in raw[start:cut].decode().splitlines():
-        rows[int(line.split(",", 1)[0])] = line + "\n"
+    for n, line in enumerate(raw[start:cut].decode(errors="replace").splitlines(), 1 + bool(header)):
+        head = line.split(",", 1)[0]
+        if not head.isdigit() or "," not in line:
+            raise DataError(f"{path}: line {n} is not an id,label row (delete the file to start over)")
+        rows[int(head)] = line + "\n"
     return rows
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Every byte, or an error: a short write (a full disk) must not leave half a row that the
+    next rows would be appended to."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _part_files(out: Path) -> list[Path]:
@@ -526,7 +539,7 @@ def submit(
             for (i, _), _r in chunk:
                 p = by_id.get(i)
                 rows.append(f"{i},{_label(p, m.classes, binary, hard)}\n")
-            os.write(fd, "".join(rows).encode())  # whole rows in one write
+            _write_all(fd, "".join(rows).encode())  # whole rows
             written += len(rows)
             bar.update(len(chunk))
     finally:

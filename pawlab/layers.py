@@ -225,6 +225,7 @@ class BackboneFeatures(nn.Module):
         self.frozen = frozen
         if frozen:
             self.net.requires_grad_(False)
+        self.net.classifier.requires_grad_(False)  # ImageNet's head: unused, never trained
 
     def train(self, mode: bool = True) -> BackboneFeatures:
         super().train(mode)

@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -83,6 +84,8 @@ class TrainState:
 
 
 def resolve_device(name: str) -> torch.device:
+    if name not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
+        raise ConfigError(f"device: must be auto, cpu or cuda[:N], got {name!r}")
     if name == "auto":
         if dist.is_available() and dist.is_initialized() and torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -333,11 +336,12 @@ class Trainer:
                 dist.all_reduce(buf)
                 buf.div_(self.world_size)
 
-    def val_feature_logits(self, limit: int | None = None) -> torch.Tensor:
-        """fp32 logits (N, classes) of the head on the cached validation features (first ``limit``)."""
+    def val_feature_logits(self, rows: np.ndarray | None = None) -> torch.Tensor:
+        """fp32 logits (N, classes) of the head on the cached validation features (``rows``: some)."""
         self.head.eval()
+        feats_np = self.val_set.images[:, 0] if rows is None else self.val_set.images[rows, 0]
         with torch.inference_mode():
-            feats = torch.from_numpy(self.val_set.images[:limit, 0]).to(self.device)
+            feats = torch.from_numpy(np.ascontiguousarray(feats_np)).to(self.device)
             logits: torch.Tensor = self.head(feats).float().cpu()
         return logits
 
@@ -532,6 +536,7 @@ def train(
         else default_run_dir(out_path, arch if isinstance(arch, str) else "net")
     )
     out_path = out_path or run / "model.safetensors"
+    _check_fine_tune(config, spec)  # before the data is loaded
     pre = preprocessing_for(spec, resize)
     ds = _load_data(data, spec, config, val_fraction, workers, pre.resize)
     torch.manual_seed(config.seed)
@@ -584,6 +589,10 @@ def resume(
     if forever:
         config = config.with_(epochs=None)
     elif epochs is not None:
+        if epochs <= config.schedule_start:
+            raise ConfigError(
+                f"epochs: must be above {config.schedule_start}, the epoch this run's fine-tuning began after"
+            )
         config = config.with_(epochs=epochs)
     spec = ck.meta["architecture"]
     d = t["data"]
@@ -619,6 +628,13 @@ def _unfrozen(spec: Sequence[LayerSpec]) -> list[LayerSpec] | None:
     ]
 
 
+def _check_fine_tune(config: TrainConfig, spec: Sequence[LayerSpec]) -> None:
+    if config.fine_tune_epochs and (_unfrozen(spec) is None or config.epochs is None):
+        raise ConfigError(
+            "fine_tune_epochs: needs a frozen pretrained backbone (--backbone) and a number of epochs"
+        )
+
+
 def _fit_phases(
     network: Network,
     ds: Dataset,
@@ -648,11 +664,14 @@ def _fit_phases(
     config = config.with_(
         epochs=done + config.fine_tune_epochs,
         schedule_start=done,
+        schedule="one-cycle",
         lr=config.learning_rate / 2,
         lr_spread=config.lr_spread if config.lr_spread > 1 else 100.0,
         fine_tune_epochs=0,
     )
     network = build(unfrozen, num_classes=len(ds.classes), pretrained=False)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # rank 0 has written the head's best model
     network.load_state_dict(checkpoint.load(out_path).model_state)  # the head's best epoch
     meta = {**meta, "architecture": unfrozen, "training": {**meta["training"], "config": config.to_json()}}
     second = _fit(network, ds, config, meta, out_path, run, callbacks, stream, None, continue_from=first)
@@ -783,10 +802,12 @@ def _record_agreement(trainer: Trainer, path: Path, val_set: ImageSet) -> None:
     ck = checkpoint.load(path, with_optimizer=True)
     network = trainer.network
     network.load_state_dict(ck.model_state)
-    images = val_set.images[:AGREEMENT_IMAGES]
+    # a seeded sample across the classes (the arrays are in file-name order, often by class)
+    rows = np.sort(np.random.default_rng(0).permutation(len(val_set))[:AGREEMENT_IMAGES])
+    images = val_set.images[rows]
     fp32 = None
     if trainer.head_from is not None:  # fp32 features are cached: only the head runs
-        fp32 = trainer.val_feature_logits(AGREEMENT_IMAGES)
+        fp32 = trainer.val_feature_logits(rows)
     result = check_agreement(network, images, trainer.preprocessing, trainer.device, fp32)
     trainer.log(
         f"bf16 inference {'agrees' if result['ok'] else 'does not agree'} with fp32 on "

@@ -360,6 +360,7 @@ def test_transfer_learning_from_the_command_line(tmp_path: Path) -> None:
         pawlab("predict", model, image, "--precision", "nonsense"), "--precision", "nonsense"
     )
     assert_one_line_error(pawlab("predict", model, image, "--compile", "maybe"), "--compile", "maybe")
+    assert_one_line_error(pawlab("predict", model, image, "--device", "gpu"), "device", "gpu")
 
 
 def test_weights_flag_needs_a_backbone_and_a_backbone_without_weights_needs_it(tmp_path: Path) -> None:
@@ -372,6 +373,11 @@ def test_weights_flag_needs_a_backbone_and_a_backbone_without_weights_needs_it(t
         pawlab("train", src, "--weights", weights, "--epochs", 1, cwd=work), "--weights", "--backbone"
     )
     assert_one_line_error(pawlab("train", src, "--fine-tune", cwd=work), "--fine-tune", "--backbone")
+    assert_one_line_error(
+        pawlab("train", src, "--backbone", "efficientnet_lite0", "--fine-tune-epochs", 2, cwd=work),
+        "--fine-tune-epochs",
+        "--fine-tune",
+    )
     assert_one_line_error(
         pawlab("train", src, "--backbone", "efficientnet_lite0", "--freeze", "--fine-tune", cwd=work),
         "--fine-tune",

@@ -150,6 +150,10 @@ def test_choose_guard_keeps_bf16_where_it_stays_close() -> None:
     # all fine: the largest guard allowed; none fine: every image runs again in fp32
     assert choose_guard(unsure, torch.zeros(6)) == GUARD_MAX
     assert choose_guard(unsure, torch.ones(6)) == 0.0
+    # ties: an image as unsure as the first that does not fit runs again too
+    tied = torch.tensor([0.001, 0.004, 0.004, 0.004, 0.02])
+    assert choose_guard(tied, torch.tensor([0.0, 0.0, 0.009, 0.0, 0.0])) == pytest.approx(0.001)
+    assert choose_guard(tied, torch.tensor([0.0, 0.0, 0.0, 0.0, 0.009])) == pytest.approx(0.004)
 
 
 def _check(result: dict[str, object], n: int) -> None:
@@ -202,9 +206,9 @@ def test_compiled_pads_the_last_batch_and_matches_eager(capsys: pytest.CaptureFi
     fn = compiled.fn
     compiled.fn = lambda x: (calls.append(len(x)), fn(x))[1]
     out = predict_outputs(net, batch, PRE, CPU, batch_size=4, forward=compiled)
-    assert calls == [4, 4, 4]  # 4 + 4 + 2 padded to 4: one shape, one graph
     assert out.shape == (10, 3)
     if compiled.failed is None:
+        assert calls == [4, 4, 4]  # 4 + 4 + 2 padded to 4: one shape, one graph
         assert torch.allclose(out, eager, atol=1e-4)
     else:  # no C++ compiler here: it ran eagerly and said so once
         assert torch.allclose(out, eager, atol=1e-6)

@@ -411,3 +411,28 @@ def test_submit_resumes_the_shards_of_an_interrupted_torchrun(
     assert report.resumed == 4 + 3 and report.written == 12 - 7
     assert out.read_text() == full.read_text()
     assert not list(tmp_path.glob("sub.csv.*"))  # parts merged, job record gone
+
+
+def test_submit_refuses_a_damaged_part_file(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from pawlab.inference import _read_rows
+
+    part = tmp_path / "sub.csv.part-0"
+    part.write_text("3,0.2\nnot a row\n4,0.1\n")
+    with pytest.raises(DataError, match=r"sub.csv.part-0: line 2 is not an id,label row"):
+        _read_rows(part, header=False)
+
+
+def test_rows_are_written_whole_even_by_short_writes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    from pawlab import inference
+
+    real = os.write
+    monkeypatch.setattr(inference.os, "write", lambda fd, data: real(fd, bytes(data[:3])))  # 3 bytes a call
+    path = tmp_path / "rows"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        inference._write_all(fd, b"1,0.25\n2,0.75\n")
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"1,0.25\n2,0.75\n"

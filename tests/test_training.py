@@ -567,6 +567,20 @@ def test_fine_tune_unfreezes_the_backbone_after_the_head(tmp_path: Path) -> None
     best = checkpoint.load(out)
     assert best.meta["metrics"]["epoch"] == result.best["epoch"]
     assert best.meta["architecture"][1]["frozen"] is (result.best["epoch"] <= 2)
+    # each optimizer group ran at its share of the rate: input side lr / 100 ... head lr
+    last = checkpoint.load(tmp_path / "m-run" / "last.safetensors", with_optimizer=True)
+    assert last.optimizer_state is not None
+    groups = last.optimizer_state["param_groups"]
+    assert groups[0]["lr_scale"] == pytest.approx(0.01) and groups[-1]["lr_scale"] == 1.0
+    assert [g["lr"] / g["lr_scale"] for g in groups] == pytest.approx([groups[-1]["lr"]] * len(groups))
+    # the fine-tuning phase resumes as it is, with its groups
+    with pytest.raises(ConfigError, match="epochs: must be above 2"):
+        resume(tmp_path / "m-run", epochs=2, workers=1, stream=io.StringIO())
+    again = resume(tmp_path / "m-run", epochs=4, workers=1, stream=io.StringIO())
+    assert [int(m["epoch"]) for m in again.history] == [1, 2, 3, 4]
+    resumed = checkpoint.load(tmp_path / "m-run" / "last.safetensors", with_optimizer=True)
+    assert resumed.optimizer_state is not None
+    assert [g["lr_scale"] for g in resumed.optimizer_state["param_groups"]] == [g["lr_scale"] for g in groups]
 
 
 def test_fine_tune_needs_a_frozen_backbone(tree: Path, tmp_path: Path) -> None:
