@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from pawlab import checkpoint
 from pawlab._features import frozen_trunk, trunk_features
-from pawlab._infer import INFER_BATCH, check_agreement, predict_outputs
+from pawlab._infer import AGREE_MAX_PROB_DIFF, INFER_BATCH, MAX_RERUN, check_agreement, predict_outputs
 from pawlab._version import __version__
 from pawlab.augment import augment_batch
 from pawlab.callbacks import (
@@ -809,10 +809,15 @@ def _record_agreement(trainer: Trainer, path: Path, val_set: ImageSet) -> None:
     if trainer.head_from is not None:  # fp32 features are cached: only the head runs
         fp32 = trainer.val_feature_logits(rows)
     result = check_agreement(network, images, trainer.preprocessing, trainer.device, fp32)
+    if result["ok"]:
+        verdict = "agrees with fp32: bf16 for inference"
+    elif result["rerun"] > MAX_RERUN and result["max_prob_diff"] <= AGREE_MAX_PROB_DIFF:
+        verdict = "would run too many images twice to be faster: fp32 for inference"
+    else:
+        verdict = "does not agree with fp32: fp32 for inference"
     trainer.log(
-        f"bf16 inference {'agrees' if result['ok'] else 'does not agree'} with fp32 on "
-        f"{result['images']} validation images (same class {result['same_class']:.2%}, largest "
-        f"probability difference {result['max_prob_diff']:.4f}, {result['rerun']:.1%} run again in "
-        f"fp32 by the guard {result['guard']:.4f}): {'bf16' if result['ok'] else 'fp32'} for inference"
+        f"guarded bf16 inference {verdict} ({result['images']} validation images: same class "
+        f"{result['same_class']:.2%}, largest probability difference {result['max_prob_diff']:.4f}, "
+        f"{result['rerun']:.1%} run again in fp32 by the guard {result['guard']:.4f})"
     )
     checkpoint.save(path, ck.model_state, {**ck.meta, "inference": result}, ck.optimizer_state, ck.rng)
