@@ -41,7 +41,9 @@ def _train_options(p: argparse.ArgumentParser, optimizer: bool = True) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's)")
     p.add_argument("--schedule", default="constant", help="constant, step, cosine or one-cycle")
     p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument(
+        "--weight-decay", type=float, default=None, help="default: the optimizer's (0.01 for adamw, else 0)"
+    )
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--balance", default="none", help="imbalanced classes: none, weights or sampler")

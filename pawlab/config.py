@@ -122,7 +122,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float | None = None  # None: the optimizer's default (DEFAULT_LR)
     batch_size: int = 64  # in all: under DDP each of N processes takes batch_size / N
-    weight_decay: float = 0.0
+    weight_decay: float | None = None  # None: the optimizer's default (0.01 for adamw, else 0)
     momentum: float = 0.9  # sgd and rmsprop
     nesterov: bool = False  # sgd
     schedule: str = "constant"  # learning rate over the run: constant, step, cosine, one-cycle
@@ -160,7 +160,8 @@ class TrainConfig:
         if self.lr is not None:
             _check(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be a positive number, got {self.lr}")
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if self.weight_decay is not None:
+            _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(
             self.schedule in SCHEDULES,
             "schedule",
@@ -210,6 +211,13 @@ class TrainConfig:
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    @property
+    def decay(self) -> float:
+        """The weight decay used: as given (0 included), else the optimizer's default."""
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.01 if self.optimizer == "adamw" else 0.0
 
     def with_(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)

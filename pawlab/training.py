@@ -105,7 +105,7 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 
 def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
-    lr, wd = cfg.learning_rate, cfg.weight_decay
+    lr, wd = cfg.learning_rate, cfg.decay
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
     if cfg.optimizer == "rmsprop":
@@ -114,7 +114,7 @@ def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=wd or 0.01)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
 
 
 def param_groups(network: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:

@@ -627,3 +627,16 @@ def test_schedule_start_begins_a_new_schedule() -> None:
         TrainConfig(epochs=3, schedule_start=3)
     with pytest.raises(ConfigError, match="lr_spread"):
         TrainConfig(lr_spread=0.5)
+
+
+def test_weight_decay_zero_is_zero_and_none_is_the_optimizers_default() -> None:
+    from pawlab.training import make_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    decay = [
+        make_optimizer(params, TrainConfig(optimizer=o, weight_decay=wd)).param_groups[0]["weight_decay"]
+        for o, wd in (("adamw", None), ("adamw", 0.0), ("adamw", 0.05), ("sgd", None), ("adam", 0.1))
+    ]
+    assert decay == [0.01, 0.0, 0.05, 0.0, 0.1]
+    with pytest.raises(ConfigError, match="weight_decay"):
+        TrainConfig(weight_decay=-1.0)
