@@ -87,10 +87,11 @@ class Model:
         agreed = bool(self.meta.get("inference", {}).get("ok"))
         return agreed and use_bf16("auto", self.device)
 
-    def prepare_for(self, images: int) -> None:
-        """Get ready for a job of ``images`` images: ``compile`` ``on``, or ``auto`` and at
-        least `COMPILE_MIN_IMAGES` (compiling costs tens of seconds once, then each batch
-        runs faster)."""
+    def prepare_for(self, images: int, tta: bool = False) -> None:
+        """Get ready for a job of ``images`` images (each run once per view with ``tta``):
+        ``compile`` ``on``, or ``auto`` and at least `COMPILE_MIN_IMAGES` forward passes
+        (compiling costs tens of seconds once, then each batch runs faster)."""
+        images *= len(TTA_VIEWS) if tta else 1
         wanted = self.compile == "on" or (self.compile == "auto" and images >= COMPILE_MIN_IMAGES)
         if wanted and self._compiled is None:
             self._compiled = Compiled(self.network, INFER_BATCH)
@@ -183,13 +184,13 @@ class Model:
 
     def predict(self, image: ImageLike, tta: bool = False) -> Prediction:
         """One image (path, bytes, PIL image or uint8 array) -> its probability map."""
-        self.prepare_for(len(TTA_VIEWS) if tta else 1)
+        self.prepare_for(1, tta)
         probs = self.predict_proba(self._load_image(image)[None], tta=tta)[0]
         return self._prediction(probs)
 
     def predict_many(self, images: Sequence[ImageLike], tta: bool = False) -> list[Prediction]:
         arrays = np.stack([self._load_image(im) for im in images])
-        self.prepare_for(len(arrays) * (len(TTA_VIEWS) if tta else 1))
+        self.prepare_for(len(arrays), tta)
         return [self._prediction(p) for p in self.predict_proba(arrays, tta=tta)]
 
     def _prediction(self, probs: np.ndarray) -> Prediction:
@@ -307,7 +308,7 @@ def evaluate(
         progress=progress,
         resize=m.preprocessing.resize,
     )
-    m.prepare_for(len(ev.images) * (len(TTA_VIEWS) if tta else 1))
+    m.prepare_for(len(ev.images), tta)
     probs = m.predict_proba(ev.images.images, tta=tta, cached=True, progress=progress)
     stats = metrics_from_probs(probs, ev.images.labels, m.classes)
     if report_dir is None:
@@ -513,7 +514,7 @@ def submit(
     binary = len(m.classes) == 2
     failed: list[Skipped] = []
     pre = m.preprocessing
-    m.prepare_for(len(todo) * (len(TTA_VIEWS) if tta else 1))
+    m.prepare_for(len(todo), tta)
     tasks = decode_tasks(source, [n for _, n in todo], pre.size, pre.channels, pre.resize)
     # decoding runs ahead in worker processes while the network computes; half the cores for
     # them (decoding costs a fraction of a forward pass; more would take the network's cores)

@@ -650,11 +650,8 @@ def _fit_phases(
     of the head's training with its backbone unfrozen for that many more epochs, at half the
     learning rate spread over the backbone's stages (``lr_spread``, default 100), a new
     one-cycle schedule, the same run directory and the same best score to beat."""
+    _check_fine_tune(config, meta["architecture"])
     unfrozen = _unfrozen(meta["architecture"])
-    if config.fine_tune_epochs and (unfrozen is None or config.epochs is None):
-        raise ConfigError(
-            "fine_tune_epochs: needs a frozen pretrained backbone (--backbone) and a number of epochs"
-        )
     tune = bool(config.fine_tune_epochs)
     first = _fit(network, ds, config, meta, out_path, run, callbacks, stream, resume_from, check=not tune)
     if not tune or first.interrupted:

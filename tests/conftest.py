@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -10,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
 CATS_DOGS = SHARED / "cats_and_dogs_filtered"
 
 requires_cats_dogs = pytest.mark.skipif(
@@ -49,3 +53,39 @@ def tree(tmp_path: Path) -> Path:
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Packed caches of test sources go to a temporary folder, not ~/.cache."""
     os.environ["PAWLAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("pawlab-cache"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_ranks(args: list[str], world: int = 2, timeout: float = 240) -> list[tuple[int, str, str]]:
+    """``python ARGS`` in ``world`` CPU processes started as torchrun starts them (RANK,
+    LOCAL_RANK, WORLD_SIZE, MASTER_*): (return code, stdout, stderr) per rank. (Running
+    torch.distributed.run itself inside pytest hung at its rendezvous.)"""
+    base = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *args],
+            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(world)
+    ]
+    try:
+        outputs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]

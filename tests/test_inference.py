@@ -11,9 +11,9 @@ from PIL import Image
 from pawlab.config import DataConfig, TrainConfig
 from pawlab.data import prepare
 from pawlab.errors import DataError, ModelFileError
-from pawlab.inference import evaluate, load_model, metrics_from_probs, submit
+from pawlab.inference import Model, evaluate, load_model, metrics_from_probs, submit
 from pawlab.training import train
-from tests.conftest import make_image, write_tree
+from tests.conftest import make_image, run_ranks, write_tree
 from tests.test_training import TINY
 
 
@@ -156,22 +156,28 @@ def test_submit_hard_labels(trained: tuple[Path, Path], tmp_path: Path) -> None:
     assert {v for _, v in _rows(tmp_path / "sub.csv")} <= {"0", "1"}
 
 
+def _killed_at_second_batch(path: Path) -> Model:
+    """The model file loaded, its predictions interrupted (Ctrl-C) at the second batch."""
+    model = load_model(path)
+    real, calls = model.predict_proba, {"n": 0}
+
+    def killed(images: np.ndarray, batch_size: int = 128, tta: bool = False) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(images, batch_size, tta)
+
+    model.predict_proba = killed  # type: ignore[method-assign]
+    return model
+
+
 def test_submit_resumes_after_interruption(trained: tuple[Path, Path], tmp_path: Path) -> None:
     test = _test_set(tmp_path / "test")
     full = tmp_path / "full.csv"
     submit(trained[1], test, full, batch_size=4, workers=1, progress=False)
     assert not (tmp_path / "full.csv.pawlab-job.json").exists()  # finished: no job record left
 
-    model = load_model(trained[1])
-    real, calls = model.predict_proba, {"n": 0}
-
-    def killed_at_second_batch(images: np.ndarray, batch_size: int = 128, tta: bool = False) -> np.ndarray:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(images, batch_size, tta)
-
-    model.predict_proba = killed_at_second_batch  # type: ignore[method-assign]
+    model = _killed_at_second_batch(trained[1])
     part = tmp_path / "part.csv"
     with pytest.raises(KeyboardInterrupt):
         submit(model, test, part, batch_size=4, workers=1, progress=False)
@@ -343,43 +349,15 @@ def test_submit_under_torchrun_merges_the_shards_in_id_order(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """Two CPU ranks started as torchrun starts them (RANK, WORLD_SIZE, MASTER_*)."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.test_training import ROOT, _free_port
-
     test = _test_set(tmp_path / "test")
     full = tmp_path / "full.csv"
     submit(trained[1], test, full, workers=1, progress=False)
     out = tmp_path / "sub.csv"
-    base = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "WORLD_SIZE": "2",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
-    }
-    cmd = [sys.executable, "-m", "pawlab", "submit", str(trained[1]), str(test), "--out", str(out)]
-    procs = [
-        subprocess.Popen(
-            [*cmd, "-q", "--workers", "1", "--device", "cpu", "--batch-size", "3"],
-            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    try:
-        outputs = [p.communicate(timeout=240) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    cmd = ["-m", "pawlab", "submit", str(trained[1]), str(test), "--out", str(out)]
+    results = run_ranks([*cmd, "-q", "--workers", "1", "--device", "cpu", "--batch-size", "3"])
+    assert [rc for rc, _, _ in results] == [0, 0], results
     assert out.read_text() == full.read_text()  # every row once, in id order, as one process writes
-    assert "wrote 12 rows" in outputs[0][0] and outputs[1][0] == ""  # rank 0 reports for both
+    assert "wrote 12 rows" in results[0][1] and results[1][1] == ""  # rank 0 reports for both
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("sub.csv")) == ["sub.csv"]
 
 
@@ -391,17 +369,7 @@ def test_submit_resumes_the_shards_of_an_interrupted_torchrun(
     submit(trained[1], test, full, workers=1, progress=False)
     rows = dict(_rows(full))
     # an interrupted job: its record, the first rows in the file, and two ranks' part files
-    model = load_model(trained[1])
-    real = model.predict_proba
-
-    def killed_after_a_batch(images: np.ndarray, batch_size: int = 128, tta: bool = False) -> np.ndarray:
-        if killed_after_a_batch.calls:  # type: ignore[attr-defined]
-            raise KeyboardInterrupt
-        killed_after_a_batch.calls += 1  # type: ignore[attr-defined]
-        return real(images, batch_size, tta)
-
-    killed_after_a_batch.calls = 0  # type: ignore[attr-defined]
-    model.predict_proba = killed_after_a_batch  # type: ignore[method-assign]
+    model = _killed_at_second_batch(trained[1])
     out = tmp_path / "sub.csv"
     with pytest.raises(KeyboardInterrupt):
         submit(model, test, out, batch_size=4, workers=1, progress=False)

@@ -3,11 +3,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +27,7 @@ from pawlab.training import (
     resume,
     train,
 )
-from tests.conftest import write_tree
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, run_ranks, write_tree
 
 TINY = [
     {"type": "input", "size": 16, "channels": 3},
@@ -352,40 +346,12 @@ def test_precision_and_memory_format_agree(tree: Path, tmp_path: Path) -> None:
     assert math.isfinite(fast.history[-1]["train_loss"])  # type: ignore[attr-defined]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_ddp_two_processes_train_one_model(tmp_path: Path) -> None:
     """Two CPU processes (gloo), started as torchrun starts them: RANK, WORLD_SIZE, MASTER_*."""
     src = write_tree(tmp_path / "src", {"cat": 32, "dog": 32})
-    base = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "WORLD_SIZE": "2",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
-    }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "ddp_script.py"), str(src), str(tmp_path)],
-            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    try:
-        outputs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    results = run_ranks([str(ROOT / "tests" / "ddp_script.py"), str(src), str(tmp_path)])
+    assert [rc for rc, _, _ in results] == [0, 0], results
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world"] == 2
     assert ranks[0]["weights"] == ranks[1]["weights"]  # one model, kept in step on both ranks
