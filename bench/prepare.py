@@ -1,17 +1,21 @@
 """Benchmark: `pawlab prepare` against a plain one-process Pillow loop, in the same run.
 
-    .venv/bin/python bench/prepare.py [--n 25000] [--sizes 64,224] [--work DIR]
+    .venv/bin/python bench/prepare.py [--n 25000] [--sizes 64,224] [--repeat 3] [--work DIR]
 
 1. Builds a Kaggle-scale flat folder (``cat.123.jpg``) of N JPEGs from
    ``../shared/data/cats_and_dogs_filtered`` by re-encoding, flipping and cropping copies
    under new ids (kept in --work and reused by later runs).
 2. For each size, times side by side:
    * baseline: one process, ``Image.open(f).convert("RGB").resize((S, S))`` into an array;
-   * pawlab prepare, default (packed arrays + the PNG tree);
-   * pawlab prepare --no-png (packed arrays only: what `pawlab train SRC` builds);
+   * pawlab prepare, default (the packed arrays: what `train` reads, and what `pawlab train SRC`
+     builds in its cache);
+   * pawlab prepare --png (the arrays, then the tutorials' PNG tree from them);
    * pawlab prepare again on the unchanged source (the cache hit).
    Each pawlab run is a fresh ``python -m pawlab prepare`` process into an empty folder;
    its peak memory is the summed RSS of the process and its workers, sampled every 20 ms.
+   The source is read once beforehand, so every run finds it in the page cache, and each run
+   starts after a sync, so none pays for writing back an earlier run's output. Runs are
+   repeated (--repeat, interleaved) and the median is reported.
 3. Prints images/s, ratios to the baseline and peak memory.
 """
 
@@ -21,6 +25,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,20 +95,15 @@ def _tree_rss(pid: int) -> tuple[int, int]:
     processes themselves hold.
     """
     anon = total = 0
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
     stack = [pid]
     while stack:
         p = stack.pop()
-        stack.extend(children.get(p, []))
+        try:  # the children of each thread: no walk over all of /proc, which costs a core's tenth
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as fh:
+                    stack.extend(int(c) for c in fh.read().split())
+        except OSError:
+            pass
         try:
             with open(f"/proc/{p}/status") as fh:
                 for line in fh:
@@ -132,40 +132,68 @@ def run_prepare(src: Path, out: Path, size: int, extra: list[str]) -> tuple[floa
     return seconds, peak_anon, peak
 
 
+def settle() -> None:
+    """Flush earlier runs' dirty pages first, so that no run pays for another's writes."""
+    os.sync()
+    time.sleep(1.0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=25000)
     ap.add_argument("--sizes", default="64,224")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each; the median is reported")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "pawlab-bench")
     args = ap.parse_args()
     src = build_set(args.work / f"kaggle-{args.n}", args.n)
     files = sorted(src.glob("*.jpg"))
+    for f in files:  # every run reads the source from the page cache, the baseline's first too
+        f.read_bytes()
     os.environ["PAWLAB_CACHE_DIR"] = str(args.work / "cache")
-    print(f"{len(files)} JPEGs, {os.cpu_count()} CPUs; pawlab uses one process per core", flush=True)
+    n = len(files)
+    print(f"{n} JPEGs, {os.cpu_count()} CPUs; pawlab uses one process per core", flush=True)
+    print(f"median of {args.repeat} runs each, interleaved, each after a sync", flush=True)
+    variants = (("prepare", []), ("prepare --png", ["--png"]))
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
-        base = baseline(files, size)
-        results = {}
-        for label, extra in (("prepare", []), ("prepare --no-png", ["--no-png"])):
-            out = args.work / f"out-{size}{'-nopng' if extra else ''}"
-            shutil.rmtree(out, ignore_errors=True)
-            results[label] = run_prepare(src, out, size, extra)
-        again = run_prepare(src, args.work / f"out-{size}-nopng", size, ["--no-png"])
-        rows.append((size, base, results, again))
-        n = len(files)
-        print(f"\n{size}x{size}: baseline {n / base:8.0f} img/s ({base:.1f}s)", flush=True)
+        bases: list[float] = []
+        runs: dict[str, list[tuple[float, int, int]]] = {label: [] for label, _ in variants}
+        for _ in range(args.repeat):
+            settle()
+            bases.append(baseline(files, size))
+            for label, extra in variants:
+                out = args.work / f"out-{size}{'-png' if extra else ''}"
+                shutil.rmtree(out, ignore_errors=True)
+                settle()
+                runs[label].append(run_prepare(src, out, size, extra))
+        settle()
+        again = run_prepare(src, args.work / f"out-{size}", size, [])
+        base = statistics.median(bases)
+        results = {
+            label: (
+                statistics.median(r[0] for r in rs),
+                max(r[1] for r in rs),
+                max(r[2] for r in rs),
+            )
+            for label, rs in runs.items()
+        }
+        rows.append((size, base, results))
+        spread = ", ".join(f"{n / b:.0f}" for b in bases)
+        print(f"\n{size}x{size}: baseline {n / base:8.0f} img/s ({base:.1f}s; runs: {spread})", flush=True)
         for label, (sec, anon, peak) in results.items():
+            each = ", ".join(f"{n / r[0]:.0f}" for r in runs[label])
             print(
-                f"  pawlab {label:<17} {n / sec:8.0f} img/s ({sec:.1f}s)  x{base / sec:5.2f} baseline"
-                f"  peak {anon / 2**20:5.0f} MiB anonymous, {peak / 2**20:5.0f} MiB with mapped arrays",
+                f"  pawlab {label:<14} {n / sec:8.0f} img/s ({sec:.1f}s)  x{base / sec:5.2f} baseline"
+                f"  peak {anon / 2**20:5.0f} MiB anonymous, {peak / 2**20:5.0f} MiB with mapped arrays"
+                f"  (runs: {each})",
                 flush=True,
             )
         print(f"  pawlab prepare, unchanged source again: {again[0]:.2f}s (cache hit)", flush=True)
     print("\ntargets: >= 4x baseline at 64x64, >= 2.5x at 224x224, peak < 1 GiB for 25,000 at 64x64")
-    for size, base, results, _ in rows:
+    for size, base, results in rows:
         for label, (sec, anon, peak) in results.items():
             print(
-                f"  {size:>3} {label:<17} x{base / sec:5.2f}  peak {anon / 2**20:5.0f} MiB anonymous"
+                f"  {size:>3} {label:<14} x{base / sec:5.2f}  peak {anon / 2**20:5.0f} MiB anonymous"
                 f" ({peak / 2**20:5.0f} MiB with mapped arrays)"
             )
 

@@ -117,8 +117,32 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 @lru_cache(maxsize=4)
 def _open_rows(path: str) -> np.ndarray:
-    arr: np.ndarray = np.load(path, mmap_mode="r+")
+    arr: np.ndarray = np.load(path, mmap_mode="r")
     return arr
+
+
+_row_files: dict[str, tuple[int, int]] = {}  # array path -> (open descriptor, offset of row 0)
+
+
+def _write_row(path: str, row: int, image: np.ndarray) -> None:
+    """Write one (H, W, 3) row of the ``.npy`` file at ``path`` with ``pwrite``: a fresh
+    memory-mapped row page-faults 37 times at 224 px, which cost a quarter of decoding."""
+    if path not in _row_files:
+        offset = int(np.load(path, mmap_mode="r").offset)
+        _row_files[path] = (os.open(path, os.O_WRONLY), offset)
+    fd, offset = _row_files[path]
+    view = np.ascontiguousarray(image).data.cast("B")
+    position = offset + row * len(view)
+    while view:
+        written = os.pwrite(fd, view, position)
+        view, position = view[written:], position + written
+
+
+def _close_row_files() -> None:
+    for fd, _ in _row_files.values():
+        os.close(fd)
+    _row_files.clear()
+    _open_rows.cache_clear()
 
 
 DecodeIntoTask = tuple[str, tuple[int, int], str, int, str, str, int]
@@ -131,7 +155,7 @@ def _decode_into(task: DecodeIntoTask) -> tuple[str | None, str | None]:
     if isinstance(data, str):
         return data, None
     try:
-        _open_rows(array_path)[row] = decode(data, (size, size), 3, resize)
+        _write_row(array_path, row, decode(data, (size, size), 3, resize))
     except ImageDecodeError as exc:
         return str(exc), None
     return None, hashlib.blake2b(data, digest_size=16).hexdigest()
@@ -368,15 +392,17 @@ def _build_arrays(
     bar = tqdm(
         results, total=len(tasks), desc="decoding", unit="img", disable=not progress or None, leave=False
     )
-    for (split, i), (reason, digest) in zip(task_rows, bar, strict=True):
-        plan = plans[split]
-        if reason is None:
-            plan.digests[i] = digest
-        else:
-            plan.ok[i] = False
-            it = plan.items[i]
-            skipped.append({"name": it.name, "reason": reason, "size": it.size, "mtime": it.mtime})
-    _open_rows.cache_clear()
+    try:
+        for (split, i), (reason, digest) in zip(task_rows, bar, strict=True):
+            plan = plans[split]
+            if reason is None:
+                plan.digests[i] = digest
+            else:
+                plan.ok[i] = False
+                it = plan.items[i]
+                skipped.append({"name": it.name, "reason": reason, "size": it.size, "mtime": it.mtime})
+    finally:  # small jobs decode in this process
+        _close_row_files()
     for plan in plans.values():
         if not plan.ok.all():
             plan.path = _compact(out, plan.path, "c", plan.ok, size)
@@ -434,7 +460,7 @@ def _write_png_tree(out: Path, manifest: dict[str, Any], pool: Workers, progress
         results, total=len(tasks), desc="writing PNGs", unit="img", disable=not progress or None, leave=False
     ):
         pass
-    _open_rows.cache_clear()
+    _close_row_files()
 
 
 def cache_root() -> Path:

@@ -139,16 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="decode, resize and split a folder or zip of images")
     p.add_argument("src", help="class-per-folder tree, Kaggle-style flat folder (cat.1.jpg), or a .zip")
-    p.add_argument("out", help="output folder: OUT/{train,validation}/<class>/<id>.png + manifest.json")
+    p.add_argument("out", help="output folder: packed arrays per split + manifest.json")
     p.add_argument("--size", type=_positive_int, required=True, help="output images are SIZE x SIZE RGB")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="decoding processes (default: one per core)")
     p.add_argument("--strict", action="store_true", help="fail instead of skipping unreadable files")
     p.add_argument(
-        "--no-png",
+        "--png",
         action="store_true",
-        help="write only the packed arrays train reads, not the PNG tree (much faster at large sizes)",
+        help="also write the tutorials' tree OUT/{train,validation}/<class>/<id>.png "
+        "(slower than decoding at large sizes; train reads the arrays)",
     )
     p.add_argument(
         "--dedupe", action="store_true", help="remove validation images byte-identical to training images"
@@ -279,7 +280,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         dedupe=args.dedupe,
         strict=args.strict,
-        png=not args.no_png,
+        png=args.png,
     )
     print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
     return 0

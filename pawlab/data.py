@@ -22,7 +22,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,16 +53,28 @@ TEST_DIRS = ("test",)
 # ----------------------------------------------------------------------------- labelling
 
 
+def _parts(name: str) -> list[str]:
+    """``a//b/./c.jpg`` -> ``[a, b, c.jpg]``: a source-relative name's parts (strings only:
+    `catalog` runs this for every file)."""
+    return [p for p in name.split("/") if p and p != "."]
+
+
+def _stem(filename: str) -> str:
+    """``cat.123.jpg`` -> ``cat.123`` (as `PurePosixPath.stem`)."""
+    i = filename.rfind(".")
+    return filename[:i] if 0 < i < len(filename) - 1 else filename
+
+
 def parent_label(name: str) -> str | None:
     """``cat/12.jpg`` -> ``cat``; a file with no folder has no parent label."""
-    parts = PurePosixPath(name).parts
+    parts = _parts(name)
     return parts[0] if len(parts) >= 2 else None
 
 
 def name_label(name: str) -> str | None:
     """Kaggle style: ``cat.123.jpg`` -> ``cat``; ``123.jpg`` carries no label."""
-    stem = PurePosixPath(name).stem
-    head, dot, _ = stem.partition(".")
+    parts = _parts(name)
+    head, dot, _ = _stem(parts[-1] if parts else "").partition(".")
     return head if dot and head else None
 
 
@@ -73,7 +85,7 @@ def label_of(name: str) -> str | None:
 
 def is_hidden(name: str) -> bool:
     """Dot-files, ``__MACOSX/`` resource forks and similar debris are not data."""
-    return any(p.startswith(".") or p == "__MACOSX" for p in PurePosixPath(name).parts)
+    return any(p.startswith(".") or p == "__MACOSX" for p in _parts(name))
 
 
 def non_image_reason(name: str) -> str | None:
@@ -118,7 +130,7 @@ class Catalog:
 def _strip_wrappers(names: list[str]) -> str:
     """The common wrapping folder(s) to look through, e.g. ``cats_and_dogs_filtered/``."""
     prefix: tuple[str, ...] = ()
-    parts = [PurePosixPath(n).parts for n in names]
+    parts = [_parts(n) for n in names]
     while parts and all(len(p) >= 2 for p in parts):
         firsts = {p[0] for p in parts}
         if len(firsts) != 1:
@@ -137,7 +149,7 @@ def _split_dirs(rel_names: list[str]) -> tuple[str, str | None] | None:
     """
     tops: dict[str, str] = {}
     for n in rel_names:
-        parts = PurePosixPath(n).parts
+        parts = _parts(n)
         if len(parts) >= 2:
             tops.setdefault(parts[0].lower(), parts[0])
     train = next((tops[d] for d in TRAIN_DIRS if d in tops), None)
@@ -597,17 +609,19 @@ def prepare(
     progress: bool = True,
     dedupe: bool = False,
     strict: bool = False,
-    png: bool = True,
+    png: bool = False,
 ) -> PrepareReport:
     """Decode, resize and split ``src`` into ``out``.
 
-    Writes the packed arrays that `train` reads, the tutorials' layout
-    ``out/{train,validation}/<class>/<id>.png`` and ``out/manifest.json`` (classes, counts,
-    size, source, seed, every skipped file with its reason, duplicates). Run again on an
-    unchanged source it returns at once; on a changed one it decodes only what changed.
-    ``dedupe`` drops validation images that are byte-identical to training images;
-    ``strict`` fails instead of skipping unreadable files; ``png=False`` writes only the
-    packed arrays (the PNG tree costs more than decoding at large sizes).
+    Writes the packed arrays that `train`, `evaluate` and the Python API read (one
+    memory-mapped ``(N, size, size, 3)`` uint8 array per split) and ``out/manifest.json``
+    (classes, counts, size, source, seed, every file with its split, every skipped file with
+    its reason, duplicates). Run again on an unchanged source it returns at once; on a
+    changed one it decodes only what changed. ``png`` also writes the tutorials' layout
+    ``out/{train,validation}/<class>/<id>.png``, for browsing or other tools (encoding PNGs
+    costs more than decoding at large sizes, so it is opt-in). ``dedupe`` drops validation
+    images that are byte-identical to training images; ``strict`` fails instead of skipping
+    unreadable files.
     """
     result = pack_source(src, out, config, progress=progress, png=png, dedupe=dedupe, strict=strict)
     return PrepareReport.from_pack(result)

@@ -59,7 +59,11 @@ def run_demo(
     n = write_digits(work / "digits")
     say(f"2/5 preparing {n} images: 28x28, stratified 80/20 split, seed 0")
     report = prepare(
-        work / "digits", work / "prepared", DataConfig(size=28, val_fraction=0.2, seed=0), progress=progress
+        work / "digits",
+        work / "prepared",
+        DataConfig(size=28, val_fraction=0.2, seed=0),
+        progress=progress,
+        png=True,  # the tutorials' layout, to look at and to predict from
     )
     print(report.summary(), file=stream)
     say(f"3/5 training small-cnn for {epochs} epochs")

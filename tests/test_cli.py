@@ -66,7 +66,7 @@ def workflow(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (src / "dog.999.jpg").write_bytes(b"")  # zero bytes
     arch = root / "tiny.toml"
     arch.write_text(TINY_TOML)
-    prep = pawlab("prepare", src, root / "prepared", "--size", 20, "--seed", 1, "--json", "-q")
+    prep = pawlab("prepare", src, root / "prepared", "--size", 20, "--seed", 1, "--png", "--json", "-q")
     assert prep.returncode == 0, prep.stderr
     trained = pawlab(
         "train",

@@ -682,7 +682,7 @@ def counts_on_disk(out: Path) -> dict[str, dict[str, int]]:
 def test_prepare_writes_pngs_and_manifest(tree: Path, tmp_path: Path) -> None:
     bad = add_bad_files(tree)
     out = tmp_path / "out"
-    report = prepare(tree, out, DataConfig(size=12, workers=1), progress=False)
+    report = prepare(tree, out, DataConfig(size=12, workers=1), progress=False, png=True)
     manifest = read_json(out / MANIFEST)
     assert manifest["classes"] == ["cat", "dog"]
     assert manifest["size"] == 12
@@ -716,10 +716,12 @@ def test_prepare_round_trips_through_load_dataset(tree: Path, tmp_path: Path) ->
 
 def test_prepare_rerun_replaces_cleanly(tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    prepare(tree, out, DataConfig(size=12, seed=0, val_fraction=0.5, workers=1), progress=False)
+    prepare(tree, out, DataConfig(size=12, seed=0, val_fraction=0.5, workers=1), progress=False, png=True)
     (out / "train" / "cat" / "stale.png").write_bytes(b"left over")
     (out / "train" / "owl").mkdir()
-    report = prepare(tree, out, DataConfig(size=8, seed=1, val_fraction=0.3, workers=1), progress=False)
+    report = prepare(
+        tree, out, DataConfig(size=8, seed=1, val_fraction=0.3, workers=1), progress=False, png=True
+    )
     manifest = read_json(out / MANIFEST)
     assert manifest["size"] == 8 and manifest["seed"] == 1
     assert counts_on_disk(out) == report.counts == manifest["counts"]
@@ -765,7 +767,7 @@ def test_prepare_keeps_a_presplit_source_split(tmp_path: Path) -> None:
     write_tree(src / "train", {"cat": 4, "dog": 4})
     write_tree(src / "validation", {"cat": 3, "dog": 2}, start=100)
     out = tmp_path / "out"
-    report = prepare(src, out, DataConfig(size=8, workers=1), progress=False)
+    report = prepare(src, out, DataConfig(size=8, workers=1), progress=False, png=True)
     assert report.presplit
     val = {p.relative_to(out / "validation").as_posix() for p in pngs(out / "validation")}
     train = {p.relative_to(out / "train").as_posix() for p in pngs(out / "train")}
@@ -790,5 +792,5 @@ def test_prepare_names_colliding_stems_uniquely(tmp_path: Path) -> None:
                     src / label / sub / f"{i}.jpg"
                 )
     out = tmp_path / "out"
-    report = prepare(src, out, DataConfig(size=8, workers=1), progress=False)
+    report = prepare(src, out, DataConfig(size=8, workers=1), progress=False, png=True)
     assert len(pngs(out)) == sum(sum(c.values()) for c in report.counts.values()) == 12

@@ -136,3 +136,25 @@ def test_crop_to_a_non_square_size_and_of_a_square_image() -> None:
     # a square image is the same either way
     square = _thirds(90, 90)
     assert np.array_equal(decode(square, (30, 30), resize="crop"), decode(square, (30, 30)))
+
+
+@pytest.mark.parametrize("resize", ["squash", "crop"])
+def test_large_reductions_average_instead_of_aliasing(resize: str) -> None:
+    # a checkerboard of 2x2 squares (no JPEG scaling to help) shrunk 10x must come out flat
+    # grey, not as a moire of black and white samples
+    board = ((np.indices((640, 640)) // 2).sum(0) % 2 * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(np.repeat(board[..., None], 3, -1)).save(buf, "PNG")
+    out = decode(buf.getvalue(), (64, 64), resize=resize).astype(int)
+    assert out.shape == (64, 64, 3)
+    assert np.abs(out - 127.5).max() <= 8
+
+
+def test_small_reductions_interpolate_between_neighbours() -> None:
+    # a horizontal ramp resized 100 -> 80 stays a monotone ramp over the same range
+    ramp = np.repeat(np.linspace(0, 255, 100).round().astype(np.uint8)[None, :, None], 3, -1)
+    ramp = np.repeat(ramp, 100, 0)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    row = decode(buf.getvalue(), (80, 80))[40, :, 0].astype(int)
+    assert (np.diff(row) >= 0).all() and row[0] <= 3 and row[-1] >= 252

@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import math
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
 from pawlab import DataConfig, TrainConfig, evaluate, load_model, prepare, train
+from pawlab._pack import open_packed
 from tests.conftest import CATS_DOGS, requires_cats_dogs
 
 
@@ -27,7 +28,9 @@ def test_cats_and_dogs_subset(tmp_path: Path) -> None:
     assert report.counts == {"train": {"cats": 200, "dogs": 200}, "validation": {"cats": 60, "dogs": 60}}
     assert report.skipped == []
     # the source's own split is kept: validation files are the validation ids (2000-2499)
-    val_ids = {int(p.stem.split(".")[1]) for p in (tmp_path / "prepared" / "validation").glob("*/*.png")}
+    packed = open_packed(tmp_path / "prepared")
+    assert packed is not None
+    val_ids = {int(PurePosixPath(n).stem.split(".")[1]) for n in packed.names("validation")}
     assert min(val_ids) >= 2000
 
     stream = io.StringIO()

@@ -155,10 +155,10 @@ def test_interrupted_png_writing_is_redone(
 ) -> None:
     _interrupt_after(monkeypatch, "_write_png", 4)
     with pytest.raises(KeyboardInterrupt):
-        prepare(tree, tmp_path / "out", CFG, progress=False)
+        prepare(tree, tmp_path / "out", CFG, progress=False, png=True)
     assert open_packed(tmp_path / "out") is None  # the manifest says the PNG tree is unfinished
     monkeypatch.undo()
-    report = prepare(tree, tmp_path / "out", CFG, progress=False)
+    report = prepare(tree, tmp_path / "out", CFG, progress=False, png=True)
     assert report.decoded == 0 and report.reused == 40
     assert len(list((tmp_path / "out").glob("*/*/*.png"))) == 40
 
@@ -187,10 +187,10 @@ def test_duplicates_reported_and_deduped(tmp_path: Path) -> None:
     assert "validation/cat/copy.jpg" not in _rows(tmp_path / "out2")
 
 
-def test_no_png_writes_only_arrays_and_trains_from_them(
+def test_prepare_writes_only_arrays_by_default_and_trains_from_them(
     tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    prepare(tree, tmp_path / "out", CFG, progress=False, png=False)
+    prepare(tree, tmp_path / "out", CFG, progress=False)
     assert not (tmp_path / "out" / "train").exists()
     _no_decoding(monkeypatch)
     ds = load_dataset(tmp_path / "out", CFG, progress=False)
