@@ -1,6 +1,6 @@
 """Benchmark: pawlab's inference path against a plain PyTorch loop, in the same run.
 
-    .venv/bin/python bench/infer.py [--n 1000] [--submission 12500] [--model M] [--work DIR]
+    .venv/bin/python bench/infer.py [--n 1000] [--submission 12500] [--model M] [--repeat 3] [--work DIR]
 
 1. Builds a Kaggle-style test folder of numbered JPEGs (``1.jpg`` ...) from
    ``../shared/data/cats_and_dogs_filtered`` by re-encoding, flipping and cropping copies
@@ -12,18 +12,20 @@
    * plain: ``Image.open().convert("RGB")``, centre crop and resize in Pillow, fp32, NCHW,
      ``torch.no_grad``, batches of 32, no compile;
    * pawlab, fp32 uncompiled: ``pawlab.submit`` with ``precision="fp32", compile="off"``
-     (worker processes decoding ahead of the network, scale-on-decode, channels-last);
+     (scale-on-decode and OpenCV resizing, channels-last);
    * pawlab, the defaults of a long job: ``precision="auto"`` (guarded bf16 where training
      found it agrees) and ``compile="on"`` (what ``auto`` picks for 2,000 images or more).
      Its one-time compile runs first on 64 other images and is reported on its own line.
-   and prints images/s and ratios, and the agreement of the fast path with pawlab's fp32 on
-   the N images. 4. With --submission K > 0: the wall time of ``pawlab submit`` on K images
-   with the defaults, as a user runs it (process start and compiling included).
+   and prints images/s and ratios (medians of --repeat interleaved runs), and the agreement
+   of the fast path with pawlab's fp32 on the N images.
+4. With --submission K > 0: the wall time of ``pawlab submit`` on K images with the
+   defaults, as a user runs it (process start and compiling included).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,6 +94,7 @@ def main() -> None:
     ap.add_argument("--submission", type=int, default=12500, help="images of the full submission (0: skip)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "pawlab-bench-infer")
     ap.add_argument("--model", type=Path, default=None, help="a trained transfer model file")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved runs of each path; medians reported")
     args = ap.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -121,18 +124,27 @@ def main() -> None:
     timed_submit(fast, warm, work / "warm.csv")
     compile_s = time.perf_counter() - t0
 
-    plain_s, plain_probs = plain_loop(net, files)
-    exact_s, exact_rows = timed_submit(exact, test, work / "submission-fp32.csv")
-    fast_s, fast_rows = timed_submit(fast, test, work / "submission-fast.csv")
+    runs: dict[str, list[float]] = {"plain": [], "fp32": [], "fast": []}
+    for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits all three
+        plain_s, plain_probs = plain_loop(net, files)
+        exact_s, exact_rows = timed_submit(exact, test, work / "submission-fp32.csv")
+        fast_s, fast_rows = timed_submit(fast, test, work / "submission-fast.csv")
+        for key, sec in (("plain", plain_s), ("fp32", exact_s), ("fast", fast_s)):
+            runs[key].append(sec)
+    plain_s, exact_s, fast_s = (statistics.median(runs[k]) for k in ("plain", "fp32", "fast"))
 
-    print(f"  plain loop (fp32, NCHW, decode inline)   {n / plain_s:7.1f} img/s  ({plain_s:.1f}s)")
+    def each(key: str) -> str:
+        return ", ".join(f"{n / sec:.1f}" for sec in runs[key])
+
+    print(f"  median of {args.repeat} interleaved runs (img/s of each run in brackets)")
+    print(f"  plain loop (fp32, NCHW, decode inline)   {n / plain_s:7.1f} img/s  ({each('plain')})")
     print(
-        f"  pawlab fp32, uncompiled                  {n / exact_s:7.1f} img/s  ({exact_s:.1f}s)  "
-        f"x{plain_s / exact_s:.2f} the plain loop"
+        f"  pawlab fp32, uncompiled                  {n / exact_s:7.1f} img/s  "
+        f"x{plain_s / exact_s:.2f} the plain loop  ({each('fp32')})"
     )
     print(
-        f"  pawlab defaults for long jobs            {n / fast_s:7.1f} img/s  ({fast_s:.1f}s)  "
-        f"x{plain_s / fast_s:.2f} the plain loop"
+        f"  pawlab defaults for long jobs            {n / fast_s:7.1f} img/s  "
+        f"x{plain_s / fast_s:.2f} the plain loop  ({each('fast')})"
     )
     print(
         f"  (compiling, once per process, and 64 warm-up images: {compile_s:.1f}s, not in the figure above)"

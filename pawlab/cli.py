@@ -245,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("test", help="folder or zip of images named by numeric id (1.jpg ...)")
     p.add_argument("--out", type=Path, default=Path("submission.csv"))
     p.add_argument("--hard", action="store_true", help="labels 0/1 instead of probabilities")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="rows written at a time")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=256, help="images predicted, then written, at a time"
+    )
     p.add_argument("--workers", type=int, default=0)
     _inference_options(p)
     _quiet(p)

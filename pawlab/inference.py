@@ -25,7 +25,14 @@ from pawlab import checkpoint
 from pawlab._atomic import atomic_write_text
 from pawlab._features import frozen_trunk, trunk_features
 from pawlab._imageio import ImageDecodeError, decode, default_workers, parallel_map
-from pawlab._infer import COMPILE_MIN_IMAGES, INFER_BATCH, TTA_VIEWS, Compiled, predict_outputs
+from pawlab._infer import (
+    COMPILE_MIN_IMAGES,
+    COMPILED_BATCH,
+    INFER_BATCH,
+    TTA_VIEWS,
+    Compiled,
+    predict_outputs,
+)
 from pawlab.data import Skipped, decode_task, decode_tasks, load_eval_set, load_unlabeled
 from pawlab.errors import ConfigError, DataError, ModelFileError
 from pawlab.models import Network, build
@@ -74,7 +81,8 @@ class Model:
         if compile not in ("auto", "on", "off"):
             raise ConfigError(f"compile: must be auto, on or off, got {compile!r}")
         self.compile = compile
-        self._compiled: Compiled | None = None
+        self._compiled: Compiled | None = None  # bf16 (autocast) or fp32, as self.bf16
+        self._rerun: Compiled | None = None  # fp32, for the images the guard sends back
 
     def _use_bf16(self, precision: str) -> bool:
         """``auto``: bf16 only where the hardware runs it fast and training recorded that
@@ -90,11 +98,14 @@ class Model:
     def prepare_for(self, images: int, tta: bool = False) -> None:
         """Get ready for a job of ``images`` images (each run once per view with ``tta``):
         ``compile`` ``on``, or ``auto`` and at least `COMPILE_MIN_IMAGES` forward passes
-        (compiling costs tens of seconds once, then each batch runs faster)."""
+        (compiling costs tens of seconds once, then each batch runs faster). With guarded
+        bf16, the fp32 re-runs get a compiled graph of their own."""
         images *= len(TTA_VIEWS) if tta else 1
         wanted = self.compile == "on" or (self.compile == "auto" and images >= COMPILE_MIN_IMAGES)
         if wanted and self._compiled is None:
-            self._compiled = Compiled(self.network, INFER_BATCH)
+            self._compiled = Compiled(self.network, COMPILED_BATCH)
+            if self.guard is not None:
+                self._rerun = Compiled(self.network, COMPILED_BATCH)
 
     @classmethod
     def load(
@@ -173,10 +184,11 @@ class Model:
             images,
             self.preprocessing,
             self.device,
-            INFER_BATCH if self._compiled is not None else batch_size,
+            COMPILED_BATCH if self._compiled is not None else batch_size,
             bf16=self.bf16,
             guard=self.guard,
             forward=self._compiled,
+            rerun=self._rerun,
             views=views,
             softmax=True,
         )
@@ -446,7 +458,7 @@ def submit(
     out: str | os.PathLike[str] = "submission.csv",
     *,
     hard: bool = False,
-    batch_size: int = 64,
+    batch_size: int = 256,
     workers: int = 0,
     progress: bool = True,
     stream: TextIO | None = None,

@@ -214,23 +214,36 @@ def softmax(shape: Shape, ctx: BuildContext) -> tuple[None, Shape]:
 
 
 class BackboneFeatures(nn.Module):
-    """A pretrained backbone's pooled features; ``frozen``: no gradients, statistics fixed."""
+    """A pretrained backbone's pooled features. ``frozen``: no gradients. Its batch-norm layers
+    keep the pretrained statistics in training too (Keras' advice for fine-tuning: a small
+    dataset's batch statistics differ from ImageNet's, and switching to them undoes what the
+    head learned), unless ``batch_stats`` (fastai's default) and not ``frozen``."""
 
-    def __init__(self, name: str, frozen: bool, weights: str | None = None, pretrained: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        frozen: bool,
+        weights: str | None = None,
+        pretrained: bool = True,
+        batch_stats: bool = False,
+    ) -> None:
         super().__init__()
         from pawlab.backbones import build_backbone, load_backbone
 
         self.name = name
         self.net, _ = load_backbone(name, weights) if pretrained else build_backbone(name)
         self.frozen = frozen
+        self.batch_stats = batch_stats and not frozen
         if frozen:
             self.net.requires_grad_(False)
         self.net.classifier.requires_grad_(False)  # ImageNet's head: unused, never trained
 
     def train(self, mode: bool = True) -> BackboneFeatures:
         super().train(mode)
-        if self.frozen:
-            self.net.eval()  # batch-norm statistics stay the pretrained ones
+        if not self.batch_stats:
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()  # running statistics stay the pretrained ones
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, F)
@@ -240,15 +253,23 @@ class BackboneFeatures(nn.Module):
 
 @LAYERS.register("backbone", "pretrained")
 def backbone(
-    shape: Shape, ctx: BuildContext, *, name: str, frozen: bool = True, weights: str | None = None
+    shape: Shape,
+    ctx: BuildContext,
+    *,
+    name: str,
+    frozen: bool = True,
+    weights: str | None = None,
+    batch_stats: bool = False,
 ) -> tuple[nn.Module, Shape]:
     """A pretrained ImageNet backbone (see pawlab.backbones) giving pooled features. Its
     weights come from ``weights`` (a file) or the installed package when training starts;
-    a model file carries them afterwards."""
+    a model file carries them afterwards. ``batch_stats``: when trained unfrozen, batch-norm
+    normalises with each batch's statistics and updates its running ones (fastai); by
+    default it keeps the pretrained statistics (Keras)."""
     c, _, _ = _image(shape, "backbone")
     if c != 3:
         raise LayerShapeError(f"a pretrained backbone needs RGB input, got {c} channels")
     module = BackboneFeatures(
-        str(name), bool(frozen), None if weights is None else str(weights), ctx.pretrained
+        str(name), bool(frozen), None if weights is None else str(weights), ctx.pretrained, bool(batch_stats)
     )
     return module, (module.net.features,)

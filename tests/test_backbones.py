@@ -241,3 +241,20 @@ def test_stages_hold_every_parameter_but_the_head_once(name: str) -> None:
     assert not head & set(grouped)
     first, *_ = model.parameters()  # the stem, on the input side
     assert any(p is first for m in stages[0] for p in m.parameters())
+
+
+@pytest.mark.parametrize("batch_stats", [False, True])
+def test_unfrozen_backbone_keeps_pretrained_batch_norm_statistics_unless_asked(batch_stats: bool) -> None:
+    from pawlab.models import build, transfer_architecture
+
+    spec = transfer_architecture("efficientnet_lite0", size=32, frozen=False)
+    spec = [{**layer, "batch_stats": batch_stats} if layer["type"] == "backbone" else layer for layer in spec]
+    net = build(spec, 2, pretrained=False).train()
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in bns]
+    weights = [p for p in net.parameters() if p.requires_grad]
+    assert len(weights) > 2  # the backbone trains, not only the head
+    net(torch.rand(4, 3, 32, 32)).sum().backward()
+    assert all(m.training is batch_stats for m in bns)
+    changed = [not torch.equal(b, m.running_mean) for b, m in zip(before, bns, strict=True)]
+    assert all(changed) if batch_stats else not any(changed)

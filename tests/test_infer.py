@@ -136,6 +136,34 @@ def test_guarded_bf16_runs_unsure_images_again_in_fp32() -> None:
     assert torch.equal(mixed[~unsure], fast[~unsure])
 
 
+@pytest.mark.parametrize("views", [("plain",), TTA_VIEWS])
+def test_reruns_are_queued_across_batches_and_results_keep_their_order(views: tuple[str, ...]) -> None:
+    net, batch = tiny_net().eval(), images(23)
+    fast = predict_outputs(net, batch, PRE, CPU, softmax=True, bf16=True, views=("plain",))
+    guard = float((1 - fast.amax(1)).quantile(0.7))  # about a third of the images run again
+    # reruns one batch at a time, as many as each batch has
+    each = predict_outputs(
+        net, batch, PRE, CPU, batch_size=5, softmax=True, bf16=True, guard=guard, views=views, rerun_batch=1
+    )
+    calls: list[int] = []
+
+    def rerun(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        out: torch.Tensor = net(x)
+        return out
+
+    queued = predict_outputs(
+        net, batch, PRE, CPU, batch_size=5, softmax=True, bf16=True, guard=guard, views=views,
+        rerun=rerun, rerun_batch=4,
+    )  # fmt: skip
+    assert torch.allclose(queued, each, atol=1e-6)  # the same images, in the same order
+    assert sum(calls) >= 4 and all(n == 4 for n in calls[:-1]) and 1 <= calls[-1] <= 4
+    plain = predict_outputs(net, batch, PRE, CPU, softmax=True, views=views)
+    unsure = (1 - fast.amax(1)) > guard
+    if views == ("plain",):
+        assert torch.allclose(queued[unsure], plain[unsure], atol=1e-6)
+
+
 def test_choose_guard_keeps_bf16_where_it_stays_close() -> None:
     unsure = torch.tensor([0.001, 0.002, 0.004, 0.008, 0.016, 0.032])
     # differences grow with doubt; the limit is half the allowed difference

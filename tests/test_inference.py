@@ -339,6 +339,8 @@ def test_inference_precision(transfer: tuple[Path, Path]) -> None:
         m = load_model(model_path, compile=mode)
         m.prepare_for(images)
         assert (m._compiled is not None) is compiled, (mode, images)
+        # guarded bf16's fp32 re-runs get their own graph
+        assert (m._rerun is not None) is (compiled and m.guard is not None)
     image = src / "dog" / "dog.1.jpg"
     fast = load_model(model_path, precision="bf16").predict(image).probabilities
     exact = load_model(model_path, precision="fp32").predict(image).probabilities
