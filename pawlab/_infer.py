@@ -15,6 +15,7 @@ Test-time augmentation views are made on the batch in torch.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 from collections import deque
@@ -75,6 +76,21 @@ def to_inputs(
 
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def folded(module: torch.nn.Module) -> torch.nn.Module:
+    """An eval-mode copy of ``module`` for inference, with the batch-norms of its pretrained
+    backbones folded into their convolutions (`Backbone.fold_batch_norms`); ``module`` itself
+    if it has none. The same function, up to float rounding."""
+    from pawlab.backbones import Backbone
+
+    if not any(isinstance(m, Backbone) for m in module.modules()):
+        return module
+    out = copy.deepcopy(module).eval()
+    for m in out.modules():
+        if isinstance(m, Backbone):
+            m.fold_batch_norms()
+    return out
 
 
 class Compiled:
@@ -243,7 +259,8 @@ def check_agreement(
     n = len(images)
     ref = fp32_logits if fp32_logits is not None else predict_outputs(module, images, pre, device, batch_size)
     p_ref = F.softmax(ref, 1)
-    p_fast = F.softmax(predict_outputs(module, images, pre, device, batch_size, bf16=True), 1)
+    fast = folded(module)  # as inference runs it
+    p_fast = F.softmax(predict_outputs(fast, images, pre, device, batch_size, bf16=True), 1)
     unsure = 1 - p_fast.amax(1)  # (N,)
     diff = (p_fast - p_ref).abs().amax(1)
     diff[p_fast.argmax(1) != p_ref.argmax(1)] = math.inf

@@ -31,6 +31,7 @@ from pawlab._infer import (
     INFER_BATCH,
     TTA_VIEWS,
     Compiled,
+    folded,
     predict_outputs,
 )
 from pawlab.data import Skipped, decode_task, decode_tasks, load_eval_set, load_unlabeled
@@ -69,6 +70,8 @@ class Model:
     ) -> None:
         self.device = resolve_device(device)
         self.network = network.to(self.device).to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
+        # what predicts images: batch-norms folded (the network above computes cached features)
+        self._runner = folded(self.network)
         self.classes = classes
         self.preprocessing = preprocessing
         self.meta = meta
@@ -103,9 +106,9 @@ class Model:
         images *= len(TTA_VIEWS) if tta else 1
         wanted = self.compile == "on" or (self.compile == "auto" and images >= COMPILE_MIN_IMAGES)
         if wanted and self._compiled is None:
-            self._compiled = Compiled(self.network, COMPILED_BATCH)
+            self._compiled = Compiled(self._runner, COMPILED_BATCH)
             if self.guard is not None:
-                self._rerun = Compiled(self.network, COMPILED_BATCH)
+                self._rerun = Compiled(self._runner, COMPILED_BATCH)
 
     @classmethod
     def load(
@@ -180,7 +183,7 @@ class Model:
                 mean: np.ndarray = out.view(len(images), len(views), -1).mean(1).cpu().numpy()
                 return mean
         probs = predict_outputs(
-            self.network,
+            self._runner,
             images,
             self.preprocessing,
             self.device,

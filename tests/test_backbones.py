@@ -258,3 +258,23 @@ def test_unfrozen_backbone_keeps_pretrained_batch_norm_statistics_unless_asked(b
     assert all(m.training is batch_stats for m in bns)
     changed = [not torch.equal(b, m.running_mean) for b, m in zip(before, bns, strict=True)]
     assert all(changed) if batch_stats else not any(changed)
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_folding_batch_norms_keeps_the_features(name: str) -> None:
+    torch.manual_seed(0)
+    model, _ = build_backbone(name)
+    for m in model.modules():  # statistics and affine parameters far from the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.bias, -0.2, 0.2)
+    model.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model.forward_features(x)
+        folded = model.fold_batch_norms()
+        got = folded.forward_features(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()))
