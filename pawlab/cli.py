@@ -186,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --fine-tune: epochs with the backbone unfrozen (default 1)",
     )
     p.add_argument(
+        "--fine-tune-lr",
+        type=float,
+        default=None,
+        help="with --fine-tune: the head's learning rate while unfrozen (default: half of --lr's)",
+    )
+    p.add_argument(
         "--weights",
         type=Path,
         default=None,
@@ -329,13 +335,16 @@ def _recipe(args: argparse.Namespace) -> tuple[Any, TrainConfig, int | None]:
         given, defaults = _train_config(args), _train_config(build_parser().parse_args(["train"]))
         changed = {f.name: getattr(given, f.name) for f in fields(TrainConfig)}
         changed = {k: v for k, v in changed.items() if v != getattr(defaults, k)}
-        if args.fine_tune_epochs is not None and not args.fine_tune:
-            raise ConfigError("--fine-tune-epochs needs --fine-tune")
+        for flag in ("fine_tune_epochs", "fine_tune_lr"):
+            if getattr(args, flag) is not None and not args.fine_tune:
+                raise ConfigError(f"--{flag.replace('_', '-')} needs --fine-tune")
         if args.fine_tune:
             changed["fine_tune_epochs"] = args.fine_tune_epochs or 1
+            if args.fine_tune_lr is not None:
+                changed["fine_tune_lr"] = args.fine_tune_lr
         spec = transfer_architecture(args.backbone, weights=args.weights)
         return spec, TRANSFER.with_(**changed), args.size
-    for flag in ("weights", "fine_tune", "freeze", "fine_tune_epochs"):
+    for flag in ("weights", "fine_tune", "freeze", "fine_tune_epochs", "fine_tune_lr"):
         if getattr(args, flag) not in (None, False):
             raise ConfigError(f"--{flag.replace('_', '-')} needs --backbone NAME")
     arch: Any = load_arch_file(args.arch_file) if args.arch_file else (args.arch or "cortex-cnn")

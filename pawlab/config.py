@@ -143,6 +143,7 @@ class TrainConfig:
     # fastai's fine_tune: after the head is trained on a frozen backbone, this many epochs with
     # the backbone unfrozen (at half the learning rate, spread as `lr_spread` says)
     fine_tune_epochs: int = 0
+    fine_tune_lr: float | None = None  # the head's rate while fine-tuning (None: half of lr)
     # discriminative learning rates: the head's rate / the first backbone stage's, geometric in
     # between (1: one rate for all)
     lr_spread: float = 1.0
@@ -192,6 +193,11 @@ class TrainConfig:
             f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
         )
         _check(self.fine_tune_epochs >= 0, "fine_tune_epochs", f"must be >= 0, got {self.fine_tune_epochs}")
+        _check(
+            self.fine_tune_lr is None or (math.isfinite(self.fine_tune_lr) and self.fine_tune_lr > 0),
+            "fine_tune_lr",
+            f"must be a positive number, got {self.fine_tune_lr}",
+        )
         _check(
             math.isfinite(self.lr_spread) and self.lr_spread >= 1,
             "lr_spread",

@@ -662,7 +662,7 @@ def _fit_phases(
         epochs=done + config.fine_tune_epochs,
         schedule_start=done,
         schedule="one-cycle",
-        lr=config.learning_rate / 2,
+        lr=config.fine_tune_lr if config.fine_tune_lr is not None else config.learning_rate / 2,
         lr_spread=config.lr_spread if config.lr_spread > 1 else 100.0,
         fine_tune_epochs=0,
     )

@@ -379,6 +379,11 @@ def test_weights_flag_needs_a_backbone_and_a_backbone_without_weights_needs_it(t
         "--fine-tune",
     )
     assert_one_line_error(
+        pawlab("train", src, "--backbone", "efficientnet_lite0", "--fine-tune-lr", 1e-4, cwd=work),
+        "--fine-tune-lr",
+        "--fine-tune",
+    )
+    assert_one_line_error(
         pawlab("train", src, "--backbone", "efficientnet_lite0", "--freeze", "--fine-tune", cwd=work),
         "--fine-tune",
         "--freeze",

@@ -549,6 +549,17 @@ def test_fine_tune_unfreezes_the_backbone_after_the_head(tmp_path: Path) -> None
     assert [g["lr_scale"] for g in resumed.optimizer_state["param_groups"]] == [g["lr_scale"] for g in groups]
 
 
+def test_fine_tune_lr_sets_the_unfrozen_phase_rate(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 6, "dog": 6})
+    config = TrainConfig(epochs=1, fine_tune_epochs=1, fine_tune_lr=2e-4, lr=1e-3, progress=False)
+    result, log = _transfer(src, tmp_path / "m.safetensors", config)
+    assert "lr 0.0002 (/100 for the first layers)" in log
+    last = checkpoint.load(tmp_path / "m-run" / "last.safetensors")
+    assert TrainConfig.from_json(last.meta["training"]["config"]).lr == pytest.approx(2e-4)
+    with pytest.raises(ConfigError, match="fine_tune_lr"):
+        TrainConfig(fine_tune_lr=-1.0)
+
+
 def test_fine_tune_needs_a_frozen_backbone(tree: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fine_tune_epochs: needs a frozen pretrained backbone"):
         train(tree, tmp_path / "m.safetensors", "small-cnn", FAST.with_(fine_tune_epochs=1))
