@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fine-tune-lr",
         type=float,
         default=None,
-        help="with --fine-tune: the head's learning rate while unfrozen (default: half of --lr's)",
+        help="with --fine-tune: the head's learning rate while unfrozen (default: --lr's / 30)",
     )
     p.add_argument(
         "--weights",

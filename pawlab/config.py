@@ -143,7 +143,7 @@ class TrainConfig:
     # fastai's fine_tune: after the head is trained on a frozen backbone, this many epochs with
     # the backbone unfrozen (at half the learning rate, spread as `lr_spread` says)
     fine_tune_epochs: int = 0
-    fine_tune_lr: float | None = None  # the head's rate while fine-tuning (None: half of lr)
+    fine_tune_lr: float | None = None  # the head's rate while fine-tuning (None: lr / 30)
     # discriminative learning rates: the head's rate / the first backbone stage's, geometric in
     # between (1: one rate for all)
     lr_spread: float = 1.0

@@ -510,11 +510,11 @@ def test_fine_tune_unfreezes_the_backbone_after_the_head(tmp_path: Path) -> None
 
     src = write_tree(tmp_path / "src", {"cat": 6, "dog": 6})
     out = tmp_path / "m.safetensors"
-    config = TrainConfig(epochs=2, fine_tune_epochs=1, optimizer="adamw", lr=1e-3, progress=False)
+    config = TrainConfig(epochs=2, fine_tune_epochs=1, optimizer="adamw", lr=3e-3, progress=False)
     result, log = _transfer(src, out, config)
     # two epochs of the head on cached features, then one of the whole network, one history
     assert HEAD_LOG in log and "fine-tuning the whole network from epoch 3" in log
-    assert "lr 0.0005 (/100 for the first layers)" in log
+    assert "lr 0.0001 (/100 for the first layers)" in log  # the head's / 30
     assert [int(m["epoch"]) for m in result.history] == [1, 2, 3]
     lines = (tmp_path / "m-run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
@@ -524,7 +524,7 @@ def test_fine_tune_unfreezes_the_backbone_after_the_head(tmp_path: Path) -> None
     assert backbone["type"] == "backbone" and backbone["frozen"] is False
     tuned = TrainConfig.from_json(last.meta["training"]["config"])
     assert (tuned.epochs, tuned.schedule_start, tuned.fine_tune_epochs) == (3, 2, 0)
-    assert tuned.lr == pytest.approx(5e-4) and tuned.lr_spread == 100.0
+    assert tuned.lr == pytest.approx(1e-4) and tuned.lr_spread == 100.0
     # the backbone itself was trained in the last epoch
     pretrained = load_backbone("efficientnet_lite0", None)[0].state_dict()
     key = "_conv_stem.weight"
