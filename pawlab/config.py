@@ -141,7 +141,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the network
     cache_features: bool = True  # a frozen backbone's features are computed once and cached
     # fastai's fine_tune: after the head is trained on a frozen backbone, this many epochs with
-    # the backbone unfrozen (at half the learning rate, spread as `lr_spread` says)
+    # the backbone unfrozen (at `fine_tune_lr`, spread as `lr_spread` says)
     fine_tune_epochs: int = 0
     fine_tune_lr: float | None = None  # the head's rate while fine-tuning (None: lr / 30)
     # discriminative learning rates: the head's rate / the first backbone stage's, geometric in

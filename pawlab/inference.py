@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import json
@@ -70,8 +71,6 @@ class Model:
     ) -> None:
         self.device = resolve_device(device)
         self.network = network.to(self.device).to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
-        # what predicts images: batch-norms folded (the network above computes cached features)
-        self._runner = folded(self.network)
         self.classes = classes
         self.preprocessing = preprocessing
         self.meta = meta
@@ -86,6 +85,13 @@ class Model:
         self.compile = compile
         self._compiled: Compiled | None = None  # bf16 (autocast) or fp32, as self.bf16
         self._rerun: Compiled | None = None  # fp32, for the images the guard sends back
+
+    @functools.cached_property
+    def _runner(self) -> torch.nn.Module:
+        """What predicts images: `network` with batch-norms folded. A copy made on first use:
+        `network` itself computes cached features, and `evaluate` of a frozen backbone needs
+        nothing else."""
+        return folded(self.network)
 
     def _use_bf16(self, precision: str) -> bool:
         """``auto``: bf16 only where the hardware runs it fast and training recorded that
