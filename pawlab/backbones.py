@@ -78,14 +78,23 @@ class SameConv2d(nn.Conv2d):
         ih, iw = x.shape[-2:]
         kh, kw = self.kernel_size
         sh, sw = self.stride
-        ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
-        pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
-        if ph % 2 == 0 and pw % 2 == 0:  # symmetric: the convolution pads, with no padded copy
-            return F.conv2d(
-                x, self.weight, self.bias, self.stride, (ph // 2, pw // 2), self.dilation, self.groups
-            )
-        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        oh, ow = math.ceil(ih / sh), math.ceil(iw / sw)
+        ph = max((oh - 1) * sh + kh - ih, 0)
+        pw = max((ow - 1) * sw + kw - iw, 0)
+        # SAME pads (p // 2) before and the rest after; where that is one more after (even sizes),
+        # the convolution pads both sides by (p // 2) + stride * m instead and the first m outputs
+        # are dropped (m = 1): the same windows, without a padded copy of the input.
+        mh, mw = (ph % 2 + sh - 1) // sh, (pw % 2 + sw - 1) // sw
+        out = F.conv2d(
+            x,
+            self.weight,
+            self.bias,
+            self.stride,
+            (ph // 2 + sh * mh, pw // 2 + sw * mw),
+            self.dilation,
+            self.groups,
+        )
+        return out[..., mh : mh + oh, mw : mw + ow] if mh or mw else out
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:

@@ -47,17 +47,26 @@ class Preprocessing:
         return t.permute(0, 3, 1, 2).float().div_(255.0)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] pixels (B, C, H, W) -> network inputs."""
+        """[0, 1] pixels (B, C, H, W) -> network inputs, in the memory layout of ``x``."""
+        if x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last):
+            # Channels-last: a (1, C, 1, 1) constant broadcasts along the innermost dimension of
+            # size C, which runs unvectorised (1.8 ms for 8 images at 224x224, against 0.1 ms).
+            # The constants tiled along a whole row of pixels (W * C) make it one dense pass.
+            b, c, h, w = x.shape
+            mean, std = _constants(self.mean, self.std, x.device, x.dtype, w)  # (W * C,)
+            rows = x.permute(0, 2, 3, 1).reshape(b * h, w * c)  # a view: (B * H, W * C)
+            return ((rows - mean) / std).view(b, h, w, c).permute(0, 3, 1, 2)
         mean, std = _constants(self.mean, self.std, x.device, x.dtype)
         return (x - mean) / std
 
 
 @lru_cache(maxsize=16)
 def _constants(
-    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, dtype: torch.dtype
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, dtype: torch.dtype, width: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std as (1, C, 1, 1) tensors, made once per device and dtype."""
-    return (
-        torch.tensor(mean, device=device, dtype=dtype).view(1, -1, 1, 1),
-        torch.tensor(std, device=device, dtype=dtype).view(1, -1, 1, 1),
-    )
+    """Per-channel mean and std as (1, C, 1, 1) tensors, or with ``width`` tiled along a row of
+    channels-last pixels (W * C,); made once per device, dtype and width."""
+    m, s = torch.tensor(mean, device=device, dtype=dtype), torch.tensor(std, device=device, dtype=dtype)
+    if width:
+        return m.repeat(width), s.repeat(width)
+    return m.view(1, -1, 1, 1), s.view(1, -1, 1, 1)

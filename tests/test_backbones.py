@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pawlab._imageio import decode
-from pawlab.backbones import BACKBONES, build_backbone, load_backbone
+from pawlab.backbones import BACKBONES, SameConv2d, build_backbone, load_backbone
 from pawlab.errors import ModelFileError
 from tests.conftest import CATS_DOGS, requires_cats_dogs
 
@@ -278,3 +280,24 @@ def test_folding_batch_norms_keeps_the_features(name: str) -> None:
         got = folded.forward_features(x)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()))
+
+
+def _tf_same(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """TensorFlow's SAME convolution, spelt out: pad (total // 2) before and the rest after."""
+    pads = []
+    for size, k, s in zip(x.shape[:1:-1], conv.kernel_size[::-1], conv.stride[::-1], strict=True):
+        total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+        pads += [total // 2, total - total // 2]
+    return F.conv2d(F.pad(x, pads), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+
+@pytest.mark.parametrize("kernel", [1, 2, 3, 5])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_same_padding_matches_tensorflow(kernel: int, stride: int) -> None:
+    torch.manual_seed(kernel * 10 + stride)
+    for h, w in [(7, 7), (8, 8), (9, 12), (14, 15), (224 // 8, 224 // 8)]:
+        conv = SameConv2d(4, 4, kernel, stride, groups=2).double()
+        x = torch.randn(2, 4, h, w, dtype=torch.double)
+        got, expected = conv(x), _tf_same(conv, x)
+        assert got.shape == expected.shape == (2, 4, math.ceil(h / stride), math.ceil(w / stride))
+        assert torch.allclose(got, expected, atol=1e-12)

@@ -243,6 +243,23 @@ def test_compiled_pads_the_last_batch_and_matches_eager(capsys: pytest.CaptureFi
         assert capsys.readouterr().err.count("torch.compile failed") == 1
 
 
+def test_compiled_network_is_frozen() -> None:
+    # Freezing makes the weights constants of the compiled graph (packed once, convolutions fused
+    # with what follows them): it is for a copy that is not trained any further. Its mark: a
+    # weight changed in place afterwards no longer reaches the compiled network.
+    net, batch = tiny_net().eval(), images(4)
+    compiled = Compiled(net, 4)
+    before = predict_outputs(net, batch, PRE, CPU, batch_size=4, forward=compiled)
+    if compiled.failed is not None:
+        pytest.skip(f"torch.compile does not work here: {compiled.failed}")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+    again = predict_outputs(net, batch, PRE, CPU, batch_size=4, forward=compiled)
+    assert torch.allclose(again, before, atol=1e-4)
+    assert not torch.allclose(predict_outputs(net, batch, PRE, CPU, batch_size=4), before, atol=1e-2)
+
+
 def test_compiled_falls_back_to_eager_when_compiling_fails(capsys: pytest.CaptureFixture[str]) -> None:
     net, batch = tiny_net().eval(), images(6)
     compiled = Compiled(net, 4)
