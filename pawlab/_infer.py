@@ -35,10 +35,10 @@ _CROP = 0.9
 # Images per forward pass: on CPUs larger batches stop fitting the caches (EfficientNet-Lite0
 # at 224x224 on 2 cores: about 31 img/s at 32 or 64, 18 at 128).
 INFER_BATCH = 32
-# A compiled network runs batches of this size (EfficientNet-Lite0 at 224x224 on 2 cores,
-# compiled, interleaved runs: bf16 about 150 img/s at 4, 167 at 8, 149 at 16, 109 at 32; fp32
-# 113 at 4, 104 at 8, 70 at 16: activations of small batches stay in the caches).
-COMPILED_BATCH = 8
+# A compiled network runs batches of one size, by precision: activations of small batches stay
+# in the caches (EfficientNet-Lite0 at 224x224 on 2 cores, frozen graphs, interleaved runs: bf16
+# 256 / 285 / 247 / 180 img/s at batch 4 / 8 / 16 / 32; fp32 150 / 127 / 103 / 80).
+COMPILED_BATCH = {"bf16": 8, "fp32": 4}
 # Jobs of at least this many forward passes (images x views) compile the network by default:
 # compiling costs 20-60 s on 2 cores, about what 1,000-2,000 images take uncompiled.
 COMPILE_MIN_IMAGES = 2000
@@ -146,7 +146,7 @@ def run_batches(
     guard: float | None = None,
     forward: Forward | None = None,
     rerun: Forward | None = None,
-    rerun_batch: int = COMPILED_BATCH,
+    rerun_batch: int = COMPILED_BATCH["fp32"],
     channels_last: bool = True,
     views: Sequence[str] = ("plain",),
     softmax: bool = False,

@@ -112,9 +112,9 @@ class Model:
         images *= len(TTA_VIEWS) if tta else 1
         wanted = self.compile == "on" or (self.compile == "auto" and images >= COMPILE_MIN_IMAGES)
         if wanted and self._compiled is None:
-            self._compiled = Compiled(self._runner, COMPILED_BATCH)
+            self._compiled = Compiled(self._runner, COMPILED_BATCH["bf16" if self.bf16 else "fp32"])
             if self.guard is not None:
-                self._rerun = Compiled(self._runner, COMPILED_BATCH)
+                self._rerun = Compiled(self._runner, COMPILED_BATCH["fp32"])
 
     @classmethod
     def load(
@@ -193,7 +193,7 @@ class Model:
             images,
             self.preprocessing,
             self.device,
-            COMPILED_BATCH if self._compiled is not None else batch_size,
+            self._compiled.batch_size if self._compiled is not None else batch_size,
             bf16=self.bf16,
             guard=self.guard,
             forward=self._compiled,
