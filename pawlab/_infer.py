@@ -79,12 +79,11 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 def folded(module: torch.nn.Module) -> torch.nn.Module:
     """An eval-mode copy of ``module`` for inference, with the batch-norms of its pretrained
-    backbones folded into their convolutions (`Backbone.fold_batch_norms`); ``module`` itself
-    if it has none. The same function, up to float rounding."""
+    backbones folded into their convolutions (`Backbone.fold_batch_norms`): the same function,
+    up to float rounding. A copy even with nothing to fold: a `Compiled` graph reads the weights
+    once, and the copy is what it reads."""
     from pawlab.backbones import Backbone
 
-    if not any(isinstance(m, Backbone) for m in module.modules()):
-        return module
     out = copy.deepcopy(module).eval()
     for m in out.modules():
         if isinstance(m, Backbone):
@@ -113,11 +112,12 @@ class Compiled:
             x = torch.cat([x, x.new_zeros((self.batch_size - b, *x.shape[1:]))])
             x = x.contiguous(memory_format=fmt) if fmt is not None else x
         try:
-            # Frozen: weights become constants, packed for oneDNN once, and each convolution's
-            # ReLU6 or residual add runs inside it (EfficientNet-Lite0, bf16, batch 8 on 2 cores:
-            # about 1.2x). Dynamo reads the global switch while tracing (``torch.compile``'s
-            # own "freezing" option comes too late: the weights stay graph inputs), so it is on
-            # around every call; the copy compiled here is not trained any further.
+            # Frozen: weights become constants, packed once (for oneDNN on CPUs), and each
+            # convolution's ReLU6 or residual add runs inside it (EfficientNet-Lite0, bf16, batch
+            # 8 on 2 cores: about 1.2x). Dynamo reads inductor's config switch while tracing
+            # (``torch.compile``'s own "freezing" option comes too late: the weights stay graph
+            # inputs), so it is on around every call. Weights changed after compiling are not
+            # seen: `Model` compiles its own copy (`folded`).
             with torch._inductor.config.patch(freezing=True):
                 out = self.fn(x)
         except Exception as exc:  # noqa: BLE001  (any compiler failure: run eagerly instead)

@@ -76,15 +76,15 @@ class SameConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         ih, iw = x.shape[-2:]
-        kh, kw = self.kernel_size
+        kh, kw = ((k - 1) * d + 1 for k, d in zip(self.kernel_size, self.dilation, strict=True))
         sh, sw = self.stride
         oh, ow = math.ceil(ih / sh), math.ceil(iw / sw)
         ph = max((oh - 1) * sh + kh - ih, 0)
         pw = max((ow - 1) * sw + kw - iw, 0)
-        # SAME pads (p // 2) before and the rest after; where that is one more after (even sizes),
-        # the convolution pads both sides by (p // 2) + stride * m instead and the first m outputs
-        # are dropped (m = 1): the same windows, without a padded copy of the input.
-        mh, mw = (ph % 2 + sh - 1) // sh, (pw % 2 + sw - 1) // sw
+        # SAME pads p // 2 before and the rest after. Where that is one more after (p odd), the
+        # convolution pads both sides by p // 2 + stride and the first output is dropped: the
+        # same windows, with no padded copy of the input.
+        mh, mw = ph % 2, pw % 2
         out = F.conv2d(
             x,
             self.weight,

@@ -285,18 +285,22 @@ def test_folding_batch_norms_keeps_the_features(name: str) -> None:
 def _tf_same(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """TensorFlow's SAME convolution, spelt out: pad (total // 2) before and the rest after."""
     pads = []
-    for size, k, s in zip(x.shape[:1:-1], conv.kernel_size[::-1], conv.stride[::-1], strict=True):
-        total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+    sizes = x.shape[:1:-1]  # (W, H), as F.pad takes them
+    for size, k, s, d in zip(
+        sizes, conv.kernel_size[::-1], conv.stride[::-1], conv.dilation[::-1], strict=True
+    ):
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
         pads += [total // 2, total - total // 2]
     return F.conv2d(F.pad(x, pads), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
 
 
-@pytest.mark.parametrize("kernel", [1, 2, 3, 5])
+@pytest.mark.parametrize("kernel", [1, 2, 3, 5, (3, 2)])
 @pytest.mark.parametrize("stride", [1, 2, 3])
-def test_same_padding_matches_tensorflow(kernel: int, stride: int) -> None:
-    torch.manual_seed(kernel * 10 + stride)
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_same_padding_matches_tensorflow(kernel: int | tuple[int, int], stride: int, dilation: int) -> None:
+    torch.manual_seed(stride * 10 + dilation)
     for h, w in [(7, 7), (8, 8), (9, 12), (14, 15), (224 // 8, 224 // 8)]:
-        conv = SameConv2d(4, 4, kernel, stride, groups=2).double()
+        conv = SameConv2d(4, 4, kernel, stride, dilation=dilation, groups=2).double()
         x = torch.randn(2, 4, h, w, dtype=torch.double)
         got, expected = conv(x), _tf_same(conv, x)
         assert got.shape == expected.shape == (2, 4, math.ceil(h / stride), math.ceil(w / stride))

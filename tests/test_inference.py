@@ -312,6 +312,7 @@ def test_evaluate_and_predict_with_tta(transfer: tuple[Path, Path], tmp_path: Pa
 
 
 def test_inference_precision(transfer: tuple[Path, Path]) -> None:
+    from pawlab._infer import COMPILED_BATCH
     from pawlab.errors import ConfigError
     from pawlab.training import use_bf16
 
@@ -341,6 +342,14 @@ def test_inference_precision(transfer: tuple[Path, Path]) -> None:
         assert (m._compiled is not None) is compiled, (mode, images)
         # guarded bf16's fp32 re-runs get their own graph
         assert (m._rerun is not None) is (compiled and m.guard is not None)
+        if m._compiled is not None:  # one batch size per precision
+            assert m._compiled.batch_size == COMPILED_BATCH["bf16" if m.bf16 else "fp32"]
+        if m._rerun is not None:
+            assert m._rerun.batch_size == COMPILED_BATCH["fp32"]
+    for precision in ("fp32", "bf16"):
+        m = load_model(model_path, precision=precision, compile="on")
+        m.prepare_for(1)
+        assert m._compiled is not None and m._compiled.batch_size == COMPILED_BATCH[precision]
     image = src / "dog" / "dog.1.jpg"
     fast = load_model(model_path, precision="bf16").predict(image).probabilities
     exact = load_model(model_path, precision="fp32").predict(image).probabilities

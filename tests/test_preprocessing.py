@@ -29,3 +29,9 @@ def test_normalize_one_channel() -> None:
     pre = Preprocessing((4, 4), channels=1, mean=(0.25,), std=(0.5,))
     x = torch.rand(3, 1, 4, 4)
     assert torch.equal(pre.normalize(x.contiguous(memory_format=torch.channels_last)), (x - 0.25) / 0.5)
+
+
+def test_normalize_with_one_value_for_every_channel() -> None:
+    pre = Preprocessing((4, 4), mean=(0.5,), std=(0.25,))
+    x = torch.rand(2, 3, 4, 4)
+    assert torch.equal(pre.normalize(x.contiguous(memory_format=torch.channels_last)), (x - 0.5) / 0.25)
