@@ -19,7 +19,14 @@ from pawlab._version import __version__
 if TYPE_CHECKING:
     from pawlab.config import AugmentConfig, DataConfig, TrainConfig
     from pawlab.data import Dataset, ImageSet, PrepareReport, load_dataset, prepare
-    from pawlab.errors import ArchitectureError, ConfigError, DataError, ModelFileError, PawlabError
+    from pawlab.errors import (
+        ArchitectureError,
+        ConfigError,
+        DataError,
+        ModelFileError,
+        PawlabError,
+        WorkerError,
+    )
     from pawlab.inference import EvalReport, Model, Prediction, evaluate, load_model, submit
     from pawlab.layers import LAYERS
     from pawlab.models import ARCHITECTURES, Network, build, get_architecture, load_arch_file
@@ -28,7 +35,14 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "pawlab.config": ["AugmentConfig", "DataConfig", "TrainConfig"],
     "pawlab.data": ["Dataset", "ImageSet", "PrepareReport", "load_dataset", "prepare"],
-    "pawlab.errors": ["ArchitectureError", "ConfigError", "DataError", "ModelFileError", "PawlabError"],
+    "pawlab.errors": [
+        "ArchitectureError",
+        "ConfigError",
+        "DataError",
+        "ModelFileError",
+        "PawlabError",
+        "WorkerError",
+    ],
     "pawlab.inference": ["EvalReport", "Model", "Prediction", "evaluate", "load_model", "submit"],
     "pawlab.layers": ["LAYERS"],
     "pawlab.models": ["ARCHITECTURES", "Network", "build", "get_architecture", "load_arch_file"],
@@ -57,6 +71,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "WorkerError",
     "__version__",
     "build",
     "evaluate",

@@ -36,7 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pawlab._atomic import atomic_write_text
-from pawlab._imageio import ImageDecodeError, Workers, decode, default_workers
+from pawlab._imageio import ImageDecodeError, Workers, decode, default_workers, refuse_in_starting_process
 from pawlab._sources import FolderSource, ZipSource, read_entry, source_stamp
 from pawlab.errors import DataError
 
@@ -489,6 +489,7 @@ def cache_dir_for(src: Path, size: int, seed: int, val_fraction: float, resize: 
 @contextmanager
 def locked(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on a packed folder: concurrent runs wait for each other."""
+    refuse_in_starting_process()  # the parent holds this lock while its workers start
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

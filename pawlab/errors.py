@@ -28,3 +28,8 @@ class ArchitectureError(PawlabError):
 
 class ModelFileError(PawlabError):
     """A model file is missing, unreadable, or not a pawlab model."""
+
+
+class WorkerError(PawlabError):
+    """A worker process died: killed, out of memory, or a script without ``if __name__ ==
+    "__main__":`` (workers run the script again as they start)."""

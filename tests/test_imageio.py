@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +14,7 @@ from PIL import Image
 
 from pawlab import _imageio
 from pawlab._imageio import ImageDecodeError, decode
+from pawlab.errors import WorkerError
 
 
 def _jpeg(w: int, h: int, orientation: int | None = None) -> bytes:
@@ -158,3 +163,43 @@ def test_small_reductions_interpolate_between_neighbours() -> None:
     Image.fromarray(ramp).save(buf, "PNG")
     row = decode(buf.getvalue(), (80, 80))[40, :, 0].astype(int)
     assert (np.diff(row) >= 0).all() and row[0] <= 3 and row[-1] >= 252
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _die(x: int) -> int:
+    if x == 40:
+        os._exit(3)  # as the kernel's OOM killer would end it: no exception, no cleanup
+    return x
+
+
+def test_workers_map_in_order_in_processes() -> None:
+    with _imageio.Workers(2) as pool:
+        assert list(pool.map(_square, list(range(100)), chunksize=8)) == [x * x for x in range(100)]
+
+
+def test_a_dead_worker_is_an_error_not_a_wait() -> None:
+    with _imageio.Workers(2) as pool, pytest.raises(WorkerError, match="exited unexpectedly"):
+        list(pool.map(_die, list(range(100)), chunksize=8))
+
+
+def test_a_script_without_a_main_guard_fails_instead_of_hanging(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for cls in ("cat", "dog"):
+        (src / cls).mkdir(parents=True)
+        for i in range(70):  # enough images for the decoding to start worker processes
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(src / cls / f"{i}.png")
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import pawlab\n"
+        f"pawlab.prepare({str(src)!r}, {str(tmp_path / 'out')!r}, pawlab.DataConfig(size=8, workers=2))\n"
+    )
+    env = {**os.environ, "PAWLAB_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path
+    )
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("pawlab.errors.WorkerError:") and 'if __name__ == "__main__":' in last
