@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import math
 import multiprocessing as mp
+import multiprocessing.connection
 import os
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -245,6 +247,19 @@ def _run_chunk(fn: Callable[[T], R], chunk: Sequence[T]) -> list[R]:
     return [fn(t) for t in chunk]
 
 
+def _exit_with_parent() -> None:
+    """Worker initializer: end the worker when the process that started it is gone (killed,
+    even by SIGKILL), instead of waiting for work forever."""
+    parent = mp.parent_process()
+    if parent is not None:
+        threading.Thread(target=_wait_then_exit, args=(parent.sentinel,), daemon=True).start()
+
+
+def _wait_then_exit(sentinel: int) -> None:
+    mp.connection.wait([sentinel])
+    os._exit(1)
+
+
 class Workers:
     """A process pool for the stages of one job, started on first use (small jobs run
     in-process) and shared by the stages, so that a job pays for starting workers once.
@@ -267,7 +282,7 @@ class Workers:
             refuse_in_starting_process()
             methods = mp.get_all_start_methods()
             context = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_exit_with_parent)
         return self._ordered(self._pool, fn, tasks, chunksize)
 
     def _ordered(
@@ -281,19 +296,29 @@ class Workers:
                     yield from ahead.popleft().result()
             while ahead:
                 yield from ahead.popleft().result()
-        except BrokenProcessPool:
+        except BrokenProcessPool as exc:
             raise WorkerError(
                 "a worker process exited unexpectedly (killed, out of memory, or a script that calls "
                 'pawlab outside `if __name__ == "__main__":`, which workers run again as they start)'
-            ) from None
+            ) from exc
         finally:
             for f in ahead:
                 f.cancel()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        """Stop the workers now, even in the middle of a task (a job that stopped early, on an
+        error or Ctrl-C, must not wait for them or leave them writing)."""
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        # ProcessPoolExecutor can terminate its workers only from Python 3.14 on; before that,
+        # through its process table, as multiprocessing.Pool.terminate() did
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            p.terminate()
+        for p in processes:
+            p.join()
 
     def __enter__(self) -> Workers:
         return self
