@@ -156,6 +156,18 @@ def test_submit_hard_labels(trained: tuple[Path, Path], tmp_path: Path) -> None:
     assert {v for _, v in _rows(tmp_path / "sub.csv")} <= {"0", "1"}
 
 
+def test_submit_with_decoding_workers_writes_the_same_rows(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    test = _test_set(tmp_path / "test", 40)  # enough for worker processes (chunks of 16)
+    (test / "41.jpg").write_bytes(b"not a jpeg")  # a bad file decoded in a worker
+    inline, pooled = tmp_path / "inline.csv", tmp_path / "pooled.csv"
+    submit(trained[1], test, inline, batch_size=7, workers=1, progress=False)
+    report = submit(trained[1], test, pooled, batch_size=7, workers=2, progress=False)
+    assert pooled.read_text() == inline.read_text() and len(_rows(pooled)) == 41
+    assert [f.name for f in report.failed] == ["41.jpg"]
+
+
 def _killed_at_second_batch(path: Path) -> Model:
     """The model file loaded, its predictions interrupted (Ctrl-C) at the second batch."""
     model = load_model(path)
