@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from pawlab._atomic import atomic_write_bytes
-from pawlab._infer import INFER_BATCH, array_batches, run_batches
+from pawlab._infer import array_batches, folded, infer_batch, run_batches
 from pawlab._pack import cache_root
 from pawlab.layers import BackboneFeatures
 from pawlab.preprocessing import Preprocessing
@@ -64,7 +64,7 @@ def trunk_features(
     device: torch.device,
     *,
     views: tuple[str, ...] = ("plain",),
-    batch_size: int = INFER_BATCH,
+    batch_size: int | None = None,
     progress: bool = True,
     what: str = "images",
 ) -> np.ndarray:
@@ -78,13 +78,19 @@ def trunk_features(
     }
     folder = cache_root() / "features"
     out = []
+    runner: torch.nn.Module | None = None  # the trunk with batch-norms folded, made if needed
     for v in views:
         key = hashlib.blake2b(json.dumps({**base, "view": v}, sort_keys=True).encode(), digest_size=16)
         path = folder / f"{key.hexdigest()}.npy"
         try:
             feats = np.load(path)
         except (OSError, ValueError):
-            feats = _compute(trunk, images, pre, device, v, batch_size, progress, what)
+            # with batch-norms folded (fp32, the same features up to float rounding): 2x faster
+            if runner is None:
+                runner = folded(trunk)
+            feats = _compute(
+                runner, images, pre, device, v, batch_size or infer_batch(device), progress, what
+            )
             folder.mkdir(parents=True, exist_ok=True)
             _save(path, feats)
         out.append(feats)

@@ -32,9 +32,19 @@ from pawlab.preprocessing import Preprocessing
 TTA_VIEWS = ("plain", "flip", "crop-tl", "crop-br")
 VIEWS = ("plain", "flip", "crop-tl", "crop-br", "crop-c")
 _CROP = 0.9
-# Images per forward pass: on CPUs larger batches stop fitting the caches (EfficientNet-Lite0
-# at 224x224 on 2 cores: about 31 img/s at 32 or 64, 18 at 128).
-INFER_BATCH = 32
+# Images per uncompiled forward pass. On CPUs small batches keep activations in the caches
+# (EfficientNet-Lite0 at 224x224 on 2 cores, batch-norms folded, channels-last, interleaved runs:
+# fp32 97 / 90 / 60 / 51 img/s at batch 4 / 8 / 16 / 32, bf16 160 / 183 / 139 / 128; with
+# batch-norms, fp32 57 at 8 and 33 at 32). GPUs need many images per pass to be busy (a common
+# default, not measured here: no GPU).
+INFER_BATCH = {"cpu": 8, "gpu": 128}
+
+
+def infer_batch(device: torch.device) -> int:
+    """`INFER_BATCH` for ``device``."""
+    return INFER_BATCH["cpu" if device.type == "cpu" else "gpu"]
+
+
 # A compiled network runs batches of one size, by precision: activations of small batches stay
 # in the caches (EfficientNet-Lite0 at 224x224 on 2 cores, frozen graphs, interleaved runs: bf16
 # 256 / 285 / 247 / 180 img/s at batch 4 / 8 / 16 / 32; fp32 150 / 127 / 103 / 80).
@@ -215,11 +225,13 @@ def predict_outputs(
     images: np.ndarray,
     pre: Preprocessing,
     device: torch.device,
-    batch_size: int = INFER_BATCH,
+    batch_size: int | None = None,
     **kwargs: Any,
 ) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> outputs (N, ...) float32 on the CPU (see `run_batches`)."""
-    outs = list(run_batches(module, array_batches(images, batch_size), pre, device, **kwargs))
+    """uint8 (N, H, W, C) -> outputs (N, ...) float32 on the CPU (see `run_batches`), in batches
+    of ``batch_size`` (default `infer_batch`)."""
+    batches = array_batches(images, batch_size or infer_batch(device))
+    outs = list(run_batches(module, batches, pre, device, **kwargs))
     return torch.cat(outs) if outs else torch.empty(0)
 
 
@@ -255,7 +267,7 @@ def check_agreement(
     pre: Preprocessing,
     device: torch.device,
     fp32_logits: torch.Tensor | None = None,
-    batch_size: int = INFER_BATCH,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Guarded bf16 against fp32 on real images. The guard is chosen on every other image
     (`choose_guard`); agreement is measured on the rest, images the guard was not chosen on:

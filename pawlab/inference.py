@@ -29,7 +29,6 @@ from pawlab._imageio import ImageDecodeError, decode, default_workers, parallel_
 from pawlab._infer import (
     COMPILE_MIN_IMAGES,
     COMPILED_BATCH,
-    INFER_BATCH,
     TTA_VIEWS,
     Compiled,
     folded,
@@ -167,7 +166,7 @@ class Model:
     def predict_proba(
         self,
         images: np.ndarray,
-        batch_size: int = INFER_BATCH,
+        batch_size: int | None = None,
         tta: bool = False,
         cached: bool = False,
         progress: bool = False,

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from pawlab import checkpoint
 from pawlab._features import frozen_trunk, trunk_features
-from pawlab._infer import AGREE_MAX_PROB_DIFF, INFER_BATCH, MAX_RERUN, check_agreement, predict_outputs
+from pawlab._infer import AGREE_MAX_PROB_DIFF, MAX_RERUN, check_agreement, infer_batch, predict_outputs
 from pawlab._version import __version__
 from pawlab.augment import augment_batch
 from pawlab.callbacks import (
@@ -357,7 +357,7 @@ class Trainer:
                 self.preprocessing,
                 self.device,
                 # large inputs: small batches, which stay in the CPU's caches
-                INFER_BATCH if self.network.input_shape[1] > 96 else self.config.batch_size * 2,
+                infer_batch(self.device) if self.network.input_shape[1] > 96 else self.config.batch_size * 2,
                 channels_last=self.config.channels_last,
             )
         y = torch.from_numpy(self.val_set.labels)
