@@ -88,8 +88,8 @@ class Model:
     @functools.cached_property
     def _runner(self) -> torch.nn.Module:
         """What predicts images: `network` with batch-norms folded. A copy made on first use:
-        `network` itself computes cached features, and `evaluate` of a frozen backbone needs
-        nothing else."""
+        `evaluate` of a frozen backbone reads cached features (`trunk_features` folds its own
+        copy of the trunk) and needs nothing else."""
         return folded(self.network)
 
     def _use_bf16(self, precision: str) -> bool:

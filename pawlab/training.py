@@ -665,12 +665,13 @@ def _fit_phases(
         return first
     assert unfrozen is not None and config.epochs is not None
     done = int(first.history[-1]["epoch"])
-    tune_lr = config.fine_tune_lr
     config = config.with_(
         epochs=done + config.fine_tune_epochs,
         schedule_start=done,
         schedule="one-cycle",
-        lr=config.learning_rate / FINE_TUNE_LR_DIVISOR if tune_lr is None else tune_lr,
+        lr=config.learning_rate / FINE_TUNE_LR_DIVISOR
+        if config.fine_tune_lr is None
+        else config.fine_tune_lr,
         lr_spread=config.lr_spread if config.lr_spread > 1 else 100.0,
         fine_tune_epochs=0,
     )
