@@ -25,12 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pawlab.callbacks import MetricsLog, NaNGuard, ProgressPrinter
-from pawlab.config import DataConfig, TrainConfig
+from pawlab.config import DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import ImageSet, load_dataset
 from pawlab.models import build
 from pawlab.preprocessing import Preprocessing
 from pawlab.training import Trainer
+from pawlab.training.callbacks import MetricsLog, NaNGuard, ProgressPrinter
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "cats_and_dogs_filtered"
@@ -88,13 +88,14 @@ class PlainLoop:
             self.opt.step()
 
 
-def make_trainer(train: ImageSet, val: ImageSet, size: int, cfg: TrainConfig, tmp: Path) -> Trainer:
+def make_trainer(
+    train: ImageSet, val: ImageSet, size: int, cfg: TrainConfig, rt: RuntimeConfig, tmp: Path
+) -> Trainer:
     torch.manual_seed(0)
     net = build(spec(size), 2)
     callbacks = [NaNGuard(), MetricsLog(tmp / "metrics.jsonl"), ProgressPrinter(io.StringIO(), bar=False)]
-    return Trainer(
-        net, train, val, cfg, Preprocessing.for_input((3, size, size)), callbacks, {}, io.StringIO()
-    )
+    pre = Preprocessing.for_input((3, size, size))
+    return Trainer(net, train, val, cfg, pre, callbacks, {}, io.StringIO(), runtime=rt)
 
 
 def timed(fn: object) -> float:
@@ -112,11 +113,12 @@ def main() -> None:
     args = ap.parse_args()
     train, val = data(args.size)
     tmp = Path(__import__("tempfile").mkdtemp())
-    base = TrainConfig(epochs=1, optimizer="adam", lr=1e-3, batch_size=args.batch_size, progress=False)
+    base = TrainConfig(epochs=1, optimizer="adam", lr=1e-3, batch_size=args.batch_size)
     torch.manual_seed(0)
     plain = PlainLoop(build(spec(args.size), 2), train, args.batch_size, 1e-3)
-    equal = make_trainer(train, val, args.size, base.with_(precision="fp32", channels_last=False), tmp)
-    fast = make_trainer(train, val, args.size, base, tmp)
+    quiet = RuntimeConfig(progress=False)
+    equal = make_trainer(train, val, args.size, base, quiet.with_(precision="fp32", channels_last=False), tmp)
+    fast = make_trainer(train, val, args.size, base, quiet, tmp)
     loops = {
         "plain": plain.epoch,
         "pawlab (fp32, NCHW)": equal.train_epoch,
@@ -125,7 +127,7 @@ def main() -> None:
     print(
         f"{len(train)} images at {args.size}x{args.size}, batch {args.batch_size}, "
         f"{torch.get_num_threads()} threads; fast defaults: bf16={fast.bf16}, "
-        f"channels_last={fast.config.channels_last}",
+        f"channels_last={fast.runtime.channels_last}",
         flush=True,
     )
     for fn in loops.values():

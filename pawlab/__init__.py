@@ -6,7 +6,7 @@
     pawlab.load_model("model.safetensors").predict("cat.jpg")
 
 The public names below are imported on first use, so that ``import pawlab`` (and the data
-workers, which import ``pawlab._imageio``) do not pay for importing torch.
+workers, which import ``pawlab.data``) do not pay for importing torch.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pawlab._version import __version__
 
 if TYPE_CHECKING:
-    from pawlab.config import AugmentConfig, DataConfig, TrainConfig
+    from pawlab.config import AugmentConfig, DataConfig, RuntimeConfig, TrainConfig
     from pawlab.data import Dataset, ImageSet, PrepareReport, load_dataset, prepare
     from pawlab.errors import (
         ArchitectureError,
@@ -25,15 +25,15 @@ if TYPE_CHECKING:
         DataError,
         ModelFileError,
         PawlabError,
+        TrainingDiverged,
         WorkerError,
     )
     from pawlab.inference import EvalReport, Model, Prediction, evaluate, load_model, submit
-    from pawlab.layers import LAYERS
-    from pawlab.models import ARCHITECTURES, Network, build, get_architecture, load_arch_file
-    from pawlab.training import Callback, Trainer, TrainResult, train
+    from pawlab.models import ARCHITECTURES, LAYERS, Network, build, get_architecture, load_arch_file
+    from pawlab.training import Callback, Event, Trainer, TrainResult, resume, train
 
 _EXPORTS = {
-    "pawlab.config": ["AugmentConfig", "DataConfig", "TrainConfig"],
+    "pawlab.config": ["AugmentConfig", "DataConfig", "RuntimeConfig", "TrainConfig"],
     "pawlab.data": ["Dataset", "ImageSet", "PrepareReport", "load_dataset", "prepare"],
     "pawlab.errors": [
         "ArchitectureError",
@@ -41,12 +41,12 @@ _EXPORTS = {
         "DataError",
         "ModelFileError",
         "PawlabError",
+        "TrainingDiverged",
         "WorkerError",
     ],
     "pawlab.inference": ["EvalReport", "Model", "Prediction", "evaluate", "load_model", "submit"],
-    "pawlab.layers": ["LAYERS"],
-    "pawlab.models": ["ARCHITECTURES", "Network", "build", "get_architecture", "load_arch_file"],
-    "pawlab.training": ["Callback", "Trainer", "TrainResult", "train"],
+    "pawlab.models": ["ARCHITECTURES", "LAYERS", "Network", "build", "get_architecture", "load_arch_file"],
+    "pawlab.training": ["Callback", "Event", "Trainer", "TrainResult", "resume", "train"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -61,6 +61,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "EvalReport",
+    "Event",
     "ImageSet",
     "Model",
     "ModelFileError",
@@ -68,9 +69,11 @@ __all__ = [
     "PawlabError",
     "Prediction",
     "PrepareReport",
+    "RuntimeConfig",
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "TrainingDiverged",
     "WorkerError",
     "__version__",
     "build",
@@ -80,6 +83,7 @@ __all__ = [
     "load_dataset",
     "load_model",
     "prepare",
+    "resume",
     "submit",
     "train",
 ]

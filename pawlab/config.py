@@ -12,7 +12,7 @@ from typing import Any
 
 from pawlab.errors import ConfigError
 
-RESIZE_POLICIES = ("squash", "crop")  # how an image is fitted to the input size (see pawlab._imageio.decode)
+RESIZE_POLICIES = ("squash", "crop")  # how an image is fitted to the input size (see pawlab.data.decode)
 
 OPTIMIZERS = ("sgd", "rmsprop", "adagrad", "adam", "adamw")
 
@@ -116,7 +116,8 @@ MONITORS = {"val_loss": "min", "val_accuracy": "max"}
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run. ``epochs=None`` trains until interrupted (Ctrl-C or SIGTERM)."""
+    """One training run's recipe, saved with the run. ``epochs=None`` trains until interrupted
+    (Ctrl-C or SIGTERM). How it executes (device, precision, progress) is a `RuntimeConfig`."""
 
     epochs: int | None = 10
     optimizer: str = "adam"
@@ -135,10 +136,6 @@ class TrainConfig:
     monitor: str = "val_loss"  # what "best" means for the checkpoint and early stopping
     patience: int | None = None  # early stopping: epochs without improvement
     seed: int = 0
-    device: str = "auto"  # auto: cuda when present, else cpu
-    precision: str = "auto"  # auto: bf16 autocast where the hardware has fast bf16, else fp32
-    channels_last: bool = True
-    compile: bool = False  # torch.compile the network
     cache_features: bool = True  # a frozen backbone's features are computed once and cached
     # fastai's fine_tune: after the head is trained on a frozen backbone, this many epochs with
     # the backbone unfrozen (at `fine_tune_lr`, spread as `lr_spread` says)
@@ -148,7 +145,6 @@ class TrainConfig:
     # between (1: one rate for all)
     lr_spread: float = 1.0
     schedule_start: int = 0  # the epoch where the schedule starts (a fine-tuning phase's first)
-    progress: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs is not None:
@@ -187,11 +183,6 @@ class TrainConfig:
         )
         if self.patience is not None:
             _check(self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
-        _check(
-            self.precision in PRECISIONS,
-            "precision",
-            f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
-        )
         _check(self.fine_tune_epochs >= 0, "fine_tune_epochs", f"must be >= 0, got {self.fine_tune_epochs}")
         _check(
             self.fine_tune_lr is None or (math.isfinite(self.fine_tune_lr) and self.fine_tune_lr > 0),
@@ -207,11 +198,6 @@ class TrainConfig:
             self.schedule_start >= 0 and (self.epochs is None or self.schedule_start < self.epochs),
             "schedule_start",
             f"must be >= 0 and below epochs, got {self.schedule_start}",
-        )
-        _check(
-            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-            "device",
-            f"must be auto, cpu or cuda[:N], got {self.device!r}",
         )
 
     @property
@@ -239,6 +225,33 @@ class TrainConfig:
         values = {k: v for k, v in d.items() if k in known}
         values["augment"] = AugmentConfig(**d.get("augment", {}))
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How a run executes, not what it learns: never part of the saved recipe, so a resumed run
+    (or a preset) takes any of these afresh."""
+
+    device: str = "auto"  # auto: cuda when present, else cpu
+    precision: str = "auto"  # auto: bf16 autocast where the hardware has fast bf16, else fp32
+    channels_last: bool = True  # the memory format of images in training
+    compile: bool = False  # torch.compile the network
+    progress: bool = True  # progress bars and per-epoch lines
+
+    def __post_init__(self) -> None:
+        _check(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "device",
+            f"must be auto, cpu or cuda[:N], got {self.device!r}",
+        )
+        _check(
+            self.precision in PRECISIONS,
+            "precision",
+            f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+        )
+
+    def with_(self, **changes: Any) -> RuntimeConfig:
+        return replace(self, **changes)
 
 
 DEFAULT_LR = {"sgd": 0.01, "rmsprop": 1e-3, "adagrad": 1e-2, "adam": 1e-3, "adamw": 1e-3}

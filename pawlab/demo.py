@@ -12,11 +12,11 @@ from typing import TextIO
 import numpy as np
 from PIL import Image
 
-from pawlab.config import AugmentConfig, DataConfig, TrainConfig
+from pawlab.config import AugmentConfig, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import prepare
 from pawlab.errors import DataError
 from pawlab.inference import evaluate, load_model
-from pawlab.training import train
+from pawlab.training.runs import train
 
 
 def mnist_5k() -> tuple[np.ndarray, np.ndarray]:
@@ -74,10 +74,16 @@ def run_demo(
         batch_size=64,
         augment=AugmentConfig(rotate=10),
         seed=0,
-        progress=progress,
     )
     model_path = work / "model.safetensors"
-    result = train(work / "prepared", model_path, "small-cnn", cfg, stream=stream)
+    result = train(
+        work / "prepared",
+        model_path,
+        "small-cnn",
+        cfg,
+        stream=stream,
+        runtime=RuntimeConfig(progress=progress),
+    )
     say("4/5 evaluating on the validation split")
     ev = evaluate(model_path, work / "prepared", report_dir=work / "report", progress=progress)
     print(ev.table(), file=stream)

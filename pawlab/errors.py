@@ -1,8 +1,10 @@
 """User-facing errors.
 
 Every error a user can cause by what they pass (a path, a field, a layer list) is a
-`PawlabError`: the CLI prints its message as one line and exits non-zero, with no traceback.
-Anything else escaping is a bug in pawlab.
+`PawlabError`: the CLI prints its message as one line, with no traceback, and exits with the
+error's ``exit_code``: 2 for usage and configuration errors (a flag, a config field, a network
+description), 1 for what was found while working (data, model files, workers, a diverging
+run). Anything else escaping is a bug in pawlab.
 """
 
 from __future__ import annotations
@@ -11,19 +13,23 @@ from __future__ import annotations
 class PawlabError(Exception):
     """Base of all user-facing errors; the message is one line that names the file or field."""
 
-    exit_code = 2
+    exit_code = 1
 
 
 class ConfigError(PawlabError):
     """A configuration value (CLI flag, config field) is invalid."""
 
-
-class DataError(PawlabError):
-    """A data source is missing, empty, or unusable (e.g. one class only)."""
+    exit_code = 2
 
 
 class ArchitectureError(PawlabError):
     """A network description is invalid: unknown layer, bad parameter, shapes that do not fit."""
+
+    exit_code = 2
+
+
+class DataError(PawlabError):
+    """A data source is missing, empty, or unusable (e.g. one class only)."""
 
 
 class ModelFileError(PawlabError):
@@ -33,3 +39,7 @@ class ModelFileError(PawlabError):
 class WorkerError(PawlabError):
     """A worker process died: killed, out of memory, or a script without ``if __name__ ==
     "__main__":`` (workers run the script again as they start)."""
+
+
+class TrainingDiverged(PawlabError):
+    """The training loss became NaN or infinite."""

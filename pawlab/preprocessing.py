@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
@@ -40,11 +41,23 @@ class Preprocessing:
             std=tuple(float(v) for v in d["std"]),
         )
 
-    def to_unit(self, batch: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1], on the batch's device (move
-        uint8 to a GPU before this: a quarter of the bytes of float)."""
-        t = torch.as_tensor(batch)
-        return t.permute(0, 3, 1, 2).float().div_(255.0)
+    def inputs(
+        self,
+        batch: np.ndarray | torch.Tensor,
+        device: torch.device,
+        memory_format: torch.memory_format = torch.channels_last,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """uint8 (B, H, W, C) -> normalised float inputs (B, C, H, W) on ``device``, in
+        ``memory_format``. ``transform`` (augmentation, a test-time view) runs on the [0, 1]
+        pixels before they are normalised."""
+        t = torch.as_tensor(np.ascontiguousarray(batch) if isinstance(batch, np.ndarray) else batch)
+        # moved and laid out while still one byte a value; float only on the device
+        x = t.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
+        x = x.float().div_(255.0)
+        if transform is not None:
+            x = transform(x)
+        return self.normalize(x).contiguous(memory_format=memory_format)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] pixels (B, C, H, W) -> network inputs, in the memory layout of ``x``."""

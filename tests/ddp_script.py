@@ -1,4 +1,4 @@
-"""Run by tests/test_training.py under torchrun: train, then record this rank's final weights."""
+"""Run by tests/training/test_loop.py under torchrun: train, then record this rank's final weights."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from pawlab.callbacks import Callback
-from pawlab.cli import _distributed_setup
-from pawlab.config import TrainConfig
+from pawlab.config import RuntimeConfig, TrainConfig
+from pawlab.runtime import init_distributed
 from pawlab.training import Trainer, train
+from pawlab.training.callbacks import Callback
 
 TINY = [
     {"type": "input", "size": 16},
@@ -35,12 +35,19 @@ class WeightsDigest(Callback):
 
 def main() -> None:
     src, out = Path(sys.argv[1]), Path(sys.argv[2])
-    _distributed_setup()
+    init_distributed()
     rank = dist.get_rank()
     capture = WeightsDigest()
-    config = TrainConfig(epochs=4, lr=3e-3, batch_size=16, progress=False)
+    config = TrainConfig(epochs=4, lr=3e-3, batch_size=16)
     result = train(
-        src, out / "model.safetensors", TINY, config, workers=1, stream=io.StringIO(), callbacks=[capture]
+        src,
+        out / "model.safetensors",
+        TINY,
+        config,
+        workers=1,
+        stream=io.StringIO(),
+        callbacks=[capture],
+        runtime=RuntimeConfig(progress=False),
     )
     record = {
         "world": dist.get_world_size(),

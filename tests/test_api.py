@@ -1,4 +1,5 @@
-"""The public API: every exported name resolves, and importing data code does not import torch."""
+"""The public API: every exported name resolves, and importing data code (or the run-directory
+reader) does not import torch."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ def test_every_exported_name_resolves() -> None:
 
 
 def test_data_workers_do_not_import_torch() -> None:
-    code = "import sys, pawlab, pawlab.data, pawlab._pack; print('torch' in sys.modules)"
+    modules = ", ".join(
+        f"pawlab.data.{m}" for m in ("catalog", "datasets", "decode", "pack", "sources", "workers")
+    )
+    code = f"import sys, pawlab, pawlab.runlog, {modules}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

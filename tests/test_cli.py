@@ -399,7 +399,7 @@ def test_backbone_with_a_weights_file(tmp_path: Path) -> None:
     import torch
 
     from pawlab import checkpoint
-    from pawlab.backbones import resnet18
+    from pawlab.models.backbones import resnet18
 
     src = write_tree(tmp_path / "src", {"cat": 6, "dog": 6})
     weights = tmp_path / "resnet18.pth"

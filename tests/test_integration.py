@@ -9,8 +9,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from pawlab import DataConfig, TrainConfig, evaluate, load_model, prepare, train
-from pawlab._pack import open_packed
+from pawlab import DataConfig, RuntimeConfig, TrainConfig, evaluate, load_model, prepare, train
+from pawlab.data.pack import open_packed
 from tests.conftest import CATS_DOGS, requires_cats_dogs
 
 
@@ -38,8 +38,9 @@ def test_cats_and_dogs_subset(tmp_path: Path) -> None:
         tmp_path / "prepared",
         tmp_path / "model.safetensors",
         "cortex-cnn",
-        TrainConfig(epochs=6, optimizer="adam", lr=1e-3, batch_size=32, progress=False),
+        TrainConfig(epochs=6, optimizer="adam", lr=1e-3, batch_size=32),
         stream=stream,
+        runtime=RuntimeConfig(progress=False),
     )
     assert len(result.history) == 6
     assert all(math.isfinite(m["val_loss"]) for m in result.history)

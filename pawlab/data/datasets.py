@@ -1,0 +1,427 @@
+"""Data ingestion: from a folder or zip of images to labelled, split uint8 arrays.
+
+    source --`pawlab.data.catalog`--> split Items --`pawlab.data.pack`--> packed arrays --> `Dataset`
+
+`prepare` writes the packed arrays of a source into a folder; `load_dataset` reads them (packing
+the source into the user cache first when it was not prepared). Files that cannot be used are
+never fatal: they are returned as `Skipped` with a reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pawlab.config import DataConfig
+from pawlab.data.catalog import Item, Skipped, assign_splits, catalog, non_image_reason
+from pawlab.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode, to_channels
+from pawlab.data.pack import (
+    MANIFEST,
+    SPLITS,
+    Packed,
+    PackResult,
+    PlannedItem,
+    cache_dir_for,
+    check_out_dir,
+    locked,
+    open_packed,
+    pack,
+)
+from pawlab.data.sources import FolderSource, ZipSource, open_source, read_entry, source_stamp
+from pawlab.errors import DataError
+
+
+@dataclass
+class ImageSet:
+    """Decoded images of one split: ``images`` (N, H, W, C) uint8, ``labels`` (N,) int64."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(int(i) for i in self.labels)
+        return {cls: c.get(i, 0) for i, cls in enumerate(self.classes)}
+
+
+@dataclass
+class Dataset:
+    """A labelled source, decoded and split."""
+
+    classes: list[str]
+    train: ImageSet
+    validation: ImageSet
+    skipped: list[Skipped]
+    source: str
+    size: tuple[int, int]
+    presplit: bool
+    origin: dict[str, Any] = field(default_factory=dict)  # raw source, seed and fraction of the split
+    resize: str = "squash"  # how the images were fitted to ``size``
+
+
+DecodeTask = tuple[str, tuple[int, int], str, tuple[int, int] | None, int, str]
+
+
+def decode_task(task: DecodeTask) -> np.ndarray | str:
+    """(source path, source stamp, name, size, channels, resize) -> array, or the reason it
+    is skipped."""
+    src_path, stamp, name, size, channels, resize = task
+    data = read_entry(src_path, stamp, name)
+    if isinstance(data, str):
+        return data
+    try:
+        return decode(data, size, channels, resize)
+    except ImageDecodeError as exc:
+        return str(exc)
+
+
+def decode_tasks(
+    source: FolderSource | ZipSource,
+    names: Sequence[str],
+    size: tuple[int, int] | None,
+    channels: int,
+    resize: str = "squash",
+) -> list[DecodeTask]:
+    stamp = source_stamp(source.path)
+    return [(str(source.path), stamp, n, size, channels, resize) for n in names]
+
+
+def no_images_error(where: object) -> DataError:
+    return DataError(f"{where}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} files)")
+
+
+def _check_classes(items: Sequence[Item], where: str) -> list[str]:
+    classes = sorted({it.label for it in items if it.label is not None})
+    if not items:
+        raise no_images_error(where)
+    if len(classes) < 2:
+        only = f" only {classes[0]!r}" if classes else ""
+        raise DataError(
+            f"{where}: found {len(classes)} class{only}; need at least 2 "
+            "(class-per-folder like cat/ and dog/, or names like cat.1.jpg)"
+        )
+    return classes
+
+
+def _plan(
+    source: FolderSource | ZipSource, val_fraction: float, seed: int
+) -> tuple[list[PlannedItem], list[tuple[str, str]], list[tuple[str, int, float]], bool]:
+    """Catalogue and split a source: (planned items, skipped files, all entries, presplit)."""
+    entries = source.entries()
+    stamps = {e.name: e for e in entries}
+    cat = catalog([e.name for e in entries])
+    _check_classes(cat.items, str(source.path))
+    planned = [
+        PlannedItem(it.name, str(it.label), str(it.split), stamps[it.name].size, stamps[it.name].mtime)
+        for it in assign_splits(cat.items, val_fraction, seed)
+    ]
+    skipped = [(sk.name, sk.reason) for sk in cat.skipped]
+    return planned, skipped, [(e.name, e.size, e.mtime) for e in entries], cat.presplit
+
+
+def pack_source(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    config: DataConfig,
+    *,
+    progress: bool = True,
+    png: bool = False,
+    dedupe: bool = False,
+    strict: bool = False,
+) -> PackResult:
+    """Pack ``src`` into ``out`` at ``config.size`` (see `pawlab.data.pack`)."""
+    source = open_source(src)
+    out_dir = Path(out).expanduser().resolve()
+    check_out_dir(out_dir, source.path)
+    planned, skipped, entries, presplit = _plan(source, config.val_fraction, config.seed)
+    settings = {
+        "seed": config.seed,
+        "val_fraction": config.val_fraction,
+        "presplit": presplit,
+        "resize": config.resize,
+    }
+    with locked(out_dir):  # concurrent runs on one folder wait for each other
+        return pack(
+            source,
+            planned,
+            skipped,
+            out_dir,
+            size=config.size,
+            settings=settings,
+            entries=entries,
+            workers=config.workers,
+            progress=progress,
+            png=png,
+            dedupe=dedupe,
+            strict=strict,
+        )
+
+
+def packed_for(
+    path: str | os.PathLike[str], config: DataConfig, *, progress: bool = True
+) -> tuple[Packed, bool]:
+    """The packed form of a source at ``config.size``, and whether it has its own split.
+
+    A folder made by `prepare` at that size and resize policy is used as it is. Any other source (or a
+    prepared folder at another size, through its original source) is packed once into the
+    cache folder (`pawlab.data.pack.cache_root`) and reused while it is unchanged.
+    """
+    p = Path(path).expanduser()
+    prepared = open_packed(p) if p.is_dir() else None
+    if prepared is not None:
+        if (prepared.size, prepared.resize) == (config.size, config.resize):
+            return prepared, True
+        original = Path(prepared.manifest["source"])
+        if original.exists():
+            same_split = DataConfig(
+                size=config.size,
+                val_fraction=float(prepared.manifest["val_fraction"]),
+                seed=int(prepared.manifest["seed"]),
+                workers=config.workers,
+                resize=config.resize,
+            )
+            cached = pack_source(
+                original,
+                cache_dir_for(original, config.size, same_split.seed, same_split.val_fraction, config.resize),
+                same_split,
+                progress=progress,
+            )
+            return cached.packed, True
+    source_path = open_source(p).path
+    cache = cache_dir_for(source_path, config.size, config.seed, config.val_fraction, config.resize)
+    packed = pack_source(source_path, cache, config, progress=progress).packed
+    return packed, bool(packed.manifest.get("presplit")) or prepared is not None
+
+
+def _skipped(packed: Packed) -> list[Skipped]:
+    return [Skipped(s["name"], s["reason"]) for s in packed.manifest["skipped"]]
+
+
+def load_dataset(
+    path: str | os.PathLike[str],
+    config: DataConfig = DataConfig(),
+    *,
+    channels: int = 3,
+    progress: bool = True,
+) -> Dataset:
+    """Read, label, split and decode a labelled source into memory at ``config.size``.
+
+    Decoding happens once per source and size: later calls read the packed cache.
+    """
+    packed, presplit = packed_for(path, config, progress=progress)
+    sets = {
+        split: ImageSet(
+            images=to_channels(np.array(packed.images(split)), channels),
+            labels=packed.labels(split),
+            names=packed.names(split),
+            classes=packed.classes,
+        )
+        for split in SPLITS
+    }
+    return Dataset(
+        classes=packed.classes,
+        train=sets["train"],
+        validation=sets["validation"],
+        skipped=_skipped(packed),
+        source=str(Path(path).expanduser().resolve()),
+        size=(config.size, config.size),
+        presplit=presplit,
+        origin={k: packed.manifest[k] for k in ("source", "seed", "val_fraction", "presplit")},
+        resize=packed.resize,
+    )
+
+
+@dataclass
+class EvalSet:
+    images: ImageSet
+    skipped: list[Skipped]
+    description: str  # which images, in words
+
+
+def load_eval_set(
+    path: str | os.PathLike[str],
+    size: tuple[int, int],
+    channels: int,
+    classes: list[str],
+    *,
+    trained_on: dict[str, Any] | None = None,
+    workers: int = 0,
+    progress: bool = True,
+    resize: str = "squash",
+) -> EvalSet:
+    """The labelled images to evaluate a model on, never its training images.
+
+    A source with its own split (or a prepared folder) gives its validation images. The
+    very source a model was trained on gives the validation part of the split used in
+    training. Any other source is taken whole, as an independent test set.
+    """
+    if size[0] != size[1]:
+        raise DataError(f"{path}: only square input sizes are supported, got {size}")
+    trained_on = trained_on or {}
+    # where the model's split came from: the raw source, and the seed and fraction that split it
+    origin = trained_on.get("origin") or trained_on
+    resolved = str(Path(path).expanduser().resolve())
+    prepared = open_packed(resolved) if Path(resolved).is_dir() else None
+    if (
+        prepared is not None
+        and origin.get("source") == prepared.manifest["source"]
+        and not origin.get("presplit")
+    ):
+        m = prepared.manifest
+        if (m["seed"], m["val_fraction"]) != (origin["seed"], origin["val_fraction"]):
+            raise DataError(
+                f"{resolved}: prepared from the model's training source with another split "
+                f"(seed {m['seed']}, fraction {m['val_fraction']:g}), so its validation images include "
+                f"training images; prepare it with --seed {origin['seed']} "
+                f"--val-fraction {origin['val_fraction']:g}"
+            )
+    same = origin.get("source") == resolved and not origin.get("presplit")
+    frac, seed = (float(origin["val_fraction"]), int(origin["seed"])) if same else (0.2, 0)
+    config = DataConfig(size=size[0], val_fraction=frac, seed=seed, workers=workers, resize=resize)
+    packed, presplit = packed_for(path, config, progress=progress)
+    if presplit:
+        splits, description = ["validation"], "the source's validation split"
+    elif same:
+        splits = ["validation"]
+        description = f"the validation split used in training (fraction {frac:g}, seed {seed})"
+    else:
+        splits, description = list(SPLITS), "all labelled images of the source"
+    unknown = sorted(set(packed.classes) - set(classes))
+    if unknown:
+        raise DataError(
+            f"{resolved}: class {unknown[0]!r} is not one of the model's classes ({', '.join(classes)})"
+        )
+    remap = np.array([classes.index(c) for c in packed.classes], dtype=np.int64)
+    images = ImageSet(
+        images=to_channels(np.concatenate([np.array(packed.images(s)) for s in splits]), channels),
+        labels=remap[np.concatenate([packed.labels(s) for s in splits])],
+        names=[n for s in splits for n in packed.names(s)],
+        classes=classes,
+    )
+    return EvalSet(images, _skipped(packed), description)
+
+
+def load_unlabeled(
+    path: str | os.PathLike[str], size: tuple[int, int], channels: int = 3
+) -> tuple[FolderSource | ZipSource, list[str], list[Skipped]]:
+    """The image names of an unlabelled source (e.g. a Kaggle test set), and what was skipped."""
+    source = open_source(path)
+    names, skipped = [], []
+    for e in source.entries():
+        reason = non_image_reason(e.name)
+        if reason is None:
+            names.append(e.name)
+        else:
+            skipped.append(Skipped(e.name, reason))
+    if not names:
+        raise no_images_error(source.path)
+    return source, names, skipped
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+@dataclass
+class PrepareReport:
+    """What `prepare` did (the manifest, less its per-file index)."""
+
+    out: str
+    source: str
+    size: int
+    seed: int
+    val_fraction: float
+    classes: list[str]
+    counts: dict[str, dict[str, int]]  # split -> class -> images
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[dict[str, str]] = field(default_factory=list)
+    deduplicated: bool = False
+    presplit: bool = False
+    seconds: float = 0.0
+    up_to_date: bool = False  # nothing had changed: nothing was decoded
+    decoded: int = 0
+    reused: int = 0
+
+    @classmethod
+    def from_pack(cls, result: PackResult) -> PrepareReport:
+        m = result.packed.manifest
+        return cls(
+            out=str(result.packed.root),
+            source=m["source"],
+            size=m["size"],
+            seed=m["seed"],
+            val_fraction=m["val_fraction"],
+            classes=m["classes"],
+            counts=m["counts"],
+            skipped=[{"name": s["name"], "reason": s["reason"]} for s in m["skipped"]],
+            duplicates=m["duplicates"],
+            deduplicated=m["deduplicated"],
+            presplit=m["presplit"],
+            seconds=m["seconds"],
+            up_to_date=result.up_to_date,
+            decoded=result.decoded,
+            reused=result.reused,
+        )
+
+    def summary(self) -> str:
+        state = (
+            "up to date, nothing decoded"
+            if self.up_to_date
+            else (f"{self.decoded} decoded, {self.reused} reused")
+        )
+        lines = [f"prepared {self.source} -> {self.out} at {self.size}x{self.size} ({state})"]
+        for split, per_class in self.counts.items():
+            detail = ", ".join(f"{c} {n}" for c, n in per_class.items())
+            lines.append(f"  {split:<10} {sum(per_class.values()):>6} images ({detail})")
+        if self.skipped:
+            reasons = Counter(s["reason"].split(" (")[0] for s in self.skipped)
+            lines.append(
+                f"  skipped    {len(self.skipped):>6} files: "
+                + "; ".join(f"{n} {r}" for r, n in reasons.most_common())
+            )
+        if self.duplicates:
+            first = self.duplicates[0]
+            action = (
+                "removed from validation" if self.deduplicated else "--dedupe removes them from validation"
+            )
+            lines.append(
+                f"  duplicates {len(self.duplicates):>6} validation images byte-identical to training images "
+                f"({action}), e.g. {first['validation']} = {first['train']}"
+            )
+        lines.append(f"  took {self.seconds:.1f}s; manifest: {Path(self.out) / MANIFEST}")
+        return "\n".join(lines)
+
+
+def prepare(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    config: DataConfig = DataConfig(),
+    *,
+    progress: bool = True,
+    dedupe: bool = False,
+    strict: bool = False,
+    png: bool = False,
+) -> PrepareReport:
+    """Decode, resize and split ``src`` into ``out``.
+
+    Writes the packed arrays that `train`, `evaluate` and the Python API read (one
+    memory-mapped ``(N, size, size, 3)`` uint8 array per split) and ``out/manifest.json``
+    (classes, counts, size, source, seed, every file with its split, every skipped file with
+    its reason, duplicates). Run again on an unchanged source it returns at once; on a
+    changed one it decodes only what changed. ``png`` also writes the tutorials' layout
+    ``out/{train,validation}/<class>/<id>.png``, for browsing or other tools (encoding PNGs
+    costs more than decoding at large sizes, so it is opt-in). ``dedupe`` drops validation
+    images that are byte-identical to training images; ``strict`` fails instead of skipping
+    unreadable files.
+    """
+    result = pack_source(src, out, config, progress=progress, png=png, dedupe=dedupe, strict=strict)
+    return PrepareReport.from_pack(result)

@@ -1,0 +1,144 @@
+"""A process pool for decoding: one worker process per core, started on first use.
+
+A worker that dies is a `WorkerError` at once (never a job that waits forever), and workers end
+with the process that started them. Workers import no torch.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
+
+from pawlab.errors import WorkerError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_UNGUARDED = (
+    "pawlab was called while a worker process was starting: a script that calls pawlab must do so"
+    ' under `if __name__ == "__main__":` (worker processes run the script again as they start)'
+)
+
+
+def refuse_in_starting_process() -> None:
+    """`WorkerError` in a process that is still starting. ``spawn`` and ``forkserver`` run the
+    parent's script again there, and a script that calls pawlab outside ``if __name__ ==
+    "__main__":`` would start its job again: wait for the parent's lock, or start workers of
+    its own, and never finish starting."""
+    # multiprocessing marks a process that is still running its parent's script with this flag;
+    # its own refusal to start processes from there reads the same one
+    if getattr(mp.current_process(), "_inheriting", False):
+        raise WorkerError(_UNGUARDED)
+
+
+# Chunks of tasks queued per worker ahead of the consumer: enough to keep the workers busy, few
+# enough that results waiting for a slow consumer (decoded images waiting for the network) stay
+# a few megabytes instead of the whole job.
+AHEAD = 4
+
+
+def _run_chunk(fn: Callable[[T], R], chunk: Sequence[T]) -> list[R]:
+    return [fn(t) for t in chunk]
+
+
+def _exit_with_parent() -> None:
+    """Worker initializer: end the worker when the process that started it is gone (killed,
+    even by SIGKILL), instead of waiting for work forever."""
+    parent = mp.parent_process()
+    if parent is not None:
+        threading.Thread(target=_wait_then_exit, args=(parent.sentinel,), daemon=True).start()
+
+
+def _wait_then_exit(sentinel: int) -> None:
+    mp.connection.wait([sentinel])
+    os._exit(1)
+
+
+class Workers:
+    """A process pool for the stages of one job, started on first use (small jobs run
+    in-process) and shared by the stages, so that a job pays for starting workers once.
+
+    ``forkserver`` keeps workers clean of the parent's threads (torch, OpenMP), which makes
+    starting them safe even after a model was built. A worker that dies (killed, out of memory,
+    or a script that calls pawlab at import, which each worker runs again as it starts) is a
+    `WorkerError` at once, not a job that waits forever.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def map(self, fn: Callable[[T], R], tasks: Sequence[T], chunksize: int = 16) -> Iterator[R]:
+        """``map(fn, tasks)``, in order, with at most `AHEAD` chunks per worker in flight."""
+        if self.workers <= 1 or len(tasks) < 2 * chunksize:
+            return map(fn, tasks)
+        if self._pool is None:
+            refuse_in_starting_process()
+            methods = mp.get_all_start_methods()
+            context = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_exit_with_parent)
+        return self._ordered(self._pool, fn, tasks, chunksize)
+
+    def _ordered(
+        self, pool: ProcessPoolExecutor, fn: Callable[[T], R], tasks: Sequence[T], chunksize: int
+    ) -> Iterator[R]:
+        ahead: deque[Future[list[R]]] = deque()
+        try:
+            for start in range(0, len(tasks), chunksize):
+                ahead.append(pool.submit(_run_chunk, fn, tasks[start : start + chunksize]))
+                if len(ahead) >= AHEAD * self.workers:
+                    yield from ahead.popleft().result()
+            while ahead:
+                yield from ahead.popleft().result()
+        except BrokenProcessPool as exc:
+            raise WorkerError(
+                "a worker process exited unexpectedly (killed, out of memory, or a script that calls "
+                'pawlab outside `if __name__ == "__main__":`, which workers run again as they start)'
+            ) from exc
+        finally:
+            for f in ahead:
+                f.cancel()
+
+    def close(self) -> None:
+        """Stop the workers now, even in the middle of a task (a job that stopped early, on an
+        error or Ctrl-C, must not wait for them or leave them writing)."""
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        # ProcessPoolExecutor can terminate its workers only from Python 3.14 on; before that,
+        # through its process table, as multiprocessing.Pool.terminate() did
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            p.terminate()
+        for p in processes:
+            p.join()
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def parallel_map(
+    fn: Callable[[T], R], tasks: Sequence[T], *, workers: int, chunksize: int = 16
+) -> Iterator[R]:
+    """``map(fn, tasks)`` in order, in ``workers`` processes when the job is big enough."""
+    with Workers(workers) as pool:
+        yield from pool.map(fn, tasks, chunksize)

@@ -1,0 +1,24 @@
+"""Inference: a model file's `Model`, and everything that runs it.
+
+model.py       `Model` and `load_model`: predict an image, a batch, with test-time views
+engine.py      the one batched path: channels-last, guarded bf16, compiled frozen graphs
+features.py    a frozen trunk's features, computed once and cached
+agreement.py   whether guarded bf16 agrees with fp32 for a model (checked after training)
+evaluation.py  `evaluate`: metrics, confusion matrix and figures on labelled data
+submission.py  `submit`: a streamed, resumable Kaggle CSV, sharded under torchrun
+"""
+
+from pawlab.inference.evaluation import EvalReport, evaluate, metrics_from_probs
+from pawlab.inference.model import Model, Prediction, load_model
+from pawlab.inference.submission import SubmitReport, submit
+
+__all__ = [
+    "EvalReport",
+    "Model",
+    "Prediction",
+    "SubmitReport",
+    "evaluate",
+    "load_model",
+    "metrics_from_probs",
+    "submit",
+]

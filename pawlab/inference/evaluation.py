@@ -1,0 +1,153 @@
+"""Evaluation on labelled data: accuracy, log loss, confusion matrix and figures."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pawlab.data import load_eval_set
+from pawlab.inference.model import Model, load_model
+
+
+@dataclass
+class EvalReport:
+    classes: list[str]
+    count: int
+    accuracy: float
+    log_loss: float
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
+    precision: dict[str, float]
+    recall: dict[str, float]
+    split: str  # which images were evaluated, in words
+    figures: dict[str, str] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    top_losses: list[dict[str, Any]] = field(default_factory=list)  # the most confidently wrong
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "log_loss": self.log_loss,
+            "count": self.count,
+            "classes": self.classes,
+            "confusion_matrix": self.confusion_matrix,
+            "precision": self.precision,
+            "recall": self.recall,
+            "evaluated": self.split,
+            "figures": self.figures,
+            "top_losses": self.top_losses,
+            "skipped": self.skipped,
+        }
+
+    def table(self) -> str:
+        w = max(8, *(len(c) for c in self.classes))
+        lines = [
+            f"evaluated {self.count} images ({self.split})",
+            f"accuracy  {self.accuracy:.4f}",
+            f"log loss  {self.log_loss:.4f}",
+            "",
+            f"{'class':<{w}}  precision  recall",
+        ]
+        lines += [f"{c:<{w}}  {self.precision[c]:>9.4f}  {self.recall[c]:>6.4f}" for c in self.classes]
+        lines += [
+            "",
+            "confusion matrix (rows: true, columns: predicted)",
+            " " * w + "  " + "  ".join(f"{c:>{w}}" for c in self.classes),
+        ]
+        for c, row in zip(self.classes, self.confusion_matrix, strict=True):
+            lines.append(f"{c:<{w}}  " + "  ".join(f"{v:>{w}}" for v in row))
+        for name, path in self.figures.items():
+            lines.append(f"{name}: {path}")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} files (see --json for the list)")
+        return "\n".join(lines)
+
+
+def metrics_from_probs(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, log loss, confusion matrix, per-class precision and recall."""
+    k = len(classes)
+    pred = probs.argmax(1)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (labels, pred), 1)
+    p_true = np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0)
+    col, row = cm.sum(0), cm.sum(1)
+    diag = np.diag(cm)
+    return {
+        "accuracy": float((pred == labels).mean()),
+        "log_loss": float(-np.log(p_true).mean()),
+        "confusion_matrix": cm.tolist(),
+        "precision": {c: float(diag[i] / col[i]) if col[i] else 0.0 for i, c in enumerate(classes)},
+        "recall": {c: float(diag[i] / row[i]) if row[i] else 0.0 for i, c in enumerate(classes)},
+    }
+
+
+def evaluate(
+    model: Model | str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    *,
+    report_dir: str | os.PathLike[str] | None = None,
+    workers: int = 0,
+    progress: bool = True,
+    samples: int = 24,
+    tta: bool = False,
+) -> EvalReport:
+    """Evaluate on labelled data: its validation split when it has one, never training images.
+
+    Writes to ``report_dir`` (default: beside the model file, ``<model>-eval/``)
+    ``predictions.png`` (sample predictions, wrong ones marked), ``confusion_matrix.png`` and
+    ``top_losses.png`` (the most confidently wrong images). ``tta``: test-time augmentation.
+    """
+    m = model if isinstance(model, Model) else load_model(model)
+    data_info = m.meta.get("training", {}).get("data", {})
+    ev = load_eval_set(
+        data,
+        m.preprocessing.size,
+        m.preprocessing.channels,
+        m.classes,
+        trained_on=data_info,
+        workers=workers,
+        progress=progress,
+        resize=m.preprocessing.resize,
+    )
+    m.prepare_for(len(ev.images), tta)
+    probs = m.predict_proba(ev.images.images, tta=tta, cached=True, progress=progress)
+    stats = metrics_from_probs(probs, ev.images.labels, m.classes)
+    if report_dir is None:
+        base = m.path if m.path is not None else Path("model")
+        report_dir = base.with_name(base.stem + "-eval")
+    out = Path(report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    from pawlab.figures import confusion_matrix_plot, prediction_grid, top_losses, top_losses_grid
+
+    images, labels = ev.images.images, ev.images.labels
+    figures = {
+        "predictions": prediction_grid(
+            images, labels, probs, m.classes, out / "predictions.png", samples=samples
+        ),
+        "confusion_matrix": confusion_matrix_plot(
+            stats["confusion_matrix"], m.classes, out / "confusion_matrix.png"
+        ),
+        "top_losses": top_losses_grid(images, labels, probs, m.classes, out / "top_losses.png"),
+    }
+    worst = [
+        {
+            "name": ev.images.names[i],
+            "true": m.classes[int(labels[i])],
+            "predicted": m.classes[int(probs[i].argmax())],
+            "loss": loss,
+            "p_true": float(probs[i, int(labels[i])]),
+        }
+        for i, loss in top_losses(labels, probs, 12)
+    ]
+    return EvalReport(
+        classes=m.classes,
+        count=len(ev.images),
+        split=ev.description + (", test-time augmentation" if tta else ""),
+        figures={k: str(v) for k, v in figures.items()},
+        top_losses=worst,
+        skipped=[{"name": s.name, "reason": s.reason} for s in ev.skipped],
+        **stats,
+    )

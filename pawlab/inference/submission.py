@@ -1,0 +1,256 @@
+"""Kaggle submissions: a streamed, resumable ``id,label`` CSV, sharded under torchrun."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, TextIO
+
+import numpy as np
+import torch.distributed as dist
+from tqdm import tqdm
+
+from pawlab.atomic import atomic_write_text
+from pawlab.data import Skipped, load_unlabeled
+from pawlab.data.datasets import decode_task, decode_tasks
+from pawlab.data.workers import default_workers, parallel_map
+from pawlab.errors import DataError
+from pawlab.inference.model import Model, load_model
+
+
+@dataclass
+class SubmitReport:
+    path: Path
+    rows: int  # rows in the file now
+    written: int  # rows written by this run
+    resumed: int  # rows already there
+    skipped: list[Skipped]
+    failed: list[Skipped]  # images that could not be decoded: written with an uninformative label
+    seconds: float
+
+
+def _numeric_id(name: str) -> int | None:
+    stem = PurePosixPath(name).stem
+    return int(stem) if re.fullmatch(r"\d+", stem) else None
+
+
+def _file_identity(path: Path | None) -> str:
+    """A model file's path, size and modification time (a retrained model differs)."""
+    if path is None:
+        return "<in memory>"
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_rows(path: Path, header: bool) -> dict[int, str]:
+    """id -> its whole row (with its newline) in a submission or a shard's part file, which
+    may have been interrupted: a torn last line is cut off the file."""
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    start = 0
+    if header:
+        if not raw.startswith(b"id,label\n"):
+            raise DataError(f"{path}: exists and is not a submission file (delete it to start over)")
+        start = 9
+    cut = raw.rfind(b"\n") + 1
+    if cut < len(raw):
+        with open(path, "r+b") as fh:
+            fh.truncate(cut)
+    rows = {}
+    for n, line in enumerate(raw[start:cut].decode(errors="replace").splitlines(), 1 + bool(header)):
+        head = line.split(",", 1)[0]
+        if not head.isdigit() or "," not in line:
+            raise DataError(f"{path}: line {n} is not an id,label row (delete the file to start over)")
+        rows[int(head)] = line + "\n"
+    return rows
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Every byte, or an error: a short write (a full disk) must not leave half a row that the
+    next rows would be appended to."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _part_files(out: Path) -> list[Path]:
+    """Shards' rows under torchrun: ``<out>.part-<rank>``, merged into ``out`` at the end."""
+    return sorted(out.parent.glob(f"{glob.escape(out.name)}.part-*"))
+
+
+def _merge_parts(out: Path) -> None:
+    """The submission and its shards' part files -> one file in id order (atomically)."""
+    parts = _part_files(out)
+    if not parts:
+        return
+    rows = _read_rows(out, header=True)
+    for part in parts:
+        rows.update(_read_rows(part, header=False))
+    atomic_write_text(out, "id,label\n" + "".join(rows[i] for i in sorted(rows)))
+    for part in parts:
+        part.unlink()
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size): several under torchrun, once the process group is set up."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def submit(
+    model: Model | str | os.PathLike[str],
+    test: str | os.PathLike[str],
+    out: str | os.PathLike[str] = "submission.csv",
+    *,
+    hard: bool = False,
+    batch_size: int = 256,
+    workers: int = 0,
+    progress: bool = True,
+    stream: TextIO | None = None,
+    tta: bool = False,
+) -> SubmitReport:
+    """Write the Kaggle CSV ``id,label`` for a folder or zip of images named by numeric id.
+
+    ``label`` is the probability of the second class (``dog`` for cat/dog) clipped to
+    [0.005, 0.995], or 0/1 with ``hard``; with more than two classes, the predicted class
+    name. Rows are appended in id order, a batch at a time: an interrupted run, started
+    again with the same model, test set and labels, keeps the rows already written and does
+    the rest (``<out>.pawlab-job.json`` records the job until it is complete); any other run
+    writes the file afresh. Under torchrun, each rank takes every N-th image and appends to
+    ``<out>.part-<rank>``; rank 0 merges the parts into ``out`` in id order at the end.
+    """
+    start = time.perf_counter()
+    m = model if isinstance(model, Model) else load_model(model)
+    source, names, skipped = load_unlabeled(test, m.preprocessing.size, m.preprocessing.channels)
+    numbered = []
+    for n in names:
+        i = _numeric_id(n)
+        if i is None:
+            skipped.append(Skipped(n, "name is not a numeric id"))
+        else:
+            numbered.append((i, n))
+    numbered.sort()
+    if not numbered:
+        example = f", e.g. {skipped[0].name}" if skipped else ""
+        raise DataError(f"{source.path}: no image is named by a numeric id like 1.jpg{example}")
+    repeated = [i for i, n in Counter(i for i, _ in numbered).items() if n > 1]
+    if repeated:
+        same = [n for i, n in numbered if i == min(repeated)]
+        raise DataError(f"{source.path}: several images share the id {min(repeated)}: {', '.join(same)}")
+    out_path = Path(out)
+    rank, world = _world()
+    # The rows already in the file are kept only if this very job wrote them: same model file,
+    # same test source, same labels. The job's identity lives beside the file until it is done.
+    job = {
+        "model": _file_identity(m.path),
+        "test": str(source.path),
+        "hard": hard,
+        "classes": m.classes,
+        "tta": tta,
+    }
+    sidecar = out_path.with_name(out_path.name + ".pawlab-job.json")
+    resumable = sidecar.exists() and _read_json(sidecar) == job
+    if not resumable and out_path.exists() and not out_path.read_bytes()[:9] == b"id,label\n":
+        raise DataError(f"{out_path}: exists and is not a submission file (delete it to start over)")
+    if rank == 0 and not resumable:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        for part in _part_files(out_path):
+            part.unlink()
+        atomic_write_text(sidecar, json.dumps(job))
+        atomic_write_text(out_path, "id,label\n")
+    if world > 1:
+        dist.barrier()  # rank 0 has started the job afresh, or not
+    # rows already written: in the file, and in shards' part files of an interrupted torchrun
+    done = set(_read_rows(out_path, header=True)) if resumable else set()
+    if resumable:
+        for part in _part_files(out_path):
+            done |= set(_read_rows(part, header=False))
+    if world > 1:
+        dist.barrier()  # every rank has read them before any appends
+    todo = [(i, n) for i, n in numbered if i not in done][rank::world]  # this rank's shard
+    binary = len(m.classes) == 2
+    failed: list[Skipped] = []
+    pre = m.preprocessing
+    m.prepare_for(len(todo), tta)
+    tasks = decode_tasks(source, [n for _, n in todo], pre.size, pre.channels, pre.resize)
+    # decoding runs ahead in worker processes while the network computes; half the cores for
+    # them (decoding costs a fraction of a forward pass; more would take the network's cores)
+    results = parallel_map(decode_task, tasks, workers=workers or max(1, default_workers() // 2 // world))
+    bar = tqdm(
+        total=len(todo),
+        desc="predicting" if world == 1 else f"predicting (rank 0 of {world})",
+        unit="img",
+        disable=not progress or rank != 0 or None,
+        file=sys.stderr,
+    )
+    # one process appends to the submission itself; under torchrun each rank to its part file
+    target = out_path if world == 1 else out_path.with_name(f"{out_path.name}.part-{rank}")
+    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    written = 0
+    try:
+        for chunk in _chunks(zip(todo, results, strict=True), batch_size):
+            good = [(i, r) for (i, _), r in chunk if not isinstance(r, str)]
+            failed += [Skipped(n, r) for (_, n), r in chunk if isinstance(r, str)]
+            probs = m.predict_proba(np.stack([r for _, r in good]), tta=tta) if good else np.empty((0, 0))
+            by_id = {i: p for (i, _), p in zip(good, probs, strict=True)}
+            rows = []
+            for (i, _), _r in chunk:
+                p = by_id.get(i)
+                rows.append(f"{i},{_label(p, m.classes, binary, hard)}\n")
+            _write_all(fd, "".join(rows).encode())  # whole rows
+            written += len(rows)
+            bar.update(len(chunk))
+    finally:
+        os.close(fd)
+        bar.close()
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, (written, failed))
+        written = sum(w for w, _ in gathered)
+        failed = [f for _, fs in gathered for f in fs]
+    if rank == 0:
+        _merge_parts(out_path)  # shards (this run's, or an interrupted one's) into id order
+        sidecar.unlink()  # complete: a later run starts afresh
+    if world > 1:
+        dist.barrier()  # the file is complete when any rank returns
+    return SubmitReport(
+        out_path, len(done) + written, written, len(done), skipped, failed, time.perf_counter() - start
+    )
+
+
+def _label(p: np.ndarray | None, classes: list[str], binary: bool, hard: bool) -> str:
+    if p is None:  # undecodable image: the uninformative answer
+        return "0.5" if binary and not hard else ("0" if binary else classes[0])
+    if not binary:
+        return classes[int(np.argmax(p))]
+    if hard:
+        return str(int(p[1] >= 0.5))
+    return f"{float(np.clip(p[1], 0.005, 0.995)):.6f}"
+
+
+def _chunks(it: Iterator[Any] | Any, n: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for x in it:
+        chunk.append(x)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,78 @@
+"""Where pawlab runs: the device, bf16, and the process group under ``torchrun``.
+
+One place for each of these facts; the rest of pawlab asks here. Outside ``torchrun`` (or
+before the process group is set up) there is one process: rank 0 of a world of 1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+import torch.distributed as dist
+
+from pawlab.errors import ConfigError
+
+
+def is_distributed() -> bool:
+    """Whether this process is one of several in an initialised process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """Rank 0: the process that writes files and prints."""
+    return rank() == 0
+
+
+def launched_rank() -> int:
+    """The rank ``torchrun`` gave this process (``RANK``), known before the group is set up."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def barrier() -> None:
+    """Wait for every process (nothing to wait for in a single process)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def init_distributed(device: str = "auto") -> None:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the process group, gloo on the CPU and
+    nccl on CUDA."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present; under torchrun this process's ``LOCAL_RANK`` GPU), ``cpu``,
+    ``cuda`` or ``cuda:N``."""
+    if name not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
+        raise ConfigError(f"device: must be auto, cpu or cuda[:N], got {name!r}")
+    if name == "auto":
+        if is_distributed() and torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast: asked for, or ``auto`` where the hardware runs it fast."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

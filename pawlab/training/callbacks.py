@@ -1,0 +1,321 @@
+"""Callbacks: everything the training loop does besides training.
+
+The loop (`pawlab.training.loop.Trainer`) fires the events of `Event`, in this order:
+``before_fit``; per epoch ``before_epoch``, per batch ``before_batch``/``after_batch``, then
+``before_validation``/``after_validation`` and ``after_epoch``; ``on_exception`` when an error
+ends the run (not Ctrl-C or SIGTERM, which stop it cleanly); and ``after_fit``, always, last.
+
+A callback overrides any of those methods; ``order`` sorts callbacks (lower first). A callback
+with state to survive a resume implements ``state_dict``/``load_state_dict``; its state is saved
+under its ``state_key``, which must be unique among a run's callbacks. Only the process of rank
+0 writes files or prints (see ``trainer.is_main``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from tqdm import tqdm
+
+from pawlab import runlog
+from pawlab.config import MONITORS
+from pawlab.errors import TrainingDiverged
+
+if TYPE_CHECKING:
+    from pawlab.training.loop import Trainer
+
+__all__ = [
+    "BestCheckpoint",
+    "Callback",
+    "EarlyStopping",
+    "Event",
+    "EventLog",
+    "LastState",
+    "MetricsLog",
+    "NaNGuard",
+    "ProgressPrinter",
+    "TrainingDiverged",
+    "is_better",
+]
+
+
+class Event(StrEnum):
+    """The loop's events; each is the name of a `Callback` method."""
+
+    BEFORE_FIT = "before_fit"
+    BEFORE_EPOCH = "before_epoch"
+    BEFORE_BATCH = "before_batch"
+    AFTER_BATCH = "after_batch"
+    BEFORE_VALIDATION = "before_validation"
+    AFTER_VALIDATION = "after_validation"
+    AFTER_EPOCH = "after_epoch"
+    ON_EXCEPTION = "on_exception"  # called with the error as well
+    AFTER_FIT = "after_fit"
+
+
+_PREFIXES = ("before_", "after_", "on_")
+
+
+class Callback:
+    """Override any of the event methods; ``order`` sorts callbacks (lower runs first).
+
+    A method named like an event that is not one (``after_epcoh``) is a `TypeError` when the
+    class is defined, not a callback that silently never runs."""
+
+    order = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        events = {e.value for e in Event}
+        for name in vars(cls):
+            if name.startswith(_PREFIXES) and name not in events:
+                raise TypeError(
+                    f"{cls.__name__}.{name} is not an event of the training loop "
+                    f"(events: {', '.join(e.value for e in Event)})"
+                )
+
+    @property
+    def state_key(self) -> str:
+        """Where this callback's state is saved; two instances of a class with state need keys
+        of their own."""
+        return type(self).__qualname__
+
+    def before_fit(self, trainer: Trainer) -> None: ...
+    def before_epoch(self, trainer: Trainer) -> None: ...
+    def before_batch(self, trainer: Trainer) -> None: ...
+    def after_batch(self, trainer: Trainer) -> None: ...
+    def before_validation(self, trainer: Trainer) -> None: ...
+    def after_validation(self, trainer: Trainer) -> None: ...
+    def after_epoch(self, trainer: Trainer) -> None: ...
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None: ...
+    def after_fit(self, trainer: Trainer) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+def is_better(value: float, best: float | None, monitor: str) -> bool:
+    if math.isnan(value):
+        return False
+    if best is None or math.isnan(best):
+        return True
+    return value < best if MONITORS[monitor] == "min" else value > best
+
+
+class NaNGuard(Callback):
+    """Stop at once, with a clear message, when the training loss stops being a number."""
+
+    order = -10
+
+    def after_batch(self, trainer: Trainer) -> None:
+        loss = trainer.state.batch_loss
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"the training loss became {loss} at epoch {trainer.state.epoch}, batch "
+                f"{trainer.state.batch + 1}; try a lower --lr (the best model so far is kept)"
+            )
+
+
+class BestCheckpoint(Callback):
+    """Owns the best score: save the model whenever the monitored validation metric improves
+    (atomically), and say so in ``trainer.state.improved``."""
+
+    order = 10
+
+    def __init__(self, path: str | Path, monitor: str = "val_loss") -> None:
+        self.path, self.monitor = Path(path), monitor
+        self.best: float | None = None
+        self.best_epoch = 0
+
+    def after_validation(self, trainer: Trainer) -> None:
+        value = trainer.state.metrics[self.monitor]
+        if is_better(value, self.best, self.monitor):
+            self.best, self.best_epoch = value, trainer.state.epoch
+            trainer.state.improved = True
+            if trainer.is_main:
+                trainer.save(self.path)
+
+    def best_metrics(self, history: list[dict[str, float]]) -> dict[str, float]:
+        """The metrics of the best epoch (the first, if no epoch had a score)."""
+        return next((m for m in history if int(m["epoch"]) == self.best_epoch), history[0])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state.get("best"), int(state.get("best_epoch", 0))
+
+
+class LastState(Callback):
+    """Keep a resumable state: after every epoch, and when training is interrupted (then the
+    weights carry the unfinished epoch's work, and a resume starts that epoch again)."""
+
+    order = 40
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def after_epoch(self, trainer: Trainer) -> None:
+        if trainer.is_main:
+            trainer.save(self.path)
+
+    def after_fit(self, trainer: Trainer) -> None:
+        if trainer.state.interrupted and trainer.is_main:
+            trainer.save(self.path)
+
+
+class EarlyStopping(Callback):
+    """Stop when the monitored metric has not improved for ``patience`` epochs."""
+
+    order = 20
+
+    def __init__(self, patience: int) -> None:
+        self.patience, self.wait = patience, 0
+
+    def after_epoch(self, trainer: Trainer) -> None:
+        self.wait = 0 if trainer.state.improved else self.wait + 1
+        if self.wait >= self.patience:
+            trainer.state.stop = True
+            trainer.log(
+                f"early stopping: no improvement of {trainer.config.monitor} for {self.patience} epochs"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.wait = int(state.get("wait", 0))
+
+
+class MetricsLog(Callback):
+    """One JSON line per epoch in ``metrics.jsonl``: the run's history, readable while it runs."""
+
+    order = 30
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def after_epoch(self, trainer: Trainer) -> None:
+        if trainer.is_main:
+            record = {**trainer.state.metrics, "lr": trainer.lr, "best": trainer.state.improved}
+            runlog.append_json_line(self.path, record)
+
+
+class EventLog(Callback):
+    """Every event worth watching as one JSON line in ``events.jsonl`` (kinds:
+    `pawlab.runlog.EVENT_KINDS`), written as it happens: the start of the run, a sampled batch
+    loss with the learning rate and images/s (about ``batches_per_epoch`` lines per epoch),
+    each epoch's metrics, and the end or failure of the run. A dashboard follows it."""
+
+    order = 35  # after the checkpoint: an epoch's line says whether its model was saved
+
+    def __init__(self, path: str | Path, batches_per_epoch: int = 20) -> None:
+        self.path, self.samples = Path(path), batches_per_epoch
+        self.t0 = self.seen = 0.0
+
+    def _write(self, trainer: Trainer, kind: runlog.EventKind, **fields: Any) -> None:
+        if trainer.is_main:
+            runlog.append_json_line(self.path, {"event": kind, "time": time.time(), **fields})
+
+    def before_fit(self, trainer: Trainer) -> None:
+        self._write(
+            trainer,
+            "start",
+            epoch=trainer.state.epoch,
+            epochs=trainer.config.epochs,
+            batches_per_epoch=trainer.batches_per_epoch,
+            config=trainer.config.to_json(),
+        )
+
+    def before_epoch(self, trainer: Trainer) -> None:
+        self.t0, self.seen = time.perf_counter(), 0
+
+    def after_batch(self, trainer: Trainer) -> None:
+        self.seen += trainer.state.batch_size * trainer.world_size
+        every = max(1, trainer.batches_per_epoch // self.samples)
+        i = trainer.state.batch
+        if (i + 1) % every == 0 or i + 1 == trainer.batches_per_epoch:
+            self._write(
+                trainer,
+                "batch",
+                epoch=trainer.state.epoch,
+                batch=i + 1,
+                step=trainer.state.steps,
+                loss=trainer.state.batch_loss,
+                lr=trainer.lr,
+                images_per_s=self.seen / max(time.perf_counter() - self.t0, 1e-9),
+            )
+
+    def after_epoch(self, trainer: Trainer) -> None:
+        self._write(trainer, "epoch", **trainer.state.metrics, saved=trainer.state.improved)
+
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+        self._write(trainer, "failed", epoch=trainer.state.epoch, error=f"{type(error).__name__}: {error}")
+
+    def after_fit(self, trainer: Trainer) -> None:
+        if trainer.state.error is None:
+            self._write(trainer, "end", epoch=trainer.state.epoch, interrupted=trainer.state.interrupted)
+
+
+class ProgressPrinter(Callback):
+    """A bar within each epoch (on a terminal; loss and images/s) and one line per epoch."""
+
+    order = 50
+
+    def __init__(self, stream: TextIO | None = None, bar: bool = True) -> None:
+        self.stream = stream or sys.stdout
+        self.bar_enabled = bar
+        self.bar: tqdm[Any] | None = None
+        self.t0 = 0.0
+        self.seen = 0
+
+    def _label(self, trainer: Trainer) -> str:
+        total = trainer.config.epochs
+        return f"{trainer.state.epoch}/{total}" if total else f"{trainer.state.epoch}"
+
+    def before_epoch(self, trainer: Trainer) -> None:
+        self.t0, self.seen = time.perf_counter(), 0
+        if self.bar_enabled and trainer.is_main:
+            self.bar = tqdm(
+                total=trainer.batches_per_epoch,
+                desc=f"epoch {self._label(trainer)}",
+                unit="batch",
+                leave=False,
+                disable=None,
+                file=sys.stderr,
+            )
+
+    def after_batch(self, trainer: Trainer) -> None:
+        self.seen += trainer.state.batch_size * trainer.world_size
+        if self.bar is not None:
+            rate = self.seen / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.set_postfix(loss=f"{trainer.state.batch_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
+            self.bar.update()
+
+    def after_epoch(self, trainer: Trainer) -> None:
+        self._close()
+        m = trainer.state.metrics
+        mark = "  * saved" if trainer.state.improved else ""
+        trainer.log(
+            f"epoch {self._label(trainer):>7}  train loss {m['train_loss']:.4f}  "
+            f"val loss {m['val_loss']:.4f}  val acc {m['val_accuracy']:.4f}  "
+            f"{m['seconds']:.1f}s  {m['images_per_s']:.0f} img/s{mark}"
+        )
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def after_fit(self, trainer: Trainer) -> None:
+        self._close()
+        if trainer.state.interrupted:
+            trainer.log("interrupted: stopped cleanly; the best model and a resumable state are saved")

@@ -1,0 +1,79 @@
+"""Experiments made of several training runs: the Keras tutorial's optimizer comparison."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pawlab.config import DataConfig, RuntimeConfig, TrainConfig
+from pawlab.data import load_dataset
+from pawlab.figures import line_plot
+from pawlab.models import LayerSpec, input_shape, with_input_size
+from pawlab.training.runs import TrainResult, resolve_architecture, train
+
+
+@dataclass
+class Comparison:
+    runs: dict[str, TrainResult]  # optimizer -> its run
+    figure: Path
+
+    def table(self) -> str:
+        lines = [f"{'optimizer':<10} {'best val acc':>12} {'val loss':>9} {'epoch':>6} {'time':>8}"]
+        for name, r in self.runs.items():
+            lines.append(
+                f"{name:<10} {max(m['val_accuracy'] for m in r.history):>12.4f} {r.best['val_loss']:>9.4f} "
+                f"{int(r.best['epoch']):>6} {r.seconds:>7.0f}s"
+            )
+        lines.append(f"validation accuracy per epoch: {self.figure}")
+        return "\n".join(lines)
+
+
+def compare_optimizers(
+    data: str | os.PathLike[str],
+    optimizers: Sequence[str],
+    config: TrainConfig,
+    *,
+    arch: str | Sequence[LayerSpec] = "cortex-cnn",
+    out_dir: str | os.PathLike[str] = "compare",
+    size: int | None = None,
+    val_fraction: float = 0.2,
+    workers: int = 0,
+    runtime: RuntimeConfig = RuntimeConfig(),
+) -> Comparison:
+    """Train once per optimizer (each with its default learning rate unless ``config.lr`` is
+    set) on the same data, split, seed and network; write ``accuracy.png``."""
+    out = Path(out_dir)
+    spec = resolve_architecture(arch)
+    if size is not None:
+        spec = with_input_size(spec, size)
+    c, h, _ = input_shape(spec)
+    # decoded once, shared by every run
+    ds = load_dataset(
+        data,
+        DataConfig(size=h, val_fraction=val_fraction, seed=config.seed, workers=workers),
+        channels=c,
+        progress=runtime.progress,
+    )
+    runs = {}
+    for name in optimizers:
+        cfg = config.with_(optimizer=name)
+        print(f"--- {name}", flush=True)
+        runs[name] = train(
+            ds,
+            out / f"{name}.safetensors",
+            spec,
+            cfg,
+            run_dir=out / name,
+            val_fraction=val_fraction,
+            runtime=runtime,
+        )
+    figure = line_plot(
+        {name: [(m["epoch"], m["val_accuracy"]) for m in r.history] for name, r in runs.items()},
+        out / "accuracy.png",
+        title="validation accuracy per epoch",
+        xlabel="epoch",
+        ylabel="validation accuracy",
+    )
+    return Comparison(runs, figure)

@@ -1,0 +1,369 @@
+"""The training loop: one plain loop with named events; everything else is a callback.
+
+`Trainer` runs epochs over in-memory sets and fires the events of `Event` (see
+`pawlab.training.callbacks`): checkpoints, the resumable state, the logs, progress, early
+stopping and the NaN guard are callbacks, and the loop knows nothing of them. ``after_fit``
+always fires, also after an error (``on_exception`` first) or Ctrl-C.
+
+Under ``torchrun`` the loop is data-parallel (DDP): every process draws the same shuffled
+order and takes its own share of each batch; gradients are averaged; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from pawlab import checkpoint
+from pawlab.config import RuntimeConfig, TrainConfig
+from pawlab.data import ImageSet
+from pawlab.errors import ConfigError
+from pawlab.models.network import Network
+from pawlab.preprocessing import Preprocessing
+from pawlab.runtime import is_distributed, is_main, rank, resolve_device, use_bf16, world_size
+from pawlab.training.callbacks import BestCheckpoint, Callback, Event
+from pawlab.training.inputs import FeatureInputs, ImageInputs, Inputs, class_weights, epoch_order
+from pawlab.training.optim import lr_factor, make_optimizer, param_groups
+
+__all__ = ["FeatureSet", "TrainState", "Trainer"]
+
+
+@dataclass
+class TrainState:
+    """What callbacks can read (and a few things they may set)."""
+
+    epoch: int = 0  # epochs completed; during an epoch, the 1-based number of the running one
+    batch: int = 0
+    batch_loss: float = math.nan
+    batch_size: int = 0
+    steps: int = 0  # optimizer steps taken
+    metrics: dict[str, float] = field(default_factory=dict)  # this epoch's, after validation
+    history: list[dict[str, float]] = field(default_factory=list)
+    improved: bool = False  # set by the checkpoint callback for this epoch
+    stop: bool = False  # set by a callback to end training after this epoch
+    interrupted: bool = False  # Ctrl-C or SIGTERM
+    error: BaseException | None = None  # what ended the run, if an error did
+
+
+@dataclass
+class FeatureSet(ImageSet):
+    """An `ImageSet` whose ``images`` are a frozen trunk's cached features (N, views, F)
+    float32: the loop trains the network's head on them."""
+
+
+def _for_training(module: torch.nn.Module, device: torch.device, compile: bool) -> torch.nn.Module:
+    """What the loop calls: ``module``, wrapped for DDP under torchrun and compiled if asked."""
+    if is_distributed():
+        ids = [device.index] if device.type == "cuda" else None
+        module = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    if compile:
+        module = torch.compile(module)  # type: ignore[assignment]
+    return module
+
+
+def _unique_keys(callbacks: Iterable[Callback]) -> list[Callback]:
+    """The callbacks in order; two with the same ``state_key`` would overwrite each other's
+    saved state."""
+    ordered = sorted(callbacks, key=lambda c: c.order)
+    keys = [cb.state_key for cb in ordered]
+    repeated = next((k for k in keys if keys.count(k) > 1), None)
+    if repeated is not None:
+        raise ConfigError(
+            f"callbacks: two callbacks save their state under {repeated!r}; give each a state_key"
+        )
+    return ordered
+
+
+class Trainer:
+    """Runs epochs of a network over in-memory sets and fires callback events.
+
+    The sets hold images, or (`FeatureSet`) a frozen trunk's cached features, and then only
+    ``network.head`` runs; the whole network is what gets saved.
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        train_set: ImageSet,
+        val_set: ImageSet,
+        config: TrainConfig,
+        preprocessing: Preprocessing,
+        callbacks: Sequence[Callback] = (),
+        checkpoint_meta: dict[str, Any] | None = None,
+        stream: TextIO | None = None,
+        runtime: RuntimeConfig = RuntimeConfig(),
+    ) -> None:
+        self.config, self.runtime = config, runtime
+        self.stream = stream or sys.stdout
+        self.device = resolve_device(runtime.device)
+        self.bf16 = use_bf16(runtime.precision, self.device)
+        fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
+        self.network = network.to(self.device).to(memory_format=fmt)  # type: ignore[call-overload]
+        self.train_set, self.val_set = train_set, val_set
+        self.gen = torch.Generator().manual_seed(config.seed)  # shuffling: the same on every rank
+        self.aug_gen = torch.Generator().manual_seed(config.seed * 1000 + self.rank + 1)
+        self.inputs: Inputs = (
+            FeatureInputs(self.device, self.aug_gen)
+            if isinstance(train_set, FeatureSet)
+            else ImageInputs(preprocessing, self.device, fmt, config.augment, self.aug_gen)
+        )
+        self.model = _for_training(self.inputs.learner(self.network), self.device, runtime.compile)
+        # frozen parts (a pretrained backbone) have no gradients and no optimizer state
+        self.optimizer = make_optimizer(param_groups(self.network, config), config)
+        self.callbacks = _unique_keys(callbacks)
+        self.state = TrainState()
+        self.checkpoint_meta = checkpoint_meta or {}
+        self.loss_weights = (
+            class_weights(train_set.labels, len(train_set.classes)).to(self.device)
+            if config.balance == "weights"
+            else None
+        )
+
+    # -- where this process stands
+    @property
+    def rank(self) -> int:
+        return rank()
+
+    @property
+    def world_size(self) -> int:
+        return world_size()
+
+    @property
+    def is_main(self) -> bool:
+        return is_main()
+
+    @property
+    def best(self) -> BestCheckpoint | None:
+        """The callback that keeps the best score, if the run has one."""
+        return next((cb for cb in self.callbacks if isinstance(cb, BestCheckpoint)), None)
+
+    # -- events and helpers
+    def emit(self, event: Event) -> None:
+        for cb in self.callbacks:
+            getattr(cb, Event(event).value)(self)
+
+    def log(self, message: str) -> None:
+        if self.is_main:
+            print(message, file=self.stream, flush=True)
+
+    @property
+    def per_process_batch(self) -> int:
+        return max(1, math.ceil(self.config.batch_size / self.world_size))
+
+    @property
+    def batches_per_epoch(self) -> int:
+        per_process = len(self.train_set) * self.config.augment_copies // self.world_size
+        return math.ceil(per_process / self.per_process_batch)
+
+    @property
+    def lr(self) -> float:  # the head's (the largest) learning rate
+        return max(float(g["lr"]) for g in self.optimizer.param_groups)
+
+    def _set_lr(self) -> None:
+        factor = lr_factor(self.config, self.state.steps, self.batches_per_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.learning_rate * factor * group.get("lr_scale", 1.0)
+
+    # -- one epoch
+    def _order(self) -> torch.Tensor:
+        order = epoch_order(self.train_set.labels, self.config, self.gen)
+        if is_distributed():
+            # every process takes an equal share (a few images of the epoch's tail are left out),
+            # so that all take the same number of steps: DDP's gradient exchange needs that
+            order = order[: len(order) // self.world_size * self.world_size][self.rank :: self.world_size]
+        return order
+
+    def _step(self, idx: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor) -> float:
+        """One optimizer step on the rows ``idx``; returns the batch's loss."""
+        x = self.inputs.batch(x_all[idx], augment=True)
+        y = y_all[idx].to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(x)
+        loss = F.cross_entropy(
+            logits.float(), y, weight=self.loss_weights, label_smoothing=self.config.label_smoothing
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.item())
+
+    def train_epoch(self) -> tuple[float, float]:
+        """(mean training loss, images per second of this process)."""
+        self.model.train()
+        total, count = 0.0, 0
+        t0 = time.perf_counter()
+        # uint8 (N, H, W, C) images (or features) stay on the host; a batch at a time goes over
+        x_all, y_all = torch.from_numpy(self.train_set.images), torch.from_numpy(self.train_set.labels)
+        for i, idx in enumerate(self._order().split(self.per_process_batch)):
+            self.state.batch, self.state.batch_size = i, len(idx)
+            self.emit(Event.BEFORE_BATCH)
+            self._set_lr()
+            self.state.batch_loss = self._step(idx, x_all, y_all)
+            self.state.steps += 1
+            total += self.state.batch_loss * len(idx)
+            count += len(idx)
+            self.emit(Event.AFTER_BATCH)
+        seconds = max(time.perf_counter() - t0, 1e-9)
+        if is_distributed():  # the loss over every process's share
+            self._average_buffers()
+            sums = torch.tensor([float(total), float(count)], dtype=torch.float64, device=self.device)
+            dist.all_reduce(sums)
+            return float(sums[0]) / max(float(sums[1]), 1.0), count / seconds
+        return total / max(count, 1), count / seconds
+
+    def _average_buffers(self) -> None:
+        """Batch-norm statistics are updated by each process on its own share: average them
+        so that every process validates and saves the same model."""
+        for buf in self.network.buffers():
+            if buf.is_floating_point():
+                dist.all_reduce(buf)
+                buf.div_(self.world_size)
+
+    def validate(self) -> dict[str, float]:
+        """Loss and accuracy on the whole validation set (computed alike on every rank)."""
+        # fp32 even when training in bf16: the saved metrics are what `evaluate` will report
+        logits = self.inputs.logits(self.network, self.val_set.images, self.config.batch_size * 2)
+        y = torch.from_numpy(self.val_set.labels)
+        return {
+            "val_loss": F.cross_entropy(logits, y).item(),
+            "val_accuracy": (logits.argmax(1) == y).float().mean().item(),
+        }
+
+    def _run_epoch(self, epoch: int) -> None:
+        self.state.epoch, self.state.improved = epoch, False
+        self.emit(Event.BEFORE_EPOCH)
+        t0 = time.perf_counter()
+        train_loss, rate = self.train_epoch()
+        self.emit(Event.BEFORE_VALIDATION)
+        metrics = {
+            "epoch": float(epoch),
+            "train_loss": train_loss,
+            **self.validate(),
+            "lr": self.lr,
+            "images_per_s": rate * self.world_size,
+        }
+        metrics["seconds"] = time.perf_counter() - t0
+        self.state.metrics = metrics
+        self.state.history.append(metrics)  # the same dict: callbacks see one record
+        self.emit(Event.AFTER_VALIDATION)
+        self.emit(Event.AFTER_EPOCH)
+
+    def fit(self) -> TrainState:
+        """Train until ``config.epochs`` (forever if None), a callback's ``stop``, Ctrl-C or
+        SIGTERM (a clean stop: ``state.interrupted``) or an error (``on_exception``, then
+        raised). ``after_fit`` fires in every case."""
+        epochs = self.config.epochs
+        start = self.state.epoch + 1
+        numbers = itertools.count(start) if epochs is None else range(start, epochs + 1)
+        try:
+            self.emit(Event.BEFORE_FIT)
+            for epoch in numbers:
+                self._run_epoch(epoch)
+                if self.state.stop:
+                    break
+        except KeyboardInterrupt:
+            self.state.interrupted = True
+            if not self.state.history or self.state.history[-1]["epoch"] != self.state.epoch:
+                self.state.epoch -= 1  # the running epoch did not finish: a resume starts it again
+        except BaseException as exc:
+            self.state.error = exc
+            for cb in self.callbacks:
+                cb.on_exception(self, exc)
+            raise
+        finally:
+            self.emit(Event.AFTER_FIT)
+        return self.state
+
+    # -- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a run continues from: weights, optimizer, random generators, the loop's
+        counters and history, and each callback's state under its ``state_key``."""
+        return {
+            "model": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {
+                "shuffle": self.gen.get_state(),
+                "augment": self.aug_gen.get_state(),
+                "torch": torch.get_rng_state(),
+            },
+            "loop": {
+                "epoch": self.state.epoch,
+                "steps": self.state.steps,
+                "history": self.state.history,
+                "metrics": self.state.metrics,
+            },
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_dict()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from the parts of a `state_dict` that ``state`` has (a fine-tuning phase
+        carries on only the loop and the best score). Without ``steps``, the loop's epochs
+        were whole ones."""
+        if "model" in state:
+            self.network.load_state_dict(state["model"])
+        if state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        rng = state.get("rng") or {}
+        if "shuffle" in rng:
+            self.gen.set_state(rng["shuffle"])
+            self.aug_gen.set_state(rng["augment"])
+            torch.set_rng_state(rng["torch"])
+        loop = state.get("loop", {})
+        self.state.epoch = int(loop.get("epoch", 0))
+        self.state.steps = int(loop.get("steps", self.state.epoch * self.batches_per_epoch))
+        self.state.history = list(loop.get("history", []))
+        self.state.metrics = dict(loop.get("metrics", {}))
+        saved = state.get("callbacks", {})
+        for cb in self.callbacks:
+            if cb.state_key in saved:
+                cb.load_state_dict(saved[cb.state_key])
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write weights, metrics and the full training state as a model file."""
+        state = self.state_dict()
+        best = self.best
+        meta = {
+            **self.checkpoint_meta,
+            "metrics": self.state.metrics,
+            "history": self.state.history,
+            "training": {
+                **self.checkpoint_meta.get("training", {}),
+                "epoch": self.state.epoch,
+                "steps": self.state.steps,
+                "best": best.best if best is not None else None,
+                "best_epoch": best.best_epoch if best is not None else 0,
+                "callbacks": state["callbacks"],
+            },
+        }
+        return checkpoint.save(path, state["model"], meta, state["optimizer"], state["rng"])
+
+
+def state_from_checkpoint(ck: checkpoint.Checkpoint) -> dict[str, Any]:
+    """A model file's training state in the form `Trainer.load_state_dict` takes."""
+    t = ck.meta.get("training", {})
+    callbacks = dict(t.get("callbacks", {}))
+    # files written before the checkpoint callback kept its own state had it here
+    callbacks.setdefault("BestCheckpoint", {"best": t.get("best"), "best_epoch": t.get("best_epoch", 0)})
+    return {
+        "model": ck.model_state,
+        "optimizer": ck.optimizer_state,
+        "rng": ck.rng,
+        "loop": {
+            "epoch": int(t.get("epoch", 0)),
+            "steps": int(t.get("steps", 0)),
+            "history": list(ck.meta.get("history", [])),
+            "metrics": dict(ck.meta.get("metrics", {})),
+        },
+        "callbacks": callbacks,
+    }

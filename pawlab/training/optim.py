@@ -1,0 +1,67 @@
+"""Optimizers, parameter groups and learning-rate schedules, from a `TrainConfig`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from pawlab.config import TrainConfig
+from pawlab.models.layers import BackboneFeatures
+
+
+def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    lr, wd = cfg.learning_rate, cfg.decay
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=0.0, weight_decay=wd)
+    if cfg.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+
+
+def param_groups(network: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The trainable parameters in optimizer groups, each with its ``lr_scale``. With
+    ``cfg.lr_spread`` > 1 and a trainable backbone: one group per backbone stage, from the input
+    side, then the rest (the head); their scales rise geometrically from 1 / lr_spread to 1
+    (fastai's discriminative learning rates)."""
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    backbones = [m for m in network.modules() if isinstance(m, BackboneFeatures) and not m.frozen]
+    if cfg.lr_spread <= 1 or not backbones:
+        return [{"params": trainable, "lr_scale": 1.0}]
+    stages = [
+        [p for m in stage for p in m.parameters() if p.requires_grad] for stage in backbones[0].net.stages()
+    ]
+    stages = [s for s in stages if s]
+    seen = {id(p) for s in stages for p in s}
+    groups = [*stages, [p for p in trainable if id(p) not in seen]]
+    n = len(groups)
+    return [
+        {"params": g, "lr_scale": cfg.lr_spread ** (-(n - 1 - i) / (n - 1))}
+        for i, g in enumerate(groups)
+        if g
+    ]
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The schedule's multiplier of the base learning rate at optimizer step ``step`` (counted
+    from the first epoch; the schedule runs from epoch ``cfg.schedule_start``)."""
+    step = max(0, step - cfg.schedule_start * steps_per_epoch)
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return float(cfg.step_gamma ** ((step // steps_per_epoch) // cfg.step_every))
+    assert cfg.epochs is not None
+    total = max(1, (cfg.epochs - cfg.schedule_start) * steps_per_epoch)
+    t = min(step / total, 1.0)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    # one-cycle: linear warm-up over the first 30% from lr/25, then cosine down to lr/1e4
+    warm = 0.3
+    if t < warm:
+        return 1 / 25 + (1 - 1 / 25) * t / warm
+    return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * (t - warm) / (1 - warm)))

@@ -1,0 +1,80 @@
+"""The decoding workers: a process pool that fails instead of hanging."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pawlab.data.workers import Workers
+from pawlab.errors import WorkerError
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _die(x: int) -> int:
+    if x == 40:
+        os._exit(3)  # as the kernel's OOM killer would end it: no exception, no cleanup
+    return x
+
+
+def test_workers_map_in_order_in_processes() -> None:
+    with Workers(2) as pool:
+        assert list(pool.map(_square, list(range(100)), chunksize=8)) == [x * x for x in range(100)]
+
+
+def test_a_dead_worker_is_an_error_not_a_wait() -> None:
+    with Workers(2) as pool, pytest.raises(WorkerError, match="exited unexpectedly"):
+        list(pool.map(_die, list(range(100)), chunksize=8))
+
+
+def test_a_script_without_a_main_guard_fails_instead_of_hanging(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for cls in ("cat", "dog"):
+        (src / cls).mkdir(parents=True)
+        for i in range(70):  # enough images for the decoding to start worker processes
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(src / cls / f"{i}.png")
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import pawlab\n"
+        f"pawlab.prepare({str(src)!r}, {str(tmp_path / 'out')!r}, pawlab.DataConfig(size=8, workers=2))\n"
+    )
+    env = {**os.environ, "PAWLAB_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
+    )
+    assert run.returncode != 0
+    # the workers say why they stopped; the script itself ends with the error, not a wait
+    assert "WorkerError: pawlab was called while a worker process was starting" in run.stderr
+    parent = "pawlab.errors.WorkerError: a worker process exited unexpectedly"
+    assert any(line.startswith(parent) for line in run.stderr.splitlines())
+
+
+def _pid_or_wait(x: int) -> int:
+    if x >= 4:
+        time.sleep(600)  # a task that would hold a worker far longer than any test
+    return os.getpid()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[1].startswith("Z")  # exited, not yet reaped
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_closing_stops_workers_in_the_middle_of_a_task() -> None:
+    pool = Workers(2)
+    results = pool.map(_pid_or_wait, list(range(40)), chunksize=1)
+    pids = {next(results), next(results)}  # the consumer stops early: the rest is still running
+    pool.close()
+    assert pids and all(_gone(p) for p in pids)

@@ -1,0 +1,115 @@
+"""A frozen backbone's features: which networks have a fixed trunk, and the feature cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pawlab.data.pack import cache_root
+from pawlab.inference import features as _features
+from pawlab.inference.engine import to_inputs
+from pawlab.inference.features import trunk_features
+from pawlab.models import (
+    Network,
+    build,
+    frozen_trunk,
+    get_architecture,
+    preprocessing_for,
+    transfer_architecture,
+)
+
+CPU = torch.device("cpu")
+SPEC = transfer_architecture("efficientnet_lite0", size=32)
+
+
+@pytest.fixture(scope="module")
+def network() -> Network:
+    return build(SPEC, 2)
+
+
+def trunk_of(network: Network) -> torch.nn.Module:
+    trunk: torch.nn.Module = network.body[:1]
+    return trunk
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A feature cache of each test's own, so that what it finds there is what it wrote."""
+    monkeypatch.setenv("PAWLAB_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def cached_files() -> set[Path]:
+    return set((cache_root() / "features").glob("*.npy"))
+
+
+def test_frozen_trunk(network: Network) -> None:
+    assert frozen_trunk(network) == 1  # the backbone is body[0]; dropout and linear are the head
+    assert frozen_trunk(build(get_architecture("small-cnn"), 2)) is None
+    fine_tuned = build(transfer_architecture("efficientnet_lite0", size=32, frozen=False), 2)
+    assert frozen_trunk(fine_tuned) is None
+    assert frozen_trunk(torch.nn.Linear(2, 2)) is None  # not a pawlab network at all
+
+
+def test_trunk_features_are_the_trunks_outputs_and_cached(
+    network: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trunk, pre = trunk_of(network), preprocessing_for(SPEC)
+    batch = images(5, seed=101)
+    assert not cached_files()
+    feats = trunk_features(trunk, batch, pre, CPU, views=("plain", "flip"), progress=False)
+    assert feats.dtype == np.float32 and feats.shape == (5, 2, 1280)
+    assert len(cached_files()) == 2  # one file per view
+    with torch.inference_mode():
+        trunk.eval()
+        plain = trunk(to_inputs(batch, pre, CPU)).numpy()
+        mirrored = trunk(to_inputs(batch, pre, CPU, view_name="flip")).numpy()
+    np.testing.assert_allclose(feats[:, 0], plain, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(feats[:, 1], mirrored, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(feats[:, 0], feats[:, 1])
+
+    # the second time nothing is computed: the same arrays come from the cache
+    def no_compute(*args: object, **kwargs: object) -> np.ndarray:
+        raise AssertionError("features computed again although cached")
+
+    monkeypatch.setattr(_features, "_compute", no_compute)
+    after_first = cached_files()
+    again = trunk_features(trunk, batch, pre, CPU, views=("plain", "flip"), progress=False)
+    assert np.array_equal(again, feats)
+    plain_only = trunk_features(trunk, batch, pre, CPU, progress=False)  # one of the cached views
+    assert plain_only.shape == (5, 1, 1280) and np.array_equal(plain_only[:, 0], feats[:, 0])
+    assert cached_files() == after_first
+
+
+def test_other_images_preprocessing_or_weights_are_other_entries(
+    network: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trunk, pre = trunk_of(network), preprocessing_for(SPEC)
+    batch = images(3, seed=202)
+    calls: list[str] = []
+    real = _features._compute
+
+    def counting(*args: object) -> np.ndarray:
+        calls.append(str(args[4]))  # the view
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_features, "_compute", counting)
+    first = trunk_features(trunk, batch, pre, CPU, progress=False)
+    other = trunk_features(trunk, images(3, seed=203), pre, CPU, progress=False)
+    assert len(calls) == 2 and len(cached_files()) == 2
+    assert not np.allclose(first, other)
+    squashed = trunk_features(trunk, batch, preprocessing_for(SPEC, "squash"), CPU, progress=False)
+    assert len(calls) == 3 and np.array_equal(squashed, first)  # same pixels, but its own key
+    changed = trunk_of(build(SPEC, 2))
+    with torch.no_grad():
+        next(changed.parameters()).mul_(2.0)
+    trunk_features(changed, batch, pre, CPU, progress=False)
+    assert len(calls) == 4 and len(cached_files()) == 4
+    trunk_features(trunk, batch, pre, CPU, progress=False)  # the first again: cached
+    assert len(calls) == 4
