@@ -255,9 +255,19 @@ def test_forever_stops_cleanly_on_sigterm_and_resumes(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert "interrupted: stopped cleanly" in rest and "Traceback" not in err
     assert (tmp_path / "m.safetensors").is_file() and (tmp_path / "m-run" / "last.safetensors").is_file()
-    resumed = pawlab("train", "--resume", tmp_path / "m-run", "--epochs", 4, "-q", "--workers", 1)
+    # runtime flags are not part of the recipe: a resume takes them
+    resumed = pawlab(
+        "train", "--resume", tmp_path / "m-run", "--epochs", 4, "-q", "--workers", 1, "--device", "cpu"
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after epoch" in resumed.stdout and "epoch     4/4" in resumed.stdout
+    # the event log: the first run's start, epochs and clean end, then the resumed run's
+    events = [json.loads(line) for line in (tmp_path / "m-run" / "events.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds.count("start") == 2 and kinds[-1] == "end"
+    first_end = next(e for e in events if e["event"] == "end")
+    assert first_end["interrupted"] is True and events[-1]["interrupted"] is False
+    assert [int(e["epoch"]) for e in events if e["event"] == "epoch"][-1] == 4
 
 
 def test_compare_optimizers(tmp_path: Path) -> None:
@@ -318,6 +328,38 @@ def test_resume_and_preset_refuse_flags_they_would_ignore(tmp_path: Path) -> Non
         "--batch-size",
         "--preset",
     )
+    # a flag given with its default value is still given
+    assert_one_line_error(pawlab("train", "--resume", tmp_path / "run", "--seed", "0"), "--seed", "--resume")
+
+
+def test_parse_args_knows_which_flags_were_given() -> None:
+    from pawlab.cli import parse_args
+
+    args = parse_args(["train", "data", "--seed", "0", "--lr", "0.001", "--no-channels-last"])
+    assert args.given == {"seed", "lr", "channels_last"}
+    assert (args.seed, args.lr, args.batch_size, args.channels_last, args.data) == (
+        0,
+        0.001,
+        64,
+        False,
+        "data",
+    )
+    assert parse_args(["train", "data"]).given == set()
+
+
+def test_exit_codes(tmp_path: Path) -> None:
+    """2 for usage and configuration errors, 1 for data, model-file and worker errors."""
+    usage = pawlab("train", tmp_path, "--optimizer", "lbfgs")
+    assert_one_line_error(usage, "optimizer")
+    assert usage.returncode == 2
+    src = write_tree(tmp_path / "src", {"cat": 3})
+    data = pawlab("train", src, "--epochs", 1)
+    assert_one_line_error(data, "1 class")
+    assert data.returncode == 1
+    # a runtime flag is accepted by --resume, which then finds no run: a model-file error
+    missing = pawlab("train", "--resume", tmp_path / "run", "--device", "cpu", "--precision", "fp32", "-q")
+    assert_one_line_error(missing, "no such model file")
+    assert missing.returncode == 1
 
 
 def test_transfer_learning_from_the_command_line(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from pawlab.data.pack import (
     open_packed,
     pack,
 )
-from pawlab.data.sources import FolderSource, ZipSource, open_source, read_entry, source_stamp
+from pawlab.data.sources import Source, open_source, read_entry, source_stamp
 from pawlab.errors import DataError
 
 
@@ -86,7 +86,7 @@ def decode_task(task: DecodeTask) -> np.ndarray | str:
 
 
 def decode_tasks(
-    source: FolderSource | ZipSource,
+    source: Source,
     names: Sequence[str],
     size: tuple[int, int] | None,
     channels: int,
@@ -114,7 +114,7 @@ def _check_classes(items: Sequence[Item], where: str) -> list[str]:
 
 
 def _plan(
-    source: FolderSource | ZipSource, val_fraction: float, seed: int
+    source: Source, val_fraction: float, seed: int
 ) -> tuple[list[PlannedItem], list[tuple[str, str]], list[tuple[str, int, float]], bool]:
     """Catalogue and split a source: (planned items, skipped files, all entries, presplit)."""
     entries = source.entries()
@@ -248,6 +248,22 @@ class EvalSet:
     description: str  # which images, in words
 
 
+def _check_same_split(resolved: str, origin: dict[str, Any]) -> None:
+    """A folder prepared from a model's own training source must have been split as the
+    model's data was: otherwise its validation images include training images."""
+    prepared = open_packed(resolved) if Path(resolved).is_dir() else None
+    if prepared is None or origin.get("source") != prepared.manifest["source"] or origin.get("presplit"):
+        return
+    m = prepared.manifest
+    if (m["seed"], m["val_fraction"]) != (origin["seed"], origin["val_fraction"]):
+        raise DataError(
+            f"{resolved}: prepared from the model's training source with another split "
+            f"(seed {m['seed']}, fraction {m['val_fraction']:g}), so its validation images include "
+            f"training images; prepare it with --seed {origin['seed']} "
+            f"--val-fraction {origin['val_fraction']:g}"
+        )
+
+
 def load_eval_set(
     path: str | os.PathLike[str],
     size: tuple[int, int],
@@ -271,20 +287,7 @@ def load_eval_set(
     # where the model's split came from: the raw source, and the seed and fraction that split it
     origin = trained_on.get("origin") or trained_on
     resolved = str(Path(path).expanduser().resolve())
-    prepared = open_packed(resolved) if Path(resolved).is_dir() else None
-    if (
-        prepared is not None
-        and origin.get("source") == prepared.manifest["source"]
-        and not origin.get("presplit")
-    ):
-        m = prepared.manifest
-        if (m["seed"], m["val_fraction"]) != (origin["seed"], origin["val_fraction"]):
-            raise DataError(
-                f"{resolved}: prepared from the model's training source with another split "
-                f"(seed {m['seed']}, fraction {m['val_fraction']:g}), so its validation images include "
-                f"training images; prepare it with --seed {origin['seed']} "
-                f"--val-fraction {origin['val_fraction']:g}"
-            )
+    _check_same_split(resolved, origin)
     same = origin.get("source") == resolved and not origin.get("presplit")
     frac, seed = (float(origin["val_fraction"]), int(origin["seed"])) if same else (0.2, 0)
     config = DataConfig(size=size[0], val_fraction=frac, seed=seed, workers=workers, resize=resize)
@@ -313,7 +316,7 @@ def load_eval_set(
 
 def load_unlabeled(
     path: str | os.PathLike[str], size: tuple[int, int], channels: int = 3
-) -> tuple[FolderSource | ZipSource, list[str], list[Skipped]]:
+) -> tuple[Source, list[str], list[Skipped]]:
     """The image names of an unlabelled source (e.g. a Kaggle test set), and what was skipped."""
     source = open_source(path)
     names, skipped = [], []

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from pawlab.atomic import atomic_write_text
 from pawlab.data.decode import ImageDecodeError, decode
-from pawlab.data.sources import FolderSource, ZipSource, read_entry, source_stamp
+from pawlab.data.sources import Source, read_entry, source_stamp
 from pawlab.data.workers import Workers, default_workers, refuse_in_starting_process
 from pawlab.errors import DataError
 
@@ -223,7 +223,7 @@ class PackResult:
 
 
 def pack(
-    source: FolderSource | ZipSource,
+    source: Source,
     planned: Sequence[PlannedItem],
     skipped: Sequence[tuple[str, str]],
     out: Path,
@@ -249,15 +249,10 @@ def pack(
         source.path, entries, {**settings, "size": size, "png": png, "dedupe": dedupe, "strict": strict}
     )
     old = read_manifest(out)
-    if old is not None and old.get("fingerprint") == fp and old.get("complete"):
-        opened = open_packed(out)
-        if opened is not None:
-            return PackResult(opened, up_to_date=True, decoded=0, reused=0)
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(out, old)
-    if old is None:  # mark the folder as ours at once, so that a killed first run can be rerun
-        placeholder = {"format": PACK_FORMAT, "version": PACK_VERSION, "complete": False, "arrays": {}}
-        atomic_write_text(out / MANIFEST, json.dumps(placeholder) + "\n")
+    current = _up_to_date(out, old, fp)
+    if current is not None:
+        return PackResult(current, up_to_date=True, decoded=0, reused=0)
+    _claim_folder(out, old)
     with Workers(workers or default_workers()) as pool:
         plans, all_skipped, decoded, reused = _build_arrays(
             source, planned, out, size, resize, old, pool, progress, uuid.uuid4().hex[:8]
@@ -265,51 +260,20 @@ def pack(
         all_skipped = [{"name": n, "reason": r} for n, r in skipped] + all_skipped
         arrays = {split: plan.path for split, plan in plans.items()}
         files = {split: plan.files for split, plan in plans.items()}
-
-        # Exact duplicates (same bytes) in train and validation.
-        in_train = {f[4]: f[0] for f in files["train"]}
-        duplicates = [
-            {"validation": f[0], "train": in_train[f[4]]} for f in files["validation"] if f[4] in in_train
-        ]
+        duplicates = _duplicates(files)
         if dedupe and duplicates:
-            keep = np.array([f[4] not in in_train for f in files["validation"]])
-            arrays["validation"] = _compact(out, arrays["validation"], "d", keep, size)
-            files["validation"] = [f for f, k in zip(files["validation"], keep, strict=True) if k]
-
-        real_skips = [sk for sk in all_skipped if sk["reason"] != HIDDEN_REASON]
+            arrays["validation"], files["validation"] = _drop_duplicates(
+                out, arrays["validation"], files, size
+            )
         classes = sorted({f[1] for split in SPLITS for f in files[split]})
-        problem = None
-        if strict and real_skips:
-            first = real_skips[0]
-            problem = f"--strict: {len(real_skips)} file(s) skipped, e.g. {first['name']}: {first['reason']}"
-        elif len(classes) < 2:
-            problem = "fewer than 2 classes have a readable image"
-        elif not all(files[split] for split in SPLITS):
-            empty = next(split for split in SPLITS if not files[split])
-            problem = f"the {empty} split has no readable image"
+        problem = _problem(files, classes, all_skipped, strict)
         if problem is not None:
             for path in arrays.values():
                 path.unlink(missing_ok=True)
             raise DataError(f"{source.path}: {problem}")
-
-        manifest: dict[str, Any] = {
-            "format": PACK_FORMAT,
-            "version": PACK_VERSION,
-            "fingerprint": fp,
-            "complete": not png,
-            "source": str(source.path),
-            **settings,
-            "size": size,
-            "classes": classes,
-            "counts": {sp: {c: sum(1 for f in files[sp] if f[1] == c) for c in classes} for sp in SPLITS},
-            "skipped": all_skipped,
-            "duplicates": duplicates,
-            "deduplicated": dedupe,
-            "png": png,
-            "arrays": {sp: path.name for sp, path in arrays.items()},
-            "files": files,
-            "seconds": 0.0,
-        }
+        manifest = _new_manifest(
+            fp, source.path, settings, size, png, dedupe, classes, files, arrays, all_skipped, duplicates
+        )
         _commit(out, manifest, old)
         if png:
             _write_png_tree(out, manifest, pool, progress)
@@ -317,6 +281,92 @@ def pack(
     manifest["seconds"] = time.perf_counter() - start
     atomic_write_text(out / MANIFEST, json.dumps(manifest) + "\n")
     return PackResult(Packed(out, manifest), up_to_date=False, decoded=decoded, reused=reused)
+
+
+_Rows = list[list[Any]]  # manifest rows: [name, label, size, mtime, digest]
+
+
+def _up_to_date(out: Path, old: dict[str, Any] | None, fp: str) -> Packed | None:
+    """The folder as it is when its complete manifest has fingerprint ``fp`` and its arrays exist."""
+    if old is not None and old.get("fingerprint") == fp and old.get("complete"):
+        return open_packed(out)
+    return None
+
+
+def _claim_folder(out: Path, old: dict[str, Any] | None) -> None:
+    """Create ``out``, drop arrays a killed run left, and write a placeholder manifest when there
+    is none, so that the folder is ours at once and a killed first run can be rerun."""
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(out, old)
+    if old is None:
+        placeholder = {"format": PACK_FORMAT, "version": PACK_VERSION, "complete": False, "arrays": {}}
+        atomic_write_text(out / MANIFEST, json.dumps(placeholder) + "\n")
+
+
+def _duplicates(files: dict[str, _Rows]) -> list[dict[str, Any]]:
+    """Validation rows with the same bytes (digest) as a train row: {"validation": name, "train": name}."""
+    in_train = {f[4]: f[0] for f in files["train"]}
+    return [{"validation": f[0], "train": in_train[f[4]]} for f in files["validation"] if f[4] in in_train]
+
+
+def _drop_duplicates(out: Path, path: Path, files: dict[str, _Rows], size: int) -> tuple[Path, _Rows]:
+    """The validation array (compacted to a ``d`` file) and rows without the exact duplicates of train."""
+    in_train = {f[4] for f in files["train"]}
+    keep = np.array([f[4] not in in_train for f in files["validation"]])
+    kept = [f for f, k in zip(files["validation"], keep, strict=True) if k]
+    return _compact(out, path, "d", keep, size), kept
+
+
+def _problem(
+    files: dict[str, _Rows], classes: list[str], skipped: list[dict[str, Any]], strict: bool
+) -> str | None:
+    """Why the packed data cannot be used: a skip under ``strict`` (hidden files aside), fewer than
+    two classes, or an empty split; None when it can."""
+    real_skips = [sk for sk in skipped if sk["reason"] != HIDDEN_REASON]
+    if strict and real_skips:
+        first = real_skips[0]
+        return f"--strict: {len(real_skips)} file(s) skipped, e.g. {first['name']}: {first['reason']}"
+    if len(classes) < 2:
+        return "fewer than 2 classes have a readable image"
+    if not all(files[split] for split in SPLITS):
+        empty = next(split for split in SPLITS if not files[split])
+        return f"the {empty} split has no readable image"
+    return None
+
+
+def _new_manifest(
+    fp: str,
+    source: Path,
+    settings: dict[str, Any],
+    size: int,
+    png: bool,
+    dedupe: bool,
+    classes: list[str],
+    files: dict[str, _Rows],
+    arrays: dict[str, Path],
+    skipped: list[dict[str, Any]],
+    duplicates: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The manifest of the new arrays; incomplete while a PNG tree is still to be written, and with
+    ``seconds`` filled in by the caller."""
+    return {
+        "format": PACK_FORMAT,
+        "version": PACK_VERSION,
+        "fingerprint": fp,
+        "complete": not png,
+        "source": str(source),
+        **settings,
+        "size": size,
+        "classes": classes,
+        "counts": {sp: {c: sum(1 for f in files[sp] if f[1] == c) for c in classes} for sp in SPLITS},
+        "skipped": skipped,
+        "duplicates": duplicates,
+        "deduplicated": dedupe,
+        "png": png,
+        "arrays": {sp: path.name for sp, path in arrays.items()},
+        "files": files,
+        "seconds": 0.0,
+    }
 
 
 @dataclass
@@ -328,8 +378,13 @@ class _SplitPlan:
     files: list[list[Any]]  # manifest rows, filled at the end
 
 
+_FileKey = tuple[str, int, float]  # (name, size, mtime)
+_OldRow = tuple[str, int, str]  # (split, row, digest) in the previous arrays
+_Copies = dict[str, list[tuple[int, int]]]  # old split -> [(new row, old row)]
+
+
 def _build_arrays(
-    source: FolderSource | ZipSource,
+    source: Source,
     planned: Sequence[PlannedItem],
     out: Path,
     size: int,
@@ -341,15 +396,7 @@ def _build_arrays(
 ) -> tuple[dict[str, _SplitPlan], list[dict[str, Any]], int, int]:
     """New arrays for both splits: rows copied from the old arrays where the file is
     unchanged (same name, size and mtime), decoded by the workers otherwise."""
-    old_rows: dict[tuple[str, int, float], tuple[str, int, str]] = {}  # -> (split, row, digest)
-    old_skips: dict[tuple[str, int, float], str] = {}  # -> reason
-    if old is not None and "files" in old and (old["size"], old.get("resize", "squash")) == (size, resize):
-        for split in SPLITS:
-            for row, (name, _label, fsize, mtime, digest) in enumerate(old["files"][split]):
-                old_rows[(name, fsize, mtime)] = (split, row, digest)
-        for sk in old.get("skipped", []):
-            if "size" in sk:
-                old_skips[(sk["name"], sk["size"], sk["mtime"])] = sk["reason"]
+    old_rows, old_skips = _old_lookups(old, size, resize)
     skipped: list[dict[str, Any]] = []
     plans: dict[str, _SplitPlan] = {}
     tasks: list[DecodeIntoTask] = []
@@ -357,41 +404,109 @@ def _build_arrays(
     stamp = source_stamp(source.path)
     reused = 0
     for split in SPLITS:
-        items = []
-        for it in planned:
-            if it.split != split:
-                continue
-            reason = old_skips.get((it.name, it.size, it.mtime))
-            if reason is None:
-                items.append(it)
-            else:
-                skipped.append({"name": it.name, "reason": reason, "size": it.size, "mtime": it.mtime})
-        plan = _SplitPlan(
-            out / f"{split}-{token}.npy", items, [None] * len(items), np.ones(len(items), dtype=bool), []
-        )
+        items, known_bad = _split_items(planned, split, old_skips)
+        skipped += known_bad
+        plan, fresh, copied = _fill_split(out / f"{split}-{token}.npy", items, size, old_rows, out, old)
         plans[split] = plan
-        arr = _new_array(plan.path, len(items), size)
-        copies: dict[str, list[tuple[int, int]]] = {}
-        for i, it in enumerate(items):
-            prev = old_rows.get((it.name, it.size, it.mtime))
-            if prev is None:
-                tasks.append((str(source.path), stamp, it.name, size, resize, str(plan.path), i))
-                task_rows.append((split, i))
-            else:
-                copies.setdefault(prev[0], []).append((i, prev[1]))
-                plan.digests[i] = prev[2]
-        for old_split, pairs in copies.items():
-            assert old is not None
-            previous = np.load(out / old["arrays"][old_split], mmap_mode="r")
-            for k in range(0, len(pairs), 1024):
-                chunk = pairs[k : k + 1024]
-                arr[[i for i, _ in chunk]] = previous[[r for _, r in chunk]]
-            reused += len(pairs)
-        arr.flush()
-        del arr
+        tasks += [(str(source.path), stamp, items[i].name, size, resize, str(plan.path), i) for i in fresh]
+        task_rows += [(split, i) for i in fresh]
+        reused += copied
     results = pool.map(_decode_into, tasks, chunksize=64)
+    skipped += _collect_decoded(results, task_rows, plans, progress)
+    for plan in plans.values():
+        _finish_split(plan, out, size)
+    return plans, skipped, len(tasks), reused
+
+
+def _old_lookups(
+    old: dict[str, Any] | None, size: int, resize: str
+) -> tuple[dict[_FileKey, _OldRow], dict[_FileKey, str]]:
+    """The previous manifest's rows and skip reasons, by (name, size, mtime); both empty when there
+    is none or its pixels do not fit (another size or resize policy)."""
+    old_rows: dict[_FileKey, _OldRow] = {}
+    old_skips: dict[_FileKey, str] = {}
+    if old is not None and "files" in old and (old["size"], old.get("resize", "squash")) == (size, resize):
+        for split in SPLITS:
+            for row, (name, _label, fsize, mtime, digest) in enumerate(old["files"][split]):
+                old_rows[(name, fsize, mtime)] = (split, row, digest)
+        for sk in old.get("skipped", []):
+            if "size" in sk:
+                old_skips[(sk["name"], sk["size"], sk["mtime"])] = sk["reason"]
+    return old_rows, old_skips
+
+
+def _skip_entry(it: PlannedItem, reason: str) -> dict[str, Any]:
+    """A manifest ``skipped`` entry; size and mtime let a later run skip the file without reading it."""
+    return {"name": it.name, "reason": reason, "size": it.size, "mtime": it.mtime}
+
+
+def _split_items(
+    planned: Sequence[PlannedItem], split: str, old_skips: dict[_FileKey, str]
+) -> tuple[list[PlannedItem], list[dict[str, Any]]]:
+    """The split's items to pack, and skip entries for those an earlier run already rejected."""
+    items: list[PlannedItem] = []
+    known_bad: list[dict[str, Any]] = []
+    for it in planned:
+        if it.split != split:
+            continue
+        reason = old_skips.get((it.name, it.size, it.mtime))
+        if reason is None:
+            items.append(it)
+        else:
+            known_bad.append(_skip_entry(it, reason))
+    return items, known_bad
+
+
+def _fill_split(
+    path: Path,
+    items: list[PlannedItem],
+    size: int,
+    old_rows: dict[_FileKey, _OldRow],
+    out: Path,
+    old: dict[str, Any] | None,
+) -> tuple[_SplitPlan, list[int], int]:
+    """Create the split's (N, size, size, 3) array at ``path`` and copy in every unchanged row;
+    the plan, the rows left to decode and how many rows were copied."""
+    plan = _SplitPlan(path, items, [None] * len(items), np.ones(len(items), dtype=bool), [])
+    arr = _new_array(path, len(items), size)
+    copies: _Copies = {}
+    fresh: list[int] = []
+    for i, it in enumerate(items):
+        prev = old_rows.get((it.name, it.size, it.mtime))
+        if prev is None:
+            fresh.append(i)
+        else:
+            copies.setdefault(prev[0], []).append((i, prev[1]))
+            plan.digests[i] = prev[2]
+    copied = _copy_rows(arr, copies, out, old)
+    arr.flush()
+    return plan, fresh, copied
+
+
+def _copy_rows(arr: np.memmap[Any, Any], copies: _Copies, out: Path, old: dict[str, Any] | None) -> int:
+    """Copy rows from the previous arrays into ``arr``, 1024 at a time to bound memory; the count."""
+    copied = 0
+    for old_split, pairs in copies.items():
+        assert old is not None
+        previous = np.load(out / old["arrays"][old_split], mmap_mode="r")
+        for k in range(0, len(pairs), 1024):
+            chunk = pairs[k : k + 1024]
+            arr[[i for i, _ in chunk]] = previous[[r for _, r in chunk]]
+        copied += len(pairs)
+    return copied
+
+
+def _collect_decoded(
+    results: Iterator[tuple[str | None, str | None]],
+    task_rows: list[tuple[str, int]],
+    plans: dict[str, _SplitPlan],
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Record each decode result ((reason, digest), in task order) in its plan: the digest, or the
+    row marked failed; the skip entries of the failures. Closes the row files even on error."""
+    skipped: list[dict[str, Any]] = []
     bar = tqdm(
-        results, total=len(tasks), desc="decoding", unit="img", disable=not progress or None, leave=False
+        results, total=len(task_rows), desc="decoding", unit="img", disable=not progress or None, leave=False
     )
     try:
         for (split, i), (reason, digest) in zip(task_rows, bar, strict=True):
@@ -400,19 +515,22 @@ def _build_arrays(
                 plan.digests[i] = digest
             else:
                 plan.ok[i] = False
-                it = plan.items[i]
-                skipped.append({"name": it.name, "reason": reason, "size": it.size, "mtime": it.mtime})
+                skipped.append(_skip_entry(plan.items[i], reason))
     finally:  # small jobs decode in this process
         _close_row_files()
-    for plan in plans.values():
-        if not plan.ok.all():
-            plan.path = _compact(out, plan.path, "c", plan.ok, size)
-        plan.files = [
-            [it.name, it.label, it.size, it.mtime, plan.digests[i]]
-            for i, it in enumerate(plan.items)
-            if plan.ok[i]
-        ]
-    return plans, skipped, len(tasks), reused
+    return skipped
+
+
+def _finish_split(plan: _SplitPlan, out: Path, size: int) -> None:
+    """Drop the rows that failed to decode (compacting the array to a ``c`` file) and fill in
+    the plan's manifest rows."""
+    if not plan.ok.all():
+        plan.path = _compact(out, plan.path, "c", plan.ok, size)
+    plan.files = [
+        [it.name, it.label, it.size, it.mtime, plan.digests[i]]
+        for i, it in enumerate(plan.items)
+        if plan.ok[i]
+    ]
 
 
 def _commit(out: Path, manifest: dict[str, Any], old: dict[str, Any] | None) -> None:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
 
 from pawlab.errors import DataError
 
@@ -26,14 +25,6 @@ class Entry:
     name: str
     size: int
     mtime: float
-
-
-class Source(Protocol):
-    path: Path
-
-    def entries(self) -> list[Entry]: ...
-
-    def read(self, name: str) -> bytes: ...
 
 
 class FolderSource:
@@ -88,7 +79,10 @@ class ZipSource:
         return self._zip.read(name)
 
 
-def open_source(path: str | os.PathLike[str]) -> FolderSource | ZipSource:
+Source = FolderSource | ZipSource  # what `open_source` returns
+
+
+def open_source(path: str | os.PathLike[str]) -> Source:
     """Open a folder or a ``.zip`` as a source; a clear error for anything else."""
     p = Path(path).expanduser()
     if not p.exists():
@@ -107,7 +101,7 @@ def source_stamp(path: Path) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=8)
-def cached_source(path: str, stamp: tuple[int, int]) -> FolderSource | ZipSource:
+def cached_source(path: str, stamp: tuple[int, int]) -> Source:
     """Per-process cache, so that a worker opens a zip once, not once per file; ``stamp``
     (see `source_stamp`) makes a zip replaced at the same path open afresh."""
     return open_source(path)

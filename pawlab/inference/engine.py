@@ -145,6 +145,58 @@ class _Pending:
     waiting: int = 0  # rows not yet run again
 
 
+class _RerunQueue:
+    """Batches in order while images that bf16 was unsure of wait to run again in fp32: queued
+    across batches and run ``batch_size`` at a time (a compiled ``again`` has one batch size, and
+    a few images per batch would mostly be padding); a batch is released once all are final."""
+
+    def __init__(self, again: Forward, batch_size: int, fmt: torch.memory_format) -> None:
+        self.again, self.batch_size, self.fmt = again, batch_size, fmt
+        self.pending: deque[_Pending] = deque()
+        self.queue: list[tuple[_Pending, int, int, torch.Tensor]] = []  # (batch, view, row, input (C, H, W))
+
+    def new_batch(self) -> _Pending:
+        """A batch to fill view by view, released in the order it was begun."""
+        item = _Pending()
+        self.pending.append(item)
+        return item
+
+    def add_view(self, item: _Pending, x: torch.Tensor, out: torch.Tensor, guard: float | None) -> None:
+        """One view's outputs (B, ...) for inputs ``x`` (B, C, H, W); with a ``guard``, the rows
+        whose top-class probability is below ``1 - guard`` are queued."""
+        if guard is not None:
+            unsure = torch.nonzero((1 - out.amax(1)) > guard).flatten().tolist()
+            self.queue += [(item, len(item.outs), row, x[row].clone()) for row in unsure]
+            item.waiting += len(unsure)
+        item.outs.append(out)
+
+    def run_queued(self, everything: bool) -> None:
+        """Run the queue in fp32, full batches only unless ``everything``; softmax outputs replace
+        the bf16 rows."""
+        while len(self.queue) >= self.batch_size or (everything and self.queue):
+            chunk = self.queue[: self.batch_size]
+            del self.queue[: self.batch_size]
+            x = torch.stack([inp for *_, inp in chunk]).contiguous(memory_format=self.fmt)
+            probs = F.softmax(self.again(x).float(), dim=1)
+            for (item, v, row, _), p in zip(chunk, probs, strict=True):
+                item.outs[v][row] = p
+                item.waiting -= 1
+
+    def finished(self) -> Iterator[torch.Tensor]:
+        """The leading batches with nothing waiting: outputs (B, ...) on the CPU, views averaged."""
+        while self.pending and self.pending[0].waiting == 0:
+            outs = self.pending.popleft().outs
+            yield (outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)).cpu()
+
+
+def _outputs(run: Forward, x: torch.Tensor, device: torch.device, bf16: bool, softmax: bool) -> torch.Tensor:
+    """Inputs (B, C, H, W) -> outputs (B, ...) float32, under bf16 autocast if asked; softmax
+    probabilities if asked."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = run(x).float()
+    return F.softmax(out, dim=1) if softmax else out
+
+
 def run_batches(
     module: torch.nn.Module,
     batches: Iterable[np.ndarray | torch.Tensor],
@@ -170,47 +222,20 @@ def run_batches(
     and a few images per batch would mostly be padding); a batch is yielded once all of its
     images are final."""
     module.eval()
-    run, again = forward or module, rerun or module
+    run = forward or module
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    guarded = bf16 and softmax and guard is not None
-    pending: deque[_Pending] = deque()
-    queue: list[tuple[_Pending, int, int, torch.Tensor]] = []  # (batch, view, row, input (C, H, W))
-
-    def run_queued(everything: bool) -> None:
-        while len(queue) >= rerun_batch or (everything and queue):
-            chunk = queue[:rerun_batch]
-            del queue[:rerun_batch]
-            x = torch.stack([inp for *_, inp in chunk]).contiguous(memory_format=fmt)
-            probs = F.softmax(again(x).float(), dim=1)
-            for (item, v, row, _), p in zip(chunk, probs, strict=True):
-                item.outs[v][row] = p
-                item.waiting -= 1
-
-    def finished() -> Iterator[torch.Tensor]:
-        while pending and pending[0].waiting == 0:
-            outs = pending.popleft().outs
-            yield (outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)).cpu()
-
+    guard = guard if bf16 and softmax else None  # it guards bf16 probabilities only
+    reruns = _RerunQueue(rerun or module, rerun_batch, fmt)
     with torch.inference_mode():
         for batch in batches:
-            item = _Pending()
+            item = reruns.new_batch()
             for v in views:
                 x = to_inputs(batch, pre, device, fmt, v)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    out = run(x).float()
-                if softmax:
-                    out = F.softmax(out, dim=1)
-                if guarded:
-                    assert guard is not None
-                    unsure = torch.nonzero((1 - out.amax(1)) > guard).flatten().tolist()
-                    queue += [(item, len(item.outs), row, x[row].clone()) for row in unsure]
-                    item.waiting += len(unsure)
-                item.outs.append(out)
-            pending.append(item)
-            run_queued(everything=False)
-            yield from finished()
-        run_queued(everything=True)
-        yield from finished()
+                reruns.add_view(item, x, _outputs(run, x, device, bf16, softmax), guard)
+            reruns.run_queued(everything=False)
+            yield from reruns.finished()
+        reruns.run_queued(everything=True)
+        yield from reruns.finished()
 
 
 def array_batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:

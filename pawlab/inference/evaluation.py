@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pawlab.data import load_eval_set
+from pawlab.data import ImageSet, load_eval_set
 from pawlab.inference.model import Model, load_model
 
 
@@ -84,6 +84,49 @@ def metrics_from_probs(probs: np.ndarray, labels: np.ndarray, classes: list[str]
     }
 
 
+def _report_dir(m: Model, report_dir: str | os.PathLike[str] | None) -> Path:
+    """``report_dir``, or beside the model file ``<model>-eval/`` (``model-eval/`` for a model
+    in memory); created."""
+    if report_dir is None:
+        base = m.path if m.path is not None else Path("model")
+        report_dir = base.with_name(base.stem + "-eval")
+    out = Path(report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _figures(
+    images: ImageSet, probs: np.ndarray, classes: list[str], cm: list[list[int]], out: Path, samples: int
+) -> dict[str, str]:
+    """The three PNGs in ``out``, name -> path; ``probs`` (N, classes) for ``images``."""
+    from pawlab.figures import confusion_matrix_plot, prediction_grid, top_losses_grid
+
+    x, labels = images.images, images.labels
+    figures = {
+        "predictions": prediction_grid(x, labels, probs, classes, out / "predictions.png", samples=samples),
+        "confusion_matrix": confusion_matrix_plot(cm, classes, out / "confusion_matrix.png"),
+        "top_losses": top_losses_grid(x, labels, probs, classes, out / "top_losses.png"),
+    }
+    return {k: str(v) for k, v in figures.items()}
+
+
+def _top_losses(images: ImageSet, probs: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
+    """The 12 most confidently wrong images (largest loss first), for the report."""
+    from pawlab.figures import top_losses
+
+    labels = images.labels
+    return [
+        {
+            "name": images.names[i],
+            "true": classes[int(labels[i])],
+            "predicted": classes[int(probs[i].argmax())],
+            "loss": loss,
+            "p_true": float(probs[i, int(labels[i])]),
+        }
+        for i, loss in top_losses(labels, probs, 12)
+    ]
+
+
 def evaluate(
     model: Model | str | os.PathLike[str],
     data: str | os.PathLike[str],
@@ -101,13 +144,12 @@ def evaluate(
     ``top_losses.png`` (the most confidently wrong images). ``tta``: test-time augmentation.
     """
     m = model if isinstance(model, Model) else load_model(model)
-    data_info = m.meta.get("training", {}).get("data", {})
     ev = load_eval_set(
         data,
         m.preprocessing.size,
         m.preprocessing.channels,
         m.classes,
-        trained_on=data_info,
+        trained_on=m.meta.get("training", {}).get("data", {}),
         workers=workers,
         progress=progress,
         resize=m.preprocessing.resize,
@@ -115,39 +157,13 @@ def evaluate(
     m.prepare_for(len(ev.images), tta)
     probs = m.predict_proba(ev.images.images, tta=tta, cached=True, progress=progress)
     stats = metrics_from_probs(probs, ev.images.labels, m.classes)
-    if report_dir is None:
-        base = m.path if m.path is not None else Path("model")
-        report_dir = base.with_name(base.stem + "-eval")
-    out = Path(report_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    from pawlab.figures import confusion_matrix_plot, prediction_grid, top_losses, top_losses_grid
-
-    images, labels = ev.images.images, ev.images.labels
-    figures = {
-        "predictions": prediction_grid(
-            images, labels, probs, m.classes, out / "predictions.png", samples=samples
-        ),
-        "confusion_matrix": confusion_matrix_plot(
-            stats["confusion_matrix"], m.classes, out / "confusion_matrix.png"
-        ),
-        "top_losses": top_losses_grid(images, labels, probs, m.classes, out / "top_losses.png"),
-    }
-    worst = [
-        {
-            "name": ev.images.names[i],
-            "true": m.classes[int(labels[i])],
-            "predicted": m.classes[int(probs[i].argmax())],
-            "loss": loss,
-            "p_true": float(probs[i, int(labels[i])]),
-        }
-        for i, loss in top_losses(labels, probs, 12)
-    ]
+    out = _report_dir(m, report_dir)
     return EvalReport(
         classes=m.classes,
         count=len(ev.images),
         split=ev.description + (", test-time augmentation" if tta else ""),
-        figures={k: str(v) for k, v in figures.items()},
-        top_losses=worst,
+        figures=_figures(ev.images, probs, m.classes, stats["confusion_matrix"], out, samples),
+        top_losses=_top_losses(ev.images, probs, m.classes),
         skipped=[{"name": s.name, "reason": s.reason} for s in ev.skipped],
         **stats,
     )

@@ -21,9 +21,11 @@ from tqdm import tqdm
 from pawlab.atomic import atomic_write_text
 from pawlab.data import Skipped, load_unlabeled
 from pawlab.data.datasets import decode_task, decode_tasks
+from pawlab.data.sources import Source
 from pawlab.data.workers import default_workers, parallel_map
 from pawlab.errors import DataError
 from pawlab.inference.model import Model, load_model
+from pawlab.runtime import barrier, rank, world_size
 
 
 @dataclass
@@ -107,11 +109,166 @@ def _merge_parts(out: Path) -> None:
         part.unlink()
 
 
-def _world() -> tuple[int, int]:
-    """(rank, world size): several under torchrun, once the process group is set up."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+_Numbered = list[tuple[int, str]]  # (numeric id, image name), in id order
+
+
+def _numbered(names: list[str]) -> tuple[_Numbered, list[Skipped]]:
+    """Image names -> (id, name) in id order, and the names that are not a numeric id."""
+    numbered, unnumbered = [], []
+    for n in names:
+        i = _numeric_id(n)
+        if i is None:
+            unnumbered.append(Skipped(n, "name is not a numeric id"))
+        else:
+            numbered.append((i, n))
+    numbered.sort()
+    return numbered, unnumbered
+
+
+def _check_ids(numbered: _Numbered, skipped: list[Skipped], where: object) -> None:
+    """A DataError unless there is at least one numbered image and no id repeats (a CSV
+    row per id)."""
+    if not numbered:
+        example = f", e.g. {skipped[0].name}" if skipped else ""
+        raise DataError(f"{where}: no image is named by a numeric id like 1.jpg{example}")
+    repeated = [i for i, n in Counter(i for i, _ in numbered).items() if n > 1]
+    if repeated:
+        same = [n for i, n in numbered if i == min(repeated)]
+        raise DataError(f"{where}: several images share the id {min(repeated)}: {', '.join(same)}")
+
+
+def _job(m: Model, test: object, hard: bool, tta: bool) -> dict[str, Any]:
+    """What the rows in the file depend on: the model file, the test source and the labels."""
+    return {
+        "model": _file_identity(m.path),
+        "test": str(test),
+        "hard": hard,
+        "classes": m.classes,
+        "tta": tta,
+    }
+
+
+def _sidecar(out: Path) -> Path:
+    """``<out>.pawlab-job.json``: the job's identity, beside the file until it is complete."""
+    return out.with_name(out.name + ".pawlab-job.json")
+
+
+def _resumes(out: Path, job: dict[str, Any]) -> bool:
+    """Whether the rows already in ``out`` are kept: only if this very job wrote them. A file
+    to be written afresh must be a submission (or absent): pawlab overwrites nothing else."""
+    sidecar = _sidecar(out)
+    resumable = sidecar.exists() and _read_json(sidecar) == job
+    if not resumable and out.exists() and not out.read_bytes()[:9] == b"id,label\n":
+        raise DataError(f"{out}: exists and is not a submission file (delete it to start over)")
+    return resumable
+
+
+def _start_afresh(out: Path, job: dict[str, Any]) -> None:
+    """A header-only ``out``, no part files, and the job's sidecar."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for part in _part_files(out):
+        part.unlink()
+    atomic_write_text(_sidecar(out), json.dumps(job))
+    atomic_write_text(out, "id,label\n")
+
+
+def _rows_done(out: Path) -> set[int]:
+    """Ids already written: in the file, and in shards' part files of an interrupted torchrun."""
+    done = set(_read_rows(out, header=True))
+    for part in _part_files(out):
+        done |= set(_read_rows(part, header=False))
+    return done
+
+
+def _open_job(out: Path, job: dict[str, Any]) -> set[int]:
+    """Resume ``job`` in ``out`` or start it afresh (rank 0): the ids already done, which
+    every rank has read before any rank appends."""
+    resumable = _resumes(out, job)
+    if rank() == 0 and not resumable:
+        _start_afresh(out, job)
+    barrier()  # rank 0 has started the job afresh, or not
+    done = _rows_done(out) if resumable else set()
+    barrier()  # every rank has read them before any appends
+    return done
+
+
+def _target(out: Path) -> Path:
+    """Where this process appends: the submission itself, or under torchrun its part file."""
+    return out if world_size() == 1 else out.with_name(f"{out.name}.part-{rank()}")
+
+
+def _progress_bar(total: int, progress: bool) -> tqdm[Any]:
+    """Images predicted, shown by rank 0 only."""
+    world = world_size()
+    return tqdm(
+        total=total,
+        desc="predicting" if world == 1 else f"predicting (rank 0 of {world})",
+        unit="img",
+        disable=not progress or rank() != 0 or None,
+        file=sys.stderr,
+    )
+
+
+def _batch_rows(
+    m: Model, chunk: list[tuple[tuple[int, str], np.ndarray | str]], hard: bool, tta: bool
+) -> tuple[str, list[Skipped]]:
+    """A batch of ((id, name), image (H, W, C) or why it did not decode) -> its rows in order,
+    and the undecodable images (their rows get the uninformative label)."""
+    good = [(i, r) for (i, _), r in chunk if not isinstance(r, str)]
+    failed = [Skipped(n, r) for (_, n), r in chunk if isinstance(r, str)]
+    probs = m.predict_proba(np.stack([r for _, r in good]), tta=tta) if good else np.empty((0, 0))
+    by_id = {i: p for (i, _), p in zip(good, probs, strict=True)}
+    binary = len(m.classes) == 2
+    rows = [f"{i},{_label(by_id.get(i), m.classes, binary, hard)}\n" for (i, _name), _image in chunk]
+    return "".join(rows), failed
+
+
+def _predict_and_append(
+    m: Model,
+    source: Source,
+    todo: _Numbered,
+    target: Path,
+    *,
+    hard: bool,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+    tta: bool,
+) -> tuple[int, list[Skipped]]:
+    """Predict ``todo`` a batch at a time, appending whole rows to ``target``: (rows written,
+    images that could not be decoded)."""
+    pre = m.preprocessing
+    m.prepare_for(len(todo), tta)
+    tasks = decode_tasks(source, [n for _, n in todo], pre.size, pre.channels, pre.resize)
+    # decoding runs ahead in worker processes while the network computes; half the cores for
+    # them (decoding costs a fraction of a forward pass; more would take the network's cores)
+    results = parallel_map(
+        decode_task, tasks, workers=workers or max(1, default_workers() // 2 // world_size())
+    )
+    bar = _progress_bar(len(todo), progress)
+    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    written, failed = 0, []
+    try:
+        for chunk in _chunks(zip(todo, results, strict=True), batch_size):
+            rows, bad = _batch_rows(m, chunk, hard, tta)
+            failed += bad
+            _write_all(fd, rows.encode())  # whole rows
+            written += len(chunk)
+            bar.update(len(chunk))
+    finally:
+        os.close(fd)
+        bar.close()
+    return written, failed
+
+
+def _gathered(written: int, failed: list[Skipped]) -> tuple[int, list[Skipped]]:
+    """Under torchrun, every rank's (rows written, undecodable images) together, in rank order."""
+    world = world_size()
+    if world == 1:
+        return written, failed
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, (written, failed))
+    return sum(w for w, _ in gathered), [f for _, fs in gathered for f in fs]
 
 
 def submit(
@@ -139,97 +296,28 @@ def submit(
     start = time.perf_counter()
     m = model if isinstance(model, Model) else load_model(model)
     source, names, skipped = load_unlabeled(test, m.preprocessing.size, m.preprocessing.channels)
-    numbered = []
-    for n in names:
-        i = _numeric_id(n)
-        if i is None:
-            skipped.append(Skipped(n, "name is not a numeric id"))
-        else:
-            numbered.append((i, n))
-    numbered.sort()
-    if not numbered:
-        example = f", e.g. {skipped[0].name}" if skipped else ""
-        raise DataError(f"{source.path}: no image is named by a numeric id like 1.jpg{example}")
-    repeated = [i for i, n in Counter(i for i, _ in numbered).items() if n > 1]
-    if repeated:
-        same = [n for i, n in numbered if i == min(repeated)]
-        raise DataError(f"{source.path}: several images share the id {min(repeated)}: {', '.join(same)}")
+    numbered, unnumbered = _numbered(names)
+    skipped += unnumbered
+    _check_ids(numbered, skipped, source.path)
     out_path = Path(out)
-    rank, world = _world()
-    # The rows already in the file are kept only if this very job wrote them: same model file,
-    # same test source, same labels. The job's identity lives beside the file until it is done.
-    job = {
-        "model": _file_identity(m.path),
-        "test": str(source.path),
-        "hard": hard,
-        "classes": m.classes,
-        "tta": tta,
-    }
-    sidecar = out_path.with_name(out_path.name + ".pawlab-job.json")
-    resumable = sidecar.exists() and _read_json(sidecar) == job
-    if not resumable and out_path.exists() and not out_path.read_bytes()[:9] == b"id,label\n":
-        raise DataError(f"{out_path}: exists and is not a submission file (delete it to start over)")
-    if rank == 0 and not resumable:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        for part in _part_files(out_path):
-            part.unlink()
-        atomic_write_text(sidecar, json.dumps(job))
-        atomic_write_text(out_path, "id,label\n")
-    if world > 1:
-        dist.barrier()  # rank 0 has started the job afresh, or not
-    # rows already written: in the file, and in shards' part files of an interrupted torchrun
-    done = set(_read_rows(out_path, header=True)) if resumable else set()
-    if resumable:
-        for part in _part_files(out_path):
-            done |= set(_read_rows(part, header=False))
-    if world > 1:
-        dist.barrier()  # every rank has read them before any appends
-    todo = [(i, n) for i, n in numbered if i not in done][rank::world]  # this rank's shard
-    binary = len(m.classes) == 2
-    failed: list[Skipped] = []
-    pre = m.preprocessing
-    m.prepare_for(len(todo), tta)
-    tasks = decode_tasks(source, [n for _, n in todo], pre.size, pre.channels, pre.resize)
-    # decoding runs ahead in worker processes while the network computes; half the cores for
-    # them (decoding costs a fraction of a forward pass; more would take the network's cores)
-    results = parallel_map(decode_task, tasks, workers=workers or max(1, default_workers() // 2 // world))
-    bar = tqdm(
-        total=len(todo),
-        desc="predicting" if world == 1 else f"predicting (rank 0 of {world})",
-        unit="img",
-        disable=not progress or rank != 0 or None,
-        file=sys.stderr,
+    done = _open_job(out_path, _job(m, source.path, hard, tta))
+    todo = [(i, n) for i, n in numbered if i not in done][rank() :: world_size()]  # this rank's shard
+    written, failed = _predict_and_append(
+        m,
+        source,
+        todo,
+        _target(out_path),
+        hard=hard,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        tta=tta,
     )
-    # one process appends to the submission itself; under torchrun each rank to its part file
-    target = out_path if world == 1 else out_path.with_name(f"{out_path.name}.part-{rank}")
-    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    written = 0
-    try:
-        for chunk in _chunks(zip(todo, results, strict=True), batch_size):
-            good = [(i, r) for (i, _), r in chunk if not isinstance(r, str)]
-            failed += [Skipped(n, r) for (_, n), r in chunk if isinstance(r, str)]
-            probs = m.predict_proba(np.stack([r for _, r in good]), tta=tta) if good else np.empty((0, 0))
-            by_id = {i: p for (i, _), p in zip(good, probs, strict=True)}
-            rows = []
-            for (i, _), _r in chunk:
-                p = by_id.get(i)
-                rows.append(f"{i},{_label(p, m.classes, binary, hard)}\n")
-            _write_all(fd, "".join(rows).encode())  # whole rows
-            written += len(rows)
-            bar.update(len(chunk))
-    finally:
-        os.close(fd)
-        bar.close()
-    if world > 1:
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, (written, failed))
-        written = sum(w for w, _ in gathered)
-        failed = [f for _, fs in gathered for f in fs]
-    if rank == 0:
+    written, failed = _gathered(written, failed)
+    if rank() == 0:
         _merge_parts(out_path)  # shards (this run's, or an interrupted one's) into id order
-        sidecar.unlink()  # complete: a later run starts afresh
-    if world > 1:
-        dist.barrier()  # the file is complete when any rank returns
+        _sidecar(out_path).unlink()  # complete: a later run starts afresh
+    barrier()  # the file is complete when any rank returns
     return SubmitReport(
         out_path, len(done) + written, written, len(done), skipped, failed, time.perf_counter() - start
     )

@@ -150,8 +150,9 @@ class Trainer:
 
     # -- events and helpers
     def emit(self, event: Event) -> None:
+        name = Event(event).value  # an unknown name is a ValueError, not a silent no-op
         for cb in self.callbacks:
-            getattr(cb, Event(event).value)(self)
+            getattr(cb, name)(self)
 
     def log(self, message: str) -> None:
         if self.is_main:

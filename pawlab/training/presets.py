@@ -2,8 +2,9 @@
 
     pawlab train DATA --preset cats-dogs-scratch
 
-A preset is the whole recipe; on the command line only ``--epochs``, ``--seed``, ``--device``,
-``--out``, ``--run-dir``, ``--quiet`` and ``--workers`` change it.
+A preset is the whole recipe; on the command line only ``--epochs`` and ``--seed`` change it,
+besides where it writes (``--out``, ``--run-dir``), ``--workers`` and how it runs (``--device``,
+``--precision``, ``--compile``, ``--no-channels-last``, ``--quiet``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,49 @@
+"""The run directory's JSON lines: appended whole, read incrementally, torn lines left."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pawlab import runlog
+
+
+def test_append_and_read_from_an_offset(tmp_path: Path) -> None:
+    log = tmp_path / "events.jsonl"
+    assert runlog.read_json_lines(log) == ([], 0)  # no file yet: nothing, from the start
+    runlog.append_json_line(log, {"event": "start", "epoch": 0})
+    runlog.append_json_line(log, {"event": "epoch", "epoch": 1})
+    records, offset = runlog.read_json_lines(log)
+    assert [r["event"] for r in records] == ["start", "epoch"]
+    runlog.append_json_line(log, {"event": "end", "epoch": 1})
+    more, offset2 = runlog.read_json_lines(log, offset)
+    assert more == [{"event": "end", "epoch": 1}] and offset2 == log.stat().st_size
+
+
+def test_a_torn_last_line_waits_and_garbage_is_skipped(tmp_path: Path) -> None:
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"epoch": 1}\nnot json\n[1, 2]\n{"epoch": 2}\n{"epo')
+    records, offset = runlog.read_json_lines(log)
+    assert records == [{"epoch": 1}, {"epoch": 2}]
+    with open(log, "a") as fh:  # the writer finishes the line
+        fh.write('ch": 3}\n')
+    rest, _ = runlog.read_json_lines(log, offset)
+    assert rest == [{"epoch": 3}]
+
+
+def test_config_round_trip_and_damaged_config(tmp_path: Path) -> None:
+    runlog.write_config(tmp_path, {"model": "m.safetensors"})
+    assert runlog.read_config(tmp_path) == {"model": "m.safetensors"}
+    assert json.loads((tmp_path / runlog.CONFIG).read_text())["model"] == "m.safetensors"
+    (tmp_path / runlog.CONFIG).write_text("[1")
+    assert runlog.read_config(tmp_path) is None
+    assert runlog.read_config(tmp_path / "missing") is None
+
+
+def test_kinds_are_data_and_the_module_needs_no_torch() -> None:
+    assert runlog.EVENT_KINDS == ("start", "batch", "epoch", "end", "failed")
+    code = "import sys, pawlab.runlog; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,185 @@
+"""The loop's events: named, always closed by after_fit, errors reported, state by key, logged."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pawlab import checkpoint
+from pawlab.config import RuntimeConfig, TrainConfig
+from pawlab.data import ImageSet
+from pawlab.errors import ConfigError, TrainingDiverged
+from pawlab.models import build
+from pawlab.preprocessing import Preprocessing
+from pawlab.training import Callback, Event, Trainer
+from pawlab.training.callbacks import BestCheckpoint, EarlyStopping, EventLog
+from tests.training.test_loop import FAST, QUIET, TINY, _train
+
+
+class Recorder(Callback):
+    """Every event, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.error: BaseException | None = None
+
+    def before_fit(self, trainer: Trainer) -> None:
+        self.seen.append("before_fit")
+
+    def after_epoch(self, trainer: Trainer) -> None:
+        self.seen.append("after_epoch")
+
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+        self.seen.append("on_exception")
+        self.error = error
+
+    def after_fit(self, trainer: Trainer) -> None:
+        self.seen.append("after_fit")
+
+
+def _sets(n: int = 24) -> tuple[ImageSet, ImageSet]:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+    labels = np.arange(n) % 2
+    return ImageSet(images, labels, [str(i) for i in range(n)], ["a", "b"]), ImageSet(
+        images[:8], labels[:8], [str(i) for i in range(8)], ["a", "b"]
+    )
+
+
+def _trainer(callbacks: list[Callback], config: TrainConfig = FAST) -> Trainer:
+    torch.manual_seed(0)
+    train_set, val_set = _sets()
+    pre = Preprocessing.for_input((3, 16, 16))
+    return Trainer(build(TINY, 2), train_set, val_set, config, pre, callbacks, {}, io.StringIO(), QUIET)
+
+
+def test_event_names_are_checked() -> None:
+    assert [e.value for e in Event][0] == "before_fit" and Event("after_fit") is Event.AFTER_FIT
+    with pytest.raises(TypeError, match="after_epcoh is not an event"):
+
+        class Misspelt(Callback):  # noqa: F841 (defining it is the test)
+            def after_epcoh(self, trainer: Trainer) -> None: ...
+
+    trainer = _trainer([])
+    with pytest.raises(ValueError, match="after_everything"):
+        trainer.emit("after_everything")  # type: ignore[arg-type]
+
+
+def test_an_error_fires_on_exception_then_after_fit(tree: Path, tmp_path: Path) -> None:
+    class Poison(Callback):
+        order = -20  # before the NaN guard
+
+        def after_batch(self, trainer: Trainer) -> None:
+            if trainer.state.epoch == 2:
+                trainer.state.batch_loss = math.nan
+
+    rec = Recorder()
+    with pytest.raises(TrainingDiverged):
+        _train(tree, tmp_path / "m.safetensors", FAST, callbacks=[Poison(), rec])
+    assert rec.seen == ["before_fit", "after_epoch", "on_exception", "after_fit"]
+    assert isinstance(rec.error, TrainingDiverged)
+    events = [json.loads(x) for x in (tmp_path / "m-run" / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "failed" and "TrainingDiverged" in events[-1]["error"]
+    assert not any(e["event"] == "end" for e in events)
+
+
+def test_after_fit_fires_when_before_fit_fails() -> None:
+    class Broken(Callback):
+        def before_fit(self, trainer: Trainer) -> None:
+            raise RuntimeError("boom")
+
+    rec = Recorder()
+    with pytest.raises(RuntimeError, match="boom"):
+        _trainer([Broken(), rec]).fit()  # Broken's before_fit runs first, and fails
+    assert rec.seen == ["on_exception", "after_fit"]
+
+
+def test_callback_state_keys_must_be_unique_and_are_overridable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="EarlyStopping"):
+        _trainer([EarlyStopping(2), EarlyStopping(3)])
+
+    class Patient(EarlyStopping):
+        def __init__(self, patience: int, key: str) -> None:
+            super().__init__(patience)
+            self.key = key
+
+        @property
+        def state_key(self) -> str:
+            return self.key
+
+    a, b = Patient(5, "short"), Patient(5, "long")
+    trainer = _trainer([a, b], FAST.with_(epochs=2))
+    trainer.fit()
+    a.wait, b.wait = 1, 4
+    trainer.save(tmp_path / "s.safetensors")
+    saved = checkpoint.load(tmp_path / "s.safetensors").meta["training"]["callbacks"]
+    assert saved["short"] == {"wait": 1} and saved["long"] == {"wait": 4}
+
+
+def test_state_dict_round_trip_continues_identically() -> None:
+    """Two epochs straight, or one, a state_dict, and one more in a new trainer: the same."""
+    straight = _trainer([], FAST.with_(epochs=2))
+    history = straight.fit().history
+    first = _trainer([], FAST.with_(epochs=1))
+    first.fit()
+    state = first.state_dict()
+    second = _trainer([], FAST.with_(epochs=2))
+    second.load_state_dict(state)
+    assert second.state.epoch == 1 and second.state.steps == first.state.steps
+    resumed = second.fit().history
+    timing = ("seconds", "images_per_s")
+    assert [{k: v for k, v in m.items() if k not in timing} for m in resumed] == [
+        {k: v for k, v in m.items() if k not in timing} for m in history
+    ]
+
+
+def test_best_checkpoint_owns_the_best_score(tree: Path, tmp_path: Path) -> None:
+    best = BestCheckpoint(tmp_path / "elsewhere.safetensors")
+    trainer = _trainer([best], FAST.with_(epochs=3))
+    history = trainer.fit().history
+    losses = [m["val_loss"] for m in history]
+    assert best.best == min(losses) and best.best_epoch == losses.index(min(losses)) + 1
+    assert best.best_metrics(history)["val_loss"] == min(losses)
+    assert (tmp_path / "elsewhere.safetensors").is_file()
+
+
+def test_event_log_records_the_run(tree: Path, tmp_path: Path) -> None:
+    result = _train(tree, tmp_path / "m.safetensors", FAST.with_(epochs=2))
+    lines = (tmp_path / "m-run" / "events.jsonl").read_text().splitlines()
+    events = [json.loads(x) for x in lines]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("epoch") == 2
+    start = events[0]
+    assert start["epochs"] == 2 and start["config"]["lr"] == FAST.lr and "device" not in start["config"]
+    batches = [e for e in events if e["event"] == "batch"]
+    per_epoch = start["batches_per_epoch"]
+    assert batches and all({"loss", "lr", "images_per_s", "step"} <= set(e) for e in batches)
+    assert [e["batch"] for e in batches if e["epoch"] == 1][-1] == per_epoch  # the epoch's last
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert [e["val_loss"] for e in epochs] == [m["val_loss"] for m in result.history]  # type: ignore[attr-defined]
+    assert all(isinstance(e["saved"], bool) and e["time"] > 0 for e in epochs)
+    # a new run in the same run directory starts a new log
+    _train(tree, tmp_path / "m.safetensors", FAST.with_(epochs=1))
+    kinds = [json.loads(x)["event"] for x in (tmp_path / "m-run" / "events.jsonl").read_text().splitlines()]
+    assert kinds.count("start") == 1 and kinds.count("epoch") == 1
+
+
+def test_event_log_samples_about_twenty_batches_an_epoch(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events.jsonl", batches_per_epoch=3)
+    trainer = _trainer([log], FAST.with_(epochs=1, batch_size=2))  # 12 batches
+    trainer.fit()
+    batches = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["batch"] for e in batches if e["event"] == "batch"] == [4, 8, 12]
+
+
+def test_runtime_settings_are_not_saved_with_the_recipe(tree: Path, tmp_path: Path) -> None:
+    _train(tree, tmp_path / "m.safetensors", FAST.with_(epochs=1), runtime=RuntimeConfig(progress=False))
+    saved = checkpoint.load(tmp_path / "m.safetensors").meta["training"]["config"]
+    assert not {"device", "precision", "channels_last", "compile", "progress"} & set(saved)
+    assert TrainConfig.from_json({**saved, "device": "cuda", "progress": True}) == FAST.with_(epochs=1)
