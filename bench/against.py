@@ -37,9 +37,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rev", help="the earlier commit, e.g. HEAD~1")
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("bench", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...], relative to the repo")
-    a = ap.parse_args()
-    bench = a.bench[1:] if a.bench[:1] == ["--"] else a.bench
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    a = ap.parse_args(argv[:cut])
+    bench = argv[cut + 1 :]  # SCRIPT [ARGS...], the script relative to the repository
     if not bench:
         ap.error("name a benchmark script after --")
     sha = subprocess.run(

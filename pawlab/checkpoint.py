@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as to_bytes
+from safetensors.torch import save_file
 
-from pawlab.atomic import atomic_write_bytes
+from pawlab.atomic import atomic_write
 from pawlab.errors import ModelFileError
 
 FORMAT = "pawlab-model"
@@ -80,7 +80,8 @@ def save(
         meta["optimizer_state"] = opt_rest
     for name, state in (rng or {}).items():
         tensors[RNG_PREFIX + name] = state.detach().cpu().contiguous()
-    atomic_write_bytes(p, to_bytes(tensors, metadata={"pawlab": json.dumps(meta)}), fsync=True)
+    header = {"pawlab": json.dumps(meta)}
+    atomic_write(p, lambda tmp: save_file(tensors, str(tmp), metadata=header), fsync=True)
     return p
 
 

@@ -312,11 +312,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ``ParameterSource``), also those given with their default value."""
     parser, commands = build_parser()
     defaults: dict[str, dict[str, Any]] = {}
+    flags: dict[str, str] = {}
     for name, sub in commands.items():
         defaults[name] = {}
         for action in sub._actions:  # argparse has no public list of them
             if action.option_strings and action.dest != "help":
-                defaults[name][action.dest] = action.default
+                value = action.default
+                if isinstance(value, str) and callable(action.type):
+                    value = action.type(value)  # as argparse converts a string default
+                defaults[name][action.dest] = value
+                flags[action.dest] = max(action.option_strings, key=len)
                 action.default = argparse.SUPPRESS  # absent from the result unless given
     args = parser.parse_args(argv)
     given = set(vars(args)) - {"command"}
@@ -324,6 +329,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if not hasattr(args, dest):
             setattr(args, dest, value)
     args.given = frozenset(given & set(defaults[args.command]))
+    args.flags = flags  # dest -> its option, for messages
     return args
 
 
@@ -364,8 +370,8 @@ def _reject_changed(args: argparse.Namespace, mode: str, allowed: set[str]) -> N
     allowed = allowed | RUNTIME_FLAGS
     changed = sorted(args.given - allowed)
     if changed:
-        flag = "--" + changed[0].replace("_", "-")
-        keep = ", ".join("--" + a.replace("_", "-") for a in sorted(allowed - {"resume", "preset"}))
+        flag = args.flags[changed[0]]
+        keep = ", ".join(sorted(args.flags[a] for a in allowed - {"resume", "preset"} if a in args.flags))
         raise ConfigError(f"{flag} cannot be combined with {mode}, which fixes the recipe (allowed: {keep})")
 
 

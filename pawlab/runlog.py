@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pawlab.atomic import atomic_write_text
+from pawlab.atomic import atomic_write_text, write_all
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -32,29 +34,44 @@ MODEL = "model.safetensors"
 EventKind = Literal["start", "batch", "epoch", "end", "failed"]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 
+_FIRST_LINE_MAX = 4096  # bytes of the first line that identify a file
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a reader of a JSON-lines file stopped: the byte offset, and a checksum of the
+    file's first line that tells the same file from a new one in its place (an inode number
+    is reused at once after a delete)."""
+
+    offset: int = 0
+    first_line: int = 0  # zlib.crc32 of the first line, newline included
+
 
 def append_json_line(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
     """Append ``record`` as one line, written whole (a reader never sees half of it)."""
-    data = (json.dumps(record) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, (json.dumps(record) + "\n").encode())
     finally:
         os.close(fd)
 
 
-def read_json_lines(path: str | os.PathLike[str], start: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """The records from byte ``start`` on, and the offset to read from next time. A last line
-    without its newline is still being written: it is left for the next read. Lines that are
-    not JSON objects are skipped. A missing file has no records."""
+def read_json_lines(
+    path: str | os.PathLike[str], start: Position = Position()
+) -> tuple[list[dict[str, Any]], Position]:
+    """The records after ``start``, and where to read from next time. A last line without its
+    newline is still being written: it is left for the next read. Lines that are not JSON
+    objects are skipped. A file replaced since ``start`` (a new run in the same run directory)
+    or cut shorter is read from its beginning; a missing file has no records."""
     try:
         with open(path, "rb") as fh:
-            fh.seek(start)
+            first = zlib.crc32(fh.readline(_FIRST_LINE_MAX))
+            same = first == start.first_line and os.fstat(fh.fileno()).st_size >= start.offset
+            offset = start.offset if same else 0
+            fh.seek(offset)
             raw = fh.read()
     except FileNotFoundError:
-        return [], start
+        return [], Position()
     whole = raw[: raw.rfind(b"\n") + 1]
     records = []
     for line in whole.splitlines():
@@ -64,7 +81,7 @@ def read_json_lines(path: str | os.PathLike[str], start: int = 0) -> tuple[list[
             continue
         if isinstance(record, dict):
             records.append(record)
-    return records, start + len(whole)
+    return records, Position(offset + len(whole), first)
 
 
 def write_config(run_dir: Path, record: dict[str, Any]) -> None:

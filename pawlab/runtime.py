@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -42,6 +44,17 @@ def barrier() -> None:
     """Wait for every process (nothing to wait for in a single process)."""
     if is_distributed():
         dist.barrier()
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (it builds a cache); the others wait for it, then run the
+    block too (they read the cache). One process just runs it."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
 
 
 def init_distributed(device: str = "auto") -> None:

@@ -1,4 +1,4 @@
-"""Figures in pawlab.reports: top losses (the list and the grid), the confusion matrix plot."""
+"""Figures in pawlab.figures: top losses (the list and the grid), the confusion matrix plot."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pawlab.figures import (
     top_losses_grid,
 )
 
-PAD, CAPTION = 6, 30  # the grid layout in pawlab.reports
+PAD, CAPTION = 6, 30  # the grid layout in pawlab.figures
 
 
 def solid_images(colours: list[int], size: int = 16, channels: int = 3) -> np.ndarray:

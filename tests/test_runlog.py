@@ -10,27 +10,45 @@ from pathlib import Path
 from pawlab import runlog
 
 
-def test_append_and_read_from_an_offset(tmp_path: Path) -> None:
+def test_append_and_read_from_a_position(tmp_path: Path) -> None:
     log = tmp_path / "events.jsonl"
-    assert runlog.read_json_lines(log) == ([], 0)  # no file yet: nothing, from the start
+    assert runlog.read_json_lines(log) == ([], runlog.Position())  # no file yet: nothing
     runlog.append_json_line(log, {"event": "start", "epoch": 0})
     runlog.append_json_line(log, {"event": "epoch", "epoch": 1})
-    records, offset = runlog.read_json_lines(log)
+    records, position = runlog.read_json_lines(log)
     assert [r["event"] for r in records] == ["start", "epoch"]
     runlog.append_json_line(log, {"event": "end", "epoch": 1})
-    more, offset2 = runlog.read_json_lines(log, offset)
-    assert more == [{"event": "end", "epoch": 1}] and offset2 == log.stat().st_size
+    more, after = runlog.read_json_lines(log, position)
+    assert more == [{"event": "end", "epoch": 1}] and after.offset == log.stat().st_size
+    assert runlog.read_json_lines(log, after) == ([], after)
 
 
 def test_a_torn_last_line_waits_and_garbage_is_skipped(tmp_path: Path) -> None:
     log = tmp_path / "metrics.jsonl"
     log.write_text('{"epoch": 1}\nnot json\n[1, 2]\n{"epoch": 2}\n{"epo')
-    records, offset = runlog.read_json_lines(log)
+    records, position = runlog.read_json_lines(log)
     assert records == [{"epoch": 1}, {"epoch": 2}]
     with open(log, "a") as fh:  # the writer finishes the line
         fh.write('ch": 3}\n')
-    rest, _ = runlog.read_json_lines(log, offset)
+    rest, _ = runlog.read_json_lines(log, position)
     assert rest == [{"epoch": 3}]
+
+
+def test_a_replaced_log_is_read_from_its_beginning(tmp_path: Path) -> None:
+    """A new run in the same run directory starts a new log: a reader loses none of it."""
+    log = tmp_path / "events.jsonl"
+    for epoch in range(5):
+        runlog.append_json_line(log, {"event": "epoch", "epoch": epoch, "pad": "x" * 40})
+    _, position = runlog.read_json_lines(log)
+    log.unlink()
+    runlog.append_json_line(log, {"event": "start", "run": 2})  # shorter than the old offset
+    records, position = runlog.read_json_lines(log, position)
+    assert records == [{"event": "start", "run": 2}]
+    log.unlink()
+    for epoch in range(8):  # longer than the old offset, and a new file
+        runlog.append_json_line(log, {"event": "epoch", "epoch": epoch, "pad": "y" * 40})
+    records, _ = runlog.read_json_lines(log, position)
+    assert [r["epoch"] for r in records] == list(range(8))
 
 
 def test_config_round_trip_and_damaged_config(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch.distributed as dist
 from tqdm import tqdm
 
-from pawlab.atomic import atomic_write_text
+from pawlab.atomic import atomic_write_text, write_all
 from pawlab.data import Skipped, load_unlabeled
 from pawlab.data.datasets import decode_task, decode_tasks
 from pawlab.data.sources import Source
@@ -81,14 +81,6 @@ def _read_rows(path: Path, header: bool) -> dict[int, str]:
             raise DataError(f"{path}: line {n} is not an id,label row (delete the file to start over)")
         rows[int(head)] = line + "\n"
     return rows
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Every byte, or an error: a short write (a full disk) must not leave half a row that the
-    next rows would be appended to."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _part_files(out: Path) -> list[Path]:
@@ -252,7 +244,7 @@ def _predict_and_append(
         for chunk in _chunks(zip(todo, results, strict=True), batch_size):
             rows, bad = _batch_rows(m, chunk, hard, tta)
             failed += bad
-            _write_all(fd, rows.encode())  # whole rows
+            write_all(fd, rows.encode())  # whole rows
             written += len(chunk)
             bar.update(len(chunk))
     finally:

@@ -13,6 +13,7 @@ under its ``state_key``, which must be unique among a run's callbacks. Only the 
 
 from __future__ import annotations
 
+import difflib
 import math
 import sys
 import time
@@ -64,26 +65,34 @@ _PREFIXES = ("before_", "after_", "on_")
 class Callback:
     """Override any of the event methods; ``order`` sorts callbacks (lower runs first).
 
-    A method named like an event that is not one (``after_epcoh``) is a `TypeError` when the
-    class is defined, not a callback that silently never runs."""
+    A method named almost like an event (``after_epcoh``) is a `TypeError` when the class is
+    defined, not a callback that silently never runs."""
 
     order = 0
+    _state_key: str | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        events = {e.value for e in Event}
-        for name in vars(cls):
-            if name.startswith(_PREFIXES) and name not in events:
+        events = [e.value for e in Event]
+        for name, value in vars(cls).items():
+            if not callable(value) or not name.startswith(_PREFIXES) or name in events:
+                continue
+            close = difflib.get_close_matches(name, events, n=1, cutoff=0.8)
+            if close:
                 raise TypeError(
-                    f"{cls.__name__}.{name} is not an event of the training loop "
-                    f"(events: {', '.join(e.value for e in Event)})"
+                    f"{cls.__name__}.{name} is not an event of the training loop: did you mean "
+                    f"{close[0]}? (a helper method's name starts with _)"
                 )
 
     @property
     def state_key(self) -> str:
-        """Where this callback's state is saved; two instances of a class with state need keys
-        of their own."""
-        return type(self).__qualname__
+        """Where this callback's state is saved (its class name unless set): two callbacks
+        with state need keys of their own."""
+        return self._state_key or type(self).__name__
+
+    @state_key.setter
+    def state_key(self, key: str) -> None:
+        self._state_key = key
 
     def before_fit(self, trainer: Trainer) -> None: ...
     def before_epoch(self, trainer: Trainer) -> None: ...
@@ -130,14 +139,15 @@ class BestCheckpoint(Callback):
 
     order = 10
 
-    def __init__(self, path: str | Path, monitor: str = "val_loss") -> None:
-        self.path, self.monitor = Path(path), monitor
+    def __init__(self, path: str | Path, monitor: str | None = None) -> None:
+        self.path, self.monitor = Path(path), monitor  # None: the training config's monitor
         self.best: float | None = None
         self.best_epoch = 0
 
     def after_validation(self, trainer: Trainer) -> None:
-        value = trainer.state.metrics[self.monitor]
-        if is_better(value, self.best, self.monitor):
+        monitor = self.monitor or trainer.config.monitor
+        value = trainer.state.metrics[monitor]
+        if is_better(value, self.best, monitor):
             self.best, self.best_epoch = value, trainer.state.epoch
             trainer.state.improved = True
             if trainer.is_main:
@@ -213,12 +223,15 @@ class EventLog(Callback):
     """Every event worth watching as one JSON line in ``events.jsonl`` (kinds:
     `pawlab.runlog.EVENT_KINDS`), written as it happens: the start of the run, a sampled batch
     loss with the learning rate and images/s (about ``batches_per_epoch`` lines per epoch),
-    each epoch's metrics, and the end or failure of the run. A dashboard follows it."""
+    each epoch's metrics, and the end or failure of the run. A dashboard follows it.
+
+    ``final``: this fit is the run's last phase. A phase that another follows (training the
+    head before fine-tuning) writes no "end", unless it was interrupted: the run ends there."""
 
     order = 35  # after the checkpoint: an epoch's line says whether its model was saved
 
-    def __init__(self, path: str | Path, batches_per_epoch: int = 20) -> None:
-        self.path, self.samples = Path(path), batches_per_epoch
+    def __init__(self, path: str | Path, samples_per_epoch: int = 20, final: bool = True) -> None:
+        self.path, self.samples, self.final = Path(path), samples_per_epoch, final
         self.t0 = self.seen = 0.0
 
     def _write(self, trainer: Trainer, kind: runlog.EventKind, **fields: Any) -> None:
@@ -261,7 +274,7 @@ class EventLog(Callback):
         self._write(trainer, "failed", epoch=trainer.state.epoch, error=f"{type(error).__name__}: {error}")
 
     def after_fit(self, trainer: Trainer) -> None:
-        if trainer.state.error is None:
+        if trainer.state.error is None and (self.final or trainer.state.interrupted):
             self._write(trainer, "end", epoch=trainer.state.epoch, interrupted=trainer.state.interrupted)
 
 

@@ -45,8 +45,6 @@ class ImageInputs:
     """uint8 images (B, H, W, C) -> normalised inputs (B, C, H, W), augmented for training; the
     whole network learns."""
 
-    features = False
-
     def __init__(
         self,
         pre: Preprocessing,
@@ -80,8 +78,6 @@ class FeatureInputs:
     """A frozen trunk's cached features (B, views, F): one view per image, a random one when
     augmenting; only the network's head learns."""
 
-    features = True
-
     def __init__(self, device: torch.device, gen: torch.Generator) -> None:
         self.device, self.gen = device, gen
 
@@ -98,7 +94,8 @@ class FeatureInputs:
         return features[torch.arange(len(features)), pick].to(self.device, non_blocking=True)
 
     def logits(self, network: Network, features: np.ndarray, batch_size: int = 0) -> torch.Tensor:
-        """fp32 logits (N, classes) of the head on the first (plain) view, on the CPU."""
+        """fp32 logits (N, classes) of the head on the first (plain) view, on the CPU, in one
+        pass (a head is small; ``batch_size`` is for `ImageInputs`)."""
         network.head.eval()
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(features[:, 0])).to(self.device)

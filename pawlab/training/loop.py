@@ -73,10 +73,10 @@ def _for_training(module: torch.nn.Module, device: torch.device, compile: bool) 
 
 
 def _unique_keys(callbacks: Iterable[Callback]) -> list[Callback]:
-    """The callbacks in order; two with the same ``state_key`` would overwrite each other's
-    saved state."""
+    """The callbacks in order; two with state under the same ``state_key`` would overwrite
+    each other's."""
     ordered = sorted(callbacks, key=lambda c: c.order)
-    keys = [cb.state_key for cb in ordered]
+    keys = [cb.state_key for cb in ordered if type(cb).state_dict is not Callback.state_dict]
     repeated = next((k for k in keys if keys.count(k) > 1), None)
     if repeated is not None:
         raise ConfigError(
@@ -151,6 +151,8 @@ class Trainer:
     # -- events and helpers
     def emit(self, event: Event) -> None:
         name = Event(event).value  # an unknown name is a ValueError, not a silent no-op
+        if name == Event.ON_EXCEPTION:
+            raise ValueError("on_exception carries the error: the loop fires it itself")
         for cb in self.callbacks:
             getattr(cb, name)(self)
 
@@ -275,7 +277,8 @@ class Trainer:
                     break
         except KeyboardInterrupt:
             self.state.interrupted = True
-            if not self.state.history or self.state.history[-1]["epoch"] != self.state.epoch:
+            running = self.state.epoch >= start  # not when stopped in before_fit
+            if running and (not self.state.history or self.state.history[-1]["epoch"] != self.state.epoch):
                 self.state.epoch -= 1  # the running epoch did not finish: a resume starts it again
         except BaseException as exc:
             self.state.error = exc
@@ -309,8 +312,8 @@ class Trainer:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from the parts of a `state_dict` that ``state`` has (a fine-tuning phase
-        carries on only the loop and the best score). Without ``steps``, the loop's epochs
-        were whole ones."""
+        carries on only the loop's epochs and history and the best score; its steps are then
+        counted as whole epochs of this trainer's batches)."""
         if "model" in state:
             self.network.load_state_dict(state["model"])
         if state.get("optimizer") is not None:

@@ -36,7 +36,7 @@ from pawlab.models import (
     with_input_size,
 )
 from pawlab.preprocessing import Preprocessing
-from pawlab.runtime import barrier, is_main, resolve_device
+from pawlab.runtime import barrier, is_main, main_first, resolve_device
 from pawlab.training.callbacks import (
     BestCheckpoint,
     Callback,
@@ -111,13 +111,8 @@ def _load_data(
             )
         return data
     cfg = DataConfig(size=h, val_fraction=val_fraction, seed=config.seed, workers=workers, resize=resize)
-    # only rank 0 builds the packed cache; the others wait and then read it
-    if not is_main():
-        barrier()
-        return load_dataset(data, cfg, channels=c, progress=False)
-    ds = load_dataset(data, cfg, channels=c, progress=progress)
-    barrier()
-    return ds
+    with main_first():  # rank 0 builds the packed cache; the others then read it
+        return load_dataset(data, cfg, channels=c, progress=progress and is_main())
 
 
 def _model_meta(
@@ -302,7 +297,7 @@ def _fit_phases(
     unfrozen = _unfrozen(run.meta["architecture"])
     tune = bool(config.fine_tune_epochs)
     phase = "" if state is None else f"resuming after epoch {state['loop']['epoch']}: "
-    first, carry = _fit(network, config, run, state, phase=phase, check=not tune)
+    first, carry = _fit(network, config, run, state, phase=phase, last=not tune)
     if not tune or first.interrupted:
         return first
     assert unfrozen is not None
@@ -313,16 +308,16 @@ def _fit_phases(
     training = {**run.meta["training"], "config": config.to_json()}
     run = replace(run, meta={**run.meta, "architecture": unfrozen, "training": training})
     phase = f"fine-tuning the whole network from epoch {carry['loop']['epoch'] + 1}: "
-    second, _ = _fit(network, config, run, carry, phase=phase, check=True)
+    second, _ = _fit(network, config, run, carry, phase=phase, last=True)
     return replace(second, seconds=first.seconds + second.seconds)
 
 
-def _callbacks(config: TrainConfig, run: _Run, best: BestCheckpoint) -> list[Callback]:
+def _callbacks(config: TrainConfig, run: _Run, best: BestCheckpoint, last: bool) -> list[Callback]:
     cbs: list[Callback] = [
         NaNGuard(),
         best,
         MetricsLog(run.run_dir / runlog.METRICS),
-        EventLog(run.run_dir / runlog.EVENTS),
+        EventLog(run.run_dir / runlog.EVENTS, final=last),
         LastState(run.run_dir / runlog.LAST_STATE),
         ProgressPrinter(run.stream, bar=run.runtime.progress),
         *run.callbacks,
@@ -371,11 +366,12 @@ def _fit(
     state: Mapping[str, Any] | None,
     *,
     phase: str,
-    check: bool,
+    last: bool,
 ) -> tuple[TrainResult, dict[str, Any]]:
     """One training phase, from ``state`` (a resumed run's, or an earlier phase's) if given:
     its result, and what a following phase carries on (epochs, history, best score).
-    ``check``: record whether bf16 inference agrees with fp32."""
+    ``last``: the run's last phase, which records whether bf16 inference agrees with fp32 and
+    ends the event log."""
     start = time.perf_counter()
     best = BestCheckpoint(run.out, config.monitor)
     pre = Preprocessing.from_json(run.meta["preprocessing"])
@@ -386,7 +382,7 @@ def _fit(
         val_set,
         config,
         pre,
-        _callbacks(config, run, best),
+        _callbacks(config, run, best, last),
         run.meta,
         run.stream,
         run.runtime,
@@ -399,7 +395,7 @@ def _fit(
     done = trainer.fit()
     if not done.history:
         raise KeyboardInterrupt  # stopped before the first epoch ended: nothing was saved
-    if check and trainer.is_main and run.out.exists():
+    if last and trainer.is_main and run.out.exists():
         fp32 = None
         if isinstance(val_set, FeatureSet):  # fp32 features are cached: only the head runs
             fp32 = lambda rows: trainer.inputs.logits(network, val_set.images[rows], 0)  # noqa: E731
@@ -413,9 +409,8 @@ def _fit(
         done.interrupted,
         time.perf_counter() - start,
     )
-    carry = {"loop": {k: v for k, v in trainer.state_dict()["loop"].items() if k != "steps"}}
-    carry["callbacks"] = {best.state_key: best.state_dict()}
-    return result, carry
+    loop = {"epoch": done.epoch, "history": done.history, "metrics": done.metrics}
+    return result, {"loop": loop, "callbacks": {best.state_key: best.state_dict()}}
 
 
 def _sets(
@@ -437,17 +432,14 @@ def _sets(
     device = resolve_device(rt.device)
     trunk = network.trunk.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     views = ("plain", "flip") if aug.flip else ("plain",)
-    if not is_main():
-        barrier()  # rank 0 computes and caches; the others then read the cache
     show = rt.progress and is_main()
-    train_feats = trunk_features(
-        trunk, ds.train.images, pre, device, views=views, progress=show, what="training images"
-    )
-    val_feats = trunk_features(
-        trunk, ds.validation.images, pre, device, progress=show, what="validation images"
-    )
-    if is_main():
-        barrier()
+    with main_first():  # rank 0 computes and caches; the others then read the cache
+        train_feats = trunk_features(
+            trunk, ds.train.images, pre, device, views=views, progress=show, what="training images"
+        )
+        val_feats = trunk_features(
+            trunk, ds.validation.images, pre, device, progress=show, what="validation images"
+        )
     t, v = ds.train, ds.validation
     return FeatureSet(train_feats, t.labels, t.names, t.classes), FeatureSet(
         val_feats, v.labels, v.names, v.classes

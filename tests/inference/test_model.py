@@ -419,14 +419,14 @@ def test_submit_refuses_a_damaged_part_file(trained: tuple[Path, Path], tmp_path
 def test_rows_are_written_whole_even_by_short_writes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import os
 
-    from pawlab.inference import submission
+    from pawlab import atomic
 
     real = os.write
-    monkeypatch.setattr(submission.os, "write", lambda fd, data: real(fd, bytes(data[:3])))  # 3 bytes a call
+    monkeypatch.setattr(atomic.os, "write", lambda fd, data: real(fd, bytes(data[:3])))  # 3 bytes a call
     path = tmp_path / "rows"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
     try:
-        submission._write_all(fd, b"1,0.25\n2,0.75\n")
+        atomic.write_all(fd, b"1,0.25\n2,0.75\n")
     finally:
         os.close(fd)
     assert path.read_bytes() == b"1,0.25\n2,0.75\n"

@@ -18,7 +18,7 @@ from pawlab.errors import ConfigError, TrainingDiverged
 from pawlab.models import build
 from pawlab.preprocessing import Preprocessing
 from pawlab.training import Callback, Event, Trainer
-from pawlab.training.callbacks import BestCheckpoint, EarlyStopping, EventLog
+from pawlab.training.callbacks import BestCheckpoint, EarlyStopping, EventLog, ProgressPrinter
 from tests.training.test_loop import FAST, QUIET, TINY, _train
 
 
@@ -61,14 +61,21 @@ def _trainer(callbacks: list[Callback], config: TrainConfig = FAST) -> Trainer:
 
 def test_event_names_are_checked() -> None:
     assert [e.value for e in Event][0] == "before_fit" and Event("after_fit") is Event.AFTER_FIT
-    with pytest.raises(TypeError, match="after_epcoh is not an event"):
+    with pytest.raises(TypeError, match="after_epcoh is not an event.*did you mean after_epoch"):
 
         class Misspelt(Callback):  # noqa: F841 (defining it is the test)
             def after_epcoh(self, trainer: Trainer) -> None: ...
 
-    trainer = _trainer([])
+    class Helpers(Callback):  # names that only start like an event are fine
+        on_gpu = True
+
+        def on_every_tenth_batch(self) -> None: ...
+
+    trainer = _trainer([Helpers()])
     with pytest.raises(ValueError, match="after_everything"):
         trainer.emit("after_everything")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="on_exception carries the error"):
+        trainer.emit(Event.ON_EXCEPTION)
 
 
 def test_an_error_fires_on_exception_then_after_fit(tree: Path, tmp_path: Path) -> None:
@@ -100,26 +107,33 @@ def test_after_fit_fires_when_before_fit_fails() -> None:
     assert rec.seen == ["on_exception", "after_fit"]
 
 
-def test_callback_state_keys_must_be_unique_and_are_overridable(tmp_path: Path) -> None:
+def test_callback_state_keys_must_be_unique_and_can_be_set(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="EarlyStopping"):
         _trainer([EarlyStopping(2), EarlyStopping(3)])
-
-    class Patient(EarlyStopping):
-        def __init__(self, patience: int, key: str) -> None:
-            super().__init__(patience)
-            self.key = key
-
-        @property
-        def state_key(self) -> str:
-            return self.key
-
-    a, b = Patient(5, "short"), Patient(5, "long")
+    _trainer([ProgressPrinter(io.StringIO()), ProgressPrinter(io.StringIO())])  # no state: fine
+    a, b = EarlyStopping(5), EarlyStopping(5)
+    a.state_key, b.state_key = "short", "long"
     trainer = _trainer([a, b], FAST.with_(epochs=2))
     trainer.fit()
     a.wait, b.wait = 1, 4
     trainer.save(tmp_path / "s.safetensors")
     saved = checkpoint.load(tmp_path / "s.safetensors").meta["training"]["callbacks"]
     assert saved["short"] == {"wait": 1} and saved["long"] == {"wait": 4}
+    again = [EarlyStopping(5), EarlyStopping(5)]
+    again[0].state_key, again[1].state_key = "long", "short"
+    restored = _trainer(again, FAST.with_(epochs=2))  # type: ignore[arg-type]
+    restored.load_state_dict({"callbacks": saved})
+    assert (again[0].wait, again[1].wait) == (4, 1)
+
+
+def test_ctrl_c_before_the_first_epoch_keeps_the_epoch_count() -> None:
+    class StopAtOnce(Callback):
+        def before_fit(self, trainer: Trainer) -> None:
+            raise KeyboardInterrupt
+
+    trainer = _trainer([StopAtOnce()])
+    state = trainer.fit()
+    assert state.interrupted and state.epoch == 0 and state.history == []
 
 
 def test_state_dict_round_trip_continues_identically() -> None:
@@ -139,7 +153,7 @@ def test_state_dict_round_trip_continues_identically() -> None:
     ]
 
 
-def test_best_checkpoint_owns_the_best_score(tree: Path, tmp_path: Path) -> None:
+def test_best_checkpoint_owns_the_best_score(tmp_path: Path) -> None:
     best = BestCheckpoint(tmp_path / "elsewhere.safetensors")
     trainer = _trainer([best], FAST.with_(epochs=3))
     history = trainer.fit().history
@@ -147,6 +161,10 @@ def test_best_checkpoint_owns_the_best_score(tree: Path, tmp_path: Path) -> None
     assert best.best == min(losses) and best.best_epoch == losses.index(min(losses)) + 1
     assert best.best_metrics(history)["val_loss"] == min(losses)
     assert (tmp_path / "elsewhere.safetensors").is_file()
+    # the monitor is the training config's unless given
+    by_accuracy = BestCheckpoint(tmp_path / "acc.safetensors")
+    history = _trainer([by_accuracy], FAST.with_(epochs=3, monitor="val_accuracy")).fit().history
+    assert by_accuracy.best == max(m["val_accuracy"] for m in history)
 
 
 def test_event_log_records_the_run(tree: Path, tmp_path: Path) -> None:
@@ -171,7 +189,7 @@ def test_event_log_records_the_run(tree: Path, tmp_path: Path) -> None:
 
 
 def test_event_log_samples_about_twenty_batches_an_epoch(tmp_path: Path) -> None:
-    log = EventLog(tmp_path / "events.jsonl", batches_per_epoch=3)
+    log = EventLog(tmp_path / "events.jsonl", samples_per_epoch=3)
     trainer = _trainer([log], FAST.with_(epochs=1, batch_size=2))  # 12 batches
     trainer.fit()
     batches = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
@@ -183,3 +201,36 @@ def test_runtime_settings_are_not_saved_with_the_recipe(tree: Path, tmp_path: Pa
     saved = checkpoint.load(tmp_path / "m.safetensors").meta["training"]["config"]
     assert not {"device", "precision", "channels_last", "compile", "progress"} & set(saved)
     assert TrainConfig.from_json({**saved, "device": "cuda", "progress": True}) == FAST.with_(epochs=1)
+
+
+def test_a_fine_tuned_run_logs_one_end(tmp_path: Path) -> None:
+    from tests.conftest import write_tree
+    from tests.training.test_loop import _transfer
+
+    src = write_tree(tmp_path / "src", {"cat": 6, "dog": 6})
+    _transfer(src, tmp_path / "m.safetensors", TrainConfig(epochs=1, fine_tune_epochs=1))
+    events = [json.loads(x) for x in (tmp_path / "m-run" / "events.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds.count("start") == 2 and kinds.count("end") == 1 and kinds[-1] == "end"
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1.0, 2.0]
+
+
+def test_a_resumed_model_file_describes_this_run(tree: Path, tmp_path: Path) -> None:
+    """Resuming rebuilds the model file's description as training does: this pawlab's version,
+    the run directory it was resumed in, the saved recipe."""
+    import shutil
+
+    from pawlab import __version__
+    from pawlab.training import resume
+
+    _train(tree, tmp_path / "m.safetensors", FAST.with_(epochs=1))
+    shutil.copytree(tmp_path / "m-run", tmp_path / "branch")
+    resume(tmp_path / "branch", epochs=2, out=tmp_path / "b.safetensors", workers=1, stream=io.StringIO())
+    first = checkpoint.load(tmp_path / "m-run" / "last.safetensors").meta
+    resumed = checkpoint.load(tmp_path / "branch" / "last.safetensors").meta
+    assert resumed["pawlab_version"] == __version__
+    assert resumed["training"]["run_dir"] == str((tmp_path / "branch").resolve())
+    for key in ("architecture", "classes", "preprocessing"):
+        assert resumed[key] == first[key]
+    assert resumed["training"]["config"] == {**first["training"]["config"], "epochs": 2}
+    assert resumed["training"]["data"] == first["training"]["data"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pawlab import atomic, checkpoint
+from pawlab import checkpoint
 from pawlab.config import AugmentConfig, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import load_dataset
 from pawlab.errors import ConfigError, TrainingDiverged
@@ -126,10 +126,11 @@ def test_failed_save_leaves_previous_model_intact(tmp_path: Path, monkeypatch: p
     checkpoint.save(out, {"w": torch.ones(3)}, {"classes": ["a", "b"]})
     before = out.read_bytes()
 
-    def broken(fd: int) -> None:  # the bytes are in the temporary file; then the disk fills
+    def broken(tensors: object, filename: str, metadata: object = None) -> None:
+        Path(filename).write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(atomic.os, "fsync", broken)
+    monkeypatch.setattr(checkpoint, "save_file", broken)
     with pytest.raises(OSError):
         checkpoint.save(out, {"w": torch.zeros(3)}, {"classes": ["a", "b"]})
     assert out.read_bytes() == before
