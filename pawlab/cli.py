@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,7 +78,7 @@ _RECIPE_FLAGS = (
     "patience",
     "seed",
 )
-RUNTIME_FLAGS = frozenset({"device", "precision", "channels_last", "compile", "quiet"})
+RUNTIME_FLAGS = frozenset({"device", "precision", "channels_last", "compile", "quiet", "dashboard", "port"})
 
 
 def _recipe_changes(args: argparse.Namespace) -> dict[str, Any]:
@@ -235,6 +237,22 @@ def _add_train(commands: _Commands) -> None:
     _train_options(p)
     p.add_argument("--val-fraction", type=float, default=0.2, help="for sources without their own split")
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument(
+        "--dashboard", action="store_true", help="serve the live dashboard on 127.0.0.1 while training"
+    )
+    p.add_argument("--port", type=_positive_int, default=8091, help="the dashboard's port (default 8091)")
+    _quiet(p)
+
+
+def _add_dashboard(commands: _Commands) -> None:
+    p = commands.add("dashboard", "serve the live dashboard of training runs, past and running")
+    p.add_argument("runs", nargs="*", type=Path, help="run directories, or folders of them (default: runs/)")
+    p.add_argument("--port", type=_positive_int, default=8091, help="default 8091")
+    p.add_argument(
+        "--host",
+        default=None,
+        help="listen on this address instead of 127.0.0.1 only (the page has no authentication)",
+    )
     _quiet(p)
 
 
@@ -302,7 +320,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     parser.add_argument("--version", action="version", version=f"pawlab {__version__}")
     commands = _Commands(parser)
-    for add in (_add_demo, _add_prepare, _add_train, _add_compare, _add_inference, _add_archs):
+    for add in (
+        _add_demo,
+        _add_prepare,
+        _add_train,
+        _add_compare,
+        _add_inference,
+        _add_archs,
+        _add_dashboard,
+    ):
         add(commands)
     return parser, commands.parsers
 
@@ -406,45 +432,95 @@ def _recipe(args: argparse.Namespace) -> tuple[Any, TrainConfig, int | None]:
     return arch, TrainConfig().with_(**_recipe_changes(args)), args.size
 
 
+def _check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"--port: cannot listen on {host}:{port} ({exc.strerror})") from None
+
+
+def _start_dashboard(run_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    """The dashboard of ``run_dir`` in a process of its own: training only writes files, and
+    a slow or absent browser never holds up a batch."""
+    _check_port("127.0.0.1", port)
+    cmd = [sys.executable, "-m", "pawlab", "dashboard", str(run_dir), "--port", str(port), "-q"]
+    print(
+        f"dashboard: http://127.0.0.1:{port}/ (while training; `pawlab dashboard {run_dir}` after)",
+        flush=True,
+    )
+    return subprocess.Popen(cmd)
+
+
+def _run_dir(args: argparse.Namespace, arch: Any) -> Path:
+    """Where the run writes, as `pawlab.training.train` chooses it."""
+    from pawlab.training.runs import default_run_dir
+
+    if args.run_dir is not None:
+        return Path(args.run_dir)
+    return default_run_dir(args.out, arch if isinstance(arch, str) else "net")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pawlab.runtime import init_distributed, launched_rank
     from pawlab.training import resume, train
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
     init_distributed(args.device)
-    if args.resume is not None:
-        _reject_changed(args, "--resume", {"resume", "epochs", "forever", "out", "workers"})
-        result = resume(
-            args.resume,
-            args.data,
-            epochs=args.epochs,
-            forever=args.forever,
-            out=args.out,
-            workers=args.workers,
-            runtime=_runtime(args),
-        )
-    elif args.data is None:
-        raise ConfigError("train: DATA is required (or --resume RUN_DIR)")
-    else:
-        arch, cfg, size = _recipe(args)
-        result = train(
-            args.data,
-            args.out,
-            arch,
-            cfg,
-            size=size,
-            resize=args.resize,
-            val_fraction=args.val_fraction,
-            workers=args.workers,
-            run_dir=args.run_dir,
-            runtime=_runtime(args),
-        )
+    dashboard = None
+    try:
+        if args.resume is not None:
+            _reject_changed(args, "--resume", {"resume", "epochs", "forever", "out", "workers"})
+            p = Path(args.resume)
+            if args.dashboard and launched_rank() == 0:
+                dashboard = _start_dashboard(p if p.is_dir() else p.with_name(p.stem + "-run"), args.port)
+            result = resume(
+                args.resume,
+                args.data,
+                epochs=args.epochs,
+                forever=args.forever,
+                out=args.out,
+                workers=args.workers,
+                runtime=_runtime(args),
+            )
+        elif args.data is None:
+            raise ConfigError("train: DATA is required (or --resume RUN_DIR)")
+        else:
+            arch, cfg, size = _recipe(args)
+            run_dir = _run_dir(args, arch)
+            if args.dashboard and launched_rank() == 0:
+                dashboard = _start_dashboard(run_dir, args.port)
+            result = train(
+                args.data,
+                args.out,
+                arch,
+                cfg,
+                size=size,
+                resize=args.resize,
+                val_fraction=args.val_fraction,
+                workers=args.workers,
+                run_dir=run_dir,
+                runtime=_runtime(args),
+            )
+    finally:
+        if dashboard is not None:
+            dashboard.terminate()
+            dashboard.wait()
     if launched_rank() == 0:
         b = result.best
         print(
             f"best: epoch {int(b['epoch'])}, val loss {b['val_loss']:.4f}, val acc {b['val_accuracy']:.4f} "
             f"-> {result.model_path} ({result.seconds:.0f}s; run: {result.run_dir})"
         )
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from pawlab.dashboard import serve
+
+    roots = list(args.runs) or [Path("runs")]  # a folder that does not exist yet is watched
+    _check_port(args.host or "127.0.0.1", args.port)
+    serve(roots, host=args.host, port=args.port, quiet=args.quiet)
     return 0
 
 
@@ -558,6 +634,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "submit": cmd_submit,
     "archs": cmd_archs,
+    "dashboard": cmd_dashboard,
 }
 
 

@@ -84,13 +84,42 @@ def read_json_lines(
     return records, Position(offset + len(whole), first)
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing or not (yet) whole JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def write_config(run_dir: Path, record: dict[str, Any]) -> None:
     atomic_write_text(run_dir / CONFIG, json.dumps(record, indent=2) + "\n")
 
 
 def read_config(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        record = json.loads((run_dir / CONFIG).read_text())
-    except (OSError, ValueError):
-        return None
+    record = read_json(run_dir / CONFIG)
     return record if isinstance(record, dict) else None
+
+
+# Every validation pass, for the dashboard's confusion matrix and per-image histories:
+#   validation/index.json        classes, and each validation image's name and label (once)
+#   validation/pass-00012.npy    float16 (N, classes): the pass's probabilities, after epoch 12
+#   validation/thumbs/17.jpg     a small JPEG of validation image 17 (once)
+VALIDATION = "validation"
+VALIDATION_INDEX = f"{VALIDATION}/index.json"
+THUMBS = f"{VALIDATION}/thumbs"
+
+
+def pass_file(epoch: int) -> str:
+    """A validation pass's probabilities, relative to the run directory."""
+    return f"{VALIDATION}/pass-{epoch:05d}.npy"
+
+
+def pass_epochs(run_dir: Path) -> list[int]:
+    """The epochs whose validation pass is recorded, in order."""
+    found = []
+    for p in (run_dir / VALIDATION).glob("pass-*.npy"):
+        digits = p.stem.removeprefix("pass-")
+        if digits.isdigit():
+            found.append(int(digits))
+    return sorted(found)

@@ -1,5 +1,5 @@
-"""The public API: every exported name resolves, and importing data code (or the run-directory
-reader) does not import torch."""
+"""The public API: every exported name resolves, and importing data code, the run-directory
+reader or the dashboard does not import torch."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ def test_every_exported_name_resolves() -> None:
     assert set(pawlab.__all__) == {*pawlab._MODULE_OF, "__version__"}
 
 
-def test_data_workers_do_not_import_torch() -> None:
+def test_data_workers_and_the_dashboard_do_not_import_torch() -> None:
     modules = ", ".join(
         f"pawlab.data.{m}" for m in ("catalog", "datasets", "decode", "pack", "sources", "workers")
     )
-    code = f"import sys, pawlab, pawlab.runlog, {modules}; print('torch' in sys.modules)"
+    dashboard = "pawlab.dashboard, pawlab.dashboard.app, pawlab.dashboard.store"
+    code = f"import sys, pawlab, pawlab.runlog, {modules}, {dashboard}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

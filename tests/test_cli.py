@@ -478,3 +478,25 @@ def test_backbone_with_a_weights_file(tmp_path: Path) -> None:
     shown = pawlab("predict", model, src / "dog" / "dog.1.jpg", "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["classification"] in ("cat", "dog")
+
+
+def test_train_with_the_dashboard_and_a_busy_port(tmp_path: Path) -> None:
+    import socket
+
+    src = write_tree(tmp_path / "src", {"cat": 8, "dog": 8})
+    arch = tmp_path / "tiny.toml"
+    arch.write_text(TINY_TOML)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        busy = pawlab("dashboard", tmp_path / "runs", "--port", port)
+        assert_one_line_error(busy, "--port", str(port))
+        assert busy.returncode == 2
+    out = tmp_path / "m.safetensors"
+    proc = pawlab(
+        "train", src, "--arch-file", arch, "--epochs", 2, "--out", out, "-q", "--dashboard", "--port", port
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"dashboard: http://127.0.0.1:{port}/" in proc.stdout
+    with socket.socket() as sock:  # the dashboard ended with the training
+        sock.bind(("127.0.0.1", port))

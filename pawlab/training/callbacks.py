@@ -14,6 +14,7 @@ under its ``state_key``, which must be unique among a run's callbacks. Only the 
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import sys
 import time
@@ -21,9 +22,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from pawlab import runlog
+from pawlab.atomic import atomic_write, atomic_write_text
 from pawlab.config import MONITORS
 from pawlab.errors import TrainingDiverged
 
@@ -41,6 +45,7 @@ __all__ = [
     "NaNGuard",
     "ProgressPrinter",
     "TrainingDiverged",
+    "ValidationLog",
     "is_better",
 ]
 
@@ -276,6 +281,58 @@ class EventLog(Callback):
     def after_fit(self, trainer: Trainer) -> None:
         if trainer.state.error is None and (self.final or trainer.state.interrupted):
             self._write(trainer, "end", epoch=trainer.state.epoch, interrupted=trainer.state.interrupted)
+
+
+class ValidationLog(Callback):
+    """Every validation pass's class probabilities, and once the validation images' names,
+    labels and thumbnails, in the run directory (see `pawlab.runlog`): what a dashboard's
+    confusion matrix and per-image histories read. It costs no forward pass: validation has
+    computed them (``trainer.state.val_probs``).
+
+    ``images``: the validation images, uint8 (N, H, W, C) (also when the loop trains on
+    cached features), in the order of ``names`` and ``labels``."""
+
+    order = 25
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        images: np.ndarray,
+        names: list[str],
+        labels: np.ndarray,
+        classes: list[str],
+        thumb_size: int = 96,
+    ) -> None:
+        self.run_dir, self.images, self.thumb_size = Path(run_dir), images, thumb_size
+        self.index = {"classes": classes, "names": names, "labels": [int(v) for v in labels]}
+
+    def before_fit(self, trainer: Trainer) -> None:
+        if not trainer.is_main:
+            return
+        thumbs = self.run_dir / runlog.THUMBS
+        index = self.run_dir / runlog.VALIDATION_INDEX
+        if index.is_file() and runlog.read_json(index) == self.index:
+            return  # a resumed run: written already
+        thumbs.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(self.images):
+            pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+            if max(pil.size) > self.thumb_size:
+                pil.thumbnail((self.thumb_size, self.thumb_size), Image.Resampling.BILINEAR)
+            pil.save(thumbs / f"{i}.jpg", quality=85)
+        atomic_write_text(index, json.dumps(self.index))  # last: the thumbnails are there
+
+    def after_validation(self, trainer: Trainer) -> None:
+        probs = trainer.state.val_probs
+        if not trainer.is_main or probs is None:
+            return
+        path = self.run_dir / runlog.pass_file(trainer.state.epoch)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: _save_npy(tmp, probs.astype(np.float16)))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # np.save would add ".npy" to a temporary file's name
+        np.save(fh, array)
 
 
 class ProgressPrinter(Callback):

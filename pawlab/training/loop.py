@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -54,6 +55,7 @@ class TrainState:
     stop: bool = False  # set by a callback to end training after this epoch
     interrupted: bool = False  # Ctrl-C or SIGTERM
     error: BaseException | None = None  # what ended the run, if an error did
+    val_probs: np.ndarray | None = None  # the last validation pass's probabilities (N, classes)
 
 
 @dataclass
@@ -238,6 +240,7 @@ class Trainer:
         # fp32 even when training in bf16: the saved metrics are what `evaluate` will report
         logits = self.inputs.logits(self.network, self.val_set.images, self.config.batch_size * 2)
         y = torch.from_numpy(self.val_set.labels)
+        self.state.val_probs = logits.softmax(1).numpy()
         return {
             "val_loss": F.cross_entropy(logits, y).item(),
             "val_accuracy": (logits.argmax(1) == y).float().mean().item(),

@@ -9,6 +9,7 @@ callbacks, writing into its run directory (`pawlab.runlog` names the files). Wit
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -46,6 +47,7 @@ from pawlab.training.callbacks import (
     MetricsLog,
     NaNGuard,
     ProgressPrinter,
+    ValidationLog,
 )
 from pawlab.training.loop import FeatureSet, Trainer, state_from_checkpoint
 
@@ -313,12 +315,14 @@ def _fit_phases(
 
 
 def _callbacks(config: TrainConfig, run: _Run, best: BestCheckpoint, last: bool) -> list[Callback]:
+    v = run.ds.validation
     cbs: list[Callback] = [
         NaNGuard(),
         best,
         MetricsLog(run.run_dir / runlog.METRICS),
         EventLog(run.run_dir / runlog.EVENTS, final=last),
         LastState(run.run_dir / runlog.LAST_STATE),
+        ValidationLog(run.run_dir, v.images, v.names, v.labels, v.classes),
         ProgressPrinter(run.stream, bar=run.runtime.progress),
         *run.callbacks,
     ]
@@ -334,6 +338,7 @@ def _start_run_dir(run: _Run, config: TrainConfig, fresh: bool) -> None:
     if fresh:
         (run.run_dir / runlog.METRICS).unlink(missing_ok=True)
         (run.run_dir / runlog.EVENTS).unlink(missing_ok=True)
+        shutil.rmtree(run.run_dir / runlog.VALIDATION, ignore_errors=True)
     record = {
         "model": str(run.out.resolve()),
         "architecture": run.meta["architecture"],

@@ -1,0 +1,39 @@
+"""The live training dashboard: curves, a confusion matrix whose cells open their images, run
+comparison; served on localhost from run directories. Imports no torch.
+
+    store.py   runs as read from their run directories (`pawlab.runlog`)
+    app.py     the Starlette app: the page, its assets (plotly.js from the installed package)
+               and a read-only JSON API with a server-sent event stream
+    static/    the page
+
+``pawlab dashboard RUNS...`` or ``pawlab train ... --dashboard`` start it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pawlab.dashboard.app import LOOPBACK_HOSTS, create_app
+
+__all__ = ["DEFAULT_PORT", "create_app", "serve"]
+
+DEFAULT_PORT = 8091  # Cortex's
+
+
+def serve(
+    roots: list[Path], *, host: str | None = None, port: int = DEFAULT_PORT, quiet: bool = False
+) -> None:
+    """Serve the runs under ``roots`` until Ctrl-C. ``host=None``: this machine only
+    (127.0.0.1, and requests must name it); any other host is the user's explicit choice, and
+    the page has no authentication."""
+    import uvicorn
+
+    app = create_app(roots, trusted_hosts=LOOPBACK_HOSTS if host is None else None)
+    bind = host or "127.0.0.1"
+    if host is not None:
+        print(f"pawlab dashboard: listening on {host}: the page has no authentication", file=sys.stderr)
+    if not quiet:
+        print(f"dashboard: http://{'127.0.0.1' if bind in ('0.0.0.0', '::') else bind}:{port}/", flush=True)
+    config = uvicorn.Config(app, host=bind, port=port, log_level="warning", timeout_graceful_shutdown=1)
+    uvicorn.Server(config).run()

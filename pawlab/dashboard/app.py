@@ -1,0 +1,220 @@
+"""The dashboard's web app: a page, its assets, and a read-only JSON API over run directories.
+
+GET only. Runs are found under the roots given at start (looked for again on every run list,
+so a run that starts later appears); each is named by an opaque id, each image by its index in
+the validation set: nothing a request sends becomes a path. The event log streams as
+server-sent events, resumable after a reconnect (``Last-Event-ID``). Unless the server was
+asked to listen beyond this machine, requests must name a loopback host (against DNS
+rebinding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from pawlab.dashboard import store
+
+STATIC = Path(__file__).with_name("static")
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost"]
+POLL_SECONDS = 0.25  # how often a stream looks for new events
+MAX_STREAMS = 64  # event streams open at once; more get 503
+
+
+def plotly_js() -> Path | None:
+    """plotly.js as the installed ``plotly`` package ships it (never a CDN)."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
+    return path if path.is_file() else None
+
+
+def _assets() -> dict[str, tuple[Path | None, str]]:
+    return {
+        "app.js": (STATIC / "app.js", "text/javascript"),
+        "style.css": (STATIC / "style.css", "text/css"),
+        "plotly.min.js": (plotly_js(), "text/javascript"),
+    }
+
+
+class Runs:
+    """The runs under the roots, by id; a run keeps its cached passes between requests."""
+
+    def __init__(self, roots: list[Path]) -> None:
+        self.roots = roots
+        self._known: dict[str, store.Run] = {}
+
+    def all(self) -> list[store.Run]:
+        found = store.find_runs(self.roots)
+        runs = [self._known.setdefault(store.run_id(p), store.Run(p)) for p in found]
+        return runs
+
+    def get(self, rid: str) -> store.Run | None:
+        run = self._known.get(rid)
+        if run is None:
+            run = next((r for r in self.all() if r.id == rid), None)
+        return run if run is not None and run.path.is_dir() else None
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _int(request: Request, name: str, default: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        if default is None:
+            raise ValueError(f"{name}: missing")
+        return default
+    if not raw.lstrip("-").isdigit():
+        raise ValueError(f"{name}: not an integer")
+    return int(raw)
+
+
+def create_app(roots: list[Path], trusted_hosts: list[str] | None = LOOPBACK_HOSTS) -> Starlette:
+    """The app over the run directories under ``roots``; ``trusted_hosts=None`` accepts any
+    ``Host`` header (a server the user asked to listen beyond this machine)."""
+    runs = Runs([Path(r) for r in roots])
+    assets = _assets()
+    streams = {"open": 0}
+
+    async def page(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    async def asset(request: Request) -> Response:
+        path, media = assets.get(request.path_params["name"], (None, ""))
+        if path is None:
+            return _error(404, "no such asset")
+        return FileResponse(path, media_type=media, headers={"Cache-Control": "max-age=3600"})
+
+    async def run_list(request: Request) -> Response:
+        return JSONResponse([r.summary() for r in runs.all()])
+
+    def with_run(handler: Any) -> Any:
+        async def wrapped(request: Request) -> Response:
+            run = runs.get(request.path_params["rid"])
+            if run is None:
+                return _error(404, "no such run")
+            try:
+                result: Response = await handler(request, run)
+            except ValueError as exc:
+                return _error(400, str(exc))
+            return result
+
+        return wrapped
+
+    async def events(request: Request, run: store.Run) -> Response:
+        records, _ = run.events()
+        return JSONResponse(records)
+
+    async def passes(request: Request, run: store.Run) -> Response:
+        index = run.index()
+        return JSONResponse({"epochs": run.pass_epochs(), "classes": index.get("classes", [])})
+
+    async def matrix(request: Request, run: store.Run) -> Response:
+        epochs = run.pass_epochs()
+        epoch = _int(request, "epoch", epochs[-1] if epochs else 0)
+        found = store.matrix(run, epoch)
+        return (
+            JSONResponse(found)
+            if found is not None
+            else _error(404, f"no validation pass after epoch {epoch}")
+        )
+
+    async def cell(request: Request, run: store.Run) -> Response:
+        k = len(run.index().get("classes", []))
+        true, predicted = _int(request, "true"), _int(request, "predicted")
+        if not (0 <= true < k and 0 <= predicted < k):
+            raise ValueError("true, predicted: not classes of this run")
+        found = store.cell(run, _int(request, "epoch"), true, predicted)
+        return JSONResponse(found) if found is not None else _error(404, "no such validation pass")
+
+    async def image_history(request: Request, run: store.Run) -> Response:
+        found = store.history(run, int(request.path_params["index"]))
+        return JSONResponse(found) if found is not None else _error(404, "no such image")
+
+    async def thumb(request: Request, run: store.Run) -> Response:
+        path = run.thumb(int(request.path_params["index"]))
+        if path is None:
+            return _error(404, "no such image")
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+
+    async def suspects(request: Request, run: store.Run) -> Response:
+        rows = store.suspects(run)
+        if request.query_params.get("format") == "csv":
+            headers = {"Content-Disposition": f'attachment; filename="suspects-{run.id}.csv"'}
+            return Response(store.suspects_csv(rows), media_type="text/csv", headers=headers)
+        return JSONResponse(rows)
+
+    async def stream(request: Request, run: store.Run) -> Response:
+        if streams["open"] >= MAX_STREAMS:
+            return _error(503, "too many open streams")
+        last = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+        sent = int(last) if last.isdigit() else 0
+        return StreamingResponse(
+            _event_stream(request, run, sent, streams),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    routes = [
+        Route("/", page),
+        Route("/static/{name}", asset),
+        Route("/api/runs", run_list),
+        Route("/api/runs/{rid}/events", with_run(events)),
+        Route("/api/runs/{rid}/stream", with_run(stream)),
+        Route("/api/runs/{rid}/passes", with_run(passes)),
+        Route("/api/runs/{rid}/matrix", with_run(matrix)),
+        Route("/api/runs/{rid}/cell", with_run(cell)),
+        Route("/api/runs/{rid}/images/{index:int}/history", with_run(image_history)),
+        Route("/api/runs/{rid}/images/{index:int}/thumb", with_run(thumb)),
+        Route("/api/runs/{rid}/suspects", with_run(suspects)),
+    ]
+    middleware = (
+        [] if trusted_hosts is None else [Middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts)]
+    )
+    return Starlette(routes=routes, middleware=middleware)
+
+
+async def _event_stream(
+    request: Request, run: store.Run, sent: int, streams: dict[str, int]
+) -> AsyncIterator[str]:
+    """The run's events after the first ``sent``, then each new one as it is written. Each
+    message's id is its number in the log, so a reconnecting browser (``Last-Event-ID``)
+    gets only what it missed. A deleted run ends the stream with a ``gone`` event."""
+    streams["open"] += 1
+    try:
+        records, position = run.events()
+        count = 0
+        yield "retry: 1000\n\n"
+        while True:
+            for record in records:
+                count += 1
+                if count > sent:
+                    yield f"id: {count}\ndata: {json.dumps(record)}\n\n"
+            sent = max(sent, count)
+            if not run.path.is_dir():
+                yield "event: gone\ndata: {}\n\n"
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(POLL_SECONDS)
+            fresh, new_position = run.events(position)
+            if new_position.offset < position.offset or new_position.first_line != position.first_line:
+                count, sent = 0, 0  # a new run in this directory: its log from the start
+                yield "event: reset\ndata: {}\n\n"
+            records, position = fresh, new_position
+    finally:
+        streams["open"] -= 1

@@ -1,0 +1,240 @@
+"""The dashboard's API over real run directories, its event stream, and what it refuses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from pawlab import runlog
+from pawlab.dashboard import create_app
+from pawlab.dashboard.store import run_id
+from tests.dashboard.conftest import LiveServer, train_run
+
+
+def client(roots: list[Path]) -> TestClient:
+    return TestClient(create_app(roots), base_url="http://127.0.0.1")
+
+
+def test_run_list_and_one_runs_data(runs_root: Path) -> None:
+    c = client([runs_root])
+    runs = {r["name"]: r for r in c.get("/api/runs").json()}
+    assert set(runs) == {"first", "second"}
+    first = runs["first"]
+    assert first["state"] == "finished" and first["epochs"] == 3 and first["classes"] == ["cat", "dog"]
+    rid = first["id"]
+    assert rid == run_id(runs_root / "first") and "/" not in rid  # opaque: no path in the page
+    events = c.get(f"/api/runs/{rid}/events").json()
+    assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "end"
+    assert c.get(f"/api/runs/{rid}/passes").json() == {"epochs": [1, 2, 3], "classes": ["cat", "dog"]}
+
+
+def test_the_matrix_agrees_with_the_epochs_accuracy(runs_root: Path) -> None:
+    c = client([runs_root])
+    rid = run_id(runs_root / "first")
+    events = c.get(f"/api/runs/{rid}/events").json()
+    accuracy = {int(e["epoch"]): e["val_accuracy"] for e in events if e["event"] == "epoch"}
+    index = json.loads((runs_root / "first" / runlog.VALIDATION_INDEX).read_text())
+    for epoch in (1, 2, 3):
+        m = c.get(f"/api/runs/{rid}/matrix", params={"epoch": epoch}).json()
+        assert m["count"] == len(index["labels"]) == sum(map(sum, m["counts"]))
+        assert m["accuracy"] == pytest.approx(accuracy[epoch], abs=1e-6)
+        if epoch == 1:
+            assert m["entered"] == [[0, 0], [0, 0]]  # no earlier pass
+        else:  # what entered the cells is what left others
+            assert sum(map(sum, m["entered"])) == sum(map(sum, m["left"]))
+    assert c.get(f"/api/runs/{rid}/matrix").json()["epoch"] == 3  # the latest by default
+
+
+def test_a_cell_lists_its_images_most_confidently_wrong_first(runs_root: Path) -> None:
+    c = client([runs_root])
+    rid = run_id(runs_root / "first")
+    probs = np.load(runs_root / "first" / runlog.pass_file(3)).astype(np.float32)
+    labels = np.array(json.loads((runs_root / "first" / runlog.VALIDATION_INDEX).read_text())["labels"])
+    for t in (0, 1):
+        for p in (0, 1):
+            items = c.get(f"/api/runs/{rid}/cell", params={"epoch": 3, "true": t, "predicted": p}).json()
+            expected = int(((labels == t) & (probs.argmax(1) == p)).sum())
+            assert len(items) == expected
+            ps = [it["p"] for it in items]
+            assert ps == (sorted(ps) if t == p else sorted(ps, reverse=True))
+            for it in items:
+                thumb = c.get(f"/api/runs/{rid}/images/{it['index']}/thumb")
+                assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    history = c.get(f"/api/runs/{rid}/images/0/history").json()
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["p_true"] == pytest.approx(float(probs[0, labels[0]]), abs=1e-3)
+
+
+def test_suspects_as_json_and_csv(runs_root: Path) -> None:
+    c = client([runs_root])
+    rid = run_id(runs_root / "first")
+    rows = c.get(f"/api/runs/{rid}/suspects").json()
+    csv = c.get(f"/api/runs/{rid}/suspects", params={"format": "csv"})
+    assert csv.headers["content-type"].startswith("text/csv")
+    assert "attachment" in csv.headers["content-disposition"]
+    lines = csv.text.splitlines()
+    assert lines[0] == "name,label,predicted,p_true,flips,reason" and len(lines) == len(rows) + 1
+
+
+def test_the_page_and_its_assets_load_from_this_server(runs_root: Path) -> None:
+    c = client([runs_root])
+    page = c.get("/")
+    assert page.status_code == 200 and "static/plotly.min.js" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from outside
+    plotly = c.get("/static/plotly.min.js")
+    assert plotly.status_code == 200 and len(plotly.content) > 1_000_000
+    app_js = c.get("/static/app.js").text
+    assert "http://" not in app_js and "https://" not in app_js
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/../../etc/passwd",
+        "/static/..%2f..%2fetc%2fpasswd",
+        "/static/%2e%2e/%2e%2e/etc/passwd",
+        "/static//etc/passwd",
+        "/static/index.html",  # a real file, but not an asset
+        "/api/runs/..%2f..%2f/passes",
+        "/api/runs/nope/passes",
+        "/api/runs/%2fetc%2fpasswd/events",
+        "/api/runs/RID/images/999999/thumb",
+        "/api/runs/RID/images/-1/thumb",
+        "/api/runs/RID/images/..%2f..%2fconfig.json/thumb",
+        "/api/runs/RID/images/0/../../config.json",
+    ],
+)
+def test_paths_never_reach_the_file_system(runs_root: Path, path: str) -> None:
+    c = client([runs_root])
+    response = c.get(path.replace("RID", run_id(runs_root / "first")))
+    assert response.status_code in (400, 404), response.text
+    assert b"root:" not in response.content and b'"model"' not in response.content
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"epoch": 3, "true": 5, "predicted": 0}, {"epoch": "x", "true": 0, "predicted": 0}, {"epoch": 3}],
+)
+def test_bad_queries_are_400(runs_root: Path, query: dict[str, object]) -> None:
+    rid = run_id(runs_root / "first")
+    assert client([runs_root]).get(f"/api/runs/{rid}/cell", params=query).status_code == 400
+
+
+def test_read_only_and_loopback_names_only(runs_root: Path) -> None:
+    c = client([runs_root])
+    for method in ("post", "put", "delete", "patch"):
+        assert getattr(c, method)("/api/runs").status_code == 405
+    rebound = TestClient(create_app([runs_root]), base_url="http://attacker.example")
+    assert rebound.get("/api/runs").status_code == 400  # DNS rebinding: a foreign Host header
+    anywhere = TestClient(create_app([runs_root], trusted_hosts=None), base_url="http://box.lan")
+    assert anywhere.get("/api/runs").status_code == 200  # the user chose --host
+
+
+def test_half_written_and_damaged_files(tmp_path: Path, runs_root: Path) -> None:
+    run = tmp_path / "runs" / "torn"
+    shutil.copytree(runs_root / "first", run)
+    with open(run / runlog.EVENTS, "ab") as fh:
+        fh.write(b'{"event": "epoch", "epo')  # a line being written
+    (run / runlog.pass_file(3)).write_bytes(b"\x93NUMPY half")  # a torn pass
+    (run / runlog.pass_file(2)).write_bytes(b"")
+    c = client([tmp_path / "runs"])
+    rid = run_id(run)
+    events = c.get(f"/api/runs/{rid}/events").json()
+    assert events[-1]["event"] == "end"  # the torn line is left out
+    assert c.get(f"/api/runs/{rid}/matrix", params={"epoch": 3}).status_code == 404
+    assert c.get(f"/api/runs/{rid}/matrix", params={"epoch": 1}).status_code == 200
+    assert c.get(f"/api/runs/{rid}/cell", params={"epoch": 2, "true": 0, "predicted": 0}).status_code == 404
+    assert c.get(f"/api/runs/{rid}/images/0/history").status_code == 200
+    assert c.get(f"/api/runs/{rid}/suspects").status_code == 200
+    (run / runlog.VALIDATION_INDEX).write_text("{not json")
+    assert c.get(f"/api/runs/{rid}/images/0/thumb").status_code == 404
+    assert c.get(f"/api/runs/{rid}/matrix").status_code == 404
+    assert c.get("/api/runs").status_code == 200
+
+
+def test_a_run_deleted_while_the_page_is_open(tmp_path: Path, runs_root: Path) -> None:
+    run = tmp_path / "runs" / "doomed"
+    shutil.copytree(runs_root / "second", run)
+    c = client([tmp_path / "runs"])
+    rid = run_id(run)
+    assert c.get(f"/api/runs/{rid}/matrix").status_code == 200
+    shutil.rmtree(run)
+    assert c.get(f"/api/runs/{rid}/matrix").status_code == 404
+    assert c.get(f"/api/runs/{rid}/images/0/thumb").status_code == 404
+    assert c.get("/api/runs").json() == []
+
+
+def _read_events(
+    url: str, count: int, headers: dict[str, str] | None = None
+) -> list[tuple[int, dict[str, object]]]:
+    """The first ``count`` messages of an event stream: (id, record)."""
+    out: list[tuple[int, dict[str, object]]] = []
+    with httpx.stream("GET", url, headers=headers or {}, timeout=20) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        event_id = None
+        for line in response.iter_lines():
+            if line.startswith("id: "):
+                event_id = int(line[4:])
+            elif line.startswith("data: ") and event_id is not None:
+                out.append((event_id, json.loads(line[6:])))
+                if len(out) == count:
+                    break
+    return out
+
+
+def test_the_stream_resumes_after_a_reconnect(live: LiveServer, runs_root: Path) -> None:
+    rid = run_id(runs_root / "first")
+    url = f"{live.url}/api/runs/{rid}/stream"
+    first = _read_events(url, 3)
+    assert [i for i, _ in first] == [1, 2, 3] and first[0][1]["event"] == "start"
+    rest = _read_events(url, 2, {"Last-Event-ID": "3"})  # the browser reconnects
+    assert [i for i, _ in rest] == [4, 5]
+    everything = json.loads(httpx.get(f"{live.url}/api/runs/{rid}/events").text)
+    assert [r for _, r in first + rest] == everything[:5]
+
+
+def test_the_stream_follows_a_live_run(tmp_path: Path) -> None:
+    """A run that starts after the page opened: its events arrive within about a second."""
+    with LiveServer([tmp_path / "runs"]) as server:
+        assert httpx.get(f"{server.url}/api/runs").json() == []
+        trainer = threading.Thread(target=train_run, args=(tmp_path, "late", 2))
+        trainer.start()
+        deadline = time.monotonic() + 60
+        runs: list[dict[str, object]] = []
+        while not runs and time.monotonic() < deadline:
+            runs = httpx.get(f"{server.url}/api/runs").json()
+            time.sleep(0.1)
+        assert runs, "the new run never appeared"
+        got = _read_events(f"{server.url}/api/runs/{runs[0]['id']}/stream", 1)
+        assert got[0][1]["event"] == "start"
+        trainer.join(timeout=120)
+        total = len(httpx.get(f"{server.url}/api/runs/{runs[0]['id']}/events").json())
+        records = _read_events(f"{server.url}/api/runs/{runs[0]['id']}/stream", total)
+        kinds = [r["event"] for _, r in records]
+        assert kinds[-1] == "end" and kinds.count("epoch") == 2
+
+
+def test_many_clients_at_once(live: LiveServer, runs_root: Path) -> None:
+    """50 streams open together: each gets the whole log, and the server still answers."""
+    rid = run_id(runs_root / "second")
+    total = len(httpx.get(f"{live.url}/api/runs/{rid}/events").json())
+    results: list[int] = []
+
+    def one() -> None:
+        results.append(len(_read_events(f"{live.url}/api/runs/{rid}/stream", total)))
+
+    threads = [threading.Thread(target=one) for _ in range(50)]
+    for t in threads:
+        t.start()
+    assert httpx.get(f"{live.url}/api/runs", timeout=10).status_code == 200
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [total] * 50
