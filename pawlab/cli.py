@@ -253,6 +253,13 @@ def _add_dashboard(commands: _Commands) -> None:
         default=None,
         help="listen on this address instead of 127.0.0.1 only (the page has no authentication)",
     )
+    p.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        metavar="FILE.html",
+        help="write one run's page as one offline HTML file",
+    )
     _quiet(p)
 
 
@@ -515,10 +522,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(roots: list[Path], out: Path) -> int:
+    from pawlab.dashboard.export import export_html
+    from pawlab.dashboard.store import is_run_dir
+
+    if len(roots) != 1 or not is_run_dir(roots[0]):
+        raise ConfigError("--export: name exactly one run directory (with its events.jsonl)")
+    if out.is_dir():
+        raise ConfigError(f"--export: {out} is a folder; name the HTML file to write")
+    print(f"wrote {export_html(roots[0], out)}")
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from pawlab.dashboard import serve
 
     roots = list(args.runs) or [Path("runs")]  # a folder that does not exist yet is watched
+    if args.export is not None:
+        return _export(roots, args.export)
     _check_port(args.host or "127.0.0.1", args.port)
     serve(roots, host=args.host, port=args.port, quiet=args.quiet)
     return 0

@@ -108,6 +108,9 @@ def read_config(run_dir: Path) -> dict[str, Any] | None:
 VALIDATION = "validation"
 VALIDATION_INDEX = f"{VALIDATION}/index.json"
 THUMBS = f"{VALIDATION}/thumbs"
+# What the model sees: a grid of one training batch after augmentation (each epoch), and one
+# of validation images (once)
+SEEN = {"train": "seen/train.jpg", "validation": "seen/validation.jpg"}
 
 
 def pass_file(epoch: int) -> str:

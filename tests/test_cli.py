@@ -500,3 +500,35 @@ def test_train_with_the_dashboard_and_a_busy_port(tmp_path: Path) -> None:
     assert f"dashboard: http://127.0.0.1:{port}/" in proc.stdout
     with socket.socket() as sock:  # the dashboard ended with the training
         sock.bind(("127.0.0.1", port))
+
+
+def test_dashboard_stops_cleanly_on_ctrl_c_with_a_page_open(tmp_path: Path) -> None:
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    (tmp_path / "runs" / "a" / "events.jsonl").write_text('{"event": "start", "time": 1}\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pawlab", "dashboard", str(tmp_path / "runs"), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == f"dashboard: http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 20
+    runs: list[dict[str, str]] = []
+    while not runs and time.monotonic() < deadline:
+        try:
+            runs = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/runs", timeout=2).read())
+        except OSError:
+            time.sleep(0.2)
+    stream = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/runs/{runs[0]['id']}/stream", timeout=10)
+    assert stream.readline().startswith(b"retry:")  # a page is connected
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=15)
+    stream.close()
+    assert proc.returncode in (0, 130) and "Traceback" not in err, err

@@ -29,11 +29,15 @@ def serve(
     the page has no authentication."""
     import uvicorn
 
-    app = create_app(roots, trusted_hosts=LOOPBACK_HOSTS if host is None else None)
+    servers: list[uvicorn.Server] = []
+    app = create_app(
+        roots, trusted_hosts=LOOPBACK_HOSTS if host is None else None, closing=lambda: servers[0].should_exit
+    )
     bind = host or "127.0.0.1"
     if host is not None:
         print(f"pawlab dashboard: listening on {host}: the page has no authentication", file=sys.stderr)
     if not quiet:
         print(f"dashboard: http://{'127.0.0.1' if bind in ('0.0.0.0', '::') else bind}:{port}/", flush=True)
     config = uvicorn.Config(app, host=bind, port=port, log_level="warning", timeout_graceful_shutdown=1)
-    uvicorn.Server(config).run()
+    servers.append(uvicorn.Server(config))
+    servers[0].run()

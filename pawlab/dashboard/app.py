@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from pawlab import runlog
 from pawlab.dashboard import store
 
 STATIC = Path(__file__).with_name("static")
@@ -83,9 +84,15 @@ def _int(request: Request, name: str, default: int | None = None) -> int:
     return int(raw)
 
 
-def create_app(roots: list[Path], trusted_hosts: list[str] | None = LOOPBACK_HOSTS) -> Starlette:
+def create_app(
+    roots: list[Path],
+    trusted_hosts: list[str] | None = LOOPBACK_HOSTS,
+    closing: Callable[[], bool] = lambda: False,
+) -> Starlette:
     """The app over the run directories under ``roots``; ``trusted_hosts=None`` accepts any
-    ``Host`` header (a server the user asked to listen beyond this machine)."""
+    ``Host`` header (a server the user asked to listen beyond this machine). ``closing()``
+    says the server is stopping: open event streams then end, so that Ctrl-C with a page
+    open stops at once and cleanly."""
     runs = Runs([Path(r) for r in roots])
     assets = _assets()
     streams = {"open": 0}
@@ -151,6 +158,13 @@ def create_app(roots: list[Path], trusted_hosts: list[str] | None = LOOPBACK_HOS
             return _error(404, "no such image")
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
+    async def seen(request: Request, run: store.Run) -> Response:
+        name = runlog.SEEN.get(request.path_params["which"])
+        path = run.path / name if name is not None else None
+        if path is None or not path.is_file():
+            return _error(404, "no such grid")
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
+
     async def suspects(request: Request, run: store.Run) -> Response:
         rows = store.suspects(run)
         if request.query_params.get("format") == "csv":
@@ -158,13 +172,22 @@ def create_app(roots: list[Path], trusted_hosts: list[str] | None = LOOPBACK_HOS
             return Response(store.suspects_csv(rows), media_type="text/csv", headers=headers)
         return JSONResponse(rows)
 
+    async def compare(request: Request) -> Response:
+        a, b = runs.get(request.query_params.get("a", "")), runs.get(request.query_params.get("b", ""))
+        if a is None or b is None:
+            return _error(404, "no such run")
+        found = store.disagreements(a, b)
+        if found is None:
+            return _error(404, "the two runs have no validation pass over the same classes")
+        return JSONResponse(found)
+
     async def stream(request: Request, run: store.Run) -> Response:
         if streams["open"] >= MAX_STREAMS:
             return _error(503, "too many open streams")
         last = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
         sent = int(last) if last.isdigit() else 0
         return StreamingResponse(
-            _event_stream(request, run, sent, streams),
+            _event_stream(request, run, sent, streams, closing),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -173,6 +196,7 @@ def create_app(roots: list[Path], trusted_hosts: list[str] | None = LOOPBACK_HOS
         Route("/", page),
         Route("/static/{name}", asset),
         Route("/api/runs", run_list),
+        Route("/api/compare", compare),
         Route("/api/runs/{rid}/events", with_run(events)),
         Route("/api/runs/{rid}/stream", with_run(stream)),
         Route("/api/runs/{rid}/passes", with_run(passes)),
@@ -181,6 +205,7 @@ def create_app(roots: list[Path], trusted_hosts: list[str] | None = LOOPBACK_HOS
         Route("/api/runs/{rid}/images/{index:int}/history", with_run(image_history)),
         Route("/api/runs/{rid}/images/{index:int}/thumb", with_run(thumb)),
         Route("/api/runs/{rid}/suspects", with_run(suspects)),
+        Route("/api/runs/{rid}/seen/{which}", with_run(seen)),
     ]
     middleware = (
         [] if trusted_hosts is None else [Middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts)]
@@ -189,7 +214,7 @@ def create_app(roots: list[Path], trusted_hosts: list[str] | None = LOOPBACK_HOS
 
 
 async def _event_stream(
-    request: Request, run: store.Run, sent: int, streams: dict[str, int]
+    request: Request, run: store.Run, sent: int, streams: dict[str, int], closing: Callable[[], bool]
 ) -> AsyncIterator[str]:
     """The run's events after the first ``sent``, then each new one as it is written. Each
     message's id is its number in the log, so a reconnecting browser (``Last-Event-ID``)
@@ -208,7 +233,7 @@ async def _event_stream(
             if not run.path.is_dir():
                 yield "event: gone\ndata: {}\n\n"
                 return
-            if await request.is_disconnected():
+            if closing() or await request.is_disconnected():
                 return
             await asyncio.sleep(POLL_SECONDS)
             fresh, new_position = run.events(position)

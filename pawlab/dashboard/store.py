@@ -226,3 +226,43 @@ def suspects_csv(rows: list[dict[str, Any]]) -> str:
             [r["name"], r["label"], r["predicted"], f"{r['p_true']:.4f}", r["flips"], r["reason"]]
         )
     return out.getvalue()
+
+
+def disagreements(a: Run, b: Run, limit: int = CELL_IMAGES) -> dict[str, Any] | None:
+    """Two runs' last validation passes over the same images (matched by name): the images
+    ``a`` gets right and ``b`` wrong, and the other way round, the surest disagreements first.
+    None when they have no pass, or other classes."""
+    ia, ib = a.index(), b.index()
+    ea, eb = a.pass_epochs(), b.pass_epochs()
+    if not ea or not eb or ia.get("classes") != ib.get("classes"):
+        return None
+    pa, pb = a.probabilities(ea[-1]), b.probabilities(eb[-1])
+    la, lb = a.labels(), b.labels()
+    if pa is None or pb is None or len(pa) != len(la) or len(pb) != len(lb):
+        return None
+    row_b = {name: i for i, name in enumerate(ib.get("names", []))}
+    pairs = np.array([(i, row_b[n]) for i, n in enumerate(ia.get("names", [])) if n in row_b], dtype=np.int64)
+    if len(pairs) == 0:
+        return {"a_only": [], "b_only": [], "common": 0, "epochs": [ea[-1], eb[-1]]}
+    rows_a, rows_b = pairs[:, 0], pairs[:, 1]
+    true = la[rows_a]
+    right_a = pa[rows_a].argmax(1) == true
+    right_b = pb[rows_b].argmax(1) == true
+    p_a, p_b = pa[rows_a, true], pb[rows_b, true]
+    names = ia.get("names", [])
+
+    def listing(mask: np.ndarray, gap: np.ndarray) -> list[dict[str, Any]]:
+        picked = np.flatnonzero(mask)
+        picked = picked[np.argsort(-gap[picked], kind="stable")][:limit]
+        return [
+            {"index": int(rows_a[j]), "index_b": int(rows_b[j]), "name": str(names[rows_a[j]]),
+             "p_a": float(p_a[j]), "p_b": float(p_b[j])}
+            for j in picked
+        ]  # fmt: skip
+
+    return {
+        "a_only": listing(right_a & ~right_b, p_a - p_b),
+        "b_only": listing(right_b & ~right_a, p_b - p_a),
+        "common": len(pairs),
+        "epochs": [ea[-1], eb[-1]],
+    }

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -40,6 +41,7 @@ __all__ = [
     "EarlyStopping",
     "Event",
     "EventLog",
+    "InputsLog",
     "LastState",
     "MetricsLog",
     "NaNGuard",
@@ -333,6 +335,55 @@ class ValidationLog(Callback):
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with open(path, "wb") as fh:  # np.save would add ".npy" to a temporary file's name
         np.save(fh, array)
+
+
+class InputsLog(Callback):
+    """What the model sees: each epoch, a grid of its first training batch as the network
+    gets it (augmented), and once a grid of validation images; `pawlab.runlog.SEEN` names the
+    files. Images only: a head trained on cached features sees no pixels."""
+
+    order = 26
+
+    def __init__(
+        self, run_dir: str | Path, mean: tuple[float, ...], std: tuple[float, ...], validation: np.ndarray
+    ):
+        self.run_dir, self.mean, self.std, self.validation = Path(run_dir), mean, std, validation
+
+    def before_fit(self, trainer: Trainer) -> None:
+        if trainer.is_main and len(self.validation) and self.validation.ndim == 4:
+            self._save(runlog.SEEN["validation"], self.validation[:GRID_IMAGES])
+
+    def after_batch(self, trainer: Trainer) -> None:
+        x = trainer.state.inputs
+        if trainer.state.batch != 0 or not trainer.is_main or x is None or x.dim() != 4:
+            return
+        c = x.shape[1]
+        batch = x[:GRID_IMAGES].detach().float().cpu()
+        mean = torch.tensor(self.mean[:c]).view(1, c, 1, 1)
+        std = torch.tensor(self.std[:c]).view(1, c, 1, 1)
+        pixels = (batch * std + mean).clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).numpy()
+        self._save(runlog.SEEN["train"], pixels)
+
+    def _save(self, name: str, images: np.ndarray) -> None:  # uint8 (N, H, W, C)
+        path = self.run_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid = image_grid(images)
+        atomic_write(path, lambda tmp: grid.save(tmp, format="JPEG", quality=85))
+
+
+GRID_IMAGES = 32
+
+
+def image_grid(images: np.ndarray, columns: int = 8, size: int = 96) -> Image.Image:
+    """uint8 images (N, H, W, C) side by side, ``columns`` a row, each scaled to ``size``."""
+    n = len(images)
+    rows = max(1, -(-n // columns))
+    sheet = Image.new("RGB", (columns * (size + 2), rows * (size + 2)), (255, 255, 255))
+    for i, image in enumerate(images):
+        tile = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).convert("RGB")
+        tile = tile.resize((size, size), Image.Resampling.BILINEAR)
+        sheet.paste(tile, ((i % columns) * (size + 2) + 1, (i // columns) * (size + 2) + 1))
+    return sheet
 
 
 class ProgressPrinter(Callback):

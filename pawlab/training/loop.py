@@ -56,6 +56,7 @@ class TrainState:
     interrupted: bool = False  # Ctrl-C or SIGTERM
     error: BaseException | None = None  # what ended the run, if an error did
     val_probs: np.ndarray | None = None  # the last validation pass's probabilities (N, classes)
+    inputs: torch.Tensor | None = None  # the batch the network was just given (B, C, H, W)
 
 
 @dataclass
@@ -192,6 +193,7 @@ class Trainer:
     def _step(self, idx: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor) -> float:
         """One optimizer step on the rows ``idx``; returns the batch's loss."""
         x = self.inputs.batch(x_all[idx], augment=True)
+        self.state.inputs = x
         y = y_all[idx].to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.model(x)

@@ -43,6 +43,7 @@ from pawlab.training.callbacks import (
     Callback,
     EarlyStopping,
     EventLog,
+    InputsLog,
     LastState,
     MetricsLog,
     NaNGuard,
@@ -315,7 +316,7 @@ def _fit_phases(
 
 
 def _callbacks(config: TrainConfig, run: _Run, best: BestCheckpoint, last: bool) -> list[Callback]:
-    v = run.ds.validation
+    v, pre = run.ds.validation, Preprocessing.from_json(run.meta["preprocessing"])
     cbs: list[Callback] = [
         NaNGuard(),
         best,
@@ -323,6 +324,7 @@ def _callbacks(config: TrainConfig, run: _Run, best: BestCheckpoint, last: bool)
         EventLog(run.run_dir / runlog.EVENTS, final=last),
         LastState(run.run_dir / runlog.LAST_STATE),
         ValidationLog(run.run_dir, v.images, v.names, v.labels, v.classes),
+        InputsLog(run.run_dir, pre.mean, pre.std, v.images),
         ProgressPrinter(run.stream, bar=run.runtime.progress),
         *run.callbacks,
     ]
@@ -338,7 +340,8 @@ def _start_run_dir(run: _Run, config: TrainConfig, fresh: bool) -> None:
     if fresh:
         (run.run_dir / runlog.METRICS).unlink(missing_ok=True)
         (run.run_dir / runlog.EVENTS).unlink(missing_ok=True)
-        shutil.rmtree(run.run_dir / runlog.VALIDATION, ignore_errors=True)
+        for folder in {runlog.VALIDATION, *(str(Path(name).parent) for name in runlog.SEEN.values())}:
+            shutil.rmtree(run.run_dir / folder, ignore_errors=True)
     record = {
         "model": str(run.out.resolve()),
         "architecture": run.meta["architecture"],

@@ -70,12 +70,9 @@ class LiveServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        app = create_app(roots, closing=lambda: self.server.should_exit)
         config = uvicorn.Config(
-            create_app(roots),
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            timeout_graceful_shutdown=1,
+            app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=1
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -238,3 +238,44 @@ def test_many_clients_at_once(live: LiveServer, runs_root: Path) -> None:
     for t in threads:
         t.join(timeout=60)
     assert results == [total] * 50
+
+
+def test_export_is_one_offline_file_with_every_answer(runs_root: Path, tmp_path: Path) -> None:
+    from pawlab.dashboard.export import export_html
+
+    out = export_html(runs_root / "first", tmp_path / "report.html")
+    html = out.read_text()
+    assert 'src="static/' not in html and 'href="static/' not in html  # nothing to fetch: all inline
+    start = html.index("window.PAWLAB_EXPORT = ") + len("window.PAWLAB_EXPORT = ")
+    data = json.JSONDecoder().raw_decode(html[start:])[0]
+    c = client([runs_root])
+    rid = run_id(runs_root / "first")
+    for path in (
+        f"api/runs/{rid}/events",
+        f"api/runs/{rid}/matrix?epoch=2",
+        f"api/runs/{rid}/images/5/history",
+    ):
+        assert data["responses"][path] == c.get("/" + path).json()
+    cell = f"api/runs/{rid}/cell?epoch=3&true=1&predicted=1"
+    assert data["responses"][cell] == c.get("/" + cell).json()
+    n = len(json.loads((runs_root / "first" / runlog.VALIDATION_INDEX).read_text())["labels"])
+    assert len(data["thumbs"]) == n and data["thumbs"]["0"].startswith("data:image/jpeg;base64,")
+
+
+def test_two_runs_compared_image_by_image(runs_root: Path) -> None:
+    a, b = runs_root / "first", runs_root / "second"
+    c = client([runs_root])
+    d = c.get("/api/compare", params={"a": run_id(a), "b": run_id(b)}).json()
+    ia = json.loads((a / runlog.VALIDATION_INDEX).read_text())
+    ib = json.loads((b / runlog.VALIDATION_INDEX).read_text())
+    pa = np.load(a / runlog.pass_file(3)).astype(np.float32)
+    pb = np.load(b / runlog.pass_file(2)).astype(np.float32)
+    assert d["epochs"] == [3, 2] and d["common"] == len(set(ia["names"]) & set(ib["names"]))
+    for key, (right, wrong) in {"a_only": (pa, pb), "b_only": (pb, pa)}.items():
+        for item in d[key]:
+            i, j = item["index"], item["index_b"]
+            assert ia["names"][i] == ib["names"][j] == item["name"]
+            label = ia["labels"][i]
+            (pr, ir), (pw, iw) = ((right, i), (wrong, j)) if key == "a_only" else ((right, j), (wrong, i))
+            assert pr[ir].argmax() == label and pw[iw].argmax() != label
+    assert c.get("/api/compare", params={"a": run_id(a), "b": "nope"}).status_code == 404

@@ -87,9 +87,11 @@ def test_the_page_follows_a_live_training(tmp_path: Path) -> None:
             before = _points(page, "chart-loss")
             _wait(lambda: _points(page, "chart-loss") > before, "a new epoch to reach the page (live)")
             page.wait_for_selector("#chart-matrix .heatmaplayer")
+            page.wait_for_function("document.getElementById('seen-train').naturalWidth > 0")
             assert "accuracy" in page.inner_text("#matrix-epoch")
             page.screenshot(path=str(shots[0]), full_page=True)
             # a cell of the matrix: true cat, predicted cat (the top-left quarter)
+            page.locator("#chart-matrix").scroll_into_view_if_needed()
             box = page.locator("#chart-matrix .nsewdrag").bounding_box()
             assert box is not None
             page.mouse.click(box["x"] + box["width"] / 4, box["y"] + box["height"] / 4)

@@ -14,8 +14,14 @@ const state = {
   cell: null,        // [true, predicted] shown below the matrix
 };
 
+// An exported report (`pawlab dashboard RUN --export`) carries every answer in the page.
+const EXPORT = window.PAWLAB_EXPORT || null;
 const $ = (id) => document.getElementById(id);
-const api = (path) => fetch(path).then((r) => (r.ok ? r.json() : Promise.reject(r.status)));
+const api = (path) => {
+  if (!EXPORT) return fetch(path).then((r) => (r.ok ? r.json() : Promise.reject(r.status)));
+  const found = EXPORT.responses[path];
+  return found === undefined || found === null ? Promise.reject(404) : Promise.resolve(found);
+};
 const layout = (title, extra = {}) => ({
   title: { text: title, font: { size: 13 } }, margin: { l: 48, r: 12, t: 32, b: 36 },
   legend: { orientation: "h", y: -0.2 }, xaxis: { title: "epoch" }, ...extra,
@@ -51,6 +57,22 @@ async function toggleCompare(id, on) {
   if (on) { state.compare.add(id); state.others[id] = await api(`api/runs/${id}/events`); }
   else { state.compare.delete(id); delete state.others[id]; }
   drawCurves();
+  drawComparison();
+}
+
+async function drawComparison() {
+  const others = [...state.compare].filter((id) => id !== state.current);
+  $("compare").classList.toggle("hidden", others.length !== 1 || EXPORT !== null);
+  if (others.length !== 1 || EXPORT) return;
+  const other = others[0];
+  const name = (id) => (state.runs.find((r) => r.id === id) || { name: id }).name;
+  const d = await api(`api/compare?a=${state.current}&b=${other}`).catch(() => null);
+  if (!d) { $("compare-title").textContent = `${name(other)}: nothing to compare`; return; }
+  $("compare-title").textContent = `${name(state.current)} against ${name(other)} on ${d.common} images`;
+  $("compare-a-title").textContent = `right in ${name(state.current)}, wrong in ${name(other)}: ${d.a_only.length}`;
+  $("compare-b-title").textContent = `right in ${name(other)}, wrong in ${name(state.current)}: ${d.b_only.length}`;
+  $("compare-a").replaceChildren(...d.a_only.map((it) => thumb(it, `${it.p_a.toFixed(2)} vs ${it.p_b.toFixed(2)}`, false)));
+  $("compare-b").replaceChildren(...d.b_only.map((it) => thumb(it, `${it.p_a.toFixed(2)} vs ${it.p_b.toFixed(2)}`, true, other, it.index_b)));
 }
 
 function openRun(id) {
@@ -59,6 +81,12 @@ function openRun(id) {
   for (const li of document.querySelectorAll("#run-list li")) li.classList.toggle("selected", li.dataset.id === id);
   $("cell").innerHTML = "";
   $("chart-history").classList.add("hidden");
+  if (EXPORT) {
+    state.events = EXPORT.responses[`api/runs/${id}/events`] || [];
+    setStatus("exported report");
+    refresh();
+    return;
+  }
   const source = new EventSource(`api/runs/${id}/stream`);
   state.source = source;
   let pending = null;
@@ -139,9 +167,21 @@ function drawSummary() {
   }
 }
 
+function drawSeen() {
+  const epoch = epochs(state.events).length;
+  for (const which of ["train", "validation"]) {
+    const img = $(`seen-${which}`);
+    const src = EXPORT ? EXPORT.seen[which] || "" : `api/runs/${state.current}/seen/${which}?v=${state.current}-${epoch}`;
+    img.onerror = () => img.parentElement.classList.add("hidden");  // not written (yet), or no pixels
+    img.onload = () => img.parentElement.classList.remove("hidden");
+    if (img.getAttribute("src") !== src) img.src = src;
+  }
+}
+
 async function refresh() {
   drawSummary();
   drawCurves();
+  drawSeen();
   const info = await api(`api/runs/${state.current}/passes`).catch(() => null);
   if (!info) return;
   state.classes = info.classes;
@@ -156,6 +196,7 @@ async function refresh() {
     await drawMatrix();
     await drawSuspects();
   }
+  drawComparison();
 }
 
 async function drawMatrix() {
@@ -166,13 +207,13 @@ async function drawMatrix() {
   $("pass-label").textContent = `epoch ${m.epoch}`;
   const k = m.classes.length;
   const text = m.counts.map((row, i) => row.map((v, j) => {
-    const moved = m.entered[i][j] || m.left[i][j] ? `<br><span style="font-size:10px">+${m.entered[i][j]} −${m.left[i][j]}</span>` : "";
+    const moved = m.entered[i][j] || m.left[i][j] ? `  (+${m.entered[i][j]} −${m.left[i][j]})` : "";
     return `${v}${moved}`;
   }));
   const rowTotals = m.counts.map((row) => row.reduce((a, b) => a + b, 0) || 1);
   const share = m.counts.map((row, i) => row.map((v) => v / rowTotals[i]));
   plot("chart-matrix", [{
-    type: "heatmap", z: share, x: m.classes, y: m.classes, text, texttemplate: "%{text}",
+    type: "heatmap", z: share, x: m.classes, y: m.classes, text, texttemplate: "%{text}", textfont: { size: 14 },
     colorscale: [[0, "#f7fafd"], [1, "#2a6fdb"]], zmin: 0, zmax: 1, showscale: false,
     hovertemplate: "true %{y}, predicted %{x}: %{text}<extra></extra>",
   }], {
@@ -194,12 +235,12 @@ function escapeHtml(s) {
   return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 }
 
-function thumb(item, extra, wrong) {
+function thumb(item, extra, wrong, run = state.current, index = item.index) {
   const div = document.createElement("div");
   div.className = "thumb" + (wrong ? " wrong" : "");
   div.dataset.index = item.index;
   const img = document.createElement("img");
-  img.src = `api/runs/${state.current}/images/${item.index}/thumb`;
+  img.src = EXPORT ? EXPORT.thumbs[index] || "" : `api/runs/${run}/images/${index}/thumb`;
   img.alt = item.name;
   img.loading = "lazy";
   const p = document.createElement("div");
@@ -207,10 +248,10 @@ function thumb(item, extra, wrong) {
   p.textContent = extra;
   const name = document.createElement("div");
   name.className = "name";
-  name.textContent = item.name;
+  name.textContent = item.name.split("/").pop();
   name.title = item.name;
   div.append(img, p, name);
-  div.onclick = () => showHistory(item, div);
+  if (run === state.current) div.onclick = () => showHistory(item, div);
   return div;
 }
 
@@ -236,7 +277,9 @@ async function showHistory(item, div) {
 
 async function drawSuspects() {
   const rows = await api(`api/runs/${state.current}/suspects`).catch(() => []);
-  $("suspects-csv").href = `api/runs/${state.current}/suspects?format=csv`;
+  $("suspects-csv").href = EXPORT
+    ? `data:text/csv;charset=utf-8,${encodeURIComponent(EXPORT.csv)}`
+    : `api/runs/${state.current}/suspects?format=csv`;
   const box = $("suspects");
   box.innerHTML = "";
   for (const r of rows.slice(0, 60)) box.append(thumb(r, `${r.label}→${r.predicted} ${r.p_true.toFixed(2)}`, true));
@@ -248,4 +291,4 @@ $("pass-slider").addEventListener("input", async (e) => {
 });
 
 loadRuns();
-setInterval(loadRuns, 5000);
+if (!EXPORT) setInterval(loadRuns, 5000);
