@@ -95,9 +95,9 @@ def _redraw(url: str, rid: str, epochs: queue.Queue[float | None]) -> None:
 
 
 def one_run(
-    data: Path, work: Path, args: argparse.Namespace, dashboard: bool, latencies: list[float]
+    data: Path, work: Path, args: argparse.Namespace, dashboard: bool, latencies: list[float], round_: int
 ) -> float:
-    run_dir = work / ("with" if dashboard else "without")
+    run_dir = work / f"{'with' if dashboard else 'without'}-{round_}"  # a new run directory each time
     port = free_port()
     cmd = [sys.executable, "-m", "pawlab", "train", str(data), "--arch", "cortex-cnn",
            "--size", str(args.size), "--epochs", str(args.epochs), "--run-dir", str(run_dir),
@@ -124,7 +124,7 @@ def one_run(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size", type=int, default=64)
     args = ap.parse_args()
@@ -138,8 +138,8 @@ def main() -> None:
     ratios: list[float] = []
     latencies: list[float] = []
     for r in range(args.rounds):
-        without = one_run(data, work, args, False, latencies)
-        with_ = one_run(data, work, args, True, latencies)
+        without = one_run(data, work, args, False, latencies, r)
+        with_ = one_run(data, work, args, True, latencies, r)
         ratios.append(with_ / without)
         pair = f"without {without:5.0f} img/s, with a page {with_:5.0f} img/s"
         print(f"  round {r + 1}: {pair}: x{with_ / without:.3f}", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -260,6 +261,9 @@ def _add_dashboard(commands: _Commands) -> None:
         metavar="FILE.html",
         help="write one run's page as one offline HTML file",
     )
+    p.add_argument(
+        "--nice", type=int, default=0, help="lower the server's priority by N (train --dashboard uses 10)"
+    )
     _quiet(p)
 
 
@@ -448,15 +452,16 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _start_dashboard(run_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    """The dashboard of ``run_dir`` in a process of its own: training only writes files, and
-    a slow or absent browser never holds up a batch."""
+    """The dashboard of ``run_dir`` in a process of its own, at a lower priority (nice 10):
+    training only writes files, the server yields the cores to it, and a slow or absent
+    browser never holds up a batch."""
     _check_port("127.0.0.1", port)
     cmd = [sys.executable, "-m", "pawlab", "dashboard", str(run_dir), "--port", str(port), "-q"]
     print(
         f"dashboard: http://127.0.0.1:{port}/ (while training; `pawlab dashboard {run_dir}` after)",
         flush=True,
     )
-    return subprocess.Popen(cmd)
+    return subprocess.Popen([*cmd, "--nice", "10"])
 
 
 def _run_dir(args: argparse.Namespace, arch: Any) -> Path:
@@ -541,6 +546,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if args.export is not None:
         return _export(roots, args.export)
     _check_port(args.host or "127.0.0.1", args.port)
+    if args.nice > 0:
+        os.nice(args.nice)
     serve(roots, host=args.host, port=args.port, quiet=args.quiet)
     return 0
 

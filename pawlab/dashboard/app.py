@@ -237,7 +237,8 @@ async def _event_stream(
                 return
             await asyncio.sleep(POLL_SECONDS)
             fresh, new_position = run.events(position)
-            if new_position.offset < position.offset or new_position.first_line != position.first_line:
+            replaced = new_position.offset < position.offset or new_position.first_line != position.first_line
+            if replaced and position.offset > 0:
                 count, sent = 0, 0  # a new run in this directory: its log from the start
                 yield "event: reset\ndata: {}\n\n"
             records, position = fresh, new_position

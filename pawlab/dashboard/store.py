@@ -53,18 +53,27 @@ class Run:
 
     path: Path
     _passes: dict[int, tuple[tuple[int, int], np.ndarray]] = field(default_factory=dict)
+    _index: tuple[tuple[int, int], dict[str, Any]] | None = None
 
     @property
     def id(self) -> str:
         return run_id(self.path)
 
     def index(self) -> dict[str, Any]:
-        """classes, names and labels of the validation images ({} before training wrote it)."""
+        """classes, names and labels of the validation images ({} before training wrote it);
+        read again only when the file changes."""
+        path = self.path / runlog.VALIDATION_INDEX
         try:
-            data = json.loads((self.path / runlog.VALIDATION_INDEX).read_text())
+            st = path.stat()
+            stamp = (st.st_size, st.st_mtime_ns)
+            if self._index is not None and self._index[0] == stamp:
+                return self._index[1]
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
             return {}
-        return data if isinstance(data, dict) else {}
+        found = data if isinstance(data, dict) else {}
+        self._index = (stamp, found)
+        return found
 
     def events(
         self, start: runlog.Position = runlog.Position()

@@ -113,6 +113,29 @@ def test_the_page_follows_a_live_training(tmp_path: Path) -> None:
                 "the slider to show epoch 1",
             )
             page.screenshot(path=str(shots[2]), full_page=True)
+            # the same run exported to one file, opened with no server and no network at all
+            training.send_signal(signal.SIGTERM)
+            training.wait(timeout=60)
+            report = tmp_path / "report.html"
+            exported = subprocess.run(
+                [sys.executable, "-m", "pawlab", "dashboard", str(runs / "live"), "--export", str(report)],
+                env=env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert exported.returncode == 0, exported.stderr
+            offline = browser.new_page(viewport={"width": 1400, "height": 1300})
+
+            def files_only(route: Any) -> None:
+                if route.request.url.startswith("file:"):
+                    route.continue_()
+                else:
+                    outside.append(route.request.url)
+                    route.abort()
+
+            offline.route("**/*", files_only)
+            offline.goto(report.as_uri())
+            offline.wait_for_selector("#chart-matrix .heatmaplayer")
+            assert "accuracy" in offline.inner_text("#matrix-epoch")
+            assert _points(offline, "chart-loss") >= 4
             browser.close()
     finally:
         training.send_signal(signal.SIGTERM)

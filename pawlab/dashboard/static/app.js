@@ -69,6 +69,18 @@ async function drawComparison() {
   const d = await api(`api/compare?a=${state.current}&b=${other}`).catch(() => null);
   if (!d) { $("compare-title").textContent = `${name(other)}: nothing to compare`; return; }
   $("compare-title").textContent = `${name(state.current)} against ${name(other)} on ${d.common} images`;
+  const tables = [];
+  for (const [id, epoch] of [[state.current, d.epochs[0]], [other, d.epochs[1]]]) {
+    const m = await api(`api/runs/${id}/matrix?epoch=${epoch}`).catch(() => null);
+    if (!m) continue;
+    const head = m.classes.map((c) => `<th>${escapeHtml(c)}</th>`).join("");
+    const rows = m.counts.map((row, i) => `<tr><th>${escapeHtml(m.classes[i])}</th>${row.map((v) => `<td>${v}</td>`).join("")}</tr>`);
+    const table = document.createElement("div");
+    table.innerHTML = `<table><caption>${escapeHtml(name(id))}, epoch ${epoch}: ${(100 * m.accuracy).toFixed(2)}%</caption>` +
+      `<tr><th>true \\ predicted</th>${head}</tr>${rows.join("")}</table>`;
+    tables.push(table);
+  }
+  $("compare-matrices").replaceChildren(...tables);
   $("compare-a-title").textContent = `right in ${name(state.current)}, wrong in ${name(other)}: ${d.a_only.length}`;
   $("compare-b-title").textContent = `right in ${name(other)}, wrong in ${name(state.current)}: ${d.b_only.length}`;
   $("compare-a").replaceChildren(...d.a_only.map((it) => thumb(it, `${it.p_a.toFixed(2)} vs ${it.p_b.toFixed(2)}`, false)));
