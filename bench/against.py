@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -47,6 +48,10 @@ def main() -> None:
         ["git", "rev-parse", "--short", a.rev], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
     old = ROOT.parent / f".pawlab-bench-{sha}"
+    if old.exists():  # left by a run that was killed
+        subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
+        shutil.rmtree(old, ignore_errors=True)
+    subprocess.run(["git", "worktree", "prune"], cwd=ROOT, check=True)
     subprocess.run(["git", "worktree", "add", "--detach", "-f", str(old), sha], cwd=ROOT, check=True)
     try:
         for r in range(1, a.rounds + 1):

@@ -8,6 +8,8 @@ a reader skips a last line that is not yet whole, and lines it cannot parse.
         config.json        the recipe, classes and data of the run (`CONFIG`)
         metrics.jsonl      one line per epoch (`METRICS`)
         events.jsonl       every event of the loop worth watching (`EVENTS`, kinds in `EVENT_KINDS`)
+        validation/        every validation pass's probabilities, the images' index, thumbnails
+        seen/              grids of what the model sees (`SEEN`)
         last.safetensors   the resumable state (`LAST_STATE`)
         model.safetensors  the best model, unless ``--out`` names another file (`MODEL`)
 """

@@ -4,6 +4,7 @@ comparison; served on localhost from run directories. Imports no torch.
     store.py   runs as read from their run directories (`pawlab.runlog`)
     app.py     the Starlette app: the page, its assets (plotly.js from the installed package)
                and a read-only JSON API with a server-sent event stream
+    export.py  one run's page as one offline HTML file (``pawlab dashboard RUN --export F``)
     static/    the page
 
 ``pawlab dashboard RUNS...`` or ``pawlab train ... --dashboard`` start it.
@@ -18,7 +19,7 @@ from pawlab.dashboard.app import LOOPBACK_HOSTS, create_app
 
 __all__ = ["DEFAULT_PORT", "create_app", "serve"]
 
-DEFAULT_PORT = 8091  # Cortex's
+DEFAULT_PORT = 8091  # where Cortex's dashboard was
 
 
 def serve(
@@ -30,11 +31,12 @@ def serve(
     import uvicorn
 
     servers: list[uvicorn.Server] = []
+    local = host is None or host in ("127.0.0.1", "localhost")  # the Host check stays on
     app = create_app(
-        roots, trusted_hosts=LOOPBACK_HOSTS if host is None else None, closing=lambda: servers[0].should_exit
+        roots, trusted_hosts=LOOPBACK_HOSTS if local else None, closing=lambda: servers[0].should_exit
     )
     bind = host or "127.0.0.1"
-    if host is not None:
+    if not local:
         print(f"pawlab dashboard: listening on {host}: the page has no authentication", file=sys.stderr)
     if not quiet:
         print(f"dashboard: http://{'127.0.0.1' if bind in ('0.0.0.0', '::') else bind}:{port}/", flush=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import math
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse as StarletteJSON
 from starlette.routing import Route
 
 from pawlab import runlog
@@ -67,6 +69,23 @@ class Runs:
         if run is None:
             run = next((r for r in self.all() if r.id == rid), None)
         return run if run is not None and run.path.is_dir() else None
+
+
+def finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: JSON has no such numbers (a diverging run
+    writes them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+class JSONResponse(StarletteJSON):
+    def render(self, content: Any) -> bytes:
+        return json.dumps(finite(content), separators=(",", ":")).encode()
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -156,7 +175,8 @@ def create_app(
         path = run.thumb(int(request.path_params["index"]))
         if path is None:
             return _error(404, "no such image")
-        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+        # revalidated (ETag): a new run in the same run directory has new images
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
     async def seen(request: Request, run: store.Run) -> Response:
         name = runlog.SEEN.get(request.path_params["which"])
@@ -228,7 +248,7 @@ async def _event_stream(
             for record in records:
                 count += 1
                 if count > sent:
-                    yield f"id: {count}\ndata: {json.dumps(record)}\n\n"
+                    yield f"id: {count}\ndata: {json.dumps(finite(record))}\n\n"
             sent = max(sent, count)
             if not run.path.is_dir():
                 yield "event: gone\ndata: {}\n\n"

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from pawlab import runlog
 from pawlab.atomic import atomic_write_text
 from pawlab.dashboard import store
-from pawlab.dashboard.app import STATIC, plotly_js
+from pawlab.dashboard.app import STATIC, finite, plotly_js
 
 
 def _responses(run: store.Run) -> dict[str, Any]:
@@ -50,7 +51,8 @@ def _thumbs(run: store.Run) -> dict[str, str]:
 
 
 def _inline_script(code: str) -> str:
-    return "<script>" + code.replace("</script", "<\\/script") + "</script>"
+    """``code`` in a script element it cannot end early (``</script`` in any case)."""
+    return "<script>" + re.sub(r"</(script)", r"<\\/\1", code, flags=re.IGNORECASE) + "</script>"
 
 
 def export_html(run_dir: Path, out: Path) -> Path:
@@ -74,7 +76,10 @@ def export_html(run_dir: Path, out: Path) -> Path:
         + "</style>",
         '<script src="static/plotly.min.js"></script>': _inline_script(plotly.read_text() if plotly else ""),
         '<script src="static/app.js"></script>': _inline_script(
-            "window.PAWLAB_EXPORT = " + json.dumps(data) + ";\n" + (STATIC / "app.js").read_text()
+            "window.PAWLAB_EXPORT = "
+            + json.dumps(finite(data)).replace("<", "\\u003c")
+            + ";\n"
+            + (STATIC / "app.js").read_text()
         ),
     }
     for tag, inline in parts.items():

@@ -13,6 +13,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ class Run:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             return {}
-        found = data if isinstance(data, dict) else {}
+        found = data if _valid_index(data) else {}
         self._index = (stamp, found)
         return found
 
@@ -84,10 +85,11 @@ class Run:
         """What the run list shows: name, classes, state, epochs, best validation loss."""
         events, _ = self.events()
         epochs = [e for e in events if e.get("event") == "epoch"]
-        last = events[-1]["event"] if events else "waiting"
+        last = str(events[-1].get("event")) if events else "waiting"
         state = {"end": "finished", "failed": "failed"}.get(last, "running" if events else "waiting")
         config = runlog.read_config(self.path) or {}
         losses = [e["val_loss"] for e in epochs if isinstance(e.get("val_loss"), int | float)]
+        losses = [v for v in losses if math.isfinite(v)]
         return {
             "id": self.id,
             "name": self.path.name,
@@ -112,6 +114,9 @@ class Run:
             probs: np.ndarray = np.load(p, allow_pickle=False).astype(np.float32)
         except (OSError, ValueError, EOFError):  # not (yet) a whole array
             return None
+        index = self.index()
+        if probs.shape != (len(index.get("labels", [])), len(index.get("classes", []))):
+            return None  # another run's pass (a class count that changed), or a damaged one
         self._passes[epoch] = (stamp, probs)
         return probs
 
@@ -231,10 +236,29 @@ def suspects_csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["name", "label", "predicted", "p_true", "flips", "reason"])
     for r in rows:
-        writer.writerow(
-            [r["name"], r["label"], r["predicted"], f"{r['p_true']:.4f}", r["flips"], r["reason"]]
-        )
+        cells = [r["name"], r["label"], r["predicted"], f"{r['p_true']:.4f}", r["flips"], r["reason"]]
+        writer.writerow([_inert(c) for c in cells])
     return out.getvalue()
+
+
+def _inert(cell: object) -> object:
+    """A text cell a spreadsheet would run as a formula (=, +, -, @ first) is quoted."""
+    return "'" + cell if isinstance(cell, str) and cell[:1] in ("=", "+", "-", "@") else cell
+
+
+def _valid_index(data: object) -> bool:
+    """index.json as training writes it: classes, and as many names as labels, each label a
+    class's number."""
+    if not isinstance(data, dict):
+        return False
+    classes, names, labels = data.get("classes"), data.get("names"), data.get("labels")
+    return (
+        isinstance(classes, list)
+        and isinstance(names, list)
+        and isinstance(labels, list)
+        and len(names) == len(labels)
+        and all(isinstance(v, int) and 0 <= v < len(classes) for v in labels)
+    )
 
 
 def disagreements(a: Run, b: Run, limit: int = CELL_IMAGES) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -309,8 +310,10 @@ class ValidationLog(Callback):
         self.index = {"classes": classes, "names": names, "labels": [int(v) for v in labels]}
 
     def before_fit(self, trainer: Trainer) -> None:
-        if not trainer.is_main:
-            return
+        if trainer.is_main:
+            _best_effort(trainer, "the validation thumbnails", self._write_index)
+
+    def _write_index(self) -> None:
         thumbs = self.run_dir / runlog.THUMBS
         index = self.run_dir / runlog.VALIDATION_INDEX
         if index.is_file() and runlog.read_json(index) == self.index:
@@ -328,8 +331,20 @@ class ValidationLog(Callback):
         if not trainer.is_main or probs is None:
             return
         path = self.run_dir / runlog.pass_file(trainer.state.epoch)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: _save_npy(tmp, probs.astype(np.float16)))
+
+        def write() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda tmp: _save_npy(tmp, probs.astype(np.float16)))
+
+        _best_effort(trainer, "a validation pass", write)
+
+
+def _best_effort(trainer: Trainer, what: str, write: Callable[[], None]) -> None:
+    """What only the dashboard reads must not stop a run: an error writing it is one line."""
+    try:
+        write()
+    except (OSError, ValueError) as exc:
+        trainer.log(f"pawlab: could not write {what} for the dashboard ({exc}); training goes on")
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -351,7 +366,8 @@ class InputsLog(Callback):
 
     def before_fit(self, trainer: Trainer) -> None:
         if trainer.is_main and len(self.validation) and self.validation.ndim == 4:
-            self._save(runlog.SEEN["validation"], self.validation[:GRID_IMAGES])
+            grid = self.validation[:GRID_IMAGES]
+            _best_effort(trainer, "the validation grid", lambda: self._save(runlog.SEEN["validation"], grid))
 
     def after_batch(self, trainer: Trainer) -> None:
         x = trainer.state.inputs
@@ -362,7 +378,7 @@ class InputsLog(Callback):
         mean = torch.tensor(self.mean[:c]).view(1, c, 1, 1)
         std = torch.tensor(self.std[:c]).view(1, c, 1, 1)
         pixels = (batch * std + mean).clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).numpy()
-        self._save(runlog.SEEN["train"], pixels)
+        _best_effort(trainer, "the training grid", lambda: self._save(runlog.SEEN["train"], pixels))
 
     def _save(self, name: str, images: np.ndarray) -> None:  # uint8 (N, H, W, C)
         path = self.run_dir / name

@@ -56,7 +56,7 @@ class TrainState:
     interrupted: bool = False  # Ctrl-C or SIGTERM
     error: BaseException | None = None  # what ended the run, if an error did
     val_probs: np.ndarray | None = None  # the last validation pass's probabilities (N, classes)
-    inputs: torch.Tensor | None = None  # the batch the network was just given (B, C, H, W)
+    inputs: torch.Tensor | None = None  # during after_batch, the batch the network was given
 
 
 @dataclass
@@ -221,6 +221,7 @@ class Trainer:
             total += self.state.batch_loss * len(idx)
             count += len(idx)
             self.emit(Event.AFTER_BATCH)
+            self.state.inputs = None  # callbacks have seen it; validation needs the memory
         seconds = max(time.perf_counter() - t0, 1e-9)
         if is_distributed():  # the loss over every process's share
             self._average_buffers()

@@ -279,3 +279,55 @@ def test_two_runs_compared_image_by_image(runs_root: Path) -> None:
             (pr, ir), (pw, iw) = ((right, i), (wrong, j)) if key == "a_only" else ((right, j), (wrong, i))
             assert pr[ir].argmax() == label and pw[iw].argmax() != label
     assert c.get("/api/compare", params={"a": run_id(a), "b": "nope"}).status_code == 404
+
+
+def test_odd_run_directories_give_no_500(tmp_path: Path, runs_root: Path) -> None:
+    """A diverged run (NaN), an event without a kind, an index that does not fit its passes."""
+    nan = tmp_path / "runs" / "nan"
+    shutil.copytree(runs_root / "first", nan)
+    runlog.append_json_line(nan / runlog.EVENTS, {"event": "epoch", "epoch": 4, "val_loss": float("nan")})
+    runlog.append_json_line(nan / runlog.EVENTS, {"no": "kind"})
+    shifted = tmp_path / "runs" / "shifted"
+    shutil.copytree(runs_root / "first", shifted)
+    index = json.loads((shifted / runlog.VALIDATION_INDEX).read_text())
+    (shifted / runlog.VALIDATION_INDEX).write_text(json.dumps({**index, "classes": ["cat", "dog", "fox"]}))
+    broken = tmp_path / "runs" / "broken"
+    shutil.copytree(runs_root / "first", broken)
+    (broken / runlog.VALIDATION_INDEX).write_text(json.dumps({**index, "labels": index["labels"][:-1]}))
+    c = client([tmp_path / "runs"])
+    runs = {r["name"]: r for r in c.get("/api/runs").json()}
+    assert set(runs) == {"nan", "shifted", "broken"} and runs["nan"]["epochs"] == 4
+    assert c.get(f"/api/runs/{run_id(nan)}/events").json()[-2]["val_loss"] is None  # NaN -> null
+    for run in (shifted, broken):
+        rid = run_id(run)
+        assert c.get(f"/api/runs/{rid}/matrix").status_code == 404  # passes that do not fit: none
+        assert c.get(f"/api/runs/{rid}/suspects").json() == []
+        assert c.get(f"/api/runs/{rid}/images/0/history").status_code in (200, 404)
+
+
+def test_hostile_file_names_stay_data(tmp_path: Path, runs_root: Path) -> None:
+    """Names come from the user's files: in the export they cannot end the script, and in the
+    suspects CSV they cannot become formulas."""
+    from pawlab.dashboard.export import export_html
+    from pawlab.dashboard.store import suspects_csv
+
+    run = tmp_path / "runs" / "hostile"
+    shutil.copytree(runs_root / "first", run)
+    index = json.loads((run / runlog.VALIDATION_INDEX).read_text())
+    evil = "</SCRIPT><img src=x onerror=alert(1)><!--<script>"
+    index["names"] = [evil] + index["names"][1:]
+    (run / runlog.VALIDATION_INDEX).write_text(json.dumps(index))
+    html = export_html(run, tmp_path / "r.html").read_text()
+    assert evil not in html and "onerror=alert(1)" in html.replace("\\u003c", "<")
+    assert html.lower().count("</script>") == html.lower().count("<script>")
+    rows = [
+        {
+            "name": "=HYPERLINK(1)",
+            "label": "cat",
+            "predicted": "dog",
+            "p_true": 0.1,
+            "flips": 0,
+            "reason": "x",
+        }
+    ]
+    assert "'=HYPERLINK(1)" in suspects_csv(rows)

@@ -229,12 +229,12 @@ async function drawMatrix() {
     colorscale: [[0, "#f7fafd"], [1, "#2a6fdb"]], zmin: 0, zmax: 1, showscale: false,
     hovertemplate: "true %{y}, predicted %{x}: %{text}<extra></extra>",
   }], {
-    margin: { l: 80, r: 10, t: 10, b: 60 }, xaxis: { title: "predicted", side: "bottom" },
-    yaxis: { title: "true", autorange: "reversed" },
+    margin: { l: 80, r: 10, t: 10, b: 60 }, xaxis: { title: "predicted", side: "bottom", type: "category" },
+    yaxis: { title: "true", autorange: "reversed", type: "category" },
   });
   $("chart-matrix").on("plotly_click", (ev) => {
-    const pt = ev.points[0];
-    showCell(m.classes.indexOf(pt.y), m.classes.indexOf(pt.x));
+    const [t, p] = ev.points[0].pointIndex;  // [row, column]: class names may look like numbers
+    showCell(t, p);
   });
   const rows = m.classes.map((c, i) => `<tr><th>${escapeHtml(c)}</th><td>${m.precision[i].toFixed(3)}</td><td>${m.recall[i].toFixed(3)}</td></tr>`);
   $("matrix-stats").innerHTML = `<table><tr><th>class</th><th>precision</th><th>recall</th></tr>${rows.join("")}` +
