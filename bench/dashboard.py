@@ -1,15 +1,15 @@
 """Benchmark: training speed with the dashboard serving a connected page, against without.
 
-    .venv/bin/python bench/dashboard.py [--epochs 4] [--rounds 3] [--size 64]
+    .venv/bin/python bench/dashboard.py [--epochs 4] [--rounds 5] [--size 64]
 
-Each run is a whole ``python -m pawlab train`` (cortex-cnn on the 2,000 training photos of
-../shared/data/cats_and_dogs_filtered at SIZE x SIZE; a generated tree if absent), the same
-seed and work each time, alternating: without a dashboard, then with ``--dashboard`` and a
-client that does what the page does (follows the event stream, and at each epoch fetches
-the run list, the validation passes, the confusion matrix, a cell and its thumbnails). Figures:
-training images/s (the median over the epochs after the first, from the run's own log) per
-run, the overhead of the dashboard as the median of the paired runs' ratios, and the latency from an epoch's
-end (the time its event was written) to its arrival at the client.
+Each run is a whole ``python -m pawlab train`` (cortex-cnn on ../shared/data/
+cats_and_dogs_filtered at SIZE x SIZE; a generated tree if absent), the same seed and work
+each time, in pairs whose order alternates: without a dashboard, and with ``--dashboard`` and
+a client that does what the page does (follows the event stream; at each epoch fetches the
+run list, the passes, the events, the confusion matrix, the suspects and a cell, and the first
+time the cell's thumbnails). Figures: training images/s per run (the median over the epochs
+after the first, from the run's own log), the overhead as the median of the pairs' ratios,
+and the latency from an epoch's end (the time its event was written) to its arrival.
 """
 
 from __future__ import annotations
@@ -94,8 +94,29 @@ def _redraw(url: str, rid: str, epochs: queue.Queue[float | None]) -> None:
                 seen_thumbs = True
 
 
+def server_cpu(run_dir: Path, seen: dict[str, float], stop: threading.Event) -> None:
+    """The dashboard server's CPU seconds (user + system), read from /proc while it runs."""
+    tick = os.sysconf("SC_CLK_TCK")
+    while not stop.is_set():
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+                if b"dashboard" in cmd and str(run_dir).encode() in cmd:
+                    fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                    seen["cpu"] = (int(fields[11]) + int(fields[12])) / tick
+            except OSError:
+                continue
+        time.sleep(0.5)
+
+
 def one_run(
-    data: Path, work: Path, args: argparse.Namespace, dashboard: bool, latencies: list[float], round_: int
+    data: Path,
+    work: Path,
+    args: argparse.Namespace,
+    dashboard: bool,
+    latencies: list[float],
+    round_: int,
+    cpu: list[tuple[float, float]],
 ) -> float:
     run_dir = work / f"{'with' if dashboard else 'without'}-{round_}"  # a new run directory each time
     port = free_port()
@@ -107,13 +128,20 @@ def one_run(
     stop = threading.Event()
     client = threading.Thread(target=page_client, args=(f"http://127.0.0.1:{port}", latencies, stop))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    seen: dict[str, float] = {}
+    watcher = threading.Thread(target=server_cpu, args=(run_dir, seen, stop))
+    t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if dashboard:
         client.start()
+        watcher.start()
     _, err = proc.communicate()
+    wall = time.perf_counter() - t0
     stop.set()
     if dashboard:
         client.join(timeout=30)
+        watcher.join(timeout=10)
+        cpu.append((seen.get("cpu", 0.0), wall))
     if proc.returncode:
         raise SystemExit(f"training failed: {err.decode()[-2000:]}")
     rates = [
@@ -137,14 +165,25 @@ def main() -> None:
     print(f"cortex-cnn at {args.size}x{args.size} on {data}, {args.epochs} epochs a run, {cpu}", flush=True)
     ratios: list[float] = []
     latencies: list[float] = []
+    cpu: list[tuple[float, float]] = []
     for r in range(args.rounds):
-        without = one_run(data, work, args, False, latencies, r)
-        with_ = one_run(data, work, args, True, latencies, r)
+        # the order alternates: the second run of a pair tends to be faster (warm caches)
+        if r % 2 == 0:
+            without = one_run(data, work, args, False, latencies, r, cpu)
+            with_ = one_run(data, work, args, True, latencies, r, cpu)
+        else:
+            with_ = one_run(data, work, args, True, latencies, r, cpu)
+            without = one_run(data, work, args, False, latencies, r, cpu)
         ratios.append(with_ / without)
         pair = f"without {without:5.0f} img/s, with a page {with_:5.0f} img/s"
         print(f"  round {r + 1}: {pair}: x{with_ / without:.3f}", flush=True)
     ratio = statistics.median(ratios)
     print(f"overhead of the dashboard, median of {args.rounds} paired runs: {1 - ratio:+.1%} (target <= 3%)")
+    if cpu:
+        used, wall = sum(c for c, _ in cpu), sum(w for _, w in cpu)
+        share = used / (wall * (os.cpu_count() or 1))
+        print(f"the dashboard server's own CPU time: {used:.1f} s over {wall:.0f} s of training runs "
+              f"({share:.1%} of the machine's {os.cpu_count()} cores)")  # fmt: skip
     if latencies:
         print(f"epoch end -> its event at the page: median {statistics.median(latencies) * 1000:.0f} ms, "
               f"max {max(latencies) * 1000:.0f} ms over {len(latencies)} epochs")  # fmt: skip
