@@ -473,6 +473,16 @@ def _run_dir(args: argparse.Namespace, arch: Any) -> Path:
     return default_run_dir(args.out, arch if isinstance(arch, str) else "net")
 
 
+def _resumed_run_dir(path: Path) -> Path:
+    """The run directory `pawlab.training.resume` writes into for ``path``."""
+    if path.is_dir():
+        return path
+    from pawlab import checkpoint
+
+    recorded = checkpoint.load(path).meta.get("training", {}).get("run_dir")
+    return Path(recorded) if recorded else path.with_name(path.stem + "-run")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pawlab.runtime import init_distributed, launched_rank
     from pawlab.training import resume, train
@@ -485,7 +495,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             _reject_changed(args, "--resume", {"resume", "epochs", "forever", "out", "workers"})
             p = Path(args.resume)
             if args.dashboard and launched_rank() == 0:
-                dashboard = _start_dashboard(p if p.is_dir() else p.with_name(p.stem + "-run"), args.port)
+                dashboard = _start_dashboard(_resumed_run_dir(p), args.port)
             result = resume(
                 args.resume,
                 args.data,

@@ -500,6 +500,10 @@ def test_train_with_the_dashboard_and_a_busy_port(tmp_path: Path) -> None:
     assert f"dashboard: http://127.0.0.1:{port}/" in proc.stdout
     with socket.socket() as sock:  # the dashboard ended with the training
         sock.bind(("127.0.0.1", port))
+    # resumed from the model file: the dashboard watches the run directory the file records
+    resumed = pawlab("train", "--resume", out, "--epochs", 3, "-q", "--dashboard", "--port", port)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"`pawlab dashboard {(tmp_path / 'm-run').resolve()}` after" in resumed.stdout
 
 
 def test_dashboard_stops_cleanly_on_ctrl_c_with_a_page_open(tmp_path: Path) -> None:
