@@ -85,17 +85,53 @@ def save(
     return p
 
 
-def load(path: str | os.PathLike[str], *, with_optimizer: bool = False) -> Checkpoint:
-    """Read a model file written by `save`; a one-line `ModelFileError` for anything else."""
+def _meta(p: Path, header: dict[str, str]) -> dict[str, Any]:
+    """The pawlab document of a safetensors header (raises ValueError for broken JSON)."""
+    if "pawlab" not in header:
+        raise ModelFileError(f"{p}: not a pawlab model file (no pawlab metadata)")
+    meta: dict[str, Any] = json.loads(header["pawlab"])
+    return meta
+
+
+def _check_format(p: Path, meta: dict[str, Any]) -> None:
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(f"{p}: not a pawlab model file")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{p}: written by a newer pawlab (format {meta['format_version']}); upgrade pawlab"
+        )
+
+
+def _existing(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(f"{p}: no such model file")
+    return p
+
+
+def _unreadable(p: Path, exc: Exception) -> ModelFileError:
+    return ModelFileError(f"{p}: not a readable model file ({str(exc).splitlines()[0]})")
+
+
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A model file's description alone, without reading its tensors; errors as `load`'s."""
+    p = _existing(path)
     try:
         with safe_open(str(p), framework="pt") as fh:
-            header = fh.metadata() or {}
-            if "pawlab" not in header:
-                raise ModelFileError(f"{p}: not a pawlab model file (no pawlab metadata)")
-            meta: dict[str, Any] = json.loads(header["pawlab"])
+            meta = _meta(p, fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _unreadable(p, exc) from None
+    _check_format(p, meta)
+    meta.pop("optimizer_state", None)
+    return meta
+
+
+def load(path: str | os.PathLike[str], *, with_optimizer: bool = False) -> Checkpoint:
+    """Read a model file written by `save`; a one-line `ModelFileError` for anything else."""
+    p = _existing(path)
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            meta = _meta(p, fh.metadata() or {})
             model_state, optim_tensors, rng = {}, {}, {}
             for key in fh.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if key.startswith(MODEL_PREFIX):
@@ -105,13 +141,8 @@ def load(path: str | os.PathLike[str], *, with_optimizer: bool = False) -> Check
                 elif with_optimizer and key.startswith(RNG_PREFIX):
                     rng[key[len(RNG_PREFIX) :]] = fh.get_tensor(key)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelFileError(f"{p}: not a readable model file ({str(exc).splitlines()[0]})") from None
-    if meta.get("format") != FORMAT:
-        raise ModelFileError(f"{p}: not a pawlab model file")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ModelFileError(
-            f"{p}: written by a newer pawlab (format {meta['format_version']}); upgrade pawlab"
-        )
+        raise _unreadable(p, exc) from None
+    _check_format(p, meta)
     optimizer_state = None
     if with_optimizer and "optimizer_state" in meta:
         optimizer_state = _unflatten_optimizer(optim_tensors, meta["optimizer_state"])

@@ -464,28 +464,10 @@ def _start_dashboard(run_dir: Path, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([*cmd, "--nice", "10"])
 
 
-def _run_dir(args: argparse.Namespace, arch: Any) -> Path:
-    """Where the run writes, as `pawlab.training.train` chooses it."""
-    from pawlab.training.runs import default_run_dir
-
-    if args.run_dir is not None:
-        return Path(args.run_dir)
-    return default_run_dir(args.out, arch if isinstance(arch, str) else "net")
-
-
-def _resumed_run_dir(path: Path) -> Path:
-    """The run directory `pawlab.training.resume` writes into for ``path``."""
-    if path.is_dir():
-        return path
-    from pawlab import checkpoint
-
-    recorded = checkpoint.load(path).meta.get("training", {}).get("run_dir")
-    return Path(recorded) if recorded else path.with_name(path.stem + "-run")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from pawlab.runtime import init_distributed, launched_rank
     from pawlab.training import resume, train
+    from pawlab.training.runs import resumed_run_dir, run_dir_for
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
     init_distributed(args.device)
@@ -495,7 +477,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             _reject_changed(args, "--resume", {"resume", "epochs", "forever", "out", "workers"})
             p = Path(args.resume)
             if args.dashboard and launched_rank() == 0:
-                dashboard = _start_dashboard(_resumed_run_dir(p), args.port)
+                dashboard = _start_dashboard(resumed_run_dir(p), args.port)
             result = resume(
                 args.resume,
                 args.data,
@@ -509,7 +491,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("train: DATA is required (or --resume RUN_DIR)")
         else:
             arch, cfg, size = _recipe(args)
-            run_dir = _run_dir(args, arch)
+            run_dir = run_dir_for(args.run_dir, args.out, arch)
             if args.dashboard and launched_rank() == 0:
                 dashboard = _start_dashboard(run_dir, args.port)
             result = train(

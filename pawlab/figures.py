@@ -58,11 +58,28 @@ def _draw_tile(
     ``position`` and frame it in ``colour``; return where its caption starts."""
     r, c = divmod(position, columns)
     x0, y0 = _PAD + c * (tile + _PAD), _PAD + r * (tile + _CAPTION + _PAD)
-    im = Image.fromarray(arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr).convert("RGB")
-    resample = Image.Resampling.NEAREST if arr.shape[0] < 48 else Image.Resampling.BILINEAR
-    sheet.paste(im.resize((tile, tile), resample), (x0, y0))
+    sheet.paste(_tile(arr, tile), (x0, y0))
     draw.rectangle([x0 - 3, y0 - 3, x0 + tile + 2, y0 + tile + 2], outline=colour, width=3)
     return x0, y0 + tile + 4
+
+
+def _tile(arr: np.ndarray, tile: int) -> Image.Image:
+    """Image ``arr`` (H, W, C with C 1 or 3, or H, W) as an RGB square of ``tile`` pixels;
+    small images keep their pixels sharp (nearest neighbour)."""
+    im = Image.fromarray(arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr).convert("RGB")
+    resample = Image.Resampling.NEAREST if arr.shape[0] < 48 else Image.Resampling.BILINEAR
+    return im.resize((tile, tile), resample)
+
+
+def image_grid(images: np.ndarray, columns: int = 8, tile: int = 96) -> Image.Image:
+    """uint8 images (N, H, W, C) side by side, ``columns`` to a row, without captions or
+    frames (what a model sees)."""
+    rows = max(1, -(-len(images) // columns))
+    sheet = Image.new("RGB", (columns * (tile + 2), rows * (tile + 2)), "white")
+    for i, arr in enumerate(images):
+        r, c = divmod(i, columns)
+        sheet.paste(_tile(arr, tile), (c * (tile + 2) + 1, r * (tile + 2) + 1))
+    return sheet
 
 
 def _save_png(image: Image.Image, path: str | Path) -> Path:

@@ -59,6 +59,15 @@ class Preprocessing:
             x = transform(x)
         return self.normalize(x).contiguous(memory_format=memory_format)
 
+    def to_pixels(self, x: torch.Tensor) -> np.ndarray:
+        """Network inputs (B, C, H, W) back to uint8 pixels (B, H, W, C): `inputs` undone, to
+        look at what a network was given."""
+        c = x.shape[1]
+        mean, std = _constants(self.mean[:c], self.std[:c], torch.device("cpu"), torch.float32)
+        unit = x.detach().float().cpu() * std + mean
+        pixels: np.ndarray = unit.clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).numpy()
+        return pixels
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] pixels (B, C, H, W) -> network inputs, in the memory layout of ``x``."""
         c = x.shape[1] if x.dim() == 4 else 0

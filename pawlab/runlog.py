@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,17 @@ VALIDATION_INDEX = f"{VALIDATION}/index.json"
 THUMBS = f"{VALIDATION}/thumbs"
 # What the model sees: a grid of one training batch after augmentation (each epoch), and one
 # of validation images (once)
-SEEN = {"train": "seen/train.jpg", "validation": "seen/validation.jpg"}
+SEEN_DIR = "seen"
+SEEN = {"train": f"{SEEN_DIR}/train.jpg", "validation": f"{SEEN_DIR}/validation.jpg"}
+
+
+def start_fresh(run_dir: Path) -> None:
+    """Remove what an earlier run in ``run_dir`` logged (metrics, events, validation passes,
+    grids): a new run starts new logs, and a reader never mixes two runs."""
+    (run_dir / METRICS).unlink(missing_ok=True)
+    (run_dir / EVENTS).unlink(missing_ok=True)
+    for folder in (VALIDATION, SEEN_DIR):
+        shutil.rmtree(run_dir / folder, ignore_errors=True)
 
 
 def pass_file(epoch: int) -> str:

@@ -17,6 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 CATS_DOGS = SHARED / "cats_and_dogs_filtered"
 
+# A network small enough to train in a fraction of a second on 16x16 images.
+TINY = [
+    {"type": "input", "size": 16, "channels": 3},
+    {"type": "conv", "kernel": 3, "filters": 8, "pad": 1},
+    {"type": "relu"},
+    {"type": "max-pool", "kernel": 2},
+    {"type": "linear"},
+    {"type": "softmax"},
+]
+
 requires_cats_dogs = pytest.mark.skipif(
     not CATS_DOGS.is_dir(), reason=f"shared data not found at {CATS_DOGS}"
 )

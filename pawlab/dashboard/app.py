@@ -14,7 +14,7 @@ import asyncio
 import importlib.util
 import json
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,119 @@ def _int(request: Request, name: str, default: int | None = None) -> int:
     return int(raw)
 
 
+def _found(value: Any, missing: str) -> Response:
+    """``value`` as JSON, or 404 with ``missing`` when there is none."""
+    return JSONResponse(value) if value is not None else _error(404, missing)
+
+
+RunHandler = Callable[[Request, store.Run], Awaitable[Response]]
+
+
+async def _page(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+async def _events(request: Request, run: store.Run) -> Response:
+    records, _ = run.events()
+    return JSONResponse(records)
+
+
+async def _passes(request: Request, run: store.Run) -> Response:
+    return JSONResponse({"epochs": run.pass_epochs(), "classes": run.index().get("classes", [])})
+
+
+async def _matrix(request: Request, run: store.Run) -> Response:
+    epochs = run.pass_epochs()
+    epoch = _int(request, "epoch", epochs[-1] if epochs else 0)
+    return _found(store.matrix(run, epoch), f"no validation pass after epoch {epoch}")
+
+
+async def _cell(request: Request, run: store.Run) -> Response:
+    k = len(run.index().get("classes", []))
+    true, predicted = _int(request, "true"), _int(request, "predicted")
+    if not (0 <= true < k and 0 <= predicted < k):
+        raise ValueError("true, predicted: not classes of this run")
+    return _found(store.cell(run, _int(request, "epoch"), true, predicted), "no such validation pass")
+
+
+async def _history(request: Request, run: store.Run) -> Response:
+    return _found(store.history(run, int(request.path_params["index"])), "no such image")
+
+
+def _jpeg(path: Path | None, missing: str) -> Response:
+    if path is None or not path.is_file():
+        return _error(404, missing)
+    # revalidated (ETag): a new run in the same run directory has new images
+    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
+
+
+async def _thumb(request: Request, run: store.Run) -> Response:
+    return _jpeg(run.thumb(int(request.path_params["index"])), "no such image")
+
+
+async def _seen(request: Request, run: store.Run) -> Response:
+    name = runlog.SEEN.get(request.path_params["which"])
+    return _jpeg(run.path / name if name is not None else None, "no such grid")
+
+
+async def _suspects(request: Request, run: store.Run) -> Response:
+    rows = store.suspects(run)
+    if request.query_params.get("format") == "csv":
+        headers = {"Content-Disposition": f'attachment; filename="suspects-{run.id}.csv"'}
+        return Response(store.suspects_csv(rows), media_type="text/csv", headers=headers)
+    return JSONResponse(rows)
+
+
+class _Api:
+    """The handlers that need the app's state: its runs, assets and open streams."""
+
+    def __init__(self, roots: list[Path], closing: Callable[[], bool]) -> None:
+        self.runs = Runs([Path(r) for r in roots])
+        self.assets = _assets()
+        self.closing = closing
+        self.streams = {"open": 0}
+
+    async def asset(self, request: Request) -> Response:
+        path, media = self.assets.get(request.path_params["name"], (None, ""))
+        if path is None:
+            return _error(404, "no such asset")
+        return FileResponse(path, media_type=media, headers={"Cache-Control": "max-age=3600"})
+
+    async def run_list(self, request: Request) -> Response:
+        return JSONResponse([r.summary() for r in self.runs.all()])
+
+    async def compare(self, request: Request) -> Response:
+        a, b = (self.runs.get(request.query_params.get(k, "")) for k in ("a", "b"))
+        if a is None or b is None:
+            return _error(404, "no such run")
+        return _found(store.disagreements(a, b), "the two runs have no validation pass over the same classes")
+
+    async def stream(self, request: Request, run: store.Run) -> Response:
+        if self.streams["open"] >= MAX_STREAMS:
+            return _error(503, "too many open streams")
+        last = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+        sent = int(last) if last.isdigit() else 0
+        return StreamingResponse(
+            _event_stream(request, run, sent, self.streams, self.closing),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    def of_run(self, handler: RunHandler) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` given the run the path names: 404 for an unknown run, 400 for a bad query."""
+
+        async def wrapped(request: Request) -> Response:
+            run = self.runs.get(request.path_params["rid"])
+            if run is None:
+                return _error(404, "no such run")
+            try:
+                return await handler(request, run)
+            except ValueError as exc:
+                return _error(400, str(exc))
+
+        return wrapped
+
+
 def create_app(
     roots: list[Path],
     trusted_hosts: list[str] | None = LOOPBACK_HOSTS,
@@ -112,120 +225,24 @@ def create_app(
     ``Host`` header (a server the user asked to listen beyond this machine). ``closing()``
     says the server is stopping: open event streams then end, so that Ctrl-C with a page
     open stops at once and cleanly."""
-    runs = Runs([Path(r) for r in roots])
-    assets = _assets()
-    streams = {"open": 0}
-
-    async def page(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
-
-    async def asset(request: Request) -> Response:
-        path, media = assets.get(request.path_params["name"], (None, ""))
-        if path is None:
-            return _error(404, "no such asset")
-        return FileResponse(path, media_type=media, headers={"Cache-Control": "max-age=3600"})
-
-    async def run_list(request: Request) -> Response:
-        return JSONResponse([r.summary() for r in runs.all()])
-
-    def with_run(handler: Any) -> Any:
-        async def wrapped(request: Request) -> Response:
-            run = runs.get(request.path_params["rid"])
-            if run is None:
-                return _error(404, "no such run")
-            try:
-                result: Response = await handler(request, run)
-            except ValueError as exc:
-                return _error(400, str(exc))
-            return result
-
-        return wrapped
-
-    async def events(request: Request, run: store.Run) -> Response:
-        records, _ = run.events()
-        return JSONResponse(records)
-
-    async def passes(request: Request, run: store.Run) -> Response:
-        index = run.index()
-        return JSONResponse({"epochs": run.pass_epochs(), "classes": index.get("classes", [])})
-
-    async def matrix(request: Request, run: store.Run) -> Response:
-        epochs = run.pass_epochs()
-        epoch = _int(request, "epoch", epochs[-1] if epochs else 0)
-        found = store.matrix(run, epoch)
-        return (
-            JSONResponse(found)
-            if found is not None
-            else _error(404, f"no validation pass after epoch {epoch}")
-        )
-
-    async def cell(request: Request, run: store.Run) -> Response:
-        k = len(run.index().get("classes", []))
-        true, predicted = _int(request, "true"), _int(request, "predicted")
-        if not (0 <= true < k and 0 <= predicted < k):
-            raise ValueError("true, predicted: not classes of this run")
-        found = store.cell(run, _int(request, "epoch"), true, predicted)
-        return JSONResponse(found) if found is not None else _error(404, "no such validation pass")
-
-    async def image_history(request: Request, run: store.Run) -> Response:
-        found = store.history(run, int(request.path_params["index"]))
-        return JSONResponse(found) if found is not None else _error(404, "no such image")
-
-    async def thumb(request: Request, run: store.Run) -> Response:
-        path = run.thumb(int(request.path_params["index"]))
-        if path is None:
-            return _error(404, "no such image")
-        # revalidated (ETag): a new run in the same run directory has new images
-        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
-
-    async def seen(request: Request, run: store.Run) -> Response:
-        name = runlog.SEEN.get(request.path_params["which"])
-        path = run.path / name if name is not None else None
-        if path is None or not path.is_file():
-            return _error(404, "no such grid")
-        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
-
-    async def suspects(request: Request, run: store.Run) -> Response:
-        rows = store.suspects(run)
-        if request.query_params.get("format") == "csv":
-            headers = {"Content-Disposition": f'attachment; filename="suspects-{run.id}.csv"'}
-            return Response(store.suspects_csv(rows), media_type="text/csv", headers=headers)
-        return JSONResponse(rows)
-
-    async def compare(request: Request) -> Response:
-        a, b = runs.get(request.query_params.get("a", "")), runs.get(request.query_params.get("b", ""))
-        if a is None or b is None:
-            return _error(404, "no such run")
-        found = store.disagreements(a, b)
-        if found is None:
-            return _error(404, "the two runs have no validation pass over the same classes")
-        return JSONResponse(found)
-
-    async def stream(request: Request, run: store.Run) -> Response:
-        if streams["open"] >= MAX_STREAMS:
-            return _error(503, "too many open streams")
-        last = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-        sent = int(last) if last.isdigit() else 0
-        return StreamingResponse(
-            _event_stream(request, run, sent, streams, closing),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-
+    api = _Api(roots, closing)
+    per_run: dict[str, RunHandler] = {
+        "events": _events,
+        "stream": api.stream,
+        "passes": _passes,
+        "matrix": _matrix,
+        "cell": _cell,
+        "images/{index:int}/history": _history,
+        "images/{index:int}/thumb": _thumb,
+        "suspects": _suspects,
+        "seen/{which}": _seen,
+    }
     routes = [
-        Route("/", page),
-        Route("/static/{name}", asset),
-        Route("/api/runs", run_list),
-        Route("/api/compare", compare),
-        Route("/api/runs/{rid}/events", with_run(events)),
-        Route("/api/runs/{rid}/stream", with_run(stream)),
-        Route("/api/runs/{rid}/passes", with_run(passes)),
-        Route("/api/runs/{rid}/matrix", with_run(matrix)),
-        Route("/api/runs/{rid}/cell", with_run(cell)),
-        Route("/api/runs/{rid}/images/{index:int}/history", with_run(image_history)),
-        Route("/api/runs/{rid}/images/{index:int}/thumb", with_run(thumb)),
-        Route("/api/runs/{rid}/suspects", with_run(suspects)),
-        Route("/api/runs/{rid}/seen/{which}", with_run(seen)),
+        Route("/", _page),
+        Route("/static/{name}", api.asset),
+        Route("/api/runs", api.run_list),
+        Route("/api/compare", api.compare),
+        *(Route(f"/api/runs/{{rid}}/{path}", api.of_run(handler)) for path, handler in per_run.items()),
     ]
     middleware = (
         [] if trusted_hosts is None else [Middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts)]

@@ -41,12 +41,16 @@ def _responses(run: store.Run) -> dict[str, Any]:
     return out
 
 
+def _data_url(jpeg: Path) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg.read_bytes()).decode()
+
+
 def _thumbs(run: store.Run) -> dict[str, str]:
     out = {}
     for i in range(len(run.labels())):
         path = run.thumb(i)
         if path is not None:
-            out[str(i)] = "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
+            out[str(i)] = _data_url(path)
     return out
 
 
@@ -58,14 +62,13 @@ def _inline_script(code: str) -> str:
 def export_html(run_dir: Path, out: Path) -> Path:
     """Write the dashboard of ``run_dir`` as one HTML file at ``out`` (atomically)."""
     run = store.Run(run_dir.resolve())
+    responses = _responses(run)
     data = {
-        "responses": _responses(run),
+        "responses": responses,
         "thumbs": _thumbs(run),
-        "csv": store.suspects_csv(store.suspects(run)),
+        "csv": store.suspects_csv(responses[f"api/runs/{run.id}/suspects"]),
         "seen": {
-            which: "data:image/jpeg;base64," + base64.b64encode((run.path / name).read_bytes()).decode()
-            for which, name in runlog.SEEN.items()
-            if (run.path / name).is_file()
+            w: _data_url(run.path / name) for w, name in runlog.SEEN.items() if (run.path / name).is_file()
         },
     }
     page = (STATIC / "index.html").read_text()

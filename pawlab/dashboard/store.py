@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,30 +51,37 @@ def find_runs(roots: list[Path]) -> list[Path]:
 
 @dataclass
 class Run:
-    """One run directory, read lazily; passes are cached by file size and time."""
+    """One run directory, read lazily; what was read is kept until its file changes."""
 
     path: Path
-    _passes: dict[int, tuple[tuple[int, int], np.ndarray]] = field(default_factory=dict)
-    _index: tuple[tuple[int, int], dict[str, Any]] | None = None
+    _files: dict[Path, tuple[tuple[int, int], Any]] = field(default_factory=dict)  # see `_read`
 
     @property
     def id(self) -> str:
         return run_id(self.path)
 
+    def _read(self, path: Path, load: Callable[[Path], Any]) -> Any:
+        """``load(path)``, read again only when the file's size or time changes (raises what
+        ``stat`` and ``load`` raise)."""
+        st = path.stat()
+        stamp = (st.st_size, st.st_mtime_ns)
+        cached = self._files.get(path)
+        if cached is None or cached[0] != stamp:
+            cached = self._files[path] = (stamp, load(path))
+        return cached[1]
+
     def index(self) -> dict[str, Any]:
-        """classes, names and labels of the validation images ({} before training wrote it);
-        read again only when the file changes."""
-        path = self.path / runlog.VALIDATION_INDEX
-        try:
-            st = path.stat()
-            stamp = (st.st_size, st.st_mtime_ns)
-            if self._index is not None and self._index[0] == stamp:
-                return self._index[1]
+        """classes, names and labels of the validation images ({} before training wrote it,
+        or when it is not as training writes it)."""
+
+        def load(path: Path) -> dict[str, Any]:
             data = json.loads(path.read_text())
+            return data if _valid_index(data) else {}  # checked once per change of the file
+
+        try:
+            found: dict[str, Any] = self._read(self.path / runlog.VALIDATION_INDEX, load)
         except (OSError, ValueError):
             return {}
-        found = data if _valid_index(data) else {}
-        self._index = (stamp, found)
         return found
 
     def events(
@@ -103,21 +111,18 @@ class Run:
         return runlog.pass_epochs(self.path) if self.path.is_dir() else []
 
     def probabilities(self, epoch: int) -> np.ndarray | None:
-        """float32 (N, classes) of one validation pass, or None when it is not (yet) there."""
-        p = self.path / runlog.pass_file(epoch)
+        """float32 (N, classes) of one validation pass, or None when it is not (yet) there, or
+        does not fit the validation index (a damaged pass, or a class count that changed)."""
         try:
-            st = p.stat()
-            stamp = (st.st_size, st.st_mtime_ns)
-            cached = self._passes.get(epoch)
-            if cached is not None and cached[0] == stamp:
-                return cached[1]
-            probs: np.ndarray = np.load(p, allow_pickle=False).astype(np.float32)
+            probs: np.ndarray = self._read(
+                self.path / runlog.pass_file(epoch),
+                lambda p: np.load(p, allow_pickle=False).astype(np.float32),
+            )
         except (OSError, ValueError, EOFError):  # not (yet) a whole array
             return None
         index = self.index()
         if probs.shape != (len(index.get("labels", [])), len(index.get("classes", []))):
-            return None  # another run's pass (a class count that changed), or a damaged one
-        self._passes[epoch] = (stamp, probs)
+            return None
         return probs
 
     def labels(self) -> np.ndarray:

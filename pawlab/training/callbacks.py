@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -32,6 +31,8 @@ from pawlab import runlog
 from pawlab.atomic import atomic_write, atomic_write_text
 from pawlab.config import MONITORS
 from pawlab.errors import TrainingDiverged
+from pawlab.figures import image_grid
+from pawlab.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     from pawlab.training.loop import Trainer
@@ -240,7 +241,6 @@ class EventLog(Callback):
 
     def __init__(self, path: str | Path, samples_per_epoch: int = 20, final: bool = True) -> None:
         self.path, self.samples, self.final = Path(path), samples_per_epoch, final
-        self.t0 = self.seen = 0.0
 
     def _write(self, trainer: Trainer, kind: runlog.EventKind, **fields: Any) -> None:
         if trainer.is_main:
@@ -256,11 +256,7 @@ class EventLog(Callback):
             config=trainer.config.to_json(),
         )
 
-    def before_epoch(self, trainer: Trainer) -> None:
-        self.t0, self.seen = time.perf_counter(), 0
-
     def after_batch(self, trainer: Trainer) -> None:
-        self.seen += trainer.state.batch_size * trainer.world_size
         every = max(1, trainer.batches_per_epoch // self.samples)
         i = trainer.state.batch
         if (i + 1) % every == 0 or i + 1 == trainer.batches_per_epoch:
@@ -272,7 +268,7 @@ class EventLog(Callback):
                 step=trainer.state.steps,
                 loss=trainer.state.batch_loss,
                 lr=trainer.lr,
-                images_per_s=self.seen / max(time.perf_counter() - self.t0, 1e-9),
+                images_per_s=trainer.state.images_per_s(),
             )
 
     def after_epoch(self, trainer: Trainer) -> None:
@@ -358,26 +354,21 @@ class InputsLog(Callback):
     files. Images only: a head trained on cached features sees no pixels."""
 
     order = 26
+    images = 32  # in each grid
 
-    def __init__(
-        self, run_dir: str | Path, mean: tuple[float, ...], std: tuple[float, ...], validation: np.ndarray
-    ):
-        self.run_dir, self.mean, self.std, self.validation = Path(run_dir), mean, std, validation
+    def __init__(self, run_dir: str | Path, pre: Preprocessing, validation: np.ndarray) -> None:
+        self.run_dir, self.pre, self.validation = Path(run_dir), pre, validation
 
     def before_fit(self, trainer: Trainer) -> None:
         if trainer.is_main and len(self.validation) and self.validation.ndim == 4:
-            grid = self.validation[:GRID_IMAGES]
+            grid = self.validation[: self.images]
             _best_effort(trainer, "the validation grid", lambda: self._save(runlog.SEEN["validation"], grid))
 
     def after_batch(self, trainer: Trainer) -> None:
         x = trainer.state.inputs
         if trainer.state.batch != 0 or not trainer.is_main or x is None or x.dim() != 4:
             return
-        c = x.shape[1]
-        batch = x[:GRID_IMAGES].detach().float().cpu()
-        mean = torch.tensor(self.mean[:c]).view(1, c, 1, 1)
-        std = torch.tensor(self.std[:c]).view(1, c, 1, 1)
-        pixels = (batch * std + mean).clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).numpy()
+        pixels = self.pre.to_pixels(x[: self.images])
         _best_effort(trainer, "the training grid", lambda: self._save(runlog.SEEN["train"], pixels))
 
     def _save(self, name: str, images: np.ndarray) -> None:  # uint8 (N, H, W, C)
@@ -385,21 +376,6 @@ class InputsLog(Callback):
         path.parent.mkdir(parents=True, exist_ok=True)
         grid = image_grid(images)
         atomic_write(path, lambda tmp: grid.save(tmp, format="JPEG", quality=85))
-
-
-GRID_IMAGES = 32
-
-
-def image_grid(images: np.ndarray, columns: int = 8, size: int = 96) -> Image.Image:
-    """uint8 images (N, H, W, C) side by side, ``columns`` a row, each scaled to ``size``."""
-    n = len(images)
-    rows = max(1, -(-n // columns))
-    sheet = Image.new("RGB", (columns * (size + 2), rows * (size + 2)), (255, 255, 255))
-    for i, image in enumerate(images):
-        tile = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).convert("RGB")
-        tile = tile.resize((size, size), Image.Resampling.BILINEAR)
-        sheet.paste(tile, ((i % columns) * (size + 2) + 1, (i // columns) * (size + 2) + 1))
-    return sheet
 
 
 class ProgressPrinter(Callback):
@@ -411,15 +387,12 @@ class ProgressPrinter(Callback):
         self.stream = stream or sys.stdout
         self.bar_enabled = bar
         self.bar: tqdm[Any] | None = None
-        self.t0 = 0.0
-        self.seen = 0
 
     def _label(self, trainer: Trainer) -> str:
         total = trainer.config.epochs
         return f"{trainer.state.epoch}/{total}" if total else f"{trainer.state.epoch}"
 
     def before_epoch(self, trainer: Trainer) -> None:
-        self.t0, self.seen = time.perf_counter(), 0
         if self.bar_enabled and trainer.is_main:
             self.bar = tqdm(
                 total=trainer.batches_per_epoch,
@@ -431,9 +404,8 @@ class ProgressPrinter(Callback):
             )
 
     def after_batch(self, trainer: Trainer) -> None:
-        self.seen += trainer.state.batch_size * trainer.world_size
         if self.bar is not None:
-            rate = self.seen / max(time.perf_counter() - self.t0, 1e-9)
+            rate = trainer.state.images_per_s()
             self.bar.set_postfix(loss=f"{trainer.state.batch_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
             self.bar.update()
 

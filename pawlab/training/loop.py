@@ -57,6 +57,12 @@ class TrainState:
     error: BaseException | None = None  # what ended the run, if an error did
     val_probs: np.ndarray | None = None  # the last validation pass's probabilities (N, classes)
     inputs: torch.Tensor | None = None  # during after_batch, the batch the network was given
+    epoch_images: int = 0  # images trained on so far in the running epoch, all processes
+    epoch_started: float = 0.0  # time.perf_counter() when the running epoch's batches began
+
+    def images_per_s(self) -> float:
+        """Training images (all processes) per second so far in the running epoch."""
+        return self.epoch_images / max(time.perf_counter() - self.epoch_started, 1e-9)
 
 
 @dataclass
@@ -209,7 +215,8 @@ class Trainer:
         """(mean training loss, images per second of this process)."""
         self.model.train()
         total, count = 0.0, 0
-        t0 = time.perf_counter()
+        t0 = self.state.epoch_started = time.perf_counter()
+        self.state.epoch_images = 0
         # uint8 (N, H, W, C) images (or features) stay on the host; a batch at a time goes over
         x_all, y_all = torch.from_numpy(self.train_set.images), torch.from_numpy(self.train_set.labels)
         for i, idx in enumerate(self._order().split(self.per_process_batch)):
@@ -220,6 +227,7 @@ class Trainer:
             self.state.steps += 1
             total += self.state.batch_loss * len(idx)
             count += len(idx)
+            self.state.epoch_images = count * self.world_size
             self.emit(Event.AFTER_BATCH)
             self.state.inputs = None  # callbacks have seen it; validation needs the memory
         seconds = max(time.perf_counter() - t0, 1e-9)

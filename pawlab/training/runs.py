@@ -9,7 +9,6 @@ callbacks, writing into its run directory (`pawlab.runlog` names the files). Wit
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -52,7 +51,15 @@ from pawlab.training.callbacks import (
 )
 from pawlab.training.loop import FeatureSet, Trainer, state_from_checkpoint
 
-__all__ = ["TrainResult", "default_run_dir", "resolve_architecture", "resume", "train"]
+__all__ = [
+    "TrainResult",
+    "default_run_dir",
+    "resolve_architecture",
+    "resume",
+    "resumed_run_dir",
+    "run_dir_for",
+    "train",
+]
 
 
 @dataclass
@@ -90,6 +97,26 @@ def default_run_dir(out: Path | None, arch_name: str) -> Path:
     if out is not None:
         return out.with_name(out.stem + "-run")
     return Path("runs") / f"{arch_name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def run_dir_for(
+    run_dir: str | os.PathLike[str] | None, out: str | os.PathLike[str] | None, arch: object
+) -> Path:
+    """Where `train` writes: ``run_dir``, else beside ``out`` (``<out>-run/``), else
+    ``runs/<arch>-<time>/`` (``net`` for a layer list)."""
+    if run_dir is not None:
+        return Path(run_dir)
+    return default_run_dir(Path(out) if out is not None else None, arch if isinstance(arch, str) else "net")
+
+
+def resumed_run_dir(path: Path, training: Mapping[str, Any] | None = None) -> Path:
+    """Where `resume` of ``path`` writes: the run directory itself, or the one its model file
+    records (``training``: the file's training record, read from the file if not given)."""
+    if path.is_dir():
+        return path
+    if training is None:
+        training = checkpoint.read_meta(path).get("training", {})
+    return Path(training.get("run_dir") or path.with_name(path.stem + "-run"))
 
 
 def _load_data(
@@ -172,11 +199,7 @@ def train(
     if size is not None:
         spec = with_input_size(spec, size)
     out_path = Path(out) if out is not None else None
-    run = (
-        Path(run_dir)
-        if run_dir is not None
-        else default_run_dir(out_path, arch if isinstance(arch, str) else "net")
-    )
+    run = run_dir_for(run_dir, out_path, arch)
     out_path = out_path or run / runlog.MODEL
     _check_fine_tune(config, spec)  # before the data is loaded
     pre = preprocessing_for(spec, resize)
@@ -238,7 +261,7 @@ def resume(
     ds = _load_data(source, spec, config, d["val_fraction"], workers, pre.resize, progress=runtime.progress)
     if ds.classes != ck.meta["classes"]:
         raise ConfigError(f"data: classes {ds.classes} differ from the run's {ck.meta['classes']}")
-    run = p if p.is_dir() else Path(t.get("run_dir") or p.with_name(p.stem + "-run"))
+    run = resumed_run_dir(p, t)
     out_path = Path(out) if out is not None else run / runlog.MODEL
     if out is None and not out_path.exists():
         out_path = Path((runlog.read_config(run) or {}).get("model", out_path))
@@ -324,7 +347,7 @@ def _callbacks(config: TrainConfig, run: _Run, best: BestCheckpoint, last: bool)
         EventLog(run.run_dir / runlog.EVENTS, final=last),
         LastState(run.run_dir / runlog.LAST_STATE),
         ValidationLog(run.run_dir, v.images, v.names, v.labels, v.classes),
-        InputsLog(run.run_dir, pre.mean, pre.std, v.images),
+        InputsLog(run.run_dir, pre, v.images),
         ProgressPrinter(run.stream, bar=run.runtime.progress),
         *run.callbacks,
     ]
@@ -338,10 +361,7 @@ def _start_run_dir(run: _Run, config: TrainConfig, fresh: bool) -> None:
     starts new logs."""
     run.run_dir.mkdir(parents=True, exist_ok=True)
     if fresh:
-        (run.run_dir / runlog.METRICS).unlink(missing_ok=True)
-        (run.run_dir / runlog.EVENTS).unlink(missing_ok=True)
-        for folder in {runlog.VALIDATION, *(str(Path(name).parent) for name in runlog.SEEN.values())}:
-            shutil.rmtree(run.run_dir / folder, ignore_errors=True)
+        runlog.start_fresh(run.run_dir)
     record = {
         "model": str(run.out.resolve()),
         "architecture": run.meta["architecture"],

@@ -12,16 +12,7 @@ from pathlib import Path
 import pytest
 
 from pawlab.config import RuntimeConfig, TrainConfig
-from tests.conftest import write_tree
-
-TINY = [
-    {"type": "input", "size": 16, "channels": 3},
-    {"type": "conv", "kernel": 3, "filters": 8, "pad": 1},
-    {"type": "relu"},
-    {"type": "max-pool", "kernel": 2},
-    {"type": "linear"},
-    {"type": "softmax"},
-]
+from tests.conftest import TINY, write_tree
 
 
 def train_run(root: Path, name: str = "tiny", epochs: int = 3, seed: int = 0) -> Path:

@@ -13,8 +13,7 @@ from pawlab.data import prepare
 from pawlab.errors import DataError, ModelFileError
 from pawlab.inference import Model, evaluate, load_model, metrics_from_probs, submit
 from pawlab.training import train
-from tests.conftest import make_image, run_ranks, write_tree
-from tests.training.test_loop import TINY
+from tests.conftest import TINY, make_image, run_ranks, write_tree
 
 
 @pytest.fixture(scope="module")

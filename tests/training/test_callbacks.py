@@ -19,7 +19,8 @@ from pawlab.models import build
 from pawlab.preprocessing import Preprocessing
 from pawlab.training import Callback, Event, Trainer
 from pawlab.training.callbacks import BestCheckpoint, EarlyStopping, EventLog, ProgressPrinter
-from tests.training.test_loop import FAST, QUIET, TINY, _train
+from tests.conftest import TINY
+from tests.training.test_loop import FAST, QUIET, _train
 
 
 class Recorder(Callback):

@@ -14,21 +14,13 @@ import torch
 from pawlab import checkpoint
 from pawlab.config import AugmentConfig, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import load_dataset
-from pawlab.errors import ConfigError, TrainingDiverged
+from pawlab.errors import ConfigError, ModelFileError, TrainingDiverged
 from pawlab.training import Callback, Trainer, TrainResult, resume, train
 from pawlab.training.augment import augment_batch, random_flip, random_rotate
 from pawlab.training.inputs import class_weights, epoch_order
 from pawlab.training.optim import lr_factor
-from tests.conftest import ROOT, run_ranks, write_tree
+from tests.conftest import ROOT, TINY, run_ranks, write_tree
 
-TINY = [
-    {"type": "input", "size": 16, "channels": 3},
-    {"type": "conv", "kernel": 3, "filters": 8, "pad": 1},
-    {"type": "relu"},
-    {"type": "max-pool", "kernel": 2},
-    {"type": "linear"},
-    {"type": "softmax"},
-]
 FAST = TrainConfig(epochs=4, optimizer="adam", lr=3e-3, batch_size=8)
 QUIET = RuntimeConfig(progress=False)
 
@@ -612,3 +604,17 @@ def test_weight_decay_zero_is_zero_and_none_is_the_optimizers_default() -> None:
     assert decay == [0.01, 0.0, 0.05, 0.0, 0.1]
     with pytest.raises(ConfigError, match="weight_decay"):
         TrainConfig(weight_decay=-1.0)
+
+
+def test_read_meta_is_the_description_without_the_tensors(tmp_path: Path) -> None:
+    path = checkpoint.save(tmp_path / "m.safetensors", {"w": torch.ones(2)}, {"classes": ["a", "b"], "x": 1})
+    assert checkpoint.read_meta(path) == checkpoint.load(path).meta
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")
+    for bad, message in (
+        (tmp_path / "none.safetensors", "no such model file"),
+        (tmp_path / "junk.safetensors", "not a readable model file"),
+    ):
+        with pytest.raises(ModelFileError, match=message):
+            checkpoint.read_meta(bad)
+        with pytest.raises(ModelFileError, match=message):
+            checkpoint.load(bad)
