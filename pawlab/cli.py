@@ -318,6 +318,58 @@ def _add_archs(commands: _Commands) -> None:
     p.add_argument("--classes", type=_positive_int, default=2)
 
 
+def _models_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--models", metavar="DIR", help="the built-in specs' digit models (default: the pawlab cache's)"
+    )
+
+
+def _add_spec(commands: _Commands) -> None:
+    p = commands.add("spec", "model specs: Hypothesis strategies backed by models, and robustness")
+    sub = p.add_subparsers(dest="spec_command", required=True, parser_class=_Parser)
+    s = sub.add_parser("list", help="the registered specs and their labels")
+    _models_option(s)
+    s = sub.add_parser("train-digits", help="train the digit discriminator and generator (a few minutes)")
+    s.add_argument("--out", metavar="DIR", help="where to write them (default: the pawlab cache)")
+    _quiet(s)
+    s = sub.add_parser("check", help="is IMAGE valid, and what do n generated samples read as (a PNG grid)")
+    s.add_argument("name", help="a spec's name (pawlab spec list)")
+    s.add_argument("image", help="an image file")
+    s.add_argument("-n", type=_positive_int, default=10, help="samples to generate (default 10)")
+    s.add_argument("--grid", help="where to write the samples' PNG grid (default NAME-samples.png)")
+    s.add_argument("--seed", type=int, default=0, help="the samples' latents")
+    s.add_argument("--json", action="store_true", help='{"spec", "valid", "sample_values", "grid"}')
+    _models_option(s)
+    s = sub.add_parser("sample", help="draw a grid of generated images")
+    s.add_argument("name", help="a spec's name (pawlab spec list)")
+    s.add_argument("-n", type=_positive_int, default=100, help="images (default 100)")
+    s.add_argument("--out", required=True, help="the PNG grid to write")
+    s.add_argument("--columns", type=_positive_int, default=10)
+    s.add_argument("--seed", type=int, default=0, help="the latents")
+    _models_option(s)
+    s = sub.add_parser(
+        "robustness", help="how often a classifier's answer flips under label-preserving changes"
+    )
+    s.add_argument("model", help="a model file")
+    s.add_argument("data", help="labelled images: a class-per-folder tree, a zip or a prepared folder")
+    s.add_argument(
+        "--transforms", help="comma-separated, e.g. rotate,blur,jpeg (default: all the model allows)"
+    )
+    s.add_argument("--limit", type=_positive_int, help="a seeded random subset of this many images")
+    s.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=5,
+        help="worst-case search: severities per direction (default 5)",
+    )
+    s.add_argument(
+        "--out", metavar="DIR", help="the report and fragile-image grids (default: beside the model)"
+    )
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true", help="the report as JSON")
+    _quiet(s)
+
+
 EXIT_CODES = """exit status: 0 done; 1 a problem with data, a model file, a worker or the run itself;
 2 a usage or configuration error (a flag, a field, a network description); 130 interrupted."""
 
@@ -339,6 +391,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         _add_inference,
         _add_archs,
         _add_dashboard,
+        _add_spec,
     ):
         add(commands)
     return parser, commands.parsers
@@ -645,7 +698,14 @@ def cmd_archs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spec(args: argparse.Namespace) -> int:
+    from pawlab.spec.commands import run
+
+    return run(args)
+
+
 COMMANDS = {
+    "spec": cmd_spec,
     "demo": cmd_demo,
     "prepare": cmd_prepare,
     "train": cmd_train,

@@ -55,6 +55,9 @@ class AugmentConfig:
         aspect ratios in [3/4, 4/3], resized back to the input size.
     jitter: colour jitter strength: brightness, contrast and saturation each scaled by a
         factor in [1 - jitter, 1 + jitter].
+    shift: maximum translation, a fraction of the width and height, each way.
+    scale: maximum zoom change: each image scaled by a factor in [1 - scale, 1 + scale]
+        (what keeps a digit whole, where a crop would cut it).
     """
 
     rotate: float = 0.0
@@ -62,16 +65,20 @@ class AugmentConfig:
     flip: bool = False
     crop: float = 0.0
     jitter: float = 0.0
+    shift: float = 0.0
+    scale: float = 0.0
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.rotate <= 180.0, "augment.rotate", f"must be in [0, 180], got {self.rotate}")
         _check(0.0 <= self.noise <= 1.0, "augment.noise", f"must be in [0, 1], got {self.noise}")
         _check(0.0 <= self.crop < 1.0, "augment.crop", f"must be in [0, 1), got {self.crop}")
         _check(0.0 <= self.jitter < 1.0, "augment.jitter", f"must be in [0, 1), got {self.jitter}")
+        _check(0.0 <= self.shift <= 0.5, "augment.shift", f"must be in [0, 0.5], got {self.shift}")
+        _check(0.0 <= self.scale < 1.0, "augment.scale", f"must be in [0, 1), got {self.scale}")
 
     @property
     def enabled(self) -> bool:
-        return self.rotate > 0 or self.noise > 0 or self.flip or self.crop > 0 or self.jitter > 0
+        return any(getattr(self, f.name) for f in fields(self))
 
     @classmethod
     def parse(cls, text: str) -> AugmentConfig:

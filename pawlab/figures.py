@@ -82,6 +82,26 @@ def image_grid(images: np.ndarray, columns: int = 8, tile: int = 96) -> Image.Im
     return sheet
 
 
+def captioned_grid(
+    images: Sequence[np.ndarray] | np.ndarray,
+    captions: Sequence[str],
+    path: str | Path,
+    *,
+    colours: Sequence[tuple[int, int, int]] | None = None,
+    columns: int = 8,
+    tile: int = 96,
+) -> Path:
+    """A PNG grid of uint8 images (H, W, C or H, W), each framed (``colours``, default grey) and
+    captioned with one line."""
+    sheet, draw = _new_sheet(len(images), columns, tile)
+    font = ImageFont.load_default()
+    for k, (arr, caption) in enumerate(zip(images, captions, strict=True)):
+        colour = colours[k] if colours is not None else (120, 120, 120)
+        x, y = _draw_tile(sheet, draw, k, arr, colour, columns=columns, tile=tile)
+        draw.text((x, y), _fit(draw, font, tile, "{}", [caption]), fill=colour, font=font)
+    return _save_png(sheet, path)
+
+
 def _save_png(image: Image.Image, path: str | Path) -> Path:
     out = Path(path)
     buf = io.BytesIO()

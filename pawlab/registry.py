@@ -19,10 +19,12 @@ class Registry(Generic[T]):
         """Lookups ignore case and treat ``_`` as ``-``: ``Max_Pool`` is ``max-pool``."""
         return name.strip().lower().replace("_", "-")
 
-    def register(self, name: str, *aliases: str) -> Callable[[T], T]:
+    def register(self, name: str, *aliases: str, replace: bool = False) -> Callable[[T], T]:
+        """Register under ``name`` (and ``aliases``); a name taken is an error unless
+        ``replace`` (a redefinition, as clojure.spec's ``s/def``)."""
         key = self.normalise(name)
         keys = [key, *(self.normalise(a) for a in aliases)]
-        taken = [k for k in keys if k in self._items or k in self._aliases]
+        taken = [k for k in keys if (k in self._items or k in self._aliases) and not replace]
         if taken or len(set(keys)) != len(keys):
             raise ValueError(f"{self.kind} name {(taken or keys)[0]!r} is registered twice")
 

@@ -89,3 +89,16 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch's CPU operations on one thread, then restore the setting: for one small
+    example at a time (a Hypothesis strategy's), where a thread pool only costs, oversubscribes
+    a busy machine, and a fixed count keeps results reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -6,18 +6,22 @@ features.py    a frozen trunk's features, computed once and cached
 agreement.py   whether guarded bf16 agrees with fp32 for a model (checked after training)
 evaluation.py  `evaluate`: metrics, confusion matrix and figures on labelled data
 submission.py  `submit`: a streamed, resumable Kaggle CSV, sharded under torchrun
+generator.py   `Generator` and `load_generator`: a class and a latent in, an image out
 """
 
 from pawlab.inference.evaluation import EvalReport, evaluate, metrics_from_probs
+from pawlab.inference.generator import Generator, load_generator
 from pawlab.inference.model import Model, Prediction, load_model
 from pawlab.inference.submission import SubmitReport, submit
 
 __all__ = [
     "EvalReport",
+    "Generator",
     "Model",
     "Prediction",
     "SubmitReport",
     "evaluate",
+    "load_generator",
     "load_model",
     "metrics_from_probs",
     "submit",

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pawlab.data import ImageSet, load_eval_set
+from pawlab.data import EvalSet, ImageSet, load_eval_set
 from pawlab.inference.model import Model, load_model
 
 
@@ -127,6 +127,24 @@ def _top_losses(images: ImageSet, probs: np.ndarray, classes: list[str]) -> list
     ]
 
 
+def eval_set_for(
+    model: Model, data: str | os.PathLike[str], *, workers: int = 0, progress: bool = True
+) -> EvalSet:
+    """The labelled images to judge ``model`` on, at its input size: the source's validation
+    split, never the images the model was trained on (see `pawlab.data.load_eval_set`)."""
+    pre = model.preprocessing
+    return load_eval_set(
+        data,
+        pre.size,
+        pre.channels,
+        model.classes,
+        trained_on=model.meta.get("training", {}).get("data", {}),
+        workers=workers,
+        progress=progress,
+        resize=pre.resize,
+    )
+
+
 def evaluate(
     model: Model | str | os.PathLike[str],
     data: str | os.PathLike[str],
@@ -144,16 +162,7 @@ def evaluate(
     ``top_losses.png`` (the most confidently wrong images). ``tta``: test-time augmentation.
     """
     m = model if isinstance(model, Model) else load_model(model)
-    ev = load_eval_set(
-        data,
-        m.preprocessing.size,
-        m.preprocessing.channels,
-        m.classes,
-        trained_on=m.meta.get("training", {}).get("data", {}),
-        workers=workers,
-        progress=progress,
-        resize=m.preprocessing.resize,
-    )
+    ev = eval_set_for(m, data, workers=workers, progress=progress)
     m.prepare_for(len(ev.images), tta)
     probs = m.predict_proba(ev.images.images, tta=tta, cached=True, progress=progress)
     stats = metrics_from_probs(probs, ev.images.labels, m.classes)

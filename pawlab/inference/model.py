@@ -114,6 +114,11 @@ class Model:
         compile: str = "auto",
     ) -> Model:
         ck = checkpoint.load(path)
+        if ck.meta.get("kind", "classifier") != "classifier":
+            raise ModelFileError(
+                f"{path}: a {ck.meta['kind']} model file, not a classifier "
+                "(pawlab.inference.load_generator reads generators)"
+            )
         try:
             classes = list(ck.meta["classes"])
             pre = Preprocessing.from_json(ck.meta["preprocessing"])

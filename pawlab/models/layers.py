@@ -59,9 +59,15 @@ def _out_size(size: int, kernel: int, stride: int, pad: int) -> int:
 
 @LAYERS.register("input")
 def input_layer(
-    shape: Shape, ctx: BuildContext, *, size: int | list[int], channels: int = 3
+    shape: Shape,
+    ctx: BuildContext,
+    *,
+    size: int | list[int] | None = None,
+    channels: int = 3,
+    features: int | None = None,
 ) -> tuple[None, Shape]:
-    """``size``: N or [H, W]; ``channels``: 3 (RGB) or 1 (grayscale). Must come first."""
+    """An image input, ``size`` N or [H, W] with ``channels`` 3 (RGB) or 1 (grayscale), or a
+    vector of ``features`` (a generator's latent and condition). Must come first."""
     raise AssertionError("input is handled by build()")  # pragma: no cover
 
 
@@ -202,6 +208,27 @@ def res_block(shape: Shape, ctx: BuildContext, *, filters: int, stride: int = 1)
     filters, stride = _int(filters, "filters"), _int(stride, "stride")
     oh, ow = _out_size(h, 3, stride, 1), _out_size(w, 3, stride, 1)
     return ResBlock(c, filters, stride), (filters, oh, ow)
+
+
+@LAYERS.register("reshape", "unflatten")
+def reshape(shape: Shape, ctx: BuildContext, *, to: list[int]) -> tuple[nn.Module, Shape]:
+    """Features (F,) -> an image ``to`` = [C, H, W] with C*H*W = F (a generator's first map)."""
+    if len(shape) != 1:
+        raise LayerShapeError(f"reshape needs features (F,), got {fmt_shape(shape)}")
+    if not isinstance(to, list | tuple) or len(to) != 3:
+        raise LayerShapeError(f"to must be [C, H, W], got {to!r}")
+    out = tuple(_int(d, "to") for d in to)
+    if math.prod(out) != shape[0]:
+        raise LayerShapeError(f"{fmt_shape(out)} holds {math.prod(out)} values, the input {shape[0]}")
+    return nn.Unflatten(1, out), out
+
+
+@LAYERS.register("upsample", "up-sample")
+def upsample(shape: Shape, ctx: BuildContext, *, scale: int = 2) -> tuple[nn.Module, Shape]:
+    """Nearest-neighbour upsampling by an integer ``scale``: (C, H, W) -> (C, sH, sW)."""
+    c, h, w = _image(shape, "upsample")
+    scale = _int(scale, "scale")
+    return nn.Upsample(scale_factor=scale, mode="nearest"), (c, h * scale, w * scale)
 
 
 @LAYERS.register("softmax")

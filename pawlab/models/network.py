@@ -42,12 +42,12 @@ class Network(nn.Module):
     ) -> None:
         super().__init__()
         self.spec = spec
-        self.input_shape = input_shape  # (C, H, W)
+        self.input_shape = input_shape  # (C, H, W), or (F,) for a vector input
         self.body = nn.Sequential(*layers)
         self.shapes = shapes  # out shape of each described layer, input first
         self.names = names
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, classes)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) or (B, F) -> (B, classes) or output
         out: torch.Tensor = self.body(x)
         return out
 
@@ -158,8 +158,16 @@ def validate_spec(spec: object, where: str = "architecture") -> list[LayerSpec]:
 
 
 def input_shape(spec: Sequence[LayerSpec], where: str = "architecture") -> Shape:
-    """(C, H, W) of a validated description's input layer."""
+    """(C, H, W) of a validated description's input layer, or (F,) for a vector input."""
     first = spec[0]
+    if "features" in first:
+        features = first["features"]
+        if "size" in first or isinstance(features, bool) or not isinstance(features, int) or features < 1:
+            raise ArchitectureError(
+                f"{where}: layer 0 (input): features must be a positive integer, "
+                f"without a size; got {first!r}"
+            )
+        return (features,)
     size, channels = first.get("size"), first.get("channels", 3)
     if isinstance(size, int) and not isinstance(size, bool):
         h = w = size
@@ -182,13 +190,22 @@ def with_input_size(spec: Sequence[LayerSpec], size: int) -> list[LayerSpec]:
 
 
 def build(
-    spec: Sequence[LayerSpec], num_classes: int, where: str = "architecture", *, pretrained: bool = True
+    spec: Sequence[LayerSpec],
+    num_classes: int,
+    where: str = "architecture",
+    *,
+    pretrained: bool = True,
+    output: Shape | None = None,
 ) -> Network:
     """Build and shape-check a description for ``num_classes`` outputs. ``pretrained=False``
-    skips loading pretrained backbone weights (a model file is about to supply them)."""
+    skips loading pretrained backbone weights (a model file is about to supply them).
+    ``output``: the shape the network must end with when it is not class logits (a
+    generator's image, an encoder's statistics); then every linear layer names its units."""
     layers_spec = validate_spec(spec, where)
     shape = input_shape(layers_spec, where)
     last_linear = max((i for i, s in enumerate(layers_spec) if s["type"] == "linear"), default=-1)
+    if output is not None:
+        last_linear = -1
     modules: list[nn.Module] = []
     shapes: list[Shape] = [shape]
     names = [_describe(layers_spec[0])]
@@ -206,7 +223,12 @@ def build(
         shape = new_shape
         shapes.append(shape)
         names.append(_describe(layer))
-    if shape != (num_classes,):
+    if output is not None and shape != tuple(output):
+        raise ArchitectureError(
+            f"{where}: the network ends with shape {fmt_shape(shape)}, "
+            f"not the {fmt_shape(output)} it must give"
+        )
+    if output is None and shape != (num_classes,):
         raise ArchitectureError(
             f"{where}: the network ends with shape {fmt_shape(shape)} but the data has "
             f"{num_classes} classes (end with a linear layer of {num_classes} units, or leave its units out)"

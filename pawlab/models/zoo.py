@@ -125,6 +125,34 @@ def small_cnn() -> list[LayerSpec]:
     ]
 
 
+def _conv_bn_relu(filters: int) -> list[LayerSpec]:
+    return [
+        {"type": "conv", "kernel": 3, "filters": filters, "pad": 1},
+        {"type": "batch-norm"},
+        {"type": "relu"},
+    ]
+
+
+@ARCHITECTURES.register("digit-cnn")
+def digit_cnn() -> list[LayerSpec]:
+    """A VGG-style CNN for 28x28 digits: two pairs of 3x3 convolutions (the model specs'
+    digit discriminator)."""
+    return [
+        {"type": "input", "size": 28, "channels": 1},
+        *_conv_bn_relu(32),
+        *_conv_bn_relu(32),
+        {"type": "max-pool", "kernel": 2},  # (32, 14, 14)
+        *_conv_bn_relu(64),
+        *_conv_bn_relu(64),
+        {"type": "max-pool", "kernel": 2},  # (64, 7, 7)
+        {"type": "linear", "units": 128},
+        {"type": "relu"},
+        {"type": "dropout", "p": 0.3},
+        {"type": "linear"},
+        {"type": "softmax"},
+    ]
+
+
 @ARCHITECTURES.register("small-resnet")
 def small_resnet() -> list[LayerSpec]:
     """A small residual network for 64x64 RGB images."""

@@ -77,9 +77,23 @@ def color_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torc
     return x.clamp(0.0, 1.0)
 
 
+def random_affine(x: torch.Tensor, shift: float, scale: float, gen: torch.Generator) -> torch.Tensor:
+    """Move each image by up to ``shift`` of its size each way and zoom it by a factor in
+    [1 - scale, 1 + scale], reflecting at the edges."""
+    b = x.shape[0]
+    zoom = _uniform(b, 1 - scale, 1 + scale, gen).to(x)
+    tx, ty = (_uniform(b, -2 * shift, 2 * shift, gen).to(x) for _ in range(2))  # [-1, 1] coordinates
+    zero = torch.zeros_like(zoom)
+    theta = torch.stack([torch.stack([1 / zoom, zero, tx], 1), torch.stack([zero, 1 / zoom, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     if cfg.crop > 0:
         x = random_resized_crop(x, cfg.crop, gen)
+    if cfg.shift > 0 or cfg.scale > 0:
+        x = random_affine(x, cfg.shift, cfg.scale, gen)
     if cfg.flip:
         x = random_flip(x, gen)
     if cfg.rotate > 0:

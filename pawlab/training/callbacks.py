@@ -378,6 +378,9 @@ class InputsLog(Callback):
         atomic_write(path, lambda tmp: grid.save(tmp, format="JPEG", quality=85))
 
 
+_SHORT = {"val_loss": "val loss", "val_accuracy": "val acc"}  # the objective's validation metrics, printed
+
+
 class ProgressPrinter(Callback):
     """A bar within each epoch (on a terminal; loss and images/s) and one line per epoch."""
 
@@ -413,9 +416,11 @@ class ProgressPrinter(Callback):
         self._close()
         m = trainer.state.metrics
         mark = "  * saved" if trainer.state.improved else ""
+        scores = "  ".join(
+            f"{_SHORT.get(k, k.replace('_', ' '))} {v:.4f}" for k, v in m.items() if k.startswith("val_")
+        )
         trainer.log(
-            f"epoch {self._label(trainer):>7}  train loss {m['train_loss']:.4f}  "
-            f"val loss {m['val_loss']:.4f}  val acc {m['val_accuracy']:.4f}  "
+            f"epoch {self._label(trainer):>7}  train loss {m['train_loss']:.4f}  {scores}  "
             f"{m['seconds']:.1f}s  {m['images_per_s']:.0f} img/s{mark}"
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import cast
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ class ImageInputs:
         self.pre, self.device, self.memory_format = pre, device, memory_format
         self.augment, self.gen = augment, gen
 
-    def learner(self, network: Network) -> torch.nn.Module:
+    def learner(self, network: torch.nn.Module) -> torch.nn.Module:
         """The part of the network that trains."""
         return network
 
@@ -81,8 +82,8 @@ class FeatureInputs:
     def __init__(self, device: torch.device, gen: torch.Generator) -> None:
         self.device, self.gen = device, gen
 
-    def learner(self, network: Network) -> torch.nn.Module:
-        return network.head
+    def learner(self, network: torch.nn.Module) -> torch.nn.Module:
+        return cast(Network, network).head
 
     def batch(self, features: torch.Tensor, augment: bool) -> torch.Tensor:
         views = features.shape[1]

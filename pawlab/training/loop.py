@@ -24,17 +24,18 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from pawlab import checkpoint
 from pawlab.config import RuntimeConfig, TrainConfig
 from pawlab.data import ImageSet
 from pawlab.errors import ConfigError
+from pawlab.models.generative import ConditionalVAE
 from pawlab.models.network import Network
 from pawlab.preprocessing import Preprocessing
 from pawlab.runtime import is_distributed, is_main, rank, resolve_device, use_bf16, world_size
 from pawlab.training.callbacks import BestCheckpoint, Callback, Event
 from pawlab.training.inputs import FeatureInputs, ImageInputs, Inputs, class_weights, epoch_order
+from pawlab.training.objectives import Classification, Objective
 from pawlab.training.optim import lr_factor, make_optimizer, param_groups
 
 __all__ = ["FeatureSet", "TrainState", "Trainer"]
@@ -103,7 +104,7 @@ class Trainer:
 
     def __init__(
         self,
-        network: Network,
+        network: Network | ConditionalVAE,
         train_set: ImageSet,
         val_set: ImageSet,
         config: TrainConfig,
@@ -112,6 +113,7 @@ class Trainer:
         checkpoint_meta: dict[str, Any] | None = None,
         stream: TextIO | None = None,
         runtime: RuntimeConfig = RuntimeConfig(),
+        objective: Objective | None = None,
     ) -> None:
         self.config, self.runtime = config, runtime
         self.stream = stream or sys.stdout
@@ -133,10 +135,11 @@ class Trainer:
         self.callbacks = _unique_keys(callbacks)
         self.state = TrainState()
         self.checkpoint_meta = checkpoint_meta or {}
-        self.loss_weights = (
+        self.objective: Objective = objective or Classification(
             class_weights(train_set.labels, len(train_set.classes)).to(self.device)
             if config.balance == "weights"
-            else None
+            else None,
+            config.label_smoothing,
         )
 
     # -- where this process stands
@@ -202,10 +205,7 @@ class Trainer:
         self.state.inputs = x
         y = y_all[idx].to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.model(x)
-        loss = F.cross_entropy(
-            logits.float(), y, weight=self.loss_weights, label_smoothing=self.config.label_smoothing
-        )
+            loss = self.objective.loss(self, x, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -247,15 +247,9 @@ class Trainer:
                 buf.div_(self.world_size)
 
     def validate(self) -> dict[str, float]:
-        """Loss and accuracy on the whole validation set (computed alike on every rank)."""
-        # fp32 even when training in bf16: the saved metrics are what `evaluate` will report
-        logits = self.inputs.logits(self.network, self.val_set.images, self.config.batch_size * 2)
-        y = torch.from_numpy(self.val_set.labels)
-        self.state.val_probs = logits.softmax(1).numpy()
-        return {
-            "val_loss": F.cross_entropy(logits, y).item(),
-            "val_accuracy": (logits.argmax(1) == y).float().mean().item(),
-        }
+        """The objective's metrics of the whole validation set (computed alike on every rank):
+        loss and accuracy for a classifier."""
+        return self.objective.validate(self)
 
     def _run_epoch(self, epoch: int) -> None:
         self.state.epoch, self.state.improved = epoch, False

@@ -448,14 +448,7 @@ def _sets(
     (`FeatureSet`, mirrored too when augmenting with flips); the images themselves when there
     is no frozen trunk, or augmentations other than flips."""
     aug = config.augment
-    if (
-        network.trunk_length is None
-        or not config.cache_features
-        or aug.rotate
-        or aug.noise
-        or aug.crop
-        or aug.jitter
-    ):
+    if network.trunk_length is None or not config.cache_features or replace(aug, flip=False).enabled:
         return ds.train, ds.validation
     device = resolve_device(rt.device)
     trunk = network.trunk.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]

@@ -44,6 +44,8 @@ LAYER_EXAMPLES: dict[str, dict[str, Any]] = {
     "max-pool": {"kernel": 3, "stride": 2, "pad": 1},
     "relu": {},
     "res-block": {"filters": 6, "stride": 2},
+    "reshape": {"to": [2, 4, 4]},
+    "upsample": {"scale": 2},
     "sigmoid": {},
     "softmax": {},
     "tanh": {},
@@ -120,6 +122,8 @@ def spec_using(name: str) -> list[LayerSpec]:
         return [layer, *head]
     if name == "softmax":
         return [INPUT, {"type": "linear"}, layer]
+    if name == "reshape":  # features -> an image
+        return [INPUT, {"type": "linear", "units": 32}, layer, *head]
     if name == "backbone":  # pretrained on RGB
         return [{"type": "input", "size": 32, "channels": 3}, layer, *head]
     return [INPUT, layer, *head]
@@ -598,3 +602,21 @@ def test_registry_double_registration_is_normalised() -> None:
     reg.register("foo-bar")(1)
     with pytest.raises(ValueError, match="registered twice"):
         reg.register("Foo_Bar")(2)
+
+
+def test_a_vector_input_and_a_non_class_output_build_a_generator() -> None:
+    spec: list[LayerSpec] = [
+        {"type": "input", "features": 6},
+        {"type": "linear", "units": 2 * 4 * 4},
+        {"type": "reshape", "to": [2, 4, 4]},
+        {"type": "upsample", "scale": 2},
+        {"type": "conv", "kernel": 3, "pad": 1, "filters": 1},
+    ]
+    net = build(spec, num_classes=3, output=(1, 8, 8))
+    assert net.input_shape == (6,) and tuple(net(torch.zeros(2, 6)).shape) == (2, 1, 8, 8)
+    with pytest.raises(ArchitectureError, match="not the 1x9x9 it must give"):
+        build(spec, num_classes=3, output=(1, 9, 9))
+    with pytest.raises(ArchitectureError, match="holds 32 values, the input 12"):
+        build([{"type": "input", "features": 12}, {"type": "reshape", "to": [2, 4, 4]}], 3, output=(2, 4, 4))
+    with pytest.raises(ArchitectureError, match="features must be a positive integer"):
+        build([{"type": "input", "features": 0}, {"type": "linear", "units": 3}], 3)

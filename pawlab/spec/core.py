@@ -1,0 +1,370 @@
+"""Model specs: a spec validates with a discriminator and generates with a conditional
+generator, and its strategy is a real Hypothesis strategy.
+
+    odd_over_2 = model_spec("odd-over-2", labels(range(10), odd, lambda d: d > 2),
+                            discriminate="discriminator.safetensors", generate="generator.safetensors")
+    odd_over_2.is_valid(image)      # the discriminator reads an allowed label
+    @given(odd_over_2.strategy())   # 28x28 uint8 digits of 3, 5, 7 or 9
+    def test_...(image): ...
+
+All of a strategy's randomness comes from Hypothesis: the label from ``sampled_from`` (it
+shrinks toward the smallest allowed label) and each latent coordinate from an integer mapped
+through the normal distribution's inverse CDF (it shrinks toward 0, the class's prototype,
+and draws keep the prior's N(0, 1) spread). Examples replay from Hypothesis's database.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import torch
+from hypothesis import note
+from hypothesis import strategies as st
+
+from pawlab.errors import ConfigError, DataError
+from pawlab.figures import RIGHT, WRONG, captioned_grid
+from pawlab.inference import load_generator, load_model
+from pawlab.registry import Registry
+from pawlab.runtime import one_thread
+from pawlab.spec.labels import Labels, labels
+
+Discriminate = Callable[[np.ndarray], np.ndarray]  # uint8 (N, H, W) -> probabilities (N, K)
+Generate = Callable[[np.ndarray, np.ndarray], np.ndarray]  # labels (N,), latents (N, L) -> uint8 (N, H, W)
+ModelSource = str | os.PathLike[str]
+
+LATENT_STEPS = 2**15  # each latent coordinate: one of 2 * LATENT_STEPS + 1 quantiles of N(0, 1)
+_NORMAL = NormalDist()
+
+
+def latent_from_codes(codes: tuple[int, ...] | list[int]) -> np.ndarray:
+    """Hypothesis's integers in [-LATENT_STEPS, LATENT_STEPS] -> a latent (L,): code 0 is 0."""
+    n = 2 * LATENT_STEPS + 2
+    return np.array([_NORMAL.inv_cdf((c + LATENT_STEPS + 1) / n) for c in codes], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why an image is or is not valid, as ``s/explain`` says it."""
+
+    spec: str
+    valid: bool
+    label: int  # the discriminator's reading
+    probability: float
+    probabilities: dict[int, float]
+    failed: str | None  # the predicate the reading fails
+
+    def __str__(self) -> str:
+        reading = f"read as {self.label} (p={self.probability:.3f})"
+        if self.valid:
+            return f"{self.spec}: valid: {reading}"
+        top = sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:3]
+        others = ", ".join(f"{k}: {v:.3f}" for k, v in top)
+        return f"{self.spec}: invalid: {reading}; {self.failed} (probabilities {others})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "valid": self.valid,
+            "label": self.label,
+            "probability": self.probability,
+            "probabilities": {str(k): v for k, v in self.probabilities.items()},
+            "failed": self.failed,
+        }
+
+
+class Discriminator:
+    """A classifier as the spec reads it: uint8 images (N, H, W) -> probabilities (N, K),
+    output k meaning the label ``labels[k]``."""
+
+    def __init__(self, source: ModelSource | Discriminate) -> None:
+        self.shape: tuple[int, int] | None = None  # (H, W) a model file expects
+        if callable(source) and not isinstance(source, os.PathLike):
+            self.fn: Discriminate = source
+            self.labels: tuple[int, ...] | None = None  # output k is label k
+            return
+        model = load_model(source, precision="fp32", compile="off")
+        if model.preprocessing.channels != 1:
+            raise ConfigError(f"{os.fspath(source)}: a model spec's discriminator reads grayscale images")
+        try:
+            self.labels = tuple(int(c) for c in model.classes)
+        except ValueError:
+            raise ConfigError(
+                f"{os.fspath(source)}: its classes {model.classes} are not integer labels"
+            ) from None
+        self.shape = model.preprocessing.size
+        self.fn = lambda images: model.predict_proba(images[..., None])
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        probs = np.asarray(self.fn(images), dtype=np.float64)
+        if probs.ndim != 2 or len(probs) != len(images):
+            raise DataError(
+                f"discriminator: expected probabilities (N, K) for {len(images)} images, got {probs.shape}"
+            )
+        return probs
+
+    def label(self, k: int) -> int:
+        return self.labels[k] if self.labels is not None else k
+
+
+class GeneratorFn:
+    """A conditional generator as the spec uses it: labels (N,) and latents (N, L) -> uint8
+    images (N, H, W)."""
+
+    def __init__(self, source: ModelSource | Generate, latent: int | None) -> None:
+        if callable(source) and not isinstance(source, os.PathLike):
+            size = latent if latent is not None else getattr(source, "latent", None)
+            if not isinstance(size, int) or size < 1:
+                raise ConfigError("generate: a callable generator needs latent=N (the length of its latent)")
+            self.fn: Generate = source
+            self.latent = size
+            self.index: dict[int, int] | None = None
+            return
+        gen = load_generator(source)
+        try:
+            self.index = {int(c): i for i, c in enumerate(gen.classes)}
+        except ValueError:
+            raise ConfigError(
+                f"{os.fspath(source)}: its classes {gen.classes} are not integer labels"
+            ) from None
+        self.fn, self.latent = gen.generate, gen.latent
+
+    def __call__(self, labels: np.ndarray, latents: np.ndarray) -> np.ndarray:
+        y = labels if self.index is None else np.array([self.index[int(v)] for v in labels], np.int64)
+        images = np.asarray(self.fn(y, latents.astype(np.float32)))
+        if images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(labels):
+            raise DataError(f"generator: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
+        return images
+
+    def knows(self, label: int) -> bool:
+        return self.index is None or label in self.index
+
+
+def _is_final() -> bool:
+    """Whether Hypothesis is replaying the minimal failing example, to report it."""
+    from hypothesis.control import current_build_context
+
+    try:
+        return bool(current_build_context().is_final)
+    except Exception:  # outside a test (strategy.example()): nothing to report
+        return False
+
+
+@dataclass(frozen=True)
+class Samples:
+    labels: np.ndarray  # (N,) the requested labels
+    latents: np.ndarray  # (N, L)
+    images: np.ndarray  # uint8 (N, H, W)
+
+
+class ModelSpec:
+    """A spec of images: valid when the discriminator reads an allowed label; generated by the
+    conditional generator from allowed labels. Models load on first use, once."""
+
+    def __init__(
+        self,
+        name: str,
+        labels: Labels,
+        discriminate: ModelSource | Discriminate,
+        generate: ModelSource | Generate,
+        latent: int | None = None,
+    ) -> None:
+        self.name, self.labels = name, labels
+        self._sources = (discriminate, generate, latent)
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelSpec({self.name!r}, labels={self.labels.describe()}, allowed={list(self.labels.allowed)})"
+        )
+
+    @functools.cached_property
+    def discriminator(self) -> Discriminator:
+        return Discriminator(self._sources[0])
+
+    @functools.cached_property
+    def generator(self) -> GeneratorFn:
+        gen = GeneratorFn(self._sources[1], self._sources[2])
+        unknown = [v for v in self.labels.allowed if not gen.knows(v)]
+        if unknown:
+            raise ConfigError(f"{self.name}: the generator cannot draw the labels {unknown}")
+        return gen
+
+    # -- validation
+    def _image(self, x: object) -> np.ndarray:
+        """``x`` as one uint8 image (H, W); a one-line `DataError` for anything else."""
+        if not isinstance(x, np.ndarray):
+            raise DataError(f"{self.name}: an image must be a NumPy uint8 array, got {type(x).__name__}")
+        image = x[..., 0] if x.ndim == 3 and x.shape[-1] == 1 else x
+        shape = self.discriminator.shape
+        if image.dtype != np.uint8 or image.ndim != 2 or (shape is not None and image.shape != tuple(shape)):
+            want = "x".join(map(str, shape)) if shape is not None else "H x W"
+            raise DataError(
+                f"{self.name}: an image must be uint8 {want}, got {x.dtype} {'x'.join(map(str, x.shape))}"
+            )
+        return image
+
+    def explain(self, x: np.ndarray) -> Explanation:
+        """What the discriminator reads in ``x`` and, if it is not allowed, which predicate fails."""
+        d = self.discriminator
+        with one_thread():
+            probs = d(self._image(x)[None])[0]
+        k = int(probs.argmax())
+        label = d.label(k)
+        failed = self.labels.failed(label)
+        readings = {d.label(i): float(p) for i, p in enumerate(probs)}
+        return Explanation(self.name, failed is None, label, float(probs[k]), readings, failed)
+
+    def is_valid(self, x: np.ndarray) -> bool:
+        return self.explain(x).valid
+
+    # -- generation
+    def generate(self, labels: np.ndarray | list[int], latents: np.ndarray) -> np.ndarray:
+        """Images of the given labels from the given latents: uint8 (N, H, W)."""
+        y = np.asarray(labels, dtype=np.int64)
+        bad = sorted({int(v) for v in y} - set(self.labels.allowed))
+        if bad:
+            raise ConfigError(f"{self.name}: labels {bad} are not allowed by {self.labels.describe()}")
+        return self.generator(y, np.asarray(latents, dtype=np.float32).reshape(len(y), self.generator.latent))
+
+    def sample(self, n: int, seed: int = 0) -> Samples:
+        """``n`` images, the allowed labels in turn, latents from the prior (seeded)."""
+        allowed = np.array(self.labels.allowed, dtype=np.int64)
+        y = allowed[np.arange(n) % len(allowed)]
+        z = np.random.default_rng(seed).standard_normal((n, self.generator.latent)).astype(np.float32)
+        return Samples(y, z, self.generate(y, z))
+
+    def readings(self, images: np.ndarray) -> list[int]:
+        """The discriminator's label for each image (N, H, W)."""
+        d = self.discriminator
+        return [d.label(int(k)) for k in d(images).argmax(1)]
+
+    # -- Hypothesis
+    def warm(self) -> None:
+        """Load both models and run each once, so that no example pays for it (Hypothesis's
+        too_slow health check)."""
+        images = self.generate([self.labels.allowed[0]], np.zeros((1, self.generator.latent), np.float32))
+        self.readings(images)
+
+    def draws(self) -> st.SearchStrategy[tuple[int, np.ndarray]]:
+        """The (label, latent (L,)) pairs `strategy` renders: the label shrinks toward the
+        smallest allowed one, the latent toward 0 (the class's prototype)."""
+        codes = st.tuples(*[st.integers(-LATENT_STEPS, LATENT_STEPS)] * self.generator.latent)
+        return st.tuples(st.sampled_from(self.labels.allowed), codes.map(latent_from_codes))
+
+    def strategy(
+        self, valid_only: bool = False, strip_dir: str | os.PathLike[str] | None = None
+    ) -> st.SearchStrategy[np.ndarray]:
+        """Images (uint8 (H, W)) whose *requested* label is allowed; the generator draws them
+        and nothing checks them, unless ``valid_only``: then only those the discriminator also
+        reads as an allowed label (a filter: Hypothesis discards the rest and counts them in
+        its statistics). A failing example's label and latent are reported, with an
+        interpolation strip from the prototype (latent 0) written to ``strip_dir``
+        (default ``.hypothesis/pawlab``)."""
+        self.warm()
+        where = Path(strip_dir) if strip_dir is not None else Path(".hypothesis") / "pawlab"
+
+        def render(draw: tuple[int, np.ndarray]) -> np.ndarray:
+            label, z = draw
+            with torch.inference_mode(), one_thread():
+                image: np.ndarray = self.generate([label], z[None])[0]
+            self._report(label, z, where)
+            return image
+
+        images = self.draws().map(render)
+        if not valid_only:
+            return images
+
+        def read_as_allowed_by_discriminator(image: np.ndarray) -> bool:
+            return self.is_valid(image)
+
+        return images.filter(read_as_allowed_by_discriminator)
+
+    def _report(self, label: int, z: np.ndarray, where: Path) -> None:
+        """On Hypothesis's final replay of a failing example: its label and latent, and a strip."""
+        if not _is_final():
+            return
+        shown = ", ".join(f"{v:.3f}" for v in z)
+        note(f"{self.name}: requested label {label}, latent [{shown}] (|z| = {float(np.linalg.norm(z)):.3f})")
+        try:
+            path = self.interpolation_strip(label, z, where)
+        except OSError as exc:
+            note(f"{self.name}: could not write the interpolation strip ({exc})")
+            return
+        note(f"{self.name}: interpolation from the prototype (latent 0) to this image: {path}")
+
+    def interpolation_strip(
+        self, label: int, z: np.ndarray, folder: str | os.PathLike[str], steps: int = 8
+    ) -> Path:
+        """A PNG of ``steps`` images from latent 0 to ``z`` for ``label``, each captioned with the
+        discriminator's reading."""
+        t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+        images = self.generate([label] * steps, t * z[None])
+        reads = self.readings(images)
+        captions = [f"t={float(s):.2f}: {r}" for s, r in zip(t[:, 0], reads, strict=True)]
+        colours = [RIGHT if self.labels.failed(r) is None else WRONG for r in reads]
+        digest = hashlib.sha1(z.tobytes()).hexdigest()[:10]
+        path = Path(folder) / f"{self.name}-label{label}-{digest}.png"
+        return captioned_grid(images, captions, path, colours=colours, columns=steps)
+
+    # -- the spec post's test-model-spec
+    def check(
+        self, x: np.ndarray, n: int = 10, grid: str | os.PathLike[str] | None = None, seed: int = 0
+    ) -> dict[str, Any]:
+        """``{"spec", "valid", "sample_values"}``: whether ``x`` is valid, and the
+        discriminator's reading of ``n`` generated samples (not filtered: what the generator
+        really draws). The samples are written as a PNG grid to ``grid`` (default
+        ``<name>-samples.png``), its path under ``"grid"``."""
+        valid = self.is_valid(x)
+        s = self.sample(n, seed)
+        reads = self.readings(s.images)
+        path = self.write_grid(s, reads, Path(grid) if grid is not None else Path(f"{self.name}-samples.png"))
+        return {"spec": self.name, "valid": valid, "sample_values": reads, "grid": str(path)}
+
+    def write_grid(
+        self, samples: Samples, reads: list[int], path: str | os.PathLike[str], columns: int = 10
+    ) -> Path:
+        """Samples captioned "asked -> read", red where the reading is not the requested label."""
+        captions = [f"{a} -> {r}" for a, r in zip(samples.labels.tolist(), reads, strict=True)]
+        colours = [RIGHT if a == r else WRONG for a, r in zip(samples.labels.tolist(), reads, strict=True)]
+        return captioned_grid(samples.images, captions, Path(path), colours=colours, columns=columns, tile=56)
+
+
+SPECS: Registry[ModelSpec] = Registry("spec")
+
+
+def model_spec(
+    name: str,
+    labels: Labels | list[int] | tuple[int, ...] | range,
+    discriminate: ModelSource | Discriminate,
+    generate: ModelSource | Generate,
+    *,
+    latent: int | None = None,
+) -> ModelSpec:
+    """Define (or, as ``s/def`` does, redefine) the spec ``name``. ``labels``: a `Labels`
+    (``labels(range(10), odd)``) or plain allowed labels; ``discriminate`` and ``generate``:
+    pawlab model files, or callables (a callable generator needs ``latent``)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"spec name must be a non-empty string, got {name!r}")
+    refined = labels if isinstance(labels, Labels) else _plain(labels, name)
+    spec = ModelSpec(name, refined, discriminate, generate, latent)
+    SPECS.register(name, replace=True)(spec)
+    return spec
+
+
+def _plain(values: list[int] | tuple[int, ...] | range, name: str) -> Labels:
+    return labels(values, name=name)
+
+
+def get(name: str) -> ModelSpec:
+    """The spec registered as ``name``."""
+    try:
+        return SPECS.get(name)
+    except KeyError:
+        raise ConfigError(f"unknown spec {name!r} (known: {', '.join(SPECS.names()) or 'none'})") from None

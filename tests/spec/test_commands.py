@@ -1,0 +1,72 @@
+"""``pawlab spec ...`` through the real entry point, on the small digit pair."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pawlab.spec import DigitModels
+from tests.test_cli import assert_one_line_error, pawlab
+
+
+def test_list_names_every_builtin_spec(digit_models: DigitModels) -> None:
+    proc = pawlab("spec", "list", "--models", digit_models.folder)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("mnist-image", "even-mnist-image", "odd-mnist-image", "odd-over-2-mnist-image"):
+        assert name in proc.stdout
+    assert "[3, 5, 7, 9]" in proc.stdout and "trained" in proc.stdout
+
+
+def test_check_prints_the_spec_post_result(digit_models: DigitModels, tmp_path: Path) -> None:
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8), "L").save(image)
+    grid = tmp_path / "grid.png"
+    proc = pawlab(
+        "spec",
+        "check",
+        "odd-mnist-image",
+        image,
+        "--json",
+        "-n",
+        6,
+        "--grid",
+        grid,
+        "--models",
+        digit_models.folder,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert set(result) == {"spec", "valid", "sample_values", "grid"}
+    assert result["spec"] == "odd-mnist-image" and isinstance(result["valid"], bool)
+    assert len(result["sample_values"]) == 6 and grid.is_file()
+    text = pawlab("spec", "check", "odd-mnist-image", image, "--grid", grid, "--models", digit_models.folder)
+    assert "odd-mnist-image: " in text.stdout and "sample values" in text.stdout
+
+
+def test_sample_writes_a_grid(digit_models: DigitModels, tmp_path: Path) -> None:
+    out = tmp_path / "samples.png"
+    proc = pawlab(
+        "spec", "sample", "even-mnist-image", "-n", 20, "--out", out, "--models", digit_models.folder
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(out).size[0] > 10 * 56 and "20 samples of even-mnist-image" in proc.stdout
+
+
+def test_bad_spec_commands_are_one_line_errors(digit_models: DigitModels, tmp_path: Path) -> None:
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8), "L").save(image)
+    assert_one_line_error(
+        pawlab("spec", "check", "nope", image, "--models", digit_models.folder), "unknown spec 'nope'"
+    )
+    assert_one_line_error(
+        pawlab("spec", "check", "mnist-image", tmp_path / "missing.png", "--models", digit_models.folder),
+        "missing.png",
+    )
+    assert_one_line_error(
+        pawlab("spec", "sample", "mnist-image", "--out", tmp_path / "g.png", "--models", tmp_path),
+        "no digit models",
+    )
+    assert pawlab("spec", "sample", "mnist-image").returncode == 2  # --out is required
