@@ -102,6 +102,11 @@ def _check_format(p: Path, meta: dict[str, Any]) -> None:
         )
 
 
+def model_kind(meta: dict[str, Any]) -> str:
+    """What a model file holds: ``classifier`` (files without a ``kind``) or ``generator``."""
+    return str(meta.get("kind", "classifier"))
+
+
 def _existing(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.is_file():

@@ -36,7 +36,7 @@ def _pick(labels: np.ndarray, probs: np.ndarray, samples: int, seed: int) -> lis
     return sorted(int(i) for i in chosen)
 
 
-def _new_sheet(count: int, columns: int, tile: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+def new_sheet(count: int, columns: int, tile: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
     """A white sheet with room for ``count`` captioned tiles, ``columns`` to a row."""
     rows = max(1, -(-count // columns))
     size = (columns * (tile + _PAD) + _PAD, rows * (tile + _CAPTION + _PAD) + _PAD)
@@ -44,7 +44,7 @@ def _new_sheet(count: int, columns: int, tile: int) -> tuple[Image.Image, ImageD
     return sheet, ImageDraw.Draw(sheet)
 
 
-def _draw_tile(
+def draw_tile(
     sheet: Image.Image,
     draw: ImageDraw.ImageDraw,
     position: int,
@@ -93,16 +93,17 @@ def captioned_grid(
 ) -> Path:
     """A PNG grid of uint8 images (H, W, C or H, W), each framed (``colours``, default grey) and
     captioned with one line."""
-    sheet, draw = _new_sheet(len(images), columns, tile)
+    sheet, draw = new_sheet(len(images), columns, tile)
     font = ImageFont.load_default()
     for k, (arr, caption) in enumerate(zip(images, captions, strict=True)):
         colour = colours[k] if colours is not None else (120, 120, 120)
-        x, y = _draw_tile(sheet, draw, k, arr, colour, columns=columns, tile=tile)
-        draw.text((x, y), _fit(draw, font, tile, "{}", [caption]), fill=colour, font=font)
-    return _save_png(sheet, path)
+        x, y = draw_tile(sheet, draw, k, arr, colour, columns=columns, tile=tile)
+        draw.text((x, y), fit_text(draw, font, tile, "{}", [caption]), fill=colour, font=font)
+    return save_png(sheet, path)
 
 
-def _save_png(image: Image.Image, path: str | Path) -> Path:
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write ``image`` as a PNG, whole or not at all."""
     out = Path(path)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -111,7 +112,7 @@ def _save_png(image: Image.Image, path: str | Path) -> Path:
     return out
 
 
-def _fit(draw: ImageDraw.ImageDraw, font: _Font, width: int, template: str, names: Sequence[str]) -> str:
+def fit_text(draw: ImageDraw.ImageDraw, font: _Font, width: int, template: str, names: Sequence[str]) -> str:
     """``template.format(*names)``, with the names cut short (ending in "..") until the line is at
     most ``width`` pixels wide or the names are down to one character."""
     line = template.format(*names)
@@ -138,17 +139,17 @@ def prediction_grid(
     """A PNG grid: each image with its predicted class and probability; wrong ones framed red
     and captioned with the true class."""
     idx = _pick(labels, probs, samples, seed)
-    sheet, draw = _new_sheet(len(idx), columns, tile)
+    sheet, draw = new_sheet(len(idx), columns, tile)
     font = ImageFont.load_default()
     for k, i in enumerate(idx):
         pred = int(probs[i].argmax())
         ok = pred == int(labels[i])
         colour = RIGHT if ok else WRONG
-        x, y = _draw_tile(sheet, draw, k, images[i], colour, columns=columns, tile=tile)
+        x, y = draw_tile(sheet, draw, k, images[i], colour, columns=columns, tile=tile)
         draw.text((x, y), f"{classes[pred]} {probs[i, pred]:.2f}", fill=colour, font=font)
         if not ok:
             draw.text((x, y + 12), f"true: {classes[int(labels[i])]}", fill=WRONG, font=font)
-    return _save_png(sheet, path)
+    return save_png(sheet, path)
 
 
 def top_losses(labels: np.ndarray, probs: np.ndarray, k: int) -> list[tuple[int, float]]:
@@ -181,7 +182,7 @@ def _message_png(text: str, path: str | Path) -> Path:
     ImageDraw.Draw(image).text(
         ((w - (right - left)) // 2 - left, (h - (bottom - top)) // 2 - top), text, fill=CAPTION_INK, font=font
     )
-    return _save_png(image, path)
+    return save_png(image, path)
 
 
 def top_losses_grid(
@@ -211,18 +212,18 @@ def top_losses_grid(
     if not worst:
         return _message_png("no images", path)
     cols = min(columns, len(worst))
-    sheet, draw = _new_sheet(len(worst), cols, tile)
+    sheet, draw = new_sheet(len(worst), cols, tile)
     font = ImageFont.load_default()
     width = tile - 2  # leave a gap before the next caption
     for n, (i, loss) in enumerate(worst):
         true, pred = int(labels[i]), int(probs[i].argmax())
         colour = UNSURE if pred == true else WRONG
-        x, y = _draw_tile(sheet, draw, n, images[i], colour, columns=cols, tile=tile)
-        head = _fit(draw, font, width, "{} / {}", [classes[pred], classes[true]])
-        body = _fit(draw, font, width, f"loss {loss:.2f}  p({{}}) {probs[i, true]:.2f}", [classes[true]])
+        x, y = draw_tile(sheet, draw, n, images[i], colour, columns=cols, tile=tile)
+        head = fit_text(draw, font, width, "{} / {}", [classes[pred], classes[true]])
+        body = fit_text(draw, font, width, f"loss {loss:.2f}  p({{}}) {probs[i, true]:.2f}", [classes[true]])
         draw.text((x, y), head, fill=colour, font=font)
         draw.text((x, y + 12), body, fill=CAPTION_INK, font=font)
-    return _save_png(sheet, path)
+    return save_png(sheet, path)
 
 
 def confusion_matrix_plot(

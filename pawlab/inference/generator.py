@@ -25,11 +25,6 @@ GENERATOR_KIND = "generator"
 OUTPUTS = ("bernoulli-logits",)  # each output a logit of the pixel's ink: sigmoid -> [0, 1]
 
 
-def model_kind(meta: dict[str, Any]) -> str:
-    """``classifier`` or ``generator``: what a model file holds."""
-    return str(meta.get("kind", "classifier"))
-
-
 class Generator:
     """``generate(labels, latents)``: class indices (N,) and latents (N, L) -> uint8 images
     (N, H, W) for one channel, else (N, H, W, C)."""
@@ -42,8 +37,9 @@ class Generator:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Generator:
         ck = checkpoint.load(path)
-        if model_kind(ck.meta) != GENERATOR_KIND:
-            raise ModelFileError(f"{path}: a {model_kind(ck.meta)} model file, not a generator")
+        kind = checkpoint.model_kind(ck.meta)
+        if kind != GENERATOR_KIND:
+            raise ModelFileError(f"{path}: a {kind} model file, not a generator")
         try:
             classes = [str(c) for c in ck.meta["classes"]]
             c, h, w = (int(v) for v in ck.meta["image_shape"])

@@ -114,9 +114,9 @@ class Model:
         compile: str = "auto",
     ) -> Model:
         ck = checkpoint.load(path)
-        if ck.meta.get("kind", "classifier") != "classifier":
+        if checkpoint.model_kind(ck.meta) != "classifier":
             raise ModelFileError(
-                f"{path}: a {ck.meta['kind']} model file, not a classifier "
+                f"{path}: a {checkpoint.model_kind(ck.meta)} model file, not a classifier "
                 "(pawlab.inference.load_generator reads generators)"
             )
         try:

@@ -8,8 +8,9 @@ satisfies is an error there, not a strategy that can never draw.
 
 from __future__ import annotations
 
+import ast
 import inspect
-import re
+import linecache
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -41,12 +42,33 @@ def describe(predicate: Predicate) -> str:
     name: str | None = getattr(predicate, "__name__", None)
     if name and name != "<lambda>":
         return name
+    return _lambda_source(predicate) or name or repr(predicate)
+
+
+def _lambda_source(predicate: Predicate) -> str | None:
+    """The source text of the lambda ``predicate`` is: of those on its first line, the one
+    whose body holds the column where its code starts."""
+    code = getattr(predicate, "__code__", None)
     try:
-        source = inspect.getsource(predicate)
-    except (OSError, TypeError):
-        return name or repr(predicate)
-    found = re.search(r"lambda[^:]*:.*?(?=,\s*(?:lambda|name=|\w+\s*=)|\)\s*(?:$|,)|$)", source.strip())
-    return found.group(0).strip() if found else "<lambda>"
+        path = inspect.getsourcefile(predicate)
+        source = "".join(linecache.getlines(path)) if path else ""
+        tree = ast.parse(source)
+    except (OSError, TypeError, SyntaxError, ValueError):
+        return None
+    if code is None:
+        return None
+    start = next(
+        (col for line, _, col, _ in code.co_positions() if line == code.co_firstlineno and col), None
+    )
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Lambda) and node.lineno == code.co_firstlineno:
+            body = node.body
+            if start is None or (
+                body.lineno == code.co_firstlineno
+                and body.col_offset <= start <= (body.end_col_offset or start)
+            ):
+                return ast.get_source_segment(source, node)
+    return None
 
 
 @dataclass(frozen=True)
@@ -68,14 +90,20 @@ class Labels:
     def failed(self, label: int) -> str | None:
         """Why ``label`` is not allowed (the first predicate it fails), or None."""
         if label not in self.space:
-            return f"{label} is not in the label space {self.space[0]}..{self.space[-1]}"
+            return f"{label} is not in the label space {self._space()}"
         bad = next((p for p in self.predicates if not p(label)), None)
         return None if bad is None else f"{label} fails {describe(bad)}"
 
     def describe(self) -> str:
         """``(and digit odd (lambda d: d > 2))``, in the spec's own terms."""
-        parts = [f"{self.space[0]}..{self.space[-1]}", *(describe(p) for p in self.predicates)]
+        parts = [self._space(), *(describe(p) for p in self.predicates)]
         return f"({' and '.join(parts)})"
+
+    def _space(self) -> str:
+        """``0..9`` for consecutive labels, else the set ``{0, 4, 8}``."""
+        lo, hi = self.space[0], self.space[-1]
+        consecutive = len(self.space) == hi - lo + 1 and len(self.space) > 2
+        return f"{lo}..{hi}" if consecutive else "{" + ", ".join(map(str, self.space)) + "}"
 
 
 def labels(space: Iterable[int], *predicates: Predicate, name: str = "labels") -> Labels:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pawlab.atomic import atomic_write_bytes
 from pawlab.errors import ConfigError, DataError
-from pawlab.figures import RIGHT, UNSURE, WRONG, _draw_tile, _fit, _new_sheet, _save_png
+from pawlab.figures import RIGHT, UNSURE, WRONG, draw_tile, fit_text, new_sheet, save_png
 from pawlab.inference.evaluation import eval_set_for
 from pawlab.inference.model import Model, load_model
 from pawlab.spec.metamorphic import (
@@ -353,7 +353,7 @@ def fragile_grid(
     (``p_orig``, ``p_var``: (N, classes)). Originals are framed green when right and red when
     already wrong; variants red when their class changed, amber when it held."""
     columns = 2 * pairs
-    sheet, draw = _new_sheet(2 * len(originals), columns, tile)
+    sheet, draw = new_sheet(2 * len(originals), columns, tile)
     font = ImageFont.load_default()
     for n in range(len(originals)):
         before, after = int(p_orig[n].argmax()), int(p_var[n].argmax())
@@ -362,11 +362,11 @@ def fragile_grid(
         for k, (im, probs, colour) in enumerate(
             zip((originals[n], variants[n]), (p_orig[n], p_var[n]), colours, strict=True)
         ):
-            x, y = _draw_tile(sheet, draw, 2 * n + k, im, colour, columns=columns, tile=tile)
-            draw.text((x, y), _fit(draw, font, tile - 2, "{}", [heads[k]]), fill=colour, font=font)
+            x, y = draw_tile(sheet, draw, 2 * n + k, im, colour, columns=columns, tile=tile)
+            draw.text((x, y), fit_text(draw, font, tile - 2, "{}", [heads[k]]), fill=colour, font=font)
             template, names = _top_two(probs, classes)
-            draw.text((x, y + 12), _fit(draw, font, tile - 2, template, names), fill=colour, font=font)
-    return _save_png(sheet, Path(path))
+            draw.text((x, y + 12), fit_text(draw, font, tile - 2, template, names), fill=colour, font=font)
+    return save_png(sheet, Path(path))
 
 
 def _fragile(

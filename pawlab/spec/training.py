@@ -30,6 +30,7 @@ from pawlab.config import AugmentConfig, RuntimeConfig, TrainConfig
 from pawlab.data import Dataset, ImageSet
 from pawlab.data.embedded import DIGITS, mnist_5k
 from pawlab.data.pack import cache_root
+from pawlab.errors import ModelFileError
 from pawlab.inference import load_model
 from pawlab.inference.generator import GENERATOR_KIND
 from pawlab.models import build
@@ -270,8 +271,6 @@ def digit_models(
     models = DigitModels(Path(folder) if folder is not None else default_folder())
     if not models.complete():
         if not train_missing:
-            from pawlab.errors import ModelFileError
-
             raise ModelFileError(
                 f"{models.folder}: no digit models (pawlab spec train-digits --out DIR trains them)"
             )

@@ -29,8 +29,6 @@ from pawlab import checkpoint
 from pawlab.config import RuntimeConfig, TrainConfig
 from pawlab.data import ImageSet
 from pawlab.errors import ConfigError
-from pawlab.models.generative import ConditionalVAE
-from pawlab.models.network import Network
 from pawlab.preprocessing import Preprocessing
 from pawlab.runtime import is_distributed, is_main, rank, resolve_device, use_bf16, world_size
 from pawlab.training.callbacks import BestCheckpoint, Callback, Event
@@ -104,7 +102,7 @@ class Trainer:
 
     def __init__(
         self,
-        network: Network | ConditionalVAE,
+        network: torch.nn.Module,
         train_set: ImageSet,
         val_set: ImageSet,
         config: TrainConfig,
@@ -135,12 +133,22 @@ class Trainer:
         self.callbacks = _unique_keys(callbacks)
         self.state = TrainState()
         self.checkpoint_meta = checkpoint_meta or {}
-        self.objective: Objective = objective or Classification(
-            class_weights(train_set.labels, len(train_set.classes)).to(self.device)
+        self.objective: Objective = self._objective(objective)
+
+    def _objective(self, objective: Objective | None) -> Objective:
+        """``objective``, or cross-entropy with the recipe's class weights and label smoothing
+        (which another objective would silently ignore)."""
+        config = self.config
+        if objective is not None:
+            if config.balance == "weights" or config.label_smoothing:
+                raise ConfigError("balance=weights and label_smoothing are for classifiers' cross-entropy")
+            return objective
+        weights = (
+            class_weights(self.train_set.labels, len(self.train_set.classes))
             if config.balance == "weights"
-            else None,
-            config.label_smoothing,
+            else None
         )
+        return Classification(None if weights is None else weights.to(self.device), config.label_smoothing)
 
     # -- where this process stands
     @property

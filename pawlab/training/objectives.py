@@ -90,7 +90,9 @@ class ConditionalVAELoss:
     def guide_loss(
         self, vae: ConditionalVAE, n: int, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The guide's cross-entropy and accuracy on ``n`` images drawn from the prior."""
+        """The guide's cross-entropy and accuracy on ``n`` images drawn from the prior. It runs
+        the decoder itself, not the DDP or compiled wrapper the loop trains through: under DDP
+        its gradients still reach the shared parameters and are averaged with the rest."""
         assert self.guide is not None
         z = torch.randn(n, vae.latent, generator=self.gen).to(device)
         labels = torch.randint(vae.num_classes, (n,), generator=self.gen).to(device)
@@ -110,6 +112,8 @@ class ConditionalVAELoss:
         vae.eval()
         rec_sum = kl_sum = 0.0
         images, labels = torch.from_numpy(trainer.val_set.images), torch.from_numpy(trainer.val_set.labels)
+        if not len(images):
+            raise ValueError("a conditional VAE needs validation images")
         with torch.inference_mode():
             for idx in torch.arange(len(images)).split(trainer.config.batch_size * 4):
                 x = trainer.inputs.batch(images[idx], augment=False)
@@ -120,5 +124,5 @@ class ConditionalVAELoss:
                 "val_kl": kl_sum / len(images),
             }
             if self.guide is not None:
-                metrics["val_guide_accuracy"] = self.guide_loss(vae, 1000, x.device)[1].item()
+                metrics["val_guide_accuracy"] = self.guide_loss(vae, 1000, trainer.device)[1].item()
         return metrics
