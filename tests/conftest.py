@@ -8,6 +8,7 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +28,14 @@ TINY = [
     {"type": "softmax"},
 ]
 
+# A tiny generator (latent 2, classes 3): a vector in, an 8x8 image's logits out.
+TINY_DECODER: list[dict[str, Any]] = [
+    {"type": "input", "features": 2 + 3},
+    {"type": "linear", "units": 2 * 4 * 4},
+    {"type": "reshape", "to": [2, 4, 4]},
+    {"type": "upsample", "scale": 2},
+    {"type": "conv", "kernel": 3, "pad": 1, "filters": 1},
+]
 requires_cats_dogs = pytest.mark.skipif(
     not CATS_DOGS.is_dir(), reason=f"shared data not found at {CATS_DOGS}"
 )

@@ -9,14 +9,7 @@ from pawlab import checkpoint
 from pawlab.errors import DataError, ModelFileError
 from pawlab.inference import load_generator, load_model
 from pawlab.models import build
-
-DECODER = [
-    {"type": "input", "features": 2 + 3},
-    {"type": "linear", "units": 2 * 4 * 4},
-    {"type": "reshape", "to": [2, 4, 4]},
-    {"type": "upsample", "scale": 2},
-    {"type": "conv", "kernel": 3, "pad": 1, "filters": 1},
-]
+from tests.conftest import TINY_DECODER as DECODER
 
 
 def _write(path: Path, **meta: object) -> Path:

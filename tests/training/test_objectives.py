@@ -16,6 +16,7 @@ from pawlab.preprocessing import Preprocessing
 from pawlab.training import Trainer
 from pawlab.training.callbacks import ProgressPrinter
 from pawlab.training.objectives import Classification, ConditionalVAELoss
+from tests.conftest import TINY_DECODER as DECODER
 
 PIXELS = Preprocessing(size=(8, 8), channels=1, mean=(0.0,), std=(1.0,))
 ENCODER = [
@@ -23,13 +24,6 @@ ENCODER = [
     {"type": "linear", "units": 16},
     {"type": "relu"},
     {"type": "linear", "units": 4},
-]
-DECODER = [
-    {"type": "input", "features": 2 + 3},
-    {"type": "linear", "units": 2 * 4 * 4},
-    {"type": "reshape", "to": [2, 4, 4]},
-    {"type": "upsample", "scale": 2},
-    {"type": "conv", "kernel": 3, "pad": 1, "filters": 1},
 ]
 
 
