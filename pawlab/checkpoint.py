@@ -89,7 +89,11 @@ def _meta(p: Path, header: dict[str, str]) -> dict[str, Any]:
     """The pawlab document of a safetensors header (raises ValueError for broken JSON)."""
     if "pawlab" not in header:
         raise ModelFileError(f"{p}: not a pawlab model file (no pawlab metadata)")
-    meta: dict[str, Any] = json.loads(header["pawlab"])
+    meta = json.loads(header["pawlab"])
+    if not isinstance(meta, dict):
+        raise ModelFileError(
+            f"{p}: damaged model file (its description is a JSON {type(meta).__name__}, not an object)"
+        )
     return meta
 
 
@@ -100,6 +104,40 @@ def _check_format(p: Path, meta: dict[str, Any]) -> None:
         raise ModelFileError(
             f"{p}: written by a newer pawlab (format {meta['format_version']}); upgrade pawlab"
         )
+
+
+def check_classes(path: str | os.PathLike[str], classes: object) -> list[str]:
+    """A model file's class names: a non-empty list of distinct, non-empty strings."""
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+        raise ModelFileError(
+            f"{path}: damaged model file (classes must be a list of names, got {classes!r:.80})"
+        )
+    repeated = next((c for c in classes if classes.count(c) > 1), None)
+    if repeated is not None:
+        raise ModelFileError(f"{path}: damaged model file (the class {repeated!r} is listed twice)")
+    return list(classes)
+
+
+def check_tensors(
+    path: str | os.PathLike[str], expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]
+) -> None:
+    """Every tensor the architecture needs is in the file with its dtype and shape (a weight
+    whose dtype changed would otherwise be cast silently and predict nonsense)."""
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing or extra:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
+        raise ModelFileError(f"{path}: damaged model file (weights do not match the architecture: {what})")
+    for name, want in expected.items():
+        got = found[name]
+        if got.dtype != want.dtype or got.shape != want.shape:
+            raise ModelFileError(
+                f"{path}: damaged model file ({name} is {_kind(got)}, the architecture needs {_kind(want)})"
+            )
+
+
+def _kind(t: torch.Tensor) -> str:
+    return f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}"
 
 
 def model_kind(meta: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -276,8 +277,8 @@ def _add_compare(commands: _Commands) -> None:
     p.add_argument("--epochs", type=_positive_int, default=10, help="epochs per run")
     p.add_argument("--out-dir", type=Path, default=Path("compare"), help="models, runs and the plot")
     _train_options(p, optimizer=False)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.2, help="held out for validation (default 0.2)")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (default: one per core)")
     _quiet(p)
 
 
@@ -371,7 +372,8 @@ def _add_spec(commands: _Commands) -> None:
 
 
 EXIT_CODES = """exit status: 0 done; 1 a problem with data, a model file, a worker or the run itself;
-2 a usage or configuration error (a flag, a field, a network description); 130 interrupted."""
+2 a usage or configuration error (a flag, a field, a network description); 130 interrupted;
+141 stdout closed by its reader (as when killed by SIGPIPE)."""
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -649,10 +651,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Under torchrun, ranks predict shards and rank 0 merges them and reports."""
+    from pawlab.atomic import check_output_file
     from pawlab.inference import load_model, submit
     from pawlab.runtime import init_distributed, launched_rank
 
     init_distributed(args.device)
+    check_output_file(args.out, "submission")  # before the model is loaded
     r = submit(
         load_model(args.model, args.device, args.precision, args.compile),
         args.test,
@@ -718,11 +722,30 @@ COMMANDS = {
 }
 
 
+def _line_buffered() -> None:
+    """Each line reaches a log file or a pipe when it is printed: Python block-buffers stdout
+    that is not a terminal, and a long run's output would appear only at its end."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and not stream.isatty():
+            stream.reconfigure(line_buffering=True)
+
+
+def _reader_gone() -> int:
+    """stdout was closed by its reader (``pawlab archs | head -1``): stop quietly, as Unix tools
+    do, with the status of a process ended by SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the exit's own flush must not fail again
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; the exit status is 0, or as `EXIT_CODES` says."""
     args = parse_args(argv)
+    _line_buffered()
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:
+        return _reader_gone()
     except PawlabError as exc:
         print(f"pawlab {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

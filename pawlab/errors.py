@@ -41,5 +41,9 @@ class WorkerError(PawlabError):
     "__main__":`` (workers run the script again as they start)."""
 
 
+class OutputError(PawlabError):
+    """An output path cannot be written: a folder where a file is wanted, a read-only place."""
+
+
 class TrainingDiverged(PawlabError):
     """The training loss became NaN or infinite."""

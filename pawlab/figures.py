@@ -284,13 +284,21 @@ def confusion_matrix_plot(
 
 
 def line_plot(
-    series: dict[str, list[tuple[float, float]]], path: str | Path, *, title: str, xlabel: str, ylabel: str
+    series: dict[str, list[tuple[float, float]]],
+    path: str | Path,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    integer_x: bool = False,
 ) -> Path:
-    """A PNG with one line per series (e.g. validation accuracy per epoch per optimizer)."""
+    """A PNG with one line per series (e.g. validation accuracy per epoch per optimizer);
+    ``integer_x``: ticks only at whole numbers (epochs)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     for name, points in series.items():
@@ -299,6 +307,8 @@ def line_plot(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")

@@ -7,10 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from pawlab import checkpoint
 from tests.conftest import write_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -298,6 +300,18 @@ def test_compare_optimizers(tmp_path: Path) -> None:
     assert (tmp_path / "cmp" / "sgd.safetensors").is_file() and (
         tmp_path / "cmp" / "adam.safetensors"
     ).is_file()
+    # every figure of a row comes from one epoch: the saved one, as its model file records it
+    for line in proc.stdout.splitlines():
+        name, *cells = line.split()
+        if name in ("sgd", "adam"):
+            saved = checkpoint.load(tmp_path / "cmp" / f"{name}.safetensors").meta["metrics"]
+            acc, loss, epoch = float(cells[0]), float(cells[1]), int(cells[2])
+            assert (acc, loss, epoch) == (
+                round(saved["val_accuracy"], 4),
+                round(saved["val_loss"], 4),
+                int(saved["epoch"]),
+            )
+    assert "the epoch with the best val_loss" in proc.stdout
 
 
 def test_preset_runs_and_unknown_preset_is_an_error(tmp_path: Path) -> None:
@@ -536,3 +550,45 @@ def test_dashboard_stops_cleanly_on_ctrl_c_with_a_page_open(tmp_path: Path) -> N
     _, err = proc.communicate(timeout=15)
     stream.close()
     assert proc.returncode in (0, 130) and "Traceback" not in err, err
+
+
+def test_a_closed_stdout_ends_quietly_as_unix_tools_do() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pawlab", "archs"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
+
+
+def test_output_to_a_pipe_is_line_buffered(tmp_path: Path) -> None:
+    """The first line of a long command reaches a log file at once, not at exit."""
+    code = "import time; from pawlab import cli; cli._line_buffered(); print('first'); time.sleep(30)"
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=log, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while (tmp_path / "log").read_text() != "first\n" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert (tmp_path / "log").read_text() == "first\n"
+        finally:
+            proc.kill()
+
+
+def test_outputs_are_checked_before_any_work(tree: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    proc = pawlab("train", tree, "--out", folder, "--epochs", 1, "-q")
+    assert_one_line_error(proc, str(folder), "is a folder")
+    assert proc.returncode == 1 and not list(folder.iterdir())
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    assert_one_line_error(pawlab("train", tree, "--out", blocker / "m.safetensors", "-q"), "not-a-folder")
+    assert_one_line_error(pawlab("prepare", tree, blocker / "prepared", "--size", 16, "-q"), "not-a-folder")
+    assert_one_line_error(pawlab("submit", blocker, tree, "--out", folder), "is a folder")

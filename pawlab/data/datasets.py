@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pawlab.atomic import check_output_folder
 from pawlab.config import DataConfig
 from pawlab.data.catalog import Item, Skipped, assign_splits, catalog, non_image_reason
 from pawlab.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode, to_channels
@@ -426,5 +427,6 @@ def prepare(
     images that are byte-identical to training images; ``strict`` fails instead of skipping
     unreadable files.
     """
+    check_output_folder(out, "prepared data")  # before any work
     result = pack_source(src, out, config, progress=progress, png=png, dedupe=dedupe, strict=strict)
     return PrepareReport.from_pack(result)

@@ -41,11 +41,12 @@ class Generator:
         if kind != GENERATOR_KIND:
             raise ModelFileError(f"{path}: a {kind} model file, not a generator")
         try:
-            classes = [str(c) for c in ck.meta["classes"]]
+            classes = checkpoint.check_classes(path, ck.meta.get("classes"))
             c, h, w = (int(v) for v in ck.meta["image_shape"])
             if ck.meta.get("output") not in OUTPUTS:
                 raise ValueError(f"unknown output {ck.meta.get('output')!r}")
             network = build(ck.meta["architecture"], len(classes), str(path), output=(c, h, w))
+            checkpoint.check_tensors(path, network.state_dict(), ck.model_state)
             network.load_state_dict(ck.model_state)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{path}: damaged generator file ({str(exc).splitlines()[0]})") from None

@@ -120,11 +120,12 @@ class Model:
                 "(pawlab.inference.load_generator reads generators)"
             )
         try:
-            classes = list(ck.meta["classes"])
+            classes = checkpoint.check_classes(path, ck.meta.get("classes"))
             pre = Preprocessing.from_json(ck.meta["preprocessing"])
             network = build(
                 ck.meta["architecture"], num_classes=len(classes), where=str(path), pretrained=False
             )
+            checkpoint.check_tensors(path, network.state_dict(), ck.model_state)
             network.load_state_dict(ck.model_state)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{path}: damaged model file ({str(exc).splitlines()[0]})") from None

@@ -18,7 +18,7 @@ import numpy as np
 import torch.distributed as dist
 from tqdm import tqdm
 
-from pawlab.atomic import atomic_write_text, write_all
+from pawlab.atomic import atomic_write_text, check_output_file, write_all
 from pawlab.data import Skipped, load_unlabeled
 from pawlab.data.datasets import decode_task, decode_tasks
 from pawlab.data.sources import Source
@@ -286,6 +286,7 @@ def submit(
     ``<out>.part-<rank>``; rank 0 merges the parts into ``out`` in id order at the end.
     """
     start = time.perf_counter()
+    check_output_file(out, "submission")  # before any work
     m = model if isinstance(model, Model) else load_model(model)
     source, names, skipped = load_unlabeled(test, m.preprocessing.size, m.preprocessing.channels)
     numbered, unnumbered = _numbered(names)

@@ -18,14 +18,18 @@ from pawlab.training.runs import TrainResult, resolve_architecture, train
 class Comparison:
     runs: dict[str, TrainResult]  # optimizer -> its run
     figure: Path
+    monitor: str = "val_loss"  # what chose each run's saved epoch
 
     def table(self) -> str:
-        lines = [f"{'optimizer':<10} {'best val acc':>12} {'val loss':>9} {'epoch':>6} {'time':>8}"]
+        """One row per optimizer, every figure from one epoch: the saved one, best by the
+        monitored metric (a row mixing epochs would pair one epoch's accuracy with another's loss)."""
+        lines = [f"{'optimizer':<10} {'val acc':>8} {'val loss':>9} {'epoch':>6} {'time':>8}"]
         for name, r in self.runs.items():
             lines.append(
-                f"{name:<10} {max(m['val_accuracy'] for m in r.history):>12.4f} {r.best['val_loss']:>9.4f} "
+                f"{name:<10} {r.best['val_accuracy']:>8.4f} {r.best['val_loss']:>9.4f} "
                 f"{int(r.best['epoch']):>6} {r.seconds:>7.0f}s"
             )
+        lines.append(f"each row: the epoch with the best {self.monitor} (the saved model)")
         lines.append(f"validation accuracy per epoch: {self.figure}")
         return "\n".join(lines)
 
@@ -75,5 +79,6 @@ def compare_optimizers(
         title="validation accuracy per epoch",
         xlabel="epoch",
         ylabel="validation accuracy",
+        integer_x=True,
     )
-    return Comparison(runs, figure)
+    return Comparison(runs, figure, config.monitor)

@@ -20,6 +20,7 @@ import torch
 
 from pawlab import checkpoint, runlog
 from pawlab._version import __version__
+from pawlab.atomic import check_output_file, check_output_folder
 from pawlab.config import DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import Dataset, ImageSet, load_dataset
 from pawlab.errors import ConfigError, ModelFileError
@@ -201,6 +202,9 @@ def train(
     out_path = Path(out) if out is not None else None
     run = run_dir_for(run_dir, out_path, arch)
     out_path = out_path or run / runlog.MODEL
+    if is_main():  # every output, before any work
+        check_output_file(out_path, "model file")
+        check_output_folder(run, "run directory")
     _check_fine_tune(config, spec)  # before the data is loaded
     pre = preprocessing_for(spec, resize)
     ds = _load_data(data, spec, config, val_fraction, workers, pre.resize, progress=runtime.progress)

@@ -26,7 +26,7 @@ from pawlab.data import workers as workers_module
 from pawlab.data.catalog import Catalog, assign_splits, catalog, is_hidden, label_of, name_label, parent_label
 from pawlab.data.decode import ImageDecodeError, decode
 from pawlab.data.pack import MANIFEST
-from pawlab.errors import DataError
+from pawlab.errors import DataError, OutputError
 from tests.conftest import make_image, write_tree
 
 ONE = DataConfig(size=16, workers=1)  # tiny and in-process
@@ -747,7 +747,7 @@ def test_prepare_refuses_output_inside_source(tree: Path) -> None:
 def test_prepare_output_is_a_file(tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     out.write_text("a file")
-    with pytest.raises(DataError, match="out.txt"):
+    with pytest.raises(OutputError, match="out.txt: not a folder"):
         prepare(tree, out, ONE, progress=False)
 
 

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
+import torch
 from PIL import Image
 
+from pawlab import checkpoint
 from pawlab.config import DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import prepare
 from pawlab.errors import DataError, ModelFileError
@@ -429,3 +433,32 @@ def test_rows_are_written_whole_even_by_short_writes(monkeypatch: pytest.MonkeyP
     finally:
         os.close(fd)
     assert path.read_bytes() == b"1,0.25\n2,0.75\n"
+
+
+def _rewrite(src: Path, dst: Path, meta: object = None, dtype: torch.dtype | None = None) -> Path:
+    """A copy of model file ``src`` with its description replaced by ``meta`` (any JSON) or
+    its first weight's dtype changed in place (same byte size)."""
+    ck = checkpoint.load(src)
+    tensors = {f"model.{k}": v for k, v in ck.model_state.items()}
+    if dtype is not None:
+        name = next(k for k, v in tensors.items() if v.is_floating_point())
+        tensors[name] = tensors[name].view(dtype)  # F32 bytes read as I32
+    header = {"pawlab": json.dumps(ck.meta if meta is None else meta)}
+    safetensors.torch.save_file(tensors, str(dst), metadata=header)
+    return dst
+
+
+def test_damaged_descriptions_are_refused_in_one_line(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    model = trained[1]
+    meta = checkpoint.load(model).meta
+    cases = {
+        "a JSON list": ([1, 2], None, "is a JSON list, not an object"),
+        "duplicate classes": ({**meta, "classes": ["cat", "cat"]}, None, "'cat' is listed twice"),
+        "classes not names": ({**meta, "classes": "catdog"}, None, "classes must be a list of names"),
+        "a weight's dtype": (None, torch.int32, "int32"),
+    }
+    for what, (new_meta, dtype, needle) in cases.items():
+        path = _rewrite(model, tmp_path / f"{what}.safetensors", new_meta, dtype)
+        with pytest.raises(ModelFileError, match=needle) as error:
+            load_model(path)
+        assert "\n" not in str(error.value), what
