@@ -57,7 +57,12 @@ def _train_options(p: argparse.ArgumentParser, optimizer: bool = True) -> None:
     p.add_argument(
         "--patience", type=_positive_int, default=None, help="stop after N epochs without improvement"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="initialisation, shuffling, augmentation (and the split)"
+    )
+    p.add_argument(
+        "--split-seed", type=int, default=None, help="the train/validation split (default: --seed)"
+    )
     p.add_argument("--size", type=_positive_int, default=None, help="override the network's input size")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
     p.add_argument("--precision", default="auto", help="auto (bf16 where fast), fp32 or bf16")
@@ -79,6 +84,7 @@ _RECIPE_FLAGS = (
     "monitor",
     "patience",
     "seed",
+    "split_seed",
 )
 RUNTIME_FLAGS = frozenset({"device", "precision", "channels_last", "compile", "quiet", "dashboard", "port"})
 
@@ -236,6 +242,9 @@ def _add_train(commands: _Commands) -> None:
         "--out", type=Path, default=None, help="the best model file (default: RUN_DIR/model.safetensors)"
     )
     p.add_argument("--run-dir", type=Path, default=None, help="config, metrics log and resumable state")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing model file and the run directory's logs"
+    )
     _train_options(p)
     p.add_argument("--val-fraction", type=float, default=0.2, help="for sources without their own split")
     p.add_argument("--workers", type=int, default=0)
@@ -371,6 +380,14 @@ def _add_spec(commands: _Commands) -> None:
     _quiet(s)
 
 
+def _add_cache(commands: _Commands) -> None:
+    p = commands.add("cache", "what the user cache holds (packed data, features, digit models), or clear it")
+    sub = p.add_subparsers(dest="cache_command", required=True, parser_class=_Parser)
+    sub.add_parser("info", help="each entry's kind, size and last use, and the total")
+    s = sub.add_parser("clear", help="remove entries (all, or those not used for DAYS)")
+    s.add_argument("--older-than", type=float, metavar="DAYS", help="only entries not used for DAYS days")
+
+
 EXIT_CODES = """exit status: 0 done; 1 a problem with data, a model file, a worker or the run itself;
 2 a usage or configuration error (a flag, a field, a network description); 130 interrupted;
 141 stdout closed by its reader (as when killed by SIGPIPE)."""
@@ -394,6 +411,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         _add_archs,
         _add_dashboard,
         _add_spec,
+        _add_cache,
     ):
         add(commands)
     return parser, commands.parsers
@@ -475,7 +493,11 @@ def _recipe(args: argparse.Namespace) -> tuple[Any, TrainConfig, int | None]:
     if args.preset is not None:
         from pawlab.training.presets import get_preset
 
-        _reject_changed(args, "--preset", {"preset", "epochs", "seed", "out", "run_dir", "workers"})
+        _reject_changed(
+            args,
+            "--preset",
+            {"preset", "epochs", "seed", "split_seed", "out", "run_dir", "workers", "overwrite"},
+        )
         preset = get_preset(args.preset)
         return preset.arch, preset.config.with_(**_recipe_changes(args)), preset.size
     if args.backbone is not None:
@@ -560,6 +582,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 run_dir=run_dir,
                 runtime=_runtime(args),
+                overwrite=args.overwrite,
             )
     finally:
         if dashboard is not None:
@@ -702,6 +725,25 @@ def cmd_archs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from pawlab.data.cache import cache_entries, clear_cache, human
+    from pawlab.data.pack import cache_root
+
+    if args.cache_command == "info":
+        entries = cache_entries()
+        print(f"cache: {cache_root()} ({len(entries)} entries, {human(sum(e.size for e in entries))})")
+        for e in entries:
+            print(f"  {e.kind:<12} {human(e.size):>9}  used {e.age_days():5.1f} days ago  {e.path.name}")
+        return 0
+    if args.older_than is not None and args.older_than < 0:
+        raise ConfigError(f"--older-than: must be >= 0 days, got {args.older_than}")
+    removed, busy = clear_cache(args.older_than)
+    print(f"removed {len(removed)} entries, {human(sum(e.size for e in removed))} from {cache_root()}")
+    for e in busy:
+        print(f"  kept {e.path.name}: a run is using it")
+    return 0
+
+
 def cmd_spec(args: argparse.Namespace) -> int:
     from pawlab.spec.commands import run
 
@@ -709,6 +751,7 @@ def cmd_spec(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "cache": cmd_cache,
     "spec": cmd_spec,
     "demo": cmd_demo,
     "prepare": cmd_prepare,

@@ -142,7 +142,8 @@ class TrainConfig:
     augment_copies: int = 1  # augmented copies of each training image per epoch
     monitor: str = "val_loss"  # what "best" means for the checkpoint and early stopping
     patience: int | None = None  # early stopping: epochs without improvement
-    seed: int = 0
+    seed: int = 0  # the initialisation, shuffling and augmentation; also the split unless split_seed
+    split_seed: int | None = None  # the train/validation split (None: seed), to re-initialise on one split
     cache_features: bool = True  # a frozen backbone's features are computed once and cached
     # fastai's fine_tune: after the head is trained on a frozen backbone, this many epochs with
     # the backbone unfrozen (at `fine_tune_lr`, spread as `lr_spread` says)
@@ -152,6 +153,11 @@ class TrainConfig:
     # between (1: one rate for all)
     lr_spread: float = 1.0
     schedule_start: int = 0  # the epoch where the schedule starts (a fine-tuning phase's first)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the train/validation split."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def __post_init__(self) -> None:
         if self.epochs is not None:

@@ -68,6 +68,7 @@ def run_demo(
         cfg,
         stream=stream,
         runtime=RuntimeConfig(progress=progress),
+        overwrite=True,  # the demo starts afresh each time
     )
     say("4/5 evaluating on the validation split")
     ev = evaluate(model_path, work / "prepared", report_dir=work / "report", progress=progress)

@@ -16,15 +16,19 @@ a reader skips a last line that is not yet whole, and lines it cannot parse.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from pawlab.atomic import atomic_write_text, write_all
+from pawlab.errors import OutputError
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -115,6 +119,51 @@ THUMBS = f"{VALIDATION}/thumbs"
 # of validation images (once)
 SEEN_DIR = "seen"
 SEEN = {"train": f"{SEEN_DIR}/train.jpg", "validation": f"{SEEN_DIR}/validation.jpg"}
+
+
+LOCK = ".lock"  # held by the training that writes the run directory; holds its pid
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory for one training: a second one at the same time gets a one-line
+    `OutputError` naming the holder's pid, instead of interleaving its logs and model files. A
+    run directory made here and left holding nothing but the lock (the run failed before it
+    wrote anything) is removed again."""
+    made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # innermost first
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with _lock(run_dir):
+            yield
+    finally:
+        if made and [p.name for p in run_dir.iterdir()] == [LOCK]:
+            (run_dir / LOCK).unlink(missing_ok=True)
+            for folder in made:
+                try:
+                    folder.rmdir()  # only while empty
+                except OSError:
+                    break
+
+
+@contextmanager
+def _lock(run_dir: Path) -> Iterator[None]:
+    with open(run_dir / LOCK, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise OutputError(
+                f"{run_dir}: another training (pid {holder}) is writing this run directory"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def start_fresh(run_dir: Path) -> None:

@@ -592,3 +592,41 @@ def test_outputs_are_checked_before_any_work(tree: Path, tmp_path: Path) -> None
     assert_one_line_error(pawlab("train", tree, "--out", blocker / "m.safetensors", "-q"), "not-a-folder")
     assert_one_line_error(pawlab("prepare", tree, blocker / "prepared", "--size", 16, "-q"), "not-a-folder")
     assert_one_line_error(pawlab("submit", blocker, tree, "--out", folder), "is a folder")
+
+
+def test_a_second_training_never_replaces_a_model_or_mixes_runs(tree: Path, tmp_path: Path) -> None:
+    from pawlab import runlog
+
+    out = tmp_path / "m.safetensors"
+    first = pawlab(
+        "train", tree, "--arch-file", _tiny_arch(tmp_path), "--out", out, "--epochs", 1, "-q", "--workers", 1
+    )
+    assert first.returncode == 0, first.stderr
+    model, metrics = out.read_bytes(), (tmp_path / "m-run" / "metrics.jsonl").read_text()
+    again = pawlab("train", tree, "--arch-file", _tiny_arch(tmp_path), "--out", out, "--epochs", 1, "-q")
+    assert_one_line_error(again, str(out), "--overwrite")
+    assert out.read_bytes() == model and (tmp_path / "m-run" / "metrics.jsonl").read_text() == metrics
+    with runlog.locked(tmp_path / "m-run"):  # a training of this process holds the run directory
+        busy = pawlab("train", tree, "--arch-file", _tiny_arch(tmp_path), "--out", out, "--overwrite", "-q")
+    assert_one_line_error(busy, "another training", f"pid {os.getpid()}")
+    replaced = pawlab(
+        "train",
+        tree,
+        "--arch-file",
+        _tiny_arch(tmp_path),
+        "--out",
+        out,
+        "--epochs",
+        1,
+        "--overwrite",
+        "-q",
+        "--workers",
+        1,
+    )
+    assert replaced.returncode == 0, replaced.stderr
+
+
+def _tiny_arch(tmp_path: Path) -> Path:
+    arch = tmp_path / "tiny.toml"
+    arch.write_text(TINY_TOML)
+    return arch

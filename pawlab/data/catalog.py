@@ -67,8 +67,20 @@ def is_hidden(name: str) -> bool:
     return any(p.startswith(".") or p == "__MACOSX" for p in _parts(name))
 
 
+UNSAFE_REASON = "unsafe path (absolute, or with ..): not read"
+
+
+def is_unsafe(name: str) -> bool:
+    """A zip entry named ``/abs/x.jpg``, ``C:\\x.jpg`` or ``a/../x.jpg``: no class can come from
+    a path that points outside the source."""
+    n = name.replace("\\", "/")
+    return n.startswith("/") or (len(n) > 1 and n[1] == ":" and n[0].isalpha()) or ".." in n.split("/")
+
+
 def non_image_reason(name: str) -> str | None:
-    """Why a file is not image data (hidden, wrong type), or None if it may be an image."""
+    """Why a file is not image data (unsafe, hidden, wrong type), or None if it may be an image."""
+    if is_unsafe(name):
+        return UNSAFE_REASON
     if is_hidden(name):
         return HIDDEN_REASON
     if not is_image_name(name):

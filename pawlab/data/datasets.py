@@ -98,6 +98,12 @@ def decode_tasks(
 
 
 def no_images_error(where: object) -> DataError:
+    """No images in ``where``; said differently for the folder of a prepare that was stopped
+    before it wrote its manifest (its arrays are there, but no image files)."""
+    folder = Path(str(where))
+    packed = folder.is_dir() and ((folder / ".lock").exists() or any(folder.glob("*.npy")))
+    if packed and not (folder / MANIFEST).exists():
+        return DataError(f"{where}: a prepare into this folder did not finish (no {MANIFEST}); run it again")
     return DataError(f"{where}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} files)")
 
 

@@ -246,7 +246,7 @@ def train_digits(
 
     say(f"1/3 discriminator (digit-cnn) on {len(ds.train)} embedded MNIST digits")
     config = _classifier_config(recipe.discriminator_epochs, recipe.seed)
-    run = dict(stream=stream, runtime=runtime)
+    run = dict(stream=stream, runtime=runtime, overwrite=True)  # train-digits trains them anew
     train(ds, models.discriminator, "digit-cnn", config, run_dir=models.folder / "discriminator-run", **run)  # type: ignore[arg-type]
     say("2/3 guide classifier (small-cnn), used only to train the generator")
     config = _classifier_config(recipe.guide_epochs, recipe.seed + 1)

@@ -56,7 +56,7 @@ def compare_optimizers(
     # decoded once, shared by every run
     ds = load_dataset(
         data,
-        DataConfig(size=h, val_fraction=val_fraction, seed=config.seed, workers=workers),
+        DataConfig(size=h, val_fraction=val_fraction, seed=config.data_seed, workers=workers),
         channels=c,
         progress=runtime.progress,
     )

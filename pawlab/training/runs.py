@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from pawlab._version import __version__
 from pawlab.atomic import check_output_file, check_output_folder
 from pawlab.config import DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import Dataset, ImageSet, load_dataset
-from pawlab.errors import ConfigError, ModelFileError
+from pawlab.errors import ConfigError, ModelFileError, OutputError
 from pawlab.inference.agreement import record_agreement
 from pawlab.inference.features import trunk_features
 from pawlab.models import (
@@ -141,7 +142,7 @@ def _load_data(
                 f"data: loaded with resize={data.resize} but the network expects resize={resize}"
             )
         return data
-    cfg = DataConfig(size=h, val_fraction=val_fraction, seed=config.seed, workers=workers, resize=resize)
+    cfg = DataConfig(size=h, val_fraction=val_fraction, seed=config.data_seed, workers=workers, resize=resize)
     with main_first():  # rank 0 builds the packed cache; the others then read it
         return load_dataset(data, cfg, channels=c, progress=progress and is_main())
 
@@ -184,9 +185,12 @@ def train(
     stream: TextIO | None = None,
     patience: int | None = None,
     runtime: RuntimeConfig = RuntimeConfig(),
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a network on ``data`` (a prepared folder, any source `prepare` accepts, or a
-    loaded `Dataset`) and write the best model (by ``config.monitor``) to ``out``.
+    loaded `Dataset`) and write the best model (by ``config.monitor``) to ``out``. An existing
+    model file or an earlier run's logs are an error unless ``overwrite``; so is a run
+    directory another training is writing.
 
     The run directory (default: beside ``out`` as ``<out>-run/``, or ``runs/<arch>-<time>/``)
     holds ``config.json``, ``metrics.jsonl``, ``events.jsonl`` and ``last.safetensors``, the
@@ -202,10 +206,26 @@ def train(
     out_path = Path(out) if out is not None else None
     run = run_dir_for(run_dir, out_path, arch)
     out_path = out_path or run / runlog.MODEL
-    if is_main():  # every output, before any work
-        check_output_file(out_path, "model file")
-        check_output_folder(run, "run directory")
-    _check_fine_tune(config, spec)  # before the data is loaded
+    _check_fine_tune(config, spec)  # before anything is made
+    with _claimed(out_path, run, fresh=True, overwrite=overwrite):
+        return _train(
+            data, out_path, run, spec, config, resize, val_fraction, workers, callbacks, stream, runtime
+        )
+
+
+def _train(
+    data: str | os.PathLike[str] | Dataset,
+    out_path: Path,
+    run: Path,
+    spec: list[LayerSpec],
+    config: TrainConfig,
+    resize: str | None,
+    val_fraction: float,
+    workers: int,
+    callbacks: Sequence[Callback],
+    stream: TextIO | None,
+    runtime: RuntimeConfig,
+) -> TrainResult:
     pre = preprocessing_for(spec, resize)
     ds = _load_data(data, spec, config, val_fraction, workers, pre.resize, progress=runtime.progress)
     torch.manual_seed(config.seed)
@@ -215,12 +235,35 @@ def train(
         "origin": ds.origin,
         "presplit": ds.presplit,
         "val_fraction": val_fraction,
-        "seed": config.seed,
+        "seed": config.data_seed,
         "train_count": len(ds.train),
         "validation_count": len(ds.validation),
     }
     meta = _model_meta(spec, ds.classes, pre, config, data_record, run)
     return _fit_phases(network, config, _Run(ds, meta, out_path, run, callbacks, stream, runtime), None)
+
+
+@contextmanager
+def _claimed(out: Path, run: Path, *, fresh: bool, overwrite: bool) -> Iterator[None]:
+    """A training's outputs, checked before any work and held until it ends: the model file
+    and run directory can be written, no other training holds the run directory, and a new
+    run replaces nothing of an earlier one unless ``overwrite`` (under torchrun: rank 0's)."""
+    if not is_main():
+        yield
+        return
+    check_output_file(out, "model file")
+    check_output_folder(run, "run directory")
+    with runlog.locked(run):
+        if fresh and not overwrite and out.exists():
+            raise OutputError(
+                f"{out}: a model file is already there (--overwrite replaces it, --resume continues it)"
+            )
+        if fresh and not overwrite and (run / runlog.METRICS).exists():
+            raise OutputError(
+                f"{run}: holds an earlier run's logs (--overwrite starts it afresh, --resume continues it, "
+                "--run-dir names another)"
+            )
+        yield
 
 
 def _resumed_config(config: TrainConfig, epochs: int | None, forever: bool) -> TrainConfig:
@@ -273,7 +316,8 @@ def resume(
     network.load_state_dict(ck.model_state)  # before a frozen backbone's features are computed
     meta = _model_meta(spec, ds.classes, pre, config, d, run)
     state = state_from_checkpoint(ck)
-    return _fit_phases(network, config, _Run(ds, meta, out_path, run, callbacks, stream, runtime), state)
+    with _claimed(out_path, run, fresh=False, overwrite=True):
+        return _fit_phases(network, config, _Run(ds, meta, out_path, run, callbacks, stream, runtime), state)
 
 
 def _unfrozen(spec: Sequence[LayerSpec]) -> list[LayerSpec] | None:

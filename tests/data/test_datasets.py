@@ -783,3 +783,26 @@ def test_prepare_names_colliding_stems_uniquely(tmp_path: Path) -> None:
     out = tmp_path / "out"
     report = prepare(src, out, DataConfig(size=8, workers=1), progress=False, png=True)
     assert len(pngs(out)) == sum(sum(c.values()) for c in report.counts.values()) == 12
+
+
+def test_zip_entries_with_unsafe_paths_are_skipped_as_unsafe(tree: Path, tmp_path: Path) -> None:
+    image = next(tree.rglob("*.jpg")).read_bytes()
+    archive = zip_tree(tree, tmp_path / "src.zip")
+    with zipfile.ZipFile(archive, "a") as z:
+        for name in ("/tmp/cat/1.jpg", "../cat/2.jpg", "cat/../../3.jpg", "C:\\\\dog\\\\4.jpg"):
+            z.writestr(name, image)
+    ds = load(archive)
+    assert ds.classes == load(tree).classes  # no class named after /tmp or C:
+    unsafe = sorted(s.name for s in ds.skipped if s.reason.startswith("unsafe path"))
+    assert len(unsafe) == 4, [(s.name, s.reason) for s in ds.skipped]
+
+
+def test_a_prepare_that_did_not_finish_is_named_as_such(tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    prepare(tree, out, ONE, progress=False)
+    (out / "manifest.json").unlink()  # as a prepare killed before its last step leaves it
+    with pytest.raises(DataError, match="a prepare into this folder did not finish"):
+        load(out)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        load(tmp_path / "empty")

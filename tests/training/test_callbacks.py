@@ -184,7 +184,7 @@ def test_event_log_records_the_run(tree: Path, tmp_path: Path) -> None:
     assert [e["val_loss"] for e in epochs] == [m["val_loss"] for m in result.history]  # type: ignore[attr-defined]
     assert all(isinstance(e["saved"], bool) and e["time"] > 0 for e in epochs)
     # a new run in the same run directory starts a new log
-    _train(tree, tmp_path / "m.safetensors", FAST.with_(epochs=1))
+    _train(tree, tmp_path / "m.safetensors", FAST.with_(epochs=1), overwrite=True)
     kinds = [json.loads(x)["event"] for x in (tmp_path / "m-run" / "events.jsonl").read_text().splitlines()]
     assert kinds.count("start") == 1 and kinds.count("epoch") == 1
 
@@ -224,7 +224,7 @@ def test_a_resumed_model_file_describes_this_run(tree: Path, tmp_path: Path) -> 
     from pawlab import __version__
     from pawlab.training import resume
 
-    _train(tree, tmp_path / "m.safetensors", FAST.with_(epochs=1))
+    _train(tree, tmp_path / "m.safetensors", FAST.with_(epochs=1), overwrite=True)
     shutil.copytree(tmp_path / "m-run", tmp_path / "branch")
     resume(tmp_path / "branch", epochs=2, out=tmp_path / "b.safetensors", workers=1, stream=io.StringIO())
     first = checkpoint.load(tmp_path / "m-run" / "last.safetensors").meta

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pawlab import checkpoint
+from pawlab import checkpoint, runlog
 from pawlab.config import AugmentConfig, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import load_dataset
 from pawlab.errors import ConfigError, ModelFileError, TrainingDiverged
@@ -217,7 +217,9 @@ def test_run_directory_contents(tree: Path, tmp_path: Path) -> None:
     config = json.loads((run / "config.json").read_text())
     assert config["config"]["optimizer"] == "adam" and config["model"] == str(tmp_path / "m.safetensors")
     assert checkpoint.load(run / "last.safetensors").meta["training"]["epoch"] == 3
-    _train(tree, tmp_path / "m.safetensors", FAST.with_(epochs=2))  # a new run in the same place
+    _train(
+        tree, tmp_path / "m.safetensors", FAST.with_(epochs=2), overwrite=True
+    )  # a new run in the same place
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
@@ -618,3 +620,20 @@ def test_read_meta_is_the_description_without_the_tensors(tmp_path: Path) -> Non
             checkpoint.read_meta(bad)
         with pytest.raises(ModelFileError, match=message):
             checkpoint.load(bad)
+
+
+def test_split_seed_keeps_the_split_while_seed_changes_the_initialisation(tree: Path, tmp_path: Path) -> None:
+    def run(name: str, **seeds: int) -> tuple[object, dict[str, object]]:
+        out = tmp_path / f"{name}.safetensors"
+        _train(tree, out, FAST.with_(epochs=1, **seeds))
+        ck = checkpoint.load(out)
+        return ck.model_state, ck.meta["training"]["data"]
+
+    a_state, a_data = run("a", seed=1, split_seed=7)
+    b_state, b_data = run("b", seed=2, split_seed=7)
+    c_state, c_data = run("c", seed=2)
+    assert a_data["seed"] == b_data["seed"] == 7 and c_data["seed"] == 2  # the split's seed is recorded
+    index = {n: json.loads((tmp_path / f"{n}-run" / runlog.VALIDATION_INDEX).read_text()) for n in "abc"}
+    assert index["a"]["names"] == index["b"]["names"] != index["c"]["names"]  # the validation images
+    assert any(not torch.equal(a_state[k], b_state[k]) for k in a_state)  # another initialisation
+    assert TrainConfig(seed=3).data_seed == 3 and TrainConfig(seed=3, split_seed=5).data_seed == 5
