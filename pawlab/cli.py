@@ -180,6 +180,11 @@ def _add_prepare(commands: _Commands) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _quiet(p)
+    p.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="follow links that lead outside SRC (default: skipped, listed)",
+    )
 
 
 def _transfer_options(p: argparse.ArgumentParser) -> None:
@@ -459,7 +464,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     from pawlab.data import prepare
 
-    cfg = DataConfig(size=args.size, val_fraction=args.val_fraction, seed=args.seed, workers=args.workers)
+    cfg = DataConfig(
+        size=args.size,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        workers=args.workers,
+        follow_links=args.follow_links,
+    )
     report = prepare(
         args.src,
         args.out,

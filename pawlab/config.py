@@ -31,6 +31,7 @@ class DataConfig:
     seed: int = 0
     workers: int = 0  # 0: one per CPU core
     resize: str = "squash"  # squash: whole image, aspect not kept; crop: shorter side fits, centre kept
+    follow_links: bool = False  # a source folder's links to places outside it are followed too
 
     def __post_init__(self) -> None:
         _check(1 <= self.size <= 4096, "size", f"must be between 1 and 4096, got {self.size}")

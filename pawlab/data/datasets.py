@@ -132,8 +132,10 @@ def _plan(
         PlannedItem(it.name, str(it.label), str(it.split), stamps[it.name].size, stamps[it.name].mtime)
         for it in assign_splits(cat.items, val_fraction, seed)
     ]
-    skipped = [(sk.name, sk.reason) for sk in cat.skipped]
-    return planned, skipped, [(e.name, e.size, e.mtime) for e in entries], cat.presplit
+    skipped = [*source.skips, *((sk.name, sk.reason) for sk in cat.skipped)]
+    # links not followed are part of the listing: a new one changes the fingerprint
+    listing = [(e.name, e.size, e.mtime) for e in entries] + [(name, -2, 0.0) for name, _ in source.skips]
+    return planned, skipped, listing, cat.presplit
 
 
 def pack_source(
@@ -147,7 +149,7 @@ def pack_source(
     strict: bool = False,
 ) -> PackResult:
     """Pack ``src`` into ``out`` at ``config.size`` (see `pawlab.data.pack`)."""
-    source = open_source(src)
+    source = open_source(src, config.follow_links)
     out_dir = Path(out).expanduser().resolve()
     check_out_dir(out_dir, source.path)
     planned, skipped, entries, presplit = _plan(source, config.val_fraction, config.seed)
@@ -326,8 +328,10 @@ def load_unlabeled(
 ) -> tuple[Source, list[str], list[Skipped]]:
     """The image names of an unlabelled source (e.g. a Kaggle test set), and what was skipped."""
     source = open_source(path)
-    names, skipped = [], []
-    for e in source.entries():
+    names: list[str] = []
+    entries = source.entries()
+    skipped = [Skipped(name, reason) for name, reason in source.skips]
+    for e in entries:
         reason = non_image_reason(e.name)
         if reason is None:
             names.append(e.name)

@@ -27,22 +27,65 @@ class Entry:
     mtime: float
 
 
+OUTSIDE = "a link leading outside the source: not followed (--follow-links follows it)"
+REPEATED = "a link to a folder listed already (a cycle or a duplicate): not followed"
+
+
 class FolderSource:
+    """A folder, walked so that each real folder is entered once (by device and inode: a link
+    cycle ends), and links leading outside it are not followed unless ``follow_links``; what
+    was not followed is in ``skips`` (name, reason) after `entries`."""
+
     kind = "folder"
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, follow_links: bool = False) -> None:
+        self.path, self.follow_links = path, follow_links
+        self.skips: list[tuple[str, str]] = []
+
+    def _outside(self, full: str) -> bool:
+        if self.follow_links or not os.path.islink(full):
+            return False
+        real, root = os.path.realpath(full), os.path.realpath(self.path)
+        return real != root and not real.startswith(root + os.sep)
+
+    def _folders(self, root: str, prefix: str, dirs: list[str], seen: set[tuple[int, int]]) -> list[str]:
+        """The subfolders of ``root`` to enter: real ones first, so that a link never stands
+        in for the folder it points to."""
+        keep = []
+        for d in sorted(dirs, key=lambda d: (os.path.islink(os.path.join(root, d)), d)):
+            full = os.path.join(root, d)
+            reason = OUTSIDE if self._outside(full) else None
+            if reason is None:
+                try:
+                    st = os.stat(full)
+                except OSError as exc:
+                    self.skips.append((prefix + d + "/", f"unreadable folder ({exc.strerror})"))
+                    continue
+                reason = REPEATED if (st.st_dev, st.st_ino) in seen else None
+                seen.add((st.st_dev, st.st_ino))
+            if reason is None:
+                keep.append(d)
+            else:
+                self.skips.append((prefix + d + "/", reason))
+        return sorted(keep)
 
     def entries(self) -> list[Entry]:
         out: list[Entry] = []
+        self.skips = []
+        top = os.stat(self.path)
+        seen = {(top.st_dev, top.st_ino)}
         # plain strings, not Path objects: 25,000 files are listed in a fifth of the time
         for root, dirs, files in os.walk(self.path, followlinks=True):
-            dirs.sort()
             rel_root = os.path.relpath(root, self.path).replace(os.sep, "/")
             prefix = "" if rel_root == "." else rel_root + "/"
+            dirs[:] = self._folders(root, prefix, dirs, seen)
             for fname in sorted(files):
+                full = os.path.join(root, fname)
+                if self._outside(full):
+                    self.skips.append((prefix + fname, OUTSIDE))
+                    continue
                 try:
-                    st = os.stat(os.path.join(root, fname))
+                    st = os.stat(full)
                 except OSError:  # dangling link: listed so that it is reported, not lost
                     out.append(Entry(prefix + fname, -1, 0.0))
                     continue
@@ -60,6 +103,7 @@ class ZipSource:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.skips: list[tuple[str, str]] = []  # a zip has no links
         try:
             self._zip = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as exc:
@@ -82,13 +126,14 @@ class ZipSource:
 Source = FolderSource | ZipSource  # what `open_source` returns
 
 
-def open_source(path: str | os.PathLike[str]) -> Source:
-    """Open a folder or a ``.zip`` as a source; a clear error for anything else."""
+def open_source(path: str | os.PathLike[str], follow_links: bool = False) -> Source:
+    """Open a folder or a ``.zip`` as a source; a clear error for anything else.
+    ``follow_links``: a folder's links to places outside it are followed too."""
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"{p}: no such file or folder")
     if p.is_dir():
-        return FolderSource(p.resolve())
+        return FolderSource(p.resolve(), follow_links)
     if zipfile.is_zipfile(p):
         return ZipSource(p.resolve())
     raise DataError(f"{p}: not a folder or a zip file")

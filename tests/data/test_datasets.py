@@ -806,3 +806,22 @@ def test_a_prepare_that_did_not_finish_is_named_as_such(tree: Path, tmp_path: Pa
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no images found"):
         load(tmp_path / "empty")
+
+
+def test_link_cycles_end_and_links_outside_are_not_followed(tree: Path, tmp_path: Path) -> None:
+    plain = load(tree)
+    for cls in ("cat", "dog"):
+        (tree / cls / "up").symlink_to("..")  # a cycle in each class folder
+    outside = tmp_path / "elsewhere"
+    write_tree(outside, {"bird": 3})
+    (tree / "bird").symlink_to(outside / "bird")  # would add a class
+    (tree / "cat" / "stray.jpg").symlink_to(next((outside / "bird").iterdir()))
+    ds = load(tree)
+    assert ds.classes == plain.classes and len(ds.train) + len(ds.validation) == len(plain.train) + len(
+        plain.validation
+    )
+    reasons = {s.name: s.reason for s in ds.skipped}
+    assert "cycle" in reasons["cat/up/"] and "cycle" in reasons["dog/up/"]
+    assert "outside the source" in reasons["bird/"] and "outside the source" in reasons["cat/stray.jpg"]
+    followed = load_dataset(tree, DataConfig(size=16, workers=1, follow_links=True), progress=False)
+    assert "bird" in followed.classes  # asked for: the link is followed, the cycles still end
