@@ -45,11 +45,16 @@ def atomic_write_text(path: Path, text: str, *, fsync: bool = False) -> None:
 
 
 def write_all(fd: int, data: bytes) -> None:
-    """Every byte, or an error: a short write (a full disk) must not leave half a record that
-    the next ones would be appended to."""
+    """Every byte, or none and an error: after a short write (a full disk) the file is cut back
+    to where it was, so no half record stays for the next ones to be appended to."""
+    start = os.lseek(fd, 0, os.SEEK_END)
     view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        os.ftruncate(fd, start)
+        raise
 
 
 def _writable_folder(folder: Path, what: str) -> None:

@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from pawlab.atomic import atomic_write
-from pawlab.errors import ModelFileError
+from pawlab.errors import ModelFileError, OutputError
 
 FORMAT = "pawlab-model"
 FORMAT_VERSION = 1
@@ -81,7 +81,13 @@ def save(
     for name, state in (rng or {}).items():
         tensors[RNG_PREFIX + name] = state.detach().cpu().contiguous()
     header = {"pawlab": json.dumps(meta)}
-    atomic_write(p, lambda tmp: save_file(tensors, str(tmp), metadata=header), fsync=True)
+    try:
+        atomic_write(p, lambda tmp: save_file(tensors, str(tmp), metadata=header), fsync=True)
+    except (OSError, SafetensorError) as exc:  # a full disk, a read-only folder
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise OutputError(
+            f"{p}: cannot write the model file ({reason}); the one there before is unchanged"
+        ) from None
     return p
 
 

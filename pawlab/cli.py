@@ -800,6 +800,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except BrokenPipeError:
         return _reader_gone()
+    except OSError as exc:  # a full disk, a read-only folder met while working: one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"pawlab {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except PawlabError as exc:
         print(f"pawlab {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

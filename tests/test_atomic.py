@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from pawlab import checkpoint
-from pawlab.atomic import atomic_write_text, check_output_file, check_output_folder
+from pawlab.atomic import atomic_write_text, check_output_file, check_output_folder, write_all
 from pawlab.errors import OutputError
 
 
@@ -33,3 +34,28 @@ def test_outputs_are_checked_in_one_line(tmp_path: Path) -> None:
         check_output_folder(tmp_path / "file" / "sub")
     with pytest.raises(OutputError, match="not a folder"):
         check_output_file(tmp_path / "file" / "m.safetensors")
+
+
+def test_a_short_write_on_a_full_disk_leaves_no_half_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b"id,label\n1,0.5\n")
+    real_write = os.write
+    calls = []
+
+    def full_disk(fd: int, data: bytes | memoryview) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:3]))  # part of the first row fits
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    monkeypatch.setattr(os, "write", full_disk)
+    try:
+        with pytest.raises(OSError, match="No space"):
+            write_all(fd, b"2,0.1\n3,0.9\n")
+    finally:
+        monkeypatch.undo()
+        os.close(fd)
+    assert path.read_bytes() == b"id,label\n1,0.5\n"

@@ -23,7 +23,7 @@ from pawlab.data import Skipped, load_unlabeled
 from pawlab.data.datasets import decode_task, decode_tasks
 from pawlab.data.sources import Source
 from pawlab.data.workers import default_workers, parallel_map
-from pawlab.errors import DataError
+from pawlab.errors import DataError, OutputError
 from pawlab.inference.model import Model, load_model
 from pawlab.runtime import barrier, rank, world_size
 
@@ -244,7 +244,10 @@ def _predict_and_append(
         for chunk in _chunks(zip(todo, results, strict=True), batch_size):
             rows, bad = _batch_rows(m, chunk, hard, tta)
             failed += bad
-            write_all(fd, rows.encode())  # whole rows
+            try:
+                write_all(fd, rows.encode())  # whole rows, or none
+            except OSError as exc:
+                raise OutputError(f"{target}: cannot write the rows ({exc.strerror or exc})") from None
             written += len(chunk)
             bar.update(len(chunk))
     finally:

@@ -14,7 +14,7 @@ import torch
 from pawlab import checkpoint, runlog
 from pawlab.config import AugmentConfig, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import load_dataset
-from pawlab.errors import ConfigError, ModelFileError, TrainingDiverged
+from pawlab.errors import ConfigError, ModelFileError, OutputError, TrainingDiverged
 from pawlab.training import Callback, Trainer, TrainResult, resume, train
 from pawlab.training.augment import augment_batch, random_flip, random_rotate
 from pawlab.training.inputs import class_weights, epoch_order
@@ -123,7 +123,7 @@ def test_failed_save_leaves_previous_model_intact(tmp_path: Path, monkeypatch: p
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint, "save_file", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="disk full"):
         checkpoint.save(out, {"w": torch.zeros(3)}, {"classes": ["a", "b"]})
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
