@@ -136,6 +136,14 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
 
 
+def _class_map(text: str) -> dict[str, str]:
+    """``cats=cat,dogs=dog`` -> {"cats": "cat", "dogs": "dog"}."""
+    pairs = [part.strip().partition("=") for part in text.split(",") if part.strip()]
+    if not pairs or any(not data or not sep or not model for data, sep, model in pairs):
+        raise argparse.ArgumentTypeError(f"expected DATA=MODEL pairs like cats=cat,dogs=dog, got {text!r}")
+    return {data.strip(): model.strip() for data, _, model in pairs}
+
+
 def _quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -311,6 +319,13 @@ def _add_inference(commands: _Commands) -> None:
         "--report-dir", type=Path, default=None, help="where to write figures (default: beside the model)"
     )
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument(
+        "--class-map",
+        type=_class_map,
+        default=None,
+        metavar="DATA=MODEL,...",
+        help="the data's class names in the model's terms, e.g. cats=cat,dogs=dog",
+    )
     _inference_options(p)
     _quiet(p)
 
@@ -678,6 +693,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.quiet and not args.json,
         tta=args.tta,
+        class_map=args.class_map,
     )
     print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
     return 0

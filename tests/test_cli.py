@@ -630,3 +630,9 @@ def _tiny_arch(tmp_path: Path) -> Path:
     arch = tmp_path / "tiny.toml"
     arch.write_text(TINY_TOML)
     return arch
+
+
+def test_a_malformed_class_map_is_a_usage_error(tmp_path: Path) -> None:
+    proc = pawlab("evaluate", tmp_path / "m.safetensors", tmp_path, "--class-map", "cats")
+    assert_one_line_error(proc, "--class-map", "DATA=MODEL")
+    assert proc.returncode == 2

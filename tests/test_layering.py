@@ -24,6 +24,7 @@ LEAVES = {
     "errors",
     "figures",
     "preprocessing",
+    "progress",
     "registry",
     "runlog",
     "runtime",

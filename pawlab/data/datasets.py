@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,8 +283,10 @@ def load_eval_set(
     workers: int = 0,
     progress: bool = True,
     resize: str = "squash",
+    class_map: Mapping[str, str] | None = None,
 ) -> EvalSet:
-    """The labelled images to evaluate a model on, never its training images.
+    """The labelled images to evaluate a model on, never its training images. ``class_map``
+    names the data's classes in the model's terms (``{"cats": "cat"}``).
 
     A source with its own split (or a prepared folder) gives its validation images. The
     very source a model was trained on gives the validation part of the split used in
@@ -308,12 +310,14 @@ def load_eval_set(
         description = f"the validation split used in training (fraction {frac:g}, seed {seed})"
     else:
         splits, description = list(SPLITS), "all labelled images of the source"
-    unknown = sorted(set(packed.classes) - set(classes))
+    named = [(class_map or {}).get(c, c) for c in packed.classes]  # the data's classes, in the model's names
+    unknown = sorted(set(named) - set(classes))
     if unknown:
         raise DataError(
             f"{resolved}: class {unknown[0]!r} is not one of the model's classes ({', '.join(classes)})"
+            + suggest_class_map(named, classes)
         )
-    remap = np.array([classes.index(c) for c in packed.classes], dtype=np.int64)
+    remap = np.array([classes.index(c) for c in named], dtype=np.int64)
     images = ImageSet(
         images=to_channels(np.concatenate([np.array(packed.images(s)) for s in splits]), channels),
         labels=remap[np.concatenate([packed.labels(s) for s in splits])],
@@ -321,6 +325,22 @@ def load_eval_set(
         classes=classes,
     )
     return EvalSet(images, _skipped(packed), description)
+
+
+def _fold(name: str) -> str:
+    """A class name without case or a plural ``s``: ``Cats`` and ``cat`` fold alike."""
+    folded = name.strip().lower()
+    return folded[:-1] if folded.endswith("s") and len(folded) > 1 else folded
+
+
+def suggest_class_map(data_classes: Sequence[str], model_classes: Sequence[str]) -> str:
+    """``" (names differ only in form: --class-map cats=cat,dogs=dog)"`` when every class of the
+    data that the model lacks matches one of its classes after case and plural folding."""
+    missing = [c for c in data_classes if c not in model_classes]
+    pairs = [(c, next((m for m in model_classes if _fold(m) == _fold(c)), None)) for c in missing]
+    if not pairs or any(m is None for _, m in pairs):
+        return ""
+    return f" (the names differ only in form: --class-map {','.join(f'{c}={m}' for c, m in pairs)})"
 
 
 def load_unlabeled(

@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from pawlab.atomic import atomic_write_text
 from pawlab.data.decode import ImageDecodeError, decode
 from pawlab.data.sources import Source, read_entry, source_stamp
 from pawlab.data.workers import Workers, default_workers, refuse_in_starting_process
 from pawlab.errors import DataError
+from pawlab.progress import progress_bar
 
 PACK_FORMAT = "pawlab-prepared"
 PACK_VERSION = 2
@@ -505,9 +505,7 @@ def _collect_decoded(
     """Record each decode result ((reason, digest), in task order) in its plan: the digest, or the
     row marked failed; the skip entries of the failures. Closes the row files even on error."""
     skipped: list[dict[str, Any]] = []
-    bar = tqdm(
-        results, total=len(task_rows), desc="decoding", unit="img", disable=not progress or None, leave=False
-    )
+    bar = progress_bar(results, total=len(task_rows), desc="decoding", enabled=progress)
     try:
         for (split, i), (reason, digest) in zip(task_rows, bar, strict=True):
             plan = plans[split]
@@ -575,9 +573,7 @@ def _write_png_tree(out: Path, manifest: dict[str, Any], pool: Workers, progress
         for row, (fid, f) in enumerate(zip(png_ids([f[0] for f in rows]), rows, strict=True)):
             tasks.append((arr_path, row, str(out / split / f[1] / f"{fid}.png")))
     results = pool.map(_write_png, tasks, chunksize=64)
-    for _ in tqdm(
-        results, total=len(tasks), desc="writing PNGs", unit="img", disable=not progress or None, leave=False
-    ):
+    for _ in progress_bar(results, total=len(tasks), desc="writing PNGs", enabled=progress):
         pass
     _close_row_files()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,12 @@ def _top_losses(images: ImageSet, probs: np.ndarray, classes: list[str]) -> list
 
 
 def eval_set_for(
-    model: Model, data: str | os.PathLike[str], *, workers: int = 0, progress: bool = True
+    model: Model,
+    data: str | os.PathLike[str],
+    *,
+    workers: int = 0,
+    progress: bool = True,
+    class_map: Mapping[str, str] | None = None,
 ) -> EvalSet:
     """The labelled images to judge ``model`` on, at its input size: the source's validation
     split, never the images the model was trained on (see `pawlab.data.load_eval_set`)."""
@@ -142,6 +148,7 @@ def eval_set_for(
         workers=workers,
         progress=progress,
         resize=pre.resize,
+        class_map=class_map,
     )
 
 
@@ -154,15 +161,17 @@ def evaluate(
     progress: bool = True,
     samples: int = 24,
     tta: bool = False,
+    class_map: Mapping[str, str] | None = None,
 ) -> EvalReport:
     """Evaluate on labelled data: its validation split when it has one, never training images.
+    ``class_map``: the data's class names in the model's terms (``{"cats": "cat"}``).
 
     Writes to ``report_dir`` (default: beside the model file, ``<model>-eval/``)
     ``predictions.png`` (sample predictions, wrong ones marked), ``confusion_matrix.png`` and
     ``top_losses.png`` (the most confidently wrong images). ``tta``: test-time augmentation.
     """
     m = model if isinstance(model, Model) else load_model(model)
-    ev = eval_set_for(m, data, workers=workers, progress=progress)
+    ev = eval_set_for(m, data, workers=workers, progress=progress, class_map=class_map)
     m.prepare_for(len(ev.images), tta)
     probs = m.predict_proba(ev.images.images, tta=tta, cached=True, progress=progress)
     stats = metrics_from_probs(probs, ev.images.labels, m.classes)

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pawlab.atomic import atomic_write_bytes
 from pawlab.data.pack import cache_root
 from pawlab.inference.engine import array_batches, folded, infer_batch, run_batches
 from pawlab.preprocessing import Preprocessing
+from pawlab.progress import progress_bar
 
 FEATURES_VERSION = 1
 
@@ -93,13 +92,8 @@ def _compute(
     what: str,
 ) -> np.ndarray:
     # fp32: the head is trained on, and later predicts from, features of the same precision
-    bar = tqdm(
-        total=len(images),
-        desc=f"features ({what}{', mirrored' if view == 'flip' else ''})",
-        unit="img",
-        disable=not progress or None,
-        file=sys.stderr,
-        leave=False,
+    bar = progress_bar(
+        total=len(images), desc=f"features ({what}{', mirrored' if view == 'flip' else ''})", enabled=progress
     )
     parts = []
     for out in run_batches(trunk, array_batches(images, batch_size), pre, device, views=(view,)):

@@ -6,7 +6,6 @@ import glob
 import json
 import os
 import re
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -16,7 +15,6 @@ from typing import Any, TextIO
 
 import numpy as np
 import torch.distributed as dist
-from tqdm import tqdm
 
 from pawlab.atomic import atomic_write_text, check_output_file, write_all
 from pawlab.data import Skipped, load_unlabeled
@@ -25,6 +23,7 @@ from pawlab.data.sources import Source
 from pawlab.data.workers import default_workers, parallel_map
 from pawlab.errors import DataError, OutputError
 from pawlab.inference.model import Model, load_model
+from pawlab.progress import progress_bar
 from pawlab.runtime import barrier, rank, world_size
 
 
@@ -189,16 +188,11 @@ def _target(out: Path) -> Path:
     return out if world_size() == 1 else out.with_name(f"{out.name}.part-{rank()}")
 
 
-def _progress_bar(total: int, progress: bool) -> tqdm[Any]:
+def _progress_bar(total: int, progress: bool) -> Any:
     """Images predicted, shown by rank 0 only."""
     world = world_size()
-    return tqdm(
-        total=total,
-        desc="predicting" if world == 1 else f"predicting (rank 0 of {world})",
-        unit="img",
-        disable=not progress or rank() != 0 or None,
-        file=sys.stderr,
-    )
+    desc = "predicting" if world == 1 else f"predicting (rank 0 of {world})"
+    return progress_bar(total=total, desc=desc, enabled=progress and rank() == 0, leave=True)
 
 
 def _batch_rows(

@@ -112,6 +112,17 @@ def test_evaluate_rejects_unknown_class(trained: tuple[Path, Path], tmp_path: Pa
         evaluate(trained[1], other, report_dir=tmp_path / "rep", workers=1, progress=False)
 
 
+def test_class_names_that_differ_only_in_form_are_mapped(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    plural = write_tree(tmp_path / "plural", {"Cats": 3, "dogs": 3})
+    with pytest.raises(DataError, match=r"differ only in form: --class-map Cats=cat,dogs=dog\)"):
+        evaluate(trained[1], plural, report_dir=tmp_path / "rep", workers=1, progress=False)
+    mapped = {"Cats": "cat", "dogs": "dog"}
+    report = evaluate(
+        trained[1], plural, report_dir=tmp_path / "rep", workers=1, progress=False, class_map=mapped
+    )
+    assert report.count == 6 and report.classes == ["cat", "dog"]
+
+
 def test_metrics_from_probs() -> None:
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
     labels = np.array([0, 1, 1, 1])
