@@ -131,7 +131,7 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
         "--compile",
         choices=("auto", "on", "off"),
         default="auto",
-        help="torch.compile the network: auto (jobs of 2,000 images or more), on or off",
+        help="torch.compile the network: auto (jobs of 3,000 images or more), on or off",
     )
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
 

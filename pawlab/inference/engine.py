@@ -50,9 +50,9 @@ def infer_batch(device: torch.device) -> int:
 # 256 / 285 / 247 / 180 img/s at batch 4 / 8 / 16 / 32; fp32 150 / 127 / 103 / 80).
 COMPILED_BATCH = {"bf16": 8, "fp32": 4}
 # Jobs of at least this many forward passes (images x views) compile the network by default:
-# compiling costs 12-27 s on 2 cores (EfficientNet-Lite0, with and without inductor's disk cache),
-# about what 1,000-2,000 images take uncompiled.
-COMPILE_MIN_IMAGES = 2000
+# where a cold compile has paid for itself. bench/infer.py prints that break-even (its
+# "pays off after N images" line); this is its figure on 2 cores, rounded up.
+COMPILE_MIN_IMAGES = 3000
 
 
 def view(x: torch.Tensor, name: str) -> torch.Tensor:

@@ -224,7 +224,6 @@ def _predict_and_append(
     """Predict ``todo`` a batch at a time, appending whole rows to ``target``: (rows written,
     images that could not be decoded)."""
     pre = m.preprocessing
-    m.prepare_for(len(todo), tta)
     tasks = decode_tasks(source, [n for _, n in todo], pre.size, pre.channels, pre.resize)
     # decoding runs ahead in worker processes while the network computes; half the cores for
     # them (decoding costs a fraction of a forward pass; more would take the network's cores)
@@ -292,6 +291,9 @@ def submit(
     out_path = Path(out)
     done = _open_job(out_path, _job(m, source.path, hard, tta))
     todo = [(i, n) for i, n in numbered if i not in done][rank() :: world_size()]  # this rank's shard
+    # compiled or not is decided by the whole job, not by what is left of it: a resumed run
+    # computes its rows as the uninterrupted one would, so the file comes out the same
+    m.prepare_for(len(numbered), tta)
     written, failed = _predict_and_append(
         m,
         source,

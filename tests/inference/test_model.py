@@ -216,6 +216,23 @@ def test_submit_resumes_after_interruption(trained: tuple[Path, Path], tmp_path:
     assert part.read_text() == full.read_text()
 
 
+def test_a_resumed_submit_decides_compiling_by_the_whole_job(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    test = _test_set(tmp_path / "test")
+    part = tmp_path / "part.csv"
+    with pytest.raises(KeyboardInterrupt):
+        submit(_killed_at_second_batch(trained[1]), test, part, batch_size=4, workers=1, progress=False)
+    sizes: list[int] = []
+    model = load_model(trained[1])
+    real = model.prepare_for
+    monkeypatch.setattr(
+        model, "prepare_for", lambda images, tta=False: (sizes.append(images), real(images, tta))[1]
+    )
+    report = submit(model, test, part, batch_size=4, workers=1, progress=False)
+    assert report.resumed == 4 and sizes == [12]  # the job's 12 images, not the 8 left
+
+
 def test_submit_with_another_model_starts_afresh(trained: tuple[Path, Path], tmp_path: Path) -> None:
     test = _test_set(tmp_path / "test", 4)
     out = tmp_path / "sub.csv"
