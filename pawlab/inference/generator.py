@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pawlab import checkpoint
-from pawlab.errors import DataError, ModelFileError
+from pawlab.errors import ArchitectureError, DataError, ModelFileError
 from pawlab.models.generative import decoder_input
 from pawlab.models.network import Network, build
 
@@ -48,6 +48,8 @@ class Generator:
             network = build(ck.meta["architecture"], len(classes), str(path), output=(c, h, w))
             checkpoint.check_tensors(path, network.state_dict(), ck.model_state)
             network.load_state_dict(ck.model_state)
+        except ArchitectureError as exc:
+            raise ModelFileError(str(exc)) from None
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{path}: damaged generator file ({str(exc).splitlines()[0]})") from None
         return cls(network, classes, ck.meta, Path(path))

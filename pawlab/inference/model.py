@@ -16,7 +16,7 @@ from PIL import Image
 
 from pawlab import checkpoint
 from pawlab.data.decode import ImageDecodeError, decode
-from pawlab.errors import ConfigError, DataError, ModelFileError
+from pawlab.errors import ArchitectureError, ConfigError, DataError, ModelFileError
 from pawlab.inference.engine import (
     COMPILE_MIN_IMAGES,
     COMPILED_BATCH,
@@ -127,6 +127,8 @@ class Model:
             )
             checkpoint.check_tensors(path, network.state_dict(), ck.model_state)
             network.load_state_dict(ck.model_state)
+        except ArchitectureError as exc:  # a description this pawlab cannot build: the file's fault
+            raise ModelFileError(str(exc)) from None
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{path}: damaged model file ({str(exc).splitlines()[0]})") from None
         return cls(network, classes, pre, ck.meta, Path(path), device, precision, compile)

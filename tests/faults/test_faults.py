@@ -1,0 +1,135 @@
+"""Fault injection: damaged inputs and concurrent runs, each bounded in time."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from pawlab import checkpoint, runlog
+from pawlab.config import RuntimeConfig, TrainConfig
+from pawlab.data.decode import ImageDecodeError, decode
+from pawlab.errors import ModelFileError
+from pawlab.inference import load_model
+from pawlab.training import train
+from tests.conftest import CATS_DOGS, ROOT, TINY, requires_cats_dogs, write_tree
+
+
+@requires_cats_dogs
+def test_the_decoder_survives_seeded_mutants_of_real_jpegs() -> None:
+    """300 mutants (flipped bytes, truncations, spliced headers) of real photos: each decodes
+    to an image of the asked size or is refused with a reason, and none hangs."""
+    originals = [p.read_bytes() for p in sorted((CATS_DOGS / "train" / "cats").glob("*.jpg"))[:6]]
+    rng = np.random.default_rng(0)
+    start, refused = time.monotonic(), 0
+    for i in range(300):
+        data = bytearray(originals[i % len(originals)])
+        kind = i % 3
+        if kind == 0:  # flip bytes anywhere, the header included
+            for pos in rng.integers(0, len(data), int(rng.integers(1, 40))):
+                data[pos] ^= int(rng.integers(1, 256))
+        elif kind == 1:  # truncated
+            data = data[: int(rng.integers(0, len(data)))]
+        else:  # another photo's header before this one's body
+            other = originals[(i + 1) % len(originals)]
+            cut = int(rng.integers(2, 600))
+            data = bytearray(other[:cut]) + data[cut:]
+        try:
+            image = decode(bytes(data), (32, 32), 3)
+        except ImageDecodeError as exc:
+            refused += 1
+            assert str(exc) and "\n" not in str(exc)
+        else:
+            assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    assert refused > 0
+    assert time.monotonic() - start < 120
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("faults")
+    out = root / "m.safetensors"
+    src = write_tree(root / "src", {"cat": 6, "dog": 6})
+    train(
+        src, out, TINY, TrainConfig(epochs=1, batch_size=8), workers=1, runtime=RuntimeConfig(progress=False)
+    )
+    return out
+
+
+def _damaged(good: Path, folder: Path) -> dict[str, Path]:
+    """A catalogue of damaged copies of a good model file."""
+    ck = checkpoint.load(good)
+    tensors = {f"model.{k}": v for k, v in ck.model_state.items()}
+    first = next(iter(tensors))
+    raw = good.read_bytes()
+    cases: dict[str, bytes | tuple[dict[str, torch.Tensor], object]] = {
+        "empty": b"",
+        "truncated": raw[: len(raw) // 2],
+        "garbage": os.urandom(4096),
+        "a pickle": b"\x80\x04\x95" + os.urandom(200),
+        "header not JSON": ({**tensors}, "{not json"),
+        "no classes": ({**tensors}, {k: v for k, v in ck.meta.items() if k != "classes"}),
+        "a missing weight": ({k: v for k, v in tensors.items() if k != first}, ck.meta),
+        "a reshaped weight": ({**tensors, first: tensors[first].reshape(-1)[:1].clone()}, ck.meta),
+        "an unknown layer": ({**tensors}, {**ck.meta, "architecture": [{"type": "warp-drive"}]}),
+    }
+    out = {}
+    for name, case in cases.items():
+        path = folder / f"{name.replace(' ', '-')}.safetensors"
+        if isinstance(case, bytes):
+            path.write_bytes(case)
+        else:
+            weights, meta = case
+            text = meta if isinstance(meta, str) else json.dumps(meta)
+            safetensors.torch.save_file(weights, str(path), metadata={"pawlab": text})
+        out[name] = path
+    return out
+
+
+def test_a_catalogue_of_damaged_model_files_is_refused_in_one_line(model_file: Path, tmp_path: Path) -> None:
+    for name, path in _damaged(model_file, tmp_path).items():
+        with pytest.raises(ModelFileError) as error:
+            load_model(path)
+        message = str(error.value)
+        assert "\n" not in message and str(path) in message, name
+
+
+def test_two_trainings_on_one_out_the_second_is_refused_with_the_first_ones_pid(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 12, "dog": 12})
+    out, env = tmp_path / "m.safetensors", {**os.environ, "PYTHONPATH": str(ROOT)}
+    arch = tmp_path / "tiny.json"
+    arch.write_text(json.dumps(TINY))
+    cmd = [
+        sys.executable,
+        "-m",
+        "pawlab",
+        "train",
+        str(src),
+        "--arch-file",
+        str(arch),
+        "--out",
+        str(out),
+        "-q",
+    ]
+    first = subprocess.Popen([*cmd, "--forever", "--workers", "1"], env=env, stderr=subprocess.PIPE)
+    try:
+        lock = tmp_path / "m-run" / runlog.LOCK
+        deadline = time.monotonic() + 120
+        while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = subprocess.run([*cmd, "--epochs", "1"], env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1 and second.stderr.count("\n") == 1
+        assert f"another training (pid {first.pid})" in second.stderr
+    finally:
+        first.terminate()
+        first.wait(timeout=120)
+    assert first.returncode == 0  # stopped cleanly by SIGTERM, its model whole
+    assert load_model(out).classes == ["cat", "dog"]
