@@ -20,7 +20,7 @@ from pawlab.data.decode import ImageDecodeError, decode
 from pawlab.errors import ModelFileError
 from pawlab.inference import load_model
 from pawlab.training import train
-from tests.conftest import CATS_DOGS, ROOT, TINY, requires_cats_dogs, write_tree
+from tests.conftest import CATS_DOGS, ROOT, TINY, make_image, requires_cats_dogs, write_tree
 
 
 @requires_cats_dogs
@@ -133,3 +133,53 @@ def test_two_trainings_on_one_out_the_second_is_refused_with_the_first_ones_pid(
         first.wait(timeout=120)
     assert first.returncode == 0  # stopped cleanly by SIGTERM, its model whole
     assert load_model(out).classes == ["cat", "dog"]
+
+
+def _pawlab(*args: object) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "pawlab", *map(str, args)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _killed_then_rerun(args: list[object], seed: int, kills: int = 3) -> None:
+    """Start the command, SIGKILL it at seeded random moments (``kills`` times), then let it run
+    to the end."""
+    rng = np.random.default_rng(seed)
+    for _ in range(kills):
+        proc = _pawlab(*args)
+        time.sleep(float(rng.uniform(0.3, 4.0)))
+        proc.kill()
+        proc.wait(timeout=60)
+    last = _pawlab(*args)
+    assert last.wait(timeout=300) == 0
+
+
+@pytest.mark.slow
+def test_a_killed_submit_run_again_writes_the_uninterrupted_file(model_file: Path, tmp_path: Path) -> None:
+    test = tmp_path / "test"
+    test.mkdir()
+    for i in range(1, 401):
+        make_image("cat" if i % 2 else "dog", seed=i).save(test / f"{i}.jpg")
+    clean, killed = tmp_path / "clean.csv", tmp_path / "killed.csv"
+    assert (
+        _pawlab("submit", model_file, test, "--out", clean, "--batch-size", 8, "--workers", 1).wait(300) == 0
+    )
+    _killed_then_rerun(
+        ["submit", model_file, test, "--out", killed, "--batch-size", 8, "--workers", 1], seed=1
+    )
+    assert killed.read_bytes() == clean.read_bytes()
+
+
+@pytest.mark.slow
+def test_a_killed_prepare_run_again_packs_what_an_uninterrupted_one_does(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 150, "dog": 150})
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    assert _pawlab("prepare", src, clean, "--size", 16, "--workers", 1).wait(300) == 0
+    _killed_then_rerun(["prepare", src, killed, "--size", 16, "--workers", 1], seed=2)
+    before, after = (json.loads((d / "manifest.json").read_text()) for d in (clean, killed))
+    for split in ("train", "validation"):  # the same pixels, row for row
+        assert np.array_equal(
+            np.load(clean / before["arrays"][split]), np.load(killed / after["arrays"][split])
+        )
+    same = {k: v for k, v in before.items() if k not in ("arrays", "seconds")}
+    assert same == {k: v for k, v in after.items() if k not in ("arrays", "seconds")}
