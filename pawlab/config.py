@@ -132,6 +132,7 @@ class TrainConfig:
     lr: float | None = None  # None: the optimizer's default (DEFAULT_LR)
     batch_size: int = 64  # in all: under DDP each of N processes takes batch_size / N
     weight_decay: float | None = None  # None: the optimizer's default (0.01 for adamw, else 0)
+    decay_all: bool = False  # decay biases and normalisation weights too (by default they are spared)
     momentum: float = 0.9  # sgd and rmsprop
     nesterov: bool = False  # sgd
     schedule: str = "constant"  # learning rate over the run: constant, step, cosine, one-cycle

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from pawlab import checkpoint
 from pawlab.config import RuntimeConfig, TrainConfig
 from pawlab.data import ImageSet
-from pawlab.errors import ConfigError
+from pawlab.errors import ConfigError, ModelFileError
 from pawlab.preprocessing import Preprocessing
 from pawlab.runtime import is_distributed, is_main, rank, resolve_device, use_bf16, world_size
 from pawlab.training.callbacks import BestCheckpoint, Callback, Event
@@ -332,8 +332,15 @@ class Trainer:
         counted as whole epochs of this trainer's batches)."""
         if "model" in state:
             self.network.load_state_dict(state["model"])
-        if state.get("optimizer") is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+        saved = state.get("optimizer")
+        if saved is not None:
+            groups, ours = len(saved.get("param_groups", [])), len(self.optimizer.param_groups)
+            if groups != ours:  # e.g. a run begun before weight decay spared biases and norms
+                raise ModelFileError(
+                    f"the saved optimizer state has {groups} parameter groups, this pawlab makes {ours}: "
+                    "resume it with the pawlab that began it, or start a new run"
+                )
+            self.optimizer.load_state_dict(saved)
         rng = state.get("rng") or {}
         if "shuffle" in rng:
             self.gen.set_state(rng["shuffle"])

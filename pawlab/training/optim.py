@@ -25,6 +25,21 @@ def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def param_groups(network: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The trainable parameters in optimizer groups (`_groups_by_rate`); with weight decay,
+    each split so that biases and normalisation weights (tensors of fewer than 2 dimensions)
+    are not decayed, as nanoGPT and most recipes do."""
+    groups = _groups_by_rate(network, cfg)
+    if cfg.decay <= 0 or cfg.decay_all:
+        return groups
+    split = []
+    for g in groups:
+        decayed = [p for p in g["params"] if p.dim() >= 2]
+        kept = [p for p in g["params"] if p.dim() < 2]
+        split += [{**g, "params": decayed}, {**g, "params": kept, "weight_decay": 0.0}]
+    return [g for g in split if g["params"]]
+
+
+def _groups_by_rate(network: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """The trainable parameters in optimizer groups, each with its ``lr_scale``. With
     ``cfg.lr_spread`` > 1 and a trainable backbone: one group per backbone stage, from the input
     side, then the rest (the head); their scales rise geometrically from 1 / lr_spread to 1

@@ -559,8 +559,8 @@ def test_discriminative_learning_rates_over_backbone_stages() -> None:
     from pawlab.training.optim import param_groups
 
     net = build(transfer_architecture("efficientnet_lite0", size=32, frozen=False), 2, pretrained=False)
-    cfg = TrainConfig(optimizer="adamw", lr=1e-3, lr_spread=100.0, epochs=2)
-    groups = param_groups(net, cfg)
+    cfg = TrainConfig(optimizer="adamw", lr=1e-3, lr_spread=100.0, epochs=2, weight_decay=0.0)
+    groups = param_groups(net, cfg)  # without decay: one group per rate
     scales = [g["lr_scale"] for g in groups]
     # input side first at lr / 100, the head last at lr, geometric in between
     assert scales[0] == pytest.approx(0.01) and scales[-1] == pytest.approx(1.0)
@@ -582,6 +582,23 @@ def test_discriminative_learning_rates_over_backbone_stages() -> None:
         for g in opt.param_groups:
             g["lr"] = config.learning_rate * factor * g["lr_scale"]
         assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3 * factor * s for s in scales])
+
+
+def test_weight_decay_spares_biases_and_normalisation_weights() -> None:
+    from pawlab.models import build
+    from pawlab.training.optim import make_optimizer, param_groups
+
+    net = build(TINY, 2)
+    cfg = TrainConfig(optimizer="adamw", weight_decay=0.05)
+    groups = param_groups(net, cfg)
+    decayed = [p for g in groups if "weight_decay" not in g for p in g["params"]]
+    spared = [p for g in groups if g.get("weight_decay") == 0.0 for p in g["params"]]
+    assert decayed and spared and all(p.dim() >= 2 for p in decayed) and all(p.dim() < 2 for p in spared)
+    assert len(decayed) + len(spared) == sum(1 for _ in net.parameters())
+    opt = make_optimizer(groups, cfg)
+    assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 0.05]
+    assert len(param_groups(net, cfg.with_(weight_decay=0.0))) == 1  # nothing to split
+    assert len(param_groups(net, cfg.with_(decay_all=True))) == 1  # decay on every parameter, as asked
 
 
 def test_schedule_start_begins_a_new_schedule() -> None:
