@@ -826,3 +826,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"pawlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch" in sys.modules:  # only commands that ran torch can have joined a process group
+            from pawlab.runtime import shutdown_distributed
+
+            shutdown_distributed()

@@ -68,6 +68,14 @@ def init_distributed(device: str = "auto") -> None:
     dist.init_process_group(backend)
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group, if this process joined one: left to the interpreter's exit,
+    gloo's threads can be torn down while still running ("terminate called without an active
+    exception", SIGABRT)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` (CUDA when present; under torchrun this process's ``LOCAL_RANK`` GPU), ``cpu``,
     ``cuda`` or ``cuda:N``."""
