@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from pawlab.preprocessing import Preprocessing
+from pawlab.progress import progress_bar
 
 # Test-time augmentation: the image, its mirror, and two 90% crops (resized back), as fastai.
 TTA_VIEWS = ("plain", "flip", "crop-tl", "crop-br")
@@ -249,10 +250,16 @@ def predict_outputs(
     pre: Preprocessing,
     device: torch.device,
     batch_size: int | None = None,
+    progress: bool = False,
     **kwargs: Any,
 ) -> torch.Tensor:
     """uint8 (N, H, W, C) -> outputs (N, ...) float32 on the CPU (see `run_batches`), in batches
-    of ``batch_size`` (default `infer_batch`)."""
+    of ``batch_size`` (default `infer_batch`); ``progress``: a bar, or lines in a log."""
     batches = array_batches(images, batch_size or infer_batch(device))
-    outs = list(run_batches(module, batches, pre, device, **kwargs))
+    bar = progress_bar(total=len(images), desc="predicting", enabled=progress)
+    outs = []
+    for out in run_batches(module, batches, pre, device, **kwargs):
+        outs.append(out)
+        bar.update(len(out))
+    bar.close()
     return torch.cat(outs) if outs else torch.empty(0)

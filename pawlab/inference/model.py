@@ -195,6 +195,7 @@ class Model:
             rerun=self._rerun,
             views=views,
             softmax=True,
+            progress=progress,
         )
         return probs.numpy()
 
