@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from pawlab.atomic import atomic_write
-from pawlab.errors import ModelFileError, OutputError
+from pawlab.errors import ArchitectureError, ModelFileError, OutputError
 
 FORMAT = "pawlab-model"
 FORMAT_VERSION = 1
@@ -144,6 +146,26 @@ def check_tensors(
 
 def _kind(t: torch.Tensor) -> str:
     return f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}"
+
+
+def load_weights(
+    path: str | os.PathLike[str], network: torch.nn.Module, state: dict[str, torch.Tensor]
+) -> None:
+    """Load a file's ``state`` into ``network``, once `check_tensors` has found it whole."""
+    check_tensors(path, network.state_dict(), state)
+    network.load_state_dict(state)
+
+
+@contextmanager
+def damaged(path: str | os.PathLike[str], what: str = "model file") -> Iterator[None]:
+    """Errors met while rebuilding a network from a file's description are the file's: one-line
+    `ModelFileError`s naming it."""
+    try:
+        yield
+    except ArchitectureError as exc:  # a description this pawlab cannot build
+        raise ModelFileError(str(exc)) from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{path}: damaged {what} ({str(exc).splitlines()[0]})") from None
 
 
 def model_kind(meta: dict[str, Any]) -> str:

@@ -11,11 +11,14 @@ import io
 import math
 import os
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
+
+from pawlab.errors import DataError
 
 try:
     import simplejpeg
@@ -184,6 +187,24 @@ def decode(
     except (ValueError, SyntaxError, EOFError, TypeError, cv2.error) as exc:
         raise ImageDecodeError(f"cannot decode image ({exc})") from None
     return to_channels(arr, channels)
+
+
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    """A file's bytes, or a one-line `DataError` naming it."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def decode_named(
+    data: bytes, name: str, size: tuple[int, int] | None, channels: int = 3, resize: str = "squash"
+) -> np.ndarray:
+    """`decode`, its refusal a one-line `DataError` naming the image (a path, ``<bytes>``)."""
+    try:
+        return decode(data, size, channels, resize)
+    except ImageDecodeError as exc:
+        raise DataError(f"{name}: {exc}") from None
 
 
 def to_channels(images: np.ndarray, channels: int) -> np.ndarray:

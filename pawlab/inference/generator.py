@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pawlab import checkpoint
-from pawlab.errors import ArchitectureError, DataError, ModelFileError
+from pawlab.errors import DataError, ModelFileError
 from pawlab.models.generative import decoder_input
 from pawlab.models.network import Network, build
 
@@ -40,18 +40,13 @@ class Generator:
         kind = checkpoint.model_kind(ck.meta)
         if kind != GENERATOR_KIND:
             raise ModelFileError(f"{path}: a {kind} model file, not a generator")
-        try:
+        with checkpoint.damaged(path, "generator file"):
             classes = checkpoint.check_classes(path, ck.meta.get("classes"))
             c, h, w = (int(v) for v in ck.meta["image_shape"])
             if ck.meta.get("output") not in OUTPUTS:
                 raise ValueError(f"unknown output {ck.meta.get('output')!r}")
             network = build(ck.meta["architecture"], len(classes), str(path), output=(c, h, w))
-            checkpoint.check_tensors(path, network.state_dict(), ck.model_state)
-            network.load_state_dict(ck.model_state)
-        except ArchitectureError as exc:
-            raise ModelFileError(str(exc)) from None
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise ModelFileError(f"{path}: damaged generator file ({str(exc).splitlines()[0]})") from None
+            checkpoint.load_weights(path, network, ck.model_state)
         return cls(network, classes, ck.meta, Path(path))
 
     def _check(self, labels: np.ndarray, latents: np.ndarray) -> None:

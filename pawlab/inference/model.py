@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from pawlab import checkpoint
-from pawlab.data.decode import ImageDecodeError, decode
-from pawlab.errors import ArchitectureError, ConfigError, DataError, ModelFileError
+from pawlab.data.decode import decode_named, read_file
+from pawlab.errors import ConfigError, DataError, ModelFileError
 from pawlab.inference.engine import (
     COMPILE_MIN_IMAGES,
     COMPILED_BATCH,
@@ -119,18 +119,13 @@ class Model:
                 f"{path}: a {checkpoint.model_kind(ck.meta)} model file, not a classifier "
                 "(pawlab.inference.load_generator reads generators)"
             )
-        try:
+        with checkpoint.damaged(path):
             classes = checkpoint.check_classes(path, ck.meta.get("classes"))
             pre = Preprocessing.from_json(ck.meta["preprocessing"])
             network = build(
                 ck.meta["architecture"], num_classes=len(classes), where=str(path), pretrained=False
             )
-            checkpoint.check_tensors(path, network.state_dict(), ck.model_state)
-            network.load_state_dict(ck.model_state)
-        except ArchitectureError as exc:  # a description this pawlab cannot build: the file's fault
-            raise ModelFileError(str(exc)) from None
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise ModelFileError(f"{path}: damaged model file ({str(exc).splitlines()[0]})") from None
+            checkpoint.load_weights(path, network, ck.model_state)
         return cls(network, classes, pre, ck.meta, Path(path), device, precision, compile)
 
     @property
@@ -151,15 +146,8 @@ class Model:
         elif isinstance(image, bytes):
             data, name = image, "<bytes>"
         else:
-            name = str(image)
-            try:
-                data = Path(image).read_bytes()
-            except OSError as exc:
-                raise DataError(f"{name}: cannot read ({exc.strerror})") from None
-        try:
-            return decode(data, size, c, self.preprocessing.resize)
-        except ImageDecodeError as exc:
-            raise DataError(f"{name}: {exc}") from None
+            data, name = read_file(image), str(image)
+        return decode_named(data, name, size, c, self.preprocessing.resize)
 
     def predict_proba(
         self,

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pawlab.config import RuntimeConfig
-from pawlab.data.decode import ImageDecodeError, decode
-from pawlab.errors import DataError
+from pawlab.data.decode import decode_named, read_file
 from pawlab.spec.builtin import BUILTIN, use_digit_models
 from pawlab.spec.core import SPECS, ModelSpec, get
 from pawlab.spec.training import DigitModels, default_folder, train_digits
@@ -26,14 +25,7 @@ def _spec(args: argparse.Namespace) -> ModelSpec:
 
 def _image(path: str, shape: tuple[int, int] | None) -> np.ndarray:
     """An image file as uint8 grayscale (H, W) at the discriminator's size."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        image: np.ndarray = decode(data, shape, 1)[..., 0]
-    except ImageDecodeError as exc:
-        raise DataError(f"{path}: {exc}") from None
+    image: np.ndarray = decode_named(read_file(path), path, shape, 1)[..., 0]
     return image
 
 

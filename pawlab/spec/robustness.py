@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,13 +23,13 @@ from typing import Any
 
 import numpy as np
 from PIL import ImageFont
-from tqdm import tqdm
 
 from pawlab.atomic import atomic_write_bytes
 from pawlab.errors import ConfigError, DataError
 from pawlab.figures import RIGHT, UNSURE, WRONG, draw_tile, fit_text, new_sheet, save_png
 from pawlab.inference.evaluation import eval_set_for
 from pawlab.inference.model import Model, load_model
+from pawlab.progress import progress_bar
 from pawlab.spec.metamorphic import (
     FLIP,
     allowed_transforms,
@@ -411,6 +410,28 @@ def _fragile(
     return entries, {"fragile": str(path)}
 
 
+def _all_transforms(
+    model: Model,
+    images: np.ndarray,
+    pred: np.ndarray,
+    p_orig: np.ndarray,
+    specs: Sequence[TransformSpec],
+    opts: _Options,
+    progress: bool,
+) -> tuple[list[TransformResult], list[np.ndarray]]:
+    """`_one_transform` for each of ``specs``, with a bar (or lines in a log)."""
+    results, draw_at = [], []
+    bar = progress_bar(
+        specs, total=len(specs), desc="robustness", unit="transform", enabled=progress, leave=True
+    )
+    for spec in bar:
+        r, at = _one_transform(model, images, pred, p_orig, spec, opts)
+        results.append(r)
+        draw_at.append(at)
+    bar.close()
+    return results, draw_at
+
+
 def robustness(
     model: Model,
     images: np.ndarray,
@@ -449,11 +470,7 @@ def robustness(
     p0 = _predict(model, images, batch_size)
     pred = p0.argmax(1)
     p_orig = p0[np.arange(len(images)), pred]
-    results, draw_at = [], []
-    for spec in tqdm(specs, desc="robustness", unit="transform", disable=not progress, file=sys.stderr):
-        r, at = _one_transform(model, images, pred, p_orig, spec, opts)
-        results.append(r)
-        draw_at.append(at)
+    results, draw_at = _all_transforms(model, images, pred, p_orig, specs, opts, progress)
     listed = list(names) if names is not None else [f"#{i}" for i in range(len(images))]
     out = Path(out_dir) if out_dir is not None else None
     entries, figures = _fragile(model, images, lab, p0, results, draw_at, listed, fragile, out)
