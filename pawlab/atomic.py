@@ -25,8 +25,18 @@ def atomic_write(path: Path, write: Callable[[Path], object], *, fsync: bool = F
             finally:
                 os.close(fd)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise named(exc, path) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def named(exc: OSError, path: str | os.PathLike[str]) -> OSError:
+    """``exc`` naming ``path`` (the file the user knows, not a temporary one beside it) when it
+    names no file or a temporary one: a failed ``write`` on a descriptor names nothing."""
+    if exc.filename is not None and not str(exc.filename).endswith(".tmp"):
+        return exc
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def _umask() -> int:
@@ -44,17 +54,18 @@ def atomic_write_text(path: Path, text: str, *, fsync: bool = False) -> None:
     atomic_write_bytes(path, text.encode(), fsync=fsync)
 
 
-def write_all(fd: int, data: bytes) -> None:
-    """Every byte, or none and an error: after a short write (a full disk) the file is cut back
-    to where it was, so no half record stays for the next ones to be appended to."""
+def write_all(fd: int, data: bytes, path: str | os.PathLike[str]) -> None:
+    """Every byte, or none and an error naming ``path`` (the file of ``fd``): after a short
+    write (a full disk) the file is cut back to where it was, so no half record stays for the
+    next ones to be appended to."""
     start = os.lseek(fd, 0, os.SEEK_END)
     view = memoryview(data)
     try:
         while view:
             view = view[os.write(fd, view) :]
-    except OSError:
+    except OSError as exc:
         os.ftruncate(fd, start)
-        raise
+        raise named(exc, path) from None
 
 
 def _writable_folder(folder: Path, what: str) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import shutil
 import zlib
@@ -58,9 +59,30 @@ def append_json_line(path: str | os.PathLike[str], record: dict[str, Any]) -> No
     """Append ``record`` as one line, written whole (a reader never sees half of it)."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        write_all(fd, (json.dumps(record) + "\n").encode())
+        write_all(fd, (json.dumps(record) + "\n").encode(), path)
     finally:
         os.close(fd)
+
+
+def drop_epochs_after(path: str | os.PathLike[str], epoch: int) -> None:
+    """Remove the lines of epochs after ``epoch`` from the metrics file at ``path``: a resumed
+    run repeats them, and its history must not hold an epoch twice."""
+    p = Path(path)
+    if not p.exists():
+        return
+    lines = p.read_bytes().splitlines(keepends=True)
+    keep = [line for line in lines if _epoch_of(line) <= epoch]
+    if len(keep) != len(lines):
+        atomic_write_text(p, b"".join(keep).decode())
+
+
+def _epoch_of(line: bytes) -> float:
+    """The ``epoch`` of a metrics line; infinite for a line cut short or not a record."""
+    try:
+        record = json.loads(line)
+        return float(record["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def read_json_lines(

@@ -53,8 +53,9 @@ def test_a_short_write_on_a_full_disk_leaves_no_half_record(
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     monkeypatch.setattr(os, "write", full_disk)
     try:
-        with pytest.raises(OSError, match="No space"):
-            write_all(fd, b"2,0.1\n3,0.9\n")
+        with pytest.raises(OSError, match="No space") as error:
+            write_all(fd, b"2,0.1\n3,0.9\n", path)
+        assert error.value.filename == str(path)  # named, for the one-line message
     finally:
         monkeypatch.undo()
         os.close(fd)

@@ -636,3 +636,14 @@ def test_a_malformed_class_map_is_a_usage_error(tmp_path: Path) -> None:
     proc = pawlab("evaluate", tmp_path / "m.safetensors", tmp_path, "--class-map", "cats")
     assert_one_line_error(proc, "--class-map", "DATA=MODEL")
     assert proc.returncode == 2
+
+
+def test_prepare_quiet_prints_no_decoder_warnings_from_its_workers(tmp_path: Path) -> None:
+    from tests.data.test_datasets import corrupt_exif_jpeg
+
+    src = write_tree(tmp_path / "src", {"cat": 20, "dog": 20})
+    for i in range(3):
+        (src / "dog" / f"exif{i}.jpg").write_bytes(corrupt_exif_jpeg(i))
+    proc = pawlab("prepare", src, tmp_path / "out", "--size", 16, "--workers", 2, "-q")
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert "3 files used, with decoder warnings" in proc.stdout

@@ -65,3 +65,15 @@ def test_kinds_are_data_and_the_module_needs_no_torch() -> None:
     code = "import sys, pawlab.runlog; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_drop_epochs_after_keeps_the_history_a_resumed_run_continues(tmp_path: Path) -> None:
+    path = tmp_path / runlog.METRICS
+    for epoch in (1, 2, 3):
+        runlog.append_json_line(path, {"epoch": float(epoch), "val_loss": 1.0 / epoch})
+    with open(path, "ab") as fh:
+        fh.write(b'{"epoch": 4.0, "val_l')  # cut short by a kill
+    runlog.drop_epochs_after(path, 2)
+    assert [r["epoch"] for r in runlog.read_json_lines(path)[0]] == [1.0, 2.0]
+    runlog.drop_epochs_after(tmp_path / "none.jsonl", 2)  # no file: nothing to do
+    assert not (tmp_path / "none.jsonl").exists()

@@ -153,7 +153,12 @@ def _resize(arr: np.ndarray, size: tuple[int, int], policy: str) -> np.ndarray:
 
 
 def decode(
-    data: bytes, size: tuple[int, int] | None, channels: int = 3, resize: str = "squash"
+    data: bytes,
+    size: tuple[int, int] | None,
+    channels: int = 3,
+    resize: str = "squash",
+    *,
+    notes: list[str] | None = None,
 ) -> np.ndarray:
     """Bytes to a uint8 array of shape (H, W, channels), resized to ``size`` = (H, W).
 
@@ -163,11 +168,15 @@ def decode(
     is applied. ``resize``: ``squash`` resizes the whole image to ``size`` (aspect ratio not
     kept), as in the Cortex and Keras tutorials; ``crop`` resizes the shorter side to fit and
     keeps the centre (as ImageNet models are evaluated).
+
+    Warnings the decoders raise about a usable image (Pillow's "Corrupt EXIF data", say) are
+    never printed: each becomes one line appended to ``notes``, or is dropped when it is None.
     """
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             arr = _decode_jpeg_scaled(data, size) if size is not None else None
             if arr is None:
@@ -175,6 +184,8 @@ def decode(
             if size is not None:
                 arr = _resize(arr, size, resize)
             arr = np.array(arr, dtype=np.uint8)  # writable, contiguous, detached from Pillow
+        if notes is not None:
+            notes.extend(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"decompression bomb guard: {exc}") from None
     except UnidentifiedImageError:

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pawlab.atomic import atomic_write_text
+from pawlab.atomic import atomic_write, atomic_write_text, named
 from pawlab.data.decode import ImageDecodeError, decode
 from pawlab.data.sources import Source, read_entry, source_stamp
 from pawlab.data.workers import Workers, default_workers, refuse_in_starting_process
@@ -135,7 +135,10 @@ def _write_row(path: str, row: int, image: np.ndarray) -> None:
     view = np.ascontiguousarray(image).data.cast("B")
     position = offset + row * len(view)
     while view:
-        written = os.pwrite(fd, view, position)
+        try:
+            written = os.pwrite(fd, view, position)
+        except OSError as exc:
+            raise named(exc, path) from None
         view, position = view[written:], position + written
 
 
@@ -149,22 +152,27 @@ def _close_row_files() -> None:
 DecodeIntoTask = tuple[str, tuple[int, int], str, int, str, str, int]
 
 
-def _decode_into(task: DecodeIntoTask) -> tuple[str | None, str | None]:
-    """Decode one file straight into row ``row`` of the array file; (reason, digest)."""
+Decoded = tuple[str | None, str | None, str | None]  # (skip reason, digest, decoder's warnings)
+
+
+def _decode_into(task: DecodeIntoTask) -> Decoded:
+    """Decode one file straight into row ``row`` of the array file."""
     src_path, stamp, name, size, resize, array_path, row = task
     data = read_entry(src_path, stamp, name)
     if isinstance(data, str):
-        return data, None
+        return data, None, None
+    notes: list[str] = []
     try:
-        _write_row(array_path, row, decode(data, (size, size), 3, resize))
+        _write_row(array_path, row, decode(data, (size, size), 3, resize, notes=notes))
     except ImageDecodeError as exc:
-        return str(exc), None
-    return None, hashlib.blake2b(data, digest_size=16).hexdigest()
+        return str(exc), None, None
+    return None, hashlib.blake2b(data, digest_size=16).hexdigest(), "; ".join(notes) or None
 
 
 def _write_png(task: tuple[str, int, str]) -> None:
     array_path, row, png_path = task
-    Image.fromarray(np.asarray(_open_rows(array_path)[row])).save(png_path, compress_level=1)
+    image = Image.fromarray(np.asarray(_open_rows(array_path)[row]))
+    atomic_write(Path(png_path), lambda tmp: image.save(tmp, format="PNG", compress_level=1))
 
 
 # ----------------------------------------------------------------------------- packing
@@ -193,9 +201,18 @@ def check_out_dir(out: Path, src: Path) -> None:
 
 
 def _new_array(path: Path, n: int, size: int) -> np.memmap[Any, Any]:
+    """A (n, size, size, 3) uint8 array file, its space reserved: a disk too small is an error
+    naming it now, before any decoding, not a crash when a page of the mapping is first written."""
     arr: np.memmap[Any, Any] = np.lib.format.open_memmap(
         path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3)
     )
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        raise named(exc, path) from None
+    finally:
+        os.close(fd)
     return arr
 
 
@@ -253,7 +270,7 @@ def pack(
     if current is not None:
         return PackResult(current, up_to_date=True, decoded=0, reused=0)
     _claim_folder(out, old)
-    with Workers(workers or default_workers()) as pool:
+    with _no_orphans_on_failure(out), Workers(workers or default_workers()) as pool:
         plans, all_skipped, decoded, reused = _build_arrays(
             source, planned, out, size, resize, old, pool, progress, uuid.uuid4().hex[:8]
         )
@@ -267,13 +284,12 @@ def pack(
             )
         classes = sorted({f[1] for split in SPLITS for f in files[split]})
         problem = _problem(files, classes, all_skipped, strict)
-        if problem is not None:
-            for path in arrays.values():
-                path.unlink(missing_ok=True)
+        if problem is not None:  # the new arrays go with the error (_no_orphans_on_failure)
             raise DataError(f"{source.path}: {problem}")
         manifest = _new_manifest(
             fp, source.path, settings, size, png, dedupe, classes, files, arrays, all_skipped, duplicates
         )
+        manifest["notes"] = _notes(plans)
         _commit(out, manifest, old)
         if png:
             _write_png_tree(out, manifest, pool, progress)
@@ -291,6 +307,17 @@ def _up_to_date(out: Path, old: dict[str, Any] | None, fp: str) -> Packed | None
     if old is not None and old.get("fingerprint") == fp and old.get("complete"):
         return open_packed(out)
     return None
+
+
+@contextmanager
+def _no_orphans_on_failure(out: Path) -> Iterator[None]:
+    """On any failure (a full disk, Ctrl-C), drop the arrays this run made: no half-written
+    cache is left behind; the manifest there still names what it named."""
+    try:
+        yield
+    except BaseException:
+        _remove_orphans(out, read_manifest(out))
+        raise
 
 
 def _claim_folder(out: Path, old: dict[str, Any] | None) -> None:
@@ -360,6 +387,7 @@ def _new_manifest(
         "classes": classes,
         "counts": {sp: {c: sum(1 for f in files[sp] if f[1] == c) for c in classes} for sp in SPLITS},
         "skipped": skipped,
+        "notes": [],  # files packed with the decoder's warnings (`_notes`)
         "duplicates": duplicates,
         "deduplicated": dedupe,
         "png": png,
@@ -376,10 +404,11 @@ class _SplitPlan:
     digests: list[str | None]
     ok: np.ndarray  # bool (N,): row decoded (or copied)
     files: list[list[Any]]  # manifest rows, filled at the end
+    notes: dict[int, str] = field(default_factory=dict)  # row -> the decoder's warnings
 
 
 _FileKey = tuple[str, int, float]  # (name, size, mtime)
-_OldRow = tuple[str, int, str]  # (split, row, digest) in the previous arrays
+_OldRow = tuple[str, int, str, str | None]  # (split, row, digest, note) in the previous arrays
 _Copies = dict[str, list[tuple[int, int]]]  # old split -> [(new row, old row)]
 
 
@@ -426,13 +455,26 @@ def _old_lookups(
     old_rows: dict[_FileKey, _OldRow] = {}
     old_skips: dict[_FileKey, str] = {}
     if old is not None and "files" in old and (old["size"], old.get("resize", "squash")) == (size, resize):
+        notes = {(n["name"], n["size"], n["mtime"]): n["note"] for n in old.get("notes", [])}
         for split in SPLITS:
             for row, (name, _label, fsize, mtime, digest) in enumerate(old["files"][split]):
-                old_rows[(name, fsize, mtime)] = (split, row, digest)
+                key = (name, fsize, mtime)
+                old_rows[key] = (split, row, digest, notes.get(key))
         for sk in old.get("skipped", []):
             if "size" in sk:
                 old_skips[(sk["name"], sk["size"], sk["mtime"])] = sk["reason"]
     return old_rows, old_skips
+
+
+def _notes(plans: dict[str, _SplitPlan]) -> list[dict[str, Any]]:
+    """The manifest's ``notes``: files packed, but with warnings from the decoder (corrupt EXIF
+    data, say); size and mtime carry each note over to a later run that copies the row."""
+    return [
+        {"name": it.name, "note": plan.notes[i], "size": it.size, "mtime": it.mtime}
+        for plan in plans.values()
+        for i, it in enumerate(plan.items)
+        if plan.ok[i] and i in plan.notes
+    ]
 
 
 def _skip_entry(it: PlannedItem, reason: str) -> dict[str, Any]:
@@ -478,6 +520,8 @@ def _fill_split(
         else:
             copies.setdefault(prev[0], []).append((i, prev[1]))
             plan.digests[i] = prev[2]
+            if prev[3] is not None:
+                plan.notes[i] = prev[3]
     copied = _copy_rows(arr, copies, out, old)
     arr.flush()
     return plan, fresh, copied
@@ -497,20 +541,22 @@ def _copy_rows(arr: np.memmap[Any, Any], copies: _Copies, out: Path, old: dict[s
 
 
 def _collect_decoded(
-    results: Iterator[tuple[str | None, str | None]],
+    results: Iterator[Decoded],
     task_rows: list[tuple[str, int]],
     plans: dict[str, _SplitPlan],
     progress: bool,
 ) -> list[dict[str, Any]]:
-    """Record each decode result ((reason, digest), in task order) in its plan: the digest, or the
+    """Record each decode result (in task order) in its plan: the digest and any note, or the
     row marked failed; the skip entries of the failures. Closes the row files even on error."""
     skipped: list[dict[str, Any]] = []
     bar = progress_bar(results, total=len(task_rows), desc="decoding", enabled=progress)
     try:
-        for (split, i), (reason, digest) in zip(task_rows, bar, strict=True):
+        for (split, i), (reason, digest, note) in zip(task_rows, bar, strict=True):
             plan = plans[split]
             if reason is None:
                 plan.digests[i] = digest
+                if note is not None:
+                    plan.notes[i] = note
             else:
                 plan.ok[i] = False
                 skipped.append(_skip_entry(plan.items[i], reason))

@@ -238,7 +238,7 @@ def _predict_and_append(
             rows, bad = _batch_rows(m, chunk, hard, tta)
             failed += bad
             try:
-                write_all(fd, rows.encode())  # whole rows, or none
+                write_all(fd, rows.encode(), target)  # whole rows, or none
             except OSError as exc:
                 raise OutputError(f"{target}: cannot write the rows ({exc.strerror or exc})") from None
             written += len(chunk)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
 import zipfile
 import zlib
 from collections.abc import Iterable
@@ -825,3 +826,32 @@ def test_link_cycles_end_and_links_outside_are_not_followed(tree: Path, tmp_path
     assert "outside the source" in reasons["bird/"] and "outside the source" in reasons["cat/stray.jpg"]
     followed = load_dataset(tree, DataConfig(size=16, workers=1, follow_links=True), progress=False)
     assert "bird" in followed.classes  # asked for: the link is followed, the cycles still end
+
+
+def corrupt_exif_jpeg(seed: int) -> bytes:
+    """A good JPEG whose EXIF block names a tag stored past its end (Pillow warns, then decodes)."""
+    entry = struct.pack("<HHII", 0x010E, 2, 200, 1000)  # ImageDescription, ASCII, 200 bytes at 1000
+    tiff = b"II*\x00" + struct.pack("<IH", 8, 1) + entry + struct.pack("<I", 0)
+    return encode(make_image("cat", seed), "JPEG", exif=b"Exif\x00\x00" + tiff)
+
+
+def test_decoder_warnings_become_notes_and_are_never_printed(recwarn: pytest.WarningsRecorder) -> None:
+    notes: list[str] = []
+    image = decode(corrupt_exif_jpeg(1), (16, 16), notes=notes)
+    assert image.shape == (16, 16, 3)
+    assert len(notes) == 1 and "tag" in notes[0].lower() and "\n" not in notes[0]
+    decode(corrupt_exif_jpeg(1), (16, 16))  # notes=None: dropped
+    assert not recwarn.list
+
+
+def test_prepare_records_decoder_warnings_as_notes_in_the_manifest(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 6, "dog": 6})
+    (src / "cat" / "exif.jpg").write_bytes(corrupt_exif_jpeg(2))
+    report = prepare(src, tmp_path / "packed", ONE, progress=False)
+    assert [n["name"] for n in report.notes] == ["cat/exif.jpg"]
+    assert "decoder warnings" in report.summary() and "cat/exif.jpg" in report.summary()
+    again = prepare(src, tmp_path / "packed", ONE, progress=False)  # rows copied: the note stays
+    assert again.up_to_date and again.notes == report.notes
+    (src / "dog" / "dog.0.jpg").unlink()
+    changed = prepare(src, tmp_path / "packed", ONE, progress=False)
+    assert changed.reused > 0 and changed.notes == report.notes

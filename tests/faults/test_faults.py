@@ -183,3 +183,50 @@ def test_a_killed_prepare_run_again_packs_what_an_uninterrupted_one_does(tmp_pat
         )
     same = {k: v for k, v in before.items() if k not in ("arrays", "seconds")}
     assert same == {k: v for k, v in after.items() if k not in ("arrays", "seconds")}
+
+
+@pytest.mark.slow
+def test_a_killed_training_resumed_ends_with_the_uninterrupted_model(tmp_path: Path) -> None:
+    """SIGKILL at seeded random moments (after a random number of epochs, then a random part
+    of the next); each restart resumes from the last saved epoch; the final model and every
+    epoch's figures are those of a run never interrupted."""
+    src = write_tree(tmp_path / "src", {"cat": 120, "dog": 120})
+    arch = tmp_path / "tiny.json"
+    arch.write_text(json.dumps(TINY))
+    recipe = ["--arch-file", arch, "--epochs", 60, "--workers", 1, "-q"]
+    clean, killed, run = (
+        tmp_path / "clean.safetensors",
+        tmp_path / "killed.safetensors",
+        tmp_path / "killed-run",
+    )
+    assert _pawlab("train", src, *recipe, "--out", clean).wait(300) == 0
+    rng = np.random.default_rng(3)
+    proc = _pawlab("train", src, *recipe, "--out", killed)
+    for at in sorted(rng.choice(np.arange(5, 55), 3, replace=False)):
+        _wait_for_lines(run / runlog.METRICS, int(at), proc)
+        time.sleep(float(rng.uniform(0.0, 0.05)))
+        proc.kill()
+        proc.wait(timeout=60)
+        proc = _pawlab("train", "--resume", run, "--epochs", 60, "--workers", 1)
+    assert proc.wait(timeout=300) == 0
+    starts = [json.loads(line) for line in (run / runlog.EVENTS).read_text().splitlines()]
+    assert len([e for e in starts if e["event"] == "start"]) == 4  # killed three times, mid-training
+    a, b = safetensors.torch.load_file(str(clean)), safetensors.torch.load_file(str(killed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def figures(run: Path) -> list[tuple[float, ...]]:
+        rows = [json.loads(line) for line in (run / runlog.METRICS).read_text().splitlines()]
+        return [(r["epoch"], r["train_loss"], r["val_loss"], r["val_accuracy"]) for r in rows]
+
+    assert figures(tmp_path / "killed-run") == figures(tmp_path / "clean-run")
+
+
+def _wait_for_lines(path: Path, lines: int, proc: subprocess.Popen[bytes]) -> None:
+    """Until ``path`` has ``lines`` lines (a training's epochs so far); the process must be alive."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= lines:
+            return
+        assert proc.poll() is None, "the training ended before it was to be killed"
+        time.sleep(0.005)
+    raise AssertionError(f"{path}: fewer than {lines} lines after 120 s")

@@ -233,6 +233,30 @@ def test_a_resumed_submit_decides_compiling_by_the_whole_job(
     assert report.resumed == 4 and sizes == [12]  # the job's 12 images, not the 8 left
 
 
+@pytest.mark.slow
+def test_a_resumed_compiled_submit_writes_the_bytes_of_an_uninterrupted_one(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``compile auto`` and the job (12 images) above the threshold but the part left after
+    an interruption (8) below it, the resumed run compiles too, and its file is the same."""
+    from pawlab.inference import model as model_module
+
+    monkeypatch.setattr(model_module, "COMPILE_MIN_IMAGES", 10)
+    test = _test_set(tmp_path / "test")
+    full, part = tmp_path / "full.csv", tmp_path / "part.csv"
+    whole = load_model(trained[1], compile="auto")
+    submit(whole, test, full, batch_size=4, workers=1, progress=False)
+    if whole._compiled is None or whole._compiled.failed is not None:
+        pytest.skip("torch.compile does not work here")
+    killed = _killed_at_second_batch(trained[1])
+    with pytest.raises(KeyboardInterrupt):
+        submit(killed, test, part, batch_size=4, workers=1, progress=False)
+    resumed = load_model(trained[1], compile="auto")
+    report = submit(resumed, test, part, batch_size=4, workers=1, progress=False)
+    assert report.resumed == 4 and resumed._compiled is not None
+    assert part.read_bytes() == full.read_bytes()
+
+
 def test_submit_with_another_model_starts_afresh(trained: tuple[Path, Path], tmp_path: Path) -> None:
     test = _test_set(tmp_path / "test", 4)
     out = tmp_path / "sub.csv"
@@ -457,7 +481,7 @@ def test_rows_are_written_whole_even_by_short_writes(monkeypatch: pytest.MonkeyP
     path = tmp_path / "rows"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
     try:
-        atomic.write_all(fd, b"1,0.25\n2,0.75\n")
+        atomic.write_all(fd, b"1,0.25\n2,0.75\n", path)
     finally:
         os.close(fd)
     assert path.read_bytes() == b"1,0.25\n2,0.75\n"
