@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned and installed before the rest: otherwise pip may pull a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test lint typecheck bench clean browser
+.PHONY: demo test lint typecheck bench clean browser notebooks
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,13 @@ test: $(VENV)/.installed browser
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check pawlab tests $(wildcard bench)
+	$(PY) -m ruff check pawlab tests examples $(wildcard bench)
 	$(PY) -m mypy
+
+# Run every walkthrough notebook in full on ../shared/data and write it with its outputs
+# (about half an hour on 2 cores); the tests run them on a small subset.
+notebooks: $(VENV)/.installed
+	$(PY) examples/notebooks/build.py
 
 clean:
 	rm -rf $(VENV) pawlab-demo .pytest_cache .mypy_cache

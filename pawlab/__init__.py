@@ -29,7 +29,7 @@ if TYPE_CHECKING:
         TrainingDiverged,
         WorkerError,
     )
-    from pawlab.inference import EvalReport, Model, Prediction, evaluate, load_model, submit
+    from pawlab.inference import EvalReport, Model, Prediction, Predictions, evaluate, load_model, submit
     from pawlab.models import ARCHITECTURES, LAYERS, Network, build, get_architecture, load_arch_file
     from pawlab.training import Callback, Event, Trainer, TrainResult, resume, train
 
@@ -46,7 +46,15 @@ _EXPORTS = {
         "TrainingDiverged",
         "WorkerError",
     ],
-    "pawlab.inference": ["EvalReport", "Model", "Prediction", "evaluate", "load_model", "submit"],
+    "pawlab.inference": [
+        "EvalReport",
+        "Model",
+        "Prediction",
+        "Predictions",
+        "evaluate",
+        "load_model",
+        "submit",
+    ],
     "pawlab.models": ["ARCHITECTURES", "LAYERS", "Network", "build", "get_architecture", "load_arch_file"],
     "pawlab.training": ["Callback", "Event", "Trainer", "TrainResult", "resume", "train"],
 }
@@ -71,6 +79,7 @@ __all__ = [
     "OutputError",
     "PawlabError",
     "Prediction",
+    "Predictions",
     "PrepareReport",
     "RuntimeConfig",
     "TrainConfig",

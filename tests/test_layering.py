@@ -21,6 +21,7 @@ LEAVES = {
     "atomic",
     "checkpoint",
     "config",
+    "display",
     "errors",
     "figures",
     "preprocessing",

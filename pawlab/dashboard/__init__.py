@@ -1,13 +1,16 @@
 """The live training dashboard: curves, a confusion matrix whose cells open their images, run
 comparison; served on localhost from run directories. Imports no torch.
 
-    store.py   runs as read from their run directories (`pawlab.runlog`)
-    app.py     the Starlette app: the page, its assets (plotly.js from the installed package)
-               and a read-only JSON API with a server-sent event stream
-    export.py  one run's page as one offline HTML file (``pawlab dashboard RUN --export F``)
-    static/    the page
+    store.py     runs as read from their run directories (`pawlab.runlog`)
+    app.py       the Starlette app: the page, its assets (plotly.js from the installed package)
+                 and a read-only JSON API with a server-sent event stream
+    export.py    one run's page as one offline HTML file (``pawlab dashboard RUN --export F``)
+    notebook.py  `show`: the dashboard in a notebook's output, served from the kernel on
+                 127.0.0.1 or inlined offline; `stop`
+    static/      the page
 
-``pawlab dashboard RUNS...`` or ``pawlab train ... --dashboard`` start it.
+``pawlab dashboard RUNS...`` or ``pawlab train ... --dashboard`` start it; in a notebook,
+``pawlab.dashboard.show(result)``.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import sys
 from pathlib import Path
 
 from pawlab.dashboard.app import LOOPBACK_HOSTS, create_app
+from pawlab.dashboard.notebook import Dashboard, show, stop
 
-__all__ = ["DEFAULT_PORT", "create_app", "serve"]
+__all__ = ["DEFAULT_PORT", "Dashboard", "create_app", "serve", "show", "stop"]
 
 DEFAULT_PORT = 8091  # where Cortex's dashboard was
 

@@ -377,6 +377,7 @@ class PrepareReport:
     classes: list[str]
     counts: dict[str, dict[str, int]]  # split -> class -> images
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[dict[str, str]] = field(default_factory=list)  # packed, with the decoder's warnings
     duplicates: list[dict[str, str]] = field(default_factory=list)
     deduplicated: bool = False
     presplit: bool = False
@@ -397,6 +398,7 @@ class PrepareReport:
             classes=m["classes"],
             counts=m["counts"],
             skipped=[{"name": s["name"], "reason": s["reason"]} for s in m["skipped"]],
+            notes=[{"name": n["name"], "note": n["note"]} for n in m.get("notes", [])],
             duplicates=m["duplicates"],
             deduplicated=m["deduplicated"],
             presplit=m["presplit"],
@@ -422,6 +424,12 @@ class PrepareReport:
                 f"  skipped    {len(self.skipped):>6} files: "
                 + "; ".join(f"{n} {r}" for r, n in reasons.most_common())
             )
+        if self.notes:
+            first = self.notes[0]
+            lines.append(
+                f"  warnings   {len(self.notes):>6} files used, with decoder warnings in the manifest's "
+                f"notes, e.g. {first['name']}: {first['note']}"
+            )
         if self.duplicates:
             first = self.duplicates[0]
             action = (
@@ -433,6 +441,65 @@ class PrepareReport:
             )
         lines.append(f"  took {self.seconds:.1f}s; manifest: {Path(self.out) / MANIFEST}")
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        splits = ", ".join(f"{split} {sum(per.values()):,}" for split, per in self.counts.items())
+        extra = "".join(
+            f"; {n} {what}"
+            for n, what in (
+                (len(self.skipped), "skipped"),
+                (len(self.notes), "with warnings"),
+                (len(self.duplicates), "duplicates"),
+            )
+            if n
+        )
+        return f"PrepareReport({self.source} -> {self.out} at {self.size}x{self.size}: {splits}{extra})"
+
+    def _repr_html_(self) -> str:
+        from pawlab import display
+
+        work = (
+            "up to date, nothing decoded"
+            if self.up_to_date
+            else f"{self.decoded} decoded, {self.reused} reused"
+        )
+        split = f"{self.val_fraction:g} to validation, seed {self.seed}"
+        about = {
+            "source": self.source,
+            "prepared in": self.out,
+            "size": f"{self.size}x{self.size}",
+            "split": "the source's own (presplit)" if self.presplit else split,
+            "work": f"{work}, {self.seconds:.1f}s",
+        }
+        splits = list(self.counts)
+        rows = [[c, *(self.counts[s].get(c, 0) for s in splits)] for c in self.classes]
+        rows.append(["total", *(sum(self.counts[s].values()) for s in splits)])
+        parts = [display.fields(about), display.table(rows, ["class", *splits]), *self._html_problems()]
+        return display.section("pawlab PrepareReport", *parts)
+
+    def _html_problems(self) -> list[str]:
+        """Skipped files (reasons counted), decoder warnings and duplicates, each a collapsed list
+        of its first 50."""
+        from pawlab import display
+
+        out: list[str] = []
+        if self.skipped:
+            reasons = Counter(s["reason"].split(" (")[0] for s in self.skipped)
+            counted = "; ".join(f"{n} {r}" for r, n in reasons.most_common())
+            listed = display.table([(s["name"], s["reason"]) for s in self.skipped[:50]], ["file", "reason"])
+            out.append(display.details(f"skipped {len(self.skipped)} files: {counted}", listed))
+        if self.notes:
+            listed = display.table([(n["name"], n["note"]) for n in self.notes[:50]], ["file", "warning"])
+            out.append(display.details(f"{len(self.notes)} files used, with decoder warnings", listed))
+        if self.duplicates:
+            action = "removed from validation" if self.deduplicated else "kept; --dedupe removes them"
+            listed = display.table(
+                [(d["validation"], d["train"]) for d in self.duplicates[:50]],
+                ["validation image", "same bytes as training image"],
+            )
+            what = f"{len(self.duplicates)} validation images byte-identical to training images ({action})"
+            out.append(display.details(what, listed))
+        return out
 
 
 def prepare(

@@ -1,6 +1,6 @@
 """Inference: a model file's `Model`, and everything that runs it.
 
-model.py       `Model` and `load_model`: predict an image, a batch, with test-time views
+model.py       `Model` and `load_model`: predict an image, a list (`Predictions`), with test-time views
 engine.py      the one batched path: channels-last, guarded bf16, compiled frozen graphs
 features.py    a frozen trunk's features, computed once and cached
 agreement.py   whether guarded bf16 agrees with fp32 for a model (checked after training)
@@ -11,7 +11,7 @@ generator.py   `Generator` and `load_generator`: a class and a latent in, an ima
 
 from pawlab.inference.evaluation import EvalReport, evaluate, metrics_from_probs
 from pawlab.inference.generator import Generator, load_generator
-from pawlab.inference.model import Model, Prediction, load_model
+from pawlab.inference.model import Model, Prediction, Predictions, load_model
 from pawlab.inference.submission import SubmitReport, submit
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "Generator",
     "Model",
     "Prediction",
+    "Predictions",
     "SubmitReport",
     "evaluate",
     "load_generator",

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from pawlab import display
 from pawlab.data import EvalSet, ImageSet, load_eval_set
 from pawlab.inference.model import Model, load_model
 
@@ -27,6 +28,8 @@ class EvalReport:
     figures: dict[str, str] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
     top_losses: list[dict[str, Any]] = field(default_factory=list)  # the most confidently wrong
+    # their pixels, as shrunk for thumbnails (uint8 (h, w, C)); not in the JSON
+    top_loss_pixels: list[np.ndarray] = field(default_factory=list, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +68,54 @@ class EvalReport:
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} files (see --json for the list)")
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"EvalReport({self.count:,} images, accuracy {self.accuracy:.4f}, log loss {self.log_loss:.4f})"
+        )
+
+    def _repr_html_(self) -> str:
+        per_class = [
+            (c, self.precision[c], self.recall[c], sum(row))
+            for c, row in zip(self.classes, self.confusion_matrix, strict=True)
+        ]
+        parts = [
+            display.fields(
+                {
+                    "images": self.count,
+                    "evaluated": self.split,
+                    "accuracy": self.accuracy,
+                    "log loss": self.log_loss,
+                }
+            ),
+            display.table(per_class, ["class", "precision", "recall", "images"]),
+            display.section(
+                "confusion matrix (rows: true, columns: predicted)",
+                display.confusion_matrix(self.confusion_matrix, self.classes),
+            ),
+        ]
+        if self.top_losses:
+            parts.append(display.section("the highest losses (wrong or unsure)", self._top_losses_table()))
+        if self.skipped:
+            parts.append(
+                display.paragraph(
+                    f"skipped {len(self.skipped)} files, e.g. {self.skipped[0]['name']}: "
+                    f"{self.skipped[0]['reason']}"
+                )
+            )
+        if self.figures:
+            parts.append(display.fields(self.figures))
+        return display.section(repr(self), *parts)
+
+    def _top_losses_table(self) -> display.Html:
+        rows = []
+        for i, worst in enumerate(self.top_losses):
+            pixels = self.top_loss_pixels[i] if i < len(self.top_loss_pixels) else None
+            thumb = display.thumbnail(pixels, title=worst["name"]) if pixels is not None else ""
+            rows.append(
+                [thumb, worst["name"], worst["true"], worst["predicted"], worst["p_true"], worst["loss"]]
+            )
+        return display.table(rows, ["image", "name", "true", "predicted", "p(true)", "loss"])
 
 
 def metrics_from_probs(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -111,12 +162,16 @@ def _figures(
     return {k: str(v) for k, v in figures.items()}
 
 
-def _top_losses(images: ImageSet, probs: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
-    """The 12 most confidently wrong images (largest loss first), for the report."""
+def _top_losses(
+    images: ImageSet, probs: np.ndarray, classes: list[str]
+) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """The 12 most confidently wrong images (largest loss first), for the report, and their
+    pixels shrunk for thumbnails."""
     from pawlab.figures import top_losses
 
     labels = images.labels
-    return [
+    worst = top_losses(labels, probs, 12)
+    found = [
         {
             "name": images.names[i],
             "true": classes[int(labels[i])],
@@ -124,8 +179,9 @@ def _top_losses(images: ImageSet, probs: np.ndarray, classes: list[str]) -> list
             "loss": loss,
             "p_true": float(probs[i, int(labels[i])]),
         }
-        for i, loss in top_losses(labels, probs, 12)
+        for i, loss in worst
     ]
+    return found, [display.shrink(images.images[i]) for i, _ in worst]
 
 
 def eval_set_for(
@@ -176,12 +232,14 @@ def evaluate(
     probs = m.predict_proba(ev.images.images, tta=tta, cached=True, progress=progress)
     stats = metrics_from_probs(probs, ev.images.labels, m.classes)
     out = _report_dir(m, report_dir)
+    worst, pixels = _top_losses(ev.images, probs, m.classes)
     return EvalReport(
         classes=m.classes,
         count=len(ev.images),
         split=ev.description + (", test-time augmentation" if tta else ""),
         figures=_figures(ev.images, probs, m.classes, stats["confusion_matrix"], out, samples),
-        top_losses=_top_losses(ev.images, probs, m.classes),
+        top_losses=worst,
+        top_loss_pixels=pixels,
         skipped=[{"name": s.name, "reason": s.reason} for s in ev.skipped],
         **stats,
     )

@@ -5,16 +5,17 @@ from __future__ import annotations
 import functools
 import io
 import os
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
 from PIL import Image
 
-from pawlab import checkpoint
+from pawlab import checkpoint, display
 from pawlab.data.decode import decode_named, read_file
 from pawlab.errors import ConfigError, DataError, ModelFileError
 from pawlab.inference.engine import (
@@ -26,6 +27,7 @@ from pawlab.inference.engine import (
     predict_outputs,
 )
 from pawlab.inference.features import trunk_features
+from pawlab.models.layers import fmt_shape
 from pawlab.models.network import Network, build
 from pawlab.preprocessing import Preprocessing
 from pawlab.runtime import resolve_device, use_bf16
@@ -42,6 +44,105 @@ class Prediction:
 
     def to_json(self) -> dict[str, Any]:
         return {"probability-map": self.probabilities, "classification": self.classification}
+
+    def __repr__(self) -> str:
+        """``Prediction(dogs: cats 0.0712, dogs 0.9288)``."""
+        shown = ", ".join(f"{c} {p:.4f}" for c, p in self.probabilities.items())
+        return f"Prediction({self.classification}: {shown})"
+
+    def _repr_html_(self) -> str:
+        from pawlab import display
+
+        rows = [(c, display.number(p)) for c, p in sorted(self.probabilities.items(), key=lambda cp: -cp[1])]
+        return display.section(
+            f"prediction: {self.classification}", display.table(rows, ["class", "probability"])
+        )
+
+
+class Predictions(Sequence[Prediction]):
+    """The predictions of a list of images, in its order: a sequence of `Prediction` that a
+    notebook shows as a table (a thumbnail, the file name, the class, each probability)."""
+
+    SHOWN = 50  # rows in the notebook's table (and images keeping a thumbnail)
+
+    def __init__(
+        self,
+        predictions: Sequence[Prediction],
+        classes: Sequence[str],
+        names: Sequence[str | None] | None = None,
+        thumbnails: Sequence[np.ndarray | None] | None = None,
+    ) -> None:
+        n = len(predictions)
+        self.predictions = list(predictions)
+        self.classes = list(classes)
+        self.names: list[str | None] = list(names) if names is not None else [None] * n
+        # uint8 (h, w, C) at most THUMB_PX a side, for the rows a notebook shows; None for the rest
+        self.thumbnails: list[np.ndarray | None] = list(thumbnails) if thumbnails is not None else [None] * n
+
+    @overload
+    def __getitem__(self, index: int) -> Prediction: ...
+    @overload
+    def __getitem__(self, index: slice) -> Predictions: ...
+    def __getitem__(self, index: int | slice) -> Prediction | Predictions:
+        if isinstance(index, slice):
+            return Predictions(
+                self.predictions[index], self.classes, self.names[index], self.thumbnails[index]
+            )
+        return self.predictions[index]
+
+    def __len__(self) -> int:
+        return len(self.predictions)
+
+    def __iter__(self) -> Iterator[Prediction]:
+        return iter(self.predictions)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Predictions | list | tuple):
+            return self.predictions == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """One dict per image (for ``pandas.DataFrame``): ``image`` (its path, or None),
+        ``classification``, then each class's probability under its name (``p(name)`` for a
+        class named ``image`` or ``classification``)."""
+        keys = [f"p({c})" if c in ("image", "classification") else c for c in self.classes]
+        return [
+            {
+                "image": name,
+                "classification": p.classification,
+                **{k: p.probabilities[c] for k, c in zip(keys, self.classes, strict=True)},
+            }
+            for p, name in zip(self.predictions, self.names, strict=True)
+        ]
+
+    def __repr__(self) -> str:
+        counts = Counter(p.classification for p in self.predictions).most_common()
+        summary = ", ".join(f"{c} {n}" for c, n in counts[:5]) + (", ..." if len(counts) > 5 else "")
+        lines = [f"Predictions({len(self)} images: {summary or 'none'})"]
+        for i, (p, name) in enumerate(zip(self.predictions[:5], self.names[:5], strict=True)):
+            label = Path(name).name if name is not None else f"#{i}"
+            lines.append(f"  {label:<24} {p.classification:<12} p={p.probabilities[p.classification]:.4f}")
+        if len(self) > 5:
+            lines.append(f"  ... {len(self) - 5} more")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rows: list[list[object]] = []
+        for i in range(min(len(self), self.SHOWN)):
+            p, name, pixels = self.predictions[i], self.names[i], self.thumbnails[i]
+            thumb = display.thumbnail(pixels, title=name or "") if pixels is not None else ""
+            label: object = f"#{i}"
+            if name is not None:
+                label = display.Html(
+                    f'<span title="{display.escape(name)}">{display.escape(Path(name).name)}</span>'
+                )
+            rows.append([thumb, label, p.classification, *(p.probabilities[c] for c in self.classes)])
+        parts = [display.table(rows, ["image", "name", "class", *self.classes])]
+        if len(self) > self.SHOWN:
+            parts.append(display.paragraph(f"... and {len(self) - self.SHOWN} more (to_rows() has them all)"))
+        return display.section(repr(self).splitlines()[0], *parts)
 
 
 class Model:
@@ -132,6 +233,56 @@ class Model:
     def metrics(self) -> dict[str, float]:
         return dict(self.meta.get("metrics", {}))
 
+    def _precision(self) -> str:
+        if not self.bf16:
+            return "fp32"
+        return f"bf16, guarded (p < {1 - self.guard:g} re-run in fp32)" if self.guard is not None else "bf16"
+
+    def _layer_rows(self) -> list[tuple[str, str, int]]:
+        """(description, output shape, parameters) per described layer, as `Network.summary`."""
+        rows, modules = [], iter(self.network.body)
+        for desc, shape in zip(self.network.names, self.network.shapes, strict=True):
+            params = 0
+            if not desc.startswith(("input", "softmax")):  # the layers with no module of their own
+                params = sum(p.numel() for p in next(modules).parameters())
+            rows.append((desc, fmt_shape(shape), params))
+        return rows
+
+    def __repr__(self) -> str:
+        pre, m = self.preprocessing, self.metrics
+        shown = ", ".join(self.classes[:6]) + (", ..." if len(self.classes) > 6 else "")
+        params = sum(p.numel() for p in self.network.parameters())
+        scores = "".join(f", {k} {m[k]:.4f}" for k in ("val_loss", "val_accuracy") if k in m)
+        best = f"; best epoch {int(m['epoch'])}{scores}" if "epoch" in m else ""
+        where = f"; {self.path.name}" if self.path is not None else ""
+        return (
+            f"Model({len(self.classes)} classes: {shown}; {pre.size[0]}x{pre.size[1]}x{pre.channels} "
+            f"{pre.resize}; {params:,} parameters{best}; {self.device} {self._precision()}{where})"
+        )
+
+    def _repr_html_(self) -> str:
+        pre, m = self.preprocessing, self.metrics
+        rows = self._layer_rows()
+        total = sum(p.numel() for p in self.network.parameters())
+        layers = display.table([*rows, ("total", "", total)], ["layer", "output", "parameters"])
+        more = ", ..." if len(self.classes) > 50 else ""
+        about = {
+            "classes": f"{len(self.classes)}: {', '.join(self.classes[:50])}{more}",
+            "input": f"{pre.size[0]}x{pre.size[1]}, {pre.channels} channel{'s' * (pre.channels != 1)}",
+            "resize": pre.resize,
+            "normalisation": f"mean {list(pre.mean)}, std {list(pre.std)}",
+            "device": f"{self.device}, {self._precision()}, compile {self.compile}",
+            "file": str(self.path) if self.path is not None else "(in memory)",
+        }
+        named = {"epoch": "best epoch", "val_loss": "val loss", "val_accuracy": "val accuracy"}
+        scores = {label: m[k] if k != "epoch" else int(m[k]) for k, label in named.items() if k in m}
+        parts = [display.fields({**about, **scores})]
+        parts.append(display.details(f"architecture: {len(rows)} layers, {total:,} parameters", layers, True))
+        if self.meta.get("history"):
+            parts.append(display.curves(self.meta["history"]))
+        title = f"pawlab Model: {self.path.name}" if self.path is not None else "pawlab Model"
+        return display.section(title, *parts)
+
     def _load_image(self, image: ImageLike) -> np.ndarray:
         """Anything image-like -> uint8 (H, W, C) at the model's input size."""
         size, c = self.preprocessing.size, self.preprocessing.channels
@@ -187,16 +338,32 @@ class Model:
         )
         return probs.numpy()
 
-    def predict(self, image: ImageLike, tta: bool = False) -> Prediction:
-        """One image (path, bytes, PIL image or uint8 array) -> its probability map."""
+    @overload
+    def predict(self, image: ImageLike, tta: bool = False) -> Prediction: ...
+    @overload
+    def predict(self, image: list[ImageLike] | tuple[ImageLike, ...], tta: bool = False) -> Predictions: ...
+    def predict(
+        self, image: ImageLike | list[ImageLike] | tuple[ImageLike, ...], tta: bool = False
+    ) -> Prediction | Predictions:
+        """One image (a path, bytes, a PIL image or a uint8 array) -> its `Prediction`; a list
+        or tuple of them -> their `Predictions`, in order (a notebook shows them as a table).
+        ``tta``: averaged over the image, its mirror and two crops."""
+        if isinstance(image, list | tuple):
+            return self.predict_many(image, tta)
         self.prepare_for(1, tta)
         probs = self.predict_proba(self._load_image(image)[None], tta=tta)[0]
         return self._prediction(probs)
 
-    def predict_many(self, images: Sequence[ImageLike], tta: bool = False) -> list[Prediction]:
-        arrays = np.stack([self._load_image(im) for im in images])
+    def predict_many(self, images: Sequence[ImageLike], tta: bool = False) -> Predictions:
+        """Images (as `predict` takes them) -> their `Predictions`, in order, in batches."""
+        if not images:
+            return Predictions([], self.classes)
+        arrays = np.stack([self._load_image(im) for im in images])  # (N, H, W, C) at the model's size
         self.prepare_for(len(arrays), tta)
-        return [self._prediction(p) for p in self.predict_proba(arrays, tta=tta)]
+        preds = [self._prediction(p) for p in self.predict_proba(arrays, tta=tta)]
+        names = [str(os.fspath(im)) if isinstance(im, str | os.PathLike) else None for im in images]
+        thumbs = [display.shrink(a) if i < Predictions.SHOWN else None for i, a in enumerate(arrays)]
+        return Predictions(preds, self.classes, names, thumbs)
 
     def _prediction(self, probs: np.ndarray) -> Prediction:
         pm = {c: float(p) for c, p in zip(self.classes, probs, strict=True)}

@@ -10,7 +10,7 @@ commands.py    ``pawlab spec ...``
 """
 
 from pawlab.spec.builtin import BUILTIN, use_digit_models
-from pawlab.spec.core import SPECS, Explanation, ModelSpec, Samples, get, model_spec
+from pawlab.spec.core import SPECS, Explanation, ModelSpec, Samples, SpecCheck, get, model_spec
 from pawlab.spec.labels import DIGIT_LABELS, Labels, even, greater_than, labels, odd
 from pawlab.spec.metamorphic import TRANSFORMS, allowed_transforms, variants
 from pawlab.spec.robustness import RobustnessReport, robustness, robustness_of
@@ -34,6 +34,7 @@ __all__ = [
     "SPECS",
     "TRANSFORMS",
     "Samples",
+    "SpecCheck",
     "allowed_transforms",
     "digit_models",
     "even",

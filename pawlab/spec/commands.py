@@ -54,11 +54,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         _image(args.image, spec.discriminator.shape), n=args.n, grid=args.grid, seed=args.seed
     )
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result.to_json()))
         return 0
     print(spec.explain(_image(args.image, spec.discriminator.shape)))
-    print(f"sample values ({args.n} generated, not filtered): {result['sample_values']}")
-    print(f"grid: {result['grid']}")
+    print(f"sample values ({args.n} generated, not filtered): {list(result.sample_values)}")
+    print(f"grid: {result.grid}")
     return 0
 
 

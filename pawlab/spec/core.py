@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
@@ -29,6 +29,7 @@ import torch
 from hypothesis import event, note
 from hypothesis import strategies as st
 
+from pawlab import display
 from pawlab.errors import ConfigError, DataError
 from pawlab.figures import RIGHT, WRONG, captioned_grid
 from pawlab.inference import load_generator, load_model
@@ -87,6 +88,51 @@ class Explanation:
             "probabilities": {str(k): v for k, v in self.probabilities.items()},
             "failed": self.failed,
         }
+
+
+@dataclass(frozen=True, eq=False)
+class SpecCheck(Mapping[str, Any]):
+    """What `ModelSpec.check` found: whether the image is valid, and the discriminator's
+    readings of generated samples, drawn in a PNG grid. Reads as the dict it was before
+    (``result["valid"]``, ``dict(result)``); `to_json` is that dict."""
+
+    spec: str
+    valid: bool
+    sample_values: tuple[int, ...]
+    grid: str  # the PNG of the samples, captioned "asked -> read"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "valid": self.valid,
+            "sample_values": list(self.sample_values),
+            "grid": self.grid,
+        }
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("spec", "valid", "sample_values", "grid"))
+
+    def __len__(self) -> int:
+        return 4
+
+    def __repr__(self) -> str:
+        verdict = "valid" if self.valid else "invalid"
+        return (
+            f"SpecCheck({self.spec}: {verdict}; samples read as {list(self.sample_values)}; grid {self.grid})"
+        )
+
+    def _repr_html_(self) -> str:
+        about = {
+            "spec": self.spec,
+            "the image": "valid" if self.valid else "invalid",
+            f"readings of {len(self.sample_values)} samples": ", ".join(map(str, self.sample_values)),
+            "grid": self.grid,
+        }
+        grid = display.embedded_image(self.grid, title=f"{self.spec}: samples, asked -> read")
+        return display.section(f"pawlab SpecCheck: {self.spec}", display.fields(about), grid)
 
 
 class Discriminator:
@@ -334,21 +380,16 @@ class ModelSpec:
     # -- the spec post's test-model-spec
     def check(
         self, x: np.ndarray, n: int = 10, grid: str | os.PathLike[str] | None = None, seed: int = 0
-    ) -> dict[str, Any]:
-        """``{"spec", "valid", "sample_values"}``: whether ``x`` is valid, and the
-        discriminator's reading of ``n`` generated samples (not filtered: what the generator
-        really draws). The samples are written as a PNG grid to ``grid`` (default
-        ``<name>-samples.png``), its path under ``"grid"``."""
+    ) -> SpecCheck:
+        """Whether ``x`` is valid, and the discriminator's reading of ``n`` generated samples
+        (not filtered: what the generator really draws), as a `SpecCheck` (it reads as the
+        dict ``{"spec", "valid", "sample_values", "grid"}``). The samples are written as a PNG
+        grid to ``grid`` (default ``<name>-samples.png``)."""
         valid = self.is_valid(x)
         s = self.sample(n, seed)
         reads = self.readings(s.images)
         path = self.write_grid(s, reads, Path(grid) if grid is not None else Path(f"{self.name}-samples.png"))
-        return {
-            "spec": self.name,
-            "valid": valid,
-            "sample_values": reads,
-            "grid": str(path),
-        }  # + where the grid is
+        return SpecCheck(self.name, valid, tuple(reads), str(path))
 
     def write_grid(
         self, samples: Samples, reads: list[int], path: str | os.PathLike[str], columns: int = 10

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from pawlab import runlog
 from pawlab.atomic import atomic_write, atomic_write_text
@@ -33,6 +32,7 @@ from pawlab.config import MONITORS
 from pawlab.errors import TrainingDiverged
 from pawlab.figures import image_grid
 from pawlab.preprocessing import Preprocessing
+from pawlab.progress import progress_bar
 
 if TYPE_CHECKING:
     from pawlab.training.loop import Trainer
@@ -222,6 +222,10 @@ class MetricsLog(Callback):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
+    def before_fit(self, trainer: Trainer) -> None:
+        if trainer.is_main:  # a run killed after an epoch's line, before its state was saved
+            runlog.drop_epochs_after(self.path, trainer.state.epoch)
+
     def after_epoch(self, trainer: Trainer) -> None:
         if trainer.is_main:
             record = {**trainer.state.metrics, "lr": trainer.lr, "best": trainer.state.improved}
@@ -382,14 +386,16 @@ _SHORT = {"val_loss": "val loss", "val_accuracy": "val acc"}  # the objective's 
 
 
 class ProgressPrinter(Callback):
-    """A bar within each epoch (on a terminal; loss and images/s) and one line per epoch."""
+    """Progress within each epoch on stderr (`pawlab.progress.progress_bar`: a bar with the loss
+    and images/s on a terminal, a widget in a notebook, a line every 30 s in a log) and one line
+    per epoch."""
 
     order = 50
 
     def __init__(self, stream: TextIO | None = None, bar: bool = True) -> None:
         self.stream = stream or sys.stdout
         self.bar_enabled = bar
-        self.bar: tqdm[Any] | None = None
+        self.bar: Any = None  # what progress_bar returns: a tqdm bar or a LineProgress
 
     def _label(self, trainer: Trainer) -> str:
         total = trainer.config.epochs
@@ -397,13 +403,8 @@ class ProgressPrinter(Callback):
 
     def before_epoch(self, trainer: Trainer) -> None:
         if self.bar_enabled and trainer.is_main:
-            self.bar = tqdm(
-                total=trainer.batches_per_epoch,
-                desc=f"epoch {self._label(trainer)}",
-                unit="batch",
-                leave=False,
-                disable=None,
-                file=sys.stderr,
+            self.bar = progress_bar(
+                total=trainer.batches_per_epoch, desc=f"epoch {self._label(trainer)}", unit="batch"
             )
 
     def after_batch(self, trainer: Trainer) -> None:

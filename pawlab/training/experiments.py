@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,29 @@ class Comparison:
         lines.append(f"each row: the epoch with the best {self.monitor} (the saved model)")
         lines.append(f"validation accuracy per epoch: {self.figure}")
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        best = min(self.runs, key=lambda name: self.runs[name].best.get(self.monitor, math.inf))
+        return f"Comparison({', '.join(self.runs)}; best by {self.monitor}: {best}; figure {self.figure})"
+
+    def _repr_html_(self) -> str:
+        from pawlab import display
+
+        rows = [
+            (
+                name,
+                display.number(r.best["val_accuracy"]),
+                display.number(r.best["val_loss"]),
+                int(r.best["epoch"]),
+                f"{r.seconds:.0f}s",
+            )
+            for name, r in self.runs.items()
+        ]
+        header = ["optimizer", "val accuracy", "val loss", "epoch", "time"]
+        note = display.paragraph(f"each row: the epoch with the best {self.monitor} (the saved model)")
+        return display.section(
+            "optimizer comparison", display.table(rows, header), note, display.embedded_image(self.figure)
+        )
 
 
 def compare_optimizers(

@@ -74,6 +74,33 @@ class TrainResult:
     interrupted: bool
     seconds: float
 
+    def _headline(self) -> str:
+        """``3 epochs, best epoch 2, val_loss 0.5069, val_accuracy 1.0000``."""
+        b = self.best
+        scores = "".join(f", {k} {b[k]:.4f}" for k in ("val_loss", "val_accuracy") if k in b)
+        best = f"best epoch {int(b['epoch'])}{scores}" if "epoch" in b else "no epoch"
+        n = len(self.history)
+        return f"{n} epoch{'s' * (n != 1)}{', interrupted' if self.interrupted else ''}, {best}"
+
+    def __repr__(self) -> str:
+        return f"TrainResult({self._headline()}; {self.model_path}; {self.seconds:.1f}s)"
+
+    def _repr_html_(self) -> str:
+        from pawlab import display
+
+        about = {
+            "model": str(self.model_path),
+            "run directory": str(self.run_dir),
+            "classes": f"{len(self.classes)}: {', '.join(self.classes)}",
+            "epochs": f"{len(self.history)}{' (interrupted)' if self.interrupted else ''}",
+            "took": f"{self.seconds:.1f}s",
+        }
+        best = {("best epoch" if k == "epoch" else k): v for k, v in self.best.items()}
+        if "best epoch" in best:
+            best["best epoch"] = int(best["best epoch"])
+        parts = [display.fields(about), display.fields(best), display.curves(self.history)]
+        return display.section(f"pawlab TrainResult: {self._headline()}", *parts)
+
 
 @dataclass(frozen=True)
 class _Run:

@@ -39,7 +39,7 @@ def test_check_prints_the_spec_post_result(digit_models: DigitModels, tmp_path: 
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert set(result) == {"spec", "valid", "sample_values", "grid"}
+    assert list(result) == ["spec", "valid", "sample_values", "grid"]
     assert result["spec"] == "odd-mnist-image" and isinstance(result["valid"], bool)
     assert len(result["sample_values"]) == 6 and grid.is_file()
     text = pawlab("spec", "check", "odd-mnist-image", image, "--grid", grid, "--models", digit_models.folder)

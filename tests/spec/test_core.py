@@ -3,17 +3,22 @@ Hypothesis strategy for real (replay, shrinking, reporting)."""
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
+from PIL import Image
 
 import pawlab.spec as ps
 from pawlab.errors import ConfigError, DataError, ModelFileError
 from pawlab.spec import DigitModels, labels, odd
-from pawlab.spec.core import latent_from_codes
+from pawlab.spec.core import SpecCheck, latent_from_codes
+from tests.test_display import assert_self_contained
 
 SHARED_MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 
@@ -152,6 +157,26 @@ def test_check_returns_the_spec_post_result_and_writes_a_grid(
     assert result["spec"] == "odd-over-2-mnist-image" and result["valid"] == odd_over_2.is_valid(image)
     assert len(result["sample_values"]) == 7 and all(v in range(10) for v in result["sample_values"])
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert isinstance(result, SpecCheck) and result.to_json() == dict(result)
+    assert "data:image/png;base64," in result._repr_html_()
+
+
+def test_a_spec_check_reads_as_its_dict_and_shows_its_grid(tmp_path: Path) -> None:
+    grid = tmp_path / "<grid>.png"
+    Image.new("RGB", (560, 56), "white").save(grid)
+    result = SpecCheck("odd-<spec>", False, (3, 5, 4), str(grid))
+    as_dict = {"spec": "odd-<spec>", "valid": False, "sample_values": [3, 5, 4], "grid": str(grid)}
+    assert result.to_json() == as_dict and list(result.to_json()) == list(as_dict)  # the JSON's order
+    assert result == as_dict and dict(result) == as_dict and result["sample_values"] == [3, 5, 4]
+    assert "valid" in result and len(result) == 4 and result.get("nope") is None
+    assert json.dumps(result.to_json()) == json.dumps(as_dict)
+    assert repr(result) == f"SpecCheck(odd-<spec>: invalid; samples read as [3, 5, 4]; grid {grid})"
+    html = result._repr_html_()
+    assert "odd-&lt;spec&gt;" in html and "<spec>" not in html and ">invalid<" in html
+    assert ">3, 5, 4<" in html and "readings of 3 samples" in html
+    match = re.search(r'<img src="data:image/png;base64,([^"]+)"', html)
+    assert match and base64.b64decode(match.group(1)) == grid.read_bytes()
+    assert_self_contained(html)
 
 
 def test_a_user_spec_from_callables_and_model_files(digit_models: DigitModels) -> None:

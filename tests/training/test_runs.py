@@ -1,0 +1,79 @@
+"""`TrainResult` in a notebook: its curves, the best epoch's figures, where the model went."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from pawlab.config import RuntimeConfig, TrainConfig
+from pawlab.training import TrainResult, train
+from tests.conftest import TINY, write_tree
+from tests.test_display import assert_self_contained
+
+HISTORY = [
+    {"epoch": 1.0, "train_loss": 0.74, "val_loss": 0.62, "val_accuracy": 0.5, "lr": 0.001, "seconds": 0.2},
+    {"epoch": 2.0, "train_loss": 0.60, "val_loss": 0.50, "val_accuracy": 1.0, "lr": 0.001, "seconds": 0.1},
+    {"epoch": 3.0, "train_loss": 0.55, "val_loss": 0.52, "val_accuracy": 0.75, "lr": 0.001, "seconds": 0.1},
+]
+
+
+def _result(interrupted: bool = False) -> TrainResult:
+    return TrainResult(
+        model_path=Path("out/<m>.safetensors"),
+        run_dir=Path("out/m-run"),
+        history=HISTORY,
+        best=HISTORY[1],
+        classes=["cat", "dog"],
+        interrupted=interrupted,
+        seconds=12.34,
+    )
+
+
+def test_repr_is_one_line_with_the_best_epoch() -> None:
+    assert repr(_result()) == (
+        "TrainResult(3 epochs, best epoch 2, val_loss 0.5000, val_accuracy 1.0000; "
+        "out/<m>.safetensors; 12.3s)"
+    )
+    assert "3 epochs, interrupted, best epoch 2" in repr(_result(interrupted=True))
+
+
+def test_html_shows_curves_best_figures_and_paths() -> None:
+    html = _result()._repr_html_()
+    assert html.count("<svg") == 2 and html.count("<polyline") == 3  # train/val loss, val accuracy
+    assert "val_loss at 3: 0.52" in html  # a point's tooltip
+    assert ">best epoch<" in html and ">2<" in html and ">0.5000<" in html and ">1.0000<" in html
+    assert "out/&lt;m&gt;.safetensors" in html and "out/m-run" in html and "cat, dog" in html
+    assert "12.3s" in html
+    assert_self_contained(html)
+
+
+def test_a_real_run_displays(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 6, "dog": 6})
+    result = train(
+        src,
+        tmp_path / "m.safetensors",
+        TINY,
+        TrainConfig(epochs=1, batch_size=8),
+        stream=io.StringIO(),
+        runtime=RuntimeConfig(progress=False, precision="fp32"),
+    )
+    assert repr(result).startswith("TrainResult(1 epoch, best epoch 1, val_loss ")
+    html = result._repr_html_()
+    assert "<svg" in html and str(tmp_path / "m.safetensors") in html
+
+
+def test_comparison_repr_names_the_best_and_html_embeds_its_figure(tmp_path: Path) -> None:
+    from pawlab.training.experiments import compare_optimizers
+
+    src = write_tree(tmp_path / "src", {"cat": 8, "dog": 8})
+    comparison = compare_optimizers(
+        src,
+        ["sgd", "adam"],
+        TrainConfig(epochs=2, batch_size=8),
+        arch=TINY,
+        out_dir=tmp_path / "cmp",
+        runtime=RuntimeConfig(progress=False),
+    )
+    assert repr(comparison).startswith("Comparison(sgd, adam; best by val_loss: ")
+    page = comparison._repr_html_()
+    assert "optimizer comparison" in page and "<td" in page and 'src="data:image/png;base64,' in page
