@@ -243,7 +243,10 @@ def _add_train(commands: _Commands) -> None:
     arch.add_argument("--resume", type=Path, metavar="RUN_DIR|MODEL", help="continue a run where it stopped")
     arch.add_argument("--preset", help="a named recipe (architecture, size and training settings)")
     arch.add_argument(
-        "--backbone", help="transfer learning: a pretrained backbone (efficientnet_lite0) with a new head"
+        "--backbone",
+        help="transfer learning: a pretrained backbone with a new head (efficientnet_lite0, "
+        "efficientnet_lite1, efficientnet_lite2; resnet18/34/50 with --weights); "
+        "several separated by commas share one head on their concatenated features",
     )
     _transfer_options(p)
     length = p.add_mutually_exclusive_group()

@@ -419,6 +419,31 @@ def test_transfer_learning_from_the_command_line(tmp_path: Path) -> None:
     assert_one_line_error(pawlab("predict", model, image, "--device", "gpu"), "device", "gpu")
 
 
+def test_one_head_over_several_backbones_from_the_command_line(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 8, "dog": 8})
+    model, test = tmp_path / "m.safetensors", tmp_path / "test"
+    common = ("--size", 32, "--epochs", 1, "-q", "--workers", 1)
+    proc = pawlab(
+        "train", src, "--backbone", "efficientnet_lite0,efficientnet_lite2", "--out", model, *common
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "head on cached backbone features" in proc.stdout
+    layer = checkpoint.read_meta(model)["architecture"][1]
+    assert layer["name"] == ["efficientnet_lite0", "efficientnet_lite2"]
+    test.mkdir()
+    for i, p in enumerate(sorted(src.glob("*/*.jpg"))[:5], start=1):
+        (test / f"{i}.jpg").write_bytes(p.read_bytes())
+    done = pawlab("submit", model, test, "--out", tmp_path / "s.csv", "--tta", "-q", "--workers", 1)
+    assert done.returncode == 0, done.stderr
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 6
+    assert_one_line_error(
+        pawlab(
+            "train", src, "--backbone", "efficientnet_lite0,efficientnet_lite1", "--weights", model, *common
+        ),
+        "one backbone, not several",
+    )
+
+
 def test_weights_flag_needs_a_backbone_and_a_backbone_without_weights_needs_it(tmp_path: Path) -> None:
     src = write_tree(tmp_path / "src", {"cat": 4, "dog": 4})
     weights = tmp_path / "w.pth"

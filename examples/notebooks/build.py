@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +42,18 @@ def digest(nb: nbformat.NotebookNode) -> str:
     return hashlib.sha256(json.dumps(code_cells(nb)).encode()).hexdigest()
 
 
+def coalesced(outputs: list[nbformat.NotebookNode]) -> list[nbformat.NotebookNode]:
+    """Consecutive writes to one stream as one output, as Jupyter shows them."""
+    merged: list[nbformat.NotebookNode] = []
+    for out in outputs:
+        last = merged[-1] if merged else None
+        if last is not None and out.output_type == last.output_type == "stream" and out.name == last.name:
+            last.text += out.text
+        else:
+            merged.append(out)
+    return merged
+
+
 def run(source: Path, subset: str, timeout: int = 3600) -> nbformat.NotebookNode:
     """The notebook of ``source``, executed in this folder with ``subset``; any cell's error
     raises (`nbclient.exceptions.CellExecutionError`)."""
@@ -49,7 +62,14 @@ def run(source: Path, subset: str, timeout: int = 3600) -> nbformat.NotebookNode
     client = NotebookClient(
         nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}
     )
-    client.execute(env={**os.environ, "PAWLAB_NOTEBOOK_SUBSET": subset})
+    with tempfile.TemporaryDirectory(prefix="pawlab-notebook-cache-") as cold:
+        # a cold cache unless one is given: the outputs show what a first run on a fresh machine
+        # costs (features computed, digit models trained), not what an earlier run left
+        env = {"PAWLAB_CACHE_DIR": cold, **os.environ, "PAWLAB_NOTEBOOK_SUBSET": subset}
+        client.execute(env=env)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = coalesced(cell.outputs)
     nb.metadata["pawlab"] = {
         "subset": subset,
         "code_sha256": digest(nb),

@@ -160,8 +160,9 @@ def _wait_answers(url: str) -> None:
                 if response.status == 200:
                     return
         except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the dashboard at {url} does not answer") from None
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the dashboard at {url} does not answer")
         time.sleep(0.05)
 
 
@@ -174,7 +175,7 @@ def _static_pages(roots: list[Path]) -> list[str]:
     pages = []
     with tempfile.TemporaryDirectory(prefix="pawlab-show-") as tmp:
         for i, run in enumerate(found):
-            pages.append(export_html(run, Path(tmp) / f"{i}.html").read_text())
+            pages.append(export_html(run, Path(tmp) / f"{i}.html").read_text(encoding="utf-8"))
     return pages
 
 

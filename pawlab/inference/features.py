@@ -4,7 +4,8 @@ A network whose first trainable part is a frozen backbone splits into a trunk (f
 head (trained): `Network.trunk` and `Network.head`. The trunk's outputs for a set of images
 depend only on its weights, the preprocessing, the view (plain or mirrored) and the pixels,
 so they are kept in ``<cache root>/features/<key>.npy`` under a hash of exactly those, and
-every later epoch or run trains the head on them: seconds instead of minutes.
+every later epoch or run trains the head on them: seconds instead of minutes. The backbones of
+an ensemble are cached one by one, each key with the size it is fed and its renormalisation.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from pawlab.atomic import atomic_write_bytes
 from pawlab.data.pack import cache_root
 from pawlab.inference.engine import array_batches, folded, infer_batch, run_batches
+from pawlab.models.layers import BackboneEnsemble, Resized
 from pawlab.preprocessing import Preprocessing
 from pawlab.progress import progress_bar
 
@@ -53,13 +55,32 @@ def trunk_features(
     what: str = "images",
 ) -> np.ndarray:
     """float32 (N, len(views), F): the trunk's outputs for uint8 images (N, H, W, C), from the
-    cache when the same weights, preprocessing and pixels were seen before."""
+    cache when the same weights, preprocessing and pixels were seen before. An ensemble of
+    backbones is computed, and cached, one backbone at a time."""
+    members = _members(trunk)
+    if members:  # (N, views, F0 + F1 + ...), each backbone's part cached on its own
+        parts = [
+            trunk_features(
+                m,
+                images,
+                pre,
+                device,
+                views=views,
+                batch_size=batch_size,
+                progress=progress,
+                what=f"{what}, {m.member.name}",
+            )
+            for m in members
+        ]
+        return np.concatenate(parts, axis=2)
     base = {
         "version": FEATURES_VERSION,
         "weights": weights_digest(trunk),
         "preprocessing": pre.to_json(),
         "images": images_digest(images),
     }
+    if isinstance(trunk, Resized):  # its size and renormalisation are no weights
+        base["resized"] = [trunk.size, trunk.scale.flatten().tolist(), trunk.shift.flatten().tolist()]
     folder = cache_root() / "features"
     out = []
     runner: torch.nn.Module | None = None  # the trunk with batch-norms folded, made if needed
@@ -79,6 +100,14 @@ def trunk_features(
             _save(path, feats)
         out.append(feats)
     return np.stack(out, axis=1)
+
+
+def _members(trunk: torch.nn.Module) -> list[Resized]:
+    """The backbones of a trunk that is a frozen ensemble (alone in a `Sequential`), else none."""
+    modules = list(trunk) if isinstance(trunk, torch.nn.Sequential) else [trunk]
+    if len(modules) == 1 and isinstance(modules[0], BackboneEnsemble):
+        return modules[0].parts
+    return []
 
 
 def _compute(

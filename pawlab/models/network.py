@@ -24,7 +24,15 @@ import torch
 from torch import nn
 
 from pawlab.errors import ArchitectureError
-from pawlab.models.layers import LAYERS, BackboneFeatures, BuildContext, LayerShapeError, Shape, fmt_shape
+from pawlab.models.layers import (
+    LAYERS,
+    BackboneEnsemble,
+    BackboneFeatures,
+    BuildContext,
+    LayerShapeError,
+    Shape,
+    fmt_shape,
+)
 
 LayerSpec = dict[str, Any]
 
@@ -82,15 +90,19 @@ class Network(nn.Module):
     def num_classes(self) -> int:
         return self.shapes[-1][0]
 
-    def summary(self) -> str:
-        """One row per described layer: its description, output shape and parameters."""
-        rows = []
-        module_iter = iter(self.body)
+    def rows(self) -> list[tuple[str, str, int]]:
+        """(description, output shape, parameters) per described layer."""
+        rows, modules = [], iter(self.body)
         for desc, shape in zip(self.names, self.shapes, strict=True):
             n = 0
-            if not desc.startswith(("input", "softmax")):
-                n = sum(p.numel() for p in next(module_iter).parameters())
-            rows.append(f"  {desc:<36} {fmt_shape(shape):>14} {n:>10,}")
+            if not desc.startswith(("input", "softmax")):  # the layers with no module of their own
+                n = sum(p.numel() for p in next(modules).parameters())
+            rows.append((desc, fmt_shape(shape), n))
+        return rows
+
+    def summary(self) -> str:
+        """One row per described layer: its description, output shape and parameters."""
+        rows = [f"  {desc:<36} {shape:>14} {n:>10,}" for desc, shape, n in self.rows()]
         total = sum(p.numel() for p in self.parameters())
         head = f"  {'layer':<36} {'output':>14} {'params':>10}"
         return "\n".join([head, *rows, f"  {'total':<36} {'':>14} {total:>10,}"])
@@ -103,7 +115,7 @@ def frozen_trunk(network: nn.Module) -> int | None:
     if not isinstance(body, nn.Sequential):
         return None
     for i, module in enumerate(body):
-        if isinstance(module, BackboneFeatures) and module.frozen:
+        if isinstance(module, BackboneFeatures | BackboneEnsemble) and module.frozen:
             return i + 1
         if any(p.requires_grad for p in module.parameters()) or any(True for _ in module.buffers()):
             return None  # something trainable (or with running statistics) comes first
@@ -111,7 +123,9 @@ def frozen_trunk(network: nn.Module) -> int | None:
 
 
 def _describe(layer: Mapping[str, Any]) -> str:
-    params = " ".join(f"{k}={v}" for k, v in layer.items() if k != "type")
+    params = " ".join(
+        f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in layer.items() if k != "type"
+    )
     return f"{layer.get('type')} {params}".strip()
 
 

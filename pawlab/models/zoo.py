@@ -16,7 +16,7 @@ from typing import Any
 
 from pawlab.config import RESIZE_POLICIES
 from pawlab.errors import ArchitectureError, ConfigError
-from pawlab.models.layers import LAYERS
+from pawlab.models.layers import LAYERS, LayerShapeError, backbone_names, check_installed
 from pawlab.models.network import LayerSpec, input_shape, validate_spec
 from pawlab.preprocessing import Preprocessing
 from pawlab.registry import Registry
@@ -194,11 +194,28 @@ def pooled_resnet() -> list[LayerSpec]:
 
 
 def transfer_architecture(
-    backbone: str, *, frozen: bool = True, size: int = 224, weights: str | os.PathLike[str] | None = None
+    backbone: str | Sequence[str],
+    *,
+    frozen: bool = True,
+    size: int | None = None,
+    weights: str | os.PathLike[str] | None = None,
 ) -> list[LayerSpec]:
     """A pretrained backbone with a new head for the data's classes; ``weights``: a file of
-    pretrained weights (otherwise those of an installed package)."""
-    layer: LayerSpec = {"type": "backbone", "name": backbone, "frozen": frozen}
+    pretrained weights (otherwise those of an installed package). Several backbones (a list,
+    or names separated by commas) share the input and one head on their concatenated features.
+    ``size``: the input's, by default the backbone's own (the largest of several, so that each
+    is fed its own size by resizing down)."""
+    from pawlab.models.backbones import backbone_spec
+
+    try:
+        names = backbone_names(backbone)
+        if len(names) > 1:  # before any data is prepared
+            check_installed(names)
+    except LayerShapeError as exc:
+        raise ArchitectureError(f"backbone: {exc}") from None
+    if size is None:
+        size = max(backbone_spec(n).size for n in names)
+    layer: LayerSpec = {"type": "backbone", "name": names[0] if len(names) == 1 else names, "frozen": frozen}
     if weights is not None:
         layer["weights"] = str(Path(weights).expanduser().resolve())
     return [
@@ -214,6 +231,18 @@ def transfer_architecture(
 def efficientnet_lite0() -> list[LayerSpec]:
     """EfficientNet-Lite0 pretrained on ImageNet (frozen) with a new linear head, at 224x224."""
     return transfer_architecture("efficientnet_lite0")
+
+
+@ARCHITECTURES.register("efficientnet-lite1")
+def efficientnet_lite1() -> list[LayerSpec]:
+    """EfficientNet-Lite1 pretrained on ImageNet (frozen) with a new linear head, at 240x240."""
+    return transfer_architecture("efficientnet_lite1")
+
+
+@ARCHITECTURES.register("efficientnet-lite2")
+def efficientnet_lite2() -> list[LayerSpec]:
+    """EfficientNet-Lite2 pretrained on ImageNet (frozen) with a new linear head, at 260x260."""
+    return transfer_architecture("efficientnet_lite2")
 
 
 def backbone_layer(spec: Sequence[LayerSpec]) -> LayerSpec | None:
@@ -232,5 +261,5 @@ def preprocessing_for(spec: Sequence[LayerSpec], resize: str | None = None) -> P
         return replace(base, resize=resize or "squash")
     from pawlab.models.backbones import backbone_spec
 
-    bb = backbone_spec(str(layer["name"]))
+    bb = backbone_spec(backbone_names(layer["name"])[0])  # an ensemble is fed as its first member wants
     return replace(base, mean=bb.mean, std=bb.std, resize=resize or "crop")

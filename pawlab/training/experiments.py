@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pawlab.config import DataConfig, RuntimeConfig, TrainConfig
+from pawlab.config import MONITORS, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import load_dataset
 from pawlab.figures import line_plot
 from pawlab.models import LayerSpec, input_shape, with_input_size
@@ -35,7 +35,8 @@ class Comparison:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        best = min(self.runs, key=lambda name: self.runs[name].best.get(self.monitor, math.inf))
+        sign = 1.0 if MONITORS[self.monitor] == "min" else -1.0
+        best = min(self.runs, key=lambda name: sign * self.runs[name].best.get(self.monitor, sign * math.inf))
         return f"Comparison({', '.join(self.runs)}; best by {self.monitor}: {best}; figure {self.figure})"
 
     def _repr_html_(self) -> str:

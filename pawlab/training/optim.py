@@ -48,8 +48,18 @@ def _groups_by_rate(network: torch.nn.Module, cfg: TrainConfig) -> list[dict[str
     backbones = [m for m in network.modules() if isinstance(m, BackboneFeatures) and not m.frozen]
     if cfg.lr_spread <= 1 or not backbones:
         return [{"params": trainable, "lr_scale": 1.0}]
+    # stage i of every trainable backbone (several in an ensemble) shares group i
+    per_backbone = [b.net.stages() for b in backbones]
     stages = [
-        [p for m in stage for p in m.parameters() if p.requires_grad] for stage in backbones[0].net.stages()
+        [
+            p
+            for stages_of in per_backbone
+            if i < len(stages_of)
+            for m in stages_of[i]
+            for p in m.parameters()
+            if p.requires_grad
+        ]
+        for i in range(max(len(s) for s in per_backbone))
     ]
     stages = [s for s in stages if s]
     seen = {id(p) for s in stages for p in s}

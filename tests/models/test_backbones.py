@@ -306,3 +306,85 @@ def test_same_padding_matches_tensorflow(kernel: int | tuple[int, int], stride: 
         got, expected = conv(x), _tf_same(conv, x)
         assert got.shape == expected.shape == (2, 4, math.ceil(h / stride), math.ceil(w / stride))
         assert torch.allclose(got, expected, atol=1e-12)
+
+
+def test_an_ensemble_feeds_each_backbone_its_own_size_and_concatenates_their_features() -> None:
+    from pawlab.models import build, transfer_architecture
+    from pawlab.models.layers import BackboneEnsemble
+
+    spec = transfer_architecture("efficientnet_lite0,efficientnet_lite2")
+    assert spec[0]["size"] == 260 and spec[1]["name"] == ["efficientnet_lite0", "efficientnet_lite2"]
+    net = build(spec, 2, pretrained=False)
+    ensemble = net.trunk[0]
+    assert isinstance(ensemble, BackboneEnsemble) and net.trunk_length == 1
+    assert [m.size for m in ensemble.parts] == [224, 260]
+    x = torch.randn(2, 3, 260, 260)
+    with torch.inference_mode():
+        features = net.forward_features(x)
+        lite0 = ensemble.parts[0].member(F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True))
+    assert features.shape == (2, 2560)
+    assert torch.allclose(features[:, :1280], lite0, atol=1e-5)  # in order: Lite0's first
+    assert net.shapes[1] == (2560,) and "name=efficientnet_lite0,efficientnet_lite2" in net.summary()
+
+
+def test_an_ensemble_refuses_one_weights_file_and_repeated_names() -> None:
+    from pawlab.errors import ArchitectureError
+    from pawlab.models import build, transfer_architecture
+
+    with pytest.raises(ArchitectureError, match="one backbone, not several"):
+        build(transfer_architecture("efficientnet_lite0,efficientnet_lite1", weights="w.pth"), 2)
+    with pytest.raises(ArchitectureError, match="several different ones"):
+        build(transfer_architecture("efficientnet_lite0,efficientnet_lite0"), 2)
+
+
+def test_an_ensembles_features_are_cached_one_backbone_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pawlab.inference.features import trunk_features
+    from pawlab.models import build, preprocessing_for, transfer_architecture
+
+    monkeypatch.setenv("PAWLAB_CACHE_DIR", str(tmp_path / "cache"))
+    images = np.random.default_rng(0).integers(0, 255, (3, 40, 40, 3), dtype=np.uint8)
+    spec = transfer_architecture("efficientnet_lite0,efficientnet_lite1", size=40)
+    net, pre = build(spec, 2), preprocessing_for(spec)
+    feats = trunk_features(
+        net.trunk, images, pre, torch.device("cpu"), views=("plain", "flip"), progress=False
+    )
+    assert feats.shape == (3, 2, 2560)
+    assert len(list((tmp_path / "cache" / "features").glob("*.npy"))) == 4  # 2 backbones x 2 views
+    with torch.inference_mode():
+        direct = net.forward_features(pre.inputs(images, torch.device("cpu"), torch.contiguous_format))
+    assert np.allclose(feats[:, 0], direct.numpy(), atol=1e-3)  # folded batch-norms: rounding only
+    other = transfer_architecture("efficientnet_lite2,efficientnet_lite1", size=40)  # Lite1 at 37 px here
+    trunk_features(
+        build(other, 2).trunk, images, preprocessing_for(other), torch.device("cpu"), progress=False
+    )
+    assert len(list((tmp_path / "cache" / "features").glob("*.npy"))) == 6
+
+
+def test_an_ensemble_member_with_another_normalisation_gets_its_own_inputs() -> None:
+    from pawlab.models import build
+    from pawlab.models.layers import BackboneEnsemble
+
+    spec = [
+        {"type": "input", "size": 40, "channels": 3},
+        {"type": "backbone", "name": ["efficientnet_lite0", "resnet18"]},
+        {"type": "linear"},
+    ]
+    ensemble = build(spec, 2, pretrained=False).trunk[0]
+    assert isinstance(ensemble, BackboneEnsemble)
+    seen: list[torch.Tensor] = []
+    ensemble.parts[1].member.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    pixels = torch.rand(1, 3, 40, 40)
+    with torch.inference_mode():
+        ensemble((pixels - 0.5) / 0.5)  # the network's input: Lite0's [-1, 1]
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(seen[0], (pixels - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1), atol=1e-5)
+
+
+def test_an_ensemble_needs_installed_weights_for_every_backbone() -> None:
+    from pawlab.errors import ArchitectureError
+    from pawlab.models import transfer_architecture
+
+    with pytest.raises(ArchitectureError, match="resnet18 has no installed weights"):
+        transfer_architecture("efficientnet_lite0,resnet18")
