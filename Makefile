@@ -32,7 +32,7 @@ lint: $(VENV)/.installed
 	$(PY) -m mypy
 
 # Run every walkthrough notebook in full on ../shared/data and write it with its outputs
-# (about half an hour on 2 cores); the tests run them on a small subset.
+# (about 15 minutes on 2 cores, from a cold cache); the tests run them on a small subset.
 notebooks: $(VENV)/.installed
 	$(PY) examples/notebooks/build.py
 

@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from pawlab._version import __version__
-from pawlab.config import AugmentConfig, DataConfig, RuntimeConfig, TrainConfig
+from pawlab.config import DEFAULT_BACKBONE, AugmentConfig, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.errors import ConfigError, PawlabError
 
 
@@ -244,9 +244,13 @@ def _add_train(commands: _Commands) -> None:
     arch.add_argument("--preset", help="a named recipe (architecture, size and training settings)")
     arch.add_argument(
         "--backbone",
+        nargs="?",
+        const=DEFAULT_BACKBONE,
+        metavar="NAME[,NAME...]",
         help="transfer learning: a pretrained backbone with a new head (efficientnet_lite0, "
-        "efficientnet_lite1, efficientnet_lite2; resnet18/34/50 with --weights); "
-        "several separated by commas share one head on their concatenated features",
+        "efficientnet_lite1, efficientnet_lite2; resnet18/34/50 with --weights); several separated "
+        f"by commas share one head on their concatenated features; no NAME: {DEFAULT_BACKBONE}, "
+        "chosen by cross-validation",
     )
     _transfer_options(p)
     length = p.add_mutually_exclusive_group()

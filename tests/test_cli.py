@@ -359,6 +359,9 @@ def test_parse_args_knows_which_flags_were_given() -> None:
         "data",
     )
     assert parse_args(["train", "data"]).given == set()
+    # --backbone without a name: the default the cross-validation chose
+    assert parse_args(["train", "data", "--backbone"]).backbone == "efficientnet_lite2"
+    assert parse_args(["train", "data", "--backbone", "efficientnet_lite0"]).backbone == "efficientnet_lite0"
 
 
 def test_exit_codes(tmp_path: Path) -> None:

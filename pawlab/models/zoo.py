@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pawlab.config import RESIZE_POLICIES
+from pawlab.config import DEFAULT_BACKBONE, RESIZE_POLICIES
 from pawlab.errors import ArchitectureError, ConfigError
 from pawlab.models.layers import LAYERS, LayerShapeError, backbone_names, check_installed
 from pawlab.models.network import LayerSpec, input_shape, validate_spec
@@ -194,7 +194,7 @@ def pooled_resnet() -> list[LayerSpec]:
 
 
 def transfer_architecture(
-    backbone: str | Sequence[str],
+    backbone: str | Sequence[str] = DEFAULT_BACKBONE,
     *,
     frozen: bool = True,
     size: int | None = None,
