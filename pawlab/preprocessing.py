@@ -92,8 +92,11 @@ def _constants(
     mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, dtype: torch.dtype, width: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std as (1, C, 1, 1) tensors, or with ``width`` tiled along a row of
-    channels-last pixels (W * C,); made once per device, dtype and width."""
-    m, s = torch.tensor(mean, device=device, dtype=dtype), torch.tensor(std, device=device, dtype=dtype)
-    if width:
-        return m.repeat(width), s.repeat(width)
-    return m.view(1, -1, 1, 1), s.view(1, -1, 1, 1)
+    channels-last pixels (W * C,); made once per device, dtype and width. Never inference tensors,
+    even when first asked for under ``torch.inference_mode``: the same cached constants serve
+    training later, where autograd must be able to save them."""
+    with torch.inference_mode(False):
+        m, s = torch.tensor(mean, device=device, dtype=dtype), torch.tensor(std, device=device, dtype=dtype)
+        if width:
+            return m.repeat(width), s.repeat(width)
+        return m.view(1, -1, 1, 1), s.view(1, -1, 1, 1)

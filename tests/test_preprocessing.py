@@ -35,3 +35,14 @@ def test_normalize_with_one_value_for_every_channel() -> None:
     pre = Preprocessing((4, 4), mean=(0.5,), std=(0.25,))
     x = torch.rand(2, 3, 4, 4)
     assert torch.equal(pre.normalize(x.contiguous(memory_format=torch.channels_last)), (x - 0.5) / 0.25)
+
+
+def test_constants_first_made_for_inference_still_serve_training() -> None:
+    """Predicting before training in one process: the cached mean and std must not be inference
+    tensors, or autograd cannot save them (``Inference tensors cannot be saved for backward``)."""
+    pre = Preprocessing(size=(4, 4), channels=1, mean=(0.25,), std=(0.75,))
+    with torch.inference_mode():
+        pre.normalize(torch.rand(2, 1, 4, 4))
+    x = torch.rand(2, 1, 4, 4, requires_grad=True)
+    pre.normalize(x).square().sum().backward()
+    assert x.grad is not None and torch.allclose(x.grad, 2 * (x.detach() - 0.25) / 0.75**2)
