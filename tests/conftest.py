@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
@@ -60,6 +61,19 @@ def write_tree(
             folder.mkdir(parents=True, exist_ok=True)
             make_image(label, seed=zlib.crc32(f"{label}.{i}".encode())).save(folder / f"{label}.{i}{ext}")
     return root
+
+
+def train_tiny(root: Path, per_class: int, config: Any, precision: str = "auto") -> tuple[Path, Path]:
+    """(source tree, model file): `TINY` trained with ``config`` (a `TrainConfig`) on
+    ``per_class`` generated cats and dogs under ``root``, quietly, in this process."""
+    from pawlab.config import RuntimeConfig
+    from pawlab.training import train
+
+    src = write_tree(root / "src", {"cat": per_class, "dog": per_class})
+    model = root / "model.safetensors"
+    runtime = RuntimeConfig(progress=False, precision=precision)
+    train(src, model, TINY, config, workers=1, stream=io.StringIO(), runtime=runtime)
+    return src, model
 
 
 @pytest.fixture

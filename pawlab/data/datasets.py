@@ -408,6 +408,12 @@ class PrepareReport:
             reused=result.reused,
         )
 
+    def _skip_reasons(self) -> str:
+        """``2 empty file; 1 truncated image``: the skipped files counted by reason, most first
+        (a reason's detail in parentheses left out)."""
+        reasons = Counter(s["reason"].split(" (")[0] for s in self.skipped)
+        return "; ".join(f"{n} {r}" for r, n in reasons.most_common())
+
     def summary(self) -> str:
         state = (
             "up to date, nothing decoded"
@@ -419,11 +425,7 @@ class PrepareReport:
             detail = ", ".join(f"{c} {n}" for c, n in per_class.items())
             lines.append(f"  {split:<10} {sum(per_class.values()):>6} images ({detail})")
         if self.skipped:
-            reasons = Counter(s["reason"].split(" (")[0] for s in self.skipped)
-            lines.append(
-                f"  skipped    {len(self.skipped):>6} files: "
-                + "; ".join(f"{n} {r}" for r, n in reasons.most_common())
-            )
+            lines.append(f"  skipped    {len(self.skipped):>6} files: {self._skip_reasons()}")
         if self.notes:
             first = self.notes[0]
             lines.append(
@@ -484,10 +486,8 @@ class PrepareReport:
 
         out: list[str] = []
         if self.skipped:
-            reasons = Counter(s["reason"].split(" (")[0] for s in self.skipped)
-            counted = "; ".join(f"{n} {r}" for r, n in reasons.most_common())
             listed = display.table([(s["name"], s["reason"]) for s in self.skipped[:50]], ["file", "reason"])
-            out.append(display.details(f"skipped {len(self.skipped)} files: {counted}", listed))
+            out.append(display.details(f"skipped {len(self.skipped)} files: {self._skip_reasons()}", listed))
         if self.notes:
             listed = display.table([(n["name"], n["note"]) for n in self.notes[:50]], ["file", "warning"])
             out.append(display.details(f"{len(self.notes)} files used, with decoder warnings", listed))

@@ -50,8 +50,6 @@ class Prediction:
         return f"Prediction({self.classification}: {shown})"
 
     def _repr_html_(self) -> str:
-        from pawlab import display
-
         rows = [(c, display.number(p)) for c, p in sorted(self.probabilities.items(), key=lambda cp: -cp[1])]
         return display.section(
             f"prediction: {self.classification}", display.table(rows, ["class", "probability"])
@@ -241,8 +239,7 @@ class Model:
         pre, m = self.preprocessing, self.metrics
         shown = ", ".join(self.classes[:6]) + (", ..." if len(self.classes) > 6 else "")
         params = sum(p.numel() for p in self.network.parameters())
-        scores = "".join(f", {k} {m[k]:.4f}" for k in ("val_loss", "val_accuracy") if k in m)
-        best = f"; best epoch {int(m['epoch'])}{scores}" if "epoch" in m else ""
+        best = f"; {display.best_epoch(m)}" if "epoch" in m else ""
         where = f"; {self.path.name}" if self.path is not None else ""
         return (
             f"Model({len(self.classes)} classes: {shown}; {pre.size[0]}x{pre.size[1]}x{pre.channels} "

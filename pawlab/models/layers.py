@@ -388,11 +388,14 @@ def backbone(
         return members[0], (members[0].net.features,)
     from pawlab.models.backbones import backbone_spec
 
-    first = backbone_spec(names[0])  # the network's input is normalised as the first one wants
+    specs = [backbone_spec(n) for n in names]
+    first = specs[0]  # the network's input is normalised as the first one wants
     # each at its own size relative to the largest, which the input has (260 -> Lite0 at 224)
-    largest = max(backbone_spec(n).size for n in names)
-    sizes = [round(h * backbone_spec(n).size / largest) for n in names]
+    largest = max(s.size for s in specs)
     module = BackboneEnsemble(
-        [Resized(m, s, first.mean, first.std) for m, s in zip(members, sizes, strict=True)]
+        [
+            Resized(m, round(h * s.size / largest), first.mean, first.std)
+            for m, s in zip(members, specs, strict=True)
+        ]
     )
     return module, (module.features,)

@@ -113,10 +113,10 @@ class SpecCheck(Mapping[str, Any]):
         return self.to_json()[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(("spec", "valid", "sample_values", "grid"))
+        return iter(self.to_json())
 
     def __len__(self) -> int:
-        return 4
+        return len(self.to_json())
 
     def __repr__(self) -> str:
         verdict = "valid" if self.valid else "invalid"

@@ -25,14 +25,21 @@ class Comparison:
         """One row per optimizer, every figure from one epoch: the saved one, best by the
         monitored metric (a row mixing epochs would pair one epoch's accuracy with another's loss)."""
         lines = [f"{'optimizer':<10} {'val acc':>8} {'val loss':>9} {'epoch':>6} {'time':>8}"]
-        for name, r in self.runs.items():
-            lines.append(
-                f"{name:<10} {r.best['val_accuracy']:>8.4f} {r.best['val_loss']:>9.4f} "
-                f"{int(r.best['epoch']):>6} {r.seconds:>7.0f}s"
-            )
-        lines.append(f"each row: the epoch with the best {self.monitor} (the saved model)")
+        for name, acc, loss, epoch, seconds in self._rows():
+            lines.append(f"{name:<10} {acc:>8.4f} {loss:>9.4f} {epoch:>6} {seconds:>7.0f}s")
+        lines.append(self._footnote())
         lines.append(f"validation accuracy per epoch: {self.figure}")
         return "\n".join(lines)
+
+    def _rows(self) -> list[tuple[str, float, float, int, float]]:
+        """(optimizer, val accuracy, val loss, epoch, seconds) of each run's saved epoch."""
+        return [
+            (name, r.best["val_accuracy"], r.best["val_loss"], int(r.best["epoch"]), r.seconds)
+            for name, r in self.runs.items()
+        ]
+
+    def _footnote(self) -> str:
+        return f"each row: the epoch with the best {self.monitor} (the saved model)"
 
     def __repr__(self) -> str:
         sign = 1.0 if MONITORS[self.monitor] == "min" else -1.0
@@ -43,17 +50,11 @@ class Comparison:
         from pawlab import display
 
         rows = [
-            (
-                name,
-                display.number(r.best["val_accuracy"]),
-                display.number(r.best["val_loss"]),
-                int(r.best["epoch"]),
-                f"{r.seconds:.0f}s",
-            )
-            for name, r in self.runs.items()
+            (name, display.number(acc), display.number(loss), epoch, f"{seconds:.0f}s")
+            for name, acc, loss, epoch, seconds in self._rows()
         ]
         header = ["optimizer", "val accuracy", "val loss", "epoch", "time"]
-        note = display.paragraph(f"each row: the epoch with the best {self.monitor} (the saved model)")
+        note = display.paragraph(self._footnote())
         return display.section(
             "optimizer comparison", display.table(rows, header), note, display.embedded_image(self.figure)
         )

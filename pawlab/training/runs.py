@@ -76,9 +76,9 @@ class TrainResult:
 
     def _headline(self) -> str:
         """``3 epochs, best epoch 2, val_loss 0.5069, val_accuracy 1.0000``."""
-        b = self.best
-        scores = "".join(f", {k} {b[k]:.4f}" for k in ("val_loss", "val_accuracy") if k in b)
-        best = f"best epoch {int(b['epoch'])}{scores}" if "epoch" in b else "no epoch"
+        from pawlab import display
+
+        best = display.best_epoch(self.best) if "epoch" in self.best else "no epoch"
         n = len(self.history)
         return f"{n} epoch{'s' * (n != 1)}{', interrupted' if self.interrupted else ''}, {best}"
 

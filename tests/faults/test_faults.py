@@ -15,12 +15,11 @@ import safetensors.torch
 import torch
 
 from pawlab import checkpoint, runlog
-from pawlab.config import RuntimeConfig, TrainConfig
+from pawlab.config import TrainConfig
 from pawlab.data.decode import ImageDecodeError, decode
 from pawlab.errors import ModelFileError
 from pawlab.inference import load_model
-from pawlab.training import train
-from tests.conftest import CATS_DOGS, ROOT, TINY, make_image, requires_cats_dogs, write_tree
+from tests.conftest import CATS_DOGS, ROOT, TINY, make_image, requires_cats_dogs, train_tiny, write_tree
 
 
 @requires_cats_dogs
@@ -55,13 +54,7 @@ def test_the_decoder_survives_seeded_mutants_of_real_jpegs() -> None:
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("faults")
-    out = root / "m.safetensors"
-    src = write_tree(root / "src", {"cat": 6, "dog": 6})
-    train(
-        src, out, TINY, TrainConfig(epochs=1, batch_size=8), workers=1, runtime=RuntimeConfig(progress=False)
-    )
-    return out
+    return train_tiny(tmp_path_factory.mktemp("faults"), 6, TrainConfig(epochs=1, batch_size=8))[1]
 
 
 def _damaged(good: Path, folder: Path) -> dict[str, Path]:

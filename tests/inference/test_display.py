@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
@@ -13,28 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pawlab.config import RuntimeConfig, TrainConfig
+from pawlab.config import TrainConfig
 from pawlab.inference import EvalReport, Model, Prediction, Predictions, evaluate, load_model
-from pawlab.training import train
-from tests.conftest import TINY, write_tree
+from tests.conftest import train_tiny
 from tests.test_display import assert_self_contained
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(source tree, model file): one epoch of `TINY` on 16x16 images."""
-    root = tmp_path_factory.mktemp("display")
-    src = write_tree(root / "src", {"cat": 10, "dog": 10})
-    model = root / "model.safetensors"
-    train(
-        src,
-        model,
-        TINY,
-        TrainConfig(epochs=1, batch_size=8),
-        stream=io.StringIO(),
-        runtime=RuntimeConfig(progress=False, precision="fp32"),
-    )
-    return src, model
+    return train_tiny(tmp_path_factory.mktemp("display"), 10, TrainConfig(epochs=1, batch_size=8), "fp32")
 
 
 @pytest.fixture(scope="module")

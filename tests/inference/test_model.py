@@ -17,25 +17,13 @@ from pawlab.data import prepare
 from pawlab.errors import DataError, ModelFileError
 from pawlab.inference import Model, evaluate, load_model, metrics_from_probs, submit
 from pawlab.training import train
-from tests.conftest import TINY, make_image, run_ranks, write_tree
+from tests.conftest import TINY, make_image, run_ranks, train_tiny, write_tree
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(source tree, model file) trained once for the whole module."""
-    root = tmp_path_factory.mktemp("inf")
-    src = write_tree(root / "src", {"cat": 20, "dog": 20})
-    model = root / "model.safetensors"
-    train(
-        src,
-        model,
-        TINY,
-        TrainConfig(epochs=8, lr=3e-3, batch_size=8),
-        workers=1,
-        stream=io.StringIO(),
-        runtime=RuntimeConfig(progress=False),
-    )
-    return src, model
+    return train_tiny(tmp_path_factory.mktemp("inf"), 20, TrainConfig(epochs=8, lr=3e-3, batch_size=8))
 
 
 def test_predict_probability_map(trained: tuple[Path, Path]) -> None:
