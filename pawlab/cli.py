@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from pawlab._version import __version__
 from pawlab.config import DEFAULT_BACKBONE, AugmentConfig, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.errors import ConfigError, PawlabError
+from pawlab.terminal import PrintableStream
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,6 +35,18 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _days(text: str) -> float:
+    """A finite number of days >= 0 (``nan`` and ``inf`` compare oddly: refused)."""
+    from pawlab.data.cache import check_days
+
+    try:
+        return check_days(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"must be a finite number of days >= 0, got {text}") from None
 
 
 def _train_options(p: argparse.ArgumentParser, optimizer: bool = True) -> None:
@@ -410,9 +423,12 @@ def _add_spec(commands: _Commands) -> None:
 def _add_cache(commands: _Commands) -> None:
     p = commands.add("cache", "what the user cache holds (packed data, features, digit models), or clear it")
     sub = p.add_subparsers(dest="cache_command", required=True, parser_class=_Parser)
-    sub.add_parser("info", help="each entry's kind, size and last use, and the total")
-    s = sub.add_parser("clear", help="remove entries (all, or those not used for DAYS)")
-    s.add_argument("--older-than", type=float, metavar="DAYS", help="only entries not used for DAYS days")
+    sub.add_parser("info", help="each entry's kind, size and last use, the total, and what is not pawlab's")
+    s = sub.add_parser(
+        "clear", help="remove pawlab's entries (all, or those not used for DAYS); nothing else is touched"
+    )
+    s.add_argument("--older-than", type=_days, metavar="DAYS", help="only entries not used for DAYS days")
+    s.add_argument("--dry-run", action="store_true", help="remove nothing; list what would be removed")
 
 
 EXIT_CODES = """exit status: 0 done; 1 a problem with data, a model file, a worker or the run itself;
@@ -760,22 +776,40 @@ def cmd_archs(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from pawlab.data.cache import cache_entries, clear_cache, human
-    from pawlab.data.pack import cache_root
+    from pawlab.data.cache import clear_cache, human, list_cache
 
     if args.cache_command == "info":
-        entries = cache_entries()
-        print(f"cache: {cache_root()} ({len(entries)} entries, {human(sum(e.size for e in entries))})")
-        for e in entries:
-            print(f"  {e.kind:<12} {human(e.size):>9}  used {e.age_days():5.1f} days ago  {e.path.name}")
+        listing = list_cache()
+        what = "cache" if listing.is_cache else "not a pawlab cache (nothing in it is pawlab's)"
+        print(f"{what}: {listing.root} ({_entries(len(listing.entries))}, {human(listing.size)})")
+        for e in listing.entries:
+            print(f"  {e.kind:<12} {human(e.size):>9}  used {e.age_days():5.1f} days ago  {e.name}")
+        _foreign(listing.foreign)
         return 0
-    if args.older_than is not None and args.older_than < 0:
-        raise ConfigError(f"--older-than: must be >= 0 days, got {args.older_than}")
-    removed, busy = clear_cache(args.older_than)
-    print(f"removed {len(removed)} entries, {human(sum(e.size for e in removed))} from {cache_root()}")
-    for e in busy:
-        print(f"  kept {e.path.name}: a run is using it")
+    cleared = clear_cache(args.older_than, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for e in cleared.removed:
+        print(f"  {verb} {e.kind:<12} {human(e.size):>9}  {e.name}")
+    for e in cleared.busy:
+        print(f"  kept {e.name}: a run is using it")
+    size = human(sum(e.size for e in cleared.removed))
+    print(f"{verb} {_entries(len(cleared.removed))}, {size} from {cleared.listing.root}")
+    _foreign(cleared.listing.foreign)
     return 0
+
+
+def _entries(n: int) -> str:
+    return f"{n} {'entry' if n == 1 else 'entries'}"
+
+
+def _foreign(items: list[Any], most: int = 20) -> None:
+    """The things in the cache that are not pawlab's (`pawlab.data.cache.Foreign`)."""
+    if items:
+        print(f"not pawlab's, left alone ({len(items)}):")
+        for f in items[:most]:
+            print(f"  {f.name}  ({f.why})")
+        if len(items) > most:
+            print(f"  ... and {len(items) - most} more")
 
 
 def cmd_spec(args: argparse.Namespace) -> int:
@@ -816,9 +850,18 @@ def _reader_gone() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command; the exit status is 0, or as `EXIT_CODES` says."""
-    args = parse_args(argv)
+    """Run a command; the exit status is 0, or as `EXIT_CODES` says. Everything it prints goes
+    through `pawlab.terminal.printable`: a name from data never drives the terminal."""
     _line_buffered()
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = PrintableStream(sys.stdout), PrintableStream(sys.stderr)
+    try:
+        return _run(parse_args(argv))
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except BrokenPipeError:

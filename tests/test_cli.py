@@ -18,8 +18,11 @@ from tests.conftest import write_tree
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pawlab(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def pawlab(
+    *args: object, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m pawlab ARGS`` in a fresh process (``env``: variables set for it)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "pawlab", *map(str, args)],
         capture_output=True,

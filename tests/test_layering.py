@@ -29,6 +29,7 @@ LEAVES = {
     "registry",
     "runlog",
     "runtime",
+    "terminal",
 }
 # what each layer may import, besides itself and the leaves
 ALLOWED = {

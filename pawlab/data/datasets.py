@@ -9,6 +9,7 @@ never fatal: they are returned as `Skipped` with a reason.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ import numpy as np
 
 from pawlab.atomic import check_output_folder
 from pawlab.config import DataConfig
+from pawlab.data import cache
 from pawlab.data.catalog import Item, Skipped, assign_splits, catalog, non_image_reason
 from pawlab.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode, to_channels
 from pawlab.data.pack import (
@@ -28,7 +30,6 @@ from pawlab.data.pack import (
     Packed,
     PackResult,
     PlannedItem,
-    cache_dir_for,
     check_out_dir,
     locked,
     open_packed,
@@ -183,7 +184,7 @@ def packed_for(
 
     A folder made by `prepare` at that size and resize policy is used as it is. Any other source (or a
     prepared folder at another size, through its original source) is packed once into the
-    cache folder (`pawlab.data.pack.cache_root`) and reused while it is unchanged.
+    user cache (`pawlab.data.cache`) and reused while it is unchanged.
     """
     p = Path(path).expanduser()
     prepared = open_packed(p) if p.is_dir() else None
@@ -201,15 +202,27 @@ def packed_for(
             )
             cached = pack_source(
                 original,
-                cache_dir_for(original, config.size, same_split.seed, same_split.val_fraction, config.resize),
+                _cached_copy(original, config.size, same_split.seed, same_split.val_fraction, config.resize),
                 same_split,
                 progress=progress,
             )
             return cached.packed, True
     source_path = open_source(p).path
-    cache = cache_dir_for(source_path, config.size, config.seed, config.val_fraction, config.resize)
-    packed = pack_source(source_path, cache, config, progress=progress).packed
+    copy = _cached_copy(source_path, config.size, config.seed, config.val_fraction, config.resize)
+    packed = pack_source(source_path, copy, config, progress=progress).packed
     return packed, bool(packed.manifest.get("presplit")) or prepared is not None
+
+
+def _cached_copy(src: Path, size: int, seed: int, val_fraction: float, resize: str) -> Path:
+    """The cache entry of a source's packed copy: one per source, size, resize policy and
+    split, so that runs with other settings (a seed sweep, say) never rewrite each other's
+    arrays."""
+    policy = "" if resize == "squash" else f"\0{resize}"
+    key = hashlib.blake2b(
+        f"{src}\0{size}\0{seed}\0{val_fraction!r}{policy}".encode(), digest_size=10
+    ).hexdigest()
+    name = f"{src.name[:40]}-{size}{'' if resize == 'squash' else '-' + resize}-{key}"
+    return cache.entry("packed data", name)
 
 
 def _skipped(packed: Packed) -> list[Skipped]:

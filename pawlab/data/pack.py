@@ -624,29 +624,6 @@ def _write_png_tree(out: Path, manifest: dict[str, Any], pool: Workers, progress
     _close_row_files()
 
 
-def cache_root() -> Path:
-    """Where packed copies of sources used directly by `train`/`evaluate` are kept.
-
-    ``$PAWLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/pawlab``, else ``~/.cache/pawlab``. Safe to
-    delete at any time.
-    """
-    env = os.environ.get("PAWLAB_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pawlab"
-
-
-def cache_dir_for(src: Path, size: int, seed: int, val_fraction: float, resize: str = "squash") -> Path:
-    """One cache folder per source, size, resize policy and split, so that runs with other
-    settings (a seed sweep, say) never rewrite each other's arrays."""
-    policy = "" if resize == "squash" else f"\0{resize}"
-    key = hashlib.blake2b(
-        f"{src}\0{size}\0{seed}\0{val_fraction!r}{policy}".encode(), digest_size=10
-    ).hexdigest()
-    return cache_root() / f"{src.name[:40]}-{size}{'' if resize == 'squash' else '-' + resize}-{key}"
-
-
 @contextmanager
 def locked(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on a packed folder: concurrent runs wait for each other."""

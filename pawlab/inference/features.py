@@ -3,7 +3,7 @@
 A network whose first trainable part is a frozen backbone splits into a trunk (fixed) and a
 head (trained): `Network.trunk` and `Network.head`. The trunk's outputs for a set of images
 depend only on its weights, the preprocessing, the view (plain or mirrored) and the pixels,
-so they are kept in ``<cache root>/features/<key>.npy`` under a hash of exactly those, and
+so they are kept in the user cache's entry ``features/<key>/`` under a hash of exactly those, and
 every later epoch or run trains the head on them: seconds instead of minutes. The backbones of
 an ensemble are cached one by one, each key with the size it is fed and its renormalisation.
 """
@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from pawlab.atomic import atomic_write_bytes
-from pawlab.data.pack import cache_root
+from pawlab.data import cache
 from pawlab.inference.engine import array_batches, folded, infer_batch, run_batches
 from pawlab.models.layers import BackboneEnsemble, Resized
 from pawlab.preprocessing import Preprocessing
@@ -81,23 +80,19 @@ def trunk_features(
     }
     if isinstance(trunk, Resized):  # its size and renormalisation are no weights
         base["resized"] = [trunk.size, trunk.scale.flatten().tolist(), trunk.shift.flatten().tolist()]
-    folder = cache_root() / "features"
     out = []
     runner: torch.nn.Module | None = None  # the trunk with batch-norms folded, made if needed
     for v in views:
         key = hashlib.blake2b(json.dumps({**base, "view": v}, sort_keys=True).encode(), digest_size=16)
-        path = folder / f"{key.hexdigest()}.npy"
-        try:
-            feats = np.load(path)
-        except (OSError, ValueError):
+        feats = _cached(key.hexdigest())
+        if feats is None:
             # with batch-norms folded (fp32, the same features up to float rounding): 2x faster
             if runner is None:
                 runner = folded(trunk)
             feats = _compute(
                 runner, images, pre, device, v, batch_size or infer_batch(device), progress, what
             )
-            folder.mkdir(parents=True, exist_ok=True)
-            _save(path, feats)
+            _save(key.hexdigest(), feats)
         out.append(feats)
     return np.stack(out, axis=1)
 
@@ -132,9 +127,23 @@ def _compute(
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
 
-def _save(path: Path, feats: np.ndarray) -> None:
+def _cached(key: str) -> np.ndarray | None:
+    """The cached features of ``key``, or None; an earlier pawlab's flat ``features/<key>.npy``
+    is moved into its entry first."""
+    folder = cache.cache_root() / "features"
+    flat = folder / f"{key}.npy"
+    if flat.is_file() and not flat.is_symlink():
+        cache.adopt_legacy_features(flat)
+    try:
+        feats: np.ndarray = np.load(folder / key / cache.FEATURES_FILE)
+        return feats
+    except (OSError, ValueError):
+        return None
+
+
+def _save(key: str, feats: np.ndarray) -> None:
     import io
 
     buf = io.BytesIO()
     np.save(buf, feats.astype(np.float32, copy=False))
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(cache.entry("features", key) / cache.FEATURES_FILE, buf.getvalue())

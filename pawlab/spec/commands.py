@@ -31,8 +31,13 @@ def _image(path: str, shape: tuple[int, int] | None) -> np.ndarray:
 
 def cmd_list(args: argparse.Namespace) -> int:
     folder = Path(args.models) if args.models is not None else default_folder()
-    state = "trained" if DigitModels(folder).complete() else "not trained yet: trained on first use"
-    print(f"specs (digit models in {folder}: {state}; pawlab spec train-digits trains them):")
+    if DigitModels(folder).complete():
+        state = "trained"
+    elif args.models is None:
+        state = "not trained yet: trained on first use, or by pawlab spec train-digits"
+    else:  # a folder the user named is never trained into on demand
+        state = f"not trained: pawlab spec train-digits --out {folder} trains them"
+    print(f"specs (digit models in {folder}: {state}):")
     for name in SPECS.names():
         spec = SPECS.get(name)
         where = "built-in" if name in BUILTIN else "defined"

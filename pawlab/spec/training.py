@@ -27,9 +27,8 @@ import torch
 from pawlab import checkpoint
 from pawlab._version import __version__
 from pawlab.config import AugmentConfig, RuntimeConfig, TrainConfig
-from pawlab.data import Dataset, ImageSet
+from pawlab.data import Dataset, ImageSet, cache
 from pawlab.data.embedded import DIGITS, mnist_5k
-from pawlab.data.pack import cache_root
 from pawlab.errors import ModelFileError
 from pawlab.inference import load_model
 from pawlab.inference.generator import GENERATOR_KIND
@@ -237,6 +236,8 @@ def train_digits(
     """Train the discriminator, the guide and the generator into the folder ``out``."""
     stream = stream or sys.stdout
     models = DigitModels(Path(out))
+    if models.folder == _cache_folder():  # an entry of the cache, marked as pawlab's
+        cache.entry("spec models", MODELS_VERSION)
     models.folder.mkdir(parents=True, exist_ok=True)
     ds = digit_split(recipe)
     t0 = time.perf_counter()
@@ -260,7 +261,11 @@ def train_digits(
 def default_folder() -> Path:
     """``$PAWLAB_DIGIT_MODELS``, else the pawlab cache's ``spec/digits-v1``."""
     env = os.environ.get("PAWLAB_DIGIT_MODELS")
-    return Path(env) if env else cache_root() / "spec" / MODELS_VERSION
+    return Path(env) if env else _cache_folder()
+
+
+def _cache_folder() -> Path:
+    return cache.cache_root() / cache.CONTAINERS["spec models"] / MODELS_VERSION
 
 
 def digit_models(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pawlab.data.pack import cache_root
+from pawlab.data.cache import cache_root
 from pawlab.inference import features as _features
 from pawlab.inference.engine import to_inputs
 from pawlab.inference.features import trunk_features
@@ -46,7 +46,7 @@ def images(n: int, seed: int) -> np.ndarray:
 
 
 def cached_files() -> set[Path]:
-    return set((cache_root() / "features").glob("*.npy"))
+    return set((cache_root() / "features").glob("*/features.npy"))
 
 
 def test_frozen_trunk(network: Network) -> None:
@@ -85,6 +85,29 @@ def test_trunk_features_are_the_trunks_outputs_and_cached(
     plain_only = trunk_features(trunk, batch, pre, CPU, progress=False)  # one of the cached views
     assert plain_only.shape == (5, 1, 1280) and np.array_equal(plain_only[:, 0], feats[:, 0])
     assert cached_files() == after_first
+
+
+def test_an_earlier_pawlabs_flat_features_file_is_moved_into_a_marked_entry_and_reused(
+    network: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pawlab.data.cache import ENTRY_MARKER, list_cache
+
+    trunk, pre = trunk_of(network), preprocessing_for(SPEC)
+    batch = images(2, seed=303)
+    feats = trunk_features(trunk, batch, pre, CPU, progress=False)
+    (entry,) = cached_files()
+    flat = entry.parent.with_suffix(".npy")  # features/<key>.npy, as before entries had markers
+    entry.rename(flat)
+    (entry.parent / ENTRY_MARKER).unlink()
+    entry.parent.rmdir()
+
+    def no_compute(*args: object, **kwargs: object) -> np.ndarray:
+        raise AssertionError("features computed again although cached")
+
+    monkeypatch.setattr(_features, "_compute", no_compute)
+    assert np.array_equal(trunk_features(trunk, batch, pre, CPU, progress=False), feats)
+    assert not flat.exists() and cached_files() == {entry}
+    assert [e.kind for e in list_cache().entries] == ["features"]
 
 
 def test_other_images_preprocessing_or_weights_are_other_entries(

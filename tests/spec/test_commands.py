@@ -20,6 +20,16 @@ def test_list_names_every_builtin_spec(digit_models: DigitModels) -> None:
     assert "[3, 5, 7, 9]" in proc.stdout and "trained" in proc.stdout
 
 
+def test_list_says_how_missing_models_are_trained(tmp_path: Path) -> None:
+    named = pawlab("spec", "list", "--models", tmp_path / "none")
+    assert named.returncode == 0, named.stderr
+    assert f"not trained: pawlab spec train-digits --out {tmp_path / 'none'} trains them" in named.stdout
+    assert "first use" not in named.stdout  # a folder the user names is never trained into
+    cached = pawlab("spec", "list", env={"PAWLAB_CACHE_DIR": str(tmp_path / "cache")})
+    assert "not trained yet: trained on first use, or by pawlab spec train-digits" in cached.stdout
+    assert not (tmp_path / "cache").exists()  # listing makes nothing
+
+
 def test_check_prints_the_spec_post_result(digit_models: DigitModels, tmp_path: Path) -> None:
     image = tmp_path / "digit.png"
     Image.fromarray(np.zeros((28, 28), np.uint8), "L").save(image)

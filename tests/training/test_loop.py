@@ -390,7 +390,7 @@ def _transfer(src: Path, out: Path, config: TrainConfig) -> tuple[TrainResult, s
 def test_frozen_backbone_head_trains_on_cached_features(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pawlab.data.pack import cache_root
+    from pawlab.data.cache import cache_root
     from pawlab.inference import evaluate, load_model
     from pawlab.inference import features as _features
     from pawlab.inference.agreement import AGREE_MAX_PROB_DIFF
@@ -404,7 +404,7 @@ def test_frozen_backbone_head_trains_on_cached_features(
     assert len(result.history) == 2
     # the training (plain view) and validation features were cached
     assert cache_root() == tmp_path / "cache"
-    assert len(list((cache_root() / "features").glob("*.npy"))) == 2
+    assert len(list((cache_root() / "features").glob("*/features.npy"))) == 2
     ck = checkpoint.load(out)
     pre = ck.meta["preprocessing"]
     assert pre["resize"] == "crop" and pre["size"] == [32, 32] and pre["mean"] == [0.5, 0.5, 0.5]
