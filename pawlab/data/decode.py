@@ -290,7 +290,7 @@ def _array_to_8bit(arr: np.ndarray) -> np.ndarray:
             raise ImageDecodeError("float pixels must be in [0, 1], got NaN")
         if lo < 0 or hi > 1:
             raise ImageDecodeError(
-                f"float pixels must be in [0, 1], got {lo:g} to {hi:g} (pixels of 0-255: pass uint8)"
+                f"float pixels must be in [0, 1], these span [{lo:g}, {hi:g}] (pixels of 0-255: pass uint8)"
             )
         return _scaled(arr, 255.0)
     raise ImageDecodeError(
@@ -398,7 +398,7 @@ def _encoded(image: object, name: str) -> bytes:
     read = getattr(image, "read", None)
     if not callable(read):
         raise DataError(
-            f"cannot read an image from a {type(image).__name__}: pass a path, bytes, a binary file, "
+            f"cannot read an image of type {type(image).__name__}: pass a path, bytes, a binary file, "
             "a PIL image or a NumPy array"
         )
     data = read()

@@ -296,8 +296,8 @@ SHAPES = "an array is (H, W) or (H, W, C), C = 1 to 4 channels last"
             "or float in [0, 1]",
         ),
         (
-            np.full((6, 8), 255.0),
-            "float pixels must be in [0, 1], got 255 to 255 (pixels of 0-255: pass uint8)",
+            np.linspace(0, 255, 48).reshape(6, 8),
+            "float pixels must be in [0, 1], these span [0, 255] (pixels of 0-255: pass uint8)",
         ),
         (np.full((6, 8), np.nan, np.float32), "float pixels must be in [0, 1], got NaN"),
         (np.zeros((0, 0, 3), np.uint8), "empty image (0x0 pixels)"),
@@ -367,10 +367,11 @@ def test_bytes_like_and_binary_files_decode_as_encoded_files(tmp_path: Path) -> 
 def test_what_is_not_an_image_is_a_one_line_error(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("hello")
+    accepted = "pass a path, bytes, a binary file, a PIL image or a NumPy array"
     cases = {
         "<bytes>: not a readable image": b"hello",
         f"{path}: not a readable image": path,
-        "cannot read an image from a int: pass a path, bytes, a binary file, a PIL image or a NumPy array": 3,
+        f"cannot read an image of type int: {accepted}": 3,
         "<PIL.Image mode=RGB 0x0>: empty image (0x0 pixels)": Image.new("RGB", (0, 0)),
     }
     for message, image in cases.items():
