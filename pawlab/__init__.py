@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         ModelFileError,
         OutputError,
         PawlabError,
+        SmallImageWarning,
         TrainingDiverged,
         WorkerError,
     )
@@ -43,6 +44,7 @@ _EXPORTS = {
         "ModelFileError",
         "OutputError",
         "PawlabError",
+        "SmallImageWarning",
         "TrainingDiverged",
         "WorkerError",
     ],
@@ -82,6 +84,7 @@ __all__ = [
     "Predictions",
     "PrepareReport",
     "RuntimeConfig",
+    "SmallImageWarning",
     "TrainConfig",
     "TrainResult",
     "Trainer",

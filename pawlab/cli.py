@@ -693,16 +693,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """One line per image on stdout (a JSON object with ``--json``); a note about an image
+    (far smaller than the model's input) as a line of its own on stderr."""
+    import warnings
+
+    from pawlab.errors import SmallImageWarning
     from pawlab.inference import load_model
 
     model = load_model(args.model, args.device, args.precision, args.compile)
     for path in args.images:
-        pred = model.predict(path, tta=args.tta)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SmallImageWarning)  # its notes are printed below
+            pred = model.predict(path, tta=args.tta)
         if args.json:
             print(json.dumps({"image": str(path), **pred.to_json()}))
         else:
             probs = "  ".join(f"{c} {p:.4f}" for c, p in pred.probabilities.items())
             print(f"{path}: {pred.classification}  ({probs})")
+        for note in pred.notes:
+            print(f"pawlab predict: note: {note}", file=sys.stderr)
     return 0
 
 

@@ -5,6 +5,8 @@ Every error a user can cause by what they pass (a path, a field, a layer list) i
 error's ``exit_code``: 2 for usage and configuration errors (a flag, a config field, a network
 description), 1 for what was found while working (data, model files, workers, a diverging
 run). Anything else escaping is a bug in pawlab.
+
+What is usable but doubtful is a warning: `SmallImageWarning`.
 """
 
 from __future__ import annotations
@@ -47,3 +49,8 @@ class OutputError(PawlabError):
 
 class TrainingDiverged(PawlabError):
     """The training loss became NaN or infinite."""
+
+
+class SmallImageWarning(UserWarning):
+    """An image is far smaller than the model's input (upscaled more than 4x along a side to
+    reach it), so its prediction may mean little; the `Prediction`'s ``notes`` say so too."""

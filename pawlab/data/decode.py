@@ -1,21 +1,26 @@
 """Decoding and resizing one image, robustly (`pawlab.data.workers` runs many).
 
-`decode` is the single place where bytes become pixels. It never lets a damaged file pass
-as an image: truncated files, decompression bombs and non-images raise `ImageDecodeError`
-with a short reason, which callers record as a skipped file.
+`decode` is the single place where bytes become pixels, and `from_memory` where a PIL image or
+an array does, through the same conversions; `load_image` takes any of them and names what it
+refuses. Nothing damaged passes as an image: truncated files, decompression bombs, non-images
+and arrays that are not pixels raise `ImageDecodeError` with a short reason, which callers
+record as a skipped file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import cv2
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
 from pawlab.errors import DataError
@@ -35,6 +40,13 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 cv2.setNumThreads(1)
 
 
+# Everything `load_image` takes: a path, an encoded file's bytes, a binary file, a PIL image or an array.
+ImageLike = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray
+
+# An image upscaled more than this along a side to reach the input size is "far smaller" than it.
+FAR_SMALLER = 4
+
+
 class ImageDecodeError(Exception):
     """A file is not a usable image; ``str(exc)`` is the one-line reason."""
 
@@ -44,22 +56,34 @@ def _flatten_alpha(im: Image.Image) -> Image.Image:
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = im.convert("RGBA")
+        rgba = (im.convert("LA") if im.mode == "La" else im).convert("RGBA")  # La -> RGBA: unsupported
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, rgba).convert("RGB")
     return im
 
 
+def _scaled(a: np.ndarray, scale: float) -> np.ndarray:
+    """``a * scale`` rounded into uint8 (same shape)."""
+    return np.clip(np.asarray(a, dtype=np.float64) * scale, 0, 255).round().astype(np.uint8)
+
+
 def _to_8bit(im: Image.Image) -> Image.Image:
     """16-bit and float modes: scale to 8 bits instead of clipping everything to white."""
     if im.mode.startswith("I;16") or im.mode == "I":
-        a = np.asarray(im, dtype=np.float64)
-        return Image.fromarray(np.clip(a / 257.0, 0, 255).round().astype(np.uint8), "L")
+        return Image.fromarray(_scaled(np.asarray(im), 1 / 257.0))
     if im.mode == "F":
-        a = np.asarray(im, dtype=np.float64)
-        scale = 255.0 if a.max(initial=0.0) <= 1.0 else 1.0
-        return Image.fromarray(np.clip(a * scale, 0, 255).round().astype(np.uint8), "L")
+        a = np.asarray(im)
+        return Image.fromarray(_scaled(a, 255.0 if a.max(initial=0.0) <= 1.0 else 1.0))
     return im
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """A loaded, upright image of any mode -> (h, w, 3) uint8: 16-bit and float modes scaled,
+    alpha composited onto white, CMYK, YCbCr, LAB and HSV converted (Pillow >= 9.4 knows LAB)."""
+    im = _flatten_alpha(_to_8bit(im))
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im)
 
 
 # EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
@@ -106,6 +130,13 @@ def _decode_jpeg_scaled(data: bytes, size: tuple[int, int]) -> np.ndarray | None
     return np.asarray(Image.fromarray(arr).transpose(transpose))
 
 
+def _upright(im: Image.Image) -> Image.Image:
+    """A loaded image turned as its EXIF orientation says (as ``ImageOps.exif_transpose``, with
+    no copy when there is nothing to turn). Loaded first: a PNG's eXIf chunk may follow its pixels."""
+    transpose = _ORIENTATION.get(im.getexif().get(0x0112, 1))
+    return im if transpose is None else im.transpose(transpose)
+
+
 def _open_pillow(data: bytes, size: tuple[int, int] | None) -> np.ndarray:
     """Pillow decoding, JPEGs scaled by a power of two (``draft``), EXIF orientation applied,
     alpha composited onto white: (H, W, 3) uint8."""
@@ -116,10 +147,7 @@ def _open_pillow(data: bytes, size: tuple[int, int] | None) -> np.ndarray:
         side = max(size)
         im.draft("RGB" if im.mode != "CMYK" else None, (side, side))
     im.load()
-    im = _flatten_alpha(_to_8bit(ImageOps.exif_transpose(im)))
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return np.asarray(im)
+    return _to_rgb(_upright(im))
 
 
 def _crop_box(width: int, height: int, size: tuple[int, int]) -> tuple[float, float, float, float]:
@@ -152,38 +180,28 @@ def _resize(arr: np.ndarray, size: tuple[int, int], policy: str) -> np.ndarray:
     return resized
 
 
-def decode(
-    data: bytes,
-    size: tuple[int, int] | None,
-    channels: int = 3,
-    resize: str = "squash",
-    *,
-    notes: list[str] | None = None,
-) -> np.ndarray:
-    """Bytes to a uint8 array of shape (H, W, channels), resized to ``size`` = (H, W).
+def far_smaller(shape: tuple[int, ...], size: tuple[int, int]) -> str | None:
+    """A note when an image of ``shape`` (h, w, ...) is far smaller than a model's input
+    ``size`` (H, W): upscaled more than `FAR_SMALLER` times along a side (by either resize
+    policy), so that little of what the model learnt can be in it. None otherwise."""
+    h, w = shape[:2]
+    factor = max(size[0] / h, size[1] / w)
+    if factor <= FAR_SMALLER:
+        return None
+    model = f"the model's {size[1]}x{size[0]} input"
+    return f"{w}x{h} pixels, far smaller than {model} (upscaled {round(factor, 1):g}x)"
 
-    JPEGs are scaled while decoding (libjpeg-turbo's DCT scaling by M/8, or Pillow's
-    ``Image.draft`` by powers of two) to the smallest reduction still at least ``size``,
-    then resized (`_resize`): the quality of a full decode at a fraction of the cost. EXIF orientation
-    is applied. ``resize``: ``squash`` resizes the whole image to ``size`` (aspect ratio not
-    kept), as in the Cortex and Keras tutorials; ``crop`` resizes the shorter side to fit and
-    keeps the centre (as ImageNet models are evaluated).
 
-    Warnings the decoders raise about a usable image (Pillow's "Corrupt EXIF data", say) are
-    never printed: each becomes one line appended to ``notes``, or is dropped when it is None.
-    """
-    if not data:
-        raise ImageDecodeError("empty file (0 bytes)")
+@contextlib.contextmanager
+def _decoding(notes: list[str] | None) -> Iterator[None]:
+    """Decoders' refusals as `ImageDecodeError` with a short reason. Their warnings about a
+    usable image (Pillow's "Corrupt EXIF data", say) are never printed: each becomes one line
+    appended to ``notes``, or is dropped when it is None."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            arr = _decode_jpeg_scaled(data, size) if size is not None else None
-            if arr is None:
-                arr = _open_pillow(data, size)
-            if size is not None:
-                arr = _resize(arr, size, resize)
-            arr = np.array(arr, dtype=np.uint8)  # writable, contiguous, detached from Pillow
+            yield
         if notes is not None:
             notes.extend(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -197,6 +215,128 @@ def decode(
         raise ImageDecodeError(f"cannot decode image ({reason})") from None
     except (ValueError, SyntaxError, EOFError, TypeError, cv2.error) as exc:
         raise ImageDecodeError(f"cannot decode image ({exc})") from None
+
+
+def _fit(
+    arr: np.ndarray, size: tuple[int, int] | None, resize: str, small_notes: list[str] | None
+) -> np.ndarray:
+    """Upright (h, w, 3) uint8 -> ``size`` (H, W) by the ``resize`` policy (`_resize`), with a
+    `far_smaller` note appended to ``small_notes`` when there is one."""
+    if size is not None:
+        note = far_smaller(arr.shape, size)
+        if note is not None and small_notes is not None:
+            small_notes.append(note)
+        arr = _resize(arr, size, resize)
+    return np.array(arr, dtype=np.uint8)  # writable, contiguous, detached from Pillow
+
+
+def decode(
+    data: bytes,
+    size: tuple[int, int] | None,
+    channels: int = 3,
+    resize: str = "squash",
+    *,
+    notes: list[str] | None = None,
+    small_notes: list[str] | None = None,
+) -> np.ndarray:
+    """Bytes to a uint8 array of shape (H, W, channels), resized to ``size`` = (H, W).
+
+    JPEGs are scaled while decoding (libjpeg-turbo's DCT scaling by M/8, or Pillow's
+    ``Image.draft`` by powers of two) to the smallest reduction still at least ``size``,
+    then resized (`_resize`): the quality of a full decode at a fraction of the cost. EXIF orientation
+    is applied. ``resize``: ``squash`` resizes the whole image to ``size`` (aspect ratio not
+    kept), as in the Cortex and Keras tutorials; ``crop`` resizes the shorter side to fit and
+    keeps the centre (as ImageNet models are evaluated).
+
+    ``notes`` gets the decoders' warnings (`_decoding`); ``small_notes`` the `far_smaller` note.
+    Scaling on decode never goes below ``size``, so the decoded size tells a far smaller image.
+    """
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    with _decoding(notes):
+        arr = _decode_jpeg_scaled(data, size) if size is not None else None
+        if arr is None:
+            arr = _open_pillow(data, size)
+        arr = _fit(arr, size, resize, small_notes)
+    return to_channels(arr, channels)
+
+
+def _check_pixels(width: int, height: int) -> None:
+    """No empty image, and none over Pillow's decompression-bomb limit for files
+    (``PIL.Image.MAX_IMAGE_PIXELS``; None: no limit): checked before any work."""
+    if width * height == 0:
+        raise ImageDecodeError(f"empty image ({width}x{height} pixels)")
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise ImageDecodeError(
+            f"too large: {width}x{height} is {width * height:,} pixels, over the limit of {limit:,} "
+            "(PIL.Image.MAX_IMAGE_PIXELS, as for files)"
+        )
+
+
+def _array_to_8bit(arr: np.ndarray) -> np.ndarray:
+    """An image array's pixels as uint8, same shape; a refusal for any other dtype or for
+    floats outside [0, 1] (is 1.0 white, or nearly black? an array does not say)."""
+    kind, width = arr.dtype.kind, arr.dtype.itemsize
+    if kind == "u" and width == 1:
+        return arr
+    if kind == "b":
+        return arr.view(np.uint8) * np.uint8(255)
+    if kind == "u" and width == 2:
+        return _scaled(arr, 1 / 257.0)
+    if kind == "f":
+        lo, hi = float(arr.min()), float(arr.max())
+        if math.isnan(lo) or math.isnan(hi):
+            raise ImageDecodeError("float pixels must be in [0, 1], got NaN")
+        if lo < 0 or hi > 1:
+            raise ImageDecodeError(
+                f"float pixels must be in [0, 1], these span [{lo:g}, {hi:g}] (pixels of 0-255: pass uint8)"
+            )
+        return _scaled(arr, 255.0)
+    raise ImageDecodeError(
+        f"cannot read {arr.dtype} pixels: an image array holds uint8, uint16 (16-bit, as 16-bit files), "
+        "bool, or float in [0, 1]"
+    )
+
+
+def _array_image(arr: np.ndarray) -> Image.Image:
+    """(H, W) or (H, W, C) channels last, C = 1 (grey), 2 (grey and alpha), 3 (RGB) or 4 (RGBA),
+    of the dtypes `_array_to_8bit` takes -> a Pillow image, its size checked before any work."""
+    if arr.ndim == 1:
+        raise ImageDecodeError("a 1-D array is not an image (an encoded file: pass its bytes, arr.tobytes())")
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and not 1 <= arr.shape[2] <= 4):
+        several = "; several images: pass a list of arrays" if arr.ndim > 3 else ""
+        raise ImageDecodeError(
+            f"not an image: an array is (H, W) or (H, W, C), C = 1 to 4 channels last{several}"
+        )
+    _check_pixels(arr.shape[1], arr.shape[0])
+    pixels = _array_to_8bit(arr)
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[..., 0]
+    return Image.fromarray(np.ascontiguousarray(pixels))  # L, LA, RGB or RGBA by the channels
+
+
+def from_memory(
+    image: Image.Image | np.ndarray,
+    size: tuple[int, int] | None,
+    channels: int = 3,
+    resize: str = "squash",
+    *,
+    small_notes: list[str] | None = None,
+) -> np.ndarray:
+    """A PIL image or an array -> uint8 (H, W, channels) at ``size``, as `decode` makes a
+    file's pixels, with no encoding round-trip: a PIL image of any mode (loaded if it was
+    opened lazily, EXIF orientation applied; 16-bit and float modes, alpha, CMYK, YCbCr, LAB
+    and HSV as in files), or an array (`_array_image`: RGB, never BGR). The number of pixels
+    is checked first, against the limit for files."""
+    with _decoding(None):
+        if isinstance(image, np.ndarray):
+            im = _array_image(image)
+        else:
+            _check_pixels(*image.size)
+            image.load()
+            im = _upright(image)
+        arr = _fit(_to_rgb(im), size, resize, small_notes)
     return to_channels(arr, channels)
 
 
@@ -208,14 +348,63 @@ def read_file(path: str | os.PathLike[str]) -> bytes:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def decode_named(
-    data: bytes, name: str, size: tuple[int, int] | None, channels: int = 3, resize: str = "squash"
+def _image_name(image: object) -> str:
+    """How messages name an image: its path, ``<bytes>``, a file's name (or ``<file>``),
+    ``<PIL.Image mode=CMYK 10x10>``, ``<array (28, 28, 1) uint8>``."""
+    if isinstance(image, str | os.PathLike):
+        return str(os.fspath(image))
+    if isinstance(image, bytes | bytearray | memoryview):
+        return "<bytes>"
+    if isinstance(image, Image.Image):
+        return f"<PIL.Image mode={image.mode} {image.width}x{image.height}>"
+    if isinstance(image, np.ndarray):
+        return f"<array {image.shape} {image.dtype}>"
+    name = getattr(image, "name", None)
+    return name if isinstance(name, str) else "<file>"
+
+
+def load_image(
+    image: ImageLike,
+    size: tuple[int, int] | None,
+    channels: int = 3,
+    resize: str = "squash",
+    *,
+    notes: list[str] | None = None,
 ) -> np.ndarray:
-    """`decode`, its refusal a one-line `DataError` naming the image (a path, ``<bytes>``)."""
+    """Anything image-like -> uint8 (H, W, channels) at ``size`` (H, W): a path, an encoded
+    file's bytes (bytes, bytearray, memoryview) or a binary file object through `decode`; a PIL
+    image or an array through `from_memory`. A refusal is a one-line `DataError` naming the
+    image (`_image_name`); ``notes`` gets "NAME: ..." when it is far smaller than ``size``."""
+    name = _image_name(image)
+    small: list[str] = []
     try:
-        return decode(data, size, channels, resize)
+        if isinstance(image, Image.Image | np.ndarray):
+            pixels = from_memory(image, size, channels, resize, small_notes=small)
+        else:
+            pixels = decode(_encoded(image, name), size, channels, resize, small_notes=small)
     except ImageDecodeError as exc:
         raise DataError(f"{name}: {exc}") from None
+    if notes is not None:
+        notes.extend(f"{name}: {note}" for note in small)
+    return pixels
+
+
+def _encoded(image: object, name: str) -> bytes:
+    """The encoded file a path, bytes-like or binary file object holds."""
+    if isinstance(image, str | os.PathLike):
+        return read_file(image)
+    if isinstance(image, bytes | bytearray | memoryview):
+        return bytes(image)
+    read = getattr(image, "read", None)
+    if not callable(read):
+        raise DataError(
+            f"cannot read an image of type {type(image).__name__}: pass a path, bytes, a binary file, "
+            "a PIL image or a NumPy array"
+        )
+    data = read()
+    if not isinstance(data, bytes):
+        raise DataError(f"{name}: a file opened in text mode; open images with 'rb'")
+    return data
 
 
 def to_channels(images: np.ndarray, channels: int) -> np.ndarray:

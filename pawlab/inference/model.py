@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-import io
 import os
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -13,11 +13,10 @@ from typing import Any, overload
 
 import numpy as np
 import torch
-from PIL import Image
 
 from pawlab import checkpoint, display
-from pawlab.data.decode import decode_named, read_file
-from pawlab.errors import ConfigError, DataError, ModelFileError
+from pawlab.data.decode import ImageLike, load_image
+from pawlab.errors import ConfigError, ModelFileError, SmallImageWarning
 from pawlab.inference.engine import (
     COMPILE_MIN_IMAGES,
     COMPILED_BATCH,
@@ -31,15 +30,16 @@ from pawlab.models.network import Network, build
 from pawlab.preprocessing import Preprocessing
 from pawlab.runtime import resolve_device, use_bf16
 
-ImageLike = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
-
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's class probabilities, in the Cortex tutorial's shape."""
+    """One image's class probabilities, in the Cortex tutorial's shape. ``notes``: lines about
+    the image, each also a `SmallImageWarning` ("cat.png: 1x1 pixels, far smaller than the
+    model's 224x224 input (upscaled 224x)"); never part of `to_json`."""
 
     probabilities: dict[str, float]
     classification: str
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"probability-map": self.probabilities, "classification": self.classification}
@@ -269,22 +269,10 @@ class Model:
         title = f"pawlab Model: {self.path.name}" if self.path is not None else "pawlab Model"
         return display.section(title, *parts)
 
-    def _load_image(self, image: ImageLike) -> np.ndarray:
-        """Anything image-like -> uint8 (H, W, C) at the model's input size."""
-        size, c = self.preprocessing.size, self.preprocessing.channels
-        if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8 or image.ndim not in (2, 3):
-                raise DataError("image array must be uint8 with shape (H, W) or (H, W, C)")
-            image = Image.fromarray(image)
-        if isinstance(image, Image.Image):
-            buf = io.BytesIO()
-            image.save(buf, format="PNG")
-            data, name = buf.getvalue(), "<image>"
-        elif isinstance(image, bytes):
-            data, name = image, "<bytes>"
-        else:
-            data, name = read_file(image), str(image)
-        return decode_named(data, name, size, c, self.preprocessing.resize)
+    def _load_image(self, image: ImageLike, notes: list[str] | None = None) -> np.ndarray:
+        """Anything image-like (`load_image`) -> uint8 (H, W, C) at the model's input size."""
+        pre = self.preprocessing
+        return load_image(image, pre.size, pre.channels, pre.resize, notes=notes)
 
     def predict_proba(
         self,
@@ -331,29 +319,49 @@ class Model:
     def predict(
         self, image: ImageLike | list[ImageLike] | tuple[ImageLike, ...], tta: bool = False
     ) -> Prediction | Predictions:
-        """One image (a path, bytes, a PIL image or a uint8 array) -> its `Prediction`; a list
-        or tuple of them -> their `Predictions`, in order (a notebook shows them as a table).
-        ``tta``: averaged over the image, its mirror and two crops."""
+        """One image -> its `Prediction`; a list or tuple of them -> their `Predictions`, in
+        order (a notebook shows them as a table). An image: a path, an encoded file's bytes
+        (bytes, bytearray, memoryview), a binary file object, a PIL image of any mode, or a
+        NumPy array (H, W) or (H, W, C) of uint8, uint16, bool or float in [0, 1]
+        (`pawlab.data.decode.load_image`). ``tta``: averaged over the image, its mirror and two
+        crops. An image far smaller than the model's input is predicted, with a `SmallImageWarning`."""
         if isinstance(image, list | tuple):
-            return self.predict_many(image, tta)
+            return self._predict_many(image, tta)
+        notes: list[str] = []
+        pixels = self._load_image(image, notes)[None]
         self.prepare_for(1, tta)
-        probs = self.predict_proba(self._load_image(image)[None], tta=tta)[0]
-        return self._prediction(probs)
+        probs = self.predict_proba(pixels, tta=tta)[0]
+        _warn(notes, stacklevel=2)
+        return self._prediction(probs, notes)
 
     def predict_many(self, images: Sequence[ImageLike], tta: bool = False) -> Predictions:
         """Images (as `predict` takes them) -> their `Predictions`, in order, in batches."""
+        return self._predict_many(images, tta)
+
+    def _predict_many(self, images: Sequence[ImageLike], tta: bool) -> Predictions:
         if not images:
             return Predictions([], self.classes)
-        arrays = np.stack([self._load_image(im) for im in images])  # (N, H, W, C) at the model's size
+        notes: list[list[str]] = [[] for _ in images]
+        # (N, H, W, C) at the model's size
+        arrays = np.stack([self._load_image(im, n) for im, n in zip(images, notes, strict=True)])
         self.prepare_for(len(arrays), tta)
-        preds = [self._prediction(p) for p in self.predict_proba(arrays, tta=tta)]
+        probs = self.predict_proba(arrays, tta=tta)
+        _warn([line for n in notes for line in n], stacklevel=3)
+        preds = [self._prediction(p, n) for p, n in zip(probs, notes, strict=True)]
         names = [str(os.fspath(im)) if isinstance(im, str | os.PathLike) else None for im in images]
         thumbs = [display.shrink(a) if i < Predictions.SHOWN else None for i, a in enumerate(arrays)]
         return Predictions(preds, self.classes, names, thumbs)
 
-    def _prediction(self, probs: np.ndarray) -> Prediction:
+    def _prediction(self, probs: np.ndarray, notes: Sequence[str] = ()) -> Prediction:
         pm = {c: float(p) for c, p in zip(self.classes, probs, strict=True)}
-        return Prediction(pm, self.classes[int(np.argmax(probs))])
+        return Prediction(pm, self.classes[int(np.argmax(probs))], tuple(notes))
+
+
+def _warn(notes: Sequence[str], stacklevel: int) -> None:
+    """Each note as a `SmallImageWarning` (its only kind so far); ``stacklevel`` as if
+    ``warnings.warn`` were called where `_warn` is (2: the line that called that function)."""
+    for note in notes:
+        warnings.warn(note, SmallImageWarning, stacklevel=stacklevel + 1)
 
 
 def load_model(

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pawlab.config import RuntimeConfig
-from pawlab.data.decode import decode_named, read_file
+from pawlab.data.decode import load_image
 from pawlab.spec.builtin import BUILTIN, use_digit_models
 from pawlab.spec.core import SPECS, ModelSpec, get
 from pawlab.spec.training import DigitModels, default_folder, train_digits
@@ -24,8 +24,12 @@ def _spec(args: argparse.Namespace) -> ModelSpec:
 
 
 def _image(path: str, shape: tuple[int, int] | None) -> np.ndarray:
-    """An image file as uint8 grayscale (H, W) at the discriminator's size."""
-    image: np.ndarray = decode_named(read_file(path), path, shape, 1)[..., 0]
+    """An image file as uint8 grayscale (H, W) at the discriminator's size; a line on stderr
+    when it is far smaller than that (stdout keeps only the result)."""
+    notes: list[str] = []
+    image: np.ndarray = load_image(path, shape, 1, notes=notes)[..., 0]
+    for note in notes:
+        print(f"pawlab spec: note: {note}", file=sys.stderr)
     return image
 
 
@@ -55,13 +59,12 @@ def cmd_train_digits(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     spec = _spec(args)
-    result = spec.check(
-        _image(args.image, spec.discriminator.shape), n=args.n, grid=args.grid, seed=args.seed
-    )
+    image = _image(args.image, spec.discriminator.shape)
+    result = spec.check(image, n=args.n, grid=args.grid, seed=args.seed)
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
-    print(spec.explain(_image(args.image, spec.discriminator.shape)))
+    print(spec.explain(image))
     print(f"sample values ({args.n} generated, not filtered): {list(result.sample_values)}")
     print(f"grid: {result.grid}")
     return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,11 @@ from PIL import Image
 from pawlab import checkpoint
 from pawlab.config import DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import prepare
-from pawlab.errors import DataError, ModelFileError
+from pawlab.errors import DataError, ModelFileError, SmallImageWarning
 from pawlab.inference import Model, evaluate, load_model, metrics_from_probs, submit
 from pawlab.training import train
 from tests.conftest import TINY, make_image, run_ranks, train_tiny, write_tree
+from tests.test_cli import pawlab
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +39,78 @@ def test_predict_probability_map(trained: tuple[Path, Path]) -> None:
     assert set(pred.to_json()["probability-map"]) == {"cat", "dog"}
 
 
-def test_predict_accepts_paths_pil_arrays_and_bytes(trained: tuple[Path, Path]) -> None:
+def test_predict_accepts_paths_pil_images_of_every_mode_arrays_and_bytes(trained: tuple[Path, Path]) -> None:
     src, model_path = trained
     model = load_model(model_path)
     path = src / "cat" / "cat.1.jpg"
     im = Image.open(path).convert("RGB")
     a = model.predict(path).probabilities
-    for other in (im, np.asarray(im), path.read_bytes(), str(path)):
+    for other in (im, Image.open(path), np.asarray(im), path.read_bytes(), str(path)):
         b = model.predict(other).probabilities  # type: ignore[arg-type]
         assert b == pytest.approx(a, abs=1e-3)
     assert len(model.predict_many([path, im])) == 2
+    expected = model.predict(im).probabilities
+    for mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBa", "RGBX", "PA"):  # the colours kept, near enough
+        assert model.predict(im.convert(mode)).probabilities == pytest.approx(expected, abs=0.02), mode
+    grey = model.predict(im.convert("L")).probabilities
+    deep = Image.fromarray(np.asarray(im.convert("L")).astype(np.uint16) * 257)  # 16-bit, mode I;16
+    for other in (im.convert("LA"), im.convert("LA").convert("La"), deep, im.convert("F")):
+        assert model.predict(other).probabilities == pytest.approx(grey, abs=0.02), other.mode
+    for mode in ("1", "P", "I"):  # 1 bit, a palette, 32-bit: read as their files are
+        assert sum(model.predict(im.convert(mode)).probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_takes_arrays_of_every_accepted_shape_and_bytes_likes(trained: tuple[Path, Path]) -> None:
+    src, model_path = trained
+    model = load_model(model_path)
+    path = src / "cat" / "cat.4.jpg"
+    grey = np.asarray(Image.open(path).convert("L"))
+    expected = model.predict(grey).probabilities
+    for same in (grey[..., None], np.repeat(grey[..., None], 3, -1), grey.astype(np.float32) / 255):
+        assert model.predict(same).probabilities == pytest.approx(expected, abs=1e-6), same.shape
+    data = path.read_bytes()
+    from_bytes = model.predict(data).probabilities
+    for image in (bytearray(data), memoryview(data), io.BytesIO(data)):
+        assert model.predict(image).probabilities == from_bytes, type(image)
+    with pytest.raises(DataError) as error:
+        model.predict(np.zeros((0, 0, 3), np.uint8))
+    assert str(error.value) == "<array (0, 0, 3) uint8>: empty image (0x0 pixels)"
+
+
+SMALL_NOTE = "1x1 pixels, far smaller than the model's 16x16 input (upscaled 16x)"
+
+
+def test_an_image_far_smaller_than_the_input_is_predicted_with_a_warning(trained: tuple[Path, Path]) -> None:
+    model = load_model(trained[1])  # 16x16 input
+    dot, small = np.full((1, 1), 128, np.uint8), np.full((4, 4), 128, np.uint8)  # 16x and 4x up
+    with pytest.warns(SmallImageWarning) as record:
+        pred = model.predict(dot)
+        lists = [model.predict([small, dot]), model.predict_many([small, dot])]
+    note = f"<array (1, 1) uint8>: {SMALL_NOTE}"
+    assert [str(w.message) for w in record] == [note] * 3
+    assert {w.filename for w in record} == {__file__}  # shown at the caller's line
+    assert pred.notes == (note,) and "notes" not in json.dumps(pred.to_json())
+    assert [[p.notes for p in many] for many in lists] == [[(), (note,)]] * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert model.predict(small).notes == ()
+
+
+def test_pawlab_predict_notes_a_far_smaller_image_on_stderr(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    src, model_path = trained
+    dot = tmp_path / "dot.png"
+    Image.new("L", (1, 1), 128).save(dot)
+    photo = src / "cat" / "cat.1.jpg"
+    proc = pawlab("predict", model_path, dot, photo, "--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [json.loads(line)["image"] for line in lines] == [str(dot), str(photo)]  # one object a line
+    assert proc.stderr.splitlines() == [f"pawlab predict: note: {dot}: {SMALL_NOTE}"]
+    text = pawlab("predict", model_path, dot)
+    assert text.stdout.startswith(f"{dot}: ") and len(text.stdout.splitlines()) == 1
+    assert text.stderr.splitlines() == [f"pawlab predict: note: {dot}: {SMALL_NOTE}"]
 
 
 def test_predict_bad_image_is_a_data_error(trained: tuple[Path, Path], tmp_path: Path) -> None:

@@ -80,3 +80,29 @@ def test_bad_spec_commands_are_one_line_errors(digit_models: DigitModels, tmp_pa
         "no digit models",
     )
     assert pawlab("spec", "sample", "mnist-image").returncode == 2  # --out is required
+
+
+def test_check_notes_an_image_far_smaller_than_the_discriminators_input_on_stderr(
+    digit_models: DigitModels, tmp_path: Path
+) -> None:
+    dot = tmp_path / "dot.png"
+    Image.new("L", (1, 1), 128).save(dot)
+    note = f"pawlab spec: note: {dot}: 1x1 pixels, far smaller than the model's 28x28 input (upscaled 28x)"
+    args = (
+        "spec",
+        "check",
+        "mnist-image",
+        dot,
+        "-n",
+        2,
+        "--grid",
+        tmp_path / "g.png",
+        "--models",
+        digit_models.folder,
+    )
+    as_json = pawlab(*args, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["spec"] == "mnist-image"  # stdout: the one JSON object
+    assert as_json.stderr.splitlines() == [note]
+    text = pawlab(*args)
+    assert text.stdout.startswith("mnist-image: ") and text.stderr.splitlines() == [note]
