@@ -5,8 +5,8 @@ A packed folder holds ``train-<token>.npy`` and ``validation-<token>.npy`` (N, H
 modification time and content digest, plus every skipped file with its reason. `pack`
 compares a source with that manifest:
 
-* nothing changed (same files, sizes, mtimes, and the same size/seed/fraction): the folder is
-  used as it is, with no decoding at all;
+* nothing changed (same files, sizes, mtimes, the same size/seed/fraction, and every file read
+  with the same label and split): the folder is used as it is, with no decoding at all;
 * some files changed: their rows are decoded again, the others are copied from the old
   arrays (also when only the seed or fraction changed);
 
@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from pawlab.atomic import atomic_write, atomic_write_text, named
+from pawlab.config import DataConfig
 from pawlab.data.decode import ImageDecodeError, decode
 from pawlab.data.sources import Source, read_entry, source_stamp
 from pawlab.data.workers import Workers, default_workers, refuse_in_starting_process
@@ -178,11 +179,20 @@ def _write_png(task: tuple[str, int, str]) -> None:
 # ----------------------------------------------------------------------------- packing
 
 
-def fingerprint(source: Path, entries: Sequence[tuple[str, int, float]], settings: dict[str, Any]) -> str:
+def fingerprint(
+    source: Path,
+    entries: Sequence[tuple[str, int, float]],
+    settings: dict[str, Any],
+    planned: Sequence[PlannedItem],
+) -> str:
+    """The digest of what a packed folder holds: the source's files, the settings, and each
+    file's label and split (so that a change in how names are read is a change too)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([PACK_VERSION, str(source), settings], sort_keys=True).encode())
     for name, size, mtime in entries:
         h.update(f"{name}\0{size}\0{mtime!r}\n".encode())
+    for it in planned:
+        h.update(f"{it.name}\0{it.label}\0{it.split}\n".encode())
     return h.hexdigest()
 
 
@@ -263,7 +273,10 @@ def pack(
     start = time.perf_counter()
     resize = str(settings.get("resize", "squash"))
     fp = fingerprint(
-        source.path, entries, {**settings, "size": size, "png": png, "dedupe": dedupe, "strict": strict}
+        source.path,
+        entries,
+        {**settings, "size": size, "png": png, "dedupe": dedupe, "strict": strict},
+        planned,
     )
     old = read_manifest(out)
     current = _up_to_date(out, old, fp)
@@ -637,12 +650,14 @@ def cache_root() -> Path:
     return Path(base) / "pawlab"
 
 
-def cache_dir_for(src: Path, size: int, seed: int, val_fraction: float, resize: str = "squash") -> Path:
-    """One cache folder per source, size, resize policy and split, so that runs with other
+def cache_dir_for(src: Path, config: DataConfig) -> Path:
+    """One cache folder per source, size, resize policy, layout and split, so that runs with other
     settings (a seed sweep, say) never rewrite each other's arrays."""
+    size, resize = config.size, config.resize
     policy = "" if resize == "squash" else f"\0{resize}"
+    layout = "" if config.layout == "auto" else f"\0layout={config.layout}"
     key = hashlib.blake2b(
-        f"{src}\0{size}\0{seed}\0{val_fraction!r}{policy}".encode(), digest_size=10
+        f"{src}\0{size}\0{config.seed}\0{config.val_fraction!r}{policy}{layout}".encode(), digest_size=10
     ).hexdigest()
     return cache_root() / f"{src.name[:40]}-{size}{'' if resize == 'squash' else '-' + resize}-{key}"
 
