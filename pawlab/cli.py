@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from pawlab._version import __version__
-from pawlab.config import DEFAULT_BACKBONE, AugmentConfig, DataConfig, RuntimeConfig, TrainConfig
+from pawlab.config import DEFAULT_BACKBONE, LAYOUTS, AugmentConfig, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.errors import ConfigError, PawlabError
 from pawlab.terminal import PrintableStream
 
@@ -157,6 +157,16 @@ def _class_map(text: str) -> dict[str, str]:
     return {data.strip(): model.strip() for data, _, model in pairs}
 
 
+def _layout(p: argparse.ArgumentParser, default: str | None = "auto", also: str = "") -> None:
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=default,
+        help="how top folders named train/, validation/, val/, valid/ or test/ are read: auto (as a "
+        "split only when nothing else stands beside them), split (always) or classes (as classes)" + also,
+    )
+
+
 def _quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -201,6 +211,7 @@ def _add_prepare(commands: _Commands) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _quiet(p)
+    _layout(p)
     p.add_argument(
         "--follow-links",
         action="store_true",
@@ -280,6 +291,7 @@ def _add_train(commands: _Commands) -> None:
     )
     _train_options(p)
     p.add_argument("--val-fraction", type=float, default=0.2, help="for sources without their own split")
+    _layout(p)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument(
         "--dashboard", action="store_true", help="serve the live dashboard on 127.0.0.1 while training"
@@ -320,6 +332,7 @@ def _add_compare(commands: _Commands) -> None:
     p.add_argument("--out-dir", type=Path, default=Path("compare"), help="models, runs and the plot")
     _train_options(p, optimizer=False)
     p.add_argument("--val-fraction", type=float, default=0.2, help="held out for validation (default 0.2)")
+    _layout(p)
     p.add_argument("--workers", type=int, default=0, help="decoding processes (default: one per core)")
     _quiet(p)
 
@@ -346,6 +359,7 @@ def _add_inference(commands: _Commands) -> None:
         metavar="DATA=MODEL,...",
         help="the data's class names in the model's terms, e.g. cats=cat,dogs=dog",
     )
+    _layout(p, default=None, also="; default: as in training for the model's own source, else auto")
     _inference_options(p)
     _quiet(p)
 
@@ -508,6 +522,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         follow_links=args.follow_links,
+        layout=args.layout,
     )
     report = prepare(
         args.src,
@@ -545,7 +560,7 @@ def _recipe(args: argparse.Namespace) -> tuple[Any, TrainConfig, int | None]:
         _reject_changed(
             args,
             "--preset",
-            {"preset", "epochs", "seed", "split_seed", "out", "run_dir", "workers", "overwrite"},
+            {"preset", "epochs", "seed", "split_seed", "out", "run_dir", "workers", "overwrite", "layout"},
         )
         preset = get_preset(args.preset)
         return preset.arch, preset.config.with_(**_recipe_changes(args)), preset.size
@@ -628,6 +643,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 size=size,
                 resize=args.resize,
                 val_fraction=args.val_fraction,
+                layout=args.layout,
                 workers=args.workers,
                 run_dir=run_dir,
                 runtime=_runtime(args),
@@ -685,6 +701,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out_dir=args.out_dir,
         size=args.size,
         val_fraction=args.val_fraction,
+        layout=args.layout,
         workers=args.workers,
         runtime=_runtime(args),
     )
@@ -726,6 +743,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.quiet and not args.json,
         tta=args.tta,
         class_map=args.class_map,
+        layout=args.layout,
     )
     print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
     return 0

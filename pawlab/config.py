@@ -13,6 +13,7 @@ from typing import Any
 from pawlab.errors import ConfigError
 
 RESIZE_POLICIES = ("squash", "crop")  # how an image is fitted to the input size (see pawlab.data.decode)
+LAYOUTS = ("auto", "split", "classes")  # how a source's top folders are read (see pawlab.data.catalog)
 
 OPTIMIZERS = ("sgd", "rmsprop", "adagrad", "adam", "adamw")
 
@@ -32,10 +33,14 @@ class DataConfig:
     workers: int = 0  # 0: one per CPU core
     resize: str = "squash"  # squash: whole image, aspect not kept; crop: shorter side fits, centre kept
     follow_links: bool = False  # a source folder's links to places outside it are followed too
+    # auto: split folders only where nothing else stands beside them; split: the top's split folders
+    # are the split; classes: every top folder is a class
+    layout: str = "auto"
 
     def __post_init__(self) -> None:
         _check(1 <= self.size <= 4096, "size", f"must be between 1 and 4096, got {self.size}")
         _check(self.resize in RESIZE_POLICIES, "resize", f"must be squash or crop, got {self.resize!r}")
+        _check(self.layout in LAYOUTS, "layout", f"must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         _check(
             0.0 < self.val_fraction < 1.0,
             "val_fraction",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -221,6 +222,55 @@ def test_missing_model_file(tmp_path: Path) -> None:
 def test_bad_flag_value(tmp_path: Path) -> None:
     assert_one_line_error(pawlab("prepare", tmp_path, tmp_path / "o", "--size", "-3"), "--size")
     assert_one_line_error(pawlab("train", tmp_path, "--optimizer", "lbfgs"), "optimizer", "lbfgs")
+
+
+def flat_beside_validation(root: Path) -> Path:
+    """Kaggle-flat files beside a validation/ folder that has a class the files lack."""
+    src = write_tree(root, {"cat": 8, "dog": 8}, flat=True)
+    write_tree(src / "validation", {"cat": 3, "dog": 3, "owl": 2}, flat=True, start=100)
+    return src
+
+
+AMBIGUOUS = ("ambiguous layout", "validation/", "16 labelled files like cat.0.jpg", "--layout split")
+NO_OWL = "warning: 1 class has no training image, so a model cannot learn it: owl"
+
+
+def test_prepare_layout_flag_settles_an_ambiguous_tree(tmp_path: Path) -> None:
+    src = flat_beside_validation(tmp_path / "src")
+    assert_one_line_error(pawlab("prepare", src, tmp_path / "out", "--size", 8), *AMBIGUOUS)
+    bad = pawlab("prepare", src, tmp_path / "out", "--size", 8, "--layout", "maybe")
+    assert_one_line_error(bad, "--layout", "'maybe'")
+    prepared = pawlab("prepare", src, tmp_path / "out", "--size", 8, "--layout", "split", "-q")
+    assert prepared.returncode == 0, prepared.stderr
+    assert prepared.stdout.splitlines()[1:4] == [
+        "  train          16 images (cat 8, dog 8, owl 0)",
+        "  validation      8 images (cat 3, dog 3, owl 2)",
+        f"  {NO_OWL}",
+    ]
+
+
+@pytest.mark.slow
+def test_train_layout_flag_settles_an_ambiguous_tree(tmp_path: Path) -> None:
+    src = flat_beside_validation(tmp_path / "src")
+    arch = tmp_path / "tiny.toml"
+    arch.write_text(TINY_TOML)
+    assert_one_line_error(pawlab("train", src, "--arch-file", arch, "--epochs", 1), *AMBIGUOUS)
+    trained = pawlab(
+        "train", src, "--arch-file", arch, "--epochs", 1, "--layout", "split", "-q", "--workers", 1
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert NO_OWL in trained.stdout.splitlines()
+
+
+def test_class_folders_named_like_splits_in_a_zip(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "vehicles", {"bus": 3, "car": 3, "train": 3})
+    zipped = shutil.make_archive(str(tmp_path / "vehicles"), "zip", tmp_path, "vehicles")
+    proc = pawlab("prepare", zipped, tmp_path / "out", "--size", 8, "--json", "-q", "--workers", 1)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["classes"] == ["bus", "car", "train"] and report["skipped"] == []
+    assert sum(sum(per.values()) for per in report["counts"].values()) == 9
+    assert src.is_dir()
 
 
 def test_forever_stops_cleanly_on_sigterm_and_resumes(tmp_path: Path) -> None:

@@ -6,9 +6,21 @@ Layouts understood, in a folder or a zip alike:
 
 * class-per-folder: ``cat/1.jpg``, ``dog/2.jpg`` (label = first folder);
 * Kaggle-style flat: ``cat.123.jpg`` (label = the name's first dot-part);
-* either of these under ``train/`` and ``validation/`` (or ``val/``, or a labelled ``test/``):
-  the split is kept as it is;
+* either of these under ``train/`` and ``validation/`` (or ``val/``, ``valid/``, or a labelled
+  ``test/``): the split is kept as it is;
 * a single wrapping folder (``cats_and_dogs/train/...``, a zip's ``train/``) is looked through.
+
+Which top folders are split folders (``--layout``, `DataConfig.layout`):
+
+* ``auto``: a folder named like a split holds one when its images are labelled other than by
+  its own name (``train/cat/1.jpg``, ``train/cat.1.jpg``); such folders are the split when
+  nothing else stands beside them (no other folder, no loose labelled image). A folder named
+  like a split that holds images of its own (``vehicles/train/1.jpg``) is a class like its
+  neighbours. Split folders beside other images are ambiguous: a `DataError` naming them.
+* ``split``: the top's split folders are the split; what is beside them is skipped, or, when
+  there is no ``train/``, is the training set (``cat.1.jpg`` files beside ``validation/``). A
+  lone ``train/`` is not looked through as a wrapper.
+* ``classes``: every top folder is a class, whatever its name.
 
 Files that cannot be used are never fatal: they are returned as `Skipped` with a reason.
 """
@@ -23,10 +35,12 @@ import numpy as np
 
 from pawlab.data.decode import is_image_name
 from pawlab.data.pack import HIDDEN_REASON, MANIFEST
+from pawlab.errors import DataError
 
 TRAIN_DIRS = ("train",)
 VALIDATION_DIRS = ("validation", "valid", "val")
 TEST_DIRS = ("test",)
+SPLIT_DIRS = (*TRAIN_DIRS, *VALIDATION_DIRS, *TEST_DIRS)
 
 
 # ----------------------------------------------------------------------------- labelling
@@ -115,49 +129,141 @@ class Skipped:
 class Catalog:
     items: list[Item]
     skipped: list[Skipped]
-    presplit: bool  # the source has its own train/validation folders
+    presplit: bool  # the source fixes its own split (it has a validation folder)
 
 
-def _strip_wrappers(names: list[str]) -> str:
-    """The common wrapping folder(s) to look through, e.g. ``cats_and_dogs_filtered/``."""
+def _strip_wrappers(names: list[str], keep_splits: bool = False) -> str:
+    """The common wrapping folder(s) to look through, e.g. ``cats_and_dogs_filtered/``;
+    ``keep_splits``: not a folder named like a split."""
     prefix: tuple[str, ...] = ()
     parts = [_parts(n) for n in names]
     while parts and all(len(p) >= 2 for p in parts):
         firsts = {p[0] for p in parts}
-        if len(firsts) != 1:
+        if len(firsts) != 1 or (keep_splits and parts[0][0].lower() in SPLIT_DIRS):
             break
         prefix += (parts[0][0],)
         parts = [p[1:] for p in parts]
     return "/".join(prefix) + "/" if prefix else ""
 
 
-def _split_dirs(rel_names: list[str]) -> tuple[str, str | None] | None:
-    """The tree's own split folders (matched ignoring case), if it has a ``train/``.
+@dataclass(frozen=True)
+class _Splits:
+    """The folders a tree's own split is read from (named as in the source)."""
 
-    Returns (train, validation): validation is ``validation/``/``val/``, or ``test/`` when
-    it is labelled, or None when there is only a ``train/`` (e.g. beside an unlabelled
-    Kaggle ``test/``): then only ``train/`` is used, and split by seed.
-    """
-    tops: dict[str, str] = {}
+    train: str | None  # None: the images beside the split folders are the training set
+    validation: str | None  # None: the training set is split by seed
+
+    def where(self) -> str:
+        """What the split is read from: ``the train/ and validation/ folders``."""
+        folders = [f"{d}/" for d in (self.train, self.validation) if d is not None]
+        read = f"the {' and '.join(folders)} folder{'s' * (len(folders) > 1)}" if folders else ""
+        if self.train is not None:
+            return read
+        return f"{read} and the images beside it" if read else "the images beside the split folders"
+
+
+def _tops(rel_names: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """The top folders with the names below each (``train`` -> ``[cat/1.jpg, ...]``), and the
+    loose files at the top."""
+    folders: dict[str, list[str]] = {}
+    loose: list[str] = []
     for n in rel_names:
-        parts = _parts(n)
-        if len(parts) >= 2:
-            tops.setdefault(parts[0].lower(), parts[0])
-    train = next((tops[d] for d in TRAIN_DIRS if d in tops), None)
-    if train is None:
+        top, _, below = n.partition("/")
+        if below:
+            folders.setdefault(top, []).append(below)
+        else:
+            loose.append(n)
+    return folders, loose
+
+
+def _holds_split(folder: str, below: list[str]) -> bool:
+    """Whether a folder named like a split holds one: images labelled other than by its own name
+    (``cat/1.jpg``, ``cat.1.jpg``), not the images of a class named like it (``1.jpg``,
+    ``train.1.jpg`` in ``train/``)."""
+    return any((label_of(r) or folder).lower() != folder.lower() for r in below)
+
+
+def first_few(names: Sequence[str], first: int = 3) -> str:
+    """``a/, b/, c/ and 4 more``: the first names of a list, and how many more there are."""
+    more = f" and {len(names) - first} more" if len(names) > first else ""
+    return ", ".join(names[:first]) + more
+
+
+def _dirs(names: Sequence[str]) -> str:
+    """``train/, validation/``: folder names as a message lists them."""
+    return first_few([f"{d}/" for d in names])
+
+
+def _ambiguous(where: str, split_dirs: list[str], others: list[str], loose: list[str]) -> DataError:
+    """Split folders beside other images: the error that names them and the flags that settle it."""
+    beside = [_dirs(others)] if others else []
+    if loose:
+        beside.append(f"{len(loose)} labelled file{'s' * (len(loose) > 1)} like {loose[0]}")
+    many = len(split_dirs) > 1
+    rest = "skips the rest" if any(d.lower() in TRAIN_DIRS for d in split_dirs) else "trains on the rest"
+    return DataError(
+        f"{where}: ambiguous layout: split folder{'s' * many} {_dirs(split_dirs)} "
+        f"beside other images ({'; '.join(beside)}); --layout split keeps {'their' if many else 'its'} "
+        f"split and {rest}, --layout classes makes every top folder a class"
+    )
+
+
+def _split_dirs(rel_names: list[str], layout: str, where: str) -> _Splits | None:
+    """The tree's own split folders (matched ignoring case) as ``layout`` reads them (see the
+    module doc), or None when it has no split of its own.
+
+    The validation folder is ``validation/``, ``valid/`` or ``val/``, or ``test/`` when it is
+    labelled; without one (``train/`` beside an unlabelled Kaggle ``test/``) the training
+    images are split by seed.
+    """
+    if layout == "classes":
         return None
-    val = next((tops[d] for d in VALIDATION_DIRS if d in tops), None)
-    if val is None:
-        test = next((tops[d] for d in TEST_DIRS if d in tops), None)
-        if test is not None and any(
-            label_of(n[len(test) + 1 :]) for n in rel_names if n.startswith(test + "/")
-        ):
-            val = test
-    return train, val
+    folders, loose = _tops(rel_names)
+    named: dict[str, str] = {}
+    for d in folders:
+        if d.lower() in SPLIT_DIRS:
+            named.setdefault(d.lower(), d)
+    others = sorted(d for d in folders if d.lower() not in SPLIT_DIRS)
+    labelled = [n for n in loose if name_label(n)]
+    if layout == "auto":
+        held = [d for d in named.values() if _holds_split(d, folders[d])]
+        if not held:
+            return None
+        if others or labelled:
+            raise _ambiguous(where, held, others, labelled)
+    elif not named:
+        raise DataError(
+            f"{where}: --layout split: no train/, validation/ (val/, valid/) or test/ folder at the top"
+        )
+    train = next((named[d] for d in TRAIN_DIRS if d in named), None)
+    val = next((named[d] for d in VALIDATION_DIRS if d in named), None)
+    test = next((named[d] for d in TEST_DIRS if d in named), None)
+    if val is None and test is not None and any(label_of(r) for r in folders[test]):
+        val = test
+    if train is None and not (others or labelled):
+        raise DataError(f"{where}: no train/ folder, and no images beside {_dirs(list(named.values()))}")
+    return _Splits(train, val)
 
 
-def catalog(names: Sequence[str]) -> Catalog:
-    """Label (and, for pre-split trees, split) every image name; the rest is skipped."""
+def _place(rel: str, splits: _Splits) -> tuple[str | None, str] | None:
+    """(split, name below the split folder) of a name in a tree with its own split; None when
+    it lies outside what the split is read from."""
+    top, _, below = rel.partition("/")
+    fixed = "train" if splits.validation is not None else None
+    if below and top == splits.validation:
+        return "validation", below
+    if below and top == splits.train:
+        return fixed, below
+    beside = not below or top.lower() not in SPLIT_DIRS
+    if splits.train is None and beside:
+        return fixed, rel
+    return None
+
+
+def catalog(names: Sequence[str], layout: str = "auto", where: str = "source") -> Catalog:
+    """Label (and, for trees with their own split, split) every image name; the rest is skipped.
+    ``layout``: how top folders named like splits are read (module doc); an ambiguous tree is
+    a `DataError` that begins with ``where``."""
     skipped: list[Skipped] = []
     candidates: list[str] = []
     for n in names:
@@ -168,28 +274,24 @@ def catalog(names: Sequence[str]) -> Catalog:
             candidates.append(n)
         else:
             skipped.append(Skipped(n, reason))
-    prefix = _strip_wrappers(candidates)
+    prefix = _strip_wrappers(candidates, keep_splits=layout == "split")
     rel = [n[len(prefix) :] for n in candidates]
-    dirs = _split_dirs(rel)
+    splits = _split_dirs(rel, layout, where)
     items: list[Item] = []
     for full, r in zip(candidates, rel, strict=True):
         split: str | None = None
-        if dirs is not None:
-            top, _, r = r.partition("/")
-            if top == dirs[0]:
-                split = None if dirs[1] is None else "train"
-            elif top == dirs[1]:
-                split = "validation"
-            else:
-                where = f"{dirs[0]}/ and {dirs[1]}/ folders" if dirs[1] else f"{dirs[0]}/ folder"
-                skipped.append(Skipped(full, f"outside the {where}"))
+        if splits is not None:
+            placed = _place(r, splits)
+            if placed is None:
+                skipped.append(Skipped(full, f"outside {splits.where()}"))
                 continue
+            split, r = placed
         label = label_of(r)
         if label is None:
             skipped.append(Skipped(full, "no label: not in a class folder and no 'label.' name prefix"))
             continue
         items.append(Item(full, label, split, key=r))
-    return Catalog(items, skipped, presplit=dirs is not None and dirs[1] is not None)
+    return Catalog(items, skipped, presplit=splits is not None and splits.validation is not None)
 
 
 def _unit_hash(seed: int, key: str) -> float:
@@ -204,7 +306,9 @@ def assign_splits(items: Sequence[Item], val_fraction: float, seed: int) -> list
     ``val_fraction``: every class gets that fraction in expectation, and adding files does
     not move existing files between splits. The hash is of the name below any wrapping and
     split folder, so a folder and its zip split alike. Each class with two or more files
-    keeps at least one file in each split; for tiny classes that rule can override the hash.
+    keeps at least one file in each split, and a class with a single file keeps it in
+    training (a class only in validation is never learnt); for tiny classes these rules can
+    override the hash, so a class growing from one file to two may move its first file.
     """
     out: list[Item] = []
     by_class: dict[str | None, list[Item]] = {}
@@ -216,7 +320,9 @@ def assign_splits(items: Sequence[Item], val_fraction: float, seed: int) -> list
     for members in by_class.values():
         hashes = [_unit_hash(seed, m.split_key) for m in members]
         splits = ["validation" if h < val_fraction else "train" for h in hashes]
-        if len(members) >= 2:
+        if len(members) == 1:
+            splits = ["train"]
+        else:
             if "validation" not in splits:
                 splits[int(np.argmin(hashes))] = "validation"
             if "train" not in splits:

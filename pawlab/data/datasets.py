@@ -22,7 +22,7 @@ import numpy as np
 from pawlab.atomic import check_output_folder
 from pawlab.config import DataConfig
 from pawlab.data import cache
-from pawlab.data.catalog import Item, Skipped, assign_splits, catalog, non_image_reason
+from pawlab.data.catalog import Item, Skipped, assign_splits, catalog, first_few, non_image_reason
 from pawlab.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode, to_channels
 from pawlab.data.pack import (
     MANIFEST,
@@ -108,6 +108,21 @@ def no_images_error(where: object) -> DataError:
     return DataError(f"{where}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} files)")
 
 
+def untrained_classes(train_counts: Mapping[str, int]) -> list[str]:
+    """The classes with no training image, from ``train_counts`` (class -> training images)."""
+    return [c for c, n in train_counts.items() if n == 0]
+
+
+def untrained_warning(classes: Sequence[str]) -> str:
+    """``warning: 2 classes have no training image, so a model cannot learn them: owl, yak`` for
+    `untrained_classes` (the first five named)."""
+    one = len(classes) == 1
+    return (
+        f"warning: {len(classes)} class{'' if one else 'es'} {'has' if one else 'have'} no training "
+        f"image, so a model cannot learn {'it' if one else 'them'}: {first_few(classes, 5)}"
+    )
+
+
 def _check_classes(items: Sequence[Item], where: str) -> list[str]:
     classes = sorted({it.label for it in items if it.label is not None})
     if not items:
@@ -121,18 +136,30 @@ def _check_classes(items: Sequence[Item], where: str) -> list[str]:
     return classes
 
 
+def _check_validation(planned: Sequence[PlannedItem], where: str) -> None:
+    """A source split by seed whose every class has a single image has none left for validation."""
+    if not any(it.split == "validation" for it in planned):
+        n = len({it.label for it in planned})
+        raise DataError(
+            f"{where}: no image left for validation: each of the {n} classes has a single image, "
+            "which is kept for training"
+        )
+
+
 def _plan(
-    source: Source, val_fraction: float, seed: int
+    source: Source, config: DataConfig
 ) -> tuple[list[PlannedItem], list[tuple[str, str]], list[tuple[str, int, float]], bool]:
     """Catalogue and split a source: (planned items, skipped files, all entries, presplit)."""
     entries = source.entries()
     stamps = {e.name: e for e in entries}
-    cat = catalog([e.name for e in entries])
+    cat = catalog([e.name for e in entries], config.layout, str(source.path))
     _check_classes(cat.items, str(source.path))
     planned = [
         PlannedItem(it.name, str(it.label), str(it.split), stamps[it.name].size, stamps[it.name].mtime)
-        for it in assign_splits(cat.items, val_fraction, seed)
+        for it in assign_splits(cat.items, config.val_fraction, config.seed)
     ]
+    if not cat.presplit:
+        _check_validation(planned, str(source.path))
     skipped = [*source.skips, *((sk.name, sk.reason) for sk in cat.skipped)]
     # links not followed are part of the listing: a new one changes the fingerprint
     listing = [(e.name, e.size, e.mtime) for e in entries] + [(name, -2, 0.0) for name, _ in source.skips]
@@ -153,12 +180,13 @@ def pack_source(
     source = open_source(src, config.follow_links)
     out_dir = Path(out).expanduser().resolve()
     check_out_dir(out_dir, source.path)
-    planned, skipped, entries, presplit = _plan(source, config.val_fraction, config.seed)
+    planned, skipped, entries, presplit = _plan(source, config)
     settings = {
         "seed": config.seed,
         "val_fraction": config.val_fraction,
         "presplit": presplit,
         "resize": config.resize,
+        "layout": config.layout,
     }
     with locked(out_dir):  # concurrent runs on one folder wait for each other
         return pack(
@@ -199,30 +227,33 @@ def packed_for(
                 seed=int(prepared.manifest["seed"]),
                 workers=config.workers,
                 resize=config.resize,
+                layout=layout_of(prepared.manifest),
             )
-            cached = pack_source(
-                original,
-                _cached_copy(original, config.size, same_split.seed, same_split.val_fraction, config.resize),
-                same_split,
-                progress=progress,
-            )
+            cached = pack_source(original, _cached_copy(original, same_split), same_split, progress=progress)
             return cached.packed, True
     source_path = open_source(p).path
-    copy = _cached_copy(source_path, config.size, config.seed, config.val_fraction, config.resize)
-    packed = pack_source(source_path, copy, config, progress=progress).packed
+    packed = pack_source(source_path, _cached_copy(source_path, config), config, progress=progress).packed
     return packed, bool(packed.manifest.get("presplit")) or prepared is not None
 
 
-def _cached_copy(src: Path, size: int, seed: int, val_fraction: float, resize: str) -> Path:
-    """The cache entry of a source's packed copy: one per source, size, resize policy and
-    split, so that runs with other settings (a seed sweep, say) never rewrite each other's
+def _cached_copy(src: Path, config: DataConfig) -> Path:
+    """The cache entry of a source's packed copy: one per source, size, resize policy, layout
+    and split, so that runs with other settings (a seed sweep, say) never rewrite each other's
     arrays."""
+    size, resize = config.size, config.resize
     policy = "" if resize == "squash" else f"\0{resize}"
+    layout = "" if config.layout == "auto" else f"\0layout={config.layout}"
     key = hashlib.blake2b(
-        f"{src}\0{size}\0{seed}\0{val_fraction!r}{policy}".encode(), digest_size=10
+        f"{src}\0{size}\0{config.seed}\0{config.val_fraction!r}{policy}{layout}".encode(), digest_size=10
     ).hexdigest()
-    name = f"{src.name[:40]}-{size}{'' if resize == 'squash' else '-' + resize}-{key}"
-    return cache.entry("packed data", name)
+    return cache.entry(
+        "packed data", f"{src.name[:40]}-{size}{'' if resize == 'squash' else '-' + resize}-{key}"
+    )
+
+
+def layout_of(manifest: Mapping[str, Any]) -> str:
+    """The layout a packed folder's source was read with (``auto`` before there was a choice)."""
+    return str(manifest.get("layout", "auto"))
 
 
 def _skipped(packed: Packed) -> list[Skipped]:
@@ -258,7 +289,10 @@ def load_dataset(
         source=str(Path(path).expanduser().resolve()),
         size=(config.size, config.size),
         presplit=presplit,
-        origin={k: packed.manifest[k] for k in ("source", "seed", "val_fraction", "presplit")},
+        origin={
+            **{k: packed.manifest[k] for k in ("source", "seed", "val_fraction", "presplit")},
+            "layout": layout_of(packed.manifest),
+        },
         resize=packed.resize,
     )
 
@@ -297,9 +331,11 @@ def load_eval_set(
     progress: bool = True,
     resize: str = "squash",
     class_map: Mapping[str, str] | None = None,
+    layout: str | None = None,
 ) -> EvalSet:
     """The labelled images to evaluate a model on, never its training images. ``class_map``
-    names the data's classes in the model's terms (``{"cats": "cat"}``).
+    names the data's classes in the model's terms (``{"cats": "cat"}``); ``layout`` how the
+    source's top folders are read (default: as in training for the model's own source, else auto).
 
     A source with its own split (or a prepared folder) gives its validation images. The
     very source a model was trained on gives the validation part of the split used in
@@ -314,7 +350,11 @@ def load_eval_set(
     _check_same_split(resolved, origin)
     same = origin.get("source") == resolved and not origin.get("presplit")
     frac, seed = (float(origin["val_fraction"]), int(origin["seed"])) if same else (0.2, 0)
-    config = DataConfig(size=size[0], val_fraction=frac, seed=seed, workers=workers, resize=resize)
+    if layout is None:
+        layout = layout_of(origin) if origin.get("source") == resolved else "auto"
+    config = DataConfig(
+        size=size[0], val_fraction=frac, seed=seed, workers=workers, resize=resize, layout=layout
+    )
     packed, presplit = packed_for(path, config, progress=progress)
     if presplit:
         splits, description = ["validation"], "the source's validation split"
@@ -427,6 +467,11 @@ class PrepareReport:
         reasons = Counter(s["reason"].split(" (")[0] for s in self.skipped)
         return "; ".join(f"{n} {r}" for r, n in reasons.most_common())
 
+    @property
+    def untrained(self) -> list[str]:
+        """The classes with no training image."""
+        return untrained_classes(self.counts.get("train", {}))
+
     def summary(self) -> str:
         state = (
             "up to date, nothing decoded"
@@ -437,6 +482,8 @@ class PrepareReport:
         for split, per_class in self.counts.items():
             detail = ", ".join(f"{c} {n}" for c, n in per_class.items())
             lines.append(f"  {split:<10} {sum(per_class.values()):>6} images ({detail})")
+        if self.untrained:
+            lines.append(f"  {untrained_warning(self.untrained)}")
         if self.skipped:
             lines.append(f"  skipped    {len(self.skipped):>6} files: {self._skip_reasons()}")
         if self.notes:
@@ -463,6 +510,7 @@ class PrepareReport:
             f"; {n} {what}"
             for n, what in (
                 (len(self.skipped), "skipped"),
+                (len(self.untrained), "classes untrained"),
                 (len(self.notes), "with warnings"),
                 (len(self.duplicates), "duplicates"),
             )
@@ -493,11 +541,11 @@ class PrepareReport:
         return display.section("pawlab PrepareReport", *parts)
 
     def _html_problems(self) -> list[str]:
-        """Skipped files (reasons counted), decoder warnings and duplicates, each a collapsed list
-        of its first 50."""
+        """Classes with no training image; skipped files (reasons counted), decoder warnings and
+        duplicates, each a collapsed list of its first 50."""
         from pawlab import display
 
-        out: list[str] = []
+        out: list[str] = [display.paragraph(untrained_warning(self.untrained))] if self.untrained else []
         if self.skipped:
             listed = display.table([(s["name"], s["reason"]) for s in self.skipped[:50]], ["file", "reason"])
             out.append(display.details(f"skipped {len(self.skipped)} files: {self._skip_reasons()}", listed))

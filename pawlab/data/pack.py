@@ -5,8 +5,8 @@ A packed folder holds ``train-<token>.npy`` and ``validation-<token>.npy`` (N, H
 modification time and content digest, plus every skipped file with its reason. `pack`
 compares a source with that manifest:
 
-* nothing changed (same files, sizes, mtimes, and the same size/seed/fraction): the folder is
-  used as it is, with no decoding at all;
+* nothing changed (same files, sizes, mtimes, the same size/seed/fraction, and every file read
+  with the same label and split): the folder is used as it is, with no decoding at all;
 * some files changed: their rows are decoded again, the others are copied from the old
   arrays (also when only the seed or fraction changed);
 
@@ -178,11 +178,20 @@ def _write_png(task: tuple[str, int, str]) -> None:
 # ----------------------------------------------------------------------------- packing
 
 
-def fingerprint(source: Path, entries: Sequence[tuple[str, int, float]], settings: dict[str, Any]) -> str:
+def fingerprint(
+    source: Path,
+    entries: Sequence[tuple[str, int, float]],
+    settings: dict[str, Any],
+    planned: Sequence[PlannedItem],
+) -> str:
+    """The digest of what a packed folder holds: the source's files, the settings, and each
+    file's label and split (so that a change in how names are read is a change too)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([PACK_VERSION, str(source), settings], sort_keys=True).encode())
     for name, size, mtime in entries:
         h.update(f"{name}\0{size}\0{mtime!r}\n".encode())
+    for it in planned:
+        h.update(f"{it.name}\0{it.label}\0{it.split}\n".encode())
     return h.hexdigest()
 
 
@@ -263,7 +272,10 @@ def pack(
     start = time.perf_counter()
     resize = str(settings.get("resize", "squash"))
     fp = fingerprint(
-        source.path, entries, {**settings, "size": size, "png": png, "dedupe": dedupe, "strict": strict}
+        source.path,
+        entries,
+        {**settings, "size": size, "png": png, "dedupe": dedupe, "strict": strict},
+        planned,
     )
     old = read_manifest(out)
     current = _up_to_date(out, old, fp)

@@ -191,6 +191,7 @@ def eval_set_for(
     workers: int = 0,
     progress: bool = True,
     class_map: Mapping[str, str] | None = None,
+    layout: str | None = None,
 ) -> EvalSet:
     """The labelled images to judge ``model`` on, at its input size: the source's validation
     split, never the images the model was trained on (see `pawlab.data.load_eval_set`)."""
@@ -205,6 +206,7 @@ def eval_set_for(
         progress=progress,
         resize=pre.resize,
         class_map=class_map,
+        layout=layout,
     )
 
 
@@ -218,16 +220,19 @@ def evaluate(
     samples: int = 24,
     tta: bool = False,
     class_map: Mapping[str, str] | None = None,
+    layout: str | None = None,
 ) -> EvalReport:
     """Evaluate on labelled data: its validation split when it has one, never training images.
-    ``class_map``: the data's class names in the model's terms (``{"cats": "cat"}``).
+    ``class_map``: the data's class names in the model's terms (``{"cats": "cat"}``); ``layout``:
+    how the data's top folders are read (default: as in training for the model's own source,
+    else auto).
 
     Writes to ``report_dir`` (default: beside the model file, ``<model>-eval/``)
     ``predictions.png`` (sample predictions, wrong ones marked), ``confusion_matrix.png`` and
     ``top_losses.png`` (the most confidently wrong images). ``tta``: test-time augmentation.
     """
     m = model if isinstance(model, Model) else load_model(model)
-    ev = eval_set_for(m, data, workers=workers, progress=progress, class_map=class_map)
+    ev = eval_set_for(m, data, workers=workers, progress=progress, class_map=class_map, layout=layout)
     m.prepare_for(len(ev.images), tta)
     probs = m.predict_proba(ev.images.images, tta=tta, cached=True, progress=progress)
     stats = metrics_from_probs(probs, ev.images.labels, m.classes)

@@ -69,11 +69,13 @@ def compare_optimizers(
     out_dir: str | os.PathLike[str] = "compare",
     size: int | None = None,
     val_fraction: float = 0.2,
+    layout: str = "auto",
     workers: int = 0,
     runtime: RuntimeConfig = RuntimeConfig(),
 ) -> Comparison:
     """Train once per optimizer (each with its default learning rate unless ``config.lr`` is
-    set) on the same data, split, seed and network; write ``accuracy.png``."""
+    set) on the same data, split, seed and network; write ``accuracy.png``. ``layout``: how the
+    source's top folders are read (`DataConfig.layout`)."""
     out = Path(out_dir)
     spec = resolve_architecture(arch)
     if size is not None:
@@ -82,7 +84,7 @@ def compare_optimizers(
     # decoded once, shared by every run
     ds = load_dataset(
         data,
-        DataConfig(size=h, val_fraction=val_fraction, seed=config.data_seed, workers=workers),
+        DataConfig(size=h, val_fraction=val_fraction, seed=config.data_seed, workers=workers, layout=layout),
         channels=c,
         progress=runtime.progress,
     )

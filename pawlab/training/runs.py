@@ -24,6 +24,7 @@ from pawlab._version import __version__
 from pawlab.atomic import check_output_file, check_output_folder
 from pawlab.config import DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import Dataset, ImageSet, load_dataset
+from pawlab.data.datasets import layout_of, untrained_classes, untrained_warning
 from pawlab.errors import ConfigError, ModelFileError, OutputError
 from pawlab.inference.agreement import record_agreement
 from pawlab.inference.features import trunk_features
@@ -155,6 +156,7 @@ def _load_data(
     val_fraction: float,
     workers: int,
     resize: str,
+    layout: str,
     *,
     progress: bool,
 ) -> Dataset:
@@ -169,7 +171,14 @@ def _load_data(
                 f"data: loaded with resize={data.resize} but the network expects resize={resize}"
             )
         return data
-    cfg = DataConfig(size=h, val_fraction=val_fraction, seed=config.data_seed, workers=workers, resize=resize)
+    cfg = DataConfig(
+        size=h,
+        val_fraction=val_fraction,
+        seed=config.data_seed,
+        workers=workers,
+        resize=resize,
+        layout=layout,
+    )
     with main_first():  # rank 0 builds the packed cache; the others then read it
         return load_dataset(data, cfg, channels=c, progress=progress and is_main())
 
@@ -206,6 +215,7 @@ def train(
     size: int | None = None,
     resize: str | None = None,
     val_fraction: float = 0.2,
+    layout: str = "auto",
     workers: int = 0,
     run_dir: str | os.PathLike[str] | None = None,
     callbacks: Sequence[Callback] = (),
@@ -222,8 +232,9 @@ def train(
     The run directory (default: beside ``out`` as ``<out>-run/``, or ``runs/<arch>-<time>/``)
     holds ``config.json``, ``metrics.jsonl``, ``events.jsonl`` and ``last.safetensors``, the
     state that `resume` continues from. ``resize`` (``squash`` or ``crop``) defaults to
-    ``crop`` for a pretrained backbone, as it was trained, and ``squash`` otherwise.
-    ``runtime``: device, precision, progress (never saved with the recipe).
+    ``crop`` for a pretrained backbone, as it was trained, and ``squash`` otherwise. ``layout``:
+    how a source's top folders are read (`DataConfig.layout`). ``runtime``: device, precision,
+    progress (never saved with the recipe).
     """
     if patience is not None:
         config = config.with_(patience=patience)
@@ -236,7 +247,18 @@ def train(
     _check_fine_tune(config, spec)  # before anything is made
     with _claimed(out_path, run, fresh=True, overwrite=overwrite):
         return _train(
-            data, out_path, run, spec, config, resize, val_fraction, workers, callbacks, stream, runtime
+            data,
+            out_path,
+            run,
+            spec,
+            config,
+            resize,
+            val_fraction,
+            layout,
+            workers,
+            callbacks,
+            stream,
+            runtime,
         )
 
 
@@ -248,13 +270,14 @@ def _train(
     config: TrainConfig,
     resize: str | None,
     val_fraction: float,
+    layout: str,
     workers: int,
     callbacks: Sequence[Callback],
     stream: TextIO | None,
     runtime: RuntimeConfig,
 ) -> TrainResult:
     pre = preprocessing_for(spec, resize)
-    ds = _load_data(data, spec, config, val_fraction, workers, pre.resize, progress=runtime.progress)
+    ds = _load_data(data, spec, config, val_fraction, workers, pre.resize, layout, progress=runtime.progress)
     torch.manual_seed(config.seed)
     network = build(spec, num_classes=len(ds.classes))
     data_record = {
@@ -332,7 +355,10 @@ def resume(
     spec, pre = ck.meta["architecture"], Preprocessing.from_json(ck.meta["preprocessing"])
     d = t["data"]
     source = data if data is not None else d["source"]
-    ds = _load_data(source, spec, config, d["val_fraction"], workers, pre.resize, progress=runtime.progress)
+    layout = layout_of(d.get("origin") or {})
+    ds = _load_data(
+        source, spec, config, d["val_fraction"], workers, pre.resize, layout, progress=runtime.progress
+    )
     if ds.classes != ck.meta["classes"]:
         raise ConfigError(f"data: classes {ds.classes} differ from the run's {ck.meta['classes']}")
     run = resumed_run_dir(p, t)
@@ -495,6 +521,9 @@ def _fit(
     if trainer.is_main:
         _start_run_dir(run, config, fresh=state is None)
     trainer.log(_describe(trainer, run, phase))
+    untrained = untrained_classes(run.ds.train.counts())
+    if untrained:
+        trainer.log(untrained_warning(untrained))
     done = trainer.fit()
     if not done.history:
         raise KeyboardInterrupt  # stopped before the first epoch ended: nothing was saved

@@ -217,12 +217,102 @@ def test_catalog_presplit_under_a_wrapper_with_flat_names() -> None:
     assert splits_of(cat)["data/validation/dog.3.jpg"] == "validation"
 
 
-def test_catalog_presplit_skips_other_top_folders() -> None:
-    cat = catalog(["train/cat/1.jpg", "validation/cat/2.jpg", "extra/cat/3.jpg"])
+BESIDE_EXTRA = ["train/cat/1.jpg", "validation/cat/2.jpg", "extra/cat/3.jpg"]
+
+
+def test_catalog_layout_split_skips_other_top_folders() -> None:
+    cat = catalog(BESIDE_EXTRA, "split")
     assert [it.name for it in cat.items] == ["train/cat/1.jpg", "validation/cat/2.jpg"]
     (skip,) = cat.skipped
-    assert skip.name == "extra/cat/3.jpg"
-    assert "outside" in skip.reason
+    assert (skip.name, skip.reason) == ("extra/cat/3.jpg", "outside the train/ and validation/ folders")
+
+
+def test_catalog_layout_classes_makes_every_top_folder_a_class() -> None:
+    cat = catalog(BESIDE_EXTRA, "classes")
+    assert labels_of(cat) == dict(zip(BESIDE_EXTRA, ["train", "validation", "extra"], strict=True))
+    assert not cat.presplit and all(it.split is None for it in cat.items)
+
+
+@pytest.mark.parametrize("wrapper", ["", "vehicles/"])
+@pytest.mark.parametrize("file", ["{c}.1.jpg", "IMG_1.jpg"])
+def test_catalog_a_class_named_like_a_split_is_a_class(wrapper: str, file: str) -> None:
+    names = [f"{wrapper}{c}/{file.format(c=c)}" for c in ("bus", "car", "train", "test", "val")]
+    cat = catalog(names)
+    assert sorted(labels_of(cat).values()) == ["bus", "car", "test", "train", "val"]
+    assert cat.skipped == [] and not cat.presplit
+
+
+FLAT_BESIDE_VALIDATION = [
+    "cat.1.jpg",
+    "dog.2.jpg",
+    "cat.3.jpg",
+    "validation/cat.4.jpg",
+    "validation/dog.5.jpg",
+]
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (
+            BESIDE_EXTRA,
+            "src: ambiguous layout: split folders train/, validation/ beside other images (extra/); "
+            "--layout split keeps their split and skips the rest, --layout classes makes every top folder "
+            "a class",
+        ),
+        (
+            FLAT_BESIDE_VALIDATION,
+            "src: ambiguous layout: split folder validation/ beside other images (3 labelled files like "
+            "cat.1.jpg); --layout split keeps its split and trains on the rest, --layout classes makes every "
+            "top folder a class",
+        ),
+    ],
+    ids=["beside-a-folder", "beside-flat-files"],
+)
+def test_catalog_split_folders_beside_other_images_are_ambiguous(names: list[str], message: str) -> None:
+    with pytest.raises(DataError) as err:
+        catalog(names, where="src")
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        FLAT_BESIDE_VALIDATION,
+        ["cat/1.jpg", "dog/2.jpg", "cat/3.jpg", "validation/cat/4.jpg", "validation/dog/5.jpg"],
+    ],
+    ids=["flat", "class-folders"],
+)
+def test_catalog_layout_split_trains_on_what_is_beside_a_validation_folder(names: list[str]) -> None:
+    cat = catalog(names, "split")
+    assert cat.presplit
+    assert labels_of(cat) == dict(zip(names, ["cat", "dog", "cat", "cat", "dog"], strict=True))
+    assert splits_of(cat) == dict(zip(names, ["train"] * 3 + ["validation", "validation"], strict=True))
+    assert cat.skipped == []
+
+
+def test_catalog_layout_split_without_train_skips_other_split_folders() -> None:
+    cat = catalog(["cat.1.jpg", "dog.2.jpg", "val/cat.3.jpg", "test/4.jpg"], "split")
+    assert splits_of(cat) == {"cat.1.jpg": "train", "dog.2.jpg": "train", "val/cat.3.jpg": "validation"}
+    assert [(sk.name, sk.reason) for sk in cat.skipped] == [
+        ("test/4.jpg", "outside the val/ folder and the images beside it")
+    ]
+
+
+def test_catalog_split_folders_without_train_or_anything_beside_them() -> None:
+    with pytest.raises(DataError, match=r"^src: no train/ folder, and no images beside validation/, test/$"):
+        catalog(["validation/cat/1.jpg", "validation/dog/2.jpg", "test/cat/3.jpg"], where="src")
+
+
+def test_catalog_layout_split_without_split_folders() -> None:
+    with pytest.raises(DataError, match=r"^src: --layout split: no train/, validation/ \(val/, valid/\)"):
+        catalog(["cat/1.jpg", "dog/2.jpg"], "split", where="src")
+
+
+def test_catalog_layout_split_does_not_look_through_a_train_wrapper() -> None:
+    cat = catalog(["train/cat/1.jpg", "train/dog/2.jpg"], "split")
+    assert labels_of(cat) == {"train/cat/1.jpg": "cat", "train/dog/2.jpg": "dog"}
+    assert not cat.presplit and [it.key for it in cat.items] == ["cat/1.jpg", "dog/2.jpg"]
 
 
 UNLABELLED_TEST = ["train/cat.1.jpg", "train/dog.2.jpg", "test/1.jpg", "test/2.jpg"]
@@ -335,6 +425,13 @@ def test_assign_splits_adding_files_never_moves_existing_ones() -> None:
     grown = items({"cat": 60, "dog": 60}) + items({"cat": 90}, start=60)
     after = {it.name: it.split for it in assign_splits(grown, 0.2, 0)}
     assert {n: after[n] for n in before} == before
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_assign_splits_keeps_a_single_file_class_in_training(seed: int) -> None:
+    out = assign_splits(items({"cat": 10, **{f"c{k}": 1 for k in range(50)}}), 0.99, seed)
+    assert {it.split for it in out if it.label != "cat"} == {"train"}
+    assert {it.split for it in out if it.label == "cat"} == {"train", "validation"}
 
 
 def test_assign_splits_keeps_presplit_items() -> None:
@@ -589,6 +686,40 @@ def test_load_dataset_presplit_folder_keeps_its_split(tmp_path: Path) -> None:
     assert ds.train.counts() == {"cat": 4, "dog": 4}
     assert ds.validation.counts() == {"cat": 2, "dog": 3}
     assert all(n.startswith("validation/") for n in ds.validation.names)
+
+
+def test_load_dataset_class_folders_named_like_splits_folder_and_zip(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "vehicles", {"bus": 4, "car": 4, "train": 4})
+    folder = load(src)
+    zipped = load(zip_tree(src, tmp_path / "vehicles.zip", prefix="vehicles/"))
+    assert folder.classes == zipped.classes == ["bus", "car", "train"]
+    assert not folder.presplit and folder.skipped == []
+    assert all_rows(zipped) == all_rows(folder) and len(all_rows(folder)) == 12
+
+
+def test_load_dataset_ambiguous_tree_names_the_flags(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 4, "dog": 4}, flat=True)
+    write_tree(src / "validation", {"cat": 2, "dog": 2}, flat=True, start=100)
+    with pytest.raises(DataError, match="ambiguous layout: split folder validation/ beside") as exc:
+        load(src)
+    assert str(exc.value).startswith(f"{src.resolve()}: ") and "--layout split" in str(exc.value)
+    ds = load(src, DataConfig(size=8, workers=1, layout="split"))
+    assert ds.presplit and ds.classes == ["cat", "dog"]
+    assert ds.train.counts() == {"cat": 4, "dog": 4} and ds.validation.counts() == {"cat": 2, "dog": 2}
+    assert ds.origin["layout"] == "split"
+
+
+def test_load_dataset_single_image_classes_train_and_none_left_for_validation(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 5, "dog": 5, **{f"c{k}": 1 for k in range(12)}})
+    ds = load(src, DataConfig(size=8, workers=1, val_fraction=0.9))
+    assert all(ds.train.counts()[f"c{k}"] == 1 for k in range(12))
+    only_one = write_tree(tmp_path / "one", {f"c{k}": 1 for k in range(20)})
+    with pytest.raises(DataError) as exc:
+        load(only_one)
+    assert str(exc.value) == (
+        f"{only_one.resolve()}: no image left for validation: each of the 20 classes has a single image, "
+        "which is kept for training"
+    )
 
 
 def test_load_dataset_multiprocess_matches_single_process(

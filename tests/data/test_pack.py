@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from pawlab.config import DataConfig
-from pawlab.data import load_dataset, prepare
+from pawlab.data import datasets, load_dataset, prepare
 from pawlab.data import pack as _pack
 from pawlab.data.decode import to_channels
 from pawlab.data.pack import MANIFEST, open_packed
@@ -204,6 +205,45 @@ def test_prepared_folder_at_another_size_keeps_its_split(tree: Path, tmp_path: P
     assert set(ds.validation.names) == {n for n, s in _splits(tmp_path / "out").items() if s == "validation"}
 
 
+def test_layouts_are_cached_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_tree(tmp_path / "src" / "train", {"cat": 4, "dog": 4})
+    write_tree(tmp_path / "src" / "validation", {"cat": 2, "dog": 2}, start=100)
+    by_class = DataConfig(size=12, workers=1, layout="classes")
+    assert load_dataset(tmp_path / "src", CFG, progress=False).classes == ["cat", "dog"]
+    assert load_dataset(tmp_path / "src", by_class, progress=False).classes == ["train", "validation"]
+    _no_decoding(monkeypatch)  # neither replaced the other's cache folder
+    assert load_dataset(tmp_path / "src", CFG, progress=False).classes == ["cat", "dog"]
+    assert load_dataset(tmp_path / "src", by_class, progress=False).classes == ["train", "validation"]
+
+
+def test_a_file_read_into_another_split_is_a_change(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files and settings unchanged, but the rules that read them changed (a new pawlab): the
+    prepared folder is stale; its pixels are reused."""
+    first = prepare(tree, tmp_path / "out", CFG, progress=False)
+    split_by_seed = datasets.assign_splits
+
+    def swapped(items: Any, *args: Any) -> list[Any]:
+        other = {"train": "validation", "validation": "train"}
+        return [replace(it, split=other[str(it.split)]) for it in split_by_seed(items, *args)]
+
+    monkeypatch.setattr(datasets, "assign_splits", swapped)
+    again = prepare(tree, tmp_path / "out", CFG, progress=False)
+    assert not again.up_to_date and again.decoded == 0 and again.reused == 40
+    assert again.counts == {"train": first.counts["validation"], "validation": first.counts["train"]}
+
+
+def test_prepared_folder_at_another_size_keeps_its_layout(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"cat": 4, "dog": 4}, flat=True)
+    write_tree(src / "validation", {"cat": 2, "dog": 2}, flat=True, start=100)
+    prepare(src, tmp_path / "out", DataConfig(size=12, workers=1, layout="split"), progress=False)
+    assert json.loads((tmp_path / "out" / MANIFEST).read_text())["layout"] == "split"
+    ds = load_dataset(tmp_path / "out", DataConfig(size=8, workers=1), progress=False)  # from src again
+    assert ds.train.images.shape[1:] == (8, 8, 3)
+    assert all(n.startswith("validation/") for n in ds.validation.names) and len(ds.validation) == 4
+
+
 def test_to_channels_matches_pillow_luma() -> None:
     rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     ours = to_channels(rgb, 1)[..., 0].astype(int)
@@ -236,6 +276,14 @@ def test_resize_policy_is_validated() -> None:
     with pytest.raises(ConfigError, match="resize") as err:
         DataConfig(resize="stretch")
     assert "stretch" in str(err.value)
+
+
+def test_layout_is_validated() -> None:
+    from pawlab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        DataConfig(layout="flat")
+    assert str(err.value) == "layout: must be one of auto, split, classes, got 'flat'"
 
 
 def test_crop_and_squash_are_packed_apart(tmp_path: Path) -> None:

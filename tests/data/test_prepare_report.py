@@ -1,4 +1,5 @@
-"""`PrepareReport` in a notebook: counts per split and class, skipped files, warnings, duplicates."""
+"""`PrepareReport`: counts per split and class, classes with no training image, skipped files,
+warnings, duplicates; as a summary and in a notebook."""
 
 from __future__ import annotations
 
@@ -57,3 +58,31 @@ def test_warnings_and_duplicates_are_listed() -> None:
     assert "1 validation images byte-identical to training images (kept; --dedupe removes them)" in html
     assert ">cat/1.jpg<" in html and ">cat/9.jpg<" in html
     assert "0.2 to validation, seed 0" in html
+
+
+def test_classes_with_no_training_image_are_a_warning(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_tree(src / "train", {"cat": 4, "dog": 4})
+    write_tree(src / "validation", {"cat": 2, "dog": 2, "owl": 1, "yak": 2}, start=100)
+    report = prepare(src, tmp_path / "prepared", DataConfig(size=8, workers=1), progress=False)
+    assert report.untrained == ["owl", "yak"]
+    warning = "warning: 2 classes have no training image, so a model cannot learn them: owl, yak"
+    lines = report.summary().splitlines()
+    assert lines[1:4] == [
+        "  train           8 images (cat 4, dog 4, owl 0, yak 0)",
+        "  validation      7 images (cat 2, dog 2, owl 1, yak 2)",
+        f"  {warning}",
+    ]
+    assert repr(report).endswith("train 8, validation 7; 2 classes untrained)")
+    assert f">{warning}<" in report._repr_html_()
+
+
+def test_many_untrained_classes_are_named_first_few_and_counted() -> None:
+    counts = {"train": {f"c{k:02d}": int(k < 3) for k in range(40)}, "validation": {}}
+    report = PrepareReport("out", "src", 8, 0, 0.2, [f"c{k:02d}" for k in range(40)], counts)
+    assert report.summary().splitlines()[3] == (
+        "  warning: 37 classes have no training image, so a model cannot learn them: "
+        "c03, c04, c05, c06, c07 and 32 more"
+    )
+    one = PrepareReport("out", "src", 8, 0, 0.2, ["a", "b"], {"train": {"a": 3, "b": 0}, "validation": {}})
+    assert "warning: 1 class has no training image, so a model cannot learn it: b" in one.summary()

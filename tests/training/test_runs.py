@@ -1,4 +1,5 @@
-"""`TrainResult` in a notebook: its curves, the best epoch's figures, where the model went."""
+"""Training runs: `TrainResult` in a notebook (its curves, the best epoch's figures, where the
+model went); what a run records of its data and says about it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import io
 from pathlib import Path
 
 from pawlab.config import RuntimeConfig, TrainConfig
-from pawlab.training import TrainResult, train
+from pawlab.inference import evaluate
+from pawlab.training import TrainResult, resume, train
 from tests.conftest import TINY, write_tree
 from tests.test_display import assert_self_contained
 
@@ -77,3 +79,18 @@ def test_comparison_repr_names_the_best_and_html_embeds_its_figure(tmp_path: Pat
     assert repr(comparison).startswith("Comparison(sgd, adam; best by val_loss: ")
     page = comparison._repr_html_()
     assert "optimizer comparison" in page and "<td" in page and 'src="data:image/png;base64,' in page
+
+
+def test_a_layout_is_recorded_and_a_class_never_trained_is_a_warning(tmp_path: Path) -> None:
+    """Flat files beside a validation/ folder (ambiguous) read with layout="split": resuming and
+    evaluating read the source as training did."""
+    src = write_tree(tmp_path / "src", {"cat": 6, "dog": 6}, flat=True)
+    write_tree(src / "validation", {"cat": 2, "dog": 2, "owl": 1}, flat=True, start=100)
+    model, log = tmp_path / "m.safetensors", io.StringIO()
+    quiet = RuntimeConfig(progress=False, precision="fp32")
+    train(src, model, TINY, TrainConfig(epochs=1, batch_size=8), layout="split", stream=log, runtime=quiet)
+    warning = "warning: 1 class has no training image, so a model cannot learn it: owl"
+    assert warning in log.getvalue().splitlines()
+    assert len(resume(model, epochs=2, stream=io.StringIO(), runtime=quiet).history) == 2
+    report = evaluate(model, src, report_dir=tmp_path / "eval", progress=False)
+    assert report.count == 5 and report.split == "the source's validation split"
