@@ -39,7 +39,7 @@ from pawlab.errors import DataError
 
 TRAIN_DIRS = ("train",)
 VALIDATION_DIRS = ("validation", "valid", "val")
-TEST_DIRS = ("test",)
+TEST_DIRS = ("test", "test1")  # test1/: Kaggle dogs-vs-cats test1.zip
 SPLIT_DIRS = (*TRAIN_DIRS, *VALIDATION_DIRS, *TEST_DIRS)
 
 

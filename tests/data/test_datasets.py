@@ -318,14 +318,16 @@ def test_catalog_layout_split_does_not_look_through_a_train_wrapper() -> None:
 UNLABELLED_TEST = ["train/cat.1.jpg", "train/dog.2.jpg", "test/1.jpg", "test/2.jpg"]
 
 
-def test_catalog_unlabelled_test_is_not_a_split() -> None:
-    assert not catalog(UNLABELLED_TEST).presplit
+@pytest.mark.parametrize("test", ["test", "test1"])  # Kaggle's dogs-vs-cats test1.zip: test1/
+def test_catalog_unlabelled_test_is_not_a_split(test: str) -> None:
+    assert not catalog([n.replace("test/", f"{test}/") for n in UNLABELLED_TEST]).presplit
 
 
-def test_catalog_unlabelled_test_beside_train_labels_the_training_images() -> None:
-    cat = catalog(UNLABELLED_TEST)
+@pytest.mark.parametrize("test", ["test", "test1"])
+def test_catalog_unlabelled_test_beside_train_labels_the_training_images(test: str) -> None:
+    cat = catalog([n.replace("test/", f"{test}/") for n in UNLABELLED_TEST])
     assert labels_of(cat) == {"train/cat.1.jpg": "cat", "train/dog.2.jpg": "dog"}
-    assert skipped_names(cat) == {"test/1.jpg", "test/2.jpg"}
+    assert skipped_names(cat) == {f"{test}/1.jpg", f"{test}/2.jpg"}
 
 
 def test_catalog_skips_files_without_label_with_a_reason() -> None:
