@@ -30,5 +30,10 @@ def test_prepare_prints_hostile_class_and_file_names_escaped(tmp_path: Path) -> 
     printed = out.stdout + out.stderr
     assert "\x1b" not in printed and "\x07" not in printed
     assert "\\x1b]0;owned\\x07cat 2" in printed
+    from pawlab.config import DataConfig
+    from pawlab.data import prepare
+
+    report = prepare(src, tmp_path / "api", DataConfig(size=16, workers=1), progress=False)
+    assert "\x1b" not in report.summary() and "\\x1b]0;owned\\x07cat" in report.summary()
     bad = pawlab("predict", tmp_path / f"{CLEAR}missing.safetensors", src / "dog" / "dog.0.jpg")
     assert bad.returncode == 1 and "\x1b" not in bad.stderr and "\\x1b[2Jmissing" in bad.stderr

@@ -37,6 +37,7 @@ from pawlab.data.pack import (
 )
 from pawlab.data.sources import Source, open_source, read_entry, source_stamp
 from pawlab.errors import DataError
+from pawlab.terminal import printable
 
 
 @dataclass
@@ -502,7 +503,7 @@ class PrepareReport:
                 f"({action}), e.g. {first['validation']} = {first['train']}"
             )
         lines.append(f"  took {self.seconds:.1f}s; manifest: {Path(self.out) / MANIFEST}")
-        return "\n".join(lines)
+        return printable("\n".join(lines))  # names from data never drive a terminal
 
     def __repr__(self) -> str:
         splits = ", ".join(f"{split} {sum(per.values()):,}" for split, per in self.counts.items())

@@ -13,6 +13,7 @@ import numpy as np
 from pawlab import display
 from pawlab.data import EvalSet, ImageSet, load_eval_set
 from pawlab.inference.model import Model, load_model
+from pawlab.terminal import printable
 
 
 @dataclass
@@ -67,7 +68,7 @@ class EvalReport:
             lines.append(f"{name}: {path}")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} files (see --json for the list)")
-        return "\n".join(lines)
+        return printable("\n".join(lines))  # names from data never drive a terminal
 
     def __repr__(self) -> str:
         return (
