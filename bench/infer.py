@@ -6,8 +6,8 @@
    ``../shared/data/cats_and_dogs_filtered`` by re-encoding, flipping and cropping copies
    (as bench/prepare.py does; kept in --work and reused).
 2. Model: --model, a trained transfer model file; by default one is trained with
-   ``pawlab train ../shared/data/cats_and_dogs_filtered --backbone efficientnet_lite0`` (kept
-   in --work). Training records whether guarded bf16 agrees with fp32 on validation photos.
+   ``pawlab train ../shared/data/cats_and_dogs_filtered --backbone`` (the default backbone,
+   EfficientNet-Lite2; kept in --work). Training records whether guarded bf16 agrees with fp32 on validation photos.
 3. Times on the same N images, decoding included in each, in one process:
    * plain: ``Image.open().convert("RGB")``, centre crop and resize in Pillow, fp32, NCHW,
      ``torch.no_grad``, batches of 32, no compile;
@@ -44,25 +44,24 @@ from prepare import SHARED, build_set  # noqa: E402  (bench/prepare.py)
 
 from pawlab.inference import Model, load_model, submit  # noqa: E402
 
-SIZE = 224
 BATCH = 32
 
 
-def plain_decode(f: Path) -> np.ndarray:
+def plain_decode(f: Path, size: int) -> np.ndarray:
     im = Image.open(f).convert("RGB")
     w, h = im.size
     s = min(w, h)
     box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
-    return np.asarray(im.resize((SIZE, SIZE), Image.Resampling.BILINEAR, box=box))
+    return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, box=box))
 
 
-def plain_loop(net: torch.nn.Module, files: list[Path]) -> tuple[float, np.ndarray]:
+def plain_loop(net: torch.nn.Module, files: list[Path], size: int) -> tuple[float, np.ndarray]:
     """(seconds, probabilities) for a minimal hand-written loop: decode, fp32, NCHW."""
     out = []
     t0 = time.perf_counter()
     with torch.no_grad():
         for start in range(0, len(files), BATCH):
-            batch = np.stack([plain_decode(f) for f in files[start : start + BATCH]])
+            batch = np.stack([plain_decode(f, size) for f in files[start : start + BATCH]])
             x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(255)
             x = (x - 0.5) / 0.5
             out.append(torch.softmax(net(x), 1))
@@ -81,9 +80,8 @@ def timed_submit(model: Model, test: Path, out: Path) -> tuple[float, np.ndarray
 def trained_model(work: Path) -> Path:
     path = work / "model.safetensors"
     if not path.exists():
-        print("training a transfer model (cold feature cache: about 3 minutes)", flush=True)
-        data = SHARED
-        cmd = [sys.executable, "-m", "pawlab", "train", str(data), "--backbone", "efficientnet_lite0"]
+        print("training a transfer model (cold feature cache: about 2 minutes)", flush=True)
+        cmd = [sys.executable, "-m", "pawlab", "train", str(SHARED), "--backbone"]
         subprocess.run([*cmd, "--out", str(path), "--run-dir", str(work / "run"), "-q"], check=True)
     return path
 
@@ -110,7 +108,10 @@ def main() -> None:
     warm = build_set(work / "test-64", 64, numbered=True)
     files = sorted(test.glob("*.jpg"), key=lambda p: int(p.stem))
     n = len(files)
-    print(f"{n} JPEGs, EfficientNet-Lite0 at {SIZE}x{SIZE}, {torch.get_num_threads()} threads", flush=True)
+    size = exact.preprocessing.size[0]
+    layers = exact.meta["architecture"]
+    backbones = ", ".join(str(x.get("name")) for x in layers if x.get("type") == "backbone") or "the model"
+    print(f"{n} JPEGs, {backbones} at {size}x{size}, {torch.get_num_threads()} threads", flush=True)
     if record:
         print(
             f"model file's agreement record: guarded bf16 "
@@ -133,7 +134,7 @@ def main() -> None:
 
     runs: dict[str, list[float]] = {"plain": [], "fp32": [], "fast": [], "compiled": []}
     for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits them all
-        plain_s, plain_probs = plain_loop(net, files)
+        plain_s, plain_probs = plain_loop(net, files, size)
         exact_s, exact_rows = timed_submit(exact, test, work / "submission-fp32.csv")
         fast_s, fast_rows = timed_submit(fast, test, work / "submission-fast.csv")
         compiled_s, _ = timed_submit(compiled, test, work / "submission-compiled.csv")
