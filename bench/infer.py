@@ -7,7 +7,8 @@
    (as bench/prepare.py does; kept in --work and reused).
 2. Model: --model, a trained transfer model file; by default one is trained with
    ``pawlab train ../shared/data/cats_and_dogs_filtered --backbone`` (the default backbone,
-   EfficientNet-Lite2; kept in --work). Training records whether guarded bf16 agrees with fp32 on validation photos.
+   EfficientNet-Lite2; kept in --work). Training records whether guarded bf16 agrees with
+   fp32 on validation photos.
 3. Times on the same N images, decoding included in each, in one process:
    * plain: ``Image.open().convert("RGB")``, centre crop and resize in Pillow, fp32, NCHW,
      ``torch.no_grad``, batches of 32, no compile;
