@@ -10,6 +10,11 @@ run list, the passes, the events, the confusion matrix, the suspects and a cell,
 time the cell's thumbnails). Figures: training images/s per run (the median over the epochs
 after the first, from the run's own log), the overhead as the median of the pairs' ratios,
 and the latency from an epoch's end (the time its event was written) to its arrival.
+
+    .venv/bin/python bench/dashboard.py --export-classes 200 [--epochs 2]
+
+instead measures ``pawlab dashboard RUN --export`` on a run of that many classes (a tiny real
+training on 10 generated images per class): the file's size, the time, the answers it holds.
 """
 
 from __future__ import annotations
@@ -150,12 +155,42 @@ def one_run(
     return statistics.median(rates[1:] or rates)
 
 
+def export_bench(classes: int, epochs: int) -> None:
+    """The offline export of a run of ``classes`` classes: size, time, answers inlined."""
+    import io
+
+    sys.path.insert(0, str(ROOT))
+    from pawlab.config import RuntimeConfig, TrainConfig
+    from pawlab.dashboard.export import export_html
+    from pawlab.training import train
+    from tests.conftest import TINY, write_tree
+
+    work = Path(tempfile.mkdtemp(prefix="pawlab-bench-export-"))
+    src = write_tree(work / "src", {f"class{i:03d}": 10 for i in range(classes)})
+    config = TrainConfig(epochs=epochs, lr=3e-3, batch_size=32, seed=0)
+    train(src, work / "m.safetensors", TINY, config, workers=1, run_dir=work / "run", stream=io.StringIO(),
+          runtime=RuntimeConfig(progress=False))  # fmt: skip
+    t0 = time.perf_counter()
+    exported = export_html(work / "run", work / "report.html")
+    seconds = time.perf_counter() - t0
+    html = exported.path.read_text()
+    start = html.index("window.PAWLAB_EXPORT = ") + len("window.PAWLAB_EXPORT = ")
+    responses = json.JSONDecoder().raw_decode(html[start:])[0]["responses"]
+    cells = sum("/cell?" in url for url in responses)
+    print(f"{classes} classes, {epochs} epochs: export {exported.path.stat().st_size / 1e6:.1f} MB in "
+          f"{seconds:.2f} s; {len(responses)} answers, {cells} of them cells")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--export-classes", type=int, default=None, help="measure the export instead")
     args = ap.parse_args()
+    if args.export_classes:
+        export_bench(args.export_classes, args.epochs)
+        return
     work = Path(tempfile.mkdtemp(prefix="pawlab-bench-dashboard-"))
     data = SHARED if SHARED.is_dir() else _generated(work)
     import torch

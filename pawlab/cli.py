@@ -49,6 +49,13 @@ def _days(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a finite number of days >= 0, got {text}") from None
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a port (1-65535): {value}")
+    return value
+
+
 def _train_options(p: argparse.ArgumentParser, optimizer: bool = True) -> None:
     """The training flags shared by `train` and `compare`."""
     if optimizer:
@@ -296,18 +303,18 @@ def _add_train(commands: _Commands) -> None:
     p.add_argument(
         "--dashboard", action="store_true", help="serve the live dashboard on 127.0.0.1 while training"
     )
-    p.add_argument("--port", type=_positive_int, default=8091, help="the dashboard's port (default 8091)")
+    p.add_argument("--port", type=_port, default=8091, help="the dashboard's port (default 8091)")
     _quiet(p)
 
 
 def _add_dashboard(commands: _Commands) -> None:
     p = commands.add("dashboard", "serve the live dashboard of training runs, past and running")
     p.add_argument("runs", nargs="*", type=Path, help="run directories, or folders of them (default: runs/)")
-    p.add_argument("--port", type=_positive_int, default=8091, help="default 8091")
+    p.add_argument("--port", type=_port, default=8091, help="default 8091")
     p.add_argument(
         "--host",
         default=None,
-        help="listen on this address instead of 127.0.0.1 only (the page has no authentication)",
+        help="listen on this address instead of 127.0.0.1 (beyond loopback: the page has no authentication)",
     )
     p.add_argument(
         "--export",
@@ -662,6 +669,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+_SKIPPED_SHOWN = 10  # damaged files an export names; the rest are counted
+
+
 def _export(roots: list[Path], out: Path) -> int:
     from pawlab.dashboard.export import export_html
     from pawlab.dashboard.store import is_run_dir
@@ -670,20 +680,26 @@ def _export(roots: list[Path], out: Path) -> int:
         raise ConfigError("--export: name exactly one run directory (with its events.jsonl)")
     if out.is_dir():
         raise ConfigError(f"--export: {out} is a folder; name the HTML file to write")
-    print(f"wrote {export_html(roots[0], out)}")
+    exported = export_html(roots[0], out)
+    print(f"wrote {exported.path}")
+    for reason in exported.skipped[:_SKIPPED_SHOWN]:
+        print(f"  skipped {reason}")
+    if len(exported.skipped) > _SKIPPED_SHOWN:
+        print(f"  skipped {len(exported.skipped) - _SKIPPED_SHOWN} more damaged files")
     return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from pawlab.dashboard import serve
+    from pawlab.dashboard import bind_address, serve
 
     roots = list(args.runs) or [Path("runs")]  # a folder that does not exist yet is watched
     if args.export is not None:
         return _export(roots, args.export)
-    _check_port(args.host or "127.0.0.1", args.port)
+    host = bind_address(args.host)
+    _check_port(host, args.port)
     if args.nice > 0:
         os.nice(args.nice)
-    serve(roots, host=args.host, port=args.port, quiet=args.quiet)
+    serve(roots, host=host, port=args.port, quiet=args.quiet)
     return 0
 
 

@@ -602,6 +602,7 @@ def test_train_with_the_dashboard_and_a_busy_port(tmp_path: Path) -> None:
 
 
 def test_dashboard_stops_cleanly_on_ctrl_c_with_a_page_open(tmp_path: Path) -> None:
+    """Also with a FIFO for an event log in a watched run: it is a damaged run, never waited on."""
     import socket
     import time
     import urllib.request
@@ -611,26 +612,101 @@ def test_dashboard_stops_cleanly_on_ctrl_c_with_a_page_open(tmp_path: Path) -> N
         port = sock.getsockname()[1]
     (tmp_path / "runs" / "a").mkdir(parents=True)
     (tmp_path / "runs" / "a" / "events.jsonl").write_text('{"event": "start", "time": 1}\n')
+    (tmp_path / "runs" / "b").mkdir(parents=True)
+    (tmp_path / "runs" / "b" / "config.json").write_text("{}")
+    os.mkfifo(tmp_path / "runs" / "b" / "events.jsonl")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pawlab", "dashboard", str(tmp_path / "runs"), "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == f"dashboard: http://127.0.0.1:{port}/"
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == f"dashboard: http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 20
+        runs: list[dict[str, str]] = []
+        while not runs and time.monotonic() < deadline:
+            try:
+                runs = json.loads(
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/api/runs", timeout=2).read()
+                )
+            except OSError:
+                time.sleep(0.2)
+        assert [(r["name"], r["state"]) for r in runs] == [("a", "running"), ("b", "damaged")]
+        stream = urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/runs/{runs[0]['id']}/stream", timeout=10
+        )
+        assert stream.readline().startswith(b"retry:")  # a page is connected
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+        stream.close()
+        assert proc.returncode in (0, 130) and "Traceback" not in err, err
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["dashboard", "--port", "70000"], ["--port", "not a port (1-65535): 70000"]),
+        (["train", "data", "--dashboard", "--port", "70000"], ["--port", "not a port (1-65535): 70000"]),
+        (["dashboard", "--host", ""], ["--host '': an empty address would listen on every interface"]),
+    ],
+)
+def test_dashboard_address_usage_errors(args: list[str], needles: list[str]) -> None:
+    proc = pawlab(*args)
+    assert_one_line_error(proc, *needles)
+    assert proc.returncode == 2
+
+
+def _status(host: str, port: int, host_header: str) -> int:
+    """The status of GET /api/runs on ``host``:``port`` naming ``host_header``, once it listens."""
+    import http.client
+
     deadline = time.monotonic() + 20
-    runs: list[dict[str, str]] = []
-    while not runs and time.monotonic() < deadline:
+    while True:
+        conn = http.client.HTTPConnection(host, port, timeout=5)
         try:
-            runs = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/runs", timeout=2).read())
+            conn.request("GET", "/api/runs", headers={"Host": host_header})
+            return conn.getresponse().status
         except OSError:
+            if time.monotonic() > deadline:
+                raise
             time.sleep(0.2)
-    stream = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/runs/{runs[0]['id']}/stream", timeout=10)
-    assert stream.readline().startswith(b"retry:")  # a page is connected
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=15)
-    stream.close()
-    assert proc.returncode in (0, 130) and "Traceback" not in err, err
+        finally:
+            conn.close()
+
+
+@pytest.mark.parametrize(("host", "shown"), [("127.0.0.2", "127.0.0.2"), ("::1", "[::1]")])
+def test_dashboard_on_any_loopback_address_keeps_the_host_check(
+    tmp_path: Path, host: str, shown: str
+) -> None:
+    """127.0.0.2 and ::1 are this machine too: a foreign Host header is refused (DNS rebinding),
+    and the printed address is a URL a browser opens."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "runs").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pawlab", "dashboard", str(tmp_path / "runs"), "--host", host,
+         "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == f"dashboard: http://{shown}:{port}/"
+        assert (
+            _status(host, port, f"{shown}:{port}") == 200 and _status(host, port, f"localhost:{port}") == 200
+        )
+        assert _status(host, port, "evil.com") == 400 and _status(host, port, f"evil.com:{port}") == 400
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_a_closed_stdout_ends_quietly_as_unix_tools_do() -> None:

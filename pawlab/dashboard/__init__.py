@@ -18,32 +18,48 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pawlab.dashboard.app import LOOPBACK_HOSTS, create_app
+from pawlab.dashboard.app import allowed_hosts, create_app, host_for_url
 from pawlab.dashboard.notebook import Dashboard, show, stop
+from pawlab.errors import ConfigError
 
-__all__ = ["DEFAULT_PORT", "Dashboard", "create_app", "serve", "show", "stop"]
+__all__ = ["DEFAULT_PORT", "Dashboard", "bind_address", "create_app", "serve", "show", "stop"]
 
 DEFAULT_PORT = 8091  # where Cortex's dashboard was
+_EVERY_INTERFACE = ("0.0.0.0", "::")
+
+
+def bind_address(host: str | None) -> str:
+    """The address to listen on: 127.0.0.1 for None. An empty one is refused: to the socket
+    it means every interface, far more likely an unset variable than a choice."""
+    if host is None:
+        return "127.0.0.1"
+    if not host.strip():
+        raise ConfigError(
+            f"--host {host!r}: an empty address would listen on every interface; for that give "
+            "--host 0.0.0.0 (the page has no authentication), or leave --host out for 127.0.0.1"
+        )
+    return host
 
 
 def serve(
     roots: list[Path], *, host: str | None = None, port: int = DEFAULT_PORT, quiet: bool = False
 ) -> None:
     """Serve the runs under ``roots`` until Ctrl-C. ``host=None``: this machine only
-    (127.0.0.1, and requests must name it); any other host is the user's explicit choice, and
-    the page has no authentication."""
+    (127.0.0.1). On any loopback address requests must name a loopback host (against DNS
+    rebinding); any other host is the user's explicit choice, and the page has no
+    authentication."""
     import uvicorn
 
+    bind = bind_address(host)
     servers: list[uvicorn.Server] = []
-    local = host is None or host in ("127.0.0.1", "localhost")  # the Host check stays on
-    app = create_app(
-        roots, trusted_hosts=LOOPBACK_HOSTS if local else None, closing=lambda: servers[0].should_exit
-    )
-    bind = host or "127.0.0.1"
-    if not local:
-        print(f"pawlab dashboard: listening on {host}: the page has no authentication", file=sys.stderr)
+    trusted = allowed_hosts(bind)
+    app = create_app(roots, trusted_hosts=trusted, closing=lambda: servers[0].should_exit)
+    if trusted is None:
+        where = f"{bind} (every interface)" if bind in _EVERY_INTERFACE else bind
+        print(f"pawlab dashboard: listening on {where}: the page has no authentication", file=sys.stderr)
     if not quiet:
-        print(f"dashboard: http://{'127.0.0.1' if bind in ('0.0.0.0', '::') else bind}:{port}/", flush=True)
+        shown = "127.0.0.1" if bind in _EVERY_INTERFACE else bind
+        print(f"dashboard: http://{host_for_url(shown)}:{port}/", flush=True)
     config = uvicorn.Config(app, host=bind, port=port, log_level="warning", timeout_graceful_shutdown=1)
     servers.append(uvicorn.Server(config))
     servers[0].run()

@@ -1,8 +1,10 @@
 """One self-contained HTML file of a finished run's dashboard: opens offline, anywhere.
 
 Every answer the page would ask the server for (the run list, events, each validation pass's
-matrix and cells, every image's history, the suspects) is computed here, with the thumbnails
-as data URLs, and inlined with the page's script, style and plotly.js.
+matrix and the cells that hold images, every image's history, the suspects) is computed here,
+with the thumbnails as data URLs, and inlined with the page's script, style and plotly.js. Its
+size grows with images x passes, not with the square of the classes. What is damaged is left
+out, and `Exported.skipped` says what and why.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,41 +20,58 @@ from pawlab import runlog
 from pawlab.atomic import atomic_write_text
 from pawlab.dashboard import store
 from pawlab.dashboard.app import STATIC, finite, plotly_js
+from pawlab.runlog import DamagedFile
+
+
+@dataclass
+class Exported:
+    """The file written, and each damaged file left out of it (``<file>: <why>``)."""
+
+    path: Path
+    skipped: list[str] = field(default_factory=list)
 
 
 def _responses(run: store.Run) -> dict[str, Any]:
-    """What the page fetches, by the URL it fetches it from."""
+    """What the page fetches, by the URL it fetches it from; a cell that holds no image is
+    left out (the page takes it as empty)."""
     rid = f"api/runs/{run.id}"
     events, _ = run.events()
-    epochs = run.pass_epochs()
-    k = len(run.index().get("classes", []))
+    info = store.passes(run)
     out: dict[str, Any] = {
         "api/runs": [run.summary()],
         f"{rid}/events": events,
-        f"{rid}/passes": {"epochs": epochs, "classes": run.index().get("classes", [])},
+        f"{rid}/passes": info,
         f"{rid}/suspects": store.suspects(run),
     }
-    for epoch in epochs:
+    for epoch in info["epochs"]:
         out[f"{rid}/matrix?epoch={epoch}"] = store.matrix(run, epoch)
-        for t in range(k):
-            for p in range(k):
-                out[f"{rid}/cell?epoch={epoch}&true={t}&predicted={p}"] = store.cell(run, epoch, t, p)
-    for i in range(len(run.labels())):
-        out[f"{rid}/images/{i}/history"] = store.history(run, i)
+        for (t, p), items in (store.cells(run, epoch) or {}).items():
+            out[f"{rid}/cell?epoch={epoch}&true={t}&predicted={p}"] = items
+    for i, history in enumerate(store.histories(run)):
+        out[f"{rid}/images/{i}/history"] = history
     return out
 
 
-def _data_url(jpeg: Path) -> str:
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg.read_bytes()).decode()
+def _data_url(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
 
 
-def _thumbs(run: store.Run) -> dict[str, str]:
-    out = {}
-    for i in range(len(run.labels())):
-        path = run.thumb(i)
-        if path is not None:
-            out[str(i)] = _data_url(path)
-    return out
+def _images(run: store.Run, skipped: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The thumbnails by image index and the grids of what the model sees by name, as data
+    URLs; a damaged one is added to ``skipped``."""
+    thumbs: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    wanted = [(thumbs, str(i), f"{runlog.THUMBS}/{i}.jpg") for i in range(len(run.labels()))]
+    wanted += [(seen, which, name) for which, name in runlog.SEEN.items()]
+    for into, key, relative in wanted:
+        try:
+            found = run.image(relative)
+        except DamagedFile as exc:
+            skipped.append(str(exc))
+            continue
+        if found is not None:
+            into[key] = _data_url(found[0])
+    return thumbs, seen
 
 
 def _inline_script(code: str) -> str:
@@ -59,17 +79,18 @@ def _inline_script(code: str) -> str:
     return "<script>" + re.sub(r"</(script)", r"<\\/\1", code, flags=re.IGNORECASE) + "</script>"
 
 
-def export_html(run_dir: Path, out: Path) -> Path:
+def export_html(run_dir: Path, out: Path) -> Exported:
     """Write the dashboard of ``run_dir`` as one HTML file at ``out`` (atomically)."""
     run = store.Run(run_dir.resolve())
     responses = _responses(run)
+    skipped = [run.damage[f] for f in store.RUN_FILES if f in run.damage]
+    skipped += [run.pass_damage[e] for e in sorted(run.pass_damage)]
+    thumbs, seen = _images(run, skipped)
     data = {
         "responses": responses,
-        "thumbs": _thumbs(run),
+        "thumbs": thumbs,
         "csv": store.suspects_csv(responses[f"api/runs/{run.id}/suspects"]),
-        "seen": {
-            w: _data_url(run.path / name) for w, name in runlog.SEEN.items() if (run.path / name).is_file()
-        },
+        "seen": seen,
     }
     page = (STATIC / "index.html").read_text()
     plotly = plotly_js()
@@ -90,4 +111,4 @@ def export_html(run_dir: Path, out: Path) -> Path:
             raise RuntimeError(f"index.html no longer has {tag}")  # a bug, not the user's doing
         page = page.replace(tag, inline)
     atomic_write_text(out, page)
-    return out
+    return Exported(out, skipped)

@@ -90,6 +90,9 @@ def _listening_socket(port: int | None) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((HOST, port or 0))  # 0: a free port, held from here on (no race)
+    except OverflowError:
+        sock.close()
+        raise ConfigError(f"show: port {port} is not a port (1-65535)") from None
     except OSError as exc:
         sock.close()
         raise ConfigError(f"show: port {port} on {HOST} is not free ({exc.strerror})") from exc
@@ -175,7 +178,7 @@ def _static_pages(roots: list[Path]) -> list[str]:
     pages = []
     with tempfile.TemporaryDirectory(prefix="pawlab-show-") as tmp:
         for i, run in enumerate(found):
-            pages.append(export_html(run, Path(tmp) / f"{i}.html").read_text(encoding="utf-8"))
+            pages.append(export_html(run, Path(tmp) / f"{i}.html").path.read_text(encoding="utf-8"))
     return pages
 
 

@@ -3,8 +3,12 @@
 A `Run` reads what training writes (`pawlab.runlog`): the event log, the recorded validation
 passes and thumbnails. Everything here tolerates a run that is still being written (a torn
 last line, a pass not yet there) or deleted while it is read: a missing piece is empty, not an
-error. Images are named by their index in the validation set, checked against its size; no
-path from a request reaches the file system.
+error. A damaged file (a link, a FIFO, JSON nested too deeply, an array that is not the index's
+images x classes floats) is read no further: it makes its run damaged (`Run.damage`), or its
+validation pass (`Run.pass_damage`), with the reason, and everything else keeps working. Files
+are opened through no link (`runlog.open_in`): nothing outside the run directory is read.
+Images are named by their index in the validation set, checked against its size; no path from
+a request reaches the file system.
 """
 
 from __future__ import annotations
@@ -14,18 +18,27 @@ import hashlib
 import io
 import json
 import math
+import os
+import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TypeGuard
 
 import numpy as np
 
 from pawlab import runlog
+from pawlab.runlog import DamagedFile
 
 CELL_IMAGES = 100  # thumbnails shown for one cell of the confusion matrix
 SUSPECT_PASSES = 3  # "suspect" images: confidently wrong in the last passes ...
 SUSPECT_CONFIDENCE = 0.8  # ... with the wrong class at least this probable, or flipping
+# The largest files read whole; anything larger is damage. Training writes far less.
+MAX_JSON = 64 << 20  # config.json, validation/index.json: a million images' names, and more
+MAX_IMAGE = 16 << 20  # a thumbnail or a grid of what the model sees (tens of KiB)
+MAX_PASS = 1 << 30  # one validation pass: a million images of 500 classes in float16
+RUN_FILES = (runlog.EVENTS, runlog.CONFIG, runlog.VALIDATION_INDEX)  # damage here is the run's
 
 
 def run_id(path: Path) -> str:
@@ -34,7 +47,16 @@ def run_id(path: Path) -> str:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / runlog.EVENTS).is_file() or (path / runlog.CONFIG).is_file()
+    """Whether ``path`` holds an event log or a config: a file of whatever kind but a folder
+    (a link or a FIFO there is a damaged run)."""
+    return any(_not_a_folder(path / name) for name in (runlog.EVENTS, runlog.CONFIG))
+
+
+def _not_a_folder(path: Path) -> bool:
+    try:
+        return not stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def find_runs(roots: list[Path]) -> list[Path]:
@@ -49,60 +71,111 @@ def find_runs(roots: list[Path]) -> list[Path]:
     return list(dict.fromkeys(p.resolve() for p in found))
 
 
+Load = Callable[[BinaryIO, int], Any]  # (the open file, its size) -> its content; ValueError: damaged
+
+
 @dataclass
 class Run:
-    """One run directory, read lazily; what was read is kept until its file changes."""
+    """One run directory, read lazily; what was read is kept until its file changes. Safe to
+    use from several threads."""
 
     path: Path
-    _files: dict[Path, tuple[tuple[int, int], Any]] = field(default_factory=dict)  # see `_read`
+    damage: dict[str, str] = field(default_factory=dict)  # file of `RUN_FILES` -> why it is damaged
+    pass_damage: dict[int, str] = field(default_factory=dict)  # epoch -> why its pass is damaged
+    _files: dict[str, tuple[tuple[int, ...], Any]] = field(default_factory=dict)  # see `_read`
+    _log: list[dict[str, Any]] = field(default_factory=list)  # the event log as far as read
+    _position: runlog.Position = runlog.Position()
+    _generation: int = 0  # +1 for each new event log in the directory's place
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def id(self) -> str:
         return run_id(self.path)
 
-    def _read(self, path: Path, load: Callable[[Path], Any]) -> Any:
-        """``load(path)``, read again only when the file's size or time changes (raises what
-        ``stat`` and ``load`` raise)."""
-        st = path.stat()
-        stamp = (st.st_size, st.st_mtime_ns)
-        cached = self._files.get(path)
-        if cached is None or cached[0] != stamp:
-            cached = self._files[path] = (stamp, load(path))
+    def _read(self, relative: str, load: Load, key: tuple[int, ...] = ()) -> Any:
+        """``load`` of the file at ``relative``, loaded again only when its size, time or inode
+        (or ``key``) change. Raises OSError for a missing file and `DamagedFile` for a damaged
+        one (for as long as it stays as it is)."""
+        with runlog.open_in(self.path, relative) as fh:
+            st = os.fstat(fh.fileno())
+            stamp = (st.st_size, st.st_mtime_ns, st.st_ino, *key)
+            cached = self._files.get(relative)
+            if cached is None or cached[0] != stamp:
+                try:
+                    value = load(fh, st.st_size)
+                except ValueError as exc:
+                    value = DamagedFile(f"{relative}: {exc}")
+                cached = self._files[relative] = (stamp, value)
+        if isinstance(cached[1], DamagedFile):
+            raise cached[1]
         return cached[1]
 
-    def index(self) -> dict[str, Any]:
-        """classes, names and labels of the validation images ({} before training wrote it,
-        or when it is not as training writes it)."""
-
-        def load(path: Path) -> dict[str, Any]:
-            data = json.loads(path.read_text())
-            return data if _valid_index(data) else {}  # checked once per change of the file
-
+    def _run_file(self, relative: str, load: Load, missing: Any) -> Any:
+        """One of `RUN_FILES` as ``load`` reads it; ``missing`` when it is not there or damaged
+        (then `damage` says why)."""
         try:
-            found: dict[str, Any] = self._read(self.path / runlog.VALIDATION_INDEX, load)
-        except (OSError, ValueError):
-            return {}
+            value = self._read(relative, load)
+        except DamagedFile as exc:
+            self.damage[relative] = str(exc)
+            return missing
+        except OSError:
+            value = missing
+        self.damage.pop(relative, None)
+        return value
+
+    def config(self) -> dict[str, Any]:
+        """config.json ({} before training wrote it, or damaged)."""
+        found: dict[str, Any] = self._run_file(runlog.CONFIG, _load_config, {})
         return found
 
-    def events(
-        self, start: runlog.Position = runlog.Position()
-    ) -> tuple[list[dict[str, Any]], runlog.Position]:
-        return runlog.read_json_lines(self.path / runlog.EVENTS, start)
+    def index(self) -> dict[str, Any]:
+        """classes, names and labels of the validation images ({} before training wrote it, or
+        damaged)."""
+        found: dict[str, Any] = self._run_file(runlog.VALIDATION_INDEX, _load_index, {})
+        return found
+
+    def events(self) -> tuple[list[dict[str, Any]], int]:
+        """The event log so far and its generation. Each call reads on from where the last one
+        stopped; a new log in its place (a new run in this directory) starts a new list and the
+        next generation. The list only grows: read it, never change it."""
+        with self._lock:
+            try:
+                fresh, position = runlog.read_json_lines(self.path / runlog.EVENTS, self._position)
+            except DamagedFile as exc:
+                self.damage[runlog.EVENTS] = str(exc)
+                return self._log, self._generation
+            except OSError:  # the run directory went away: its log as far as it was read
+                return self._log, self._generation
+            before = self._position
+            if position.offset < before.offset or before.offset and position.first_line != before.first_line:
+                self._log, self._generation = [], self._generation + 1  # a new log in its place
+            self._log.extend(fresh)
+            self._position = position
+            if position.skipped:
+                self.damage[runlog.EVENTS] = f"{runlog.EVENTS}: {position.skipped}"
+            else:
+                self.damage.pop(runlog.EVENTS, None)
+            return self._log, self._generation
 
     def summary(self) -> dict[str, Any]:
-        """What the run list shows: name, classes, state, epochs, best validation loss."""
+        """What the run list shows: name, classes, state, epochs, best validation loss, and for
+        a damaged run (state "damaged") the reason."""
         events, _ = self.events()
+        config = self.config()
+        self.index()  # damage there is the run's
         epochs = [e for e in events if e.get("event") == "epoch"]
         last = str(events[-1].get("event")) if events else "waiting"
         state = {"end": "finished", "failed": "failed"}.get(last, "running" if events else "waiting")
-        config = runlog.read_config(self.path) or {}
+        reason = next((self.damage[f] for f in RUN_FILES if f in self.damage), None)
         losses = [e["val_loss"] for e in epochs if isinstance(e.get("val_loss"), int | float)]
         losses = [v for v in losses if math.isfinite(v)]
+        classes = config.get("classes")
         return {
             "id": self.id,
             "name": self.path.name,
-            "classes": config.get("classes", []),
-            "state": state,
+            "classes": classes if _names(classes) else [],
+            "state": "damaged" if reason else state,
+            "reason": reason,
             "epochs": len(epochs),
             "best_val_loss": min(losses) if losses else None,
         }
@@ -111,30 +184,125 @@ class Run:
         return runlog.pass_epochs(self.path) if self.path.is_dir() else []
 
     def probabilities(self, epoch: int) -> np.ndarray | None:
-        """float32 (N, classes) of one validation pass, or None when it is not (yet) there, or
-        does not fit the validation index (a damaged pass, or a class count that changed)."""
-        try:
-            probs: np.ndarray = self._read(
-                self.path / runlog.pass_file(epoch),
-                lambda p: np.load(p, allow_pickle=False).astype(np.float32),
-            )
-        except (OSError, ValueError, EOFError):  # not (yet) a whole array
-            return None
+        """float32 (N, classes) of one validation pass, or None when it is not (yet) there,
+        there is no index to read it by, or it is damaged (then `pass_damage` says why)."""
         index = self.index()
-        if probs.shape != (len(index.get("labels", [])), len(index.get("classes", []))):
+        if not index:
             return None
+        n, k = len(index["labels"]), len(index["classes"])
+        try:
+            probs: np.ndarray | None = self._read(
+                runlog.pass_file(epoch), lambda fh, size: _load_pass(fh, size, (n, k)), key=(n, k)
+            )
+        except DamagedFile as exc:
+            self.pass_damage[epoch] = str(exc)
+            return None
+        except OSError:  # not (yet) there
+            probs = None
+        self.pass_damage.pop(epoch, None)
         return probs
 
     def labels(self) -> np.ndarray:
         return np.asarray(self.index().get("labels", []), dtype=np.int64)
 
-    def thumb(self, index: int) -> Path | None:
-        """The thumbnail of validation image ``index``, if that index exists."""
+    def thumb(self, index: int) -> tuple[bytes, str] | None:
+        """The thumbnail of validation image ``index`` and its ETag, if that index exists.
+        Raises `DamagedFile` for a link or what is not a JPEG-sized file."""
         n = len(self.index().get("labels", []))
-        if not 0 <= index < n:
+        return self.image(f"{runlog.THUMBS}/{index}.jpg") if 0 <= index < n else None
+
+    def image(self, relative: str) -> tuple[bytes, str] | None:
+        """The bytes of the image at ``relative`` and an ETag, or None when it is missing.
+        Raises `DamagedFile` for a link, a FIFO, or one larger than `MAX_IMAGE`."""
+        try:
+            with runlog.open_in(self.path, relative) as fh:
+                st = os.fstat(fh.fileno())
+                if st.st_size > MAX_IMAGE:
+                    raise DamagedFile(f"{relative}: larger than {MAX_IMAGE >> 20} MiB")
+                data = fh.read(MAX_IMAGE)
+        except OSError:
             return None
-        p = self.path / runlog.THUMBS / f"{index}.jpg"
-        return p if p.is_file() else None
+        return data, f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+
+
+def _load_json(fh: BinaryIO, size: int) -> Any:
+    if size > MAX_JSON:
+        raise ValueError(f"larger than {MAX_JSON >> 20} MiB")
+    try:
+        return json.loads(fh.read(MAX_JSON))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+
+
+def _load_config(fh: BinaryIO, size: int) -> dict[str, Any]:
+    data = _load_json(fh, size)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def _names(value: object) -> TypeGuard[list[str]]:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _load_index(fh: BinaryIO, size: int) -> dict[str, Any]:
+    """index.json as training writes it: class names, image names, and as many labels, each a
+    class's number."""
+    data = _load_json(fh, size)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    classes, names, labels = data.get("classes"), data.get("names"), data.get("labels")
+    if not _names(classes) or not classes:
+        raise ValueError("classes: not a list of class names")
+    if not _names(names):
+        raise ValueError("names: not a list of file names")
+    if not isinstance(labels, list) or len(labels) != len(names):
+        raise ValueError(f"labels: not a list as long as names ({len(names)})")
+    k = len(classes)
+    wrong = next((i for i, v in enumerate(labels) if type(v) is not int or not 0 <= v < k), None)
+    if wrong is not None:
+        shown = json.dumps(labels[wrong])
+        shown = shown if len(shown) <= 20 else f"{type(labels[wrong]).__name__} {shown[:12]}..."
+        raise ValueError(f"labels: {shown} is not a class number (0-{k - 1})")
+    return {"classes": classes, "names": names, "labels": labels}
+
+
+def _load_pass(fh: BinaryIO, size: int, shape: tuple[int, int]) -> np.ndarray:
+    """A validation pass: a .npy file of floats of ``shape`` (images, classes), checked by its
+    header before anything is allocated."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(fh)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        found, fortran, dtype = read_header(fh)
+    except (ValueError, EOFError, SyntaxError, TypeError, RecursionError, MemoryError):
+        raise ValueError("not an array as NumPy writes it") from None
+    if dtype.kind != "f":
+        raise ValueError(f"{'structured' if dtype.names else dtype.str} values, not floats")
+    if found != shape:
+        shown = str(found) if len(str(found)) <= 40 else "of another shape"
+        raise ValueError(f"{shown}, not {shape}: the index has {shape[0]} images of {shape[1]} classes")
+    nbytes = shape[0] * shape[1] * dtype.itemsize
+    if nbytes > MAX_PASS:
+        raise ValueError(f"larger than {MAX_PASS >> 30} GiB")
+    data = fh.read(nbytes)
+    if len(data) < nbytes:
+        raise ValueError("cut short")
+    probs = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
+    return probs.astype(np.float32)
+
+
+def passes(run: Run) -> dict[str, Any]:
+    """The epochs of the recorded validation passes, the classes, and which passes are damaged
+    (epoch -> why)."""
+    epochs = run.pass_epochs()
+    unread = [e for e in epochs if run.probabilities(e) is None]
+    damaged = {str(e): run.pass_damage[e] for e in unread if e in run.pass_damage}
+    return {"epochs": epochs, "classes": run.index().get("classes", []), "damaged": damaged}
 
 
 def confusion(labels: np.ndarray, probs: np.ndarray, k: int) -> np.ndarray:
@@ -180,13 +348,41 @@ def cell(run: Run, epoch: int, true: int, predicted: int) -> list[dict[str, Any]
     """Up to `CELL_IMAGES` images of one cell: on the diagonal the least sure first, off it
     the most confidently wrong first; each with its probability of the predicted class."""
     probs, labels = run.probabilities(epoch), run.labels()
-    names = run.index().get("names", [])
     if probs is None or len(labels) != len(probs):
         return None
     rows = np.flatnonzero((labels == true) & (probs.argmax(1) == predicted))
-    p = probs[rows, predicted]
-    order = np.argsort(p if true == predicted else -p, kind="stable")[:CELL_IMAGES]
+    return _listing(run.index().get("names", []), rows, probs[rows, predicted], true == predicted)
+
+
+def cells(run: Run, epoch: int) -> dict[tuple[int, int], list[dict[str, Any]]] | None:
+    """Every cell of one pass that holds images, as `cell` lists it ((true, predicted) ->
+    images): one pass over the images, however many classes (an export of 200 classes has at
+    most as many cells as images, not 40,000)."""
+    probs, labels = run.probabilities(epoch), run.labels()
+    if probs is None or len(labels) != len(probs):
+        return None
+    predicted = probs.argmax(1)
+    key = labels * probs.shape[1] + predicted
+    order = np.argsort(key, kind="stable")  # by cell, each cell's rows in order
+    starts = np.flatnonzero(np.diff(key[order], prepend=-1))
+    names = run.index().get("names", [])
+    out = {}
+    for rows in np.split(order, starts[1:]):
+        t, p = int(labels[rows[0]]), int(predicted[rows[0]])
+        out[(t, p)] = _listing(names, rows, probs[rows, p], t == p)
+    return out
+
+
+def _listing(names: list[str], rows: np.ndarray, p: np.ndarray, diagonal: bool) -> list[dict[str, Any]]:
+    """The images ``rows`` of one cell with ``p``, their probabilities of its predicted class."""
+    order = np.argsort(p if diagonal else -p, kind="stable")[:CELL_IMAGES]
     return [{"index": int(rows[i]), "name": str(names[rows[i]]), "p": float(p[i])} for i in order]
+
+
+def _passes(run: Run) -> list[tuple[int, np.ndarray]]:
+    """(epoch, probabilities) of every recorded pass that fits the index, in order."""
+    n = len(run.labels())
+    return [(e, p) for e in run.pass_epochs() if (p := run.probabilities(e)) is not None and len(p) == n]
 
 
 def history(run: Run, index: int) -> list[dict[str, float]] | None:
@@ -194,12 +390,15 @@ def history(run: Run, index: int) -> list[dict[str, float]] | None:
     labels = run.labels()
     if not 0 <= index < len(labels):
         return None
-    out = []
-    for epoch in run.pass_epochs():
-        probs = run.probabilities(epoch)
-        if probs is not None and len(probs) == len(labels):
-            out.append({"epoch": epoch, "p_true": float(probs[index, labels[index]])})
-    return out
+    return [{"epoch": e, "p_true": float(p[index, labels[index]])} for e, p in _passes(run)]
+
+
+def histories(run: Run) -> list[list[dict[str, float]]]:
+    """Every validation image's `history`, each pass read once."""
+    labels = run.labels()
+    rows = np.arange(len(labels))
+    passes = [(e, p[rows, labels].tolist()) for e, p in _passes(run)]
+    return [[{"epoch": e, "p_true": p_true[i]} for e, p_true in passes] for i in rows]
 
 
 def suspects(run: Run, limit: int = 200) -> list[dict[str, Any]]:
@@ -207,9 +406,7 @@ def suspects(run: Run, limit: int = 200) -> list[dict[str, Any]]:
     last `SUSPECT_PASSES` passes, or whose predicted class flipped in at least half of the
     recorded passes; the most confidently wrong first."""
     labels, names = run.labels(), run.index().get("names", [])
-    passes = [
-        p for e in run.pass_epochs() if (p := run.probabilities(e)) is not None and len(p) == len(labels)
-    ]
+    passes = [p for _, p in _passes(run)]
     if not passes:
         return []
     stack = np.stack(passes)  # (P, N, classes)
@@ -241,29 +438,14 @@ def suspects_csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["name", "label", "predicted", "p_true", "flips", "reason"])
     for r in rows:
-        cells = [r["name"], r["label"], r["predicted"], f"{r['p_true']:.4f}", r["flips"], r["reason"]]
-        writer.writerow([_inert(c) for c in cells])
+        row = [r["name"], r["label"], r["predicted"], f"{r['p_true']:.4f}", r["flips"], r["reason"]]
+        writer.writerow([_inert(c) for c in row])
     return out.getvalue()
 
 
 def _inert(cell: object) -> object:
     """A text cell a spreadsheet would run as a formula (=, +, -, @ first) is quoted."""
     return "'" + cell if isinstance(cell, str) and cell[:1] in ("=", "+", "-", "@") else cell
-
-
-def _valid_index(data: object) -> bool:
-    """index.json as training writes it: classes, and as many names as labels, each label a
-    class's number."""
-    if not isinstance(data, dict):
-        return False
-    classes, names, labels = data.get("classes"), data.get("names"), data.get("labels")
-    return (
-        isinstance(classes, list)
-        and isinstance(names, list)
-        and isinstance(labels, list)
-        and len(names) == len(labels)
-        and all(isinstance(v, int) and 0 <= v < len(classes) for v in labels)
-    )
 
 
 def disagreements(a: Run, b: Run, limit: int = CELL_IMAGES) -> dict[str, Any] | None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import itertools
 import json
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -33,7 +36,8 @@ def test_run_list_and_one_runs_data(runs_root: Path) -> None:
     assert rid == run_id(runs_root / "first") and "/" not in rid  # opaque: no path in the page
     events = c.get(f"/api/runs/{rid}/events").json()
     assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "end"
-    assert c.get(f"/api/runs/{rid}/passes").json() == {"epochs": [1, 2, 3], "classes": ["cat", "dog"]}
+    passes = c.get(f"/api/runs/{rid}/passes").json()
+    assert passes == {"epochs": [1, 2, 3], "classes": ["cat", "dog"], "damaged": {}}
 
 
 def test_the_matrix_agrees_with_the_epochs_accuracy(runs_root: Path) -> None:
@@ -243,8 +247,9 @@ def test_many_clients_at_once(live: LiveServer, runs_root: Path) -> None:
 def test_export_is_one_offline_file_with_every_answer(runs_root: Path, tmp_path: Path) -> None:
     from pawlab.dashboard.export import export_html
 
-    out = export_html(runs_root / "first", tmp_path / "report.html")
-    html = out.read_text()
+    exported = export_html(runs_root / "first", tmp_path / "report.html")
+    assert exported.skipped == []
+    html = exported.path.read_text()
     assert 'src="static/' not in html and 'href="static/' not in html  # nothing to fetch: all inline
     start = html.index("window.PAWLAB_EXPORT = ") + len("window.PAWLAB_EXPORT = ")
     data = json.JSONDecoder().raw_decode(html[start:])[0]
@@ -256,8 +261,14 @@ def test_export_is_one_offline_file_with_every_answer(runs_root: Path, tmp_path:
         f"api/runs/{rid}/images/5/history",
     ):
         assert data["responses"][path] == c.get("/" + path).json()
-    cell = f"api/runs/{rid}/cell?epoch=3&true=1&predicted=1"
-    assert data["responses"][cell] == c.get("/" + cell).json()
+    for epoch in (1, 2, 3):  # the cells that hold images, and only those
+        counts = data["responses"][f"api/runs/{rid}/matrix?epoch={epoch}"]["counts"]
+        for t, p in itertools.product(range(2), range(2)):
+            cell = f"api/runs/{rid}/cell?epoch={epoch}&true={t}&predicted={p}"
+            if counts[t][p]:
+                assert data["responses"][cell] == c.get("/" + cell).json()
+            else:
+                assert cell not in data["responses"]
     n = len(json.loads((runs_root / "first" / runlog.VALIDATION_INDEX).read_text())["labels"])
     assert len(data["thumbs"]) == n and data["thumbs"]["0"].startswith("data:image/jpeg;base64,")
 
@@ -317,7 +328,7 @@ def test_hostile_file_names_stay_data(tmp_path: Path, runs_root: Path) -> None:
     evil = "</SCRIPT><img src=x onerror=alert(1)><!--<script>"
     index["names"] = [evil] + index["names"][1:]
     (run / runlog.VALIDATION_INDEX).write_text(json.dumps(index))
-    html = export_html(run, tmp_path / "r.html").read_text()
+    html = export_html(run, tmp_path / "r.html").path.read_text()
     assert evil not in html and "onerror=alert(1)" in html.replace("\\u003c", "<")
     assert html.lower().count("</script>") == html.lower().count("<script>")
     rows = [
@@ -331,3 +342,165 @@ def test_hostile_file_names_stay_data(tmp_path: Path, runs_root: Path) -> None:
         }
     ]
     assert "'=HYPERLINK(1)" in suspects_csv(rows)
+
+
+def _release(fifos: list[Path]) -> None:
+    """Let go of a reader blocked opening one of ``fifos`` (after a failure)."""
+    import contextlib
+    import os
+
+    for fifo in fifos:
+        with contextlib.suppress(OSError):  # no reader waits on it
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_a_fifo_in_a_run_holds_up_no_request(tmp_path: Path, runs_root: Path) -> None:
+    import os
+
+    runs = tmp_path / "runs"
+    shutil.copytree(runs_root / "second", runs / "good")
+    fifos = []
+    files = {"log": runlog.EVENTS, "config": runlog.CONFIG, "index": runlog.VALIDATION_INDEX}
+    for name, file in {**files, "pass": runlog.pass_file(3)}.items():
+        shutil.copytree(runs_root / "first", runs / name)
+        (runs / name / file).unlink()
+        os.mkfifo(runs / name / file)
+        fifos.append(runs / name / file)
+    try:
+        with LiveServer([runs]) as server:
+            listed = {r["name"]: r for r in httpx.get(f"{server.url}/api/runs", timeout=10).json()}
+            assert listed["good"]["state"] == "finished" and listed["pass"]["state"] == "finished"
+            for name, file in files.items():
+                assert listed[name]["state"] == "damaged"
+                assert listed[name]["reason"] == f"{file}: a FIFO, not a regular file"
+            rid = listed["pass"]["id"]
+            passes = httpx.get(f"{server.url}/api/runs/{rid}/passes", timeout=10).json()
+            assert passes["damaged"] == {"3": "validation/pass-00003.npy: a FIFO, not a regular file"}
+            matrix = httpx.get(f"{server.url}/api/runs/{rid}/matrix", timeout=10)
+            assert matrix.status_code == 404 and matrix.json()["error"] == passes["damaged"]["3"]
+    finally:
+        _release(fifos)
+
+
+def test_nested_json_is_one_damaged_run_among_whole_ones(tmp_path: Path, runs_root: Path) -> None:
+    runs = tmp_path / "runs"
+    shutil.copytree(runs_root / "second", runs / "good")
+    for name, file in {"config": runlog.CONFIG, "index": runlog.VALIDATION_INDEX}.items():
+        shutil.copytree(runs_root / "first", runs / name)
+        (runs / name / file).write_text("[" * 10**6)
+    shutil.copytree(runs_root / "first", runs / "events")
+    with open(runs / "events" / runlog.EVENTS, "a") as fh:
+        fh.write("[" * 10**6 + "\n")
+    runlog.append_json_line(runs / "events" / runlog.EVENTS, {"event": "end", "again": True})
+    c = client([runs])
+    listed = {r["name"]: r for r in c.get("/api/runs").json()}
+    assert {name: r["reason"] for name, r in listed.items()} == {
+        "good": None,
+        "config": "config.json: nested too deeply",
+        "index": "validation/index.json: nested too deeply",
+        "events": f"events.jsonl: line {_lines(runs_root) + 1} is nested more than {runlog.MAX_DEPTH} deep",
+    }
+    events = c.get(f"/api/runs/{listed['events']['id']}/events").json()
+    assert len(events) == _lines(runs_root) + 1 and events[-1] == {"event": "end", "again": True}
+    no_index = c.get(f"/api/runs/{listed['index']['id']}/matrix")
+    assert no_index.status_code == 404
+
+
+def _lines(runs_root: Path) -> int:
+    return len((runs_root / "first" / runlog.EVENTS).read_bytes().splitlines())
+
+
+def test_links_out_of_the_run_are_never_served_nor_exported(tmp_path: Path, runs_root: Path) -> None:
+    from pawlab.dashboard.export import export_html
+
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    run = tmp_path / "runs" / "linked"
+    shutil.copytree(runs_root / "first", run)
+    for name in (f"{runlog.THUMBS}/0.jpg", runlog.SEEN["train"]):
+        (run / name).unlink()
+        (run / name).symlink_to(secret)
+    c = client([tmp_path / "runs"])
+    rid = run_id(run)
+    thumb = c.get(f"/api/runs/{rid}/images/0/thumb")
+    assert thumb.status_code == 404 and thumb.json() == {
+        "error": "validation/thumbs/0.jpg: a link, not followed"
+    }
+    seen = c.get(f"/api/runs/{rid}/seen/train")
+    assert seen.status_code == 404 and seen.json() == {"error": "seen/train.jpg: a link, not followed"}
+    assert c.get(f"/api/runs/{rid}/images/1/thumb").status_code == 200
+    exported = export_html(run, tmp_path / "r.html")
+    assert exported.skipped == [
+        "validation/thumbs/0.jpg: a link, not followed",
+        "seen/train.jpg: a link, not followed",
+    ]
+    html = exported.path.read_text()
+    assert base64.b64encode(secret.read_bytes()).decode()[:24] not in html and "root:x" not in html
+
+
+def test_the_export_command_says_what_it_skipped(
+    tmp_path: Path, runs_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pawlab.cli import main
+
+    run = tmp_path / "damaged"
+    shutil.copytree(runs_root / "first", run)
+    (run / runlog.CONFIG).write_text("[" * 10**6)
+    (run / runlog.pass_file(2)).write_bytes(b"not an array")
+    (run / f"{runlog.THUMBS}/3.jpg").unlink()
+    (run / f"{runlog.THUMBS}/3.jpg").symlink_to("/etc/passwd")
+    out = tmp_path / "report.html"
+    assert main(["dashboard", str(run), "--export", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"wrote {out}",
+        "  skipped config.json: nested too deeply",
+        "  skipped validation/pass-00002.npy: not an array as NumPy writes it",
+        "  skipped validation/thumbs/3.jpg: a link, not followed",
+    ]
+    assert "matrix?epoch=3" in out.read_text()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/runs/RID/images/NUMBER/thumb",
+        "/api/runs/RID/images/NUMBER/history",
+        "/api/runs/RID/matrix?epoch=NUMBER",
+    ],
+)
+def test_numbers_of_thousands_of_digits_are_400(runs_root: Path, path: str) -> None:
+    response = client([runs_root]).get(
+        path.replace("RID", run_id(runs_root / "first")).replace("NUMBER", "9" * 5000)
+    )
+    assert response.status_code == 400 and response.json()["error"].endswith(": not an integer")
+
+
+def _stream_status(url: str, method: str = "GET") -> tuple[socket.socket, str]:
+    """An open connection that asked for ``url`` and read its status line."""
+    parts = httpx.URL(url)
+    sock = socket.create_connection((parts.host, parts.port), timeout=20)
+    sock.sendall(f"{method} {parts.raw_path.decode()} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    return sock, sock.makefile("rb").readline().decode().split(" ")[1]
+
+
+def test_the_stream_cap_is_exact_under_200_connects(live: LiveServer, runs_root: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pawlab.dashboard.app import MAX_STREAMS
+
+    url = f"{live.url}/api/runs/{run_id(runs_root / 'second')}/stream"
+    with ThreadPoolExecutor(200) as pool:
+        opened = list(pool.map(lambda _: _stream_status(url), range(200)))
+    try:
+        statuses = [status for _, status in opened]
+        assert statuses.count("200") == MAX_STREAMS and statuses.count("503") == 200 - MAX_STREAMS
+        head, status = _stream_status(url, "HEAD")  # holds no slot: answered while every slot is taken
+        head.close()
+        assert status == "200"
+    finally:
+        for sock, _ in opened:
+            sock.close()
+    deadline = time.monotonic() + 30  # each stream gives its slot back once it sees its client gone
+    while (status := _stream_status(url)[1]) != "200" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert status == "200"

@@ -1,4 +1,5 @@
-"""The dashboard in a real browser, while a training runs in another process.
+"""The dashboard in a real browser: while a training runs in another process, and over a run
+of 100 classes beside a damaged one.
 
 Needs Debian's ``chromium`` (``make test`` installs it where it can) and Playwright from PyPI;
 skips with the reason otherwise. Every request that is not to this machine is aborted, so the
@@ -8,6 +9,7 @@ also to ``$PAWLAB_SCREENSHOTS`` when it is set.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -17,10 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from tests.conftest import ROOT, write_tree
-from tests.dashboard.conftest import free_port
+from pawlab import runlog
+from pawlab.dashboard.export import export_html
+from pawlab.dashboard.store import run_id
+from tests.conftest import ROOT, TINY, write_tree
+from tests.dashboard.conftest import LiveServer, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -143,12 +149,7 @@ def test_the_page_follows_a_live_training(tmp_path: Path) -> None:
         training.wait(timeout=60)
         server.wait(timeout=30)
     assert outside == [], f"the page asked for {outside}"
-    assert all(p.stat().st_size > 10_000 for p in shots)
-    keep = os.environ.get("PAWLAB_SCREENSHOTS")
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        for p in shots:
-            shutil.copy(p, Path(keep) / p.name)
+    _keep(shots)
 
 
 def _reachable(url: str) -> bool:
@@ -159,3 +160,148 @@ def _reachable(url: str) -> bool:
             return int(response.status) == 200
     except OSError:
         return False
+
+
+EVIL = '<a href="https:evil.example">x'  # a class folder's name, as plotly would make it a link
+
+
+def _colour_classes(root: Path, names: list[str], per_class: int) -> Path:
+    """Tiny images of one colour per class (5 x 5 x 4 shades) with noise: learnable, fast."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(names):
+        colour = np.array([40 + 45 * (i % 5), 40 + 45 * (i // 5 % 5), 40 + 45 * (i // 25)])
+        (root / name).mkdir(parents=True)
+        for j in range(per_class):
+            pixels = np.clip(colour + rng.normal(0, 12, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{j}.png")
+    return root
+
+
+def _hundred_classes(tmp_path: Path) -> tuple[Path, Path]:
+    """(runs folder, the run): a real training of 4 epochs over 100 classes, one named `EVIL`,
+    and beside it a damaged copy: a line nested too deeply in its log, a pass of NaN, and a
+    pass whose header claims 10^11 floats."""
+    from pawlab.config import RuntimeConfig, TrainConfig
+    from pawlab.training import train
+
+    names = [EVIL] + [f"class{i:03d}" for i in range(1, 100)]
+    src = _colour_classes(tmp_path / "src", names, 6)
+    runs = tmp_path / "runs"
+    cfg = TrainConfig(epochs=4, lr=1e-2, batch_size=32, seed=0)
+    quiet = RuntimeConfig(progress=False)
+    log = io.StringIO()
+    train(
+        src,
+        tmp_path / "m.safetensors",
+        TINY,
+        cfg,
+        workers=1,
+        run_dir=runs / "hundred",
+        stream=log,
+        runtime=quiet,
+    )
+    damaged = Path(shutil.copytree(runs / "hundred", runs / "zz-damaged"))
+    with open(damaged / runlog.EVENTS, "a") as fh:
+        fh.write("[" * 10**6 + "\n")
+    nan = np.load(damaged / runlog.pass_file(4))
+    np.save(damaged / runlog.pass_file(4), np.full_like(nan, np.nan))
+    with open(damaged / runlog.pass_file(1), "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f2", "fortran_order": False, "shape": (10**11,)})
+    return runs, runs / "hundred"
+
+
+def test_a_hundred_classes_and_damaged_runs(tmp_path: Path) -> None:
+    """The matrix of 100 classes: colour only, scrollable, its cells one click each, the most
+    confused pairs listed; a hostile class name stays text in plotly too. A damaged run shows
+    why, and a pass of NaN draws."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import httpx2 as httpx
+
+    runs, run = _hundred_classes(tmp_path)
+    shots = [tmp_path / "dashboard-100-classes.png", tmp_path / "dashboard-damaged.png"]
+    errors: list[str] = []
+    with LiveServer([runs]) as server, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url + "/")
+        page.wait_for_selector("#chart-matrix .heatmaplayer")
+        m = httpx.get(f"{server.url}/api/runs/{run_id(run)}/matrix").json()
+        k = len(m["classes"])
+        assert k == 100 and page.locator("#chart-matrix .heatmaplayer text").count() == 0  # colour only
+        assert page.locator("#chart-matrix svg a").count() == 0  # the name is no link ...
+        ticks = page.evaluate(
+            "[...document.querySelectorAll('#chart-matrix .ytick text')].map(t => t.textContent)"
+        )
+        assert ticks[0] == EVIL[:15] + "…" and ticks[1] == "class001"  # ... but its text
+        # one click on a cell of the diagonal that holds images, near the top left (in view)
+        t = next(i for i in range(1, 40) if m["counts"][i][i])
+        page.locator(".matrix-scroll").scroll_into_view_if_needed()
+        box = page.locator("#chart-matrix .nsewdrag").bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + (t + 0.5) * box["width"] / k, box["y"] + (t + 0.5) * box["height"] / k)
+        page.wait_for_function(
+            f"document.getElementById('cell-title').textContent.startsWith('true class{t:03d}, ')"
+        )
+        assert page.inner_text("#cell-title").startswith(
+            f"true class{t:03d}, predicted class{t:03d}: {m['counts'][t][t]}"
+        )
+        # the most confused pairs, each a link to its cell
+        pairs = page.locator("#confused-list a")
+        assert pairs.count() == min(
+            15, sum(v > 0 for i, row in enumerate(m["counts"]) for j, v in enumerate(row) if i != j)
+        )
+        true, predicted = pairs.first.inner_text().split(" → ")
+        pairs.first.click()
+        page.wait_for_function(
+            f"document.getElementById('cell-title').textContent.startsWith({f'true {true}, '!r})"
+        )
+        assert f"true {true}, predicted {predicted}: " in page.inner_text("#cell-title")
+        page.screenshot(path=str(shots[0]), full_page=True)
+        # the damaged copy: its reason in the list and in the summary; the NaN pass draws
+        page.locator("#run-list li").nth(1).click()
+        lines = len((run / runlog.EVENTS).read_bytes().splitlines())
+        reason = f"events.jsonl: line {lines + 1} is nested more than {runlog.MAX_DEPTH} deep"
+        assert page.locator("#run-list li").nth(1).locator(".reason").inner_text() == reason
+        page.wait_for_function(f"document.getElementById('summary').textContent.includes({reason!r})")
+        page.wait_for_selector("#confused-list a")
+        page.locator("#confused-list a").first.click()
+        page.wait_for_selector("#cell .thumb")
+        assert page.locator("#cell .thumb .p").first.inner_text().endswith(" –")  # p: null, drawn as a dash
+        page.locator("#cell .thumb").first.click()
+        page.wait_for_selector("#chart-history .main-svg")
+        page.evaluate(
+            "s => { s.value = 0; s.dispatchEvent(new Event('input')); }",
+            page.locator("#pass-slider").element_handle(),
+        )
+        page.wait_for_function(
+            "document.getElementById('matrix-epoch').textContent.includes('pass-00001.npy')"
+        )
+        n = m["count"]
+        assert page.inner_text("#matrix-epoch") == (
+            f"after epoch 1: validation/pass-00001.npy: (100000000000,), not ({n}, 100): "
+            f"the index has {n} images of 100 classes"
+        )
+        page.screenshot(path=str(shots[1]), full_page=True)
+        # the export of 100 classes, offline: the listed pairs open their cells from the file
+        offline = browser.new_page(viewport={"width": 1400, "height": 1300})
+        offline.on("pageerror", lambda e: errors.append(str(e)))
+        offline.goto(export_html(run, tmp_path / "report.html").path.as_uri())
+        offline.wait_for_selector("#confused-list a")
+        offline.locator("#confused-list a").first.click()
+        offline.wait_for_selector("#cell .thumb img")
+        assert f"true {true}, predicted {predicted}: " in offline.inner_text("#cell-title")
+        browser.close()
+    assert errors == []
+    _keep(shots)
+
+
+def _keep(shots: list[Path]) -> None:
+    assert all(p.stat().st_size > 10_000 for p in shots)
+    keep = os.environ.get("PAWLAB_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        for p in shots:
+            shutil.copy(p, Path(keep) / p.name)

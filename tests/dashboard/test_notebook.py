@@ -64,6 +64,8 @@ def test_a_given_port_and_stop_frees_it(runs_root: Path) -> None:
         taken.listen()
         with pytest.raises(ConfigError, match="not free"):
             show(runs_root / "first", port=taken.getsockname()[1])
+    with pytest.raises(ConfigError, match=r"^show: port 70000 is not a port \(1-65535\)$"):
+        show(runs_root / "first", port=70000)
     stop()
     assert notebook._SERVERS == {}
     with pytest.raises(httpx.ConnectError):

@@ -10,21 +10,33 @@ const state = {
   passes: [],        // epochs with a recorded validation pass
   pass: null,        // the epoch shown in the matrix
   classes: [],
+  damaged: {},       // epoch -> why its validation pass is not shown
   source: null,      // EventSource of the open run
   cell: null,        // [true, predicted] shown below the matrix
 };
+// The confusion matrix by the number of classes k: cell counts written in the cells up to
+// `annotate` classes, with how many entered and left them up to `moves`; beyond, colour and
+// hover only, in a scrollable, zoomable chart, and the most confused pairs listed.
+const MATRIX = { annotate: 16, moves: 4, confused: 15, label: 16 };
+const cellPixels = (k) => Math.max(12, Math.min(130, Math.floor(480 / k)));
 
 // An exported report (`pawlab dashboard RUN --export`) carries every answer in the page.
 const EXPORT = window.PAWLAB_EXPORT || null;
 const $ = (id) => document.getElementById(id);
+// An answer, or a rejection with the server's reason (its "error"), or the status.
 const api = (path) => {
-  if (!EXPORT) return fetch(path).then((r) => (r.ok ? r.json() : Promise.reject(r.status)));
+  if (!EXPORT) {
+    return fetch(path).then((r) => (r.ok ? r.json()
+      : r.json().then((body) => Promise.reject(body.error || r.status), () => Promise.reject(r.status))));
+  }
   const found = EXPORT.responses[path];
   return found === undefined || found === null ? Promise.reject(404) : Promise.resolve(found);
 };
+// A number as text; null (NaN or infinity on the server), or none at all, as a dash.
+const fmt = (v, digits) => (typeof v === "number" && Number.isFinite(v) ? v.toFixed(digits) : "–");
 const layout = (title, extra = {}) => ({
-  title: { text: title, font: { size: 13 } }, margin: { l: 48, r: 12, t: 32, b: 36 },
-  legend: { orientation: "h", y: -0.2 }, xaxis: { title: "epoch" }, ...extra,
+  title: { text: escapeHtml(title), font: { size: 13 } }, margin: { l: 48, r: 12, t: 32, b: 36 },
+  legend: { orientation: "h", y: -0.2 }, ...extra,
 });
 const plot = (id, traces, lay) => Plotly.react($(id), traces, lay, { displayModeBar: false, responsive: true });
 
@@ -47,6 +59,12 @@ async function loadRuns() {
     st.className = "state";
     st.textContent = `${run.state} · ${run.epochs}`;
     li.append(box, name, st);
+    if (run.reason) {
+      const why = document.createElement("div");
+      why.className = "reason";
+      why.textContent = run.reason;
+      li.append(why);
+    }
     li.onclick = () => openRun(run.id);
     list.append(li);
   }
@@ -73,26 +91,29 @@ async function drawComparison() {
   for (const [id, epoch] of [[state.current, d.epochs[0]], [other, d.epochs[1]]]) {
     const m = await api(`api/runs/${id}/matrix?epoch=${epoch}`).catch(() => null);
     if (!m) continue;
-    const head = m.classes.map((c) => `<th>${escapeHtml(c)}</th>`).join("");
-    const rows = m.counts.map((row, i) => `<tr><th>${escapeHtml(m.classes[i])}</th>${row.map((v) => `<td>${v}</td>`).join("")}</tr>`);
+    const caption = `<caption>${escapeHtml(name(id))}, epoch ${epoch}: ${fmt(100 * m.accuracy, 2)}%</caption>`;
+    const big = m.classes.length > MATRIX.annotate;  // each run's own view has its matrix
+    const head = big ? "" : m.classes.map((c) => `<th>${escapeHtml(c)}</th>`).join("");
+    const rows = big ? [] : m.counts.map((row, i) => `<tr><th>${escapeHtml(m.classes[i])}</th>${row.map((v) => `<td>${v}</td>`).join("")}</tr>`);
     const table = document.createElement("div");
-    table.innerHTML = `<table><caption>${escapeHtml(name(id))}, epoch ${epoch}: ${(100 * m.accuracy).toFixed(2)}%</caption>` +
-      `<tr><th>true \\ predicted</th>${head}</tr>${rows.join("")}</table>`;
+    table.innerHTML = `<table>${caption}` + (big ? "" : `<tr><th>true \\ predicted</th>${head}</tr>${rows.join("")}`) + "</table>";
     tables.push(table);
   }
   $("compare-matrices").replaceChildren(...tables);
   $("compare-a-title").textContent = `right in ${name(state.current)}, wrong in ${name(other)}: ${d.a_only.length}`;
   $("compare-b-title").textContent = `right in ${name(other)}, wrong in ${name(state.current)}: ${d.b_only.length}`;
-  $("compare-a").replaceChildren(...d.a_only.map((it) => thumb(it, `${it.p_a.toFixed(2)} vs ${it.p_b.toFixed(2)}`, false)));
-  $("compare-b").replaceChildren(...d.b_only.map((it) => thumb(it, `${it.p_a.toFixed(2)} vs ${it.p_b.toFixed(2)}`, true, other, it.index_b)));
+  $("compare-a").replaceChildren(...d.a_only.map((it) => thumb(it, `${fmt(it.p_a, 2)} vs ${fmt(it.p_b, 2)}`, false)));
+  $("compare-b").replaceChildren(...d.b_only.map((it) => thumb(it, `${fmt(it.p_a, 2)} vs ${fmt(it.p_b, 2)}`, true, other, it.index_b)));
 }
 
 function openRun(id) {
   if (state.source) state.source.close();
-  Object.assign(state, { current: id, events: [], passes: [], pass: null, cell: null });
+  Object.assign(state, { current: id, events: [], passes: [], pass: null, cell: null, damaged: {} });
   for (const li of document.querySelectorAll("#run-list li")) li.classList.toggle("selected", li.dataset.id === id);
   $("cell").innerHTML = "";
   $("chart-history").classList.add("hidden");
+  $("matrix-epoch").textContent = "";  // no other run's matrix under this one's name
+  clearMatrix();
   if (EXPORT) {
     state.events = EXPORT.responses[`api/runs/${id}/events`] || [];
     setStatus("exported report");
@@ -130,8 +151,9 @@ function drawCurves() {
   for (const id of state.compare) {
     if (id === state.current || !state.others[id]) continue;
     const theirs = epochs(state.others[id]);
-    loss.push({ x: theirs.map((e) => e.epoch), y: theirs.map((e) => e.val_loss), name: `${name(id)} val loss`, mode: "lines", line: { dash: "dot" } });
-    acc.push({ x: theirs.map((e) => e.epoch), y: theirs.map((e) => e.val_accuracy), name: `${name(id)} val accuracy`, mode: "lines", line: { dash: "dot" } });
+    const legend = escapeHtml(name(id));  // plotly draws its own subset of HTML
+    loss.push({ x: theirs.map((e) => e.epoch), y: theirs.map((e) => e.val_loss), name: `${legend} val loss`, mode: "lines", line: { dash: "dot" } });
+    acc.push({ x: theirs.map((e) => e.epoch), y: theirs.map((e) => e.val_accuracy), name: `${legend} val accuracy`, mode: "lines", line: { dash: "dot" } });
   }
   plot("chart-loss", loss, layout("loss"));
   plot("chart-acc", acc, layout("validation accuracy", { yaxis: { rangemode: "tozero" } }));
@@ -140,14 +162,14 @@ function drawCurves() {
   plot("chart-batch", [
     { x: batches.map((e) => e.step), y: batches.map((e) => e.loss), name: "batch loss", mode: "lines", opacity: 0.35 },
     { x: batches.map((e) => e.step), y: smooth(batches.map((e) => e.loss)), name: "smoothed", mode: "lines" },
-  ], layout(running ? `training loss by batch (now in epoch ${running})` : "training loss by batch", { xaxis: { title: "step" } }));
+  ], layout(running ? `training loss by batch (now in epoch ${running})` : "training loss by batch"));
   plot("chart-rate", [
     { x: batches.map((e) => e.step), y: batches.map((e) => e.lr), name: "learning rate", mode: "lines" },
     { x: batches.map((e) => e.step), y: batches.map((e) => e.images_per_s), name: "images/s", mode: "lines", yaxis: "y2" },
   ], layout("learning rate and images/s", {
     margin: { l: 60, r: 60, t: 32, b: 36 },
-    xaxis: { title: "step" }, yaxis: { title: "lr", exponentformat: "e", rangemode: "tozero" },
-    yaxis2: { title: "img/s", overlaying: "y", side: "right", rangemode: "tozero" },
+    yaxis: { title: { text: "lr" }, exponentformat: "e", rangemode: "tozero" },
+    yaxis2: { title: { text: "img/s" }, overlaying: "y", side: "right", rangemode: "tozero" },
   }));
 }
 
@@ -164,11 +186,13 @@ function drawSummary() {
   const best = saved.length ? saved[saved.length - 1] : null;
   const when = best ? new Date(best.time * 1000).toLocaleTimeString() : "not yet";
   const status = { end: "finished", failed: `failed: ${last.error || ""}` }[last.event] || "running";
+  const run = state.runs.find((r) => r.id === state.current) || {};
   $("summary").innerHTML = "";
   const parts = [
     ["state", status], ["epoch", `${mine.length}${start.epochs ? " / " + start.epochs : ""}`],
-    ["best epoch", best ? `${best.epoch} (val loss ${best.val_loss.toFixed(4)}, acc ${best.val_accuracy.toFixed(4)})` : "–"],
+    ["best epoch", best ? `${best.epoch} (val loss ${fmt(best.val_loss, 4)}, acc ${fmt(best.val_accuracy, 4)})` : "–"],
     ["model written", when],
+    ...(run.reason ? [["damaged", run.reason]] : []),
   ];
   for (const [k, v] of parts) {
     const span = document.createElement("span");
@@ -197,6 +221,7 @@ async function refresh() {
   const info = await api(`api/runs/${state.current}/passes`).catch(() => null);
   if (!info) return;
   state.classes = info.classes;
+  state.damaged = info.damaged || {};
   const follow = state.pass === null || state.pass === state.passes[state.passes.length - 1];
   state.passes = info.epochs;
   const slider = $("pass-slider");
@@ -213,38 +238,91 @@ async function refresh() {
 
 async function drawMatrix() {
   if (state.pass === null) return;
-  const m = await api(`api/runs/${state.current}/matrix?epoch=${state.pass}`).catch(() => null);
-  if (!m) return;
-  $("matrix-epoch").textContent = `after epoch ${m.epoch}: accuracy ${(100 * m.accuracy).toFixed(2)}%`;
-  $("pass-label").textContent = `epoch ${m.epoch}`;
+  const epoch = state.pass;
+  $("pass-label").textContent = `epoch ${epoch}`;
+  let why = state.damaged[epoch] || null;
+  const m = why ? null : await api(`api/runs/${state.current}/matrix?epoch=${epoch}`).catch((e) => { why = e; return null; });
+  $("matrix-box").classList.toggle("hidden", !m);
+  if (!m) {  // a damaged pass: why, in place of its matrix and cells
+    $("matrix-epoch").textContent = `after epoch ${epoch}: ${typeof why === "string" ? why : "not readable"}`;
+    clearMatrix();
+    $("cell-title").textContent = "";
+    $("cell").replaceChildren();
+    return;
+  }
+  $("matrix-epoch").textContent = `after epoch ${m.epoch}: accuracy ${fmt(100 * m.accuracy, 2)}%`;
   const k = m.classes.length;
-  const text = m.counts.map((row, i) => row.map((v, j) => {
-    const moved = m.entered[i][j] || m.left[i][j] ? `  (+${m.entered[i][j]} −${m.left[i][j]})` : "";
-    return `${v}${moved}`;
-  }));
+  const moved = (i, j) => (m.entered[i][j] || m.left[i][j] ? `  (+${m.entered[i][j]} −${m.left[i][j]})` : "");
+  const hover = m.counts.map((row, i) => row.map((v, j) => `${v} image${v === 1 ? "" : "s"}${moved(i, j)}`));
+  const text = m.counts.map((row, i) => row.map((v, j) => (k <= MATRIX.moves ? `${v}${moved(i, j)}` : `${v}`)));
   const rowTotals = m.counts.map((row) => row.reduce((a, b) => a + b, 0) || 1);
   const share = m.counts.map((row, i) => row.map((v) => v / rowTotals[i]));
-  plot("chart-matrix", [{
-    type: "heatmap", z: share, x: m.classes, y: m.classes, text, texttemplate: "%{text}", textfont: { size: 14 },
-    colorscale: [[0, "#f7fafd"], [1, "#2a6fdb"]], zmin: 0, zmax: 1, showscale: false,
-    hovertemplate: "true %{y}, predicted %{x}: %{text}<extra></extra>",
-  }], {
-    margin: { l: 80, r: 10, t: 10, b: 60 }, xaxis: { title: "predicted", side: "bottom", type: "category" },
-    yaxis: { title: "true", autorange: "reversed", type: "category" },
+  // plotly draws its own subset of HTML in labels and hover text: names go in escaped
+  const names = m.classes.map(escapeHtml);
+  const short = m.classes.map((c) => escapeHtml(c.length > MATRIX.label ? `${c.slice(0, MATRIX.label - 1)}…` : c));
+  const big = k > MATRIX.annotate;
+  const px = cellPixels(k);
+  const chart = $("chart-matrix");
+  chart.style.width = `${k * px + 170}px`;
+  chart.style.height = `${k * px + 150}px`;
+  // many classes: the predicted classes along the top, where a scrolled chart starts
+  const axis = (title) => ({
+    title: { text: title }, type: "category", tickvals: names, ticktext: short, automargin: true,
+    tickfont: { size: big ? 9 : 12 },
   });
-  $("chart-matrix").on("plotly_click", (ev) => {
+  plot("chart-matrix", [{
+    type: "heatmap", z: share, x: names, y: names, customdata: hover,
+    text, texttemplate: big ? "" : "%{text}", textfont: { size: k <= MATRIX.moves ? 14 : 11 },
+    colorscale: [[0, "#f7fafd"], [1, "#2a6fdb"]], zmin: 0, zmax: 1, showscale: false, xgap: big ? 0 : 1, ygap: big ? 0 : 1,
+    hovertemplate: "true %{y}<br>predicted %{x}<br>%{customdata}<extra></extra>",
+  }], {
+    margin: { l: 10, r: 10, t: 10, b: 10 },
+    xaxis: { ...axis("predicted"), ...(big ? { side: "top", tickangle: -90 } : {}) },
+    yaxis: { ...axis("true"), autorange: "reversed" },
+  });
+  chart.removeAllListeners?.("plotly_click");  // one handler, however often it is drawn
+  chart.on("plotly_click", (ev) => {
     const [t, p] = ev.points[0].pointIndex;  // [row, column]: class names may look like numbers
     showCell(t, p);
   });
-  const rows = m.classes.map((c, i) => `<tr><th>${escapeHtml(c)}</th><td>${m.precision[i].toFixed(3)}</td><td>${m.recall[i].toFixed(3)}</td></tr>`);
+  $("matrix-hint").classList.toggle("hidden", !big);
+  const rows = m.classes.map((c, i) => `<tr><th>${escapeHtml(c)}</th><td>${fmt(m.precision[i], 3)}</td><td>${fmt(m.recall[i], 3)}</td></tr>`);
   $("matrix-stats").innerHTML = `<table><tr><th>class</th><th>precision</th><th>recall</th></tr>${rows.join("")}` +
-    `<tr><th>accuracy</th><td colspan="2">${m.accuracy.toFixed(4)} of ${m.count}</td></tr></table>`;
+    `<tr><th>accuracy</th><td colspan="2">${fmt(m.accuracy, 4)} of ${m.count}</td></tr></table>`;
+  drawConfused(m);
   if (state.cell) showCell(...state.cell);
-  return k;
 }
 
+function clearMatrix() {
+  Plotly.purge($("chart-matrix"));
+  $("matrix-hint").classList.add("hidden");
+  $("matrix-stats").replaceChildren();
+  $("confused-list").replaceChildren();
+  $("confused").classList.add("hidden");
+}
+
+// The off-diagonal cells with the most images, each a link to its images.
+function drawConfused(m) {
+  const pairs = [];
+  m.counts.forEach((row, i) => row.forEach((v, j) => { if (i !== j && v > 0) pairs.push([v, i, j]); }));
+  pairs.sort((a, b) => b[0] - a[0] || a[1] - b[1] || a[2] - b[2]);
+  const items = pairs.slice(0, MATRIX.confused).map(([v, i, j]) => {
+    const li = document.createElement("li");
+    const link = document.createElement("a");
+    link.href = "#";
+    link.textContent = `${m.classes[i]} → ${m.classes[j]}`;
+    link.title = `true ${m.classes[i]}, predicted ${m.classes[j]}`;
+    link.onclick = (e) => { e.preventDefault(); showCell(i, j).then(() => $("cell-title").scrollIntoView({ block: "nearest" })); };
+    li.append(link, ` ${v}`);
+    return li;
+  });
+  $("confused-list").replaceChildren(...items);
+  $("confused").classList.toggle("hidden", m.classes.length <= 2 || !items.length);
+}
+
+// Text as HTML, and as plotly's own subset of it (which knows &amp; &lt; &gt; and numbered entities).
 function escapeHtml(s) {
-  return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+  return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;" }[c]));
 }
 
 function thumb(item, extra, wrong, run = state.current, index = item.index) {
@@ -275,7 +353,7 @@ async function showCell(t, p) {
     (t === p ? " (least sure first)" : " (most confidently wrong first)");
   const box = $("cell");
   box.innerHTML = "";
-  for (const it of items) box.append(thumb(it, `p(${c[p]}) ${it.p.toFixed(3)}`, t !== p));
+  for (const it of items) box.append(thumb(it, `p(${c[p]}) ${fmt(it.p, 3)}`, t !== p));
 }
 
 async function showHistory(item, div) {
@@ -294,7 +372,7 @@ async function drawSuspects() {
     : `api/runs/${state.current}/suspects?format=csv`;
   const box = $("suspects");
   box.innerHTML = "";
-  for (const r of rows.slice(0, 60)) box.append(thumb(r, `${r.label}→${r.predicted} ${r.p_true.toFixed(2)}`, true));
+  for (const r of rows.slice(0, 60)) box.append(thumb(r, `${r.label}→${r.predicted} ${fmt(r.p_true, 2)}`, true));
 }
 
 $("pass-slider").addEventListener("input", async (e) => {
