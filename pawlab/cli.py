@@ -822,7 +822,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from pawlab.data.cache import clear_cache, human, list_cache
 
     if args.cache_command == "info":
-        listing = list_cache()
+        listing = list_cache(adopt=False)  # info changes nothing on disk
         what = "cache" if listing.is_cache else "not a pawlab cache (nothing in it is pawlab's)"
         print(f"{what}: {listing.root} ({_entries(len(listing.entries))}, {human(listing.size)})")
         for e in listing.entries:
@@ -835,6 +835,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print(f"  {verb} {e.kind:<12} {human(e.size):>9}  {e.name}")
     for e in cleared.busy:
         print(f"  kept {e.name}: a run is using it")
+    for e, why in cleared.failed:
+        print(f"  could not remove {e.name}: {why}")
     size = human(sum(e.size for e in cleared.removed))
     print(f"{verb} {_entries(len(cleared.removed))}, {size} from {cleared.listing.root}")
     _foreign(cleared.listing.foreign)
@@ -897,7 +899,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     through `pawlab.terminal.printable`: a name from data never drives the terminal."""
     _line_buffered()
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = PrintableStream(sys.stdout), PrintableStream(sys.stderr)
+    sys.stdout = PrintableStream(sys.stdout, carriage_return=False)
+    sys.stderr = PrintableStream(sys.stderr)
     try:
         return _run(parse_args(argv))
     finally:

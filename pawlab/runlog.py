@@ -343,6 +343,6 @@ def pass_epochs(run_dir: Path) -> list[int]:
     found = []
     for p in (run_dir / VALIDATION).glob("pass-*.npy"):
         digits = p.stem.removeprefix("pass-")
-        if digits.isdigit():
+        if len(digits) == 5 and digits.isdigit() and digits.isascii():  # as `pass_file` names them
             found.append(int(digits))
     return sorted(found)

@@ -4,7 +4,8 @@ A file or class folder may be named with control characters: ``ESC ] 0 ; title B
 a terminal, ``ESC [ 2 J`` clears it, U+202E reverses the text after it. `printable` writes
 each such character as an escape (``\\x1b``, ``\\u202e``), as ``repr`` would; the CLI's
 standard output and error pass through `PrintableStream`, so nothing pawlab prints can
-drive the terminal. Line breaks, tabs and carriage returns (progress bars) pass.
+drive the terminal. Line breaks and tabs pass; carriage returns pass only where progress
+bars draw (standard error): on standard output a name's ``\r`` could hide what precedes it.
 """
 
 from __future__ import annotations
@@ -22,19 +23,21 @@ def _escaped(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def printable(text: object) -> str:
-    """``text`` with every character that could drive a terminal written as an escape."""
-    return _UNSAFE.sub(_escaped, str(text))
+def printable(text: object, carriage_return: bool = True) -> str:
+    """``text`` with every character that could drive a terminal written as an escape
+    (``\r`` too unless ``carriage_return``)."""
+    escaped = _UNSAFE.sub(_escaped, str(text))
+    return escaped if carriage_return else escaped.replace("\r", "\\r")
 
 
 class PrintableStream:
     """A text stream that writes through `printable`; everything else is the wrapped stream's."""
 
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO, carriage_return: bool = True) -> None:
+        self.stream, self.carriage_return = stream, carriage_return
 
     def write(self, text: str) -> int:
-        self.stream.write(printable(text))
+        self.stream.write(printable(text, self.carriage_return))
         return len(text)
 
     def writelines(self, lines: Any) -> None:

@@ -17,6 +17,7 @@ def test_control_and_reordering_characters_are_written_as_escapes() -> None:
     assert printable(f"{RETITLE}cat") == "\\x1b]0;owned\\x07cat"
     assert printable(f"a{CLEAR}\u202egnp.exe\x9b\x7f") == "a\\x1b[2J\\u202egnp.exe\\x9b\\x7f"
     assert printable("chat\tnoir\r\nkočka 猫 🐱") == "chat\tnoir\r\nkočka 猫 🐱"  # text passes
+    assert printable("dog\rcat\n", carriage_return=False) == "dog\\rcat\n"  # stdout: no overprinting
     out = io.StringIO()
     stream = PrintableStream(out)  # type: ignore[arg-type]
     assert stream.write(f"{CLEAR}x\n") == len(f"{CLEAR}x\n")

@@ -167,8 +167,8 @@ class Run:
         last = str(events[-1].get("event")) if events else "waiting"
         state = {"end": "finished", "failed": "failed"}.get(last, "running" if events else "waiting")
         reason = next((self.damage[f] for f in RUN_FILES if f in self.damage), None)
-        losses = [e["val_loss"] for e in epochs if isinstance(e.get("val_loss"), int | float)]
-        losses = [v for v in losses if math.isfinite(v)]
+        # floats only: a 400-digit integer is valid JSON, and too large for isfinite
+        losses = [v for e in epochs if isinstance(v := e.get("val_loss"), float) and math.isfinite(v)]
         classes = config.get("classes")
         return {
             "id": self.id,

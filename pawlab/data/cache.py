@@ -18,6 +18,7 @@ An entry's last use is the newest access or change time among its files.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
@@ -195,15 +196,25 @@ def _legacy_kind(path: Path, kind: str) -> str | None:
     return kind if _holds_model_file(path) else None
 
 
+_LEGACY_SPEC = "digits-v1"  # the one folder an earlier pawlab trained the specs' models into
+_LEGACY_SPEC_FILES = {"discriminator.safetensors", "guide.safetensors", "generator.safetensors"}
+
+
 def _holds_model_file(folder: Path) -> bool:
-    """A real folder holding at least one regular pawlab model file (the digit models)."""
+    """``spec/digits-v1`` holding the digit models (a pawlab model file among them) and nothing
+    else but their run folders: what `pawlab.spec.training.train_digits` writes."""
     from pawlab.checkpoint import read_meta  # torch: only for a cache that predates markers
     from pawlab.errors import PawlabError
 
-    for p in sorted(folder.glob("*.safetensors")):
-        if _is_regular(p):
+    if folder.name != _LEGACY_SPEC or not _is_folder(folder):
+        return False
+    names = {p.name for p in folder.iterdir()}
+    if not names <= _LEGACY_SPEC_FILES | {"discriminator-run", "guide-run", "generator-run"}:
+        return False
+    for name in sorted(names & _LEGACY_SPEC_FILES):
+        if _is_regular(folder / name):
             try:
-                read_meta(p)
+                read_meta(folder / name)
                 return True
             except PawlabError:
                 continue
@@ -214,7 +225,8 @@ def adopt_legacy_features(flat: Path) -> Path:
     """Move an earlier pawlab's ``features/<key>.npy`` into its entry folder, marked; the
     entry's folder."""
     folder = entry("features", flat.name.removesuffix(".npy"))
-    os.replace(flat, folder / FEATURES_FILE)
+    with contextlib.suppress(FileNotFoundError):  # another process moved it first
+        os.replace(flat, folder / FEATURES_FILE)
     return folder
 
 
@@ -300,6 +312,7 @@ class Cleared:
     listing: CacheListing
     removed: list[CacheEntry]  # (or, in a dry run, would be)
     busy: list[CacheEntry]  # in use by a run: kept
+    failed: list[tuple[CacheEntry, str]] = field(default_factory=list)  # could not be removed: why
 
 
 def clear_cache(
@@ -319,11 +332,15 @@ def clear_cache(
     now = time.time()
     removed: list[CacheEntry] = []
     busy: list[CacheEntry] = []
+    failed: list[tuple[CacheEntry, str]] = []
     for e in listing.entries:
         if older_than_days is not None and e.age_days(now) < older_than_days:
             continue
-        (removed if dry_run or _remove(e) else busy).append(e)
-    return Cleared(listing, removed, busy)
+        try:
+            (removed if dry_run or _remove(e) else busy).append(e)
+        except OSError as exc:  # a read-only part, a file in use: the others still go
+            failed.append((e, exc.strerror or str(exc)))
+    return Cleared(listing, removed, busy, failed)
 
 
 def human(size: int) -> str:

@@ -237,7 +237,7 @@ def _split_dirs(rel_names: list[str], layout: str, where: str) -> _Splits | None
         )
     train = next((named[d] for d in TRAIN_DIRS if d in named), None)
     val = next((named[d] for d in VALIDATION_DIRS if d in named), None)
-    test = next((named[d] for d in TEST_DIRS if d in named), None)
+    test = named.get("test")  # a labelled test/ may validate; test1/ (Kaggle's) is never read
     if val is None and test is not None and any(label_of(r) for r in folders[test]):
         val = test
     if train is None and not (others or labelled):

@@ -406,6 +406,15 @@ def test_nested_json_is_one_damaged_run_among_whole_ones(tmp_path: Path, runs_ro
     assert no_index.status_code == 404
 
 
+def test_a_huge_integer_loss_does_not_stop_the_run_list(tmp_path: Path, runs_root: Path) -> None:
+    runs = tmp_path / "runs"
+    shutil.copytree(runs_root / "second", runs / "good")
+    shutil.copytree(runs_root / "first", runs / "huge")
+    runlog.append_json_line(runs / "huge" / runlog.EVENTS, {"event": "epoch", "val_loss": 10**400})
+    listed = {r["name"]: r for r in client([runs]).get("/api/runs").json()}
+    assert set(listed) == {"good", "huge"} and listed["huge"]["best_val_loss"] is not None
+
+
 def _lines(runs_root: Path) -> int:
     return len((runs_root / "first" / runlog.EVENTS).read_bytes().splitlines())
 

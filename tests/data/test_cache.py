@@ -191,3 +191,29 @@ def test_clear_of_a_folder_of_user_files_is_one_line_and_removes_nothing(tmp_pat
         assert out.returncode == 2 and out.stderr.count("\n") == 1
         assert f"pawlab cache: error: {where}: not a pawlab cache" in out.stderr
     assert (home / "Documents" / "thesis.tex").exists() and (home / "notes.txt").exists()
+
+
+def test_a_users_model_folder_under_spec_is_never_taken_for_an_entry(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pawlab.config import TrainConfig
+    from tests.conftest import train_tiny
+
+    with monkeypatch.context() as m:
+        m.setenv("PAWLAB_CACHE_DIR", str(tmp_path / "other-cache"))
+        _, model = train_tiny(tmp_path / "tiny", 4, TrainConfig(epochs=1))
+    mine = root / "spec" / "mymodels"
+    mine.mkdir(parents=True)
+    (mine / "my-classifier.safetensors").write_bytes(model.read_bytes())
+    (mine / "NOTES.md").write_text("mine")
+    digits = root / "spec" / "digits-v1"  # the digit models' folder, with a user's file in it
+    digits.mkdir()
+    (digits / "generator.safetensors").write_bytes(model.read_bytes())
+    (digits / "NOTES.md").write_text("mine")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    info = pawlab("cache", "info")  # changes nothing on disk
+    assert info.returncode == 0 and "not a pawlab cache" in info.stdout
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    with pytest.raises(ConfigError, match="not a pawlab cache"):
+        clear_cache(None)
+    assert (mine / "NOTES.md").exists() and (digits / "NOTES.md").exists()

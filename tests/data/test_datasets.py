@@ -323,6 +323,12 @@ def test_catalog_unlabelled_test_is_not_a_split(test: str) -> None:
     assert not catalog([n.replace("test/", f"{test}/") for n in UNLABELLED_TEST]).presplit
 
 
+def test_catalog_a_labelled_test1_is_never_the_validation_set() -> None:
+    cat = catalog(["train/cat/1.jpg", "train/dog/2.jpg", "test1/cat/3.jpg", "test1/dog/4.jpg"])
+    assert not cat.presplit and {it.split for it in cat.items} == {None}
+    assert skipped_names(cat) == {"test1/cat/3.jpg", "test1/dog/4.jpg"}
+
+
 @pytest.mark.parametrize("test", ["test", "test1"])
 def test_catalog_unlabelled_test_beside_train_labels_the_training_images(test: str) -> None:
     cat = catalog([n.replace("test/", f"{test}/") for n in UNLABELLED_TEST])
