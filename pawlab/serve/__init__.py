@@ -21,8 +21,9 @@ import uvicorn
 
 from pawlab.errors import ConfigError
 from pawlab.hosts import EVERY_INTERFACE, allowed_hosts, bind_address, is_loopback, url_host
-from pawlab.serve.app import Limits, create_app
+from pawlab.serve.app import create_app
 from pawlab.serve.models import Batching, Served, model_names
+from pawlab.serve.service import Limits
 
 __all__ = [
     "DEFAULT_PORT",

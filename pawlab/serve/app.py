@@ -1,5 +1,5 @@
-"""The server's web app: ``POST /v1/predict``, the health probes, the metrics, the token and
-the limits.
+"""The server's web app: ``POST /v1/predict``, the Open Inference Protocol's endpoints
+(`protocol_v2`), ``GET /metrics``, the token and the Host check.
 
 The event loop only routes: uploads are decoded in a thread pool and run by each model's
 engine thread (`pawlab.serve.batcher`). Every refusal is a 4xx or 503 whose body is one line
@@ -9,14 +9,9 @@ has it).
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import time
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable, Sequence
 
-import numpy as np
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
@@ -29,100 +24,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pawlab.errors import DataError
-from pawlab.serve.batcher import Expired, QueueFull
+from pawlab.serve import protocol_v2
 from pawlab.serve.metrics import Counting, Metrics
 from pawlab.serve.models import Served
+from pawlab.serve.service import Limits, Refused, Service, error, internal, read_body, refused
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # answered without the token
-RETRY_AFTER = "1"  # seconds, with a 503 for a full queue
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask: a body of at most ``max_body_mb`` MiB, at most ``max_parts``
-    images, and an answer within ``deadline_ms`` of its arrival (else 503)."""
-
-    max_body_mb: float = 32.0
-    max_parts: int = 64
-    deadline_ms: float = 10_000.0
-
-    @property
-    def max_body(self) -> int:
-        return int(self.max_body_mb * 2**20)
-
-
-class Refused(HTTPException):
-    """A request the server will not answer: its status and one-line reason."""
-
-
-def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-async def _refused(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return error(exc.status_code, exc.detail, exc.headers)
-
-
-async def _internal(request: Request, exc: Exception) -> Response:
-    return error(500, "internal error (the server's log says more)")
-
-
-class Service:
-    """The app's state: its models by name (the first is the default), the decoding pool,
-    the limits, and whether it takes requests."""
-
-    def __init__(self, models: Sequence[Served], limits: Limits, ready: Callable[[], bool]) -> None:
-        self.models = {m.name: m for m in models}
-        self.default = models[0]
-        self.limits = limits
-        self.ready = ready
-        self.decoders = ThreadPoolExecutor(thread_name_prefix="pawlab-decode")
-
-    def model(self, name: str | None) -> Served:
-        served = self.default if name is None else self.models.get(name)
-        if served is None:
-            raise Refused(404, f"no model named {name!r}; this server has {', '.join(self.models)}")
-        return served
-
-    async def predict(self, served: Served, uploads: list[tuple[str | None, bytes]]) -> np.ndarray:
-        """Decode the uploads in the pool, run them in one batch -> probabilities (n, classes)."""
-        loop = asyncio.get_running_loop()
-        decoded = await asyncio.gather(
-            *(loop.run_in_executor(self.decoders, served.decode, data, name) for name, data in uploads),
-            return_exceptions=True,
-        )
-        images = []
-        for image in decoded:  # the first refusal in upload order
-            if isinstance(image, DataError):
-                raise Refused(422, str(image))
-            if isinstance(image, BaseException):
-                raise image
-            images.append(image)
-        deadline = time.monotonic() + self.limits.deadline_ms / 1000  # the engine drops it after
-        try:
-            future = served.batcher.submit(np.stack(images), deadline)
-        except QueueFull:
-            raise Refused(503, "the server is busy: try again", {"Retry-After": RETRY_AFTER}) from None
-        try:
-            return await asyncio.wrap_future(future)
-        except Expired:
-            raise TimeoutError from None
-
-
-async def _body(request: Request, limit: int) -> bytes:
-    """The request's body; 413 past ``limit`` bytes (told by Content-Length, or counted)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise Refused(413, f"the body is over the server's limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Refused(413, f"the body is over the server's limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _parts(headers: Headers, body: bytes, limits: Limits) -> list[tuple[str | None, bytes]]:
@@ -153,7 +60,7 @@ async def _uploads(request: Request, limits: Limits) -> tuple[list[tuple[str | N
     media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media != "multipart/form-data" and not media.startswith("image/"):
         raise Refused(415, f"Content-Type {media or 'missing'}: send image/* or multipart/form-data")
-    body = await _body(request, limits.max_body)
+    body = await read_body(request, limits.max_body)
     if media == "multipart/form-data":
         return await _parts(request.headers, body, limits), True
     if not body:
@@ -173,30 +80,16 @@ def _top(request: Request) -> int | None:
 def v1_routes(service: Service) -> list[BaseRoute]:
     async def predict(request: Request) -> Response:
         served = service.model(request.query_params.get("model"))
-        top = _top(request)
-        try:
-            async with asyncio.timeout(service.limits.deadline_ms / 1000):
-                uploads, several = await _uploads(request, service.limits)
-                probs = await service.predict(served, uploads)
-        except TimeoutError:
-            raise Refused(
-                503, f"not answered within the deadline ({service.limits.deadline_ms:g} ms)"
-            ) from None
-        answers = [served.answer(p, name, top) for p, (name, _) in zip(probs, uploads, strict=True)]
-        return JSONResponse(answers if several else answers[0])
+        return await service.in_time(_predict(request, service, served, _top(request)))
 
     return [Route("/v1/predict", predict, methods=["POST"])]
 
 
-def health_routes(service: Service) -> list[BaseRoute]:
-    async def live(request: Request) -> Response:
-        return JSONResponse({"live": True})
-
-    async def ready(request: Request) -> Response:
-        up = service.ready()
-        return JSONResponse({"ready": up}, status_code=200 if up else 503)
-
-    return [Route("/v2/health/live", live), Route("/v2/health/ready", ready)]
+async def _predict(request: Request, service: Service, served: Served, top: int | None) -> Response:
+    uploads, several = await _uploads(request, service.limits)
+    probs = await service.predict(served, uploads)
+    answers = [served.answer(p, name, top) for p, (name, _) in zip(probs, uploads, strict=True)]
+    return JSONResponse(answers if several else answers[0])
 
 
 class BearerToken:
@@ -248,7 +141,7 @@ def create_app(
     if token is not None:
         middleware.append(Middleware(BearerToken, token=token))
     return Starlette(
-        routes=[*v1_routes(service), *health_routes(service), *metrics.routes()],
+        routes=[*v1_routes(service), *protocol_v2.routes(service), *metrics.routes()],
         middleware=middleware,
-        exception_handlers={HTTPException: _refused, Exception: _internal},
+        exception_handlers={HTTPException: refused, Exception: internal},
     )
