@@ -39,6 +39,14 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 _MAX_HEADER = 1 << 20  # bytes of JSON before the binary tensors
 
 
+def _parameters(part: dict[str, Any]) -> dict[str, Any]:
+    """A request's, an input's or an output's ``parameters`` ({} when it has none)."""
+    found = part.get("parameters", {})
+    if not isinstance(found, dict):
+        raise Refused(400, f"parameters must be an object, got {json.dumps(found)[:40]}")
+    return found
+
+
 def metadata(served: Served) -> dict[str, Any]:
     pre = served.model.preprocessing
     return {
@@ -81,7 +89,7 @@ def _input(header: dict[str, Any], binary: bytes) -> tuple[dict[str, Any], bytes
     if len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise Refused(400, f"send one input, {IMAGE} (BYTES [N]) or {PIXELS} (UINT8 [N, H, W, C])")
     tensor = inputs[0]
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    size = _parameters(tensor).get("binary_data_size")
     if size is None:
         return tensor, None
     if not isinstance(size, int) or size != len(binary):
@@ -114,8 +122,8 @@ def _elements(binary: bytes) -> list[bytes]:
 
 def _encoded_images(tensor: dict[str, Any], binary: bytes | None, max_parts: int) -> list[bytes]:
     (n,) = _shape(tensor, "BYTES", 1)
-    if n > max_parts:
-        raise Refused(400, f"input {IMAGE}: {n} images, at most {max_parts} a request")
+    if not 0 < n <= max_parts:
+        raise Refused(400, f"input {IMAGE}: {n} images; send 1 to {max_parts} a request")
     if binary is not None:
         found = _elements(binary)
     else:
@@ -151,7 +159,7 @@ def _pixels(tensor: dict[str, Any], binary: bytes | None, served: Served) -> np.
 
 def _wanted(header: dict[str, Any]) -> list[tuple[str, bool]]:
     """The outputs asked for, each with whether it goes in binary."""
-    everything = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    everything = bool(_parameters(header).get("binary_data_output", False))
     asked = header.get("outputs")
     if asked is None:
         return [(PROBABILITIES, everything), (CLASSIFICATION, everything)]
@@ -161,7 +169,7 @@ def _wanted(header: dict[str, Any]) -> list[tuple[str, bool]]:
     unknown = [n for n in names if n not in (PROBABILITIES, CLASSIFICATION)]
     if unknown:
         raise Refused(400, f"no output named {unknown[0]!r}: {PROBABILITIES}, {CLASSIFICATION}")
-    binary = [bool((o.get("parameters") or {}).get("binary_data", everything)) for o in asked]
+    binary = [bool(_parameters(o).get("binary_data", everything)) for o in asked]
     return list(zip(names, binary, strict=True))
 
 

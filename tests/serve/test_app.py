@@ -201,3 +201,17 @@ def test_a_request_past_its_deadline_is_503(models: dict[str, Path]) -> None:
     assert answer.status_code == 503
     assert answer.json() == {"error": "not answered within the deadline (200 ms)"}
     batcher.stop()
+
+
+def test_no_cors_unless_an_origin_is_named(server: Server, models: dict[str, Path]) -> None:
+    origin = {"Origin": "https://app.example"}
+    assert (
+        "access-control-allow-origin" not in httpx.get(f"{server.url}/v2/health/live", headers=origin).headers
+    )
+    served = Served.load("first", models["first"], Batching(), compile="off")
+    with AppServer(create_app([served], cors_origin="https://app.example")) as live:
+        named = httpx.get(f"{live.url}/v2/health/live", headers=origin)
+        other = httpx.get(f"{live.url}/v2/health/live", headers={"Origin": "https://elsewhere.example"})
+    served.batcher.stop()
+    assert named.headers["access-control-allow-origin"] == "https://app.example"
+    assert "access-control-allow-origin" not in other.headers

@@ -148,6 +148,8 @@ def test_bad_inference_requests_are_refused_with_one_line_of_json(
         (400, "datatype must be BYTES", post(url, {"inputs": [{**one, "datatype": "FP32"}]})),
         (400, "shape must be 1 sizes", post(url, {"inputs": [{**one, "shape": [1, 2]}]})),
         (400, "base64 strings", post(url, {"inputs": [{**one, "data": ["not base64!"]}]})),
+        (400, "0 images; send 1 to 64 a request", post(url, {"inputs": [{**one, "shape": [0], "data": []}]})),
+        (400, "parameters must be an object", post(url, {"inputs": [{**one, "parameters": "x"}]})),
         (400, "shape [1] but 2 images", post(url, {"inputs": [{**one, "data": ["AA==", "AA=="]}]})),
         (400, "an element runs past the data", post(url, {"inputs": [sized]}, b"\xff\x00\x00\x00abcd")),
         (400, "binary_data_size 8: the body holds 3", post(url, {"inputs": [sized]}, b"abc")),

@@ -11,7 +11,9 @@ import httpx2 as httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import pawlab as pawlab_api
 from pawlab.cli import main
+from pawlab.errors import ConfigError
 from tests.serve.conftest import Server
 from tests.test_cli import assert_one_line_error, pawlab
 
@@ -27,6 +29,19 @@ def test_beyond_loopback_it_needs_a_token(models: dict[str, Path], tmp_path: Pat
         proc = pawlab("serve", models["first"], "--host", "0.0.0.0", "--token-file", path)
         assert_one_line_error(proc, f"--token-file {path}: {reason}")
         assert proc.returncode == 2
+
+
+def test_no_auth_warns_and_pawlab_serve_refuses_as_the_command_does(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    proc = pawlab(
+        "serve", tmp_path / "none.safetensors", "--host", "0.0.0.0", "--no-auth", "--compile", "off"
+    )
+    warning, failure = proc.stderr.splitlines()
+    assert warning == "pawlab serve: warning: --no-auth: anyone who can reach 0.0.0.0 may use it"
+    assert failure.startswith("pawlab serve: error: ") and proc.returncode == 1
+    with pytest.raises(ConfigError, match="--host 0.0.0.0 .every interface.: beyond this machine"):
+        pawlab_api.serve([models["first"]], host="0.0.0.0")
 
 
 def test_a_missing_model_file_is_one_line(tmp_path: Path) -> None:
