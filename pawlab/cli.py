@@ -137,7 +137,8 @@ def _runtime(args: argparse.Namespace) -> RuntimeConfig:
     )
 
 
-def _inference_options(p: argparse.ArgumentParser) -> None:
+def _inference_options(p: argparse.ArgumentParser, auto: str = "jobs of 3,000 images or more") -> None:
+    """--tta, --precision, --compile (``auto``: when it compiles), --device."""
     p.add_argument(
         "--tta", action="store_true", help="test-time augmentation: average the image, its mirror and 2 crops"
     )
@@ -151,7 +152,7 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
         "--compile",
         choices=("auto", "on", "off"),
         default="auto",
-        help="torch.compile the network: auto (jobs of 3,000 images or more), on or off",
+        help=f"torch.compile the network: auto ({auto}), on or off",
     )
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
 
@@ -373,15 +374,21 @@ def _add_serve(commands: _Commands) -> None:
         "--max-queue", type=_positive_int, default=256, help="images waiting; beyond it 503 (default 256)"
     )
     p.add_argument(
-        "--deadline-ms", type=_positive_float, default=10_000.0, help="a request not answered by then: 503"
+        "--deadline-ms",
+        type=_positive_float,
+        default=10_000.0,
+        help="a request not answered by then: 503 (default 10000)",
     )
     p.add_argument(
         "--max-body-mb", type=_positive_float, default=32.0, help="a larger body: 413 (default 32)"
     )
     p.add_argument(
-        "--grace", type=_positive_int, default=10, help="seconds to finish accepted requests on SIGTERM"
+        "--grace",
+        type=_positive_int,
+        default=10,
+        help="seconds to finish accepted requests on SIGTERM (default 10)",
     )
-    _inference_options(p)
+    _inference_options(p, auto="compiled before the first request: tens of seconds at start")
     _quiet(p)
 
 

@@ -49,10 +49,13 @@ async def _parts(headers: Headers, body: bytes, limits: Limits) -> list[tuple[st
         form = await parser.parse()
     except MultiPartException as exc:
         raise Refused(400, f"multipart body: {exc}") from None
-    files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+    try:
+        files = [(v.filename, await v.read()) for _, v in form.multi_items() if isinstance(v, UploadFile)]
+    finally:
+        await form.close()
     if not files:
         raise Refused(400, "multipart body: no file in it")
-    return [(f.filename, await f.read()) for f in files]
+    return files
 
 
 async def _uploads(request: Request, limits: Limits) -> tuple[list[tuple[str | None, bytes]], bool]:
