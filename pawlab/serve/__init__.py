@@ -1,8 +1,11 @@
 """Trained models as a web service: ``pawlab serve MODEL...``, or ``pawlab.serve([...])``.
 
-    models.py    the models served, each by name, with its file's digest and its engine
-    batcher.py   a model's engine thread: requests gathered into batches from a bounded queue
-    app.py       the Starlette app: ``POST /v1/predict``, the health probes, token, limits
+    models.py       the models served, each by name, with its file's digest and its engine
+    batcher.py      a model's engine thread: requests gathered into batches from a bounded queue
+    service.py      what the endpoints share: decoding pool, deadline, limits, refusals
+    app.py          the Starlette app: ``POST /v1/predict``, the token, the Host check, CORS
+    protocol_v2.py  the Open Inference Protocol (KServe v2, Triton): probes, metadata, infer
+    metrics.py      ``GET /metrics`` in Prometheus' text format
 
 The module itself is callable: ``pawlab.serve(models, ...)`` is `serve`.
 """

@@ -30,8 +30,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 class Server:
-    """``python -m pawlab serve ARGS --port P --compile off -q`` until `stop`; `url` once
-    ``/v2/health/ready`` answers 200."""
+    """``python -m pawlab serve ARGS --port P --compile off --precision fp32 -q`` (the same
+    answers on any CPU) until `stop`; `url` once ``/v2/health/ready`` answers 200."""
 
     def __init__(self, *args: object) -> None:
         self.port = free_port()
@@ -39,7 +39,7 @@ class Server:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         cmd = [sys.executable, "-m", "pawlab", "serve", *map(str, args), "--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [*cmd, "--compile", "off", "-q"],
+            [*cmd, "--compile", "off", "--precision", "fp32", "-q"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

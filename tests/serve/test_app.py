@@ -49,7 +49,8 @@ def images(models: dict[str, Path]) -> list[Path]:
 
 def test_an_image_is_answered_as_pawlab_predict_prints_it(server: Server, models: dict[str, Path]) -> None:
     paths = images(models)
-    cmd = [sys.executable, "-m", "pawlab", "predict", models["first"], *paths, "--json", "--compile", "off"]
+    options = ["--json", "--compile", "off", "--precision", "fp32"]
+    cmd = [sys.executable, "-m", "pawlab", "predict", models["first"], *paths, *options]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
     for path, line in zip(paths, out.splitlines(), strict=True):
         expected = {**json.loads(line), "image": None, "model": "first", "digest": digest(models["first"])}

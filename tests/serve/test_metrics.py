@@ -21,7 +21,9 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_requests_batches_and_images_are_counted(models: dict[str, Path]) -> None:
-    served = Served.load("first", models["first"], Batching(max_batch=8, max_wait_ms=0), compile="off")
+    served = Served.load(
+        "first", models["first"], Batching(max_batch=8, max_wait_ms=0), compile="off", precision="fp32"
+    )
     jpeg = next(models["cats"].iterdir()).read_bytes()
     with AppServer(create_app([served], Limits())) as live:
         files = [("image", (f"{i}.jpg", jpeg, "image/jpeg")) for i in range(3)]

@@ -22,7 +22,9 @@ from tests.dashboard.conftest import AppServer
 def live(models: dict[str, Path]) -> Iterator[tuple[AppServer, Served]]:
     """Both models served in this process; ``first`` is returned with the server."""
     batching = Batching(max_batch=8, max_wait_ms=0)
-    served = [Served.load(n, models[n], batching, compile="off") for n in ("first", "second")]
+    served = [
+        Served.load(n, models[n], batching, compile="off", precision="fp32") for n in ("first", "second")
+    ]
     with AppServer(create_app(served, Limits())) as server:
         yield server, served[0]
     for s in served:
