@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx2 as httpx
@@ -27,6 +28,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     src, first = train_tiny(root / "first", 8, TrainConfig(epochs=1, batch_size=8))
     _, second = train_tiny(root / "second", 8, TrainConfig(epochs=1, batch_size=8, seed=1))
     return {"first": first, "second": second, "cats": src / "cat", "dogs": src / "dog"}
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Return once ``condition()`` holds; fail after a minute (something is broken)."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"still not {what} after 60 s"
+        time.sleep(0.02)
 
 
 class Server:

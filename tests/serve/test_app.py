@@ -19,7 +19,7 @@ from pawlab.serve import Limits, Served, create_app
 from pawlab.serve.batcher import Batcher
 from pawlab.serve.models import Batching
 from tests.dashboard.conftest import AppServer
-from tests.serve.conftest import ROOT, Server
+from tests.serve.conftest import ROOT, Server, wait_until
 
 MAX_BODY_MB = 0.25
 FIELD_ONLY = b'--x\r\nContent-Disposition: form-data; name="a"\r\n\r\nb\r\n--x--\r\n'
@@ -182,8 +182,7 @@ def test_a_full_queue_is_503_with_retry_after(models: dict[str, Path]) -> None:
         sent[0].start()
         assert gate.entered.wait(timeout=30)  # the first is running, held
         sent[1].start()
-        while batcher.queued < 1:  # the second waits in the queue, which is now full
-            threading.Event().wait(0.01)
+        wait_until(lambda: batcher.queued == 1, "the second request queued")  # the queue is now full
         refused = post(live.url, jpeg)
         gate.opened.set()
         for t in sent:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from pathlib import Path
 
 import httpx2 as httpx
@@ -14,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import pawlab as pawlab_api
 from pawlab.cli import main
 from pawlab.errors import ConfigError
-from tests.serve.conftest import Server
+from tests.serve.conftest import Server, wait_until
 from tests.test_cli import assert_one_line_error, pawlab
 
 
@@ -72,8 +71,7 @@ def test_sigterm_answers_every_accepted_request_then_exits_0(models: dict[str, P
     threads = [threading.Thread(target=send) for _ in range(4)]
     for t in threads:
         t.start()
-    while queued(srv.url) < 4:  # all four accepted, waiting for their batch
-        time.sleep(0.05)
+    wait_until(lambda: queued(srv.url) == 4, "four images queued")  # accepted, waiting for a batch
     srv.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(timeout=60)
