@@ -59,6 +59,7 @@ _EXPORTS = {
     ],
     "pawlab.models": ["ARCHITECTURES", "LAYERS", "Network", "build", "get_architecture", "load_arch_file"],
     "pawlab.training": ["Callback", "Event", "Trainer", "TrainResult", "resume", "train"],
+    "pawlab.serve": ["serve"],  # the subpackage itself, callable
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -99,6 +100,7 @@ __all__ = [
     "load_model",
     "prepare",
     "resume",
+    "serve",
     "submit",
     "train",
 ]
@@ -108,7 +110,8 @@ def __getattr__(name: str) -> Any:
     module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'pawlab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    imported = importlib.import_module(module)
+    value = imported if module == f"pawlab.{name}" else getattr(imported, name)
     globals()[name] = value
     return value
 

@@ -137,7 +137,8 @@ def _runtime(args: argparse.Namespace) -> RuntimeConfig:
     )
 
 
-def _inference_options(p: argparse.ArgumentParser) -> None:
+def _inference_options(p: argparse.ArgumentParser, auto: str = "jobs of 3,000 images or more") -> None:
+    """--tta, --precision, --compile (``auto``: when it compiles), --device."""
     p.add_argument(
         "--tta", action="store_true", help="test-time augmentation: average the image, its mirror and 2 crops"
     )
@@ -151,7 +152,7 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
         "--compile",
         choices=("auto", "on", "off"),
         default="auto",
-        help="torch.compile the network: auto (jobs of 3,000 images or more), on or off",
+        help=f"torch.compile the network: auto ({auto}), on or off",
     )
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
 
@@ -329,6 +330,68 @@ def _add_dashboard(commands: _Commands) -> None:
     _quiet(p)
 
 
+def _number(text: str, least: float, strict: bool) -> float:
+    """A finite number above ``least`` (or equal to it, unless ``strict``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > least or (value == least and not strict)) or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number {'>' if strict else '>='} {least:g}, got {text}"
+        )
+    return value
+
+
+def _positive_float(text: str) -> float:
+    return _number(text, 0, strict=True)
+
+
+def _non_negative_float(text: str) -> float:
+    return _number(text, 0, strict=False)
+
+
+def _add_serve(commands: _Commands) -> None:
+    p = commands.add("serve", "models behind HTTP: batched, bounded, with health probes")
+    p.add_argument("models", nargs="+", help="model files, each PATH or NAME=PATH (default name: the stem)")
+    p.add_argument("--port", type=_port, default=8090, help="default 8090")
+    p.add_argument(
+        "--host", default=None, help="listen on this address instead of 127.0.0.1 (beyond it: --token-file)"
+    )
+    p.add_argument("--token-file", type=Path, default=None, help="every request must send this bearer token")
+    p.add_argument("--no-auth", action="store_true", help="beyond 127.0.0.1 without a token: anyone may ask")
+    p.add_argument("--cors-origin", default=None, help="the one origin whose pages may call the server")
+    p.add_argument(
+        "--max-batch", type=_positive_int, default=None, help="images per batch (default: 8 on CPUs)"
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=_non_negative_float,
+        default=5.0,
+        help="how long a batch waits to fill (default 5)",
+    )
+    p.add_argument(
+        "--max-queue", type=_positive_int, default=256, help="images waiting; beyond it 503 (default 256)"
+    )
+    p.add_argument(
+        "--deadline-ms",
+        type=_positive_float,
+        default=10_000.0,
+        help="a request not answered by then: 503 (default 10000)",
+    )
+    p.add_argument(
+        "--max-body-mb", type=_positive_float, default=32.0, help="a larger body: 413 (default 32)"
+    )
+    p.add_argument(
+        "--grace",
+        type=_positive_int,
+        default=10,
+        help="seconds to finish accepted requests on SIGTERM (default 10)",
+    )
+    _inference_options(p, auto="compiled before the first request: tens of seconds at start")
+    _quiet(p)
+
+
 def _add_compare(commands: _Commands) -> None:
     p = commands.add("compare", "one run per optimizer on the same data, seed and network")
     p.add_argument("data", help="a prepared folder or any source `prepare` accepts")
@@ -474,6 +537,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         _add_inference,
         _add_archs,
         _add_dashboard,
+        _add_serve,
         _add_spec,
         _add_cache,
     ):
@@ -690,7 +754,8 @@ def _export(roots: list[Path], out: Path) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from pawlab.dashboard import bind_address, serve
+    from pawlab.dashboard import serve
+    from pawlab.hosts import bind_address
 
     roots = list(args.runs) or [Path("runs")]  # a folder that does not exist yet is watched
     if args.export is not None:
@@ -700,6 +765,33 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if args.nice > 0:
         os.nice(args.nice)
     serve(roots, host=host, port=args.port, quiet=args.quiet)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pawlab.hosts import bind_address
+    from pawlab.serve import Batching, Limits, check_access, read_token, serve
+
+    host = bind_address(args.host)
+    token = read_token(args.token_file) if args.token_file is not None else None
+    check_access(host, token, args.no_auth)
+    _check_port(host, args.port)
+    serve(
+        args.models,
+        host=host,
+        port=args.port,
+        batching=Batching(args.max_batch, args.max_wait_ms, args.max_queue),
+        limits=Limits(max_body_mb=args.max_body_mb, deadline_ms=args.deadline_ms),
+        token=token,
+        no_auth=args.no_auth,
+        cors_origin=args.cors_origin,
+        grace=args.grace,
+        tta=args.tta,
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+        quiet=args.quiet,
+    )
     return 0
 
 
@@ -875,6 +967,7 @@ COMMANDS = {
     "submit": cmd_submit,
     "archs": cmd_archs,
     "dashboard": cmd_dashboard,
+    "serve": cmd_serve,
 }
 
 

@@ -3,9 +3,10 @@
     leaves  <-  data, models  <-  inference  <-  training  <-  cli, demo, pawlab/__init__
 
 Leaves (errors, configs, registry, atomic writes, preprocessing, the checkpoint format,
-figures, runtime, runlog) import only leaves. data and models know nothing of each other.
+figures, runtime, runlog, hosts) import only leaves. data and models know nothing of each other.
 inference may use data and models; training may use those and inference. Nothing imports the
-dashboard or spec packages. A module's subpackage is its first name below ``pawlab``.
+dashboard, spec or serve packages; serve may use data, models and inference. A module's
+subpackage is its first name below ``pawlab``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ LEAVES = {
     "display",
     "errors",
     "figures",
+    "hosts",
     "preprocessing",
     "progress",
     "registry",
@@ -39,10 +41,11 @@ ALLOWED = {
     "inference": {"data", "models"},
     "training": {"data", "models", "inference"},
     "dashboard": set(),
+    "serve": {"data", "models", "inference"},
     "spec": {"data", "models", "inference", "training"},
-    "top": {"data", "models", "inference", "training", "dashboard", "spec"},
+    "top": {"data", "models", "inference", "training", "dashboard", "spec", "serve"},
 }
-NEVER_IMPORTED = {"dashboard", "spec"}  # only the CLI starts them
+NEVER_IMPORTED = {"dashboard", "spec", "serve"}  # only the CLI (and pawlab.serve) start them
 
 
 def layer(module: str) -> str:

@@ -18,27 +18,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pawlab.dashboard.app import allowed_hosts, create_app, host_for_url
+from pawlab.dashboard.app import create_app
 from pawlab.dashboard.notebook import Dashboard, show, stop
-from pawlab.errors import ConfigError
+from pawlab.hosts import EVERY_INTERFACE, allowed_hosts, bind_address, url_host
 
 __all__ = ["DEFAULT_PORT", "Dashboard", "bind_address", "create_app", "serve", "show", "stop"]
 
 DEFAULT_PORT = 8091  # where Cortex's dashboard was
-_EVERY_INTERFACE = ("0.0.0.0", "::")
-
-
-def bind_address(host: str | None) -> str:
-    """The address to listen on: 127.0.0.1 for None. An empty one is refused: to the socket
-    it means every interface, far more likely an unset variable than a choice."""
-    if host is None:
-        return "127.0.0.1"
-    if not host.strip():
-        raise ConfigError(
-            f"--host {host!r}: an empty address would listen on every interface; for that give "
-            "--host 0.0.0.0 (the page has no authentication), or leave --host out for 127.0.0.1"
-        )
-    return host
 
 
 def serve(
@@ -55,11 +41,10 @@ def serve(
     trusted = allowed_hosts(bind)
     app = create_app(roots, trusted_hosts=trusted, closing=lambda: servers[0].should_exit)
     if trusted is None:
-        where = f"{bind} (every interface)" if bind in _EVERY_INTERFACE else bind
+        where = f"{bind} (every interface)" if bind in EVERY_INTERFACE else bind
         print(f"pawlab dashboard: listening on {where}: the page has no authentication", file=sys.stderr)
     if not quiet:
-        shown = "127.0.0.1" if bind in _EVERY_INTERFACE else bind
-        print(f"dashboard: http://{host_for_url(shown)}:{port}/", flush=True)
+        print(f"dashboard: http://{url_host(bind)}:{port}/", flush=True)
     config = uvicorn.Config(app, host=bind, port=port, log_level="warning", timeout_graceful_shutdown=1)
     servers.append(uvicorn.Server(config))
     servers[0].run()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import ipaddress
 import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,43 +31,13 @@ from starlette.types import Receive, Scope, Send
 
 from pawlab import runlog
 from pawlab.dashboard import store
+from pawlab.hosts import LOOPBACK_HOSTS
 from pawlab.runlog import DamagedFile
 
 STATIC = Path(__file__).with_name("static")
-LOOPBACK_HOSTS = ["127.0.0.1", "localhost"]
 POLL_SECONDS = 0.25  # how often a stream looks for new events
 MAX_STREAMS = 64  # event streams open at once; more get 503
 _MAX_DIGITS = 18  # of an integer in a request: more is no image, epoch or class of any run
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is this machine only: localhost, 127.0.0.0/8, ::1."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
-
-
-def host_for_url(host: str) -> str:
-    """``host`` as it goes in a URL or a ``Host`` header: an IPv6 address in brackets."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    return f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
-
-
-def allowed_hosts(bind: str) -> list[str] | None:
-    """The ``Host`` headers a server listening on ``bind`` answers: on a loopback address the
-    loopback names and the address itself (against DNS rebinding); None, any, on an address
-    beyond this machine (the user's choice)."""
-    if not is_loopback(bind):
-        return None
-    return list(dict.fromkeys([*LOOPBACK_HOSTS, host_for_url(bind).lower()]))
 
 
 def plotly_js() -> Path | None:

@@ -25,8 +25,9 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from pawlab.dashboard import store
-from pawlab.dashboard.app import LOOPBACK_HOSTS, create_app
+from pawlab.dashboard.app import create_app
 from pawlab.errors import ConfigError
+from pawlab.hosts import LOOPBACK_HOSTS
 
 if TYPE_CHECKING:
     import uvicorn

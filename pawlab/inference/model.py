@@ -332,7 +332,7 @@ class Model:
         self.prepare_for(1, tta)
         probs = self.predict_proba(pixels, tta=tta)[0]
         _warn(notes, stacklevel=2)
-        return self._prediction(probs, notes)
+        return self.prediction(probs, notes)
 
     def predict_many(self, images: Sequence[ImageLike], tta: bool = False) -> Predictions:
         """Images (as `predict` takes them) -> their `Predictions`, in order, in batches."""
@@ -347,12 +347,13 @@ class Model:
         self.prepare_for(len(arrays), tta)
         probs = self.predict_proba(arrays, tta=tta)
         _warn([line for n in notes for line in n], stacklevel=3)
-        preds = [self._prediction(p, n) for p, n in zip(probs, notes, strict=True)]
+        preds = [self.prediction(p, n) for p, n in zip(probs, notes, strict=True)]
         names = [str(os.fspath(im)) if isinstance(im, str | os.PathLike) else None for im in images]
         thumbs = [display.shrink(a) if i < Predictions.SHOWN else None for i, a in enumerate(arrays)]
         return Predictions(preds, self.classes, names, thumbs)
 
-    def _prediction(self, probs: np.ndarray, notes: Sequence[str] = ()) -> Prediction:
+    def prediction(self, probs: np.ndarray, notes: Sequence[str] = ()) -> Prediction:
+        """Probabilities (classes,), as `predict_proba` gives them -> their `Prediction`."""
         pm = {c: float(p) for c, p in zip(self.classes, probs, strict=True)}
         return Prediction(pm, self.classes[int(np.argmax(probs))], tuple(notes))
 

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Self
 
 import pytest
 
@@ -51,35 +52,41 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class LiveServer:
-    """uvicorn serving the dashboard app in a thread, on a free loopback port."""
+class AppServer:
+    """uvicorn serving an ASGI ``app`` in a thread, on a free loopback port."""
 
-    def __init__(self, roots: list[Path]) -> None:
+    def __init__(self, app: Any) -> None:
         import uvicorn
-
-        from pawlab.dashboard import create_app
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(roots, closing=lambda: self.server.should_exit)
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=1
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> LiveServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:
             if time.monotonic() > deadline:
-                raise RuntimeError("the dashboard server did not start")
+                raise RuntimeError("the server did not start")
             time.sleep(0.05)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class LiveServer(AppServer):
+    """The dashboard app over ``roots``, served in a thread."""
+
+    def __init__(self, roots: list[Path]) -> None:
+        from pawlab.dashboard import create_app
+
+        super().__init__(create_app(roots, closing=lambda: self.server.should_exit))
 
 
 @pytest.fixture

@@ -1,0 +1,146 @@
+"""One model's engine thread: requests' decoded images wait in a bounded queue and are run
+together, up to ``max_batch`` images gathered for at most ``max_wait`` seconds.
+
+The queue counts images, not requests, and a request's images stay together in one batch. A
+request that finds the queue full is refused at once (`QueueFull`: the server answers 503),
+not kept in a growing backlog; one whose deadline passed before its batch ran, or whose client
+gave up, is dropped unrun. `drain` makes the thread run what is queued without waiting for more
+(the server is stopping), `stop` ends it once the queue is empty.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Run = Callable[[np.ndarray], np.ndarray]  # uint8 (N, H, W, C) -> probabilities (N, classes)
+_POLL = 0.05  # seconds between looks at `draining` while a batch gathers
+
+
+class QueueFull(Exception):
+    """The engine's queue has no room for a request's images."""
+
+
+class Expired(Exception):
+    """A request's deadline passed before its batch ran."""
+
+
+@dataclass
+class _Job:
+    images: np.ndarray  # uint8 (n, H, W, C)
+    deadline: float  # time.monotonic()
+    future: Future[np.ndarray] = field(default_factory=Future)
+
+
+class Batcher:
+    """Runs ``run`` on batches of the images `submit` queues, in a thread of its own."""
+
+    def __init__(
+        self,
+        run: Run,
+        name: str,
+        max_batch: int,
+        max_wait: float,
+        max_queue: int,
+        on_batch: Callable[[int], None] = lambda size: None,
+    ) -> None:
+        self.run, self.max_batch, self.max_wait, self.max_queue = run, max_batch, max_wait, max_queue
+        self.on_batch = on_batch  # told each batch's size once it ran (the metrics set it)
+        self.draining = False  # set from a signal handler: a plain flag, no lock
+        self._jobs: deque[_Job] = deque()
+        self._queued = 0  # images in _jobs
+        self._stopping = False
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name=f"pawlab-serve-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        """Images waiting for a batch."""
+        return self._queued
+
+    def submit(self, images: np.ndarray, deadline: float) -> Future[np.ndarray]:
+        """Queue uint8 (n, H, W, C) images to run before ``deadline`` (``time.monotonic``); the
+        future holds their probabilities (n, classes), or `Expired`. `QueueFull` when they do
+        not fit (a request larger than the whole queue fits only an empty one)."""
+        job = _Job(images, deadline)
+        with self._ready:
+            if self._queued and self._queued + len(images) > self.max_queue:
+                raise QueueFull(f"{self._queued} images queued, at most {self.max_queue}")
+            self._jobs.append(job)
+            self._queued += len(images)
+            self._ready.notify()
+        return job.future
+
+    def drain(self) -> None:
+        self.draining = True
+
+    def stop(self) -> None:
+        """Run what is queued, then end the thread."""
+        with self._ready:
+            self.draining = self._stopping = True
+            self._ready.notify()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._gather()
+            if batch is None:
+                return
+            self._run(batch)
+
+    def _gather(self) -> list[_Job] | None:
+        """The next batch: the first job waiting, and those behind it that fit in
+        ``max_batch`` images, waited for until ``max_wait`` after the first (not while
+        draining). None when stopping with nothing queued."""
+        with self._ready:
+            while not self._jobs:
+                if self._stopping:
+                    return None
+                self._ready.wait()
+            batch = [self._jobs.popleft()]
+            size = len(batch[0].images)
+            until = time.monotonic() + self.max_wait
+            while size < self.max_batch:
+                if self._jobs:
+                    if size + len(self._jobs[0].images) > self.max_batch:
+                        break
+                    batch.append(self._jobs.popleft())
+                    size += len(batch[-1].images)
+                    continue
+                left = until - time.monotonic()
+                if left <= 0 or self.draining:
+                    break
+                self._ready.wait(min(left, _POLL))
+            self._queued -= size
+        return batch
+
+    def _run(self, batch: list[_Job]) -> None:
+        now = time.monotonic()
+        live = []
+        for job in batch:
+            if not job.future.set_running_or_notify_cancel():
+                continue  # its client gave up
+            if job.deadline < now:
+                job.future.set_exception(Expired())
+            else:
+                live.append(job)
+        if not live:
+            return
+        try:
+            probs = self.run(np.concatenate([job.images for job in live]))
+        except Exception as exc:  # a bug, not the request's fault: each request gets a 500
+            for job in live:
+                job.future.set_exception(exc)
+            return
+        self.on_batch(len(probs))
+        start = 0
+        for job in live:
+            job.future.set_result(probs[start : start + len(job.images)])
+            start += len(job.images)

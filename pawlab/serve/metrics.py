@@ -1,0 +1,94 @@
+"""``GET /metrics`` in Prometheus' text format: requests by route and status, their latency,
+batch sizes, images run (its rate is the images per second) and images queued, per model."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pawlab.serve.batcher import Batcher
+from pawlab.serve.models import Served
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def _queued(batcher: Batcher) -> float:
+    return batcher.queued
+
+
+class Metrics:
+    """The server's metrics, in a registry of its own (two apps in one process keep theirs)."""
+
+    def __init__(self, models: Sequence[Served]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "pawlab_serve_requests", "HTTP requests answered", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "pawlab_serve_request_seconds", "from a request's arrival to its answer", ["route"], registry=r
+        )
+        self.batches = Histogram(
+            "pawlab_serve_batch_images", "images per batch run", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.images = Counter("pawlab_serve_images", "images run", ["model"], registry=r)
+        queued = Gauge("pawlab_serve_queue_images", "images waiting for a batch", ["model"], registry=r)
+        for served in models:
+            queued.labels(served.name).set_function(functools.partial(_queued, served.batcher))
+            served.batcher.on_batch = self.batch_counter(served.name)
+
+    def batch_counter(self, model: str) -> Callable[[int], None]:
+        batches, images = self.batches.labels(model), self.images.labels(model)
+
+        def ran(size: int) -> None:
+            batches.observe(size)
+            images.inc(size)
+
+        return ran
+
+    def routes(self) -> list[BaseRoute]:
+        async def metrics(request: Request) -> Response:
+            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+        return [Route("/metrics", metrics)]
+
+
+class Counting:
+    """Counts each answer by its route (as declared, ``/v2/models/{name}/infer``) and status,
+    and times it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "other")
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)

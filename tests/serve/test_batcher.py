@@ -1,0 +1,102 @@
+"""A model's engine thread: batches gathered in order, a bounded queue, deadlines."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from pawlab.serve.batcher import Batcher, Expired, QueueFull
+
+LATER = time.monotonic() + 3600
+
+
+class Held:
+    """A run that gives each image its first pixel as its one 'probability', recording the
+    batch sizes; the first batch is held until `opened` is set."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.entered, self.opened = threading.Event(), threading.Event()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        assert self.opened.wait(timeout=30)
+        self.sizes.append(len(images))
+        return images.reshape(len(images), -1)[:, :1].astype(np.float32)
+
+
+def jobs(n: int, value: int) -> np.ndarray:
+    return np.full((n, 2, 2, 1), value, np.uint8)
+
+
+def test_waiting_requests_are_gathered_in_order_up_to_max_batch() -> None:
+    run = Held()
+    batcher = Batcher(run, "m", max_batch=4, max_wait=0, max_queue=16)
+    first = batcher.submit(jobs(1, 1), LATER)
+    assert run.entered.wait(timeout=30)
+    waiting = [batcher.submit(jobs(n, v), LATER) for n, v in [(1, 2), (2, 3), (2, 4)]]
+    assert batcher.queued == 5
+    run.opened.set()
+    batcher.stop()
+    assert run.sizes == [1, 3, 2]  # the third waiting request did not fit the second batch
+    assert first.result().tolist() == [[1]]
+    assert [f.result().ravel().tolist() for f in waiting] == [[2], [3, 3], [4, 4]]
+
+
+def test_a_batch_waits_for_more_requests_until_draining() -> None:
+    run = Held()
+    run.opened.set()
+    batcher = Batcher(run, "m", max_batch=2, max_wait=3600, max_queue=16)
+    pair = [batcher.submit(jobs(1, v), LATER) for v in (1, 2)]  # the first waits for the second
+    assert [f.result(timeout=30).tolist() for f in pair] == [[[1]], [[2]]]
+    alone = batcher.submit(jobs(1, 3), LATER)  # waits for a second image that never comes ...
+    batcher.drain()  # ... until the server stops
+    assert alone.result(timeout=30).tolist() == [[3]]
+    assert run.sizes == [2, 1]
+    batcher.stop()
+
+
+def test_a_full_queue_refuses_at_once() -> None:
+    run = Held()
+    batcher = Batcher(run, "m", max_batch=1, max_wait=0, max_queue=2)
+    batcher.submit(jobs(1, 0), LATER)
+    assert run.entered.wait(timeout=30)
+    batcher.submit(jobs(2, 0), LATER)
+    with pytest.raises(QueueFull, match="2 images queued, at most 2"):
+        batcher.submit(jobs(1, 0), LATER)
+    run.opened.set()
+    batcher.stop()
+    alone = Batcher(run, "m", max_batch=1, max_wait=0, max_queue=2)
+    assert alone.submit(jobs(3, 5), LATER).result(timeout=30).shape == (3, 1)  # an empty queue takes any
+    alone.stop()
+
+
+def test_expired_and_abandoned_requests_are_not_run() -> None:
+    run = Held()
+    batcher = Batcher(run, "m", max_batch=8, max_wait=0, max_queue=16)
+    held = batcher.submit(jobs(1, 0), LATER)
+    assert run.entered.wait(timeout=30)
+    late = batcher.submit(jobs(1, 1), time.monotonic() - 1)
+    gone = batcher.submit(jobs(1, 2), LATER)
+    assert gone.cancel()
+    kept = batcher.submit(jobs(1, 3), LATER)
+    run.opened.set()
+    batcher.stop()
+    assert held.result().tolist() == [[0]] and kept.result().tolist() == [[3]]
+    with pytest.raises(Expired):
+        late.result()
+    assert run.sizes == [1, 1]
+
+
+def test_a_failing_run_fails_each_request_of_its_batch() -> None:
+    def broken(images: np.ndarray) -> np.ndarray:
+        raise RuntimeError("broken")
+
+    batcher = Batcher(broken, "m", max_batch=4, max_wait=0, max_queue=4)
+    future = batcher.submit(jobs(1, 0), LATER)
+    with pytest.raises(RuntimeError, match="broken"):
+        future.result(timeout=30)
+    batcher.stop()
