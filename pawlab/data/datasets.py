@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -587,5 +588,8 @@ def prepare(
     unreadable files.
     """
     check_output_folder(out, "prepared data")  # before any work
+    start = time.perf_counter()
     result = pack_source(src, out, config, progress=progress, png=png, dedupe=dedupe, strict=strict)
-    return PrepareReport.from_pack(result)
+    report = PrepareReport.from_pack(result)
+    # this call's time (the manifest keeps the time of the run that last wrote it)
+    return replace(report, seconds=time.perf_counter() - start)

@@ -467,7 +467,7 @@ def test_resize_policy_is_recorded(tree: Path, tmp_path: Path, monkeypatch: pyte
     real = runs._load_data
 
     def spy(*args: Any, **kwargs: Any) -> Any:
-        loaded.append(args[-1])
+        loaded.append(args[5])  # resize
         return real(*args, **kwargs)
 
     monkeypatch.setattr(runs, "_load_data", spy)
