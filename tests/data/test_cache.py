@@ -124,15 +124,20 @@ def test_a_folder_that_is_not_a_pawlab_cache_is_refused(root: Path, tmp_path: Pa
     assert not (root / ROOT_MARKER).exists()
 
 
-def test_a_cache_an_earlier_pawlab_made_gets_its_markers(
-    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _model_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real pawlab model file, trained with a cache of its own (the tested one stays as made)."""
     from pawlab.config import TrainConfig
     from tests.conftest import train_tiny
 
     with monkeypatch.context() as m:
         m.setenv("PAWLAB_CACHE_DIR", str(tmp_path / "other-cache"))
-        _, model = train_tiny(tmp_path / "tiny", 4, TrainConfig(epochs=1))
+        return train_tiny(tmp_path / "tiny", 4, TrainConfig(epochs=1))[1]
+
+
+def test_a_cache_an_earlier_pawlab_made_gets_its_markers(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _model_file(tmp_path, monkeypatch)
 
     packed = root / "cats-64-0123456789abcdef0123"
     packed.mkdir(parents=True)
@@ -196,12 +201,7 @@ def test_clear_of_a_folder_of_user_files_is_one_line_and_removes_nothing(tmp_pat
 def test_a_users_model_folder_under_spec_is_never_taken_for_an_entry(
     root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pawlab.config import TrainConfig
-    from tests.conftest import train_tiny
-
-    with monkeypatch.context() as m:
-        m.setenv("PAWLAB_CACHE_DIR", str(tmp_path / "other-cache"))
-        _, model = train_tiny(tmp_path / "tiny", 4, TrainConfig(epochs=1))
+    model = _model_file(tmp_path, monkeypatch)
     mine = root / "spec" / "mymodels"
     mine.mkdir(parents=True)
     (mine / "my-classifier.safetensors").write_bytes(model.read_bytes())
