@@ -47,7 +47,7 @@ CONTAINERS: dict[str, str] = {"packed data": "", "features": "features", "spec m
 FEATURES_FILE = "features.npy"  # a features entry's array
 # before markers: features/<key>.npy, and packed copies named <source>-<size>[-<resize>]-<key>
 _LEGACY_FEATURES = re.compile(r"[0-9a-f]{32}\.npy")
-_LEGACY_PACKED = re.compile(r".*-[0-9]+(-[a-z]+)?-[0-9a-f]{20}")
+_LEGACY_PACKED = re.compile(r".*-[0-9]+(-[a-z]+)?-[0-9a-f]{20}")  # as datasets._cached_copy names them
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -61,10 +61,11 @@ def cache_root() -> Path:
     return Path(base) / "pawlab"
 
 
-def entry(kind: EntryKind, name: str) -> Path:
-    """The folder of the entry ``name`` of ``kind``, made with its marker (and the root's)
-    if it is new; it may already hold what an earlier run cached."""
-    root = cache_root()
+def entry(kind: EntryKind, name: str, root: Path | None = None) -> Path:
+    """The folder of the entry ``name`` of ``kind`` in the cache at ``root`` (default:
+    `cache_root`), made with its marker (and the root's) if it is new; it may already hold
+    what an earlier run cached."""
+    root = root or cache_root()
     path = root / CONTAINERS[kind] / name if CONTAINERS[kind] else root / name
     path.mkdir(parents=True, exist_ok=True)
     _mark_root(root)
@@ -224,7 +225,7 @@ def _holds_model_file(folder: Path) -> bool:
 def adopt_legacy_features(flat: Path) -> Path:
     """Move an earlier pawlab's ``features/<key>.npy`` into its entry folder, marked; the
     entry's folder."""
-    folder = entry("features", flat.name.removesuffix(".npy"))
+    folder = entry("features", flat.name.removesuffix(".npy"), root=flat.parent.parent)
     with contextlib.suppress(FileNotFoundError):  # another process moved it first
         os.replace(flat, folder / FEATURES_FILE)
     return folder
@@ -263,7 +264,10 @@ def list_cache(root: Path | None = None, *, adopt: bool = True) -> CacheListing:
             legacy.append((path, kind))
     if adopt:
         for path, kind in legacy:
-            path = adopt_legacy_features(path) if kind == "features" else _adopted(root, path, kind)
+            if kind == "features":
+                path = adopt_legacy_features(path)
+            else:
+                _mark(path, kind)
             entries.append(_entry(path, kind))
     else:
         entries += [_entry(path, kind) for path, kind in legacy]
@@ -271,12 +275,6 @@ def list_cache(root: Path | None = None, *, adopt: bool = True) -> CacheListing:
     if adopt and entries:
         _mark_root(root)
     return CacheListing(root, is_cache, sorted(entries, key=lambda e: -e.size), foreign)
-
-
-def _adopted(root: Path, path: Path, kind: str) -> Path:
-    _mark_root(root)
-    _mark(path, kind)
-    return path
 
 
 # ----------------------------------------------------------------------------- clearing

@@ -248,9 +248,9 @@ def _cached_copy(src: Path, config: DataConfig) -> Path:
     key = hashlib.blake2b(
         f"{src}\0{size}\0{config.seed}\0{config.val_fraction!r}{policy}{layout}".encode(), digest_size=10
     ).hexdigest()
-    return cache.entry(
-        "packed data", f"{src.name[:40]}-{size}{'' if resize == 'squash' else '-' + resize}-{key}"
-    )
+    # the form an earlier pawlab's unmarked copies are recognised by (cache._LEGACY_PACKED)
+    name = f"{src.name[:40]}-{size}{'' if resize == 'squash' else '-' + resize}-{key}"
+    return cache.entry("packed data", name)
 
 
 def layout_of(manifest: Mapping[str, Any]) -> str:

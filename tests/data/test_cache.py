@@ -217,3 +217,14 @@ def test_a_users_model_folder_under_spec_is_never_taken_for_an_entry(
     with pytest.raises(ConfigError, match="not a pawlab cache"):
         clear_cache(None)
     assert (mine / "NOTES.md").exists() and (digits / "NOTES.md").exists()
+
+
+def test_an_earlier_pawlabs_features_are_adopted_into_the_cache_they_are_in(
+    root: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+    (other / "features").mkdir(parents=True)
+    np.save(other / "features" / f"{'cd' * 16}.npy", np.zeros((1, 2), np.float32))
+    (entry,) = list_cache(other).entries  # a root named, not $PAWLAB_CACHE_DIR
+    assert entry.path == other / "features" / ("cd" * 16) and (entry.path / cache.FEATURES_FILE).is_file()
+    assert not root.exists()
