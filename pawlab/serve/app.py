@@ -9,16 +9,19 @@ has it).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
+from python_multipart import MultipartParser
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import parse_options_header
 from starlette.applications import Starlette
-from starlette.datastructures import Headers, UploadFile
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -29,33 +32,92 @@ from pawlab.serve.metrics import Counting, Metrics
 from pawlab.serve.models import Served
 from pawlab.serve.service import Limits, Refused, Service, error, internal, read_body, refused
 
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # answered without the token
 
 
-async def _parts(headers: Headers, body: bytes, limits: Limits) -> list[tuple[str | None, bytes]]:
-    """A multipart body's files, in upload order, as (file name, bytes)."""
+class _Form:
+    """python-multipart's callbacks, gathering a body's files in upload order as (file name,
+    bytes); at most ``max_parts`` files and as many fields (which are skipped)."""
 
-    async def stream() -> AsyncGenerator[bytes, None]:
-        yield body
+    def __init__(self, max_parts: int) -> None:
+        self.max_parts = max_parts
+        self.files: list[tuple[str | None, bytes]] = []
+        self.fields = 0
+        self.ended = False
+        self._header = [b"", b""]  # the name and value being read
+        self._disposition = b""
+        self._file: tuple[str, bytearray] | None = None  # the part being read, if a file
 
-    parser = MultiPartParser(
-        headers,
-        stream(),
-        max_files=limits.max_parts,
-        max_fields=limits.max_parts,
-        max_part_size=limits.max_body,
-    )
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": lambda data, start, end: self._read(0, data[start:end]),
+            "on_header_value": lambda data, start, end: self._read(1, data[start:end]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+            "on_end": self._body_end,
+        }
+
+    def _begin(self) -> None:
+        self._disposition, self._file = b"", None
+
+    def _read(self, which: int, data: bytes) -> None:
+        self._header[which] += data
+
+    def _header_end(self) -> None:
+        name, value = self._header
+        if name.lower() == b"content-disposition":
+            self._disposition = value
+        self._header = [b"", b""]
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        if b"name" not in options:
+            raise Refused(400, 'multipart body: a part\'s Content-Disposition has no "name"')
+        if b"filename" not in options:
+            self.fields += 1
+            if self.fields > self.max_parts:
+                raise Refused(400, f"multipart body: Too many fields (more than {self.max_parts})")
+            return
+        if len(self.files) >= self.max_parts:
+            raise Refused(400, f"multipart body: Too many files (more than {self.max_parts})")
+        self._file = (options[b"filename"].decode("utf-8", "replace"), bytearray())
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self._file is not None:
+            self._file[1].extend(data[start:end])
+
+    def _end(self) -> None:
+        if self._file is not None:
+            self.files.append((self._file[0], bytes(self._file[1])))
+
+    def _body_end(self) -> None:
+        self.ended = True
+
+
+def _parts(content_type: str, body: bytes, max_parts: int) -> list[tuple[str | None, bytes]]:
+    """A multipart body's files, in upload order, as (file name, bytes). Run in a worker
+    thread: parsing a body of many MiB would hold up the event loop."""
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not boundary:
+        raise Refused(400, "multipart body: its Content-Type names no boundary")
+    form = _Form(max_parts)
     try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise Refused(400, f"multipart body: {exc}") from None
-    try:
-        files = [(v.filename, await v.read()) for _, v in form.multi_items() if isinstance(v, UploadFile)]
-    finally:
-        await form.close()
-    if not files:
+        parser = MultipartParser(boundary, form.callbacks())
+        parser.write(body)
+        parser.finalize()
+    except FormParserError:
+        raise Refused(400, "multipart body: Invalid multipart data.") from None
+    if not form.ended:
+        raise Refused(400, "multipart body: it ends before its closing boundary")
+    if not form.files:
         raise Refused(400, "multipart body: no file in it")
-    return files
+    return form.files
 
 
 async def _uploads(request: Request, limits: Limits) -> tuple[list[tuple[str | None, bytes]], bool]:
@@ -65,7 +127,8 @@ async def _uploads(request: Request, limits: Limits) -> tuple[list[tuple[str | N
         raise Refused(415, f"Content-Type {media or 'missing'}: send image/* or multipart/form-data")
     body = await read_body(request, limits.max_body)
     if media == "multipart/form-data":
-        return await _parts(request.headers, body, limits), True
+        parts = await asyncio.to_thread(_parts, request.headers["content-type"], body, limits.max_parts)
+        return parts, True
     if not body:
         raise Refused(400, "empty body: send an image")
     return [(None, body)], False
@@ -93,6 +156,36 @@ async def _predict(request: Request, service: Service, served: Served, top: int 
     probs = await service.predict(served, uploads)
     answers = [served.answer(p, name, top) for p, (name, _) in zip(probs, uploads, strict=True)]
     return JSONResponse(answers if several else answers[0])
+
+
+def _host_name(header: str) -> str:
+    """A ``Host`` header's name, lower case, without its port: ``[::1]:8090`` -> ``[::1]``."""
+    name = header.lower()
+    if name.startswith("["):
+        return name.partition("]")[0] + "]"
+    return name.partition(":")[0]
+
+
+class HostCheck:
+    """Only requests whose ``Host`` header names one of ``allowed`` (against DNS rebinding);
+    else 400 with one line of JSON, as every refusal."""
+
+    def __init__(self, app: ASGIApp, allowed: list[str]) -> None:
+        self.app = app
+        self.allowed = [h.lower() for h in allowed]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = Headers(scope=scope).get("host", "")
+            if _host_name(given) not in self.allowed:
+                shown = repr(given[:100]) if given else "missing"
+                names = ", ".join(self.allowed)
+                response = error(
+                    400, f"Host {shown}: this server answers only {names} (against DNS rebinding)"
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BearerToken:
@@ -131,7 +224,7 @@ def create_app(
     metrics = Metrics(models)
     middleware = [Middleware(Counting, metrics=metrics)]
     if trusted_hosts is not None:
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts))
+        middleware.append(Middleware(HostCheck, allowed=trusted_hosts))
     if cors_origin is not None:
         middleware.append(
             Middleware(

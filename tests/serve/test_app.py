@@ -215,3 +215,51 @@ def test_no_cors_unless_an_origin_is_named(server: Server, models: dict[str, Pat
     served.batcher.stop()
     assert named.headers["access-control-allow-origin"] == "https://app.example"
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_foreign_host_is_refused_with_one_line_of_json(server: Server) -> None:
+    for host in [f"rebound.example:{server.port}", f"[::2]:{server.port}"]:
+        answer = httpx.get(f"{server.url}/v2/health/live", headers={"Host": host})
+        assert answer.status_code == 400
+        assert answer.json() == {
+            "error": f"Host {host!r}: this server answers only 127.0.0.1, localhost (against DNS rebinding)"
+        }
+    assert httpx.get(f"{server.url}/v2/health/live", headers={"Host": "LocalHost"}).status_code == 200
+
+
+def test_a_multipart_body_cut_short_or_of_a_thousand_parts_is_refused(
+    server: Server, models: dict[str, Path]
+) -> None:
+    jpeg = images(models)[0].read_bytes()
+    whole = b'--x\r\nContent-Disposition: form-data; name="a"; filename="a.jpg"\r\n\r\n' + jpeg + b"\r\n"
+    cut = whole + b'--x\r\nContent-Disposition: form-data; name="b"; filename="b.jpg"\r\n\r\n' + jpeg[:99]
+    answer = post(server.url, cut, "multipart/form-data; boundary=x")
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "multipart body: it ends before its closing boundary"}
+    assert post(server.url, whole + b"--x--\r\n", "multipart/form-data; boundary=x").status_code == 200
+    many = httpx.post(f"{server.url}/v1/predict", files=multipart(1000, b"x"))
+    assert many.status_code == 400
+    assert many.json() == {"error": "multipart body: Too many files (more than 64)"}
+    bare = post(server.url, whole, "multipart/form-data")
+    assert bare.json() == {"error": "multipart body: its Content-Type names no boundary"}
+
+
+def test_a_multipart_body_is_parsed_off_the_event_loop(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pawlab.serve import app as app_module
+
+    parsed_in: list[threading.Thread] = []
+    parse = app_module._parts
+
+    def recording(*args: object) -> object:
+        parsed_in.append(threading.current_thread())
+        return parse(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app_module, "_parts", recording)
+    served = Served.load("first", models["first"], Batching(), compile="off", precision="fp32")
+    with AppServer(create_app([served])) as live:
+        answer = httpx.post(f"{live.url}/v1/predict", files=multipart(2, images(models)[0].read_bytes()))
+    served.batcher.stop()
+    assert answer.status_code == 200 and len(answer.json()) == 2
+    assert len(parsed_in) == 1 and parsed_in[0] is not live.thread  # the loop runs in live.thread
