@@ -1,5 +1,6 @@
-"""The server's web app: ``POST /v1/predict``, the Open Inference Protocol's endpoints
-(`protocol_v2`), ``GET /metrics``, the token and the Host check.
+"""The server's web app: ``POST /v1/predict``, ``GET /v1/models``, the Open Inference
+Protocol's endpoints (`protocol_v2`), ``GET /metrics``, the pages (`page`), ``GET
+/openapi.json`` (`openapi`), the token and the Host check.
 
 The event loop only routes: uploads are decoded in a thread pool and run by each model's
 engine thread (`pawlab.serve.batcher`). Every refusal is a 4xx or 503 whose body is one line
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from python_multipart import MultipartParser
 from python_multipart.exceptions import FormParserError
@@ -27,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pawlab.serve import protocol_v2
+from pawlab.serve import openapi, page, protocol_v2
 from pawlab.serve.metrics import Counting, Metrics
 from pawlab.serve.models import Served
 from pawlab.serve.service import Limits, Refused, Service, error, internal, read_body, refused
@@ -35,7 +36,8 @@ from pawlab.serve.service import Limits, Refused, Service, error, internal, read
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
-OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # answered without the token
+# answered without the token: the probes, the pages and the API's description
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/openapi.json", *page.OPEN_PATHS})
 
 
 class _Form:
@@ -143,12 +145,28 @@ def _top(request: Request) -> int | None:
     return int(raw)
 
 
-def v1_routes(service: Service) -> list[BaseRoute]:
+def described(served: Served, metrics: Metrics) -> dict[str, Any]:
+    """A model as ``GET /v1/models`` lists it: name, digest, classes, input, and its counts."""
+    pre = served.model.preprocessing
+    return {
+        "name": served.name,
+        "digest": served.digest,
+        "classes": list(served.model.classes),
+        "input": {"size": list(pre.size), "channels": pre.channels},
+        **metrics.counts(served.name),
+    }
+
+
+def v1_routes(service: Service, metrics: Metrics) -> list[BaseRoute]:
     async def predict(request: Request) -> Response:
         served = service.model(request.query_params.get("model"))
         return await service.in_time(_predict(request, service, served, _top(request)))
 
-    return [Route("/v1/predict", predict, methods=["POST"])]
+    async def models(request: Request) -> Response:
+        listed = [described(s, metrics) for s in service.models.values()]
+        return JSONResponse({"models": listed, "requests": metrics.answered()})
+
+    return [Route("/v1/predict", predict, methods=["POST"]), Route("/v1/models", models)]
 
 
 async def _predict(request: Request, service: Service, served: Served, top: int | None) -> Response:
@@ -189,8 +207,9 @@ class HostCheck:
 
 
 class BearerToken:
-    """Every request but the health probes must carry ``Authorization: Bearer TOKEN``
-    (compared in constant time); else 401."""
+    """Every request but to `OPEN_PATHS` must carry ``Authorization: Bearer TOKEN``
+    (compared in constant time); else 401. ``GET /v1/models`` needs it too: it tells the
+    models' classes and what they ran."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
@@ -217,7 +236,7 @@ def create_app(
     ready: Callable[[], bool] = lambda: True,
 ) -> Starlette:
     """The app over ``models`` (the first answers requests that name none). ``token``: every
-    request but the health probes needs it; ``trusted_hosts``: the ``Host`` headers answered
+    request but to `OPEN_PATHS` needs it; ``trusted_hosts``: the ``Host`` headers answered
     (None: any); ``cors_origin``: the one origin whose pages may call it; ``ready()``: whether
     it takes requests (false while stopping)."""
     service = Service(models, limits, ready)
@@ -237,7 +256,13 @@ def create_app(
     if token is not None:
         middleware.append(Middleware(BearerToken, token=token))
     return Starlette(
-        routes=[*v1_routes(service), *protocol_v2.routes(service), *metrics.routes()],
+        routes=[
+            *v1_routes(service, metrics),
+            *protocol_v2.routes(service),
+            *metrics.routes(),
+            *page.routes(),
+            *openapi.routes(token is not None),
+        ],
         middleware=middleware,
         exception_handlers={HTTPException: refused, Exception: internal},
     )

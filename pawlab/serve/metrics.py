@@ -24,6 +24,12 @@ from pawlab.serve.batcher import Batcher
 from pawlab.serve.models import Served
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+PREDICTING = ("/v1/predict", "/v2/models/{name}/infer")  # the routes that run images
+COUNTS = {  # a model's `Metrics.counts`: its samples
+    "images": "pawlab_serve_images_total",
+    "batches": "pawlab_serve_batch_images_count",
+    "queued": "pawlab_serve_queue_images",
+}
 
 
 def _queued(batcher: Batcher) -> float:
@@ -59,6 +65,22 @@ class Metrics:
             images.inc(size)
 
         return ran
+
+    def counts(self, model: str) -> dict[str, int]:
+        """``model``'s images run, batches run and images waiting, so far."""
+        return {
+            key: int(self.registry.get_sample_value(sample, {"model": model}) or 0)
+            for key, sample in COUNTS.items()
+        }
+
+    def answered(self) -> dict[str, int]:
+        """Requests to the routes that run images (`PREDICTING`) answered so far, by status."""
+        by_status: dict[str, int] = {}
+        for family in self.requests.collect():
+            for s in family.samples:
+                if s.name.endswith("_total") and s.labels["route"] in PREDICTING:
+                    by_status[s.labels["status"]] = by_status.get(s.labels["status"], 0) + int(s.value)
+        return by_status
 
     def routes(self) -> list[BaseRoute]:
         async def metrics(request: Request) -> Response:

@@ -263,3 +263,37 @@ def test_a_multipart_body_is_parsed_off_the_event_loop(
     served.batcher.stop()
     assert answer.status_code == 200 and len(answer.json()) == 2
     assert len(parsed_in) == 1 and parsed_in[0] is not live.thread  # the loop runs in live.thread
+
+
+def test_the_models_are_listed_with_what_they_ran(server: Server, models: dict[str, Path]) -> None:
+    before = httpx.get(f"{server.url}/v1/models").json()
+    assert [m["name"] for m in before["models"]] == ["first", "second"]
+    for listed in before["models"]:
+        pixels = httpx.get(f"{server.url}/v2/models/{listed['name']}").json()["inputs"][1]["shape"]
+        assert listed["digest"] == digest(models[listed["name"]]) and listed["classes"] == ["cat", "dog"]
+        assert [*listed["input"]["size"], listed["input"]["channels"]] == pixels[1:]
+    jpeg = images(models)[0].read_bytes()
+    assert httpx.post(f"{server.url}/v1/predict?model=second", files=multipart(3, jpeg)).status_code == 200
+    assert post(server.url, b"", model="second").status_code == 400
+    after = httpx.get(f"{server.url}/v1/models").json()
+    (first, second), (first_then, second_then) = after["models"], before["models"]
+    assert second["images"] == second_then["images"] + 3 and second["batches"] > second_then["batches"]
+    assert first["images"] == first_then["images"] and second["queued"] == 0
+    assert after["requests"]["200"] == before["requests"].get("200", 0) + 1
+    assert after["requests"]["400"] == before["requests"].get("400", 0) + 1
+
+
+def test_the_pages_answer_without_the_token_but_the_models_need_it(models: dict[str, Path]) -> None:
+    served = Served.load("first", models["first"], Batching(), compile="off", precision="fp32")
+    with AppServer(create_app([served], token="s3cret")) as live:
+        pages = {p: httpx.get(f"{live.url}{p}") for p in ["/", "/docs", "/static/page.js", "/openapi.json"]}
+        models_answer = httpx.get(f"{live.url}/v1/models")
+        with_token = httpx.get(f"{live.url}/v1/models", headers={"Authorization": "Bearer s3cret"})
+        unknown = httpx.get(f"{live.url}/static/nope", headers={"Authorization": "Bearer s3cret"})
+    served.batcher.stop()
+    assert {p: a.status_code for p, a in pages.items()} == dict.fromkeys(pages, 200)
+    assert pages["/"].headers["content-security-policy"].startswith("default-src 'none'; script-src 'self'")
+    assert '<script src="static/page.js"></script>' in pages["/"].text and "<script>" not in pages["/"].text
+    assert models_answer.status_code == 401 and "token" in models_answer.json()["error"]
+    assert with_token.status_code == 200 and with_token.json()["models"][0]["name"] == "first"
+    assert unknown.status_code == 404 and unknown.json() == {"error": "no file /static/nope"}
