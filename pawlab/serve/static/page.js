@@ -5,7 +5,8 @@
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "pawlab-serve-token";
 const POLL_MS = 2000;
-const RATE_WINDOW_MS = 5000;  // images/s: over the polls of the last few seconds
+const RATE_WINDOW_MS = 5000;  // images/s: over the polls of the last few seconds ...
+const RATE_MIN_MS = 2000;     // ... once they span this much (a shorter span says little)
 
 const state = {
   models: [],     // from /v1/models
@@ -53,6 +54,7 @@ async function call(path, options = {}) {
 
 function askForToken(reason) {
   $("token-form").classList.remove("hidden");
+  if (!state.models.length) $("models").replaceChildren(el("p", "card hint", "The models show once the token is given."));
   if (sessionStorage.getItem(TOKEN_KEY)) $("token-hint").textContent = `The server said: ${reason}`;
   $("token").focus();
 }
@@ -105,7 +107,7 @@ function showStats(answer) {
   $("stat-requests").textContent = requests.toLocaleString();
   $("stat-images").textContent = images.toLocaleString();
   $("stat-queued").textContent = queued.toLocaleString();
-  $("stat-rate").textContent = now > t0 ? ((images - n0) / ((now - t0) / 1000)).toFixed(1) : "–";
+  $("stat-rate").textContent = now - t0 >= RATE_MIN_MS ? ((images - n0) / ((now - t0) / 1000)).toFixed(1) : "–";
 }
 
 async function refresh() {
@@ -113,7 +115,7 @@ async function refresh() {
   try {
     const answer = await call("v1/models");
     const names = answer.models.map((m) => m.name + m.digest).join();
-    if (names !== state.models.map((m) => m.name + m.digest).join() || !$("models").children.length) {
+    if (names !== state.models.map((m) => m.name + m.digest).join()) {
       state.models = answer.models;
       showModels(answer.models);
     } else {
