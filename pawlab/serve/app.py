@@ -49,15 +49,15 @@ class _Form:
         self.files: list[tuple[str | None, bytes]] = []
         self.fields = 0
         self.ended = False
-        self._header = [b"", b""]  # the name and value being read
+        self._name = self._value = b""  # of the header being read
         self._disposition = b""
         self._file: tuple[str, bytearray] | None = None  # the part being read, if a file
 
     def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._begin,
-            "on_header_field": lambda data, start, end: self._read(0, data[start:end]),
-            "on_header_value": lambda data, start, end: self._read(1, data[start:end]),
+            "on_header_field": self._header_name,
+            "on_header_value": self._header_value,
             "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._data,
@@ -68,14 +68,16 @@ class _Form:
     def _begin(self) -> None:
         self._disposition, self._file = b"", None
 
-    def _read(self, which: int, data: bytes) -> None:
-        self._header[which] += data
+    def _header_name(self, data: bytes, start: int, end: int) -> None:
+        self._name += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
 
     def _header_end(self) -> None:
-        name, value = self._header
-        if name.lower() == b"content-disposition":
-            self._disposition = value
-        self._header = [b"", b""]
+        if self._name.lower() == b"content-disposition":
+            self._disposition = self._value
+        self._name = self._value = b""
 
     def _headers_finished(self) -> None:
         _, options = parse_options_header(self._disposition)
@@ -113,8 +115,8 @@ def _parts(content_type: str, body: bytes, max_parts: int) -> list[tuple[str | N
         parser = MultipartParser(boundary, form.callbacks())
         parser.write(body)
         parser.finalize()
-    except FormParserError:
-        raise Refused(400, "multipart body: Invalid multipart data.") from None
+    except FormParserError as exc:
+        raise Refused(400, f"multipart body: malformed: {exc}") from None
     if not form.ended:
         raise Refused(400, "multipart body: it ends before its closing boundary")
     if not form.files:

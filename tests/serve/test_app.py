@@ -297,3 +297,18 @@ def test_the_pages_answer_without_the_token_but_the_models_need_it(models: dict[
     assert models_answer.status_code == 401 and "token" in models_answer.json()["error"]
     assert with_token.status_code == 200 and with_token.json()["models"][0]["name"] == "first"
     assert unknown.status_code == 404 and unknown.json() == {"error": "no file /static/nope"}
+
+
+def test_a_malformed_multipart_body_is_refused_with_its_reason(server: Server) -> None:
+    part = b'Content-Disposition: form-data; name="a"; filename="a.jpg"\r\n\r\nb\r\n'
+    cases = {
+        b"--y\r\n"
+        + part
+        + b"--y--\r\n": "multipart body: malformed: Expected boundary character 120, got 121",
+        b"--x\r\n" + part.replace(b'name="a"; ', b"") + b"--x--\r\n": (
+            'multipart body: a part\'s Content-Disposition has no "name"'
+        ),
+    }
+    for body, reason in cases.items():
+        answer = post(server.url, body, "multipart/form-data; boundary=x")
+        assert answer.status_code == 400 and answer.json()["error"].startswith(reason), answer.text
