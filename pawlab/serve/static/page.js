@@ -5,6 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "pawlab-serve-token";
 const POLL_MS = 2000;
+const PER_REQUEST = 16;  // images posted in one request
 const RATE_WINDOW_MS = 5000;  // images/s: over the polls of the last few seconds ...
 const RATE_MIN_MS = 2000;     // ... once they span this much (a shorter span says little)
 
@@ -199,13 +200,9 @@ function form(cards) {
   return data;
 }
 
-// Post the files in one multipart request; when one of them is no image (422), each alone,
+// Post cards' files in one multipart request; when one of them is no image (422), each alone,
 // so that every image gets its answer and the one at fault its reason.
-async function classify(files) {
-  if (!files.length) return;
-  const cards = files.map((file) => ({ file, ...card(file) }));
-  $("results").prepend(...cards.map((c) => c.item));
-  const url = predictUrl();
+async function post(url, cards) {
   try {
     const answers = await call(url, { method: "POST", body: form(cards) });
     answers.forEach((answer, i) => cards[i].show(answer));
@@ -213,10 +210,21 @@ async function classify(files) {
     if (e.status !== 422 || cards.length === 1) {
       cards.forEach((c) => c.fail(e.error));
     } else {
-      await Promise.all(cards.map((c) => call(url, { method: "POST", body: form([c]) })
-        .then((answers) => c.show(answers[0]), (err) => c.fail(err.error))));
+      await Promise.all(cards.map((c) => post(url, [c])));
     }
   }
+}
+
+// The files' cards, then their answers: PER_REQUEST images a request (the server's limit on
+// parts is 64 by default), the requests at once (the server batches them).
+async function classify(files) {
+  if (!files.length) return;
+  const cards = files.map((file) => ({ file, ...card(file) }));
+  $("results").prepend(...cards.map((c) => c.item));
+  const url = predictUrl();
+  const groups = [];
+  for (let i = 0; i < cards.length; i += PER_REQUEST) groups.push(cards.slice(i, i + PER_REQUEST));
+  await Promise.all(groups.map((group) => post(url, group)));
   refresh();
 }
 
