@@ -37,13 +37,12 @@ def write_as_training_does(path: Path, data: bytes) -> None:
     os.replace(temp, path)
 
 
-def predicted(model: Path, image: Path) -> dict[str, float]:
-    """``pawlab predict --json``'s probability map for ``image``."""
-    cmd = [sys.executable, "-m", "pawlab", "predict", model, image, "--json"]
+def predicted(model: Path, *images: Path) -> list[dict[str, float]]:
+    """``pawlab predict --json``'s probability map for each image."""
+    cmd = [sys.executable, "-m", "pawlab", "predict", model, *images, "--json"]
     cmd += ["--compile", "off", "--precision", "fp32"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
-    found: dict[str, float] = json.loads(out)["probability-map"]
-    return found
+    return [json.loads(line)["probability-map"] for line in out.splitlines()]
 
 
 def ask(url: str, body: bytes) -> httpx.Response:
@@ -60,7 +59,7 @@ def ready(url: str) -> bool:
 def test_a_run_s_new_model_answers_from_the_next_batch(models: dict[str, Path], tmp_path: Path) -> None:
     image = sorted(models["cats"].iterdir())[0]
     body = image.read_bytes()
-    by_digest = {file_digest(models[n]): predicted(models[n], image) for n in ("first", "second")}
+    by_digest = {file_digest(models[n]): predicted(models[n], image)[0] for n in ("first", "second")}
     second = file_digest(models["second"])
     run = run_dir(tmp_path, models["first"])
     srv = Server(run, quiet=False)

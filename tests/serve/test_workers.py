@@ -13,6 +13,7 @@ import pytest
 
 from tests.serve.conftest import Server, wait_until
 from tests.serve.test_follow import ask, predicted
+from tests.test_cli import assert_one_line_error, pawlab
 
 
 def workers(srv: Server) -> list[psutil.Process]:
@@ -37,18 +38,17 @@ def accepted(procs: list[psutil.Process], port: int) -> int:
     )
 
 
+@pytest.mark.slow  # three processes, each importing torch
 def test_workers_answer_as_one_server_and_one_that_dies_is_replaced(models: dict[str, Path]) -> None:
     images = sorted(models["cats"].iterdir())[:2] + sorted(models["dogs"].iterdir())[:2]
     srv = Server(models["first"], "--workers", 2, quiet=False)
     try:
         first = workers(srv)
         assert len(first) == 2 and first[0].pid != first[1].pid
-        for image in images:
+        for image, expected in zip(images, predicted(models["first"], *images), strict=True):
             answer = ask(srv.url, image.read_bytes())
             assert answer.status_code == 200
-            assert answer.json()["probability-map"] == pytest.approx(
-                predicted(models["first"], image), abs=1e-6
-            )
+            assert answer.json()["probability-map"] == pytest.approx(expected, abs=1e-6)
         first[0].kill()
         wait_until(lambda: len(workers(srv)) == 2 and first[0] not in workers(srv), "a worker replaced")
         wait_until(lambda: ask(srv.url, images[0].read_bytes()).status_code == 200, "answered")
@@ -61,6 +61,7 @@ def test_workers_answer_as_one_server_and_one_that_dies_is_replaced(models: dict
     assert re.fullmatch(r"pawlab serve: stopped: \d+ requests answered, 0 unanswered", lines[1])
 
 
+@pytest.mark.slow  # three processes, each importing torch
 def test_sigterm_reaches_every_worker_and_each_answers_what_it_accepted(models: dict[str, Path]) -> None:
     # a batch would wait 10 minutes for 64 images: only the stop runs these
     srv = Server(models["first"], "--workers", 2, "--max-batch", 64, "--max-wait-ms", 600_000, quiet=False)
@@ -79,3 +80,10 @@ def test_sigterm_reaches_every_worker_and_each_answers_what_it_accepted(models: 
     assert status == 0
     assert re.fullmatch(r"pawlab serve: stopped: \d+ requests answered, 0 unanswered", err.splitlines()[-1])
     assert not any(p.is_running() for p in procs)
+
+
+@pytest.mark.slow  # three processes, each importing torch
+def test_a_model_a_worker_cannot_load_is_one_line(tmp_path: Path) -> None:
+    proc = pawlab("serve", tmp_path / "none.safetensors", "--workers", "2", "--compile", "off")
+    assert_one_line_error(proc, f"pawlab serve: error: {tmp_path / 'none.safetensors'}: no such model file")
+    assert proc.returncode == 1
