@@ -4,8 +4,9 @@ followers of runs), under this process.
 The socket is bound here once and given to each worker (spawned, not forked: no threads or
 torch state are copied). SIGTERM or Ctrl-C here becomes SIGTERM to every worker, each of which
 drains as a single server does; a second Ctrl-C kills them. A worker that ends on its own is
-replaced, with one line. Each worker adds what it answered to a shared array when it stops,
-and this process prints the sum.
+replaced, with one line (unless it never started: then it says why, and the others go on).
+Each worker adds what it answered to a shared array when it stops, and this process prints the
+sum.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def _worker(
         counts[2 * number - 1] += tally.unanswered
 
 
+def _say(line: str) -> None:
+    print(f"pawlab serve: {line}", file=sys.stderr, flush=True)
+
+
 class _Workers:
     """The worker processes, numbered from 1, and whether they were told to stop."""
 
@@ -61,6 +66,7 @@ class _Workers:
         self.failures: Queue[PawlabError] = _ctx.Queue()
         self.started = [_ctx.Event() for _ in range(n)]
         self.stopping = False
+        self.given_up: set[int] = set()  # the workers that could not start again, by index
         self.procs = [self._spawn(k) for k in range(1, n + 1)]
 
     def _spawn(self, number: int) -> BaseProcess:
@@ -97,18 +103,22 @@ class _Workers:
             self.wait()
 
     def supervise(self) -> None:
-        """Until every worker ended after a signal; replace one that ends before."""
+        """Until every worker ended after a signal. One that ends before is replaced, unless
+        it never started (its model no longer loads: another would fail the same way)."""
         while any(p.exitcode is None for p in self.procs):
             self.wait()
             for k, proc in enumerate(self.procs):
-                if proc.exitcode is not None and not self.stopping:
-                    print(
-                        f"pawlab serve: worker {k + 1} ended unexpectedly (exit status {proc.exitcode}); "
-                        "starting another",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                if proc.exitcode is None or self.stopping or k in self.given_up:
+                    continue
+                if self.started[k].is_set():
+                    _say(f"worker {k + 1} ended unexpectedly (exit status {proc.exitcode}); starting another")
                     self.procs[k] = self._spawn(k + 1)
+                else:
+                    why = self.failures.get() if not self.failures.empty() else f"exit status {proc.exitcode}"
+                    _say(f"warning: worker {k + 1} could not start ({why}); not replaced")
+                    self.given_up.add(k)
+            if len(self.given_up) == len(self.procs):
+                raise WorkerError("no worker left to answer")
 
     def tally(self) -> tuple[int, int]:
         return sum(self.counts[0::2]), sum(self.counts[1::2])
@@ -134,9 +144,8 @@ def run_workers(settings: Settings, n: int, announce: Callable[[], None]) -> tup
             signal.signal(sig, handler)
         sock.close()
     # a worker still loading its models when SIGTERM came ends by it, having accepted nothing
-    failed = [
-        (k + 1, p.exitcode) for k, p in enumerate(workers.procs) if p.exitcode not in (0, -signal.SIGTERM)
-    ]
+    ended = [(k + 1, p.exitcode) for k, p in enumerate(workers.procs) if k not in workers.given_up]
+    failed = [(k, code) for k, code in ended if code not in (0, -signal.SIGTERM)]
     if failed:
         raise WorkerError(", ".join(f"worker {k} ended with exit status {code}" for k, code in failed))
     return workers.tally()

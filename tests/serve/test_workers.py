@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -38,10 +39,24 @@ def accepted(procs: list[psutil.Process], port: int) -> int:
     )
 
 
+def lines(srv: Server, n: int) -> list[str]:
+    """The next ``n`` lines the server prints on stderr, as they come."""
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(srv.proc.stderr.readline() for _ in range(n)))  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout=60)
+    assert len(said) == n, said
+    return said
+
+
 @pytest.mark.slow  # three processes, each importing torch
-def test_workers_answer_as_one_server_and_one_that_dies_is_replaced(models: dict[str, Path]) -> None:
+def test_workers_answer_as_one_server_and_one_that_dies_is_replaced(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
     images = sorted(models["cats"].iterdir())[:2] + sorted(models["dogs"].iterdir())[:2]
-    srv = Server(models["first"], "--workers", 2, quiet=False)
+    model = tmp_path / "first.safetensors"
+    shutil.copy(models["first"], model)
+    srv = Server(model, "--workers", 2, quiet=False)
     try:
         first = workers(srv)
         assert len(first) == 2 and first[0].pid != first[1].pid
@@ -49,16 +64,24 @@ def test_workers_answer_as_one_server_and_one_that_dies_is_replaced(models: dict
             answer = ask(srv.url, image.read_bytes())
             assert answer.status_code == 200
             assert answer.json()["probability-map"] == pytest.approx(expected, abs=1e-6)
+        model.write_bytes(b"broken")  # a worker that dies now cannot be replaced
+        first[1].kill()
+        said = lines(srv, 2)
+        assert ask(srv.url, images[0].read_bytes()).status_code == 200  # worker 1 answers
+        shutil.copy(models["first"], model)
         first[0].kill()
-        wait_until(lambda: len(workers(srv)) == 2 and first[0] not in workers(srv), "a worker replaced")
-        wait_until(lambda: ask(srv.url, images[0].read_bytes()).status_code == 200, "answered")
+        answer = ask(srv.url, images[0].read_bytes())  # only worker 1's replacement can answer it
+        assert answer.status_code == 200 and first[0] not in workers(srv)
     finally:
         status, err = srv.stop()
     assert status == 0, err
-    lines = err.splitlines()
-    assert lines[0] == "pawlab serve: worker 1 ended unexpectedly (exit status -9); starting another"
-    # the killed worker's count is lost with it; multiprocessing may warn of a lock it held
-    assert re.fullmatch(r"pawlab serve: stopped: \d+ requests answered, 0 unanswered", lines[1])
+    assert said[0] == "pawlab serve: worker 2 ended unexpectedly (exit status -9); starting another\n"
+    assert said[1].startswith(f"pawlab serve: warning: worker 2 could not start ({model}: not a readable")
+    assert said[1].endswith("); not replaced\n")
+    rest = err.splitlines()
+    assert rest[0] == "pawlab serve: worker 1 ended unexpectedly (exit status -9); starting another"
+    # the killed workers' counts are lost with them; multiprocessing may warn of a lock they held
+    assert re.fullmatch(r"pawlab serve: stopped: \d+ requests answered, 0 unanswered", rest[1])
 
 
 @pytest.mark.slow  # three processes, each importing torch
