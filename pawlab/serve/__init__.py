@@ -26,7 +26,7 @@ from pawlab.errors import ConfigError
 from pawlab.hosts import EVERY_INTERFACE, bind_address, is_loopback, url_host
 from pawlab.serve.app import create_app
 from pawlab.serve.follow import wait_for
-from pawlab.serve.lifecycle import Model, Settings, run_server, stopped_line
+from pawlab.serve.lifecycle import ModelFile, Settings, run_server, stopped_line
 from pawlab.serve.models import Batching, Loading, Served, model_names, run_model_file
 from pawlab.serve.service import Limits
 from pawlab.serve.workers import run_workers
@@ -90,7 +90,8 @@ def serve(
     finish the accepted requests within ``grace`` seconds. A run is followed: each better
     model file it writes answers from the next batch on. ``host=None``: this machine only; any
     other address needs ``token`` (every request but the health probes must send it) or
-    ``no_auth``. ``workers``: processes answering on the one port, each with its own engines."""
+    ``no_auth``. ``workers``: processes answering on the one port, each with its own engines
+    (spawned: a script calling this with ``workers > 1`` needs ``if __name__ == "__main__":``)."""
     bind = bind_address(host)
     check_access(bind, token, no_auth)
     if workers < 1:
@@ -98,7 +99,7 @@ def serve(
     if no_auth and not is_loopback(bind):
         print(f"pawlab serve: warning: --no-auth: anyone who can reach {bind} may use it", file=sys.stderr)
     named = [
-        Model(name, run_model_file(path), True) if path.is_dir() else Model(name, path, False)
+        ModelFile(name, run_model_file(path), True) if path.is_dir() else ModelFile(name, path, False)
         for name, path in model_names(models)
     ]
     for m in named:

@@ -21,7 +21,7 @@ from pawlab.serve.service import Limits
 
 
 @dataclass(frozen=True)
-class Model:
+class ModelFile:
     """A model to serve: its name, its file, and whether that file is a run's (followed)."""
 
     name: str
@@ -33,7 +33,7 @@ class Model:
 class Settings:
     """Everything a server (or each worker process) needs to start: a process can be given it."""
 
-    models: tuple[Model, ...]
+    models: tuple[ModelFile, ...]
     bind: str
     port: int
     batching: Batching
