@@ -102,9 +102,10 @@ def serve(
         ModelFile(name, run_model_file(path), True) if path.is_dir() else ModelFile(name, path, False)
         for name, path in model_names(models)
     ]
-    for m in named:
-        if m.follow:
-            wait_for(m.path, m.name, quiet)
+    if not all(wait_for(m.path, m.name, quiet) for m in named if m.follow):
+        if not quiet:
+            print(stopped_line(0, 0), file=sys.stderr, flush=True)  # SIGTERM before a model came
+        return
     settings = Settings(
         tuple(named),
         bind,

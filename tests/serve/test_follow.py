@@ -149,3 +149,21 @@ def test_a_run_without_a_model_yet_is_waited_for(models: dict[str, Path], tmp_pa
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert re.fullmatch(r"pawlab serve: stopped: \d+ requests answered, 0 unanswered\n", err)
+
+
+def test_sigterm_while_waiting_for_a_run_s_model_ends_it_with_status_0(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "pawlab", "serve", tmp_path, "--port", str(free_port()), "--compile", "off"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stderr is not None
+    waiting = proc.stderr.readline()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert (
+        waiting
+        == f"pawlab serve: {tmp_path.name}: waiting for the run to write {tmp_path / 'model.safetensors'}\n"
+    )
+    assert (proc.returncode, out, err) == (
+        0,
+        "",
+        "pawlab serve: stopped: 0 requests answered, 0 unanswered\n",
+    )
