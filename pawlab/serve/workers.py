@@ -5,8 +5,8 @@ The socket is bound here once and given to each worker (spawned, not forked: no 
 torch state are copied). SIGTERM or Ctrl-C here becomes SIGTERM to every worker, each of which
 drains as a single server does; a second Ctrl-C kills them. A worker that ends on its own is
 replaced, with one line (unless it never started: then it says why, and the others go on).
-Each worker adds what it answered to a shared array when it stops, and this process prints the
-sum.
+Each worker tells this process through a pipe when it started, and what it answered when it
+stopped; this process prints the sum.
 """
 
 from __future__ import annotations
@@ -16,87 +16,115 @@ import os
 import signal
 import socket
 import sys
+import threading
 import types
 from collections.abc import Callable
-from multiprocessing.connection import wait
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from multiprocessing.queues import Queue
-from multiprocessing.sharedctypes import SynchronizedArray
-from multiprocessing.synchronize import Event
 
 import uvicorn
+from tqdm import tqdm
 
 from pawlab.errors import PawlabError, WorkerError
 from pawlab.serve.lifecycle import Settings, run_server
 
 _ctx = multiprocessing.get_context("spawn")
+STARTED = "started"
 
 
-def _worker(
-    settings: Settings,
-    sock: socket.socket,
-    number: int,
-    started: Event,
-    counts: SynchronizedArray[int],
-    failures: Queue[PawlabError],
-) -> None:
-    """A worker process: its server on ``sock``; ``started`` once its models are loaded;
-    (answered, unanswered) added to ``counts`` at its slot when it stops."""
+def _worker(settings: Settings, sock: socket.socket, number: int, parent: Connection) -> None:
+    """A worker process: its server on ``sock``. It tells ``parent`` `STARTED` once its models
+    are loaded, then (answered, unanswered) when it stops; or the error it could not start
+    with."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
+    # tqdm (inference's hidden progress bar) would make a lock between processes, which a killed
+    # worker leaves behind for multiprocessing to warn of; one in this process is enough
+    tqdm.set_lock(threading.RLock())
     try:
-        tally = run_server(settings, started.set, [sock], worker=number)
+        tally = run_server(settings, lambda: parent.send(STARTED), [sock], worker=number)
     except PawlabError as exc:
-        failures.put(exc)
+        parent.send(exc)
         sys.exit(1)
-    with counts.get_lock():
-        counts[2 * number - 2] += tally.answered
-        counts[2 * number - 1] += tally.unanswered
+    parent.send((tally.answered, tally.unanswered))
 
 
 def _say(line: str) -> None:
     print(f"pawlab serve: {line}", file=sys.stderr, flush=True)
 
 
+@dataclass
+class _Slot:
+    """A worker's place, numbered from 1: its process now, this end of its pipe, and what it
+    said."""
+
+    number: int
+    proc: BaseProcess
+    conn: Connection
+    started: bool = False
+    failure: PawlabError | None = None
+    given_up: bool = False  # its replacement could not start: not tried again
+
+
 class _Workers:
-    """The worker processes, numbered from 1, and whether they were told to stop."""
+    """The worker processes, what they answered, and whether they were told to stop."""
 
     def __init__(self, settings: Settings, n: int, sock: socket.socket) -> None:
         self.settings, self.sock = settings, sock
-        self.counts: SynchronizedArray[int] = _ctx.Array("q", 2 * n)
-        self.failures: Queue[PawlabError] = _ctx.Queue()
-        self.started = [_ctx.Event() for _ in range(n)]
+        self.answered = self.unanswered = 0
         self.stopping = False
-        self.given_up: set[int] = set()  # the workers that could not start again, by index
-        self.procs = [self._spawn(k) for k in range(1, n + 1)]
+        self.slots = [self._spawn(k) for k in range(1, n + 1)]
 
-    def _spawn(self, number: int) -> BaseProcess:
-        self.started[number - 1].clear()
-        args = (self.settings, self.sock, number, self.started[number - 1], self.counts, self.failures)
+    def _spawn(self, number: int) -> _Slot:
+        mine, theirs = _ctx.Pipe(duplex=False)
+        args = (self.settings, self.sock, number, theirs)
         proc = _ctx.Process(target=_worker, args=args, name=f"pawlab-serve-worker-{number}")
         proc.start()
-        return proc
+        theirs.close()  # the worker has its own copy
+        return _Slot(number, proc, mine)
+
+    def _listen(self, slot: _Slot) -> None:
+        """Take in what ``slot``'s worker said."""
+        try:
+            while slot.conn.poll():
+                said = slot.conn.recv()
+                if said == STARTED:
+                    slot.started = True
+                elif isinstance(said, PawlabError):
+                    slot.failure = said
+                else:
+                    self.answered += said[0]
+                    self.unanswered += said[1]
+        except (EOFError, OSError):
+            pass  # it ended
 
     def signal(self, sig: int, frame: types.FrameType | None) -> None:
         kill = self.stopping and sig == signal.SIGINT  # a second Ctrl-C: now
         self.stopping = True
-        for proc in self.procs:
-            if proc.pid is not None and proc.exitcode is None:
-                os.kill(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        for slot in self.slots:
+            if slot.proc.pid is not None and slot.proc.exitcode is None:
+                os.kill(slot.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
 
     def wait(self) -> None:
-        """Until a worker ends, or a signal comes (at most a second)."""
-        wait([p.sentinel for p in self.procs if p.exitcode is None], timeout=1)
+        """Until a worker says something or ends, or a signal comes (at most a second); then
+        take in what they said."""
+        running = [s for s in self.slots if s.proc.exitcode is None]
+        wait([s.proc.sentinel for s in running] + [s.conn for s in running], timeout=1)
+        for slot in self.slots:
+            self._listen(slot)
 
     def await_start(self) -> None:
         """Return once every worker loaded its models; if one fails first, stop the others and
         raise its error."""
-        while not all(e.is_set() for e in self.started):
-            if self.stopping or any(p.exitcode is not None for p in self.procs):
+        while not all(s.started for s in self.slots):
+            if self.stopping or any(s.proc.exitcode is not None for s in self.slots):
                 self.signal(signal.SIGTERM, None)
-                for proc in self.procs:
-                    proc.join()
-                if not self.failures.empty():
-                    raise self.failures.get()
+                for slot in self.slots:
+                    slot.proc.join()
+                    self._listen(slot)
+                failure = next((s.failure for s in self.slots if s.failure is not None), None)
+                if failure is not None:
+                    raise failure
                 if self.stopping:
                     return
                 raise WorkerError("a worker ended before it started; see above")
@@ -105,23 +133,23 @@ class _Workers:
     def supervise(self) -> None:
         """Until every worker ended after a signal. One that ends before is replaced, unless
         it never started (its model no longer loads: another would fail the same way)."""
-        while any(p.exitcode is None for p in self.procs):
+        while any(s.proc.exitcode is None for s in self.slots):
             self.wait()
-            for k, proc in enumerate(self.procs):
-                if proc.exitcode is None or self.stopping or k in self.given_up:
+            for k, slot in enumerate(self.slots):
+                if slot.proc.exitcode is None or self.stopping or slot.given_up:
                     continue
-                if self.started[k].is_set():
-                    _say(f"worker {k + 1} ended unexpectedly (exit status {proc.exitcode}); starting another")
-                    self.procs[k] = self._spawn(k + 1)
+                self._listen(slot)  # all it said before it ended
+                slot.conn.close()
+                status = f"exit status {slot.proc.exitcode}"
+                if slot.started:
+                    _say(f"worker {slot.number} ended unexpectedly ({status}); starting another")
+                    self.slots[k] = self._spawn(slot.number)
                 else:
-                    why = self.failures.get() if not self.failures.empty() else f"exit status {proc.exitcode}"
-                    _say(f"warning: worker {k + 1} could not start ({why}); not replaced")
-                    self.given_up.add(k)
-            if len(self.given_up) == len(self.procs):
+                    why = slot.failure or status
+                    _say(f"warning: worker {slot.number} could not start ({why}); not replaced")
+                    slot.given_up = True
+            if all(s.given_up for s in self.slots):
                 raise WorkerError("no worker left to answer")
-
-    def tally(self) -> tuple[int, int]:
-        return sum(self.counts[0::2]), sum(self.counts[1::2])
 
 
 def run_workers(settings: Settings, n: int, announce: Callable[[], None]) -> tuple[int, int]:
@@ -144,8 +172,8 @@ def run_workers(settings: Settings, n: int, announce: Callable[[], None]) -> tup
             signal.signal(sig, handler)
         sock.close()
     # a worker still loading its models when SIGTERM came ends by it, having accepted nothing
-    ended = [(k + 1, p.exitcode) for k, p in enumerate(workers.procs) if k not in workers.given_up]
+    ended = [(s.number, s.proc.exitcode) for s in workers.slots if not s.given_up]
     failed = [(k, code) for k, code in ended if code not in (0, -signal.SIGTERM)]
     if failed:
         raise WorkerError(", ".join(f"worker {k} ended with exit status {code}" for k, code in failed))
-    return workers.tally()
+    return workers.answered, workers.unanswered
