@@ -353,7 +353,12 @@ def _non_negative_float(text: str) -> float:
 
 def _add_serve(commands: _Commands) -> None:
     p = commands.add("serve", "models behind HTTP: batched, bounded, with health probes")
-    p.add_argument("models", nargs="+", help="model files, each PATH or NAME=PATH (default name: the stem)")
+    p.add_argument(
+        "models",
+        nargs="+",
+        help="model files or training runs' directories (followed: each better model answers), each "
+        "PATH or NAME=PATH (default name: the file's stem, the run's directory name)",
+    )
     p.add_argument("--port", type=_port, default=8090, help="default 8090")
     p.add_argument(
         "--host", default=None, help="listen on this address instead of 127.0.0.1 (beyond it: --token-file)"
@@ -388,8 +393,20 @@ def _add_serve(commands: _Commands) -> None:
         default=10,
         help="seconds to finish accepted requests on SIGTERM (default 10)",
     )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="processes answering on the one port, each with its own engines and /metrics (default 1)",
+    )
     _inference_options(p, auto="compiled before the first request: tens of seconds at start")
-    _quiet(p)
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print no 'serving' line, no line per model swap, no 'waiting for' line and no 'stopped' "
+        "summary (warnings and errors still print)",
+    )
 
 
 def _add_compare(commands: _Commands) -> None:
@@ -786,6 +803,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         no_auth=args.no_auth,
         cors_origin=args.cors_origin,
         grace=args.grace,
+        workers=args.workers,
         tta=args.tta,
         device=args.device,
         precision=args.precision,

@@ -1,7 +1,10 @@
 """Trained models as a web service: ``pawlab serve MODEL...``, or ``pawlab.serve([...])``.
 
-    models.py       the models served, each by name, with its file's digest and its engine
+    models.py       the models served, each by name, with its engine and the version it runs
     batcher.py      a model's engine thread: requests gathered into batches from a bounded queue
+    follow.py       a training run followed: its new model file loaded and swapped in
+    lifecycle.py    one server: start, answer, drain on SIGTERM, count what it answered
+    workers.py      ``--workers N``: N server processes on one socket
     service.py      what the endpoints share: decoding pool, deadline, limits, refusals
     app.py          the Starlette app: ``POST /v1/predict``, the token, the Host check, CORS
     protocol_v2.py  the Open Inference Protocol (KServe v2, Triton): probes, metadata, infer
@@ -13,20 +16,20 @@ The module itself is callable: ``pawlab.serve(models, ...)`` is `serve`.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from pawlab.errors import ConfigError
-from pawlab.hosts import EVERY_INTERFACE, allowed_hosts, bind_address, is_loopback, url_host
+from pawlab.hosts import EVERY_INTERFACE, bind_address, is_loopback, url_host
 from pawlab.serve.app import create_app
-from pawlab.serve.models import Batching, Served, model_names
+from pawlab.serve.follow import wait_for
+from pawlab.serve.lifecycle import ModelFile, Settings, run_server, stopped_line
+from pawlab.serve.models import Batching, Loading, Served, model_names, run_model_file
 from pawlab.serve.service import Limits
+from pawlab.serve.workers import run_workers
 
 __all__ = [
     "DEFAULT_PORT",
@@ -64,21 +67,6 @@ def check_access(bind: str, token: str | None, no_auth: bool) -> None:
         )
 
 
-class _Server(uvicorn.Server):
-    """uvicorn, whose SIGTERM or Ctrl-C also tells ``stopping`` (readiness goes false, the
-    engines run what they hold at once) and ends with status 0, not by the signal again."""
-
-    def __init__(self, config: uvicorn.Config, stopping: Callable[[], None]) -> None:
-        super().__init__(config)
-        self.stopping = stopping
-
-    def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
-        self.stopping()
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True  # a second Ctrl-C: now
-        self.should_exit = True
-
-
 def serve(
     models: Sequence[str | os.PathLike[str]],
     *,
@@ -90,48 +78,59 @@ def serve(
     no_auth: bool = False,
     cors_origin: str | None = None,
     grace: int = 10,
+    workers: int = 1,
     tta: bool = False,
     device: str = "auto",
     precision: str = "auto",
     compile: str = "auto",
     quiet: bool = False,
 ) -> None:
-    """Serve ``models`` (paths, or ``NAME=PATH``; the first answers requests naming none)
-    until SIGTERM or Ctrl-C, then finish the accepted requests within ``grace`` seconds.
-    ``host=None``: this machine only; any other address needs ``token`` (every request but
-    the health probes must send it) or ``no_auth``."""
+    """Serve ``models`` (model files or training runs' directories, each ``PATH`` or
+    ``NAME=PATH``; the first answers requests naming none) until SIGTERM or Ctrl-C, then
+    finish the accepted requests within ``grace`` seconds. A run is followed: each better
+    model file it writes answers from the next batch on. ``host=None``: this machine only; any
+    other address needs ``token`` (every request but the health probes must send it) or
+    ``no_auth``. ``workers``: processes answering on the one port, each with its own engines
+    (spawned: a script calling this with ``workers > 1`` needs ``if __name__ == "__main__":``)."""
     bind = bind_address(host)
     check_access(bind, token, no_auth)
+    if workers < 1:
+        raise ConfigError(f"workers={workers}: give 1 or more")
     if no_auth and not is_loopback(bind):
         print(f"pawlab serve: warning: --no-auth: anyone who can reach {bind} may use it", file=sys.stderr)
-    served = [
-        Served.load(name, path, batching, tta=tta, device=device, precision=precision, compile=compile)
+    named = [
+        ModelFile(name, run_model_file(path), True) if path.is_dir() else ModelFile(name, path, False)
         for name, path in model_names(models)
     ]
-    servers: list[_Server] = []
-
-    def stopping() -> None:
-        for s in served:
-            s.batcher.drain()
-
-    app = create_app(
-        served,
+    if not all(wait_for(m.path, m.name, quiet) for m in named if m.follow):
+        if not quiet:
+            print(stopped_line(0, 0), file=sys.stderr, flush=True)  # SIGTERM before a model came
+        return
+    settings = Settings(
+        tuple(named),
+        bind,
+        port,
+        batching,
         limits,
-        token=token,
-        trusted_hosts=allowed_hosts(bind),
-        cors_origin=cors_origin,
-        ready=lambda: servers[0].started and not servers[0].should_exit,
+        Loading(tta, device, precision, compile),
+        token,
+        cors_origin,
+        grace,
+        quiet,
     )
-    config = uvicorn.Config(app, host=bind, port=port, log_level="warning", timeout_graceful_shutdown=grace)
-    servers.append(_Server(config, stopping))
+
+    def announce() -> None:
+        if not quiet:
+            names = ", ".join(m.name for m in named)
+            print(f"serving {names}: http://{url_host(bind)}:{port}/v1/predict", flush=True)
+
+    if workers == 1:
+        tally = run_server(settings, announce)
+        answered, unanswered = tally.answered, tally.unanswered
+    else:
+        answered, unanswered = run_workers(settings, workers, announce)
     if not quiet:
-        names = ", ".join(s.name for s in served)
-        print(f"serving {names}: http://{url_host(bind)}:{port}/v1/predict", flush=True)
-    try:
-        servers[0].run()
-    finally:
-        for s in served:
-            s.batcher.stop()
+        print(stopped_line(answered, unanswered), file=sys.stderr, flush=True)
 
 
 class _CallableModule(types.ModuleType):

@@ -173,8 +173,8 @@ def v1_routes(service: Service, metrics: Metrics) -> list[BaseRoute]:
 
 async def _predict(request: Request, service: Service, served: Served, top: int | None) -> Response:
     uploads, several = await _uploads(request, service.limits)
-    probs = await service.predict(served, uploads)
-    answers = [served.answer(p, name, top) for p, (name, _) in zip(probs, uploads, strict=True)]
+    probs, ran = await service.predict(served, uploads)
+    answers = [served.answer(p, name, top, ran) for p, (name, _) in zip(probs, uploads, strict=True)]
     return JSONResponse(answers if several else answers[0])
 
 

@@ -6,6 +6,9 @@ request that finds the queue full is refused at once (`QueueFull`: the server an
 not kept in a growing backlog; one whose deadline passed before its batch ran, or whose client
 gave up, is dropped unrun. `drain` makes the thread run what is queued without waiting for more
 (the server is stopping), `stop` ends it once the queue is empty.
+
+The batches run on an `Engine`, which `swap` replaces between two batches: a batch runs whole on
+one engine, and each request's future holds the engine that ran it with its probabilities.
 """
 
 from __future__ import annotations
@@ -16,11 +19,22 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 Run = Callable[[np.ndarray], np.ndarray]  # uint8 (N, H, W, C) -> probabilities (N, classes)
 _POLL = 0.05  # seconds between looks at `draining` while a batch gathers
+
+
+class Engine(Protocol):
+    """What runs a batch (a model file as loaded, `pawlab.serve.models.Version`)."""
+
+    @property
+    def run(self) -> Run: ...
+
+
+Ran = tuple[np.ndarray, Engine]  # a request's probabilities (n, classes), and the engine that ran them
 
 
 class QueueFull(Exception):
@@ -35,22 +49,22 @@ class Expired(Exception):
 class _Job:
     images: np.ndarray  # uint8 (n, H, W, C)
     deadline: float  # time.monotonic()
-    future: Future[np.ndarray] = field(default_factory=Future)
+    future: Future[Ran] = field(default_factory=Future)
 
 
 class Batcher:
-    """Runs ``run`` on batches of the images `submit` queues, in a thread of its own."""
+    """Runs ``engine`` on batches of the images `submit` queues, in a thread of its own."""
 
     def __init__(
         self,
-        run: Run,
+        engine: Engine,
         name: str,
         max_batch: int,
         max_wait: float,
         max_queue: int,
         on_batch: Callable[[int], None] = lambda size: None,
     ) -> None:
-        self.run, self.max_batch, self.max_wait, self.max_queue = run, max_batch, max_wait, max_queue
+        self.engine, self.max_batch, self.max_wait, self.max_queue = engine, max_batch, max_wait, max_queue
         self.on_batch = on_batch  # told each batch's size once it ran (the metrics set it)
         self.draining = False  # set from a signal handler: a plain flag, no lock
         self._jobs: deque[_Job] = deque()
@@ -65,10 +79,11 @@ class Batcher:
         """Images waiting for a batch."""
         return self._queued
 
-    def submit(self, images: np.ndarray, deadline: float) -> Future[np.ndarray]:
+    def submit(self, images: np.ndarray, deadline: float) -> Future[Ran]:
         """Queue uint8 (n, H, W, C) images to run before ``deadline`` (``time.monotonic``); the
-        future holds their probabilities (n, classes), or `Expired`. `QueueFull` when they do
-        not fit (a request larger than the whole queue fits only an empty one)."""
+        future holds their probabilities (n, classes) and the engine that ran them, or
+        `Expired`. `QueueFull` when they do not fit (a request larger than the whole queue fits
+        only an empty one)."""
         job = _Job(images, deadline)
         with self._ready:
             if self._queued and self._queued + len(images) > self.max_queue:
@@ -77,6 +92,10 @@ class Batcher:
             self._queued += len(images)
             self._ready.notify()
         return job.future
+
+    def swap(self, engine: Engine) -> None:
+        """Run the batches after the one running now on ``engine``."""
+        self.engine = engine
 
     def drain(self) -> None:
         self.draining = True
@@ -133,8 +152,9 @@ class Batcher:
                 live.append(job)
         if not live:
             return
+        engine = self.engine  # read once: a swap now takes the next batch
         try:
-            probs = self.run(np.concatenate([job.images for job in live]))
+            probs = engine.run(np.concatenate([job.images for job in live]))
         except Exception as exc:  # a bug, not the request's fault: each request gets a 500
             for job in live:
                 job.future.set_exception(exc)
@@ -142,5 +162,5 @@ class Batcher:
         self.on_batch(len(probs))
         start = 0
         for job in live:
-            job.future.set_result(probs[start : start + len(job.images)])
+            job.future.set_result((probs[start : start + len(job.images)], engine))
             start += len(job.images)

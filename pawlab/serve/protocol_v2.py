@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from pawlab._version import __version__
-from pawlab.serve.models import Served
+from pawlab.serve.models import Served, Version
 from pawlab.serve.service import Refused, Service, read_body
 
 IMAGE, PIXELS = "image", "pixels"
@@ -51,7 +51,7 @@ def metadata(served: Served) -> dict[str, Any]:
     pre = served.model.preprocessing
     return {
         "name": served.name,
-        "versions": ["1"],
+        "versions": [served.digest],  # a version is a model file, known by its digest
         "platform": "pawlab",
         "inputs": [
             {"name": IMAGE, "datatype": "BYTES", "shape": [-1]},
@@ -174,7 +174,7 @@ def _wanted(header: dict[str, Any]) -> list[tuple[str, bool]]:
 
 
 def _response(
-    served: Served, header: dict[str, Any], wanted: list[tuple[str, bool]], probs: np.ndarray
+    served: Served, header: dict[str, Any], wanted: list[tuple[str, bool]], probs: np.ndarray, ran: Version
 ) -> Response:
     classes = [served.model.classes[i] for i in probs.argmax(1)]
     tensors: dict[str, tuple[str, list[int], Any, bytes]] = {
@@ -196,7 +196,7 @@ def _response(
         else:
             out["data"] = data
         outputs.append(out)
-    answer: dict[str, Any] = {"model_name": served.name, "model_version": "1", "outputs": outputs}
+    answer: dict[str, Any] = {"model_name": served.name, "model_version": ran.digest, "outputs": outputs}
     if "id" in header:
         answer["id"] = header["id"]
     text = json.dumps(answer, separators=(",", ":")).encode()
@@ -213,12 +213,12 @@ async def _infer(request: Request, service: Service, served: Served) -> Response
     wanted = _wanted(header)
     if tensor.get("name") == IMAGE:
         images = _encoded_images(tensor, data, service.limits.max_parts)
-        probs = await service.predict(served, [(f"{IMAGE}[{i}]", b) for i, b in enumerate(images)])
+        probs, ran = await service.predict(served, [(f"{IMAGE}[{i}]", b) for i, b in enumerate(images)])
     elif tensor.get("name") == PIXELS:
-        probs = await service.run(served, _pixels(tensor, data, served))
+        probs, ran = await service.run(served, _pixels(tensor, data, served))
     else:
         raise Refused(400, f"no input named {tensor.get('name')!r}: {IMAGE} or {PIXELS}")
-    return _response(served, header, wanted, probs)
+    return _response(served, header, wanted, probs, ran)
 
 
 def routes(service: Service) -> list[BaseRoute]:

@@ -4,6 +4,7 @@ behind a deadline, the limits, and refusals as one line of JSON."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,10 +18,12 @@ from starlette.responses import JSONResponse, Response
 
 from pawlab.errors import DataError
 from pawlab.serve.batcher import Expired, QueueFull
-from pawlab.serve.models import Served
+from pawlab.serve.models import Served, Version
 
 T = TypeVar("T")
 RETRY_AFTER = "1"  # seconds, with a 503 for a full queue
+# when the request being answered must be (time.monotonic): its arrival plus the deadline
+_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("deadline")
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,12 @@ class Service:
             raise Refused(404, f"no model named {name!r}; this server has {', '.join(self.models)}")
         return served
 
-    async def predict(self, served: Served, uploads: list[tuple[str | None, bytes]]) -> np.ndarray:
-        """Decode the uploads in the pool and run them in one batch -> probabilities (n, classes);
-        422 naming the first upload, in their order, that is no image."""
+    async def predict(
+        self, served: Served, uploads: list[tuple[str | None, bytes]]
+    ) -> tuple[np.ndarray, Version]:
+        """Decode the uploads in the pool and run them in one batch -> probabilities (n, classes)
+        and the version that ran them; 422 naming the first upload, in their order, that is no
+        image."""
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(
             *(loop.run_in_executor(self.decoders, served.decode, data, name) for name, data in uploads),
@@ -86,23 +92,28 @@ class Service:
             if isinstance(image, BaseException):
                 raise image
             images.append(image)
-        return await self.run(served, np.stack(images))
+        return await self.run(served, await loop.run_in_executor(self.decoders, np.stack, images))
 
-    async def run(self, served: Served, images: np.ndarray) -> np.ndarray:
-        """uint8 (n, H, W, C) at the model's size -> probabilities (n, classes); 503 when the
-        queue is full."""
-        deadline = time.monotonic() + self.limits.deadline_ms / 1000  # the engine drops it after
+    async def run(self, served: Served, images: np.ndarray) -> tuple[np.ndarray, Version]:
+        """uint8 (n, H, W, C) at the model's size -> probabilities (n, classes) and the version
+        that ran them; 503 when the queue is full. The engine drops them unrun once the
+        request's deadline (set by `in_time`) has passed."""
+        deadline = _deadline.get(time.monotonic() + self.limits.deadline_ms / 1000)
         try:
             future = served.batcher.submit(images, deadline)
         except QueueFull:
             raise Refused(503, "the server is busy: try again", {"Retry-After": RETRY_AFTER}) from None
         try:
-            return await asyncio.wrap_future(future)
+            probs, version = await asyncio.wrap_future(future)
         except Expired:
             raise TimeoutError from None
+        assert isinstance(version, Version)
+        return probs, version
 
     async def in_time(self, work: Awaitable[T]) -> T:
-        """``work``'s result, or 503 if it is not done within the deadline."""
+        """``work``'s result, or 503 if it is not done within the deadline from now (the
+        request's arrival)."""
+        _deadline.set(time.monotonic() + self.limits.deadline_ms / 1000)
         try:
             async with asyncio.timeout(self.limits.deadline_ms / 1000):
                 return await work

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx2 as httpx
@@ -153,7 +154,7 @@ class Gate:
     needs, whatever the machine's speed."""
 
     def __init__(self, served: Served) -> None:
-        self.run, self.entered, self.opened = served.batcher.run, threading.Event(), threading.Event()
+        self.run, self.entered, self.opened = served.version.run, threading.Event(), threading.Event()
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         self.entered.set()
@@ -169,7 +170,7 @@ def gated(model: Path, limits: Limits, max_queue: int) -> tuple[AppServer, Gate,
     )
     served.batcher.stop()
     gate = Gate(served)
-    served.batcher = Batcher(gate, "first", 1, 0.0, max_queue)
+    served.batcher = Batcher(replace(served.version, run=gate), "first", 1, 0.0, max_queue)
     return AppServer(create_app([served], limits)), gate, served.batcher
 
 

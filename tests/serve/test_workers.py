@@ -1,0 +1,113 @@
+"""``pawlab serve --workers N``: N processes on one port, stopped together."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+import httpx2 as httpx
+import psutil
+import pytest
+
+from tests.serve.conftest import Server, wait_until
+from tests.serve.test_follow import ask, predicted
+from tests.test_cli import assert_one_line_error, pawlab
+
+
+def workers(srv: Server) -> list[psutil.Process]:
+    """The server's live worker processes (not multiprocessing's resource tracker)."""
+    found = []
+    for child in psutil.Process(srv.proc.pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            pass  # it ended: a zombie until the server reaps it
+    return found
+
+
+def accepted(procs: list[psutil.Process], port: int) -> int:
+    """Connections to ``port`` the workers have accepted."""
+    return sum(
+        1
+        for p in procs
+        for c in p.net_connections("tcp")
+        if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
+    )
+
+
+def lines(srv: Server, n: int) -> list[str]:
+    """The next ``n`` lines the server prints on stderr, as they come."""
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(srv.proc.stderr.readline() for _ in range(n)))  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout=60)
+    assert len(said) == n, said
+    return said
+
+
+@pytest.mark.slow  # three processes, each importing torch
+def test_workers_answer_as_one_server_and_one_that_dies_is_replaced(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    images = sorted(models["cats"].iterdir())[:2] + sorted(models["dogs"].iterdir())[:2]
+    model = tmp_path / "first.safetensors"
+    shutil.copy(models["first"], model)
+    srv = Server(model, "--workers", 2, quiet=False)
+    try:
+        first = workers(srv)
+        assert len(first) == 2 and first[0].pid != first[1].pid
+        for image, expected in zip(images, predicted(models["first"], *images), strict=True):
+            answer = ask(srv.url, image.read_bytes())
+            assert answer.status_code == 200
+            assert answer.json()["probability-map"] == pytest.approx(expected, abs=1e-6)
+        model.write_bytes(b"broken")  # a worker that dies now cannot be replaced
+        first[1].kill()
+        said = lines(srv, 2)
+        assert ask(srv.url, images[0].read_bytes()).status_code == 200  # worker 1 answers
+        shutil.copy(models["first"], model)
+        first[0].kill()
+        answer = ask(srv.url, images[0].read_bytes())  # only worker 1's replacement can answer it
+        assert answer.status_code == 200 and first[0] not in workers(srv)
+    finally:
+        status, err = srv.stop()
+    assert status == 0, err
+    assert said[0] == "pawlab serve: worker 2 ended unexpectedly (exit status -9); starting another\n"
+    assert said[1].startswith(f"pawlab serve: warning: worker 2 could not start ({model}: not a readable")
+    assert said[1].endswith("); not replaced\n")
+    rest = err.splitlines()  # nothing else: no lock left behind by the killed workers
+    assert len(rest) == 2
+    assert rest[0] == "pawlab serve: worker 1 ended unexpectedly (exit status -9); starting another"
+    # the killed workers' counts are lost with them
+    assert re.fullmatch(r"pawlab serve: stopped: \d+ requests answered, 0 unanswered", rest[1])
+
+
+@pytest.mark.slow  # three processes, each importing torch
+def test_sigterm_reaches_every_worker_and_each_answers_what_it_accepted(models: dict[str, Path]) -> None:
+    # a batch would wait 10 minutes for 64 images: only the stop runs these
+    srv = Server(models["first"], "--workers", 2, "--max-batch", 64, "--max-wait-ms", 600_000, quiet=False)
+    procs = workers(srv)
+    body = next(models["cats"].iterdir()).read_bytes()
+    answers: list[httpx.Response] = []
+    threads = [threading.Thread(target=lambda: answers.append(ask(srv.url, body))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: accepted(procs, srv.port) == 6, "six requests accepted")
+    srv.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(timeout=60)
+    status, err = srv.stop()
+    assert [a.status_code for a in answers] == [200] * 6
+    assert status == 0
+    assert re.fullmatch(r"pawlab serve: stopped: \d+ requests answered, 0 unanswered", err.splitlines()[-1])
+    assert not any(p.is_running() for p in procs)
+
+
+@pytest.mark.slow  # three processes, each importing torch
+def test_a_model_a_worker_cannot_load_is_one_line(tmp_path: Path) -> None:
+    proc = pawlab("serve", tmp_path / "none.safetensors", "--workers", "2", "--compile", "off")
+    assert_one_line_error(proc, f"pawlab serve: error: {tmp_path / 'none.safetensors'}: no such model file")
+    assert proc.returncode == 1
