@@ -226,7 +226,11 @@ class Load:
         machine, ours, clients = busy_s(), server.cpu_s(), sum(os.times()[:2])
         await asyncio.sleep(self.seconds)
         machine, ours, clients = busy_s() - machine, server.cpu_s() - ours, sum(os.times()[:2]) - clients
-        tally.cores = ours / self.seconds, clients / self.seconds, (machine - ours - clients) / self.seconds
+        tally.cores = (
+            ours / self.seconds,
+            clients / self.seconds,
+            max(machine - ours - clients, 0.0) / self.seconds,
+        )
 
     async def _client(self, k: int, start: float, end: float, tally: Tally) -> None:
         n, i = len(self.photos), k * 7
@@ -325,9 +329,7 @@ def throughput(
 
 def row(t: Tally) -> str:
     cores = (
-        ""
-        if t.cores is None
-        else "  cores: server {:.1f}, clients {:.1f}, others {:.1f}".format(*(max(x, 0.0) for x in t.cores))
+        "" if t.cores is None else "  cores: server {:.1f}, clients {:.1f}, others {:.1f}".format(*t.cores)
     )
     return (
         f"{t.ok_per_s:7.1f} img/s  p50 {t.ms(50):7.0f} ms  p95 {t.ms(95):7.0f} ms  "
