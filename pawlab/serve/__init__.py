@@ -6,7 +6,11 @@
     lifecycle.py    one server: start, answer, drain on SIGTERM, count what it answered
     workers.py      ``--workers N``: N server processes on one socket
     service.py      what the endpoints share: decoding pool, deadline, limits, refusals
-    app.py          the Starlette app: ``POST /v1/predict``, the token, the Host check, CORS
+    app.py          the Starlette app: ``POST /v1/predict``, ``GET /v1/models``, the token, the
+                    Host check, CORS
+    uploads.py      a multipart body's files, parsed off the event loop
+    page.py         ``GET /`` (drop, pick or paste images) and ``GET /docs``, from ``static/``
+    openapi.py      ``GET /openapi.json``: every route, described
     protocol_v2.py  the Open Inference Protocol (KServe v2, Triton): probes, metadata, infer
     metrics.py      ``GET /metrics`` in Prometheus' text format
 

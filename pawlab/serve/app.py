@@ -13,11 +13,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from python_multipart import MultipartParser
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import parse_options_header
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -28,100 +25,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pawlab.serve import openapi, page, protocol_v2
+from pawlab.serve import openapi, page, protocol_v2, uploads
 from pawlab.serve.metrics import Counting, Metrics
 from pawlab.serve.models import Served
 from pawlab.serve.service import Limits, Refused, Service, error, internal, read_body, refused
 
-if TYPE_CHECKING:
-    from python_multipart.multipart import MultipartCallbacks
-
 # answered without the token: the probes, the pages and the API's description
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/openapi.json", *page.OPEN_PATHS})
-
-
-class _Form:
-    """python-multipart's callbacks, gathering a body's files in upload order as (file name,
-    bytes); at most ``max_parts`` files and as many fields (which are skipped)."""
-
-    def __init__(self, max_parts: int) -> None:
-        self.max_parts = max_parts
-        self.files: list[tuple[str | None, bytes]] = []
-        self.fields = 0
-        self.ended = False
-        self._name = self._value = b""  # of the header being read
-        self._disposition = b""
-        self._file: tuple[str, bytearray] | None = None  # the part being read, if a file
-
-    def callbacks(self) -> MultipartCallbacks:
-        return {
-            "on_part_begin": self._begin,
-            "on_header_field": self._header_name,
-            "on_header_value": self._header_value,
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._data,
-            "on_part_end": self._end,
-            "on_end": self._body_end,
-        }
-
-    def _begin(self) -> None:
-        self._disposition, self._file = b"", None
-
-    def _header_name(self, data: bytes, start: int, end: int) -> None:
-        self._name += data[start:end]
-
-    def _header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
-
-    def _header_end(self) -> None:
-        if self._name.lower() == b"content-disposition":
-            self._disposition = self._value
-        self._name = self._value = b""
-
-    def _headers_finished(self) -> None:
-        _, options = parse_options_header(self._disposition)
-        if b"name" not in options:
-            raise Refused(400, 'multipart body: a part\'s Content-Disposition has no "name"')
-        if b"filename" not in options:
-            self.fields += 1
-            if self.fields > self.max_parts:
-                raise Refused(400, f"multipart body: Too many fields (more than {self.max_parts})")
-            return
-        if len(self.files) >= self.max_parts:
-            raise Refused(400, f"multipart body: Too many files (more than {self.max_parts})")
-        self._file = (options[b"filename"].decode("utf-8", "replace"), bytearray())
-
-    def _data(self, data: bytes, start: int, end: int) -> None:
-        if self._file is not None:
-            self._file[1].extend(data[start:end])
-
-    def _end(self) -> None:
-        if self._file is not None:
-            self.files.append((self._file[0], bytes(self._file[1])))
-
-    def _body_end(self) -> None:
-        self.ended = True
-
-
-def _parts(content_type: str, body: bytes, max_parts: int) -> list[tuple[str | None, bytes]]:
-    """A multipart body's files, in upload order, as (file name, bytes). Run in a worker
-    thread: parsing a body of many MiB would hold up the event loop."""
-    boundary = parse_options_header(content_type)[1].get(b"boundary")
-    if not boundary:
-        raise Refused(400, "multipart body: its Content-Type names no boundary")
-    form = _Form(max_parts)
-    try:
-        parser = MultipartParser(boundary, form.callbacks())
-        parser.write(body)
-        parser.finalize()
-    except FormParserError as exc:
-        raise Refused(400, f"multipart body: malformed: {exc}") from None
-    if not form.ended:
-        raise Refused(400, "multipart body: it ends before its closing boundary")
-    if not form.files:
-        raise Refused(400, "multipart body: no file in it")
-    return form.files
 
 
 async def _uploads(request: Request, limits: Limits) -> tuple[list[tuple[str | None, bytes]], bool]:
@@ -131,8 +41,8 @@ async def _uploads(request: Request, limits: Limits) -> tuple[list[tuple[str | N
         raise Refused(415, f"Content-Type {media or 'missing'}: send image/* or multipart/form-data")
     body = await read_body(request, limits.max_body)
     if media == "multipart/form-data":
-        parts = await asyncio.to_thread(_parts, request.headers["content-type"], body, limits.max_parts)
-        return parts, True
+        content_type = request.headers["content-type"]
+        return await asyncio.to_thread(uploads.files, content_type, body, limits.max_parts), True
     if not body:
         raise Refused(400, "empty body: send an image")
     return [(None, body)], False

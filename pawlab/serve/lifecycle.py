@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import signal
 import socket
+import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +98,21 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
+@contextmanager
+def sigterm_ignored() -> Iterator[None]:
+    """SIGTERM is ignored inside (in the main thread). uvicorn puts the default handlers back
+    once it has stopped; another SIGTERM while the engines and followers finish would then
+    kill the process (status -15, not 0)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def run_server(
     settings: Settings,
     announce: Callable[[], None],
@@ -139,8 +156,9 @@ def run_server(
     try:
         servers[0].run(sockets)
     finally:
-        for f in followers:
-            f.stop()
-        for sv in served:
-            sv.batcher.stop()
+        with sigterm_ignored():
+            for f in followers:
+                f.stop()
+            for sv in served:
+                sv.batcher.stop()
     return tally

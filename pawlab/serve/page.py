@@ -20,6 +20,7 @@ from pawlab.serve.service import Refused
 STATIC = Path(__file__).with_name("static")
 PAGES = {"/": "index.html", "/docs": "docs.html"}
 ASSETS = {  # what /static/{name} serves: name -> media type
+    "dom.js": "text/javascript",
     "page.js": "text/javascript",
     "docs.js": "text/javascript",
     "page.css": "text/css",

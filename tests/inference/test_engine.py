@@ -238,6 +238,19 @@ def test_compiled_pads_the_last_batch_and_matches_eager(capsys: pytest.CaptureFi
         assert capsys.readouterr().err.count("torch.compile failed") == 1
 
 
+def test_compiled_runs_a_batch_under_half_its_size_eagerly() -> None:
+    # a server's lone request: padding 1 image to 4 costs more than running it as it is
+    net, batch = tiny_net().eval(), images(9)
+    compiled = Compiled(net, 4)
+    calls: list[int] = []
+    fn = compiled.fn
+    compiled.fn = lambda x: (calls.append(len(x)), fn(x))[1]
+    out = predict_outputs(net, batch, PRE, CPU, batch_size=4, forward=compiled)
+    if compiled.failed is None:
+        assert calls == [4, 4]  # 4 + 4 compiled, the last 1 eager
+    assert torch.allclose(out, predict_outputs(net, batch, PRE, CPU, batch_size=4), atol=1e-4)
+
+
 def test_compiled_network_is_frozen() -> None:
     # Freezing makes the weights constants of the compiled graph (packed once, convolutions fused
     # with what follows them): it is for a copy that is not trained any further. Its mark: a

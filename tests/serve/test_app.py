@@ -248,16 +248,16 @@ def test_a_multipart_body_cut_short_or_of_a_thousand_parts_is_refused(
 def test_a_multipart_body_is_parsed_off_the_event_loop(
     models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pawlab.serve import app as app_module
+    from pawlab.serve import uploads
 
     parsed_in: list[threading.Thread] = []
-    parse = app_module._parts
+    parse = uploads.files
 
     def recording(*args: object) -> object:
         parsed_in.append(threading.current_thread())
         return parse(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(app_module, "_parts", recording)
+    monkeypatch.setattr(uploads, "files", recording)
     served = Served.load("first", models["first"], Batching(), compile="off", precision="fp32")
     with AppServer(create_app([served])) as live:
         answer = httpx.post(f"{live.url}/v1/predict", files=multipart(2, images(models)[0].read_bytes()))

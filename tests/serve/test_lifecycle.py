@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from pawlab.serve.lifecycle import Tally
+from pawlab.serve.lifecycle import Tally, sigterm_ignored
 from tests.serve.conftest import Server
 
 
@@ -52,3 +54,15 @@ def test_a_stopped_server_says_what_it_answered(models: dict[str, Path]) -> None
     assert status == 0
     found = re.fullmatch(r"pawlab serve: stopped: (\d+) requests answered, 0 unanswered\n", err)
     assert found and int(found[1]) >= 4  # the three, and the probes that found it ready
+
+
+def test_a_second_sigterm_while_the_engines_finish_is_ignored() -> None:
+    got: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda sig, frame: got.append(sig))
+    try:
+        handler = signal.getsignal(signal.SIGTERM)
+        with sigterm_ignored():
+            os.kill(os.getpid(), signal.SIGTERM)  # would end this process without it
+        assert got == [] and signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, before)

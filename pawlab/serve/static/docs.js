@@ -2,16 +2,6 @@
 // its parameters, bodies, answers and a curl line. Loads nothing from outside.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-
-function el(tag, cls, text, ...children) {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text !== undefined && text !== null) node.textContent = text;
-  node.append(...children);
-  return node;
-}
-
 // "#/components/responses/400" -> the object it points at.
 function resolve(doc, item) {
   if (!item || !item.$ref) return item;

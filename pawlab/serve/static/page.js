@@ -2,7 +2,6 @@
 // classes; the models and a few live metrics from /v1/models. Loads nothing from outside.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "pawlab-serve-token";
 const POLL_MS = 2000;
 const PER_REQUEST = 16;  // images posted in one request
@@ -14,15 +13,6 @@ const state = {
   samples: [],    // [time in ms, images run in all] of recent polls
   polling: null,  // the poll's timer
 };
-
-// An element with its class and text; children appended.
-function el(tag, cls, text, ...children) {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text !== undefined && text !== null) node.textContent = text;
-  node.append(...children);
-  return node;
-}
 
 function authHeaders() {
   const token = sessionStorage.getItem(TOKEN_KEY);
