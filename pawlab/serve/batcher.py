@@ -68,7 +68,7 @@ class Batcher:
         self.on_batch = on_batch  # told each batch's size once it ran (the metrics set it)
         self.draining = False  # set from a signal handler: a plain flag, no lock
         self._jobs: deque[_Job] = deque()
-        self._queued = 0  # images in _jobs
+        self._queued = 0  # images in _jobs, and those reserved for requests still decoding
         self._stopping = False
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name=f"pawlab-serve-{name}", daemon=True)
@@ -79,19 +79,36 @@ class Batcher:
         """Images waiting for a batch."""
         return self._queued
 
-    def submit(self, images: np.ndarray, deadline: float) -> Future[Ran]:
+    def reserve(self, n: int) -> None:
+        """Room for ``n`` images, counted as queued from now on (while a request decodes them,
+        so a full queue refuses it before it spends any work); `QueueFull` when there is none.
+        Then `submit` them with ``reserved=True``, or `release` the room."""
+        with self._ready:
+            self._make_room(n)
+
+    def release(self, n: int) -> None:
+        """Give back the room `reserve` held for ``n`` images that will not be submitted."""
+        with self._ready:
+            self._queued -= n
+
+    def submit(self, images: np.ndarray, deadline: float, reserved: bool = False) -> Future[Ran]:
         """Queue uint8 (n, H, W, C) images to run before ``deadline`` (``time.monotonic``); the
         future holds their probabilities (n, classes) and the engine that ran them, or
-        `Expired`. `QueueFull` when they do not fit (a request larger than the whole queue fits
-        only an empty one)."""
+        `Expired`. `QueueFull` when they do not fit, unless their room is ``reserved``."""
         job = _Job(images, deadline)
         with self._ready:
-            if self._queued and self._queued + len(images) > self.max_queue:
-                raise QueueFull(f"{self._queued} images queued, at most {self.max_queue}")
+            if not reserved:
+                self._make_room(len(images))
             self._jobs.append(job)
-            self._queued += len(images)
             self._ready.notify()
         return job.future
+
+    def _make_room(self, n: int) -> None:
+        """Count ``n`` more images queued (the lock held); a request larger than the whole
+        queue fits only an empty one."""
+        if self._queued and self._queued + n > self.max_queue:
+            raise QueueFull(f"{self._queued} images queued, at most {self.max_queue}")
+        self._queued += n
 
     def swap(self, engine: Engine) -> None:
         """Run the batches after the one running now on ``engine``."""

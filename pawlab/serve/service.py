@@ -79,7 +79,17 @@ class Service:
     ) -> tuple[np.ndarray, Version]:
         """Decode the uploads in the pool and run them in one batch -> probabilities (n, classes)
         and the version that ran them; 422 naming the first upload, in their order, that is no
-        image."""
+        image; 503 when the queue is full, before any is decoded."""
+        self._reserve(served, len(uploads))
+        try:
+            images = await self._decoded(served, uploads)
+        except BaseException:
+            served.batcher.release(len(uploads))
+            raise
+        return await self._submit(served, images)
+
+    async def _decoded(self, served: Served, uploads: list[tuple[str | None, bytes]]) -> np.ndarray:
+        """The uploads decoded and stacked in the pool -> uint8 (n, H, W, C)."""
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(
             *(loop.run_in_executor(self.decoders, served.decode, data, name) for name, data in uploads),
@@ -92,17 +102,25 @@ class Service:
             if isinstance(image, BaseException):
                 raise image
             images.append(image)
-        return await self.run(served, await loop.run_in_executor(self.decoders, np.stack, images))
+        return await loop.run_in_executor(self.decoders, np.stack, images)
 
     async def run(self, served: Served, images: np.ndarray) -> tuple[np.ndarray, Version]:
         """uint8 (n, H, W, C) at the model's size -> probabilities (n, classes) and the version
-        that ran them; 503 when the queue is full. The engine drops them unrun once the
-        request's deadline (set by `in_time`) has passed."""
-        deadline = _deadline.get(time.monotonic() + self.limits.deadline_ms / 1000)
+        that ran them; 503 when the queue is full."""
+        self._reserve(served, len(images))
+        return await self._submit(served, images)
+
+    def _reserve(self, served: Served, n: int) -> None:
         try:
-            future = served.batcher.submit(images, deadline)
+            served.batcher.reserve(n)
         except QueueFull:
             raise Refused(503, "the server is busy: try again", {"Retry-After": RETRY_AFTER}) from None
+
+    async def _submit(self, served: Served, images: np.ndarray) -> tuple[np.ndarray, Version]:
+        """Images whose room is reserved -> their probabilities and the version that ran them.
+        The engine drops them unrun once the request's deadline (set by `in_time`) has passed."""
+        deadline = _deadline.get(time.monotonic() + self.limits.deadline_ms / 1000)
+        future = served.batcher.submit(images, deadline, reserved=True)
         try:
             probs, version = await asyncio.wrap_future(future)
         except Expired:

@@ -194,6 +194,27 @@ def test_a_full_queue_is_503_with_retry_after(models: dict[str, Path]) -> None:
     batcher.stop()
 
 
+def test_a_full_queue_refuses_before_decoding(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live, gate, batcher = gated(models["first"], Limits(), max_queue=1)
+    jpeg = images(models)[0].read_bytes()
+    with live:
+        held = threading.Thread(target=post, args=(live.url, jpeg))
+        held.start()
+        assert gate.entered.wait(timeout=30)
+        batcher.reserve(1)  # a request decoding: the queue is full
+        decoded: list[object] = []
+        decode = Served.decode
+        monkeypatch.setattr(Served, "decode", lambda self, *a: (decoded.append(a), decode(self, *a))[1])
+        refused = post(live.url, jpeg)
+        batcher.release(1)
+        gate.opened.set()
+        held.join()
+    assert refused.status_code == 503 and decoded == []
+    batcher.stop()
+
+
 def test_a_request_past_its_deadline_is_503(models: dict[str, Path]) -> None:
     live, gate, batcher = gated(models["first"], Limits(deadline_ms=200), max_queue=4)
     with live:

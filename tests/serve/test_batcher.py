@@ -81,6 +81,24 @@ def test_a_full_queue_refuses_at_once() -> None:
     alone.stop()
 
 
+def test_reserved_room_counts_as_queued_until_submitted_or_released() -> None:
+    run = Held()
+    run.opened.set()
+    batcher = Batcher(Engine(run), "m", max_batch=4, max_wait=0, max_queue=2)
+    batcher.reserve(2)  # a request decoding its two images
+    assert batcher.queued == 2
+    with pytest.raises(QueueFull, match="2 images queued, at most 2"):
+        batcher.reserve(1)
+    with pytest.raises(QueueFull):
+        batcher.submit(jobs(1, 0), LATER)
+    batcher.release(1)  # one was no image
+    assert batcher.submit(jobs(1, 7), LATER, reserved=True).result(timeout=30)[0].tolist() == [[7.0]]
+    batcher.reserve(2)
+    batcher.release(2)
+    assert batcher.queued == 0
+    batcher.stop()
+
+
 def test_expired_and_abandoned_requests_are_not_run() -> None:
     run = Held()
     batcher = Batcher(Engine(run), "m", max_batch=8, max_wait=0, max_queue=16)

@@ -31,7 +31,13 @@ class Recording:
         time.sleep(self.decoding)
         return np.zeros((2, 2, 1), np.uint8)
 
-    def submit(self, images: np.ndarray, deadline: float) -> Future[Ran]:
+    def reserve(self, n: int) -> None:
+        pass
+
+    def release(self, n: int) -> None:
+        pass
+
+    def submit(self, images: np.ndarray, deadline: float, reserved: bool = False) -> Future[Ran]:
         self.deadlines.append(deadline)
         done: Future[Ran] = Future()
         done.set_result((np.zeros((len(images), 1), np.float32), VERSION))
