@@ -24,6 +24,7 @@ from pawlab.inference.engine import (
     Compiled,
     folded,
     predict_outputs,
+    to_inputs,
 )
 from pawlab.inference.features import trunk_features
 from pawlab.models.network import Network, build
@@ -202,6 +203,18 @@ class Model:
             self._compiled = Compiled(self._runner, COMPILED_BATCH["bf16" if self.bf16 else "fp32"])
             if self.guard is not None:
                 self._rerun = Compiled(self._runner, COMPILED_BATCH["fp32"])
+
+    def warm_up(self, tta: bool = False) -> None:
+        """Compile now the graphs `prepare_for` set up: a full batch through the network, and
+        one through the fp32 re-runs' graph (compiled on the first unsure image otherwise), so
+        no later batch waits tens of seconds for a compiler: a server's requests."""
+        pre = self.preprocessing
+        size = self._compiled.batch_size if self._compiled is not None else 1
+        self.predict_proba(np.zeros((size, *pre.size, pre.channels), np.uint8), tta=tta)
+        if self._rerun is not None:
+            blank = np.zeros((self._rerun.batch_size, *pre.size, pre.channels), np.uint8)
+            with torch.inference_mode():  # as predict_outputs runs it: same graph, no recompiling
+                self._rerun(to_inputs(blank, pre, self.device))
 
     @classmethod
     def load(

@@ -102,8 +102,7 @@ class Version:
         def run(images: np.ndarray) -> np.ndarray:
             return model.predict_proba(images, tta=tta)
 
-        pre = model.preprocessing
-        run(np.zeros((1, *pre.size, pre.channels), np.uint8))
+        model.warm_up(tta)
         return cls(model, file_digest(path), path, run)
 
     def misfit(self, other: Version) -> str | None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import io
 import json
 import shutil
@@ -476,6 +477,26 @@ def test_inference_precision(transfer: tuple[Path, Path]) -> None:
     fast = load_model(model_path, precision="bf16").predict(image).probabilities
     exact = load_model(model_path, precision="fp32").predict(image).probabilities
     assert fast == pytest.approx(exact, abs=0.05)
+
+
+def test_warm_up_compiles_the_network_and_the_reruns_graph(trained: tuple[Path, Path]) -> None:
+    from pawlab.inference.engine import COMPILED_BATCH, Compiled
+
+    m = load_model(trained[1], precision="bf16", compile="on")
+    m.prepare_for(1)
+    assert m._compiled is not None
+    if m._rerun is None:  # this model recorded no agreement: give it the re-runs' graph anyway
+        m._rerun = Compiled(m._runner, COMPILED_BATCH["fp32"])
+    calls: dict[str, list[int]] = {}
+    for name, graph in (("network", m._compiled), ("reruns", m._rerun)):
+        graph.fn = functools.partial(
+            lambda fn, name, x: (calls.setdefault(name, []).append(len(x)), fn(x))[1], graph.fn, name
+        )
+    m.warm_up()
+    # each graph ran (compiled) once at its own batch size: no request waits for a compiler
+    # (blank images may be unsure ones too: then the re-runs' graph also runs within the batch)
+    assert calls["network"] == [COMPILED_BATCH["bf16"]]
+    assert calls["reruns"] and set(calls["reruns"]) == {COMPILED_BATCH["fp32"]}
 
 
 def test_submit_under_torchrun_merges_the_shards_in_id_order(
