@@ -32,7 +32,7 @@
    counted and compared with the server's own stop summary on stderr
    (``pawlab serve: stopped: N requests answered, M unanswered``), when it prints one.
 
-A full run takes about 8 minutes on 2 cores (each of the three pawlab serve starts compiles
+A full run takes about 6.5 minutes on 2 cores (each of the three pawlab serve starts compiles
 the model: about 25 s); --quick (3 s windows, 50 photos, 10 s of overload) about 3.
 """
 
