@@ -133,23 +133,29 @@ class _Workers:
     def supervise(self) -> None:
         """Until every worker ended after a signal. One that ends before is replaced, unless
         it never started (its model no longer loads: another would fail the same way)."""
-        while any(s.proc.exitcode is None for s in self.slots):
-            self.wait()
-            for k, slot in enumerate(self.slots):
-                if slot.proc.exitcode is None or self.stopping or slot.given_up:
-                    continue
-                self._listen(slot)  # all it said before it ended
-                slot.conn.close()
-                status = f"exit status {slot.proc.exitcode}"
-                if slot.started:
-                    _say(f"worker {slot.number} ended unexpectedly ({status}); starting another")
-                    self.slots[k] = self._spawn(slot.number)
-                else:
-                    why = slot.failure or status
-                    _say(f"warning: worker {slot.number} could not start ({why}); not replaced")
-                    slot.given_up = True
+        while True:
+            self._replace_ended()
             if all(s.given_up for s in self.slots):
                 raise WorkerError("no worker left to answer")
+            if all(s.proc.exitcode is not None for s in self.slots):
+                return  # after a signal: every one that ended before it was replaced above
+            self.wait()
+
+    def _replace_ended(self) -> None:
+        """Replace each worker that ended though no signal came, unless it never started."""
+        for k, slot in enumerate(self.slots):
+            if slot.proc.exitcode is None or self.stopping or slot.given_up:
+                continue
+            self._listen(slot)  # all it said before it ended
+            slot.conn.close()
+            status = f"exit status {slot.proc.exitcode}"
+            if slot.started:
+                _say(f"worker {slot.number} ended unexpectedly ({status}); starting another")
+                self.slots[k] = self._spawn(slot.number)
+            else:
+                why = slot.failure or status
+                _say(f"warning: worker {slot.number} could not start ({why}); not replaced")
+                slot.given_up = True
 
 
 def run_workers(settings: Settings, n: int, announce: Callable[[], None]) -> tuple[int, int]:

@@ -111,3 +111,42 @@ def test_a_model_a_worker_cannot_load_is_one_line(tmp_path: Path) -> None:
     proc = pawlab("serve", tmp_path / "none.safetensors", "--workers", "2", "--compile", "off")
     assert_one_line_error(proc, f"pawlab serve: error: {tmp_path / 'none.safetensors'}: no such model file")
     assert proc.returncode == 1
+
+
+class _Ended:
+    """A process handle and its pipe, as the supervisor reads them."""
+
+    def __init__(self, exitcode: int | None) -> None:
+        self.exitcode, self.pid, self.sentinel = exitcode, None, None
+
+    def poll(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_worker_that_dies_when_no_other_runs_is_still_replaced() -> None:
+    # worker 2 gave up earlier; worker 1 dies: the server must start another, not end
+    from pawlab.serve.workers import _Slot, _Workers
+
+    workers = object.__new__(_Workers)
+    workers.stopping, workers.answered, workers.unanswered = False, 0, 0
+    workers.slots = [
+        _Slot(1, _Ended(-9), _Ended(None), started=True),  # type: ignore[arg-type]
+        _Slot(2, _Ended(1), _Ended(None), given_up=True),  # type: ignore[arg-type]
+    ]
+    spawned: list[_Slot] = []
+
+    def spawn(number: int) -> _Slot:
+        spawned.append(_Slot(number, _Ended(None), _Ended(None), started=True))  # type: ignore[arg-type]
+        return spawned[-1]
+
+    def then_sigterm() -> None:  # the replacement drains and ends
+        workers.stopping = True
+        spawned[-1].proc.exitcode = 0  # type: ignore[misc]
+
+    workers._spawn = spawn  # type: ignore[method-assign]
+    workers.wait = then_sigterm  # type: ignore[method-assign]
+    workers.supervise()
+    assert [s.number for s in spawned] == [1]
