@@ -29,8 +29,7 @@ from typing import Any
 from pawlab.errors import ConfigError
 from pawlab.hosts import EVERY_INTERFACE, bind_address, is_loopback, url_host
 from pawlab.serve.app import create_app
-from pawlab.serve.follow import wait_for
-from pawlab.serve.lifecycle import ModelFile, Settings, run_server, stopped_line
+from pawlab.serve.lifecycle import ModelFile, Settings, run_server, stopped_line, wait_for
 from pawlab.serve.models import Batching, Loading, Served, model_names, run_model_file
 from pawlab.serve.service import Limits
 from pawlab.serve.workers import run_workers

@@ -9,7 +9,6 @@ refused with one warning line; the old model keeps answering.
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -28,26 +27,6 @@ def stamp(path: Path) -> Stamp | None:
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-def wait_for(path: Path, name: str, quiet: bool, poll: float = POLL) -> bool:
-    """Wait until the run's model file ``path`` exists (True), saying once (unless ``quiet``)
-    that the server waits for it; False if SIGTERM came first (in the main thread only)."""
-    if path.exists():
-        return True
-    if not quiet:
-        print(f"pawlab serve: {name}: waiting for the run to write {path}", file=sys.stderr, flush=True)
-    stopped = threading.Event()
-    main = threading.current_thread() is threading.main_thread()
-    before = signal.signal(signal.SIGTERM, lambda sig, frame: stopped.set()) if main else None
-    try:
-        while not path.exists():
-            if stopped.wait(poll):
-                return False
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, before)
-    return True
 
 
 def _reason(path: Path, exc: Exception) -> str:

@@ -1,14 +1,16 @@
-"""One server's life: load its models (following the runs among them), answer until SIGTERM or
-Ctrl-C, drain, and count what it answered (`Tally`) for the line it ends with."""
+"""One server's life: wait for a followed run's first model, load the models (following the
+runs among them), answer until SIGTERM or Ctrl-C, drain, and count what it answered (`Tally`)
+for the line it ends with; the signal handlers set for a while (`handling`)."""
 
 from __future__ import annotations
 
 import signal
 import socket
+import sys
 import threading
 import types
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pawlab.hosts import allowed_hosts
 from pawlab.serve.app import create_app
-from pawlab.serve.follow import Follower, stamp
+from pawlab.serve.follow import POLL, Follower, stamp
 from pawlab.serve.models import Batching, Loading, Served
 from pawlab.serve.service import Limits
 
@@ -98,19 +100,45 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
+# what signal.signal takes: a function, or SIG_IGN / SIG_DFL
+Handler = Callable[[int, types.FrameType | None], object] | int | None
+
+
 @contextmanager
-def sigterm_ignored() -> Iterator[None]:
-    """SIGTERM is ignored inside (in the main thread). uvicorn puts the default handlers back
-    once it has stopped; another SIGTERM while the engines and followers finish would then
-    kill the process (status -15, not 0)."""
+def handling(handler: Handler, *signals: int) -> Iterator[None]:
+    """``handler`` handles ``signals`` inside; the handlers before are put back after. Only
+    the main thread may set handlers: in any other, nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    before = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for sig, previous in before.items():
+            signal.signal(sig, previous)
+
+
+def sigterm_ignored() -> AbstractContextManager[None]:
+    """SIGTERM is ignored inside. uvicorn puts the default handlers back once it has stopped;
+    another SIGTERM while the engines and followers finish would then kill the process
+    (status -15, not 0)."""
+    return handling(signal.SIG_IGN, signal.SIGTERM)
+
+
+def wait_for(path: Path, name: str, quiet: bool, poll: float = POLL) -> bool:
+    """Wait until the run's model file ``path`` exists (True), saying once (unless ``quiet``)
+    that the server waits for it; False if SIGTERM came first (in the main thread only)."""
+    if path.exists():
+        return True
+    if not quiet:
+        print(f"pawlab serve: {name}: waiting for the run to write {path}", file=sys.stderr, flush=True)
+    stopped = threading.Event()
+    with handling(lambda sig, frame: stopped.set(), signal.SIGTERM):
+        while not path.exists():
+            if stopped.wait(poll):
+                return False
+    return True
 
 
 def run_server(
