@@ -7,24 +7,25 @@
    ``pawlab train ../shared/data/cats_and_dogs_filtered --backbone`` (EfficientNet-Lite2; kept in
    --work, as bench/infer.py does). The photos: --images of the validation folder, cats and
    dogs alike; the reference answers are ``pawlab predict --json``'s, computed once.
-2. Three servers, each a real process on a free loopback port: ``python -m pawlab serve MODEL``
-   with its defaults, bench/tutorial_serve.py (a Starlette ``async def`` handler, one eager fp32
-   forward pass a request) and its FastAPI ``def`` variant (FastAPI's thread pool; skipped when
-   FastAPI is not installed). Once each is ready, every photo is posted to it once and the
-   answers compared with pawlab predict's (this also warms it up). Then, for each number of
-   clients C, each server in turn (so that a slow spell of the shared machine hits neighbouring
+2. Four servers, each a real process on a free loopback port: ``python -m pawlab serve MODEL``
+   with its defaults (one worker process per core), the same with ``--workers 1`` (pawlab-w1: one
+   process, its engine on every core), bench/tutorial_serve.py (a Starlette ``async def`` handler,
+   one eager fp32 forward pass a request) and its FastAPI ``def`` variant (FastAPI's thread pool;
+   skipped when FastAPI is not installed). Once each is ready, every photo is posted to it once
+   and the answers compared with pawlab predict's (this also warms it up). Then, for each number
+   of clients C, each server in turn (so that a slow spell of the shared machine hits neighbouring
    rows alike): C clients post the photos in turn (``image/jpeg``, the bytes read beforehand) and
    each waits for its answer (after a 503, as long as its Retry-After asks): --warmup seconds,
-   then --seconds whose answers are counted. The load generator is this process (asyncio +
-   httpx, one keep-alive connection a client); it shares the machine's cores with the server
-   and whatever else runs there, so each row also says how many cores the server, the clients
-   and everything else kept busy. Prints img/s (200 answers), p50/p95/p99 latency, the
-   statuses, and the ratios pawlab/tutorial and pawlab/fastapi-def at each C, against the goal
-   at 64 clients.
+   then --seconds whose answers are counted. The load generator is this process (asyncio + httpx,
+   one keep-alive connection a client); it shares the machine's cores with the server and whatever
+   else runs there, so each row also says how many cores the server, the clients and everything
+   else kept busy. Prints img/s (200 answers), p50/p95/p99 latency, the statuses, and the ratios
+   of pawlab (its defaults) to the others at each C, against the goal at 64 clients. The server's
+   cores and memory are its workers' summed.
 3. Overload: pawlab serve with a small queue (``--max-queue 32 --deadline-ms 2000``: a queue
    the clients of a 2-core machine can fill, and a deadline a user still waits for), driven by
-   four times the clients it can answer in time, min(queue + batch, best img/s x deadline), for
-   --overload-seconds. Every 200 answer is checked against pawlab predict's (same class, each
+   four times the clients it can answer in time, min(workers x (queue + batch), best img/s x
+   deadline), for --overload-seconds. Every 200 answer is checked against pawlab predict's (same class, each
    probability within 0.01); the statuses, connection errors and the server's RSS (sampled
    each second; flat: the end within 1.1x the start) are reported.
 4. SIGTERM: 32 clients post to a fresh pawlab serve; a few seconds in, it gets SIGTERM, and each
@@ -32,7 +33,7 @@
    counted and compared with the server's own stop summary on stderr
    (``pawlab serve: stopped: N requests answered, M unanswered``), when it prints one.
 
-A full run takes about 6.5 minutes on 2 cores (each of the three pawlab serve starts compiles
+A full run takes about 8 minutes on 2 cores (each of the four pawlab serve starts compiles
 the model: about 25 s); --quick (3 s windows, 50 photos, 10 s of overload) about 3.
 """
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -58,6 +60,7 @@ from typing import Any
 
 import httpx2 as httpx
 import numpy as np
+import psutil
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -70,6 +73,7 @@ from prepare import SHARED  # noqa: E402  (bench/prepare.py)
 from spec import cpu_class  # noqa: E402  (bench/spec.py)
 
 from pawlab.inference.engine import infer_batch  # noqa: E402
+from pawlab.serve.workers import auto_workers  # noqa: E402
 
 JPEG = {"Content-Type": "image/jpeg"}
 OVERLOAD_QUEUE, OVERLOAD_DEADLINE_MS = 32, 2000
@@ -116,16 +120,27 @@ class Server:
         self.stop()
         raise SystemExit(f"{self.name} did not start: {self.stderr.read_text()[-2000:]}")
 
+    def _tree(self) -> list[psutil.Process]:
+        """The server's process and its live children (its workers)."""
+        root = psutil.Process(self.proc.pid)
+        return [root, *root.children(recursive=True)]
+
     def cpu_s(self) -> float:
-        """CPU seconds the server has used."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+        """CPU seconds the server has used, its workers' included (ended ones too)."""
+        total = 0.0
+        for k, p in enumerate(self._tree()):
+            with contextlib.suppress(psutil.Error):  # it ended just now
+                t = p.cpu_times()
+                total += t.user + t.system + (t.children_user + t.children_system if k == 0 else 0.0)
+        return total
 
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        """The resident memory of the server and its workers (pages they share counted in each)."""
+        total = 0
+        for p in self._tree():
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total / 2**20
 
     def stop(self) -> str:
         """SIGTERM, wait, and the process's stderr."""
@@ -377,14 +392,15 @@ def overload(model: Path, work: Path, photos: list[bytes], ref: Answers, rate: f
     """Four times the clients pawlab serve answers in time (it does ``rate`` img/s), its RSS
     sampled each second."""
     max_batch = infer_batch(torch.device("cpu"))
-    in_time = int(min(OVERLOAD_QUEUE + max_batch, rate * OVERLOAD_DEADLINE_MS / 1000))
+    workers = auto_workers("cpu")  # each with its own queue
+    in_time = int(min(workers * (OVERLOAD_QUEUE + max_batch), rate * OVERLOAD_DEADLINE_MS / 1000))
     clients = 4 * max(in_time, 1)
     flags = ["--max-queue", str(OVERLOAD_QUEUE), "--deadline-ms", str(OVERLOAD_DEADLINE_MS)]
     print(
         f"\noverload: pawlab serve {' '.join(flags)} (a queue small enough for this machine's clients to "
-        f"fill); it answers about min(queue {OVERLOAD_QUEUE} + batch {max_batch}, {rate:.0f} img/s x "
-        f"{OVERLOAD_DEADLINE_MS / 1000:g} s) = {in_time} clients in time: {clients} clients, "
-        f"{OVERLOAD_WARMUP:g}s of warm-up then {seconds:g}s,"
+        f"fill); it answers about min({workers} workers x (queue {OVERLOAD_QUEUE} + batch {max_batch}), "
+        f"{rate:.0f} img/s x {OVERLOAD_DEADLINE_MS / 1000:g} s) = {in_time} clients in time: "
+        f"{clients} clients, {OVERLOAD_WARMUP:g}s of warm-up then {seconds:g}s,"
         " each waiting as a 503's Retry-After asks before it posts again",
         flush=True,
     )
@@ -510,6 +526,7 @@ def main() -> None:
     try:
         for name, start in (
             ("pawlab", lambda: pawlab_serve(model, work, "pawlab", "-q")),
+            ("pawlab-w1", lambda: pawlab_serve(model, work, "pawlab-w1", "-q", "--workers", "1")),
             ("tutorial", lambda: tutorial(model, work, fastapi=False)),
             ("fastapi-def", lambda: tutorial(model, work, fastapi=True)),
         ):

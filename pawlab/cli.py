@@ -37,6 +37,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int | None:
+    """``auto`` (None) or a positive integer."""
+    if text == "auto":
+        return None
+    if not text.strip().lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(f"give auto or a number, not {text!r}")
+    return _positive_int(text)
+
+
 def _days(text: str) -> float:
     """A finite number of days >= 0 (``nan`` and ``inf`` compare oddly: refused)."""
     from pawlab.data.cache import check_days
@@ -395,9 +404,10 @@ def _add_serve(commands: _Commands) -> None:
     )
     p.add_argument(
         "--workers",
-        type=_positive_int,
-        default=1,
-        help="processes answering on the one port, each with its own engines and /metrics (default 1)",
+        type=_workers,
+        default=None,
+        help="processes answering on the one port, each with its own engines on its share of the cores "
+        "(default auto: one per core on the CPU, at most 8; one for a GPU)",
     )
     _inference_options(p, auto="compiled before the first request: tens of seconds at start")
     p.add_argument(

@@ -17,16 +17,14 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 from pawlab.errors import WorkerError
+from pawlab.runtime import usable_cores
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 _UNGUARDED = (

@@ -4,7 +4,7 @@
     batcher.py      a model's engine thread: requests gathered into batches from a bounded queue
     follow.py       a training run followed: its new model file loaded and swapped in
     lifecycle.py    one server: start, answer, drain on SIGTERM, count what it answered
-    workers.py      ``--workers N``: N server processes on one socket
+    workers.py      ``--workers N``: N server processes on one socket (default: one per core)
     service.py      what the endpoints share: decoding pool, deadline, limits, refusals
     app.py          the Starlette app: ``POST /v1/predict``, ``GET /v1/models``, the token, the
                     Host check, CORS
@@ -26,13 +26,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pawlab.checkpoint import read_meta
 from pawlab.errors import ConfigError
 from pawlab.hosts import EVERY_INTERFACE, bind_address, is_loopback, url_host
 from pawlab.serve.app import create_app
 from pawlab.serve.lifecycle import ModelFile, Settings, run_server, stopped_line, wait_for
 from pawlab.serve.models import Batching, Loading, Served, model_names, run_model_file
 from pawlab.serve.service import Limits
-from pawlab.serve.workers import run_workers
+from pawlab.serve.workers import auto_workers, run_workers
 
 __all__ = [
     "DEFAULT_PORT",
@@ -81,7 +82,7 @@ def serve(
     no_auth: bool = False,
     cors_origin: str | None = None,
     grace: int = 10,
-    workers: int = 1,
+    workers: int | None = None,
     tta: bool = False,
     device: str = "auto",
     precision: str = "auto",
@@ -93,10 +94,12 @@ def serve(
     finish the accepted requests within ``grace`` seconds. A run is followed: each better
     model file it writes answers from the next batch on. ``host=None``: this machine only; any
     other address needs ``token`` (every request but the health probes must send it) or
-    ``no_auth``. ``workers``: processes answering on the one port, each with its own engines
-    (spawned: a script calling this with ``workers > 1`` needs ``if __name__ == "__main__":``)."""
+    ``no_auth``. ``workers``: processes answering on the one port, each with its own engines on
+    its share of the cores (None: one per core on the CPU, one for a GPU; spawned: a script
+    calling this with more than one needs ``if __name__ == "__main__":``)."""
     bind = bind_address(host)
     check_access(bind, token, no_auth)
+    workers = auto_workers(device) if workers is None else workers
     if workers < 1:
         raise ConfigError(f"workers={workers}: give 1 or more")
     if no_auth and not is_loopback(bind):
@@ -109,6 +112,8 @@ def serve(
         if not quiet:
             print(stopped_line(0, 0), file=sys.stderr, flush=True)  # SIGTERM before a model came
         return
+    for m in named:
+        read_meta(m.path)  # a missing or foreign file: its one line now, before any worker starts
     settings = Settings(
         tuple(named),
         bind,

@@ -63,9 +63,11 @@ class Batcher:
         max_wait: float,
         max_queue: int,
         on_batch: Callable[[int], None] = lambda size: None,
+        on_queued: Callable[[int], None] = lambda n: None,
     ) -> None:
         self.engine, self.max_batch, self.max_wait, self.max_queue = engine, max_batch, max_wait, max_queue
         self.on_batch = on_batch  # told each batch's size once it ran (the metrics set it)
+        self.on_queued = on_queued  # told `queued` each time it changes (the metrics set it)
         self.draining = False  # set from a signal handler: a plain flag, no lock
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # images in _jobs, and those reserved for requests still decoding
@@ -89,7 +91,7 @@ class Batcher:
     def release(self, n: int) -> None:
         """Give back the room `reserve` held for ``n`` images that will not be submitted."""
         with self._ready:
-            self._queued -= n
+            self._count(-n)
 
     def submit(self, images: np.ndarray, deadline: float, reserved: bool = False) -> Future[Ran]:
         """Queue uint8 (n, H, W, C) images to run before ``deadline`` (``time.monotonic``); the
@@ -108,7 +110,12 @@ class Batcher:
         queue fits only an empty one."""
         if self._queued and self._queued + n > self.max_queue:
             raise QueueFull(f"{self._queued} images queued, at most {self.max_queue}")
+        self._count(n)
+
+    def _count(self, n: int) -> None:
+        """``n`` more images queued (fewer when negative); the lock held."""
         self._queued += n
+        self.on_queued(self._queued)
 
     def swap(self, engine: Engine) -> None:
         """Run the batches after the one running now on ``engine``."""
@@ -154,7 +161,7 @@ class Batcher:
                 if left <= 0 or self.draining:
                     break
                 self._ready.wait(min(left, _POLL))
-            self._queued -= size
+            self._count(-size)
         return batch
 
     def _run(self, batch: list[_Job]) -> None:

@@ -40,14 +40,15 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
 
 class Server:
     """``python -m pawlab serve ARGS --port P --compile off --precision fp32 -q`` (the same
-    answers on any CPU; ``-q`` unless not ``quiet``) until `stop`; `url` once
-    ``/v2/health/ready`` answers 200."""
+    answers on any CPU; ``-q`` unless not ``quiet``; one process unless ARGS name
+    ``--workers``) until `stop`; `url` once ``/v2/health/ready`` answers 200."""
 
     def __init__(self, *args: object, quiet: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         cmd = [sys.executable, "-m", "pawlab", "serve", *map(str, args), "--port", str(self.port)]
+        cmd += [] if "--workers" in args else ["--workers", "1"]
         self.proc = subprocess.Popen(
             [*cmd, "--compile", "off", "--precision", "fp32", *(["-q"] if quiet else [])],
             stdout=subprocess.PIPE,

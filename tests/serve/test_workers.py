@@ -12,6 +12,8 @@ import httpx2 as httpx
 import psutil
 import pytest
 
+import pawlab.serve.workers as workers_module
+from pawlab.serve.workers import auto_workers
 from tests.serve.conftest import Server, wait_until
 from tests.serve.test_follow import ask, predicted
 from tests.test_cli import assert_one_line_error, pawlab
@@ -39,6 +41,13 @@ def accepted(procs: list[psutil.Process], port: int) -> int:
     )
 
 
+def sample(url: str, name: str) -> float | None:
+    """The value of one sample (``name{labels}``) in ``url``'s ``/metrics``; None if absent."""
+    text = httpx.get(f"{url}/metrics").text
+    found = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(f"{name} ")]
+    return found[0] if len(found) == 1 else None
+
+
 def lines(srv: Server, n: int) -> list[str]:
     """The next ``n`` lines the server prints on stderr, as they come."""
     said: list[str] = []
@@ -64,6 +73,8 @@ def test_workers_answer_as_one_server_and_one_that_dies_is_replaced(
             answer = ask(srv.url, image.read_bytes())
             assert answer.status_code == 200
             assert answer.json()["probability-map"] == pytest.approx(expected, abs=1e-6)
+        # each scrape reaches one worker (a new connection each), and each counts both
+        assert [sample(srv.url, 'pawlab_serve_images_total{model="first"}') for _ in range(6)] == [4.0] * 6
         model.write_bytes(b"broken")  # a worker that dies now cannot be replaced
         first[1].kill()
         said = lines(srv, 2)
@@ -93,21 +104,24 @@ def test_sigterm_reaches_every_worker_and_each_answers_what_it_accepted(models: 
     body = next(models["cats"].iterdir()).read_bytes()
     answers: list[httpx.Response] = []
     threads = [threading.Thread(target=lambda: answers.append(ask(srv.url, body))) for _ in range(6)]
-    for t in threads:
-        t.start()
-    wait_until(lambda: accepted(procs, srv.port) == 6, "six requests accepted")
-    srv.proc.send_signal(signal.SIGTERM)
-    for t in threads:
-        t.join(timeout=60)
-    status, err = srv.stop()
+    try:
+        for t in threads:
+            t.start()
+        wait_until(lambda: accepted(procs, srv.port) == 6, "six requests accepted")
+        queued = 'pawlab_serve_queue_images{model="model"}'
+        wait_until(lambda: sample(srv.url, queued) == 6.0, "the six images queued, in both workers' metrics")
+        srv.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        status, err = srv.stop()
     assert [a.status_code for a in answers] == [200] * 6
     assert status == 0
     assert re.fullmatch(r"pawlab serve: stopped: \d+ requests answered, 0 unanswered", err.splitlines()[-1])
     assert not any(p.is_running() for p in procs)
 
 
-@pytest.mark.slow  # three processes, each importing torch
-def test_a_model_a_worker_cannot_load_is_one_line(tmp_path: Path) -> None:
+def test_a_missing_model_file_is_one_line_before_any_worker_starts(tmp_path: Path) -> None:
     proc = pawlab("serve", tmp_path / "none.safetensors", "--workers", "2", "--compile", "off")
     assert_one_line_error(proc, f"pawlab serve: error: {tmp_path / 'none.safetensors'}: no such model file")
     assert proc.returncode == 1
@@ -124,6 +138,13 @@ class _Ended:
 
     def close(self) -> None:
         pass
+
+
+def test_auto_is_one_worker_per_core_up_to_a_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workers_module, "usable_cores", lambda: 2)
+    assert auto_workers("cpu") == 2
+    monkeypatch.setattr(workers_module, "usable_cores", lambda: 64)
+    assert auto_workers("cpu") == workers_module.MAX_AUTO_WORKERS
 
 
 def test_a_worker_that_dies_when_no_other_runs_is_still_replaced() -> None:
