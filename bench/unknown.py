@@ -1,0 +1,223 @@
+"""Benchmark: how well each in-distribution method tells a model's own kind of image from others.
+
+    .venv/bin/python bench/unknown.py [--work DIR] [--catsdogs MODEL] [--flowers MODEL] [--digits 1000]
+
+1. Models: the default cats/dogs transfer model (bench/infer.py's, ``pawlab train
+   ../shared/data/cats_and_dogs_filtered --backbone``, kept in --work and reused) and, unless
+   ``--no-flowers``, a flowers model trained the same way on ``../shared/data/flowers5/train``.
+2. For each, the penultimate features and logits (`pawlab.unknown.features_and_logits`, the
+   frozen backbone's features from the feature cache) of: its training split (what every method
+   fits on), its validation split (in distribution), and out-of-distribution sources: for
+   cats/dogs the flowers of ``flowers5/test`` and --digits MNIST test digits (grey, as RGB); for
+   flowers ``flowers5/test`` is in distribution, and all cats/dogs photos and the digits are not.
+3. Per method of `pawlab.unknown.SCORERS`, with its default settings (fixed before any of these
+   sources were looked at: nothing is tuned on them), prints:
+   * against each out-of-distribution source: the false-positive rate at 95% true-positive
+     rate (the share of that source scoring above the 5% quantile of the in-distribution images)
+     and the AUROC, both over all in-distribution images;
+   * calibrated on one seeded half of the in-distribution images (as training calibrates on the
+     validation split), on the other half: the share refused at the default threshold, and the
+     accuracy and log loss of the accepted images beside those of all;
+   * its cost: seconds to fit and calibrate, bytes it adds to the model file, microseconds to
+     score an image once the network has run (features and logits are computed anyway).
+
+From a cold feature cache on 2 CPU cores: about 15 minutes (the flowers model's training
+included); warm: a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from infer import trained_model  # noqa: E402  (bench/infer.py: the cats/dogs model)
+from prepare import SHARED  # noqa: E402
+from spec import cpu_class  # noqa: E402
+
+from pawlab.config import DataConfig  # noqa: E402
+from pawlab.data import load_dataset  # noqa: E402
+from pawlab.data.embedded import mnist_test  # noqa: E402
+from pawlab.inference import Model, load_model  # noqa: E402
+from pawlab.inference.features import trunk_features  # noqa: E402
+from pawlab.unknown import SCORERS, calibrate, features_and_logits, fit, refused, score, typicality  # noqa: E402
+
+DATA = SHARED.parent
+FLOWERS = DATA / "flowers5"
+
+
+@dataclass
+class Outputs:
+    """What a model computes for a set of images: features (N, D), logits (N, C), labels (N,)."""
+
+    features: torch.Tensor
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def part(self, rows: torch.Tensor) -> Outputs:
+        return Outputs(self.features[rows], self.logits[rows], self.labels[rows])
+
+
+def outputs(model: Model, images: np.ndarray, labels: np.ndarray | None = None) -> Outputs:
+    """The penultimate features and logits of uint8 images (N, H, W, C) at the model's size."""
+    if model.network.trunk_length is None:
+        raise SystemExit("bench/unknown.py reads transfer models (a frozen backbone) only")
+    trunk = trunk_features(model.network.trunk, images, model.preprocessing, model.device, progress=False)
+    features, logits = features_and_logits(model.network, torch.from_numpy(trunk[:, 0]), from_trunk=True)
+    return Outputs(
+        features, logits, torch.from_numpy(labels if labels is not None else np.zeros(len(images))).long()
+    )
+
+
+def together(parts: list[Outputs]) -> Outputs:
+    return Outputs(*(torch.cat([getattr(p, k) for p in parts]) for k in ("features", "logits", "labels")))
+
+
+def splits(model: Model, data: Path) -> tuple[Outputs, Outputs]:
+    """(training part, validation part) of a labelled folder, split as in the model's training
+    (a pre-split folder: its own), each part's features cached on its own."""
+    origin = model.meta["training"]["data"]["origin"]
+    pre = model.preprocessing
+    config = DataConfig(
+        size=pre.size[0],
+        resize=pre.resize,
+        val_fraction=origin["val_fraction"],
+        seed=origin["seed"],
+        workers=1,
+    )
+    ds = load_dataset(data, config, progress=False)
+    return outputs(model, ds.train.images, ds.train.labels), outputs(
+        model, ds.validation.images, ds.validation.labels
+    )
+
+
+def photos(model: Model, data: Path) -> Outputs:
+    """Every image of a labelled folder, both parts of its split."""
+    return together(list(splits(model, data)))
+
+
+def digits(model: Model, n: int) -> Outputs:
+    """The first ``n`` MNIST test digits, upscaled to the model's input, grey as RGB."""
+    x, _ = mnist_test(DATA / "mnist")
+    size = model.preprocessing.size
+    big = np.stack([np.asarray(Image.fromarray(d).resize(size, Image.Resampling.BILINEAR)) for d in x[:n]])
+    return outputs(model, np.repeat(big[..., None], 3, axis=3))
+
+
+def trained(work: Path, name: str, data: Path) -> Path:
+    """A model of the default transfer recipe on ``data``, trained once into ``work``."""
+    path = work / f"{name}.safetensors"
+    if not path.exists():
+        print(f"training a {name} transfer model (a cold feature cache: minutes)", flush=True)
+        cmd = [sys.executable, "-m", "pawlab", "train", str(data), "--backbone", "--out", str(path)]
+        subprocess.run([*cmd, "--run-dir", str(work / f"{name}-run"), "-q"], check=True)
+    return path
+
+
+# ---------------------------------------------------------------- measures
+
+
+def fpr_at_95(inside: np.ndarray, outside: np.ndarray) -> float:
+    """Share of ``outside`` scoring at or above the score that keeps 95% of ``inside``."""
+    return float((outside >= np.quantile(inside, 0.05)).mean())
+
+
+def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
+    """The chance that an inside score beats an outside one (ties count half)."""
+    ordered = np.sort(outside)
+    below = np.searchsorted(ordered, inside, side="left")
+    ties = np.searchsorted(ordered, inside, side="right") - below
+    return float((below + ties / 2).mean() / len(outside))
+
+
+def accuracy_and_loss(out: Outputs) -> tuple[float, float]:
+    if len(out) == 0:
+        return float("nan"), float("nan")
+    logp = out.logits.log_softmax(1)
+    accuracy = float((logp.argmax(1) == out.labels).float().mean())
+    return accuracy, float(-logp.gather(1, out.labels[:, None]).mean())
+
+
+def report(title: str, train: Outputs, inside: tuple[str, Outputs], others: dict[str, Outputs]) -> None:
+    """One row per method: its cost, what it refuses of ``inside``, and how it separates each
+    of ``others`` from ``inside`` (named, as the others)."""
+    inside_name, inside = inside
+    halves = torch.randperm(len(inside), generator=torch.Generator().manual_seed(0))
+    cal, test = inside.part(halves[: len(inside) // 2]), inside.part(halves[len(inside) // 2 :])
+    print(f"\n{title}: fit on {len(train)} training images; in distribution {inside_name} ({len(inside)})")
+    print("  out of distribution: " + ", ".join(f"{name} ({len(o)})" for name, o in others.items()))
+    sources = "".join(f" {name[:18]:>18}" for name in others)
+    print(
+        f"  {'':<12} {'fit s':>6} {'bytes':>10} {'us/img':>7} {'refused':>8} {'acc: kept / all':>16} "
+        f"{'log loss: kept / all':>21}{sources}   (FPR@95TPR / AUROC)"
+    )
+    all_acc, all_loss = accuracy_and_loss(test)
+    for method in SCORERS.names():
+        t0 = time.perf_counter()
+        state = calibrate(fit(method, train.features, train.logits, train.labels), cal.features, cal.logits)
+        fit_s = time.perf_counter() - t0
+        kept = ~refused(typicality(state, test.features, test.logits))
+        refused_share = 1 - float(kept.float().mean())
+        acc, loss = accuracy_and_loss(test.part(kept.nonzero()[:, 0]))
+        t0 = time.perf_counter()
+        s_in = score(state, inside.features, inside.logits).numpy()
+        s_out = [score(state, o.features, o.logits).numpy() for o in others.values()]
+        us = (time.perf_counter() - t0) * 1e6 / (len(inside) + sum(len(o) for o in others.values()))
+        cells = "".join(f" {f'{fpr_at_95(s_in, s):6.1%} / {auroc(s_in, s):.4f}':>18}" for s in s_out)
+        print(
+            f"  {method:<12} {fit_s:6.2f} {state.nbytes:>10,} {us:7.1f} {refused_share:8.1%} "
+            f"{f'{acc:.2%} / {all_acc:.2%}':>16} {f'{loss:.4f} / {all_loss:.4f}':>21}{cells}"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "pawlab-bench-unknown")
+    ap.add_argument(
+        "--catsdogs", type=Path, default=None, help="a cats/dogs model (default: bench/infer.py's)"
+    )
+    ap.add_argument(
+        "--flowers", type=Path, default=None, help="a flowers5 model (default: trained in --work)"
+    )
+    ap.add_argument("--no-flowers", action="store_true", help="the cats/dogs model only")
+    ap.add_argument("--digits", type=int, default=1000, help="MNIST test digits used as out of distribution")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(f"CPU: {cpu_class()}")
+    cats_path = args.catsdogs or trained_model(Path(tempfile.gettempdir()) / "pawlab-bench-infer")
+    cats = load_model(cats_path, device="cpu", precision="fp32", compile="off")
+    train, val = splits(cats, SHARED)
+    others = {"flowers5/test": photos(cats, FLOWERS / "test"), "MNIST digits": digits(cats, args.digits)}
+    report(f"cats/dogs model ({cats_path.name})", train, ("its validation photos", val), others)
+    if args.no_flowers:
+        return
+    flowers_path = args.flowers or trained(args.work, "flowers", FLOWERS / "train")
+    flowers = load_model(flowers_path, device="cpu", precision="fp32", compile="off")
+    train, _ = splits(flowers, FLOWERS / "train")
+    others = {"cats/dogs photos": photos(flowers, SHARED), "MNIST digits": digits(flowers, args.digits)}
+    report(
+        f"flowers model ({flowers_path.name})",
+        train,
+        ("flowers5/test", photos(flowers, FLOWERS / "test")),
+        others,
+    )
+
+
+if __name__ == "__main__":
+    main()
