@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from pawlab.errors import ConfigError, ModelFileError
 from pawlab.unknown import (
+    DEFAULT_METHOD,
     DEFAULT_THRESHOLD,
     SCORERS,
     State,
@@ -122,6 +123,13 @@ def test_the_knn_bank_is_a_seeded_half_precision_subsample(
     assert a.tensors["bank"].shape == (100, D) and a.tensors["bank"].dtype == torch.float16
     assert torch.equal(a.tensors["bank"], b.tensors["bank"]) and a.nbytes == 100 * D * 2
     assert fit("knn", *train, bank=5000).tensors["bank"].shape == (1500, D)
+
+
+def test_the_default_method_is_registered_and_fits_with_its_defaults(
+    train: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> None:
+    state = fit(DEFAULT_METHOD, *train)
+    assert DEFAULT_METHOD in SCORERS and state.settings == SCORERS.get(DEFAULT_METHOD).defaults
 
 
 def test_typicality_needs_a_calibrated_state() -> None:
