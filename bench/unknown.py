@@ -225,7 +225,7 @@ def report(
     cal, test = inside.part(halves[: len(inside) // 2]), inside.part(halves[len(inside) // 2 :])
     print(f"  {title}: fit on {len(train)} training images; in distribution {inside_name} ({len(inside)})")
     print("  out of distribution: " + ", ".join(f"{name} ({len(o)})" for name, o in others.items()))
-    sources = "".join(f" {name[:18]:>18}" for name in others)
+    sources = "".join(f" {name[:22]:>22}" for name in others)
     print(
         f"  {'':<12} {'fit s':>6} {'bytes':>10} {'us/img':>7} {'refused':>8} {'acc: kept / all':>16} "
         f"{'log loss: kept / all':>21}{sources}   (FPR@95TPR / AUROC)"
@@ -243,7 +243,7 @@ def report(
         s_in = score(state, inside.features, inside.logits).numpy()
         s_out = [score(state, o.features, o.logits).numpy() for o in others.values()]
         us = (time.perf_counter() - t0) * 1e6 / (len(inside) + sum(len(o) for o in others.values()))
-        cells = "".join(f" {f'{fpr_at_95(s_in, s):6.1%} / {auroc(s_in, s):.4f}':>18}" for s in s_out)
+        cells = "".join(f" {f'{fpr_at_95(s_in, s):6.1%} / {auroc(s_in, s):.4f}':>22}" for s in s_out)
         print(
             f"  {method:<12} {fit_s:6.2f} {state.nbytes:>10,} {us:7.1f} {refused_share:8.1%} "
             f"{f'{acc:.2%} / {all_acc:.2%}':>16} {f'{loss:.4f} / {all_loss:.4f}':>21}{cells}"
