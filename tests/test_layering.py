@@ -1,6 +1,6 @@
 """Imports point one way (the README's layout table names the rule):
 
-    leaves  <-  data, models  <-  inference  <-  training  <-  cli, demo, pawlab/__init__
+    leaves  <-  data, models  <-  unknown  <-  inference  <-  training  <-  cli, demo, pawlab/__init__
 
 Leaves (errors, configs, registry, atomic writes, preprocessing, the checkpoint format,
 figures, runtime, runlog, hosts) import only leaves. data and models know nothing of each other.
@@ -38,12 +38,13 @@ ALLOWED = {
     "leaf": set(),
     "data": set(),
     "models": set(),
-    "inference": {"data", "models"},
-    "training": {"data", "models", "inference"},
+    "unknown": {"models"},
+    "inference": {"data", "models", "unknown"},
+    "training": {"data", "models", "unknown", "inference"},
     "dashboard": set(),
-    "serve": {"data", "models", "inference"},
-    "spec": {"data", "models", "inference", "training"},
-    "top": {"data", "models", "inference", "training", "dashboard", "spec", "serve"},
+    "serve": {"data", "models", "unknown", "inference"},
+    "spec": {"data", "models", "unknown", "inference", "training"},
+    "top": {"data", "models", "unknown", "inference", "training", "dashboard", "spec", "serve"},
 }
 NEVER_IMPORTED = {"dashboard", "spec", "serve"}  # only the CLI (and pawlab.serve) start them
 

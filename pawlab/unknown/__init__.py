@@ -1,0 +1,29 @@
+"""Unknown inputs ("none of these"): how typical of a model's training data an image is.
+
+scorers.py      in-distribution scorers registered by name (`SCORERS`: msp, energy,
+                mahalanobis, knn), each fitted to a `State` of named tensors and settings
+calibration.py  typicality (the share of validation images less typical) and the refusal rule
+storage.py      a `State` as model-file tensors and metadata, and back
+features.py     a network's penultimate features and logits, what the scorers read
+"""
+
+from pawlab.unknown.calibration import DEFAULT_THRESHOLD, calibrate, refused, typicality
+from pawlab.unknown.features import features_and_logits, split_last_linear
+from pawlab.unknown.scorers import DEFAULT_METHOD, SCORERS, State, fit, score
+from pawlab.unknown.storage import from_tensors, to_tensors
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "DEFAULT_THRESHOLD",
+    "SCORERS",
+    "State",
+    "calibrate",
+    "features_and_logits",
+    "fit",
+    "from_tensors",
+    "refused",
+    "score",
+    "split_last_linear",
+    "to_tensors",
+    "typicality",
+]
