@@ -77,7 +77,7 @@ from pawlab.serve.workers import auto_workers  # noqa: E402
 
 JPEG = {"Content-Type": "image/jpeg"}
 OVERLOAD_QUEUE, OVERLOAD_DEADLINE_MS = 32, 2000
-OVERLOAD_WARMUP = 10.0  # seconds: the server's decoding threads start, and their memory, under load
+OVERLOAD_WARMUP = 30.0  # seconds: every worker's decoding threads start, and reach their memory, under load
 SIGTERM_CLIENTS, SIGTERM_AFTER = 32, 4.0  # seconds of load before the signal
 GOAL = {True: 4.0, False: 2.5}  # img/s at 64 clients, x the tutorial's: fast bf16 or AVX2 only
 FULL = {"warmup": 3.0, "seconds": 20.0, "overload_seconds": 60.0, "images": 200}

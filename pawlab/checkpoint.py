@@ -1,7 +1,8 @@
 """The self-describing model file: one ``.safetensors`` file, no pickle.
 
 Tensors: the network's weights under ``model.`` and, for resuming, the optimizer's state
-tensors under ``optim.`` and the random generators' states under ``rng.``. The safetensors
+tensors under ``optim.`` and the random generators' states under ``rng.``; what else a model
+carries under names of its own (``unknown.``: its in-distribution model, `pawlab.unknown`). The safetensors
 header's metadata holds one JSON document under the key ``pawlab``: architecture, classes,
 preprocessing, metrics, history and training state. A file alone is enough to predict, evaluate or resume.
 
@@ -39,6 +40,7 @@ class Checkpoint:
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict[str, Any] | None
     rng: dict[str, torch.Tensor] = field(default_factory=dict)  # random generators' states
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # other tensors, by their full names
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -70,8 +72,10 @@ def save(
     meta: dict[str, Any],
     optimizer_state: dict[str, Any] | None = None,
     rng: dict[str, torch.Tensor] | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Atomically write a model file; returns its path."""
+    """Atomically write a model file; returns its path. ``extra``: tensors by their full names,
+    outside the prefixes of the weights, the optimizer and the generators."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tensors = {MODEL_PREFIX + k: v.detach().cpu().contiguous() for k, v in model_state.items()}
@@ -82,6 +86,10 @@ def save(
         meta["optimizer_state"] = opt_rest
     for name, state in (rng or {}).items():
         tensors[RNG_PREFIX + name] = state.detach().cpu().contiguous()
+    for name, t in (extra or {}).items():
+        if name.startswith((MODEL_PREFIX, OPTIM_PREFIX, RNG_PREFIX)):
+            raise ValueError(f"{name}: an extra tensor's name must not start with model., optim. or rng.")
+        tensors[name] = t.detach().cpu().contiguous()
     header = {"pawlab": json.dumps(meta)}
     try:
         atomic_write(p, lambda tmp: save_file(tensors, str(tmp), metadata=header), fsync=True)
@@ -203,14 +211,18 @@ def load(path: str | os.PathLike[str], *, with_optimizer: bool = False) -> Check
     try:
         with safe_open(str(p), framework="pt") as fh:
             meta = _meta(p, fh.metadata() or {})
-            model_state, optim_tensors, rng = {}, {}, {}
+            model_state, optim_tensors, rng, extra = {}, {}, {}, {}
             for key in fh.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if key.startswith(MODEL_PREFIX):
                     model_state[key[len(MODEL_PREFIX) :]] = fh.get_tensor(key)
-                elif with_optimizer and key.startswith(OPTIM_PREFIX):
-                    optim_tensors[key] = fh.get_tensor(key)
-                elif with_optimizer and key.startswith(RNG_PREFIX):
-                    rng[key[len(RNG_PREFIX) :]] = fh.get_tensor(key)
+                elif key.startswith(OPTIM_PREFIX):
+                    if with_optimizer:
+                        optim_tensors[key] = fh.get_tensor(key)
+                elif key.startswith(RNG_PREFIX):
+                    if with_optimizer:
+                        rng[key[len(RNG_PREFIX) :]] = fh.get_tensor(key)
+                else:
+                    extra[key] = fh.get_tensor(key)
     except (SafetensorError, OSError, ValueError) as exc:
         raise _unreadable(p, exc) from None
     _check_format(p, meta)
@@ -218,4 +230,4 @@ def load(path: str | os.PathLike[str], *, with_optimizer: bool = False) -> Check
     if with_optimizer and "optimizer_state" in meta:
         optimizer_state = _unflatten_optimizer(optim_tensors, meta["optimizer_state"])
     meta.pop("optimizer_state", None)
-    return Checkpoint(meta, model_state, optimizer_state, rng)
+    return Checkpoint(meta, model_state, optimizer_state, rng, extra)

@@ -127,4 +127,5 @@ def record_agreement(
         f"{result['same_class']:.2%}, largest probability difference {result['max_prob_diff']:.4f}, "
         f"{result['rerun']:.1%} run again in fp32 by the guard {result['guard']:.4f})"
     )
-    checkpoint.save(path, ck.model_state, {**ck.meta, "inference": result}, ck.optimizer_state, ck.rng)
+    meta = {**ck.meta, "inference": result}
+    checkpoint.save(path, ck.model_state, meta, ck.optimizer_state, ck.rng, ck.extra)

@@ -14,7 +14,7 @@ from typing import Any, overload
 import numpy as np
 import torch
 
-from pawlab import checkpoint, display
+from pawlab import checkpoint, display, unknown
 from pawlab.data.decode import ImageLike, load_image
 from pawlab.errors import ConfigError, ModelFileError, SmallImageWarning
 from pawlab.inference.engine import (
@@ -27,6 +27,7 @@ from pawlab.inference.engine import (
     to_inputs,
 )
 from pawlab.inference.features import trunk_features
+from pawlab.inference.typicality import Source, network_features
 from pawlab.models.network import Network, build
 from pawlab.preprocessing import Preprocessing
 from pawlab.runtime import resolve_device, use_bf16
@@ -173,6 +174,8 @@ class Model:
         self.compile = compile
         self._compiled: Compiled | None = None  # bf16 (autocast) or fp32, as self.bf16
         self._rerun: Compiled | None = None  # fp32, for the images the guard sends back
+        # its in-distribution model (`pawlab.unknown`): None for a file trained before pawlab fitted one
+        self.unknown: unknown.State | None = None
 
     @functools.cached_property
     def _runner(self) -> torch.nn.Module:
@@ -237,7 +240,19 @@ class Model:
                 ck.meta["architecture"], num_classes=len(classes), where=str(path), pretrained=False
             )
             checkpoint.load_weights(path, network, ck.model_state)
-        return cls(network, classes, pre, ck.meta, Path(path), device, precision, compile)
+        model = cls(network, classes, pre, ck.meta, Path(path), device, precision, compile)
+        model.unknown = unknown.from_tensors(ck.extra, ck.meta.get("unknown"), str(path))
+        return model
+
+    def typicality(self, images: np.ndarray) -> np.ndarray | None:
+        """uint8 (N, H, W, C) at the model's size -> each image's typicality (N,) in [0, 1]: the
+        share of the validation images less typical of the training data than it (an image
+        below `pawlab.unknown.DEFAULT_THRESHOLD` is one the model should not answer for); None
+        when the model file has no in-distribution model. One fp32 pass of the network."""
+        if self.unknown is None:
+            return None
+        feats, logits = network_features(self.network, Source(images), self.preprocessing, self.device)
+        return unknown.typicality(self.unknown, feats, logits).numpy()
 
     @property
     def metrics(self) -> dict[str, float]:

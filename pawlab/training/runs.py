@@ -28,6 +28,7 @@ from pawlab.data.datasets import layout_of, untrained_classes, untrained_warning
 from pawlab.errors import ConfigError, ModelFileError, OutputError
 from pawlab.inference.agreement import record_agreement
 from pawlab.inference.features import trunk_features
+from pawlab.inference.typicality import Source, record_unknown
 from pawlab.models import (
     LayerSpec,
     Network,
@@ -532,6 +533,7 @@ def _fit(
         if isinstance(val_set, FeatureSet):  # fp32 features are cached: only the head runs
             fp32 = lambda rows: trainer.inputs.logits(network, val_set.images[rows], 0)  # noqa: E731
         record_agreement(run.out, network, run.ds.validation.images, pre, trainer.device, trainer.log, fp32)
+        _record_unknown(run.out, network, train_set, val_set, pre, trainer)
     result = TrainResult(
         run.out,
         run.run_dir,
@@ -543,6 +545,20 @@ def _fit(
     )
     loop = {"epoch": done.epoch, "history": done.history, "metrics": done.metrics}
     return result, {"loop": loop, "callbacks": {best.state_key: best.state_dict()}}
+
+
+def _record_unknown(
+    path: Path, network: Network, train: ImageSet, validation: ImageSet, pre: Preprocessing, trainer: Trainer
+) -> None:
+    """Keep an in-distribution model in the model file (`record_unknown`), or say why not."""
+    cached = isinstance(train, FeatureSet)
+    fit_on = Source(train.images, train.labels, cached)
+    try:
+        record_unknown(
+            path, network, fit_on, Source(validation.images, None, cached), pre, trainer.device, trainer.log
+        )
+    except (ValueError, ConfigError) as exc:  # no linear layer to read features before; no validation
+        trainer.log(f"no in-distribution model: {str(exc).splitlines()[0]}")
 
 
 def _sets(

@@ -10,11 +10,12 @@ features.py     a network's penultimate features and logits, what the scorers re
 from pawlab.unknown.calibration import DEFAULT_THRESHOLD, calibrate, refused, typicality
 from pawlab.unknown.features import features_and_logits, split_last_linear
 from pawlab.unknown.scorers import DEFAULT_METHOD, SCORERS, State, fit, score
-from pawlab.unknown.storage import from_tensors, to_tensors
+from pawlab.unknown.storage import PREFIX, from_tensors, to_tensors
 
 __all__ = [
     "DEFAULT_METHOD",
     "DEFAULT_THRESHOLD",
+    "PREFIX",
     "SCORERS",
     "State",
     "calibrate",
