@@ -360,6 +360,24 @@ def _non_negative_float(text: str) -> float:
     return _number(text, 0, strict=False)
 
 
+def _typicality(text: str) -> float:
+    value = _number(text, 0, strict=False)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"a typicality between 0 and 1, got {text}")
+    return value
+
+
+def _unknown_threshold_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--unknown-threshold",
+        type=_typicality,
+        default=0.05,
+        metavar="T",
+        help="an image less typical than this share of the validation images is unknown: none of the "
+        "model's classes (default 0.05)",
+    )
+
+
 def _add_serve(commands: _Commands) -> None:
     p = commands.add("serve", "models behind HTTP: batched, bounded, with health probes")
     p.add_argument(
@@ -439,12 +457,14 @@ def _add_inference(commands: _Commands) -> None:
     p.add_argument("model", type=Path)
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--json", action="store_true", help="one JSON object per image, one per line")
+    _unknown_threshold_option(p)
     _inference_options(p)
 
     p = commands.add("evaluate", "accuracy, log loss and confusion matrix on labelled data")
     p.add_argument("model", type=Path)
     p.add_argument("data", help="a prepared folder or labelled source (its validation split if it has one)")
     p.add_argument("--json", action="store_true")
+    _unknown_threshold_option(p)
     p.add_argument(
         "--report-dir", type=Path, default=None, help="where to write figures (default: beside the model)"
     )
@@ -854,6 +874,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pawlab.inference import load_model
 
     model = load_model(args.model, args.device, args.precision, args.compile)
+    model.unknown_threshold = args.unknown_threshold
     for path in args.images:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SmallImageWarning)  # its notes are printed below
@@ -862,7 +883,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(json.dumps({"image": str(path), **pred.to_json()}))
         else:
             probs = "  ".join(f"{c} {p:.4f}" for c, p in pred.probabilities.items())
-            print(f"{path}: {pred.classification}  ({probs})")
+            typical = "" if pred.typicality is None else f"  typicality {pred.typicality:.3f}"
+            print(f"{path}: {pred.classification}{' (unknown)' if pred.unknown else ''}  ({probs}){typical}")
         for note in pred.notes:
             print(f"pawlab predict: note: {note}", file=sys.stderr)
     return 0
@@ -880,6 +902,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         tta=args.tta,
         class_map=args.class_map,
         layout=args.layout,
+        unknown_threshold=args.unknown_threshold,
     )
     print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
     return 0

@@ -153,8 +153,10 @@ class _RerunQueue:
     across batches and run ``batch_size`` at a time (a compiled ``again`` has one batch size, and
     a few images per batch would mostly be padding); a batch is released once all are final."""
 
-    def __init__(self, again: Forward, batch_size: int, fmt: torch.memory_format) -> None:
-        self.again, self.batch_size, self.fmt = again, batch_size, fmt
+    def __init__(
+        self, again: Forward, batch_size: int, fmt: torch.memory_format, classes: int | None = None
+    ) -> None:
+        self.again, self.batch_size, self.fmt, self.classes = again, batch_size, fmt, classes
         self.pending: deque[_Pending] = deque()
         self.queue: list[tuple[_Pending, int, int, torch.Tensor]] = []  # (batch, view, row, input (C, H, W))
 
@@ -168,7 +170,7 @@ class _RerunQueue:
         """One view's outputs (B, ...) for inputs ``x`` (B, C, H, W); with a ``guard``, the rows
         whose top-class probability is below ``1 - guard`` are queued."""
         if guard is not None:
-            unsure = torch.nonzero((1 - out.amax(1)) > guard).flatten().tolist()
+            unsure = torch.nonzero((1 - out[:, : self.classes].amax(1)) > guard).flatten().tolist()
             self.queue += [(item, len(item.outs), row, x[row].clone()) for row in unsure]
             item.waiting += len(unsure)
         item.outs.append(out)
@@ -180,7 +182,7 @@ class _RerunQueue:
             chunk = self.queue[: self.batch_size]
             del self.queue[: self.batch_size]
             x = torch.stack([inp for *_, inp in chunk]).contiguous(memory_format=self.fmt)
-            probs = F.softmax(self.again(x).float(), dim=1)
+            probs = softmaxed(self.again(x).float(), self.classes)
             for (item, v, row, _), p in zip(chunk, probs, strict=True):
                 item.outs[v][row] = p
                 item.waiting -= 1
@@ -192,12 +194,22 @@ class _RerunQueue:
             yield (outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)).cpu()
 
 
-def _outputs(run: Forward, x: torch.Tensor, device: torch.device, bf16: bool, softmax: bool) -> torch.Tensor:
+def softmaxed(out: torch.Tensor, classes: int | None = None) -> torch.Tensor:
+    """Outputs (B, K) -> the softmax of their first ``classes`` columns (all when None: logits
+    alone), then the other columns as they are (what a network puts beside its logits)."""
+    if classes is None:
+        return F.softmax(out, dim=1)
+    return torch.cat([F.softmax(out[:, :classes], dim=1), out[:, classes:]], dim=1)
+
+
+def _outputs(
+    run: Forward, x: torch.Tensor, device: torch.device, bf16: bool, softmax: bool, classes: int | None
+) -> torch.Tensor:
     """Inputs (B, C, H, W) -> outputs (B, ...) float32, under bf16 autocast if asked; softmax
-    probabilities if asked."""
+    probabilities of the first ``classes`` columns if asked (`softmaxed`)."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         out = run(x).float()
-    return F.softmax(out, dim=1) if softmax else out
+    return softmaxed(out, classes) if softmax else out
 
 
 def run_batches(
@@ -214,6 +226,7 @@ def run_batches(
     channels_last: bool = True,
     views: Sequence[str] = ("plain",),
     softmax: bool = False,
+    classes: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Outputs (B, ...) per uint8 batch, in order, float32 on the CPU; with several ``views``
     their softmax probabilities (or outputs) averaged. ``forward``: what runs the network (e.g.
@@ -223,18 +236,19 @@ def run_batches(
     ``1 - guard`` are run again in fp32 by ``rerun`` (default ``module``). They are queued
     across batches and run ``rerun_batch`` at a time (a compiled ``rerun`` has one batch size,
     and a few images per batch would mostly be padding); a batch is yielded once all of its
-    images are final."""
+    images are final. ``classes``: the outputs' first columns are the logits, the rest are
+    passed through (and averaged over views) as they are, e.g. features beside them."""
     module.eval()
     run = forward or module
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     guard = guard if bf16 and softmax else None  # it guards bf16 probabilities only
-    reruns = _RerunQueue(rerun or module, rerun_batch, fmt)
+    reruns = _RerunQueue(rerun or module, rerun_batch, fmt, classes)
     with torch.inference_mode():
         for batch in batches:
             item = reruns.new_batch()
             for v in views:
                 x = to_inputs(batch, pre, device, fmt, v)
-                reruns.add_view(item, x, _outputs(run, x, device, bf16, softmax), guard)
+                reruns.add_view(item, x, _outputs(run, x, device, bf16, softmax, classes), guard)
             reruns.run_queued(everything=False)
             yield from reruns.finished()
         reruns.run_queued(everything=True)

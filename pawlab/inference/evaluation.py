@@ -31,6 +31,8 @@ class EvalReport:
     top_losses: list[dict[str, Any]] = field(default_factory=list)  # the most confidently wrong
     # their pixels, as shrunk for thumbnails (uint8 (h, w, C)); not in the JSON
     top_loss_pixels: list[np.ndarray] = field(default_factory=list, compare=False)
+    # what the model's in-distribution model would refuse (`unknown_summary`); None without one
+    unknown: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +47,7 @@ class EvalReport:
             "figures": self.figures,
             "top_losses": self.top_losses,
             "skipped": self.skipped,
+            "unknown": self.unknown,
         }
 
     def table(self) -> str:
@@ -53,6 +56,7 @@ class EvalReport:
             f"evaluated {self.count} images ({self.split})",
             f"accuracy  {self.accuracy:.4f}",
             f"log loss  {self.log_loss:.4f}",
+            *_unknown_lines(self.unknown),
             "",
             f"{'class':<{w}}  precision  recall",
         ]
@@ -117,6 +121,36 @@ class EvalReport:
                 [thumb, worst["name"], worst["true"], worst["predicted"], worst["p_true"], worst["loss"]]
             )
         return display.table(rows, ["image", "name", "true", "predicted", "p(true)", "loss"])
+
+
+def _unknown_lines(unknown: dict[str, Any] | None) -> list[str]:
+    if unknown is None:
+        return []
+    refused, kept = unknown["refused"], unknown["accepted"]
+    line = f"unknown   {refused} refused as none of the classes (typicality below {unknown['threshold']:g})"
+    if not kept["count"]:
+        return [line + "; none accepted"]
+    return [
+        line,
+        f"accepted  {kept['count']}: accuracy {kept['accuracy']:.4f}, log loss {kept['log_loss']:.4f}",
+    ]
+
+
+def unknown_summary(
+    probs: np.ndarray, labels: np.ndarray, typicality: np.ndarray, threshold: float
+) -> dict[str, Any]:
+    """How many labelled images an in-distribution model refuses at ``threshold``, and the
+    accuracy and log loss of those it accepts."""
+    kept = typicality >= threshold
+    accepted: dict[str, Any] = {"count": int(kept.sum())}
+    if kept.any():
+        pred = probs[kept].argmax(1)
+        p_true = np.clip(probs[kept][np.arange(int(kept.sum())), labels[kept]], 1e-15, 1.0)
+        accepted |= {
+            "accuracy": float((pred == labels[kept]).mean()),
+            "log_loss": float(-np.log(p_true).mean()),
+        }
+    return {"threshold": threshold, "refused": int((~kept).sum()), "accepted": accepted}
 
 
 def metrics_from_probs(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -222,6 +256,7 @@ def evaluate(
     tta: bool = False,
     class_map: Mapping[str, str] | None = None,
     layout: str | None = None,
+    unknown_threshold: float | None = None,
 ) -> EvalReport:
     """Evaluate on labelled data: its validation split when it has one, never training images.
     ``class_map``: the data's class names in the model's terms (``{"cats": "cat"}``); ``layout``:
@@ -231,12 +266,18 @@ def evaluate(
     Writes to ``report_dir`` (default: beside the model file, ``<model>-eval/``)
     ``predictions.png`` (sample predictions, wrong ones marked), ``confusion_matrix.png`` and
     ``top_losses.png`` (the most confidently wrong images). ``tta``: test-time augmentation.
+    With an in-distribution model, the report says how many images it refuses (typicality
+    below ``unknown_threshold``, default the model's: 0.05) and how the accepted ones score.
     """
     m = model if isinstance(model, Model) else load_model(model)
+    if unknown_threshold is not None:
+        m.unknown_threshold = unknown_threshold
     ev = eval_set_for(m, data, workers=workers, progress=progress, class_map=class_map, layout=layout)
     m.prepare_for(len(ev.images), tta)
-    probs = m.predict_proba(ev.images.images, tta=tta, cached=True, progress=progress)
+    probs, typical = m.predict_scored(ev.images.images, tta=tta, cached=True, progress=progress)
     stats = metrics_from_probs(probs, ev.images.labels, m.classes)
+    if typical is not None:
+        stats["unknown"] = unknown_summary(probs, ev.images.labels, typical, m.unknown_threshold)
     out = _report_dir(m, report_dir)
     worst, pixels = _top_losses(ev.images, probs, m.classes)
     return EvalReport(

@@ -27,7 +27,7 @@ from pawlab.inference.engine import (
     to_inputs,
 )
 from pawlab.inference.features import trunk_features
-from pawlab.inference.typicality import Source, network_features
+from pawlab.inference.typicality import WithFeatures, split_outputs
 from pawlab.models.network import Network, build
 from pawlab.preprocessing import Preprocessing
 from pawlab.runtime import resolve_device, use_bf16
@@ -35,21 +35,32 @@ from pawlab.runtime import resolve_device, use_bf16
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's class probabilities, in the Cortex tutorial's shape. ``notes``: lines about
-    the image, each also a `SmallImageWarning` ("cat.png: 1x1 pixels, far smaller than the
-    model's 224x224 input (upscaled 224x)"); never part of `to_json`."""
+    """One image's class probabilities, in the Cortex tutorial's shape. ``typicality``: the
+    share of the model's validation images less typical of its training data than this one,
+    and ``unknown``: whether that is below the model's threshold, so the image is none of its
+    classes (both None for a model file without an in-distribution model). ``notes``: lines
+    about the image, each also a `SmallImageWarning` ("cat.png: 1x1 pixels, far smaller than
+    the model's 224x224 input (upscaled 224x)"); never part of `to_json`."""
 
     probabilities: dict[str, float]
     classification: str
     notes: tuple[str, ...] = ()
+    typicality: float | None = None
+    unknown: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"probability-map": self.probabilities, "classification": self.classification}
+        return {
+            "probability-map": self.probabilities,
+            "classification": self.classification,
+            "typicality": self.typicality,
+            "unknown": self.unknown,
+        }
 
     def __repr__(self) -> str:
-        """``Prediction(dogs: cats 0.0712, dogs 0.9288)``."""
+        """``Prediction(dogs: cats 0.0712, dogs 0.9288; typicality 0.41)``."""
         shown = ", ".join(f"{c} {p:.4f}" for c, p in self.probabilities.items())
-        return f"Prediction({self.classification}: {shown})"
+        typical = "" if self.typicality is None else f"; typicality {self.typicality:.3g}"
+        return f"Prediction({self.classification}{' (unknown)' if self.unknown else ''}: {shown}{typical})"
 
     def _repr_html_(self) -> str:
         rows = [(c, display.number(p)) for c, p in sorted(self.probabilities.items(), key=lambda cp: -cp[1])]
@@ -176,13 +187,16 @@ class Model:
         self._rerun: Compiled | None = None  # fp32, for the images the guard sends back
         # its in-distribution model (`pawlab.unknown`): None for a file trained before pawlab fitted one
         self.unknown: unknown.State | None = None
+        self._unknown_threshold = unknown.DEFAULT_THRESHOLD
 
     @functools.cached_property
     def _runner(self) -> torch.nn.Module:
         """What predicts images: `network` with batch-norms folded. A copy made on first use:
         `evaluate` of a frozen backbone reads cached features (`trunk_features` folds its own
-        copy of the trunk) and needs nothing else."""
-        return folded(self.network)
+        copy of the trunk) and needs nothing else. With an in-distribution model, it puts the
+        penultimate features beside the logits (`WithFeatures`)."""
+        net = folded(self.network)
+        return WithFeatures(net) if self.unknown is not None else net  # type: ignore[arg-type]
 
     def _use_bf16(self, precision: str) -> bool:
         """``auto``: bf16 only where the hardware runs it fast and training recorded that
@@ -244,15 +258,22 @@ class Model:
         model.unknown = unknown.from_tensors(ck.extra, ck.meta.get("unknown"), str(path))
         return model
 
+    @property
+    def unknown_threshold(self) -> float:
+        """The typicality below which a prediction says ``unknown`` (default 0.05: about 5% of
+        images like the training ones are refused)."""
+        return self._unknown_threshold
+
+    @unknown_threshold.setter
+    def unknown_threshold(self, value: float) -> None:
+        self._unknown_threshold = unknown.check_threshold(value, "unknown_threshold")
+
     def typicality(self, images: np.ndarray) -> np.ndarray | None:
         """uint8 (N, H, W, C) at the model's size -> each image's typicality (N,) in [0, 1]: the
         share of the validation images less typical of the training data than it (an image
         below `pawlab.unknown.DEFAULT_THRESHOLD` is one the model should not answer for); None
-        when the model file has no in-distribution model. One fp32 pass of the network."""
-        if self.unknown is None:
-            return None
-        feats, logits = network_features(self.network, Source(images), self.preprocessing, self.device)
-        return unknown.typicality(self.unknown, feats, logits).numpy()
+        when the model file has no in-distribution model (`predict_scored` gives both)."""
+        return self.predict_scored(images)[1]
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -313,18 +334,38 @@ class Model:
         """uint8 (N, H, W, C) at the model's size -> probabilities (N, classes); ``tta``:
         averaged over the image, its mirror and two crops. ``cached``: a frozen backbone's
         features come from (and go to) the feature cache, as in training."""
+        return self.predict_scored(images, batch_size, tta, cached, progress)[0]
+
+    def predict_scored(
+        self,
+        images: np.ndarray,
+        batch_size: int | None = None,
+        tta: bool = False,
+        cached: bool = False,
+        progress: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """As `predict_proba`, with each image's typicality (N,) from the same pass (None
+        without an in-distribution model): the share of validation images less typical."""
+        out = self._outputs(images, batch_size, tta, cached, progress)
+        n = len(self.classes)
+        if self.unknown is None:
+            return out[:, :n].numpy(), None
+        probs, logits, feats = split_outputs(out, n)
+        return probs.numpy(), unknown.typicality(self.unknown, feats, logits).numpy()
+
+    def _outputs(
+        self, images: np.ndarray, batch_size: int | None, tta: bool, cached: bool, progress: bool
+    ) -> torch.Tensor:
+        """Probabilities (N, classes), then with an in-distribution model the logits' logsumexp
+        and the features (`WithFeatures`), averaged over the views."""
         views = TTA_VIEWS if tta else ("plain",)
         if cached and self.network.trunk_length is not None:
             # cached features are fp32: the probabilities are exact, whatever the precision
             feats = trunk_features(
                 self.network.trunk, images, self.preprocessing, self.device, views=views, progress=progress
             )
-            with torch.inference_mode():
-                x = torch.from_numpy(feats).to(self.device)  # (N, views, F)
-                out = self.network.forward_head(x.flatten(0, 1)).float().softmax(1)
-                mean: np.ndarray = out.view(len(images), len(views), -1).mean(1).cpu().numpy()
-                return mean
-        probs = predict_outputs(
+            return self._head_outputs(torch.from_numpy(feats), len(views))
+        return predict_outputs(
             self._runner,
             images,
             self.preprocessing,
@@ -336,9 +377,22 @@ class Model:
             rerun=self._rerun,
             views=views,
             softmax=True,
+            classes=len(self.classes) if self.unknown is not None else None,
             progress=progress,
         )
-        return probs.numpy()
+
+    def _head_outputs(self, feats: torch.Tensor, views: int) -> torch.Tensor:
+        """A frozen trunk's features (N, views, F) -> `_outputs` through the head alone."""
+        with torch.inference_mode():
+            x = feats.to(self.device).flatten(0, 1)  # (N * views, F)
+            if self.unknown is None:
+                out: torch.Tensor = self.network.forward_head(x).float().softmax(1)
+            else:
+                penultimate, logits = unknown.features_and_logits(self.network, x, from_trunk=True)
+                lse = logits.logsumexp(1, keepdim=True)
+                out = torch.cat([logits.softmax(1), lse, penultimate], 1)
+            mean: torch.Tensor = out.view(len(feats), views, -1).mean(1).cpu()
+            return mean
 
     @overload
     def predict(self, image: ImageLike, tta: bool = False) -> Prediction: ...
@@ -358,9 +412,9 @@ class Model:
         notes: list[str] = []
         pixels = self._load_image(image, notes)[None]
         self.prepare_for(1, tta)
-        probs = self.predict_proba(pixels, tta=tta)[0]
+        probs, typical = self.predict_scored(pixels, tta=tta)
         _warn(notes, stacklevel=2)
-        return self.prediction(probs, notes)
+        return self.prediction(probs[0], notes, None if typical is None else float(typical[0]))
 
     def predict_many(self, images: Sequence[ImageLike], tta: bool = False) -> Predictions:
         """Images (as `predict` takes them) -> their `Predictions`, in order, in batches."""
@@ -373,17 +427,22 @@ class Model:
         # (N, H, W, C) at the model's size
         arrays = np.stack([self._load_image(im, n) for im, n in zip(images, notes, strict=True)])
         self.prepare_for(len(arrays), tta)
-        probs = self.predict_proba(arrays, tta=tta)
+        probs, typical = self.predict_scored(arrays, tta=tta)
         _warn([line for n in notes for line in n], stacklevel=3)
-        preds = [self.prediction(p, n) for p, n in zip(probs, notes, strict=True)]
+        each = [None] * len(probs) if typical is None else [float(t) for t in typical]
+        preds = [self.prediction(p, n, t) for p, n, t in zip(probs, notes, each, strict=True)]
         names = [str(os.fspath(im)) if isinstance(im, str | os.PathLike) else None for im in images]
         thumbs = [display.shrink(a) if i < Predictions.SHOWN else None for i, a in enumerate(arrays)]
         return Predictions(preds, self.classes, names, thumbs)
 
-    def prediction(self, probs: np.ndarray, notes: Sequence[str] = ()) -> Prediction:
-        """Probabilities (classes,), as `predict_proba` gives them -> their `Prediction`."""
+    def prediction(
+        self, probs: np.ndarray, notes: Sequence[str] = (), typicality: float | None = None
+    ) -> Prediction:
+        """Probabilities (classes,), as `predict_proba` gives them, and the image's typicality
+        if known -> their `Prediction` (``unknown`` below `unknown_threshold`)."""
         pm = {c: float(p) for c, p in zip(self.classes, probs, strict=True)}
-        return Prediction(pm, self.classes[int(np.argmax(probs))], tuple(notes))
+        refused = None if typicality is None else typicality < self.unknown_threshold
+        return Prediction(pm, self.classes[int(np.argmax(probs))], tuple(notes), typicality, refused)
 
 
 def _warn(notes: Sequence[str], stacklevel: int) -> None:

@@ -25,6 +25,29 @@ FIT_IMAGES = 5000  # training images the scorer is fitted on at most (a seeded s
 FEATURE_BATCH = 32
 
 
+class WithFeatures(torch.nn.Module):
+    """``network`` whose outputs are (B, classes + 1 + D): its logits, their logsumexp, then its
+    penultimate features: what the in-distribution model reads, from the pass that predicts.
+    With the logits softmaxed (`pawlab.inference.engine.softmaxed`), `split_outputs` recovers
+    the three."""
+
+    def __init__(self, network: Network) -> None:
+        super().__init__()
+        self.before, self.after = unknown.split_last_linear(network.body)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, classes + 1 + D)
+        features = self.before(x)
+        logits = self.after(features)
+        return torch.cat([logits, logits.logsumexp(1, keepdim=True), features.flatten(1)], 1)
+
+
+def split_outputs(out: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`WithFeatures` outputs, logits softmaxed (N, classes + 1 + D) -> (probabilities (N, classes),
+    logits (N, classes), features (N, D)); logits = log p + logsumexp (exact for one view)."""
+    probs, lse, feats = out[:, :classes], out[:, classes : classes + 1], out[:, classes + 1 :]
+    return probs, probs.clamp_min(1e-45).log() + lse, feats
+
+
 class Source:
     """What the network computes features from: uint8 images (N, H, W, C), or a frozen trunk's
     cached features (N, views, F) (the first view is used)."""

@@ -23,7 +23,9 @@ from typing import Protocol
 
 import numpy as np
 
-Run = Callable[[np.ndarray], np.ndarray]  # uint8 (N, H, W, C) -> probabilities (N, classes)
+# uint8 (N, H, W, C) -> (N, classes + 1): probabilities, then typicality (NaN: the model has no
+# in-distribution model)
+Run = Callable[[np.ndarray], np.ndarray]
 _POLL = 0.05  # seconds between looks at `draining` while a batch gathers
 
 
@@ -34,7 +36,7 @@ class Engine(Protocol):
     def run(self) -> Run: ...
 
 
-Ran = tuple[np.ndarray, Engine]  # a request's probabilities (n, classes), and the engine that ran them
+Ran = tuple[np.ndarray, Engine]  # a request's rows of `Run`'s output, and the engine that ran them
 
 
 class QueueFull(Exception):

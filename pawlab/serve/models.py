@@ -99,8 +99,9 @@ class Version:
         model.prepare_for(COMPILE_MIN_IMAGES, loading.tta)
         tta = loading.tta
 
-        def run(images: np.ndarray) -> np.ndarray:
-            return model.predict_proba(images, tta=tta)
+        def run(images: np.ndarray) -> np.ndarray:  # (N, classes + 1): probabilities, typicality
+            probs, typical = model.predict_scored(images, tta=tta)
+            return np.column_stack([probs, typical if typical is not None else np.full(len(probs), np.nan)])
 
         model.warm_up(tta)
         return cls(model, file_digest(path), path, run)
@@ -173,12 +174,14 @@ class Served:
         return load_image(upload, pre.size, pre.channels, pre.resize)
 
     def answer(
-        self, probs: np.ndarray, filename: str | None, top: int | None, ran: Version
+        self, scored: np.ndarray, filename: str | None, top: int | None, ran: Version
     ) -> dict[str, Any]:
-        """One image's answer: ``pawlab predict --json``'s object (``image``: the upload's
-        file name), its ``top`` most probable classes only if given, then the model's name and
-        the digest of the version that ``ran`` it."""
-        body = ran.model.prediction(probs).to_json()
+        """One image's answer from its row of the engine's output (probabilities, typicality):
+        ``pawlab predict --json``'s object (``image``: the upload's file name), its ``top`` most
+        probable classes only if given, then the model's name and the digest of the version
+        that ``ran`` it."""
+        typical = None if np.isnan(scored[-1]) else float(scored[-1])
+        body = ran.model.prediction(scored[:-1], typicality=typical).to_json()
         if top is not None:
             ranked = sorted(body["probability-map"].items(), key=lambda cp: -cp[1])
             body["probability-map"] = dict(ranked[:top])

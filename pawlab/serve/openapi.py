@@ -84,10 +84,19 @@ def _schemas() -> JSON:
     return {
         "Error": {**_object(["error"], error=_STRING), "additionalProperties": False},
         "Prediction": _object(
-            ["image", "probability-map", "classification", "model", "digest"],
+            ["image", "probability-map", "classification", "typicality", "unknown", "model", "digest"],
             image={"type": ["string", "null"], "description": "the upload's file name; null for a bare body"},
             **{"probability-map": {"type": "object", "additionalProperties": _NUMBER}},
             classification=_STRING,
+            typicality={
+                "type": ["number", "null"],
+                "description": "the share of the model's validation images less typical than this one "
+                "(null: the model file has no in-distribution model)",
+            },
+            unknown={
+                "type": ["boolean", "null"],
+                "description": "typicality below 0.05: the image is none of the model's classes",
+            },
             model=_STRING,
             digest={**_STRING, "description": "BLAKE2b-128 of the model file that answered, in hex"},
         ),

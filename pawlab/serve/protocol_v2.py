@@ -174,8 +174,9 @@ def _wanted(header: dict[str, Any]) -> list[tuple[str, bool]]:
 
 
 def _response(
-    served: Served, header: dict[str, Any], wanted: list[tuple[str, bool]], probs: np.ndarray, ran: Version
+    served: Served, header: dict[str, Any], wanted: list[tuple[str, bool]], scored: np.ndarray, ran: Version
 ) -> Response:
+    probs = np.ascontiguousarray(scored[:, :-1])  # the engine's rows: probabilities, then typicality
     classes = [served.model.classes[i] for i in probs.argmax(1)]
     tensors: dict[str, tuple[str, list[int], Any, bytes]] = {
         PROBABILITIES: ("FP32", list(probs.shape), probs.ravel().tolist(), probs.astype("<f4").tobytes()),

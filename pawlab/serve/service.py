@@ -77,9 +77,9 @@ class Service:
     async def predict(
         self, served: Served, uploads: list[tuple[str | None, bytes]]
     ) -> tuple[np.ndarray, Version]:
-        """Decode the uploads in the pool and run them in one batch -> probabilities (n, classes)
-        and the version that ran them; 422 naming the first upload, in their order, that is no
-        image; 503 when the queue is full, before any is decoded."""
+        """Decode the uploads in the pool and run them in one batch -> their rows (n, classes + 1:
+        probabilities, typicality) and the version that ran them; 422 naming the first upload,
+        in their order, that is no image; 503 when the queue is full, before any is decoded."""
         self._reserve(served, len(uploads))
         try:
             images = await self._decoded(served, uploads)
@@ -105,8 +105,8 @@ class Service:
         return await loop.run_in_executor(self.decoders, np.stack, images)
 
     async def run(self, served: Served, images: np.ndarray) -> tuple[np.ndarray, Version]:
-        """uint8 (n, H, W, C) at the model's size -> probabilities (n, classes) and the version
-        that ran them; 503 when the queue is full."""
+        """uint8 (n, H, W, C) at the model's size -> their rows (probabilities, typicality) and
+        the version that ran them; 503 when the queue is full."""
         self._reserve(served, len(images))
         return await self._submit(served, images)
 
@@ -117,8 +117,9 @@ class Service:
             raise Refused(503, "the server is busy: try again", {"Retry-After": RETRY_AFTER}) from None
 
     async def _submit(self, served: Served, images: np.ndarray) -> tuple[np.ndarray, Version]:
-        """Images whose room is reserved -> their probabilities and the version that ran them.
-        The engine drops them unrun once the request's deadline (set by `in_time`) has passed."""
+        """Images whose room is reserved -> their rows (probabilities, typicality) and the version
+        that ran them. The engine drops them unrun once the request's deadline (set by
+        `in_time`) has passed."""
         deadline = _deadline.get(time.monotonic() + self.limits.deadline_ms / 1000)
         future = served.batcher.submit(images, deadline, reserved=True)
         try:

@@ -7,7 +7,7 @@ storage.py      a `State` as model-file tensors and metadata, and back
 features.py     a network's penultimate features and logits, what the scorers read
 """
 
-from pawlab.unknown.calibration import DEFAULT_THRESHOLD, calibrate, refused, typicality
+from pawlab.unknown.calibration import DEFAULT_THRESHOLD, calibrate, check_threshold, refused, typicality
 from pawlab.unknown.features import features_and_logits, split_last_linear
 from pawlab.unknown.scorers import DEFAULT_METHOD, SCORERS, State, fit, score
 from pawlab.unknown.storage import PREFIX, from_tensors, to_tensors
@@ -19,6 +19,7 @@ __all__ = [
     "SCORERS",
     "State",
     "calibrate",
+    "check_threshold",
     "features_and_logits",
     "fit",
     "from_tensors",

@@ -28,12 +28,13 @@ def calibrate(state: State, features: torch.Tensor, logits: torch.Tensor) -> Sta
 
 
 def typicality(state: State, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """(N,) float32 in [0, 1]: for each image, the share of calibration scores below its score."""
+    """(N,) float64 in [0, 1]: for each image, the share of calibration scores below its score
+    (a count over them: exact)."""
     ordered = state.tensors.get("calibration")
     if ordered is None:
         raise ValueError(f"{state.method}: not calibrated (calibrate() keeps the validation scores)")
     below = torch.searchsorted(ordered, score(state, features, logits).contiguous(), side="left")
-    return below.float() / len(ordered)
+    return below.double() / len(ordered)
 
 
 def check_threshold(threshold: float, where: str = "--unknown-threshold") -> float:

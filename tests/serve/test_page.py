@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from pawlab.serve import Served, create_app
 from pawlab.serve.models import Batching
@@ -67,6 +69,7 @@ class Browser:
                      bars: [...card.querySelectorAll('.bar')].map((b) =>
                             [b.dataset.class, Number(b.dataset.p), b.querySelector('.value').textContent]),
                      meta: card.querySelector('.meta')?.textContent,
+                     unknown: card.querySelector('.unknown')?.textContent,
                      error: card.querySelector('.error')?.textContent}])"""
             )
         ]
@@ -88,10 +91,12 @@ def expected(url: str, path: Path, model: str) -> dict[str, Any]:
         files=[("image", (path.name, path.read_bytes(), "image/jpeg"))],
     ).json()[0]
     ranked = sorted(answer["probability-map"].items(), key=lambda cp: -cp[1])
+    typical = "" if answer["typicality"] is None else f" · typicality {answer['typicality']:.3f}"
     return {
         "class": answer["classification"],
         "bars": [[c, pytest.approx(p, abs=1e-6), f"{p:.4f}"] for c, p in ranked],
-        "meta": f"{model} · {answer['digest'][:12]}",
+        "meta": f"{model} · {answer['digest'][:12]}{typical}",
+        "unknown": "none of these: unlike the images this model learned from" if answer["unknown"] else None,
         "error": None,
     }
 
@@ -107,7 +112,9 @@ def test_picked_images_are_answered_as_the_api_answers_them(
         page.wait_for_selector(".model .chip")
         assert page.locator(".model h2").all_inner_texts() == ["first", "second"]
         assert page.locator(".model").first.locator(".chip").all_inner_texts() == ["cat", "dog"]
-        pictures = sorted(models["cats"].iterdir())[:2] + sorted(models["dogs"].iterdir())[:1]
+        noise = tmp_path / "noise.png"  # none of the classes: its card says so
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(noise)
+        pictures = sorted(models["cats"].iterdir())[:2] + sorted(models["dogs"].iterdir())[:1] + [noise]
         (tmp_path / "notes.txt").write_bytes(NOT_AN_IMAGE)
         page.set_input_files("#files", [*map(str, pictures), str(tmp_path / "notes.txt")])
         page.wait_for_function(SETTLED)
@@ -119,9 +126,11 @@ def test_picked_images_are_answered_as_the_api_answers_them(
             "class": None,
             "bars": [],
             "meta": None,
+            "unknown": None,
             "error": reason.json()["error"],
         }
         assert shown == {p.name: expected(server.url, p, "first") for p in pictures}
+        assert shown["noise.png"]["unknown"] is not None and shown["cat.0.jpg"]["unknown"] is None
         # the second model, chosen in the page
         page.select_option("#model", "second")
         page.set_input_files("#files", [str(pictures[0])])

@@ -166,8 +166,17 @@ function card(file) {
         row.dataset.p = String(p);
         return row;
       }));
-      const meta = el("p", "meta", `${answer.model} · ${short(answer.digest)}`);
-      body.replaceChildren(body.firstChild, verdict, bars, meta);
+      const typical = answer.typicality === null ? "" : ` · typicality ${answer.typicality.toFixed(3)}`;
+      const meta = el("p", "meta", `${answer.model} · ${short(answer.digest)}${typical}`);
+      const shown = [body.firstChild];
+      if (answer.unknown) {
+        // less typical than nearly all the validation images: none of the model's classes
+        const warning = el("p", "unknown", "none of these: unlike the images this model learned from");
+        warning.setAttribute("role", "note");
+        shown.push(warning);
+        item.classList.add("unknown");
+      }
+      body.replaceChildren(...shown, verdict, bars, meta);
     },
     fail(reason) {
       item.classList.remove("pending");
