@@ -489,6 +489,12 @@ def _add_inference(commands: _Commands) -> None:
         "--batch-size", type=_positive_int, default=256, help="images predicted, then written, at a time"
     )
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument(
+        "--unknown-column",
+        action="store_true",
+        help="a third column, unknown: 1 for an image that is none of the model's classes, else 0",
+    )
+    _unknown_threshold_option(p)
     _inference_options(p)
     _quiet(p)
 
@@ -925,6 +931,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.quiet,
         tta=args.tta,
+        unknown_column=args.unknown_column,
+        unknown_threshold=args.unknown_threshold,
     )
     if launched_rank() != 0:
         return 0  # rank 0 reports for all

@@ -6,48 +6,15 @@ before the process group is set up) there is one process: rank 0 of a world of 1
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from pawlab.errors import ConfigError
-
-# A container's CPU limit: cgroup v2's "QUOTA PERIOD" (or "max PERIOD"), or cgroup v1's two files
-CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
-CGROUP_V1 = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
-
-
-def usable_cores() -> int:
-    """The cores this process may keep busy: those it may run on (its affinity, where the
-    system says), at most its container's CPU limit rounded up (a limit of 2 CPUs on a 64-core
-    machine is 2)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    limit = cgroup_cpu_limit()
-    return max(1, min(cores, limit) if limit is not None else cores)
-
-
-def cgroup_cpu_limit(v2: Path = CGROUP_V2, v1: tuple[Path, Path] = CGROUP_V1) -> int | None:
-    """This cgroup's CPU limit, rounded up to whole CPUs; None when it has none (or says
-    nothing readable)."""
-    try:
-        quota, period = v2.read_text().split()[:2]
-    except (OSError, ValueError):
-        try:
-            quota, period = v1[0].read_text().strip(), v1[1].read_text().strip()
-        except OSError:
-            return None
-    if not (quota.isdigit() and period.isdigit()) or int(period) == 0:
-        return None  # "max" (v2) or "-1" (v1): no limit
-    return max(1, math.ceil(int(quota) / int(period)))
 
 
 def is_distributed() -> bool:

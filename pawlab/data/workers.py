@@ -6,6 +6,7 @@ with the process that started them. Workers import no torch.
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -14,13 +15,45 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import TypeVar
 
 from pawlab.errors import WorkerError
-from pawlab.runtime import usable_cores
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+# A container's CPU limit: cgroup v2's "QUOTA PERIOD" (or "max PERIOD"), or cgroup v1's two files
+CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1 = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
+
+
+def usable_cores() -> int:
+    """The cores this process may keep busy: those it may run on (its affinity, where the
+    system says), at most its container's CPU limit rounded up (a limit of 2 CPUs on a 64-core
+    machine is 2)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return max(1, min(cores, limit) if limit is not None else cores)
+
+
+def cgroup_cpu_limit(v2: Path = CGROUP_V2, v1: tuple[Path, Path] = CGROUP_V1) -> int | None:
+    """This cgroup's CPU limit, rounded up to whole CPUs; None when it has none (or says
+    nothing readable)."""
+    try:
+        quota, period = v2.read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota, period = v1[0].read_text().strip(), v1[1].read_text().strip()
+        except OSError:
+            return None
+    if not (quota.isdigit() and period.isdigit()) or int(period) == 0:
+        return None  # "max" (v2) or "-1" (v1): no limit
+    return max(1, math.ceil(int(quota) / int(period)))
 
 
 def default_workers() -> int:

@@ -1,4 +1,5 @@
-"""Kaggle submissions: a streamed, resumable ``id,label`` CSV, sharded under torchrun."""
+"""Kaggle submissions: a streamed, resumable ``id,label`` CSV (``id,label,unknown`` with the
+in-distribution model's verdict), sharded under torchrun."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pawlab.data import Skipped, load_unlabeled
 from pawlab.data.datasets import decode_task, decode_tasks
 from pawlab.data.sources import Source
 from pawlab.data.workers import default_workers, parallel_map
-from pawlab.errors import DataError, OutputError
+from pawlab.errors import ConfigError, DataError, OutputError
 from pawlab.inference.model import Model, load_model
 from pawlab.progress import progress_bar
 from pawlab.runtime import barrier, rank, world_size
@@ -58,17 +59,25 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _read_rows(path: Path, header: bool) -> dict[int, str]:
-    """id -> its whole row (with its newline) in a submission or a shard's part file, which
-    may have been interrupted: a torn last line is cut off the file."""
+HEADERS = ("id,label\n", "id,label,unknown\n")  # without and with the unknown column
+
+
+def _header(unknown_column: bool) -> str:
+    return HEADERS[unknown_column]
+
+
+def _read_rows(path: Path, header: str | None) -> dict[int, str]:
+    """id -> its whole row (with its newline) in a submission (its first line ``header``) or a
+    shard's part file (no header), which may have been interrupted: a torn last line is cut
+    off the file."""
     if not path.exists():
         return {}
     raw = path.read_bytes()
     start = 0
-    if header:
-        if not raw.startswith(b"id,label\n"):
+    if header is not None:
+        if not raw.startswith(header.encode()):
             raise DataError(f"{path}: exists and is not a submission file (delete it to start over)")
-        start = 9
+        start = len(header)
     cut = raw.rfind(b"\n") + 1
     if cut < len(raw):
         with open(path, "r+b") as fh:
@@ -87,15 +96,15 @@ def _part_files(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f"{glob.escape(out.name)}.part-*"))
 
 
-def _merge_parts(out: Path) -> None:
+def _merge_parts(out: Path, header: str) -> None:
     """The submission and its shards' part files -> one file in id order (atomically)."""
     parts = _part_files(out)
     if not parts:
         return
-    rows = _read_rows(out, header=True)
+    rows = _read_rows(out, header)
     for part in parts:
-        rows.update(_read_rows(part, header=False))
-    atomic_write_text(out, "id,label\n" + "".join(rows[i] for i in sorted(rows)))
+        rows.update(_read_rows(part, None))
+    atomic_write_text(out, header + "".join(rows[i] for i in sorted(rows)))
     for part in parts:
         part.unlink()
 
@@ -128,7 +137,7 @@ def _check_ids(numbered: _Numbered, skipped: list[Skipped], where: object) -> No
         raise DataError(f"{where}: several images share the id {min(repeated)}: {', '.join(same)}")
 
 
-def _job(m: Model, test: object, hard: bool, tta: bool) -> dict[str, Any]:
+def _job(m: Model, test: object, hard: bool, tta: bool, unknown_column: bool) -> dict[str, Any]:
     """What the rows in the file depend on: the model file, the test source and the labels."""
     return {
         "model": _file_identity(m.path),
@@ -136,7 +145,12 @@ def _job(m: Model, test: object, hard: bool, tta: bool) -> dict[str, Any]:
         "hard": hard,
         "classes": m.classes,
         "tta": tta,
+        "unknown_threshold": m.unknown_threshold if unknown_column else None,
     }
+
+
+def _job_header(job: dict[str, Any]) -> str:
+    return _header(job["unknown_threshold"] is not None)
 
 
 def _sidecar(out: Path) -> Path:
@@ -149,7 +163,7 @@ def _resumes(out: Path, job: dict[str, Any]) -> bool:
     to be written afresh must be a submission (or absent): pawlab overwrites nothing else."""
     sidecar = _sidecar(out)
     resumable = sidecar.exists() and _read_json(sidecar) == job
-    if not resumable and out.exists() and not out.read_bytes()[:9] == b"id,label\n":
+    if not resumable and out.exists() and not out.read_bytes().startswith(tuple(h.encode() for h in HEADERS)):
         raise DataError(f"{out}: exists and is not a submission file (delete it to start over)")
     return resumable
 
@@ -160,14 +174,14 @@ def _start_afresh(out: Path, job: dict[str, Any]) -> None:
     for part in _part_files(out):
         part.unlink()
     atomic_write_text(_sidecar(out), json.dumps(job))
-    atomic_write_text(out, "id,label\n")
+    atomic_write_text(out, _job_header(job))
 
 
-def _rows_done(out: Path) -> set[int]:
+def _rows_done(out: Path, header: str) -> set[int]:
     """Ids already written: in the file, and in shards' part files of an interrupted torchrun."""
-    done = set(_read_rows(out, header=True))
+    done = set(_read_rows(out, header))
     for part in _part_files(out):
-        done |= set(_read_rows(part, header=False))
+        done |= set(_read_rows(part, None))
     return done
 
 
@@ -178,7 +192,7 @@ def _open_job(out: Path, job: dict[str, Any]) -> set[int]:
     if rank() == 0 and not resumable:
         _start_afresh(out, job)
     barrier()  # rank 0 has started the job afresh, or not
-    done = _rows_done(out) if resumable else set()
+    done = _rows_done(out, _job_header(job)) if resumable else set()
     barrier()  # every rank has read them before any appends
     return done
 
@@ -196,16 +210,31 @@ def _progress_bar(total: int, progress: bool) -> Any:
 
 
 def _batch_rows(
-    m: Model, chunk: list[tuple[tuple[int, str], np.ndarray | str]], hard: bool, tta: bool
+    m: Model,
+    chunk: list[tuple[tuple[int, str], np.ndarray | str]],
+    hard: bool,
+    tta: bool,
+    unknown_column: bool,
 ) -> tuple[str, list[Skipped]]:
     """A batch of ((id, name), image (H, W, C) or why it did not decode) -> its rows in order,
-    and the undecodable images (their rows get the uninformative label)."""
+    and the undecodable images (their rows get the uninformative label, and with
+    ``unknown_column`` an empty verdict)."""
     good = [(i, r) for (i, _), r in chunk if not isinstance(r, str)]
     failed = [Skipped(n, r) for (_, n), r in chunk if isinstance(r, str)]
-    probs = m.predict_proba(np.stack([r for _, r in good]), tta=tta) if good else np.empty((0, 0))
+    probs, typical = (
+        m.predict_scored(np.stack([r for _, r in good]), tta=tta) if good else (np.empty((0, 0)), None)
+    )
     by_id = {i: p for (i, _), p in zip(good, probs, strict=True)}
+    unknown = (
+        {i: str(int(t < m.unknown_threshold)) for (i, _), t in zip(good, typical, strict=True)}
+        if typical is not None
+        else {}
+    )
     binary = len(m.classes) == 2
-    rows = [f"{i},{_label(by_id.get(i), m.classes, binary, hard)}\n" for (i, _name), _image in chunk]
+    rows = []
+    for (i, _name), _image in chunk:
+        verdict = f",{unknown.get(i, '')}" if unknown_column else ""
+        rows.append(f"{i},{_label(by_id.get(i), m.classes, binary, hard)}{verdict}\n")
     return "".join(rows), failed
 
 
@@ -220,6 +249,7 @@ def _predict_and_append(
     workers: int,
     progress: bool,
     tta: bool,
+    unknown_column: bool,
 ) -> tuple[int, list[Skipped]]:
     """Predict ``todo`` a batch at a time, appending whole rows to ``target``: (rows written,
     images that could not be decoded)."""
@@ -235,7 +265,7 @@ def _predict_and_append(
     written, failed = 0, []
     try:
         for chunk in _chunks(zip(todo, results, strict=True), batch_size):
-            rows, bad = _batch_rows(m, chunk, hard, tta)
+            rows, bad = _batch_rows(m, chunk, hard, tta, unknown_column)
             failed += bad
             try:
                 write_all(fd, rows.encode(), target)  # whole rows, or none
@@ -270,6 +300,8 @@ def submit(
     progress: bool = True,
     stream: TextIO | None = None,
     tta: bool = False,
+    unknown_column: bool = False,
+    unknown_threshold: float | None = None,
 ) -> SubmitReport:
     """Write the Kaggle CSV ``id,label`` for a folder or zip of images named by numeric id.
 
@@ -280,16 +312,26 @@ def submit(
     the rest (``<out>.pawlab-job.json`` records the job until it is complete); any other run
     writes the file afresh. Under torchrun, each rank takes every N-th image and appends to
     ``<out>.part-<rank>``; rank 0 merges the parts into ``out`` in id order at the end.
+    ``unknown_column``: a third column, ``unknown``, 1 for an image the model's in-distribution
+    model refuses (typicality below ``unknown_threshold``, default the model's: 0.05), else 0.
     """
     start = time.perf_counter()
     check_output_file(out, "submission")  # before any work
     m = model if isinstance(model, Model) else load_model(model)
+    if unknown_threshold is not None:
+        m.unknown_threshold = unknown_threshold
+    if unknown_column and m.unknown is None:
+        raise ConfigError(
+            f"{m.path or 'the model'}: no in-distribution model for --unknown-column (trained before pawlab "
+            "fitted one): pawlab calibrate-unknown MODEL DATA fits it"
+        )
     source, names, skipped = load_unlabeled(test, m.preprocessing.size, m.preprocessing.channels)
     numbered, unnumbered = _numbered(names)
     skipped += unnumbered
     _check_ids(numbered, skipped, source.path)
     out_path = Path(out)
-    done = _open_job(out_path, _job(m, source.path, hard, tta))
+    job = _job(m, source.path, hard, tta, unknown_column)
+    done = _open_job(out_path, job)
     todo = [(i, n) for i, n in numbered if i not in done][rank() :: world_size()]  # this rank's shard
     # compiled or not is decided by the whole job, not by what is left of it: a resumed run
     # computes its rows as the uninterrupted one would, so the file comes out the same
@@ -304,10 +346,11 @@ def submit(
         workers=workers,
         progress=progress,
         tta=tta,
+        unknown_column=unknown_column,
     )
     written, failed = _gathered(written, failed)
     if rank() == 0:
-        _merge_parts(out_path)  # shards (this run's, or an interrupted one's) into id order
+        _merge_parts(out_path, _job_header(job))  # shards (this run's, or an interrupted one's) into id order
         _sidecar(out_path).unlink()  # complete: a later run starts afresh
     barrier()  # the file is complete when any rank returns
     return SubmitReport(

@@ -37,8 +37,9 @@ import uvicorn
 from prometheus_client import multiprocess
 from tqdm import tqdm
 
+from pawlab.data.workers import usable_cores
 from pawlab.errors import PawlabError, WorkerError
-from pawlab.runtime import resolve_device, usable_cores
+from pawlab.runtime import resolve_device
 from pawlab.serve.lifecycle import Settings, handling, run_server
 from pawlab.serve.metrics import SHARED_DIR
 

@@ -6,6 +6,7 @@ import json
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -239,15 +240,15 @@ def test_submit_with_decoding_workers_writes_the_same_rows(
 def _killed_at_second_batch(path: Path) -> Model:
     """The model file loaded, its predictions interrupted (Ctrl-C) at the second batch."""
     model = load_model(path)
-    real, calls = model.predict_proba, {"n": 0}
+    real, calls = model.predict_scored, {"n": 0}
 
-    def killed(images: np.ndarray, batch_size: int = 128, tta: bool = False) -> np.ndarray:
+    def killed(images: np.ndarray, batch_size: int | None = None, tta: bool = False) -> Any:
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
         return real(images, batch_size, tta)
 
-    model.predict_proba = killed  # type: ignore[method-assign]
+    model.predict_scored = killed  # type: ignore[method-assign]
     return model
 
 
@@ -541,7 +542,7 @@ def test_submit_refuses_a_damaged_part_file(trained: tuple[Path, Path], tmp_path
     part = tmp_path / "sub.csv.part-0"
     part.write_text("3,0.2\nnot a row\n4,0.1\n")
     with pytest.raises(DataError, match=r"sub.csv.part-0: line 2 is not an id,label row"):
-        _read_rows(part, header=False)
+        _read_rows(part, header=None)
 
 
 def test_rows_are_written_whole_even_by_short_writes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -3,15 +3,18 @@ read back by `load_model`; a file from before it reads as having none."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pawlab import checkpoint, unknown
 from pawlab.config import TrainConfig
-from pawlab.inference import load_model
+from pawlab.errors import ConfigError
+from pawlab.inference import load_model, submit
 from pawlab.inference.typicality import FIT_IMAGES, Source
 from tests.conftest import train_tiny, write_tree
 
@@ -75,3 +78,33 @@ def test_the_fit_uses_a_seeded_sample_of_at_most_fit_images() -> None:
     assert np.array_equal(Source(data, data).sample(FIT_IMAGES).data, sample.data)
     few = Source(data[:5])
     assert few.sample(FIT_IMAGES) is few
+
+
+def test_submit_writes_the_unknown_column(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    src, path = trained
+    test = tmp_path / "test"
+    test.mkdir()
+    shutil.copy(sorted((src / "cat").iterdir())[0], test / "1.jpg")
+    noise = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(test / "2.png")
+    (test / "3.jpg").write_bytes(b"not an image")
+    out = tmp_path / "sub.csv"
+    submit(path, test, out, progress=False, unknown_column=True)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "id,label,unknown"
+    assert [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3"]
+    assert lines[2].endswith(",1")  # noise: none of the classes
+    assert lines[3] == "3,0.5,"  # undecodable: no verdict
+    submit(path, test, out, progress=False)  # another job: the file is written afresh
+    assert out.read_text().splitlines()[0] == "id,label"
+
+
+def test_submit_s_unknown_column_needs_an_in_distribution_model(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    ck = checkpoint.load(trained[1])
+    old = tmp_path / "old.safetensors"
+    checkpoint.save(old, ck.model_state, {k: v for k, v in ck.meta.items() if k != "unknown"})
+    with pytest.raises(ConfigError, match="no in-distribution model for --unknown-column"):
+        submit(old, trained[0], tmp_path / "sub.csv", progress=False, unknown_column=True)
+    assert not (tmp_path / "sub.csv").exists()

@@ -1,4 +1,4 @@
-"""Where pawlab runs: the cores it may keep busy."""
+"""The cores pawlab may keep busy: its affinity, at most its container's CPU limit."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pawlab import runtime
+from pawlab.data import workers
 
 
 @pytest.mark.parametrize(
@@ -30,14 +30,14 @@ def test_the_cgroup_cpu_limit_is_read_from_v2_or_v1(
     if v1 is not None:
         quota.write_text(v1[0])
         period.write_text(v1[1])
-    assert runtime.cgroup_cpu_limit(v2_file, (quota, period)) == expected
+    assert workers.cgroup_cpu_limit(v2_file, (quota, period)) == expected
 
 
 def test_usable_cores_are_at_most_the_container_s_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: None)
-    unlimited = runtime.usable_cores()
+    monkeypatch.setattr(workers, "cgroup_cpu_limit", lambda: None)
+    unlimited = workers.usable_cores()
     assert unlimited >= 1
-    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: 1)
-    assert runtime.usable_cores() == 1
-    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: unlimited + 5)
-    assert runtime.usable_cores() == unlimited
+    monkeypatch.setattr(workers, "cgroup_cpu_limit", lambda: 1)
+    assert workers.usable_cores() == 1
+    monkeypatch.setattr(workers, "cgroup_cpu_limit", lambda: unlimited + 5)
+    assert workers.usable_cores() == unlimited
