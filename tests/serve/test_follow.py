@@ -138,7 +138,8 @@ def test_a_run_without_a_model_yet_is_waited_for(models: dict[str, Path], tmp_pa
     try:
         assert proc.stderr is not None and proc.stdout is not None
         assert proc.stderr.readline() == f"pawlab serve: run: waiting for the run to write {best}\n"
-        shutil.copy(models["first"], best)
+        shutil.copy(models["first"], tmp_path / "written")
+        (tmp_path / "written").rename(best)  # whole, as training writes it
         url = f"http://127.0.0.1:{port}"
         assert proc.stdout.readline() == f"serving run: {url}/v1/predict\n"
         wait_until(lambda: ready(url), "listening")
