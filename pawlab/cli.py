@@ -493,6 +493,32 @@ def _add_inference(commands: _Commands) -> None:
     _quiet(p)
 
 
+def _add_unknown(commands: _Commands) -> None:
+    p = commands.add(
+        "calibrate-unknown", "fit a model file's in-distribution model (for a file trained before it had one)"
+    )
+    p.add_argument("model", type=Path)
+    p.add_argument(
+        "data",
+        help="labelled images of the model's classes: its training source (split as in training) or another",
+    )
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
+    _quiet(p)
+
+    p = commands.add("evaluate-unknown", "how well a model tells its own kind of image from others")
+    p.add_argument("model", type=Path)
+    p.add_argument("data", help="labelled images of the model's classes (its validation split if it has one)")
+    p.add_argument("others", nargs="+", metavar="OTHER", help="folders or zips of images none of the classes")
+    p.add_argument("--json", action="store_true")
+    _unknown_threshold_option(p)
+    p.add_argument(
+        "--report-dir", type=Path, default=None, help="where to write figures (default: beside the model)"
+    )
+    p.add_argument("--workers", type=int, default=0)
+    _quiet(p)
+
+
 def _add_archs(commands: _Commands) -> None:
     p = commands.add("archs", "list architectures and layers, or show one network's shapes")
     p.add_argument("arch", nargs="?", help="an architecture name or file")
@@ -582,6 +608,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         _add_train,
         _add_compare,
         _add_inference,
+        _add_unknown,
         _add_archs,
         _add_dashboard,
         _add_serve,
@@ -937,6 +964,31 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate_unknown(args: argparse.Namespace) -> int:
+    from pawlab.inference import calibrate_unknown
+
+    calibrate_unknown(
+        args.model, args.data, workers=args.workers, progress=not args.quiet, device=args.device
+    )
+    return 0
+
+
+def cmd_evaluate_unknown(args: argparse.Namespace) -> int:
+    from pawlab.inference import evaluate_unknown
+
+    report = evaluate_unknown(
+        args.model,
+        args.data,
+        args.others,
+        report_dir=args.report_dir,
+        unknown_threshold=args.unknown_threshold,
+        workers=args.workers,
+        progress=not args.quiet and not args.json,
+    )
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
+    return 0
+
+
 def cmd_archs(args: argparse.Namespace) -> int:
     from pawlab.models import ARCHITECTURES, LAYERS, build, get_architecture, load_arch_file
     from pawlab.training.presets import PRESETS
@@ -1016,6 +1068,8 @@ COMMANDS = {
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,
     "submit": cmd_submit,
+    "calibrate-unknown": cmd_calibrate_unknown,
+    "evaluate-unknown": cmd_evaluate_unknown,
     "archs": cmd_archs,
     "dashboard": cmd_dashboard,
     "serve": cmd_serve,
