@@ -89,9 +89,12 @@ def calibrate_unknown(
     ds = training_splits(model, data, workers=workers, progress=progress)
     train = _source(model, ds.train.images, ds.train.labels, progress, "training images")
     validation = _source(model, ds.validation.images, None, progress, "validation images")
-    return record_unknown(
-        Path(model_path), model.network, train, validation, model.preprocessing, model.device, log
-    )
+    try:
+        return record_unknown(
+            Path(model_path), model.network, train, validation, model.preprocessing, model.device, log
+        )
+    except ValueError as exc:  # a network without a linear layer to read features before
+        raise ModelFileError(f"{model_path}: no in-distribution model can be fitted: {exc}") from None
 
 
 @dataclass
