@@ -3,6 +3,7 @@ working in-distribution model; noise is told from the tiny cats and dogs."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -13,10 +14,13 @@ from PIL import Image
 
 from pawlab import checkpoint
 from pawlab.cli import main
-from pawlab.config import TrainConfig
+from pawlab.config import RuntimeConfig, TrainConfig
 from pawlab.inference import evaluate_unknown, load_model
 from pawlab.inference.unknowns import SHOWN
+from pawlab.training import train
 from tests.conftest import train_tiny, write_tree
+
+QUIET = RuntimeConfig(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +93,23 @@ def test_calibrate_unknown_errors_are_one_line(
     lonely = write_tree(tmp_path / "lonely", {"cat": 1, "dog": 1})
     one_line_error(capsys, ["calibrate-unknown", str(old), str(lonely), "-q"], "no image left for validation")
     assert old.read_bytes() == before  # nothing written
+
+
+def test_calibrate_unknown_on_a_network_without_a_linear_layer_is_one_line(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, _ = trained
+    conv_only = [
+        {"type": "input", "size": 16, "channels": 3},
+        {"type": "conv", "kernel": 3, "filters": 2, "pad": 1},
+        {"type": "global-avg-pool"},
+        {"type": "softmax"},
+    ]
+    model = tmp_path / "conv.safetensors"
+    train(src, model, conv_only, TrainConfig(epochs=1), workers=1, stream=io.StringIO(), runtime=QUIET)
+    one_line_error(
+        capsys, ["calibrate-unknown", str(model), str(src), "-q"], "no in-distribution model can be fitted"
+    )
 
 
 def test_evaluate_unknown_tells_noise_from_cats_and_dogs(
