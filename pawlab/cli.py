@@ -516,6 +516,14 @@ def _add_unknown(commands: _Commands) -> None:
         "--report-dir", type=Path, default=None, help="where to write figures (default: beside the model)"
     )
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument(
+        "--class-map",
+        type=_class_map,
+        default=None,
+        metavar="DATA=MODEL,...",
+        help="DATA's class names in the model's terms, e.g. cats=cat,dogs=dog",
+    )
+    _layout(p, default=None, also="; default: as in training for the model's own source, else auto")
     _quiet(p)
 
 
@@ -984,6 +992,8 @@ def cmd_evaluate_unknown(args: argparse.Namespace) -> int:
         unknown_threshold=args.unknown_threshold,
         workers=args.workers,
         progress=not args.quiet and not args.json,
+        class_map=args.class_map,
+        layout=args.layout,
     )
     print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
     return 0

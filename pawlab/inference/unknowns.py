@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,6 +244,8 @@ def evaluate_unknown(
     unknown_threshold: float | None = None,
     workers: int = 0,
     progress: bool = True,
+    class_map: Mapping[str, str] | None = None,
+    layout: str | None = None,
 ) -> UnknownReport:
     """How well the model's in-distribution model tells ``data``'s validation images (as
     `evaluate` takes them, never training images) from each of ``others`` (folders or zips of
@@ -251,7 +253,8 @@ def evaluate_unknown(
     rate at 95% true-positive rate, the AUROC and the share accepted at ``unknown_threshold``
     (default the model's, 0.05); and the share of ``data``'s images refused. Writes, per other
     source, a grid of its most typical images (the worst mistakes) to ``report_dir`` (default:
-    beside the model file, ``<model>-eval/``)."""
+    beside the model file, ``<model>-eval/``). ``class_map`` and ``layout``: how ``data`` is
+    read, as for `evaluate`."""
     m = model if isinstance(model, Model) else load_model(model, precision="fp32", compile="off")
     if m.unknown is None:
         raise ModelFileError(
@@ -262,7 +265,7 @@ def evaluate_unknown(
         m.unknown_threshold = unknown_threshold
     if not others:
         raise DataError("evaluate-unknown: name at least one source of images that are none of the classes")
-    ev = eval_set_for(m, data, workers=workers, progress=progress)
+    ev = eval_set_for(m, data, workers=workers, progress=progress, class_map=class_map, layout=layout)
     images = ev.images.images
     inside, typical = _scored(m, m.unknown, _source(m, images, None, progress, "in-distribution images"))
     out = _report_dir(m, report_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -131,12 +132,15 @@ def test_evaluate_unknown_json_and_its_missing_model_error(
     trained: tuple[Path, Path], noise: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     src, model = trained
-    argv = ["evaluate-unknown", str(model), str(src), str(noise), "--json", "--report-dir", str(tmp_path)]
-    assert main([*argv, "--unknown-threshold", "0.5", "--workers", "1"]) == 0
+    zipped = Path(shutil.make_archive(str(tmp_path / "noise"), "zip", noise))
+    argv = ["evaluate-unknown", str(model), str(src), str(noise), str(zipped), "--json"]
+    assert main([*argv, "--report-dir", str(tmp_path), "--unknown-threshold", "0.5", "--workers", "1"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report) == {"data", "evaluated", "count", "threshold", "refused", "others"}
     assert report["threshold"] == 0.5 and 0 <= report["refused"] <= 1
-    [other] = report["others"]
+    other, from_zip = report["others"]
+    assert from_zip["source"] == str(zipped) and from_zip["auroc"] == other["auroc"]
+    assert Path(from_zip["figure"]).name == "most_typical-2-noise.png"
     assert set(other) == {
         "source",
         "images",
@@ -158,3 +162,15 @@ def test_evaluate_unknown_json_and_its_missing_model_error(
         "no in-distribution model",
         "calibrate-unknown",
     )
+
+
+def test_evaluate_unknown_reads_data_named_otherwise_through_a_class_map(
+    trained: tuple[Path, Path], noise: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, model = trained
+    plural = write_tree(tmp_path / "plural", {"cats": 5, "dogs": 5}, start=500)
+    argv = ["evaluate-unknown", str(model), str(plural), str(noise), "--report-dir", str(tmp_path), "-q"]
+    one_line_error(capsys, argv, "--class-map cats=cat,dogs=dog")
+    assert main([*argv, "--class-map", "cats=cat,dogs=dog", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"in distribution: 10 images of {plural} (all labelled images of the source)")
