@@ -15,7 +15,8 @@ from PIL import Image
 
 from pawlab import checkpoint
 from pawlab.cli import main
-from pawlab.config import RuntimeConfig, TrainConfig
+from pawlab.config import DataConfig, RuntimeConfig, TrainConfig
+from pawlab.data import load_dataset
 from pawlab.inference import evaluate_unknown, load_model
 from pawlab.inference.unknowns import SHOWN
 from pawlab.training import train
@@ -76,6 +77,20 @@ def test_calibrate_unknown_restores_the_model_training_fitted(
     main(["predict", str(old), str(image), "--json"])
     answer = json.loads(capsys.readouterr().out)
     assert isinstance(answer["typicality"], float) and isinstance(answer["unknown"], bool)
+
+
+def test_calibrate_unknown_on_another_source_splits_it_by_seed(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, model = trained
+    other = write_tree(tmp_path / "other", {"cat": 10, "dog": 10}, start=300)
+    old = stripped(model, tmp_path / "old.safetensors")
+    assert main(["calibrate-unknown", str(old), str(other), "-q", "--workers", "1"]) == 0
+    seeded = load_dataset(other, DataConfig(size=16, workers=1), progress=False)  # 20%, seed 0
+    train_n, val_n = len(seeded.train), len(seeded.validation)
+    assert f"on {train_n} training images, calibrated on {val_n} validation images" in capsys.readouterr().out
+    state = load_model(old).unknown
+    assert state is not None and len(state.tensors["calibration"]) == val_n
 
 
 def test_calibrate_unknown_errors_are_one_line(
