@@ -17,6 +17,7 @@ from pawlab import unknown
 from pawlab.config import DataConfig
 from pawlab.data import Dataset, Skipped, load_dataset, load_unlabeled
 from pawlab.data.datasets import decode_task, decode_tasks, layout_of
+from pawlab.data.sources import Source as DataSource
 from pawlab.data.workers import default_workers, parallel_map
 from pawlab.errors import DataError, ModelFileError
 from pawlab.inference.evaluation import _report_dir, eval_set_for
@@ -169,19 +170,22 @@ class UnknownReport:
         return f"UnknownReport({self.count} in distribution, {self.refused:.1%} refused; {shown})"
 
 
-def _decoded(
-    model: Model, path: str | os.PathLike[str], workers: int
-) -> tuple[np.ndarray, list[str], list[Skipped]]:
-    """An unlabelled source's images uint8 (N, H, W, C) at the model's input, their names,
-    and the files skipped (not images, or undecodable)."""
+Listed = tuple[
+    DataSource, list[str], list[Skipped]
+]  # an unlabelled source, its image names, what was skipped
+
+
+def _decoded(model: Model, listed: Listed, workers: int) -> tuple[np.ndarray, list[str], list[Skipped]]:
+    """A listed unlabelled source's images uint8 (N, H, W, C) at the model's input, their
+    names, and the files skipped (not images, or undecodable)."""
     pre = model.preprocessing
-    source, names, skipped = load_unlabeled(path, pre.size, pre.channels)
+    source, names, skipped = listed
     tasks = decode_tasks(source, names, pre.size, pre.channels, pre.resize)
     decoded = list(parallel_map(decode_task, tasks, workers=workers or default_workers()))
-    skipped += [Skipped(n, a) for n, a in zip(names, decoded, strict=True) if isinstance(a, str)]
+    skipped = skipped + [Skipped(n, a) for n, a in zip(names, decoded, strict=True) if isinstance(a, str)]
     kept = [(n, a) for n, a in zip(names, decoded, strict=True) if not isinstance(a, str)]
     if not kept:
-        raise DataError(f"{path}: none of its {len(names)} images could be decoded")
+        raise DataError(f"{source.path}: none of its {len(names)} images could be decoded")
     return np.stack([a for _, a in kept]), [n for n, _ in kept], skipped
 
 
@@ -202,6 +206,7 @@ def _other(
     model: Model,
     state: unknown.State,
     path: str | os.PathLike[str],
+    listed: Listed,
     inside: np.ndarray,
     figure: Path,
     workers: int,
@@ -211,7 +216,7 @@ def _other(
     write the grid of its most typical images to ``figure``."""
     from pawlab.figures import RIGHT, WRONG, captioned_grid
 
-    images, names, skipped = _decoded(model, path, workers)
+    images, names, skipped = _decoded(model, listed, workers)
     scores, typical = _scored(model, state, _source(model, images, None, progress, f"images of {path}"))
     accepted = typical >= model.unknown_threshold
     worst = np.argsort(-scores, kind="stable")[:SHOWN]
@@ -265,13 +270,15 @@ def evaluate_unknown(
         m.unknown_threshold = unknown_threshold
     if not others:
         raise DataError("evaluate-unknown: name at least one source of images that are none of the classes")
+    pre = m.preprocessing
+    listed = [load_unlabeled(path, pre.size, pre.channels) for path in others]  # any missing: before the work
     ev = eval_set_for(m, data, workers=workers, progress=progress, class_map=class_map, layout=layout)
     images = ev.images.images
     inside, typical = _scored(m, m.unknown, _source(m, images, None, progress, "in-distribution images"))
     out = _report_dir(m, report_dir)
-    found = [
-        _other(m, m.unknown, path, inside, out / _figure_name(k, str(path)), workers, progress)
-        for k, path in enumerate(others)
+    measured = [
+        _other(m, m.unknown, path, listing, inside, out / _figure_name(k, str(path)), workers, progress)
+        for k, (path, listing) in enumerate(zip(others, listed, strict=True))
     ]
     refused = float((typical < m.unknown_threshold).mean())
-    return UnknownReport(str(data), ev.description, len(images), m.unknown_threshold, refused, found)
+    return UnknownReport(str(data), ev.description, len(images), m.unknown_threshold, refused, measured)

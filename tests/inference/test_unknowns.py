@@ -170,6 +170,7 @@ def test_evaluate_unknown_json_and_its_missing_model_error(
     typical = [t["typicality"] for t in other["most_typical"]]
     assert typical == sorted(typical, reverse=True)
 
+    one_line_error(capsys, [*argv[:4], str(tmp_path / "nowhere")], "nowhere")
     old = stripped(model, tmp_path / "old.safetensors")
     one_line_error(
         capsys,
