@@ -524,6 +524,7 @@ def _add_unknown(commands: _Commands) -> None:
         help="DATA's class names in the model's terms, e.g. cats=cat,dogs=dog",
     )
     _layout(p, default=None, also="; default: as in training for the model's own source, else auto")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
     _quiet(p)
 
 
@@ -982,10 +983,10 @@ def cmd_calibrate_unknown(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_unknown(args: argparse.Namespace) -> int:
-    from pawlab.inference import evaluate_unknown
+    from pawlab.inference import evaluate_unknown, load_model
 
     report = evaluate_unknown(
-        args.model,
+        load_model(args.model, args.device, precision="fp32", compile="off"),
         args.data,
         args.others,
         report_dir=args.report_dir,
