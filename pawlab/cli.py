@@ -452,6 +452,23 @@ def _add_compare(commands: _Commands) -> None:
     _quiet(p)
 
 
+def _eval_data_options(p: argparse.ArgumentParser) -> None:
+    """--report-dir, --workers, --class-map and --layout: where evaluation figures go and how
+    its labelled data is read."""
+    p.add_argument(
+        "--report-dir", type=Path, default=None, help="where to write figures (default: beside the model)"
+    )
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument(
+        "--class-map",
+        type=_class_map,
+        default=None,
+        metavar="DATA=MODEL,...",
+        help="the data's class names in the model's terms, e.g. cats=cat,dogs=dog",
+    )
+    _layout(p, default=None, also="; default: as in training for the model's own source, else auto")
+
+
 def _add_inference(commands: _Commands) -> None:
     p = commands.add("predict", "class probabilities of images")
     p.add_argument("model", type=Path)
@@ -465,18 +482,7 @@ def _add_inference(commands: _Commands) -> None:
     p.add_argument("data", help="a prepared folder or labelled source (its validation split if it has one)")
     p.add_argument("--json", action="store_true")
     _unknown_threshold_option(p)
-    p.add_argument(
-        "--report-dir", type=Path, default=None, help="where to write figures (default: beside the model)"
-    )
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument(
-        "--class-map",
-        type=_class_map,
-        default=None,
-        metavar="DATA=MODEL,...",
-        help="the data's class names in the model's terms, e.g. cats=cat,dogs=dog",
-    )
-    _layout(p, default=None, also="; default: as in training for the model's own source, else auto")
+    _eval_data_options(p)
     _inference_options(p)
     _quiet(p)
 
@@ -512,18 +518,7 @@ def _add_unknown(commands: _Commands) -> None:
     p.add_argument("others", nargs="+", metavar="OTHER", help="folders or zips of images none of the classes")
     p.add_argument("--json", action="store_true")
     _unknown_threshold_option(p)
-    p.add_argument(
-        "--report-dir", type=Path, default=None, help="where to write figures (default: beside the model)"
-    )
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument(
-        "--class-map",
-        type=_class_map,
-        default=None,
-        metavar="DATA=MODEL,...",
-        help="DATA's class names in the model's terms, e.g. cats=cat,dogs=dog",
-    )
-    _layout(p, default=None, also="; default: as in training for the model's own source, else auto")
+    _eval_data_options(p)
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
     _quiet(p)
 
