@@ -65,7 +65,17 @@ from pawlab.inference import Model, load_model  # noqa: E402
 from pawlab.inference.engine import to_inputs  # noqa: E402
 from pawlab.inference.features import trunk_features  # noqa: E402
 from pawlab.spec.training import DigitRecipe, digit_models, digit_split  # noqa: E402
-from pawlab.unknown import SCORERS, calibrate, features_and_logits, fit, refused, score, typicality  # noqa: E402
+from pawlab.unknown import (  # noqa: E402
+    SCORERS,
+    auroc,
+    calibrate,
+    features_and_logits,
+    fit,
+    fpr_at_95,
+    refused,
+    score,
+    typicality,
+)
 from pawlab.unknown.scorers import Settings  # noqa: E402
 
 DATA = SHARED.parent
@@ -146,19 +156,6 @@ def trained(work: Path, name: str, data: Path) -> Path:
 
 
 # ---------------------------------------------------------------- measures
-
-
-def fpr_at_95(inside: np.ndarray, outside: np.ndarray) -> float:
-    """Share of ``outside`` scoring at or above the score that keeps 95% of ``inside``."""
-    return float((outside >= np.quantile(inside, 0.05)).mean())
-
-
-def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
-    """The chance that an inside score beats an outside one (ties count half)."""
-    ordered = np.sort(outside)
-    below = np.searchsorted(ordered, inside, side="left")
-    ties = np.searchsorted(ordered, inside, side="right") - below
-    return float((below + ties / 2).mean() / len(outside))
 
 
 def accuracy_and_loss(out: Outputs) -> tuple[float, float]:

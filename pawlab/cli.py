@@ -452,6 +452,23 @@ def _add_compare(commands: _Commands) -> None:
     _quiet(p)
 
 
+def _eval_data_options(p: argparse.ArgumentParser) -> None:
+    """--report-dir, --workers, --class-map and --layout: where evaluation figures go and how
+    its labelled data is read."""
+    p.add_argument(
+        "--report-dir", type=Path, default=None, help="where to write figures (default: beside the model)"
+    )
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument(
+        "--class-map",
+        type=_class_map,
+        default=None,
+        metavar="DATA=MODEL,...",
+        help="the data's class names in the model's terms, e.g. cats=cat,dogs=dog",
+    )
+    _layout(p, default=None, also="; default: as in training for the model's own source, else auto")
+
+
 def _add_inference(commands: _Commands) -> None:
     p = commands.add("predict", "class probabilities of images")
     p.add_argument("model", type=Path)
@@ -465,18 +482,7 @@ def _add_inference(commands: _Commands) -> None:
     p.add_argument("data", help="a prepared folder or labelled source (its validation split if it has one)")
     p.add_argument("--json", action="store_true")
     _unknown_threshold_option(p)
-    p.add_argument(
-        "--report-dir", type=Path, default=None, help="where to write figures (default: beside the model)"
-    )
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument(
-        "--class-map",
-        type=_class_map,
-        default=None,
-        metavar="DATA=MODEL,...",
-        help="the data's class names in the model's terms, e.g. cats=cat,dogs=dog",
-    )
-    _layout(p, default=None, also="; default: as in training for the model's own source, else auto")
+    _eval_data_options(p)
     _inference_options(p)
     _quiet(p)
 
@@ -496,6 +502,30 @@ def _add_inference(commands: _Commands) -> None:
     )
     _unknown_threshold_option(p)
     _inference_options(p)
+    _quiet(p)
+
+
+def _add_unknown(commands: _Commands) -> None:
+    p = commands.add(
+        "calibrate-unknown", "fit a model file's in-distribution model (for a file trained before it had one)"
+    )
+    p.add_argument("model", type=Path)
+    p.add_argument(
+        "data",
+        help="labelled images of the model's classes: its training source (split as in training) or another",
+    )
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
+    _quiet(p)
+
+    p = commands.add("evaluate-unknown", "how well a model tells its own kind of image from others")
+    p.add_argument("model", type=Path)
+    p.add_argument("data", help="labelled images of the model's classes (its validation split if it has one)")
+    p.add_argument("others", nargs="+", metavar="OTHER", help="folders or zips of images none of the classes")
+    p.add_argument("--json", action="store_true")
+    _unknown_threshold_option(p)
+    _eval_data_options(p)
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
     _quiet(p)
 
 
@@ -588,6 +618,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         _add_train,
         _add_compare,
         _add_inference,
+        _add_unknown,
         _add_archs,
         _add_dashboard,
         _add_serve,
@@ -945,6 +976,33 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate_unknown(args: argparse.Namespace) -> int:
+    from pawlab.inference import calibrate_unknown
+
+    calibrate_unknown(
+        args.model, args.data, workers=args.workers, progress=not args.quiet, device=args.device
+    )
+    return 0
+
+
+def cmd_evaluate_unknown(args: argparse.Namespace) -> int:
+    from pawlab.inference import evaluate_unknown, load_model
+
+    report = evaluate_unknown(
+        load_model(args.model, args.device, precision="fp32", compile="off"),
+        args.data,
+        args.others,
+        report_dir=args.report_dir,
+        unknown_threshold=args.unknown_threshold,
+        workers=args.workers,
+        progress=not args.quiet and not args.json,
+        class_map=args.class_map,
+        layout=args.layout,
+    )
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
+    return 0
+
+
 def cmd_archs(args: argparse.Namespace) -> int:
     from pawlab.models import ARCHITECTURES, LAYERS, build, get_architecture, load_arch_file
     from pawlab.training.presets import PRESETS
@@ -1024,6 +1082,8 @@ COMMANDS = {
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,
     "submit": cmd_submit,
+    "calibrate-unknown": cmd_calibrate_unknown,
+    "evaluate-unknown": cmd_evaluate_unknown,
     "archs": cmd_archs,
     "dashboard": cmd_dashboard,
     "serve": cmd_serve,

@@ -6,6 +6,7 @@ features.py    a frozen trunk's features, computed once and cached
 agreement.py   whether guarded bf16 agrees with fp32 for a model (checked after training)
 evaluation.py  `evaluate`: metrics, confusion matrix and figures on labelled data
 submission.py  `submit`: a streamed, resumable Kaggle CSV, sharded under torchrun
+unknowns.py    `calibrate_unknown`, `evaluate_unknown`: a model's in-distribution model, fitted and measured
 generator.py   `Generator` and `load_generator`: a class and a latent in, an image out
 """
 
@@ -13,6 +14,7 @@ from pawlab.inference.evaluation import EvalReport, evaluate, metrics_from_probs
 from pawlab.inference.generator import Generator, load_generator
 from pawlab.inference.model import Model, Prediction, Predictions, load_model
 from pawlab.inference.submission import SubmitReport, submit
+from pawlab.inference.unknowns import UnknownReport, calibrate_unknown, evaluate_unknown
 
 __all__ = [
     "EvalReport",
@@ -21,7 +23,10 @@ __all__ = [
     "Prediction",
     "Predictions",
     "SubmitReport",
+    "UnknownReport",
+    "calibrate_unknown",
     "evaluate",
+    "evaluate_unknown",
     "load_generator",
     "load_model",
     "metrics_from_probs",
