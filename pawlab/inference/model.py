@@ -255,7 +255,11 @@ class Model:
             )
             checkpoint.load_weights(path, network, ck.model_state)
         model = cls(network, classes, pre, ck.meta, Path(path), device, precision, compile)
-        model.unknown = unknown.from_tensors(ck.extra, ck.meta.get("unknown"), str(path))
+        state = unknown.from_tensors(ck.extra, ck.meta.get("unknown"), str(path))
+        if state is not None:  # float16 in the file; float32 once here, not at every batch
+            tensors = {k: t.float() if t.is_floating_point() else t for k, t in state.tensors.items()}
+            state = unknown.State(state.method, state.settings, tensors)
+        model.unknown = state
         return model
 
     @property
