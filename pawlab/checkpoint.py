@@ -221,8 +221,8 @@ def load(path: str | os.PathLike[str], *, with_optimizer: bool = False) -> Check
                 elif key.startswith(RNG_PREFIX):
                     if with_optimizer:
                         rng[key[len(RNG_PREFIX) :]] = fh.get_tensor(key)
-                else:
-                    extra[key] = fh.get_tensor(key)
+                else:  # a copy: kept past this call, it must not map a file that can be rewritten
+                    extra[key] = fh.get_tensor(key).clone()
     except (SafetensorError, OSError, ValueError) as exc:
         raise _unreadable(p, exc) from None
     _check_format(p, meta)

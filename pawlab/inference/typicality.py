@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from pawlab import checkpoint, unknown
-from pawlab.inference.engine import array_batches, to_inputs
+from pawlab.inference.engine import array_batches, folded, predict_outputs
 from pawlab.models.network import Network
 from pawlab.preprocessing import Preprocessing
 
-FIT_IMAGES = 5000  # training images the scorer is fitted on at most (a seeded sample): bounds its cost
+FIT_IMAGES = 2000  # training images the scorer is fitted on at most (a seeded sample): bounds its cost
 FEATURE_BATCH = 32
 
 
@@ -70,15 +70,20 @@ class Source:
 def network_features(
     network: Network, source: Source, pre: Preprocessing, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(penultimate features (N, D), logits (N, C)), float32 on the CPU, eager fp32."""
+    """(penultimate features (N, D), logits (N, C)), float32 on the CPU, in fp32: images through
+    the network with its batch-norms folded (as inference runs it: about 2x faster than as
+    trained), cached trunk features through the head alone."""
     network.eval()
+    if len(source) == 0:
+        return torch.empty(0, 0), torch.empty(0, 0)
+    if not source.cached:
+        out = predict_outputs(WithFeatures(folded(network)), source.data, pre, device)  # type: ignore[arg-type]
+        classes = network.num_classes
+        return out[:, classes + 1 :], out[:, :classes]
     feats, logits = [], []
     for batch in array_batches(source.data, FEATURE_BATCH):
-        if source.cached:
-            x = torch.from_numpy(np.ascontiguousarray(batch[:, 0])).to(device)  # (B, F)
-        else:
-            x = to_inputs(batch, pre, device)  # (B, C, H, W)
-        f, out = unknown.features_and_logits(network, x, from_trunk=source.cached)
+        x = torch.from_numpy(np.ascontiguousarray(batch[:, 0])).to(device)  # (B, F)
+        f, out = unknown.features_and_logits(network, x, from_trunk=True)
         feats.append(f.cpu())
         logits.append(out.cpu())
     if not feats:

@@ -17,6 +17,7 @@ from pawlab.errors import ConfigError
 from pawlab.inference import load_model, submit
 from pawlab.inference.typicality import FIT_IMAGES, Source
 from tests.conftest import train_tiny, write_tree
+from tests.inference.test_unknowns import stripped
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +54,7 @@ def test_typicality_ranks_new_cats_and_dogs_above_noise(trained: tuple[Path, Pat
 def test_a_model_file_from_before_has_no_in_distribution_model(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    ck = checkpoint.load(trained[1])
-    old = tmp_path / "old.safetensors"
-    checkpoint.save(old, ck.model_state, {k: v for k, v in ck.meta.items() if k != "unknown"})
+    old = stripped(trained[1], tmp_path / "old.safetensors")
     model = load_model(old)
     assert model.unknown is None
     assert model.typicality(np.zeros((2, 16, 16, 3), np.uint8)) is None
@@ -102,9 +101,7 @@ def test_submit_writes_the_unknown_column(trained: tuple[Path, Path], tmp_path: 
 def test_submit_s_unknown_column_needs_an_in_distribution_model(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    ck = checkpoint.load(trained[1])
-    old = tmp_path / "old.safetensors"
-    checkpoint.save(old, ck.model_state, {k: v for k, v in ck.meta.items() if k != "unknown"})
+    old = stripped(trained[1], tmp_path / "old.safetensors")
     with pytest.raises(ConfigError, match="no in-distribution model for --unknown-column"):
         submit(old, trained[0], tmp_path / "sub.csv", progress=False, unknown_column=True)
     assert not (tmp_path / "sub.csv").exists()

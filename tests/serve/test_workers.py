@@ -77,10 +77,12 @@ def test_workers_answer_as_one_server_and_one_that_dies_is_replaced(
         assert [sample(srv.url, 'pawlab_serve_images_total{model="first"}') for _ in range(6)] == [4.0] * 6
         model.write_bytes(b"broken")  # a worker that dies now cannot be replaced
         first[1].kill()
+        first[1].wait(timeout=30)
         said = lines(srv, 2)
         assert ask(srv.url, images[0].read_bytes()).status_code == 200  # worker 1 answers
         shutil.copy(models["first"], model)
         first[0].kill()
+        first[0].wait(timeout=30)  # dead: it can no longer take the next connection off the socket
         answer = ask(srv.url, images[0].read_bytes())  # only worker 1's replacement can answer it
         assert answer.status_code == 200 and first[0] not in workers(srv)
     finally:
