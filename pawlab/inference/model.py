@@ -338,7 +338,7 @@ class Model:
         """uint8 (N, H, W, C) at the model's size -> probabilities (N, classes); ``tta``:
         averaged over the image, its mirror and two crops. ``cached``: a frozen backbone's
         features come from (and go to) the feature cache, as in training."""
-        return self.predict_scored(images, batch_size, tta, cached, progress)[0]
+        return self._outputs(images, batch_size, tta, cached, progress)[:, : len(self.classes)].numpy()
 
     def predict_scored(
         self,

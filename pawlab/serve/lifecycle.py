@@ -131,10 +131,10 @@ def wait_for(path: Path, name: str, quiet: bool, poll: float = POLL) -> bool:
     that the server waits for it; False if SIGTERM came first (in the main thread only)."""
     if path.exists():
         return True
-    if not quiet:
-        print(f"pawlab serve: {name}: waiting for the run to write {path}", file=sys.stderr, flush=True)
     stopped = threading.Event()
     with handling(lambda sig, frame: stopped.set(), signal.SIGTERM):
+        if not quiet:  # once SIGTERM is handled: a process manager may send it on this line
+            print(f"pawlab serve: {name}: waiting for the run to write {path}", file=sys.stderr, flush=True)
         while not path.exists():
             if stopped.wait(poll):
                 return False
