@@ -10,6 +10,7 @@ import math
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import signal
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -83,13 +84,36 @@ def refuse_in_starting_process() -> None:
 AHEAD = 4
 
 
+class _Stopped(BaseException):
+    """SIGTERM in a worker's task: unwinds it, so that its ``finally`` blocks run (an
+    `atomic_write` removes its temporary file) before the worker exits."""
+
+
+_in_task = False  # whether this worker process is running a chunk
+
+
 def _run_chunk(fn: Callable[[T], R], chunk: Sequence[T]) -> list[R]:
-    return [fn(t) for t in chunk]
+    global _in_task
+    _in_task = True
+    try:
+        return [fn(t) for t in chunk]
+    except _Stopped:
+        os._exit(1)
+    finally:
+        _in_task = False
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    if _in_task:
+        raise _Stopped
+    os._exit(1)
 
 
 def _exit_with_parent() -> None:
     """Worker initializer: end the worker when the process that started it is gone (killed,
-    even by SIGKILL), instead of waiting for work forever."""
+    even by SIGKILL), instead of waiting for work forever; on SIGTERM (`Workers.close`), end
+    it once its task has cleaned up after itself."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     parent = mp.parent_process()
     if parent is not None:
         threading.Thread(target=_wait_then_exit, args=(parent.sentinel,), daemon=True).start()

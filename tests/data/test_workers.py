@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from pawlab.atomic import atomic_write
 from pawlab.data.workers import Workers
 from pawlab.errors import WorkerError
 
@@ -78,3 +79,24 @@ def test_closing_stops_workers_in_the_middle_of_a_task() -> None:
     pids = {next(results), next(results)}  # the consumer stops early: the rest is still running
     pool.close()
     assert pids and all(_gone(p) for p in pids)
+
+
+def _write_slowly(task: tuple[str, int]) -> int:
+    """Task ``i`` of folder ``d``: from the fifth on, a write that holds its temporary file."""
+    folder, i = task
+    if i >= 4:
+        atomic_write(Path(folder) / f"{i}.bin", lambda tmp: (tmp.write_bytes(b"x"), time.sleep(600)))
+    return os.getpid()
+
+
+def test_a_worker_stopped_in_the_middle_of_a_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    pool = Workers(2)
+    results = pool.map(_write_slowly, [(str(tmp_path), i) for i in range(40)], chunksize=1)
+    pids = {next(results) for _ in range(4)}
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob(".*.tmp"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # both workers are writing
+    assert len(list(tmp_path.glob(".*.tmp"))) == 2
+    pool.close()
+    assert all(_gone(p) for p in pids)
+    assert not list(tmp_path.iterdir())  # neither a temporary file nor a half-written one
