@@ -428,6 +428,7 @@ def _add_serve(commands: _Commands) -> None:
         "(default auto: one per core on the CPU, at most 8; one for a GPU)",
     )
     _inference_options(p, auto="compiled before the first request: tens of seconds at start")
+    _unknown_threshold_option(p)
     p.add_argument(
         "-q",
         "--quiet",
@@ -875,6 +876,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         compile=args.compile,
+        unknown_threshold=args.unknown_threshold,
         quiet=args.quiet,
     )
     return 0

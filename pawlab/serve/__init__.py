@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pawlab import unknown
 from pawlab.checkpoint import read_meta
 from pawlab.errors import ConfigError
 from pawlab.hosts import EVERY_INTERFACE, bind_address, is_loopback, url_host
@@ -87,6 +88,7 @@ def serve(
     device: str = "auto",
     precision: str = "auto",
     compile: str = "auto",
+    unknown_threshold: float = unknown.DEFAULT_THRESHOLD,
     quiet: bool = False,
 ) -> None:
     """Serve ``models`` (model files or training runs' directories, each ``PATH`` or
@@ -96,7 +98,8 @@ def serve(
     other address needs ``token`` (every request but the health probes must send it) or
     ``no_auth``. ``workers``: processes answering on the one port, each with its own engines on
     its share of the cores (None: one per core on the CPU, one for a GPU; spawned: a script
-    calling this with more than one needs ``if __name__ == "__main__":``)."""
+    calling this with more than one needs ``if __name__ == "__main__":``). An image less
+    typical than ``unknown_threshold`` is answered as none of a model's classes."""
     bind = bind_address(host)
     check_access(bind, token, no_auth)
     workers = auto_workers(device) if workers is None else workers
@@ -120,7 +123,7 @@ def serve(
         port,
         batching,
         limits,
-        Loading(tta, device, precision, compile),
+        Loading(tta, device, precision, compile, unknown_threshold),
         token,
         cors_origin,
         grace,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pawlab import runlog
+from pawlab import runlog, unknown
 from pawlab.data.decode import load_image
 from pawlab.errors import ConfigError, ModelFileError
 from pawlab.inference import Model, load_model
@@ -37,12 +37,17 @@ class Batching:
 @dataclass(frozen=True)
 class Loading:
     """How a server loads each model file: as `load_model` (``compile="auto"`` compiles, a
-    server being a long job), with test-time augmentation or not."""
+    server being a long job), with test-time augmentation or not; an image less typical than
+    ``unknown_threshold`` is answered as unknown (`Model.unknown_threshold`)."""
 
     tta: bool = False
     device: str = "auto"
     precision: str = "auto"
     compile: str = "auto"
+    unknown_threshold: float = unknown.DEFAULT_THRESHOLD
+
+    def __post_init__(self) -> None:
+        unknown.check_threshold(self.unknown_threshold, "unknown_threshold")
 
 
 def model_names(specs: Sequence[str | os.PathLike[str]]) -> list[tuple[str, Path]]:
@@ -96,6 +101,7 @@ class Version:
     def load(cls, path: Path, loading: Loading) -> Version:
         """Load the model at ``path``, prepared and warmed up: its first batch pays no compiling."""
         model = load_model(path, loading.device, loading.precision, loading.compile)
+        model.unknown_threshold = loading.unknown_threshold
         model.prepare_for(COMPILE_MIN_IMAGES, loading.tta)
         tta = loading.tta
 
@@ -140,9 +146,11 @@ class Served:
         device: str = "auto",
         precision: str = "auto",
         compile: str = "auto",
+        unknown_threshold: float = unknown.DEFAULT_THRESHOLD,
     ) -> Served:
         """Load the model at ``path`` (`Version.load`) and start its engine."""
-        return cls.start(name, path, batching, Loading(tta, device, precision, compile))
+        loading = Loading(tta, device, precision, compile, unknown_threshold)
+        return cls.start(name, path, batching, loading)
 
     @classmethod
     def start(cls, name: str, path: Path, batching: Batching, loading: Loading) -> Served:

@@ -95,7 +95,8 @@ def _schemas() -> JSON:
             },
             unknown={
                 "type": ["boolean", "null"],
-                "description": "typicality below 0.05: the image is none of the model's classes",
+                "description": "typicality below the server's threshold (--unknown-threshold, default 0.05): "
+                "the image is none of the model's classes",
             },
             model=_STRING,
             digest={**_STRING, "description": "BLAKE2b-128 of the model file that answered, in hex"},
@@ -127,7 +128,7 @@ def _v2_schemas() -> JSON:
     tensor = _object(
         ["name", "datatype", "shape"],
         name=_STRING,
-        datatype={"enum": ["BYTES", "UINT8", "FP32"]},
+        datatype={"enum": ["BYTES", "UINT8", "FP32", "BOOL"]},
         shape={"type": "array", "items": _INTEGER},
         parameters={"type": "object", "description": "binary_data_size: its bytes after the JSON"},
         data={"type": "array", "description": "the values, flat (base64 strings for BYTES)"},
@@ -162,6 +163,8 @@ def _v2_schemas() -> JSON:
             outputs={
                 "type": "array",
                 "items": _object(["name"], name=_STRING, parameters={"type": "object"}),
+                "description": "probabilities, classification and, with an in-distribution model, "
+                "typicality and unknown (default: all of them)",
             },
         ),
         "InferenceResponse": _object(

@@ -7,7 +7,8 @@
     POST /v2/models/{name}/infer                one input of N images:
             image   BYTES [N]            encoded images (base64 strings in JSON)
             pixels  UINT8 [N, H, W, C]   at the model's input size
-         -> probabilities FP32 [N, classes], classification BYTES [N]
+         -> probabilities FP32 [N, classes], classification BYTES [N]; with the model's
+            in-distribution model, typicality FP32 [N] and unknown BOOL [N] (none of its classes)
 
 Tensors travel in JSON or in Triton's binary extension: the body is the JSON header (its
 length in ``Inference-Header-Content-Length``) followed by each tensor whose parameters give
@@ -35,6 +36,7 @@ from pawlab.serve.service import Refused, Service, read_body
 
 IMAGE, PIXELS = "image", "pixels"
 PROBABILITIES, CLASSIFICATION = "probabilities", "classification"
+TYPICALITY, UNKNOWN = "typicality", "unknown"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _MAX_HEADER = 1 << 20  # bytes of JSON before the binary tensors
 
@@ -60,8 +62,21 @@ def metadata(served: Served) -> dict[str, Any]:
         "outputs": [
             {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, len(served.model.classes)]},
             {"name": CLASSIFICATION, "datatype": "BYTES", "shape": [-1]},
+            *(
+                [
+                    {"name": TYPICALITY, "datatype": "FP32", "shape": [-1]},
+                    {"name": UNKNOWN, "datatype": "BOOL", "shape": [-1]},
+                ]
+                if served.model.unknown is not None
+                else []
+            ),
         ],
     }
+
+
+def output_names(served: Served) -> list[str]:
+    """The outputs a model gives: typicality and unknown only with an in-distribution model."""
+    return [o["name"] for o in metadata(served)["outputs"]]
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
@@ -157,18 +172,19 @@ def _pixels(tensor: dict[str, Any], binary: bytes | None, served: Served) -> np.
     return flat.reshape(shape)
 
 
-def _wanted(header: dict[str, Any]) -> list[tuple[str, bool]]:
-    """The outputs asked for, each with whether it goes in binary."""
+def _wanted(header: dict[str, Any], given: list[str]) -> list[tuple[str, bool]]:
+    """The outputs asked for (every one ``given`` when none is named), each with whether it
+    goes in binary."""
     everything = bool(_parameters(header).get("binary_data_output", False))
     asked = header.get("outputs")
     if asked is None:
-        return [(PROBABILITIES, everything), (CLASSIFICATION, everything)]
+        return [(name, everything) for name in given]
     if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
         raise Refused(400, 'the inference request\'s "outputs" is not a list of objects')
     names = [o.get("name") for o in asked]
-    unknown = [n for n in names if n not in (PROBABILITIES, CLASSIFICATION)]
-    if unknown:
-        raise Refused(400, f"no output named {unknown[0]!r}: {PROBABILITIES}, {CLASSIFICATION}")
+    foreign = [n for n in names if n not in given]
+    if foreign:
+        raise Refused(400, f"no output named {foreign[0]!r}: {', '.join(given)}")
     binary = [bool(_parameters(o).get("binary_data", everything)) for o in asked]
     return list(zip(names, binary, strict=True))
 
@@ -177,6 +193,8 @@ def _response(
     served: Served, header: dict[str, Any], wanted: list[tuple[str, bool]], scored: np.ndarray, ran: Version
 ) -> Response:
     probs = np.ascontiguousarray(scored[:, :-1])  # the engine's rows: probabilities, then typicality
+    typical = np.ascontiguousarray(scored[:, -1])  # NaN: the version that ran has no in-distribution model
+    refused = typical < ran.model.unknown_threshold
     classes = [served.model.classes[i] for i in probs.argmax(1)]
     tensors: dict[str, tuple[str, list[int], Any, bytes]] = {
         PROBABILITIES: ("FP32", list(probs.shape), probs.ravel().tolist(), probs.astype("<f4").tobytes()),
@@ -186,6 +204,13 @@ def _response(
             classes,
             b"".join(struct.pack("<I", len(c.encode())) + c.encode() for c in classes),
         ),
+        TYPICALITY: (
+            "FP32",
+            [len(typical)],
+            [None if np.isnan(v) else v for v in typical.tolist()],
+            typical.astype("<f4").tobytes(),
+        ),
+        UNKNOWN: ("BOOL", [len(refused)], refused.tolist(), refused.astype(np.uint8).tobytes()),
     }
     outputs, blobs = [], []
     for name, binary in wanted:
@@ -211,7 +236,7 @@ async def _infer(request: Request, service: Service, served: Served) -> Response
     body = await read_body(request, service.limits.max_body)
     header, binary = _split(body, request.headers.get(HEADER_LENGTH))
     tensor, data = _input(header, binary)
-    wanted = _wanted(header)
+    wanted = _wanted(header, output_names(served))
     if tensor.get("name") == IMAGE:
         images = _encoded_images(tensor, data, service.limits.max_parts)
         probs, ran = await service.predict(served, [(f"{IMAGE}[{i}]", b) for i, b in enumerate(images)])

@@ -56,11 +56,11 @@ class Server:
             text=True,
             env=env,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"pawlab serve did not start: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+                status, err = self.stop()
+                raise RuntimeError(f"pawlab serve did not start (exit status {status}): {err}")
             time.sleep(0.1)
 
     def _ready(self) -> bool:

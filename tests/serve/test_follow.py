@@ -39,10 +39,15 @@ def write_as_training_does(path: Path, data: bytes) -> None:
 
 def predicted(model: Path, *images: Path) -> list[dict[str, float]]:
     """``pawlab predict --json``'s probability map for each image."""
+    return [answer["probability-map"] for answer in predictions(model, *images)]
+
+
+def predictions(model: Path, *images: Path, threshold: float = 0.05) -> list[dict[str, Any]]:
+    """``pawlab predict --json --unknown-threshold T``'s object for each image."""
     cmd = [sys.executable, "-m", "pawlab", "predict", model, *images, "--json"]
-    cmd += ["--compile", "off", "--precision", "fp32"]
+    cmd += ["--compile", "off", "--precision", "fp32", "--unknown-threshold", str(threshold)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
-    return [json.loads(line)["probability-map"] for line in out.splitlines()]
+    return [json.loads(line) for line in out.splitlines()]
 
 
 def ask(url: str, body: bytes) -> httpx.Response:

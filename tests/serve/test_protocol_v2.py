@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,19 +12,26 @@ import httpx2 as httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from pawlab.serve import Limits, Served, create_app
 from pawlab.serve.models import Batching
 from tests.dashboard.conftest import AppServer
+from tests.inference.test_unknowns import stripped
 
 
 @pytest.fixture(scope="module")
-def live(models: dict[str, Path]) -> Iterator[tuple[AppServer, Served]]:
-    """Both models served in this process; ``first`` is returned with the server."""
+def live(
+    models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[AppServer, Served]]:
+    """Both models served in this process, and ``old``: ``first`` as written before pawlab
+    fitted an in-distribution model; ``first`` is returned with the server."""
     batching = Batching(max_batch=8, max_wait_ms=0)
+    old = stripped(models["first"], tmp_path_factory.mktemp("old") / "old.safetensors")
     served = [
-        Served.load(n, models[n], batching, compile="off", precision="fp32") for n in ("first", "second")
+        Served.load(n, path, batching, compile="off", precision="fp32", unknown_threshold=0.3)
+        for n, path in (("first", models["first"]), ("second", models["second"]), ("old", old))
     ]
     with AppServer(create_app(served, Limits())) as server:
         yield server, served[0]
@@ -61,6 +69,12 @@ def test_probes_and_metadata(client: triton.InferenceServerClient) -> None:
     assert meta["outputs"] == [
         {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]},
         {"name": "classification", "datatype": "BYTES", "shape": [-1]},
+        {"name": "typicality", "datatype": "FP32", "shape": [-1]},
+        {"name": "unknown", "datatype": "BOOL", "shape": [-1]},
+    ]
+    assert [o["name"] for o in client.get_model_metadata("old")["outputs"]] == [
+        "probabilities",
+        "classification",
     ]
     with pytest.raises(InferenceServerException, match="no model named 'nope'"):
         client.get_model_metadata("nope")
@@ -83,6 +97,46 @@ def test_encoded_images_in_binary_answer_as_v1_predict(
         ).json()
         assert c.decode() == v1["classification"]
         assert p.tolist() == pytest.approx(list(v1["probability-map"].values()), abs=1e-6)
+
+
+def test_typicality_and_unknown_as_v1_predict_says_them_in_binary_and_json(
+    client: triton.InferenceServerClient, live: tuple[AppServer, Served], models: dict[str, Path]
+) -> None:
+    server, first = live
+    noise = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    images = [*jpegs(models), buffer.getvalue()]
+    result = client.infer("first", [encoded(images)])
+    typical, refused = result.as_numpy("typicality"), result.as_numpy("unknown")
+    assert typical.dtype == np.float32 and refused.dtype == np.bool_ and typical.shape == (4,)
+    v1 = [
+        httpx.post(f"{server.url}/v1/predict", content=i, headers={"Content-Type": "image/png"}).json()
+        for i in images
+    ]
+    assert typical.tolist() == pytest.approx([a["typicality"] for a in v1], abs=1e-6)
+    assert (
+        refused.tolist() == [a["unknown"] for a in v1] == (typical < 0.3).tolist()
+    )  # the server's threshold
+    assert refused[-1]  # uniform noise is none of the classes
+    asked = [triton.InferRequestedOutput(n, binary_data=False) for n in ("unknown", "typicality")]
+    as_json = client.infer("first", [encoded(images)], outputs=asked).get_response()["outputs"]
+    assert [o["name"] for o in as_json] == ["unknown", "typicality"]
+    assert as_json[0]["data"] == refused.tolist()
+    assert as_json[1]["data"] == pytest.approx(typical.tolist(), abs=1e-6)
+
+
+def test_a_model_without_an_in_distribution_model_has_no_typicality_output(
+    client: triton.InferenceServerClient, live: tuple[AppServer, Served], models: dict[str, Path]
+) -> None:
+    server, _ = live
+    result = client.infer("old", [encoded(jpegs(models))]).get_response()
+    assert [o["name"] for o in result["outputs"]] == ["probabilities", "classification"]
+    asked = [triton.InferRequestedOutput("typicality")]
+    with pytest.raises(
+        InferenceServerException, match="no output named 'typicality': probabilities, classification"
+    ):
+        client.infer("old", [encoded(jpegs(models))], outputs=asked)
 
 
 def test_json_requests_and_outputs(

@@ -87,6 +87,7 @@ def test_sigterm_answers_every_accepted_request_then_exits_0(models: dict[str, P
         ("--max-wait-ms", "-1", "argument --max-wait-ms: must be a finite number >= 0, got -1"),
         ("--deadline-ms", "nan", "argument --deadline-ms: must be a finite number > 0, got nan"),
         ("--max-body-mb", "0", "argument --max-body-mb: must be a finite number > 0, got 0"),
+        ("--unknown-threshold", "2", "argument --unknown-threshold: a typicality between 0 and 1, got 2"),
     ],
 )
 def test_limits_out_of_range_are_usage_errors(

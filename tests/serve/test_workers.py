@@ -15,7 +15,7 @@ import pytest
 import pawlab.serve.workers as workers_module
 from pawlab.serve.workers import auto_workers
 from tests.serve.conftest import Server, wait_until
-from tests.serve.test_follow import ask, predicted
+from tests.serve.test_follow import ask, predictions
 from tests.test_cli import assert_one_line_error, pawlab
 
 
@@ -65,14 +65,16 @@ def test_workers_answer_as_one_server_and_one_that_dies_is_replaced(
     images = sorted(models["cats"].iterdir())[:2] + sorted(models["dogs"].iterdir())[:2]
     model = tmp_path / "first.safetensors"
     shutil.copy(models["first"], model)
-    srv = Server(model, "--workers", 2, quiet=False)
+    srv = Server(model, "--workers", 2, "--unknown-threshold", 0.5, quiet=False)
     try:
         first = workers(srv)
         assert len(first) == 2 and first[0].pid != first[1].pid
-        for image, expected in zip(images, predicted(models["first"], *images), strict=True):
+        for image, expected in zip(images, predictions(models["first"], *images, threshold=0.5), strict=True):
             answer = ask(srv.url, image.read_bytes())
             assert answer.status_code == 200
-            assert answer.json()["probability-map"] == pytest.approx(expected, abs=1e-6)
+            assert answer.json()["probability-map"] == pytest.approx(expected["probability-map"], abs=1e-6)
+            assert answer.json()["typicality"] == pytest.approx(expected["typicality"], abs=1e-6)
+            assert answer.json()["unknown"] == expected["unknown"]  # each worker's threshold is 0.5
         # each scrape reaches one worker (a new connection each), and each counts both
         assert [sample(srv.url, 'pawlab_serve_images_total{model="first"}') for _ in range(6)] == [4.0] * 6
         model.write_bytes(b"broken")  # a worker that dies now cannot be replaced
