@@ -292,19 +292,20 @@ class ModelSpec:
     def _needs_typicality(self, in_distribution: bool | None) -> bool:
         """Whether a verdict requires the image in distribution (None: the spec's setting); a
         one-line `ConfigError` when it does and the discriminator gives no typicality."""
-        required = self.in_distribution if in_distribution is None else in_distribution
+        if not (self.in_distribution if in_distribution is None else in_distribution):
+            return False
         model = self.discriminator.model
-        if required and model is None:
+        if model is None:
             raise ConfigError(
                 f"{self.name}: in_distribution needs a discriminator model file with an "
                 "in-distribution model, not a callable"
             )
-        if required and model is not None and model.unknown is None:
+        if model.unknown is None:
             raise ConfigError(
                 f"{self.name}: {model.path} has no in-distribution model, which in_distribution "
                 f"needs (pawlab calibrate-unknown {model.path} DATA fits one)"
             )
-        return required
+        return True
 
     @functools.cached_property
     def generator(self) -> GeneratorFn:
