@@ -297,13 +297,13 @@ class ModelSpec:
         model = self.discriminator.model
         if model is None:
             raise ConfigError(
-                f"{self.name}: in_distribution needs a discriminator model file with an "
-                "in-distribution model, not a callable"
+                f"{self.name}: requiring images in distribution needs a discriminator model file with "
+                "an in-distribution model, not a callable"
             )
         if model.unknown is None:
             raise ConfigError(
-                f"{self.name}: {model.path} has no in-distribution model, which in_distribution "
-                f"needs (pawlab calibrate-unknown {model.path} DATA fits one)"
+                f"{self.name}: requiring images in distribution needs an in-distribution model, and "
+                f"{model.path} has none (pawlab calibrate-unknown {model.path} DATA fits one)"
             )
         return True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from PIL import Image
 
 from pawlab.data.embedded import mnist_5k
 from pawlab.spec import DigitModels
+from tests.inference.test_unknowns import stripped
 from tests.test_cli import assert_one_line_error, pawlab
 
 
@@ -129,4 +131,14 @@ def test_check_in_distribution_refuses_a_digit_the_discriminator_does_not_know(
     lenient = pawlab(*args, *models).stdout.splitlines()[0]  # not required: valid, typicality said
     assert lenient.startswith("mnist-image: valid: ") and lenient.endswith(
         f"; typicality {result['typicality']:.3f}"
+    )
+    older = DigitModels(tmp_path / "older")  # a discriminator from before in-distribution models
+    older.folder.mkdir()
+    stripped(digit_models.discriminator, older.discriminator)
+    for role in ("guide", "generator"):
+        shutil.copyfile(getattr(digit_models, role), getattr(older, role))
+    assert_one_line_error(
+        pawlab(*args, "--in-distribution", "--models", older.folder),
+        f"mnist-image: requiring images in distribution needs an in-distribution model, and "
+        f"{older.discriminator} has none (pawlab calibrate-unknown {older.discriminator} DATA fits one)",
     )

@@ -277,7 +277,8 @@ def test_a_spec_that_requires_digits_in_distribution(digit_models: DigitModels, 
     with pytest.raises(ConfigError) as error:
         older.is_valid(three, in_distribution=True)
     message = str(error.value)
-    assert message.startswith(f"older: {old} has no in-distribution model") and "\n" not in message
+    assert message.startswith("older: requiring images in distribution needs an in-distribution model")
+    assert f"{old} has none" in message and "\n" not in message
     assert f"pawlab calibrate-unknown {old} DATA" in message
 
 
