@@ -556,7 +556,17 @@ def _add_spec(commands: _Commands) -> None:
     s.add_argument("-n", type=_positive_int, default=10, help="samples to generate (default 10)")
     s.add_argument("--grid", help="where to write the samples' PNG grid (default NAME-samples.png)")
     s.add_argument("--seed", type=int, default=0, help="the samples' latents")
-    s.add_argument("--json", action="store_true", help='{"spec", "valid", "sample_values", "grid"}')
+    s.add_argument(
+        "--in-distribution",
+        action="store_true",
+        help="valid only if the image is also typical of the discriminator's digits, typicality >= 0.05"
+        " (needs its in-distribution model: pawlab calibrate-unknown)",
+    )
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help='{"spec", "valid", "sample_values", "grid", "typicality", "in_distribution"}',
+    )
     _models_option(s)
     s = sub.add_parser("sample", help="draw a grid of generated images")
     s.add_argument("name", help="a spec's name (pawlab spec list)")

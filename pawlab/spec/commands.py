@@ -60,11 +60,12 @@ def cmd_train_digits(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     spec = _spec(args)
     image = _image(args.image, spec.discriminator.shape)
-    result = spec.check(image, n=args.n, grid=args.grid, seed=args.seed)
+    required = True if args.in_distribution else None  # None: the spec's own setting
+    result = spec.check(image, n=args.n, grid=args.grid, seed=args.seed, in_distribution=required)
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
-    print(spec.explain(image))
+    print(spec.explain(image, in_distribution=required))
     print(f"sample values ({args.n} generated, not filtered): {list(result.sample_values)}")
     print(f"grid: {result.grid}")
     return 0

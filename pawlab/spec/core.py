@@ -4,6 +4,7 @@ generator, and its strategy is a real Hypothesis strategy.
     odd_over_2 = model_spec("odd-over-2", labels(range(10), odd, lambda d: d > 2),
                             discriminate="discriminator.safetensors", generate="generator.safetensors")
     odd_over_2.is_valid(image)      # the discriminator reads an allowed label
+    odd_over_2.is_valid(image, in_distribution=True)  # ... and the image is typical of its digits
     @given(odd_over_2.strategy())   # 28x28 uint8 digits of 3, 5, 7 or 9
     def test_...(image): ...
 
@@ -29,10 +30,10 @@ import torch
 from hypothesis import event, note
 from hypothesis import strategies as st
 
-from pawlab import display
+from pawlab import display, unknown
 from pawlab.errors import ConfigError, DataError
 from pawlab.figures import RIGHT, WRONG, captioned_grid
-from pawlab.inference import load_generator, load_model
+from pawlab.inference import Model, load_generator, load_model
 from pawlab.registry import Registry
 from pawlab.runtime import one_thread
 from pawlab.spec.labels import Labels, labels
@@ -69,15 +70,26 @@ class Explanation:
     label: int  # the discriminator's reading
     probability: float
     probabilities: dict[int, float]
-    failed: str | None  # the predicate the reading fails
+    failed: str | None  # the predicate the reading fails, or why the image is out of distribution
+    # the share of the discriminator's validation images less typical than the image: None when
+    # its model file has no in-distribution model (or it is a callable)
+    typicality: float | None = None
+    in_distribution: bool = False  # whether the image had to be typical to be valid
+    unknown: bool = False  # invalid only because it is out of the discriminator's distribution
 
     def __str__(self) -> str:
+        """``odd-over-2: invalid: read as 3 (p=0.990), but not a digit the discriminator
+        knows: typicality 0.001``; otherwise the reading, the failed predicate with the top
+        probabilities, then the typicality when known."""
         reading = f"read as {self.label} (p={self.probability:.3f})"
+        typical = "" if self.typicality is None else f"; typicality {self.typicality:.3f}"
         if self.valid:
-            return f"{self.spec}: valid: {reading}"
+            return f"{self.spec}: valid: {reading}{typical}"
+        if self.unknown:
+            return f"{self.spec}: invalid: {reading}, but {self.failed}"
         top = sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:3]
         others = ", ".join(f"{k}: {v:.3f}" for k, v in top)
-        return f"{self.spec}: invalid: {reading}; {self.failed} (probabilities {others})"
+        return f"{self.spec}: invalid: {reading}; {self.failed} (probabilities {others}){typical}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +99,8 @@ class Explanation:
             "probability": self.probability,
             "probabilities": {str(k): v for k, v in self.probabilities.items()},
             "failed": self.failed,
+            "typicality": self.typicality,
+            "in_distribution": self.in_distribution,
         }
 
 
@@ -100,6 +114,8 @@ class SpecCheck(Mapping[str, Any]):
     valid: bool
     sample_values: tuple[int, ...]
     grid: str  # the PNG of the samples, captioned "asked -> read"
+    typicality: float | None = None  # the image's, as `Explanation.typicality`
+    in_distribution: bool = False  # whether the image had to be typical to be valid
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +123,8 @@ class SpecCheck(Mapping[str, Any]):
             "valid": self.valid,
             "sample_values": list(self.sample_values),
             "grid": self.grid,
+            "typicality": self.typicality,
+            "in_distribution": self.in_distribution,
         }
 
     def __getitem__(self, key: str) -> Any:
@@ -120,14 +138,17 @@ class SpecCheck(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         verdict = "valid" if self.valid else "invalid"
+        typical = "" if self.typicality is None else f" (typicality {self.typicality:.3f})"
         return (
-            f"SpecCheck({self.spec}: {verdict}; samples read as {list(self.sample_values)}; grid {self.grid})"
+            f"SpecCheck({self.spec}: {verdict}{typical}; samples read as {list(self.sample_values)}; "
+            f"grid {self.grid})"
         )
 
     def _repr_html_(self) -> str:
         about = {
             "spec": self.spec,
             "the image": "valid" if self.valid else "invalid",
+            "its typicality": "-" if self.typicality is None else f"{self.typicality:.3f}",
             f"readings of {len(self.sample_values)} samples": ", ".join(map(str, self.sample_values)),
             "grid": self.grid,
         }
@@ -137,10 +158,12 @@ class SpecCheck(Mapping[str, Any]):
 
 class Discriminator:
     """A classifier as the spec reads it: uint8 images (N, H, W) -> probabilities (N, K),
-    output k meaning the label ``labels[k]``."""
+    output k meaning the label ``labels[k]``; `scored` adds each image's typicality when its
+    model file has an in-distribution model."""
 
     def __init__(self, source: ModelSource | Discriminate) -> None:
         self.shape: tuple[int, int] | None = None  # (H, W) a model file expects
+        self.model: Model | None = None
         if callable(source) and not isinstance(source, os.PathLike):
             self.fn: Discriminate = source
             self.labels: tuple[int, ...] | None = None  # output k is label k
@@ -155,6 +178,7 @@ class Discriminator:
                 f"{os.fspath(source)}: its classes {model.classes} are not integer labels"
             ) from None
         self.shape = model.preprocessing.size
+        self.model = model
         self.fn = lambda images: model.predict_proba(images[..., None])
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -164,6 +188,14 @@ class Discriminator:
                 f"discriminator: expected probabilities (N, K) for {len(images)} images, got {probs.shape}"
             )
         return probs
+
+    def scored(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities (N, K), typicality (N,) or None), from one pass."""
+        if self.model is None or self.model.unknown is None:
+            return self(images), None
+        probs, typical = self.model.predict_scored(images[..., None])
+        assert typical is not None
+        return probs.astype(np.float64), typical
 
     def label(self, k: int) -> int:
         return self.labels[k] if self.labels is not None else k
@@ -220,8 +252,10 @@ class Samples:
 
 
 class ModelSpec:
-    """A spec of images: valid when the discriminator reads an allowed label; generated by the
-    conditional generator from allowed labels. Models load on first use, once."""
+    """A spec of images: valid when the discriminator reads an allowed label (and, with
+    ``in_distribution``, the image is typical of its training images: typicality at least
+    ``unknown_threshold``, default the discriminator model's); generated by the conditional
+    generator from allowed labels. Models load on first use, once."""
 
     def __init__(
         self,
@@ -230,9 +264,13 @@ class ModelSpec:
         discriminate: ModelSource | Discriminate,
         generate: ModelSource | Generate,
         latent: int | None = None,
+        in_distribution: bool = False,
+        unknown_threshold: float | None = None,
     ) -> None:
         self.name, self.labels = name, labels
         self._sources = (discriminate, generate, latent)
+        self.in_distribution = in_distribution
+        self._threshold = unknown_threshold
 
     def __repr__(self) -> str:
         return (
@@ -242,6 +280,32 @@ class ModelSpec:
     @functools.cached_property
     def discriminator(self) -> Discriminator:
         return Discriminator(self._sources[0])
+
+    @property
+    def unknown_threshold(self) -> float:
+        """The typicality below which an image required in distribution is invalid."""
+        if self._threshold is not None:
+            return self._threshold
+        model = self.discriminator.model
+        return model.unknown_threshold if model is not None else unknown.DEFAULT_THRESHOLD
+
+    def _needs_typicality(self, in_distribution: bool | None) -> bool:
+        """Whether a verdict requires the image in distribution (None: the spec's setting); a
+        one-line `ConfigError` when it does and the discriminator gives no typicality."""
+        if not (self.in_distribution if in_distribution is None else in_distribution):
+            return False
+        model = self.discriminator.model
+        if model is None:
+            raise ConfigError(
+                f"{self.name}: requiring images in distribution needs a discriminator model file with "
+                "an in-distribution model, not a callable"
+            )
+        if model.unknown is None:
+            raise ConfigError(
+                f"{self.name}: requiring images in distribution needs an in-distribution model, and "
+                f"{model.path} has none (pawlab calibrate-unknown {model.path} DATA fits one)"
+            )
+        return True
 
     @functools.cached_property
     def generator(self) -> GeneratorFn:
@@ -265,19 +329,35 @@ class ModelSpec:
             )
         return image
 
-    def explain(self, x: np.ndarray) -> Explanation:
-        """What the discriminator reads in ``x`` and, if it is not allowed, which predicate fails."""
+    def explain(self, x: np.ndarray, in_distribution: bool | None = None) -> Explanation:
+        """What the discriminator reads in ``x`` and its typicality (when the discriminator has
+        an in-distribution model) and, if it is invalid, which predicate fails or that it is out
+        of the discriminator's distribution. ``in_distribution``: whether the image must be
+        typical to be valid (None: the spec's setting)."""
+        return self._verdict(self._image(x), self._needs_typicality(in_distribution), scored=True)
+
+    def is_valid(self, x: np.ndarray, in_distribution: bool | None = None) -> bool:
+        """Whether the discriminator reads an allowed label in ``x`` (and, if required, ``x`` is
+        in its distribution); without that requirement, from probabilities alone (fast)."""
+        required = self._needs_typicality(in_distribution)
+        return self._verdict(self._image(x), required, scored=required).valid
+
+    def _verdict(self, image: np.ndarray, required: bool, scored: bool) -> Explanation:
+        """`explain` of one image (H, W); ``scored``: with its typicality (a costlier pass)."""
         d = self.discriminator
         with one_thread():
-            probs = d(self._image(x)[None])[0]
+            all_probs, all_typical = d.scored(image[None]) if scored else (d(image[None]), None)
+        probs, typical = all_probs[0], None if all_typical is None else float(all_typical[0])
         k = int(probs.argmax())
         label = d.label(k)
         failed = self.labels.failed(label)
+        out = required and failed is None and typical is not None and typical < self.unknown_threshold
+        if out:
+            failed = f"not a digit the discriminator knows: typicality {typical:.3f}"
         readings = {d.label(i): float(p) for i, p in enumerate(probs)}
-        return Explanation(self.name, failed is None, label, float(probs[k]), readings, failed)
-
-    def is_valid(self, x: np.ndarray) -> bool:
-        return self.explain(x).valid
+        return Explanation(
+            self.name, failed is None, label, float(probs[k]), readings, failed, typical, required, out
+        )
 
     # -- generation
     def generate(self, labels: np.ndarray | list[int], latents: np.ndarray) -> np.ndarray:
@@ -324,10 +404,10 @@ class ModelSpec:
     ) -> st.SearchStrategy[np.ndarray]:
         """Images (uint8 (H, W)) whose *requested* label is allowed; the generator draws them
         and nothing checks them, unless ``valid_only``: then only those the discriminator also
-        reads as an allowed label (a filter: Hypothesis discards the rest and counts them in
-        its statistics). A failing example's label and latent are reported, with an
-        interpolation strip from the prototype (latent 0) written to ``strip_dir``
-        (default ``.hypothesis/pawlab``)."""
+        reads as an allowed label, and that are in its distribution if the spec requires it
+        (a filter: Hypothesis discards the rest and counts them in its statistics). A failing
+        example's label and latent are reported, with an interpolation strip from the prototype
+        (latent 0) written to ``strip_dir`` (default ``.hypothesis/pawlab``)."""
         self.warm()
         where = Path(strip_dir) if strip_dir is not None else Path(".hypothesis") / "pawlab"
 
@@ -341,10 +421,17 @@ class ModelSpec:
         images = self.draws().map(render)
         if not valid_only:
             return images
+        required = self._needs_typicality(None)
 
         def read_as_allowed_by_discriminator(image: np.ndarray) -> bool:
-            explanation = self.explain(image)
-            if not explanation.valid:  # counted in Hypothesis's statistics (--hypothesis-show-statistics)
+            explanation = self._verdict(image, required, scored=required)
+            # counted in Hypothesis's statistics (--hypothesis-show-statistics)
+            if explanation.unknown:
+                event(
+                    f"{self.name}: valid_only discarded a digit out of the discriminator's distribution "
+                    f"(typicality below {self.unknown_threshold:g})"
+                )
+            elif not explanation.valid:
                 event(f"{self.name}: valid_only discarded a digit read as {explanation.label}")
             return explanation.valid
 
@@ -379,17 +466,23 @@ class ModelSpec:
 
     # -- the spec post's test-model-spec
     def check(
-        self, x: np.ndarray, n: int = 10, grid: str | os.PathLike[str] | None = None, seed: int = 0
+        self,
+        x: np.ndarray,
+        n: int = 10,
+        grid: str | os.PathLike[str] | None = None,
+        seed: int = 0,
+        in_distribution: bool | None = None,
     ) -> SpecCheck:
-        """Whether ``x`` is valid, and the discriminator's reading of ``n`` generated samples
-        (not filtered: what the generator really draws), as a `SpecCheck` (it reads as the
-        dict ``{"spec", "valid", "sample_values", "grid"}``). The samples are written as a PNG
-        grid to ``grid`` (default ``<name>-samples.png``)."""
-        valid = self.is_valid(x)
+        """Whether ``x`` is valid (``in_distribution`` as `explain`), and the discriminator's
+        reading of ``n`` generated samples (not filtered: what the generator really draws), as
+        a `SpecCheck` (it reads as the dict ``{"spec", "valid", "sample_values", "grid",
+        "typicality", "in_distribution"}``). The samples are written as a PNG grid to ``grid``
+        (default ``<name>-samples.png``)."""
+        e = self.explain(x, in_distribution)
         s = self.sample(n, seed)
         reads = self.readings(s.images)
         path = self.write_grid(s, reads, Path(grid) if grid is not None else Path(f"{self.name}-samples.png"))
-        return SpecCheck(self.name, valid, tuple(reads), str(path))
+        return SpecCheck(self.name, e.valid, tuple(reads), str(path), e.typicality, e.in_distribution)
 
     def write_grid(
         self, samples: Samples, reads: list[int], path: str | os.PathLike[str], columns: int = 10
@@ -410,14 +503,24 @@ def model_spec(
     generate: ModelSource | Generate,
     *,
     latent: int | None = None,
+    in_distribution: bool = False,
+    unknown_threshold: float | None = None,
 ) -> ModelSpec:
     """Define (or, as ``s/def`` does, redefine) the spec ``name``. ``labels``: a `Labels`
     (``labels(range(10), odd)``) or plain allowed labels; ``discriminate`` and ``generate``:
-    pawlab model files, or callables (a callable generator needs ``latent``)."""
+    pawlab model files, or callables (a callable generator needs ``latent``).
+    ``in_distribution``: an image is valid only if it is also typical of the discriminator's
+    training images, its typicality at least ``unknown_threshold`` (default: the model's,
+    0.05); that needs a discriminator model file with an in-distribution model (``pawlab
+    calibrate-unknown`` fits one into an older file)."""
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"spec name must be a non-empty string, got {name!r}")
+    if unknown_threshold is not None:
+        unknown.check_threshold(unknown_threshold, f"{name}: unknown_threshold")
     refined = labels if isinstance(labels, Labels) else _plain(labels, name)
-    spec = ModelSpec(name, refined, discriminate, generate, latent)
+    spec = ModelSpec(name, refined, discriminate, generate, latent, in_distribution, unknown_threshold)
+    if in_distribution and callable(discriminate) and not isinstance(discriminate, os.PathLike):
+        spec._needs_typicality(True)  # a callable never gives typicalities: said now, not at first use
     SPECS.register(name, replace=True)(spec)
     return spec
 

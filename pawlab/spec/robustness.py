@@ -7,7 +7,10 @@ change of the predicted class relative to the model's own prediction on the orig
 not to the true label: an image the model already gets wrong counts as flipped only when the
 transform changes its (wrong) prediction, and the report says how many originals were wrong.
 Where a grid severity flips an image, bisection toward the previous (non-flipping) grid step
-finds its mildest flipping severity. The most fragile images (the mildest flips first, then
+finds its mildest flipping severity. With the model's in-distribution model, the random
+variants also say how often a transform takes an image out of the model's distribution: the
+share of variants of in-distribution originals whose typicality falls below the model's
+threshold, from the same predictions. The most fragile images (the mildest flips first, then
 the largest drops in the probability of the original class) are drawn beside their variants.
 """
 
@@ -51,6 +54,9 @@ class TransformResult:
     transform: str
     params: dict[str, float]
     random_flip_share: float  # flipped at random severities (all draws of all images)
+    # out of distribution at random severities (all draws of the originals in distribution);
+    # None without an in-distribution model
+    left_distribution_share: float | None
     worst_case_flip_share: float  # flipped at some severity of the search
     worst_severity: float  # the single searched severity that flipped the most images
     worst_severity_share: float
@@ -68,6 +74,8 @@ class RobustnessReport:
     classes: list[str]
     count: int
     originally_wrong: int
+    originally_unknown: int | None  # originals already out of distribution (None: no in-distribution model)
+    unknown_threshold: float | None  # the typicality below which an image is out of distribution
     evaluated: str  # which images, in words
     random_samples: int
     steps: int
@@ -89,7 +97,16 @@ class RobustnessReport:
     def table(self) -> str:
         """One row per transform: the flip shares, the severity that flipped the most images,
         the median mildest flip and the mean largest drop of the original class's probability."""
-        head = ["transform", "random", "worst case", "most flipping severity", "share", "mildest", "p drop"]
+        head = [
+            "transform",
+            "random",
+            "worst case",
+            "most flipping severity",
+            "share",
+            "mildest",
+            "p drop",
+            "out of dist",
+        ]
         rows = [
             [
                 r.transform + "".join(f" {k}={v:g}" for k, v in r.params.items()),
@@ -99,18 +116,28 @@ class RobustnessReport:
                 f"{r.worst_severity_share:.3f}",
                 "-" if r.median_mildest is None else f"{r.median_mildest:.3f}",
                 f"{r.mean_prob_drop:.3f}",
+                "-" if r.left_distribution_share is None else f"{r.left_distribution_share:.3f}",
             ]
             for r in self.results
         ]
         widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+        unknown = (
+            "" if self.originally_unknown is None else f", {self.originally_unknown} out of distribution"
+        )
+        out_of = (
+            "out of dist: the model has no in-distribution model (pawlab calibrate-unknown)"
+            if self.unknown_threshold is None
+            else "out of dist: share of the random variants of in-distribution originals whose "
+            f"typicality is below {self.unknown_threshold:g}"
+        )
         lines = [
             f"robustness of {self.count} images ({self.evaluated}); {self.originally_wrong} of the "
-            "originals were already wrong",
+            f"originals were already wrong{unknown}",
             f"a flip: the predicted class changes from {self.relative_to}",
             f"random: {self.random_samples} severity per image uniform in [-1, 1] (seed {self.seed}); "
             f"worst case: {self.steps} severities per direction up to the maximum, {self.refine} bisection "
             "steps; mildest: median |severity| of the mildest flip; p drop: mean largest drop of "
-            "p(original class)",
+            f"p(original class); {out_of}",
             "",
             "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip(),
         ]
@@ -126,6 +153,19 @@ def _predict(model: Model, images: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate(
         [model.predict_proba(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     )
+
+
+def _predict_scored(
+    model: Model, images: np.ndarray, batch_size: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`_predict`, with each image's typicality (N,) from the same passes (None without an
+    in-distribution model)."""
+    if model.unknown is None:
+        return _predict(model, images, batch_size), None
+    if len(images) == 0:
+        return _predict(model, images, batch_size), np.zeros(0)
+    scored = [model.predict_scored(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return np.concatenate([p for p, _ in scored]), np.concatenate([t for _, t in scored if t is not None])
 
 
 def _variants(images: np.ndarray, kind: str, sev: np.ndarray, params: dict[str, float]) -> np.ndarray:
@@ -209,26 +249,32 @@ def _bisect(
     return out
 
 
-def _random_share(
+def _random_shares(
     model: Model,
     images: np.ndarray,
     pred: np.ndarray,
+    known: np.ndarray | None,
     kind: str,
     params: dict[str, float],
-    samples: int,
-    seed: int,
-    batch_size: int,
-) -> float:
+    opts: _Options,
+) -> tuple[float, float | None]:
     """The share of (image, draw) pairs flipped at severities uniform in [-1, 1], drawn from a
-    generator seeded by ``seed`` and the transform's name (adding a transform changes no other)."""
-    if samples <= 0 or len(images) == 0:
-        return 0.0
-    rng = np.random.default_rng([seed, zlib.crc32(kind.encode())])
-    sev = rng.uniform(-1.0, 1.0, (samples, len(images)))
-    flipped = [
-        (_predict(model, _variants(images, kind, s, params), batch_size).argmax(1) != pred) for s in sev
-    ]
-    return float(np.mean(flipped))
+    generator seeded by ``seed`` and the transform's name (adding a transform changes no other);
+    with ``known`` (N,), the originals in distribution, the share of their draws out of it
+    (None without; 0 with no draws of them)."""
+    if opts.random_samples <= 0 or len(images) == 0:
+        return 0.0, None if known is None else 0.0
+    rng = np.random.default_rng([opts.seed, zlib.crc32(kind.encode())])
+    sev = rng.uniform(-1.0, 1.0, (opts.random_samples, len(images)))
+    flipped, left = [], []
+    for s in sev:
+        probs, typical = _predict_scored(model, _variants(images, kind, s, params), opts.batch_size)
+        flipped.append(probs.argmax(1) != pred)
+        if known is not None and typical is not None:
+            left.append(typical[known] < model.unknown_threshold)
+    if known is None:
+        return float(np.mean(flipped)), None
+    return float(np.mean(flipped)), float(np.mean(left)) if known.any() else 0.0
 
 
 TransformSpec = str | tuple[str, dict[str, float]]
@@ -243,24 +289,37 @@ class _Options:
     batch_size: int
 
 
+@dataclass(frozen=True)
+class _Originals:
+    """The model on the original images: its class (N,), that class's probability (N,), and
+    which images are in its distribution (N,) (None without an in-distribution model)."""
+
+    pred: np.ndarray
+    p0: np.ndarray
+    known: np.ndarray | None
+
+
 def _one_transform(
-    model: Model, images: np.ndarray, pred: np.ndarray, p0: np.ndarray, spec: TransformSpec, opts: _Options
+    model: Model, images: np.ndarray, orig: _Originals, spec: TransformSpec, opts: _Options
 ) -> tuple[TransformResult, np.ndarray]:
     """Random, grid and bisection measurements of one transform; also, per image, the
     severity to draw (the mildest flip, else the largest probability drop)."""
+    pred = orig.pred
     kind, params = _split_spec(spec)
     t, bs = get_transform(kind), opts.batch_size
     full = resolve_params(t, params)
     grid = search_grid(kind, opts.steps)
-    found = _grid_search(model, images, pred, p0, kind, grid, full, bs)
+    found = _grid_search(model, images, pred, orig.p0, kind, grid, full, bs)
     step = 1 / opts.steps
     mildest = _bisect(model, images, pred, found.mildest, kind, step, full, bs, opts.refine)
     worst = int(np.argmax(found.per_severity))
     flipped = ~np.isnan(mildest)
+    random_flips, left = _random_shares(model, images, pred, orig.known, kind, full, opts)
     result = TransformResult(
         transform=t.name,
         params=full,
-        random_flip_share=_random_share(model, images, pred, kind, full, opts.random_samples, opts.seed, bs),
+        random_flip_share=random_flips,
+        left_distribution_share=left,
         worst_case_flip_share=float(flipped.mean()) if len(images) else 0.0,
         worst_severity=grid[worst],
         worst_severity_share=float(found.per_severity[worst]),
@@ -413,8 +472,7 @@ def _fragile(
 def _all_transforms(
     model: Model,
     images: np.ndarray,
-    pred: np.ndarray,
-    p_orig: np.ndarray,
+    orig: _Originals,
     specs: Sequence[TransformSpec],
     opts: _Options,
     progress: bool,
@@ -425,7 +483,7 @@ def _all_transforms(
         specs, total=len(specs), desc="robustness", unit="transform", enabled=progress, leave=True
     )
     for spec in bar:
-        r, at = _one_transform(model, images, pred, p_orig, spec, opts)
+        r, at = _one_transform(model, images, orig, spec, opts)
         results.append(r)
         draw_at.append(at)
     bar.close()
@@ -467,10 +525,11 @@ def robustness(
         kind, params = _split_spec(spec)
         resolve_params(get_transform(kind), params)
     opts = _Options(random_samples, steps, refine, seed, batch_size)
-    p0 = _predict(model, images, batch_size)
+    p0, typical = _predict_scored(model, images, batch_size)
     pred = p0.argmax(1)
-    p_orig = p0[np.arange(len(images)), pred]
-    results, draw_at = _all_transforms(model, images, pred, p_orig, specs, opts, progress)
+    known = None if typical is None else typical >= model.unknown_threshold
+    orig = _Originals(pred, p0[np.arange(len(images)), pred], known)
+    results, draw_at = _all_transforms(model, images, orig, specs, opts, progress)
     listed = list(names) if names is not None else [f"#{i}" for i in range(len(images))]
     out = Path(out_dir) if out_dir is not None else None
     entries, figures = _fragile(model, images, lab, p0, results, draw_at, listed, fragile, out)
@@ -478,6 +537,8 @@ def robustness(
         classes=list(classes),
         count=len(images),
         originally_wrong=int((pred != lab).sum()),
+        originally_unknown=None if known is None else int((~known).sum()),
+        unknown_threshold=None if known is None else model.unknown_threshold,
         evaluated=evaluated,
         random_samples=random_samples,
         steps=steps,

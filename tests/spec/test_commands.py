@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from pawlab.data.embedded import mnist_5k
 from pawlab.spec import DigitModels
+from tests.inference.test_unknowns import stripped
 from tests.test_cli import assert_one_line_error, pawlab
 
 
@@ -49,7 +52,7 @@ def test_check_prints_the_spec_post_result(digit_models: DigitModels, tmp_path: 
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert list(result) == ["spec", "valid", "sample_values", "grid"]
+    assert list(result) == ["spec", "valid", "sample_values", "grid", "typicality", "in_distribution"]
     assert result["spec"] == "odd-mnist-image" and isinstance(result["valid"], bool)
     assert len(result["sample_values"]) == 6 and grid.is_file()
     text = pawlab("spec", "check", "odd-mnist-image", image, "--grid", grid, "--models", digit_models.folder)
@@ -106,3 +109,36 @@ def test_check_notes_an_image_far_smaller_than_the_discriminators_input_on_stder
     assert as_json.stderr.splitlines() == [note]
     text = pawlab(*args)
     assert text.stdout.startswith("mnist-image: ") and text.stderr.splitlines() == [note]
+
+
+def test_check_in_distribution_refuses_a_digit_the_discriminator_does_not_know(
+    digit_models: DigitModels, tmp_path: Path
+) -> None:
+    x, y = mnist_5k()
+    inverted = tmp_path / "inverted.png"
+    Image.fromarray(255 - x[y == 3][0], "L").save(inverted)
+    args = ("spec", "check", "mnist-image", inverted, "-n", 2, "--grid", tmp_path / "g.png")
+    models = ("--models", digit_models.folder)
+    proc = pawlab(*args, "--in-distribution", "--json", *models)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["valid"] is False and result["in_distribution"] is True
+    assert 0.0 <= result["typicality"] < 0.05
+    text = pawlab(*args, "--in-distribution", *models).stdout.splitlines()[0]
+    assert text.startswith("mnist-image: invalid: read as ") and text.endswith(
+        f"), but not a digit the discriminator knows: typicality {result['typicality']:.3f}"
+    )
+    lenient = pawlab(*args, *models).stdout.splitlines()[0]  # not required: valid, typicality said
+    assert lenient.startswith("mnist-image: valid: ") and lenient.endswith(
+        f"; typicality {result['typicality']:.3f}"
+    )
+    older = DigitModels(tmp_path / "older")  # a discriminator from before in-distribution models
+    older.folder.mkdir()
+    stripped(digit_models.discriminator, older.discriminator)
+    for role in ("guide", "generator"):
+        shutil.copyfile(getattr(digit_models, role), getattr(older, role))
+    assert_one_line_error(
+        pawlab(*args, "--in-distribution", "--models", older.folder),
+        f"mnist-image: requiring images in distribution needs an in-distribution model, and "
+        f"{older.discriminator} has none (pawlab calibrate-unknown {older.discriminator} DATA fits one)",
+    )

@@ -15,9 +15,12 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from PIL import Image
 
 import pawlab.spec as ps
+from pawlab.data.embedded import mnist_5k
 from pawlab.errors import ConfigError, DataError, ModelFileError
+from pawlab.inference.model import Model
 from pawlab.spec import DigitModels, labels, odd
-from pawlab.spec.core import SpecCheck, latent_from_codes
+from pawlab.spec.core import Explanation, SpecCheck, latent_from_codes
+from tests.inference.test_unknowns import stripped
 from tests.test_display import assert_self_contained
 
 SHARED_MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
@@ -165,10 +168,17 @@ def test_a_spec_check_reads_as_its_dict_and_shows_its_grid(tmp_path: Path) -> No
     grid = tmp_path / "<grid>.png"
     Image.new("RGB", (560, 56), "white").save(grid)
     result = SpecCheck("odd-<spec>", False, (3, 5, 4), str(grid))
-    as_dict = {"spec": "odd-<spec>", "valid": False, "sample_values": [3, 5, 4], "grid": str(grid)}
+    as_dict = {
+        "spec": "odd-<spec>",
+        "valid": False,
+        "sample_values": [3, 5, 4],
+        "grid": str(grid),
+        "typicality": None,
+        "in_distribution": False,
+    }
     assert result.to_json() == as_dict and list(result.to_json()) == list(as_dict)  # the JSON's order
     assert result == as_dict and dict(result) == as_dict and result["sample_values"] == [3, 5, 4]
-    assert "valid" in result and len(result) == 4 and result.get("nope") is None
+    assert "valid" in result and len(result) == 6 and result.get("nope") is None
     assert json.dumps(result.to_json()) == json.dumps(as_dict)
     assert repr(result) == f"SpecCheck(odd-<spec>: invalid; samples read as [3, 5, 4]; grid {grid})"
     html = result._repr_html_()
@@ -219,3 +229,120 @@ def test_bad_inputs_are_one_line_errors(odd_over_2: ps.ModelSpec, digit_models: 
     with pytest.raises(DataError, match=r"latents \(N, 8\), got \(1,\) and \(1, 3\)") as data_error:
         odd_over_2.generate([3], np.zeros((1, 3)))
     assert "\n" not in str(data_error.value)
+
+
+# --- images the discriminator does not know (issue 24)
+def real_digits(digit: int, n: int) -> np.ndarray:
+    x, y = mnist_5k()
+    return x[y == digit][:n]
+
+
+def test_in_distribution_refuses_an_inverted_digit_and_accepts_real_ones(builtin: DigitModels) -> None:
+    spec = ps.get("mnist-image")  # every reading allowed: only typicality can refuse
+    inverted = 255 - real_digits(3, 1)[0]
+    assert spec.is_valid(inverted) and not spec.is_valid(inverted, in_distribution=True)
+    e = spec.explain(inverted, in_distribution=True)
+    assert e.typicality is not None and e.typicality < spec.unknown_threshold == 0.05
+    assert not e.valid and e.unknown and e.in_distribution
+    shape = r"mnist-image: invalid: read as \d \(p=\d\.\d{3}\), but not a digit the discriminator knows: "
+    assert re.fullmatch(shape + r"typicality 0\.0\d\d", str(e)), str(e)
+    assert e.to_json()["typicality"] == e.typicality and e.to_json()["in_distribution"] is True
+    plain = spec.explain(inverted)  # not required: valid, its typicality still said
+    assert plain.valid and plain.typicality == e.typicality and not plain.in_distribution
+    assert str(plain).endswith(f"; typicality {e.typicality:.3f}")
+    threes = [spec.explain(im, in_distribution=True) for im in real_digits(3, 20)]
+    assert sum(t.valid for t in threes) >= 16  # about 95% of real digits are typical
+    assert all(t.valid == (t.typicality is not None and t.typicality >= 0.05) for t in threes)
+
+
+def test_a_spec_that_requires_digits_in_distribution(digit_models: DigitModels, tmp_path: Path) -> None:
+    d, g = digit_models.discriminator, digit_models.generator
+    known = ps.model_spec("known-digit", range(10), d, g, in_distribution=True)
+    inverted, three = 255 - real_digits(3, 1)[0], real_digits(3, 1)[0]
+    assert not known.is_valid(inverted) and known.is_valid(inverted, in_distribution=False)
+    assert (
+        known.explain(inverted).in_distribution
+        and not known.check(inverted, n=2, grid=tmp_path / "g.png")["valid"]
+    )
+    lenient = ps.model_spec("any-digit", range(10), d, g, in_distribution=True, unknown_threshold=0.0)
+    assert lenient.is_valid(inverted)  # no typicality is below 0
+    with pytest.raises(ConfigError, match="unknown_threshold: a typicality between 0 and 1"):
+        ps.model_spec("bad", range(10), d, g, unknown_threshold=1.5)
+    with pytest.raises(ConfigError, match="callable") as error:
+        ps.model_spec("by-hand", range(10), lambda x: np.eye(10)[[0] * len(x)], g, in_distribution=True)
+    assert "\n" not in str(error.value)
+    old = stripped(d, tmp_path / "old.safetensors")  # a model file from before in-distribution models
+    older = ps.model_spec("older", range(10), old, g)
+    assert older.explain(three).typicality is None and "typicality" not in str(older.explain(three))
+    with pytest.raises(ConfigError) as error:
+        older.is_valid(three, in_distribution=True)
+    message = str(error.value)
+    assert message.startswith("older: requiring images in distribution needs an in-distribution model")
+    assert f"{old} has none" in message and "\n" not in message
+    assert f"pawlab calibrate-unknown {old} DATA" in message
+
+
+def test_valid_only_draws_digits_in_distribution_when_the_spec_requires_it(
+    digit_models: DigitModels,
+) -> None:
+    spec = ps.model_spec(
+        "typical-digit",
+        range(10),
+        digit_models.discriminator,
+        digit_models.generator,
+        in_distribution=True,
+        unknown_threshold=0.3,
+    )
+    drawn: list[float] = []
+
+    @settings(deadline=None, max_examples=10, database=None, suppress_health_check=list(HealthCheck))
+    @given(spec.strategy(valid_only=True))
+    def prop(image: np.ndarray) -> None:
+        typicality = spec.explain(image).typicality
+        assert typicality is not None
+        drawn.append(typicality)
+
+    prop()
+    assert drawn and min(drawn) >= 0.3
+
+
+def test_specs_not_requiring_it_never_compute_typicality(
+    odd_over_2: ps.ModelSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("predict_scored called")
+
+    image = real_digits(3, 1)[0]
+    odd_over_2.is_valid(image)  # loads the discriminator before the patch
+    monkeypatch.setattr(Model, "predict_scored", refuse)
+    assert odd_over_2.is_valid(image) in (True, False)
+
+    @settings(deadline=None, max_examples=5, database=None, suppress_health_check=list(HealthCheck))
+    @given(odd_over_2.strategy(valid_only=True))
+    def prop(image: np.ndarray) -> None:
+        pass
+
+    prop()
+    with pytest.raises(AssertionError, match="predict_scored called"):
+        odd_over_2.explain(image)  # one image explained: with its typicality
+
+
+def test_an_explanation_says_why_an_image_is_refused() -> None:
+    refused = Explanation(
+        "odd-over-2",
+        False,
+        3,
+        0.99,
+        {3: 0.99, 5: 0.01},
+        "not a digit the discriminator knows: typicality 0.001",
+        0.001,
+        True,
+        True,
+    )
+    assert str(refused) == (
+        "odd-over-2: invalid: read as 3 (p=0.990), but not a digit the discriminator knows: typicality 0.001"
+    )
+    failed = Explanation("odd", False, 4, 0.9, {4: 0.9, 5: 0.1}, "4 fails odd", 0.5, False)
+    reason = "4 fails odd (probabilities 4: 0.900, 5: 0.100)"
+    assert str(failed) == f"odd: invalid: read as 4 (p=0.900); {reason}; typicality 0.500"
+    assert str(Explanation("odd", True, 5, 0.9, {5: 0.9}, None)) == "odd: valid: read as 5 (p=0.900)"

@@ -23,6 +23,7 @@ from pawlab.spec.robustness import (
 )
 from pawlab.training import train
 from tests.conftest import TINY, write_tree
+from tests.inference.test_unknowns import stripped
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +67,15 @@ def test_robustness_of_a_tiny_model(trained: tuple[Path, Path], tmp_path: Path) 
         assert r.worst_case_flip_share >= r.worst_severity_share
         assert len(r.mildest) == len(r.prob_drop) == 16
         assert all(m is None or 0 < abs(m) <= 1 for m in r.mildest)
+        assert r.left_distribution_share is not None and 0.0 <= r.left_distribution_share <= 1.0
     flip = next(r for r in report.results if r.transform == FLIP)
     assert flip.worst_case_flip_share > 0.5, "mirroring swaps the toy classes"
     assert 0 <= report.originally_wrong <= 16
+    assert report.originally_unknown is not None and 0 <= report.originally_unknown <= 16
     saved = json.loads((tmp_path / REPORT_JSON).read_text())
     assert saved["flips_relative_to"] == "the model's prediction on the original image"
     assert saved["count"] == 16 and len(saved["results"]) == len(report.results)
+    assert saved["unknown_threshold"] == 0.05 and saved["originally_unknown"] == report.originally_unknown
     assert saved["fragile"] and {"name", "transform", "severity", "words", "original", "variant"} <= set(
         saved["fragile"][0]
     )
@@ -80,6 +84,8 @@ def test_robustness_of_a_tiny_model(trained: tuple[Path, Path], tmp_path: Path) 
     table = report.table()
     assert len(table.splitlines()) == 5 + len(report.results) + len(report.figures)
     assert "already wrong" in table and "flip" in table
+    assert f"{report.originally_unknown} out of distribution" in table.splitlines()[0]
+    assert "typicality is below 0.05" in table and "out of dist" in table.splitlines()[4]
 
 
 def test_same_seed_same_report_and_mildest_flips_do_flip(model: Model, trained: tuple[Path, Path]) -> None:
@@ -133,3 +139,22 @@ def test_bad_inputs_are_one_line_errors(model: Model, trained: tuple[Path, Path]
         with pytest.raises(error, match=match) as info:
             call()
         assert "\n" not in str(info.value)
+
+
+def test_out_of_distribution_variants_are_counted_from_the_random_pass(
+    model: Model, trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    images, labels = eval_images(model, trained[1])
+    noisy = [("noise", {"max_std": 1.0})]  # pixel noise this strong makes none of the toy images
+    report = robustness(model, images, labels, model.classes, noisy, steps=1, refine=0, random_samples=3)
+    assert report.originally_unknown is not None and report.originally_unknown < 16
+    share = report.results[0].left_distribution_share
+    assert share is not None and share > 0.5
+    old = load_model(stripped(trained[0], tmp_path / "old.safetensors"), compile="off")
+    before = robustness(old, images, labels, old.classes, noisy, steps=1, refine=0)
+    assert before.originally_unknown is None and before.results[0].left_distribution_share is None
+    as_json = json.loads(json.dumps(before.to_json()))
+    assert as_json["originally_unknown"] is None and as_json["results"][0]["left_distribution_share"] is None
+    table = before.table().splitlines()
+    assert "out of distribution" not in table[0] and "no in-distribution model" in table[2]
+    assert table[4].endswith("out of dist") and table[5].endswith("  -")
