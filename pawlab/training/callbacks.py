@@ -32,10 +32,11 @@ from pawlab.atomic import atomic_write, atomic_write_text
 from pawlab.config import MONITORS
 from pawlab.errors import TrainingDiverged
 from pawlab.figures import image_grid
+from pawlab.inference.typicality import FIT_IMAGES
 from pawlab.models.network import Network
 from pawlab.preprocessing import Preprocessing
 from pawlab.progress import progress_bar
-from pawlab.training.typicality import FeatureSums, PenultimateFeatures
+from pawlab.training.typicality import EpochFeatures, PenultimateFeatures
 
 if TYPE_CHECKING:
     from pawlab.training.loop import Trainer
@@ -350,7 +351,7 @@ class TypicalityLog(Callback):
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
         self.features: PenultimateFeatures | None = None
-        self.sums: FeatureSums | None = None
+        self.kept: EpochFeatures | None = None
 
     def before_fit(self, trainer: Trainer) -> None:
         if trainer.is_main and isinstance(trainer.network, Network):
@@ -361,31 +362,34 @@ class TypicalityLog(Callback):
 
     def before_epoch(self, trainer: Trainer) -> None:
         if self.features is not None:
-            self.sums = FeatureSums(cast(Network, trainer.network).num_classes)
+            self.kept = EpochFeatures(cast(Network, trainer.network).num_classes)
 
     def before_batch(self, trainer: Trainer) -> None:
-        if self.features is not None:
+        # the epoch's last `FIT_IMAGES` images at most (as the model file's fit): the nearest
+        # to the weights validated, and a bounded cost
+        left = (trainer.batches_per_epoch - trainer.state.batch) * trainer.per_process_batch
+        if self.features is not None and left <= FIT_IMAGES:
             self.features.start()
 
     def after_batch(self, trainer: Trainer) -> None:
-        if self.features is None or self.sums is None:
+        if self.features is None or self.kept is None:
             return
         x, y = self.features.take(), trainer.state.labels
         if x is not None and y is not None and len(x) == len(y):  # one forward pass of the batch
-            self.sums.add(x, y)
+            self.kept.add(x, y)
 
     def before_validation(self, trainer: Trainer) -> None:
         if self.features is not None:
             self.features.start()
 
     def after_validation(self, trainer: Trainer) -> None:
-        if self.features is None or self.sums is None:
+        if self.features is None or self.kept is None:
             return
         x, probs = self.features.take(), trainer.state.val_probs
         if x is None or probs is None or len(x) != len(probs):
             return
         logits = torch.from_numpy(probs).clamp_min(1e-45).log()  # up to a constant per image
-        typical = self.sums.typicality(x, logits)
+        typical = self.kept.typicality(x, logits)
         if typical is not None:
             path = self.run_dir / runlog.typicality_file(trainer.state.epoch)
             _write_array(trainer, path, typical, "a validation pass's typicality")

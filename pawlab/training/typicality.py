@@ -2,10 +2,12 @@
 
 During an epoch, the penultimate features the network computes anyway (the input of its last
 linear layer, captured by a forward pre-hook, also when a head trains on a frozen trunk's
-cached features) are summed per class, with their scatter, for the training batches. At the
-validation pass the validation images' features are captured the same way, the Mahalanobis
-scorer is fitted from those sums (`pawlab.unknown.scorers.mahalanobis_from_sums`), and each
-image's typicality is calibrated on the validation scores (`pawlab.unknown.typicality`).
+cached features) are kept for the epoch's last training batches
+(`pawlab.training.callbacks.TypicalityLog` says how many). At the validation pass the
+validation images' features are captured the same way, the Mahalanobis scorer is fitted from
+the class sums and scatter of the training features
+(`pawlab.unknown.scorers.mahalanobis_from_sums`), and each image's typicality is calibrated
+on the validation scores (`pawlab.unknown.typicality`).
 
 A pass's typicality is a live estimate: its training features are those of the epoch's
 augmented images in train mode (dropout on) from weights that change across the epoch. The
@@ -52,33 +54,33 @@ class PenultimateFeatures:
         self._handle.remove()
 
 
-class FeatureSums:
-    """What the Mahalanobis fit needs of the training features, L2-normalised as it reads
-    them: per class their count (C,) and sum (C, D) float64, and their scatter (D, D) float32
-    (in place, a matrix product per batch)."""
+class EpochFeatures:
+    """Training features (B, D) and labels (B,) added a batch at a time, kept (float32, at most
+    the images of an epoch that `TypicalityLog` asks for) until the validation pass fits on
+    them: one matrix product then costs less than one per batch, each of which would read
+    and write the whole (D, D) scatter."""
 
     def __init__(self, classes: int) -> None:
         self.classes = classes
-        self.counts = torch.zeros(classes, dtype=torch.float64)
-        self.sums: torch.Tensor | None = None
-        self.scatter: torch.Tensor | None = None
+        self.features: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return sum(len(y) for y in self.labels)
 
     def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Features (B, D) of images with ``labels`` (B,)."""
-        x = nn.functional.normalize(features.cpu(), dim=1)
-        labels = labels.cpu()
-        if self.sums is None or self.scatter is None:
-            self.sums = torch.zeros(self.classes, x.shape[1], dtype=torch.float64)
-            self.scatter = torch.zeros(x.shape[1], x.shape[1])
-        self.counts.index_add_(0, labels, torch.ones(len(labels), dtype=torch.float64))
-        self.sums.index_add_(0, labels, x.double())
-        self.scatter.addmm_(x.T, x)
+        self.features.append(features.cpu().float())
+        self.labels.append(labels.cpu())
 
     def typicality(self, features: torch.Tensor, logits: torch.Tensor) -> np.ndarray | None:
         """(N,) float16 typicality of validation images' features (N, D) and logits (N, C), the
-        fit calibrated on them; None before any training features, or of another width."""
-        if self.sums is None or self.scatter is None or features.shape[1] != self.sums.shape[1]:
+        Mahalanobis fit from the sums of the training features calibrated on them; None before
+        any training features, or of another width."""
+        if not self.features or features.shape[1] != self.features[0].shape[1]:
             return None
-        fitted = mahalanobis_from_sums(self.counts, self.sums, self.scatter)
+        x = torch.cat(self.features)
+        x = x * x.square().sum(1, keepdim=True).clamp_min(1e-24).rsqrt()  # as "mahalanobis" reads them
+        onehot = nn.functional.one_hot(torch.cat(self.labels), self.classes).float()  # (N, C)
+        fitted = mahalanobis_from_sums(onehot.sum(0), onehot.T @ x, x.T @ x)
         state = unknown.calibrate(fitted, features, logits)
         return unknown.typicality(state, features, logits).numpy().astype(np.float16)

@@ -269,3 +269,15 @@ def test_a_network_without_a_linear_layer_trains_without_typicality(tmp_path: Pa
     Trainer(network, train_set, val_set, config, pre, _logs(tmp_path), {}, io.StringIO(), QUIET).fit()
     assert (tmp_path / runlog.pass_file(1)).is_file()
     assert not (tmp_path / runlog.typicality_file(1)).exists()
+
+
+def test_typicality_is_fitted_on_the_epochs_last_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pawlab.training import callbacks
+
+    monkeypatch.setattr(callbacks, "FIT_IMAGES", 16)  # of 24, in batches of 8: the last two
+    log = TypicalityLog(tmp_path)
+    _trainer([log], FAST.with_(epochs=1)).fit()
+    assert log.kept is not None and len(log.kept) == 16
+    assert (tmp_path / runlog.typicality_file(1)).is_file()
