@@ -10,7 +10,8 @@ FIFO, and a line past `MAX_LINE` or `MAX_DEPTH` is skipped with the reason.
         config.json        the recipe, classes and data of the run (`CONFIG`)
         metrics.jsonl      one line per epoch (`METRICS`)
         events.jsonl       every event of the loop worth watching (`EVENTS`, kinds in `EVENT_KINDS`)
-        validation/        every validation pass's probabilities, the images' index, thumbnails
+        validation/        every validation pass's probabilities and typicality, the images' index,
+                           thumbnails
         seen/              grids of what the model sees (`SEEN`)
         last.safetensors   the resumable state (`LAST_STATE`)
         model.safetensors  the best model, unless ``--out`` names another file (`MODEL`)
@@ -269,6 +270,7 @@ def read_config(run_dir: Path) -> dict[str, Any] | None:
 # Every validation pass, for the dashboard's confusion matrix and per-image histories:
 #   validation/index.json        classes, and each validation image's name and label (once)
 #   validation/pass-00012.npy    float16 (N, classes): the pass's probabilities, after epoch 12
+#   validation/typicality-00012.npy  float16 (N,): each image's typicality at that pass (if fitted)
 #   validation/thumbs/17.jpg     a small JPEG of validation image 17 (once)
 VALIDATION = "validation"
 VALIDATION_INDEX = f"{VALIDATION}/index.json"
@@ -336,6 +338,11 @@ def start_fresh(run_dir: Path) -> None:
 def pass_file(epoch: int) -> str:
     """A validation pass's probabilities, relative to the run directory."""
     return f"{VALIDATION}/pass-{epoch:05d}.npy"
+
+
+def typicality_file(epoch: int) -> str:
+    """A validation pass's typicality of each image, relative to the run directory."""
+    return f"{VALIDATION}/typicality-{epoch:05d}.npy"
 
 
 def pass_epochs(run_dir: Path) -> list[int]:

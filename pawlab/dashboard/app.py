@@ -148,7 +148,7 @@ def _cell(request: Request, run: store.Run) -> Response:
     true, predicted, epoch = _int(request, "true"), _int(request, "predicted"), _int(request, "epoch")
     if not (0 <= true < k and 0 <= predicted < k):
         raise ValueError("true, predicted: not classes of this run")
-    found = store.cell(run, epoch, true, predicted)
+    found = store.cell(run, epoch, true, predicted, request.query_params.get("order", "p"))
     return _found(found, _no_pass(run, epoch))
 
 

@@ -1,10 +1,11 @@
 """One self-contained HTML file of a finished run's dashboard: opens offline, anywhere.
 
 Every answer the page would ask the server for (the run list, events, each validation pass's
-matrix and the cells that hold images, every image's history, the suspects) is computed here,
-with the thumbnails as data URLs, and inlined with the page's script, style and plotly.js. Its
-size grows with images x passes, not with the square of the classes. What is damaged is left
-out, and `Exported.skipped` says what and why.
+matrix and the cells that hold images, by probability and, where the pass recorded it, by
+typicality, every image's history, the suspects) is computed here, with the thumbnails as data
+URLs, and inlined with the page's script, style and plotly.js. Its size grows with images x
+passes, not with the square of the classes. What is damaged is left out, and
+`Exported.skipped` says what and why.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def _responses(run: store.Run) -> dict[str, Any]:
         out[f"{rid}/matrix?epoch={epoch}"] = store.matrix(run, epoch)
         for (t, p), items in (store.cells(run, epoch) or {}).items():
             out[f"{rid}/cell?epoch={epoch}&true={t}&predicted={p}"] = items
+        if epoch in info["typicality"]:  # the cells sorted by typicality too
+            for (t, p), items in (store.cells(run, epoch, "typicality") or {}).items():
+                out[f"{rid}/cell?epoch={epoch}&true={t}&predicted={p}&order=typicality"] = items
     for i, history in enumerate(store.histories(run)):
         out[f"{rid}/images/{i}/history"] = history
     return out
@@ -85,6 +89,7 @@ def export_html(run_dir: Path, out: Path) -> Exported:
     responses = _responses(run)
     skipped = [run.damage[f] for f in store.RUN_FILES if f in run.damage]
     skipped += [run.pass_damage[e] for e in sorted(run.pass_damage)]
+    skipped += [run.typicality_damage[e] for e in sorted(run.typicality_damage)]
     thumbs, seen = _images(run, skipped)
     data = {
         "responses": responses,

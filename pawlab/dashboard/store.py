@@ -5,7 +5,8 @@ passes and thumbnails. Everything here tolerates a run that is still being writt
 last line, a pass not yet there) or deleted while it is read: a missing piece is empty, not an
 error. A damaged file (a link, a FIFO, JSON nested too deeply, an array that is not the index's
 images x classes floats) is read no further: it makes its run damaged (`Run.damage`), or its
-validation pass (`Run.pass_damage`), with the reason, and everything else keeps working. Files
+validation pass (`Run.pass_damage`) or that pass's typicality (`Run.typicality_damage`), with
+the reason, and everything else keeps working. Files
 are opened through no link (`runlog.open_in`): nothing outside the run directory is read.
 Images are named by their index in the validation set, checked against its size; no path from
 a request reaches the file system.
@@ -32,6 +33,10 @@ from pawlab import runlog
 from pawlab.runlog import DamagedFile
 
 CELL_IMAGES = 100  # thumbnails shown for one cell of the confusion matrix
+# How a cell lists its images: "p" by their probability of the predicted class (the least sure
+# first on the diagonal, the most confidently wrong first off it), "typicality" the least typical
+# first (foreign or mislabelled images), where the pass recorded typicality
+ORDERS = ("p", "typicality")
 SUSPECT_PASSES = 3  # "suspect" images: confidently wrong in the last passes ...
 SUSPECT_CONFIDENCE = 0.8  # ... with the wrong class at least this probable, or flipping
 # The largest files read whole; anything larger is damage. Training writes far less.
@@ -82,6 +87,7 @@ class Run:
     path: Path
     damage: dict[str, str] = field(default_factory=dict)  # file of `RUN_FILES` -> why it is damaged
     pass_damage: dict[int, str] = field(default_factory=dict)  # epoch -> why its pass is damaged
+    typicality_damage: dict[int, str] = field(default_factory=dict)  # epoch -> why its typicality is
     _files: dict[str, tuple[tuple[int, ...], Any]] = field(default_factory=dict)  # see `_read`
     _log: list[dict[str, Any]] = field(default_factory=list)  # the event log as far as read
     _position: runlog.Position = runlog.Position()
@@ -189,18 +195,36 @@ class Run:
         index = self.index()
         if not index:
             return None
-        n, k = len(index["labels"]), len(index["classes"])
+        shape = (len(index["labels"]), len(index["classes"]))
+        return self._array(runlog.pass_file(epoch), shape, epoch, self.pass_damage)
+
+    def typicality(self, epoch: int) -> np.ndarray | None:
+        """float32 (N,): each validation image's typicality at one pass, or None when training
+        recorded none (a run from before it did, a network without a linear layer), there is no
+        index to read it by, or it is damaged (then `typicality_damage` says why)."""
+        index = self.index()
+        if not index:
+            return None
+        return self._array(
+            runlog.typicality_file(epoch), (len(index["labels"]),), epoch, self.typicality_damage
+        )
+
+    def _array(
+        self, relative: str, shape: tuple[int, ...], epoch: int, damage: dict[int, str]
+    ) -> np.ndarray | None:
+        """The floats of ``shape`` at ``relative`` (`_load_array`), None when missing or damaged
+        (then ``damage[epoch]`` says why)."""
         try:
-            probs: np.ndarray | None = self._read(
-                runlog.pass_file(epoch), lambda fh, size: _load_pass(fh, size, (n, k)), key=(n, k)
+            found: np.ndarray | None = self._read(
+                relative, lambda fh, size: _load_array(fh, size, shape), key=shape
             )
         except DamagedFile as exc:
-            self.pass_damage[epoch] = str(exc)
+            damage[epoch] = str(exc)
             return None
         except OSError:  # not (yet) there
-            probs = None
-        self.pass_damage.pop(epoch, None)
-        return probs
+            found = None
+        damage.pop(epoch, None)
+        return found
 
     def labels(self) -> np.ndarray:
         return np.asarray(self.index().get("labels", []), dtype=np.int64)
@@ -269,9 +293,9 @@ def _load_index(fh: BinaryIO, size: int) -> dict[str, Any]:
     return {"classes": classes, "names": names, "labels": labels}
 
 
-def _load_pass(fh: BinaryIO, size: int, shape: tuple[int, int]) -> np.ndarray:
-    """A validation pass: a .npy file of floats of ``shape`` (images, classes), checked by its
-    header before anything is allocated."""
+def _load_array(fh: BinaryIO, size: int, shape: tuple[int, ...]) -> np.ndarray:
+    """A validation pass's .npy file of floats of ``shape``, (images, classes) or (images,),
+    checked by its header before anything is allocated; float32."""
     fmt = np.lib.format
     try:
         version = fmt.read_magic(fh)
@@ -285,24 +309,33 @@ def _load_pass(fh: BinaryIO, size: int, shape: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"{'structured' if dtype.names else dtype.str} values, not floats")
     if found != shape:
         shown = str(found) if len(str(found)) <= 40 else "of another shape"
-        raise ValueError(f"{shown}, not {shape}: the index has {shape[0]} images of {shape[1]} classes")
-    nbytes = shape[0] * shape[1] * dtype.itemsize
+        of = f" of {shape[1]} classes" if len(shape) == 2 else ""
+        raise ValueError(f"{shown}, not {shape}: the index has {shape[0]} images{of}")
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > MAX_PASS:
         raise ValueError(f"larger than {MAX_PASS >> 30} GiB")
     data = fh.read(nbytes)
     if len(data) < nbytes:
         raise ValueError("cut short")
-    probs = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
-    return probs.astype(np.float32)
+    values = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
+    return values.astype(np.float32)
 
 
 def passes(run: Run) -> dict[str, Any]:
-    """The epochs of the recorded validation passes, the classes, and which passes are damaged
-    (epoch -> why)."""
+    """The epochs of the recorded validation passes, the classes, which passes are damaged
+    (epoch -> why), which have their images' typicality, and whose typicality is damaged."""
     epochs = run.pass_epochs()
     unread = [e for e in epochs if run.probabilities(e) is None]
     damaged = {str(e): run.pass_damage[e] for e in unread if e in run.pass_damage}
-    return {"epochs": epochs, "classes": run.index().get("classes", []), "damaged": damaged}
+    typical = [e for e in epochs if run.typicality(e) is not None]
+    atypical = {str(e): why for e, why in sorted(run.typicality_damage.items()) if e in epochs}
+    return {
+        "epochs": epochs,
+        "classes": run.index().get("classes", []),
+        "damaged": damaged,
+        "typicality": typical,
+        "typicality_damaged": atypical,
+    }
 
 
 def confusion(labels: np.ndarray, probs: np.ndarray, k: int) -> np.ndarray:
@@ -344,17 +377,19 @@ def matrix(run: Run, epoch: int) -> dict[str, Any] | None:
     }
 
 
-def cell(run: Run, epoch: int, true: int, predicted: int) -> list[dict[str, Any]] | None:
-    """Up to `CELL_IMAGES` images of one cell: on the diagonal the least sure first, off it
-    the most confidently wrong first; each with its probability of the predicted class."""
+def cell(run: Run, epoch: int, true: int, predicted: int, order: str = "p") -> list[dict[str, Any]] | None:
+    """Up to `CELL_IMAGES` images of one cell in ``order`` (`ORDERS`; by probability where the
+    pass has no typicality), each with its probability of the predicted class and, where the
+    pass recorded it, its typicality."""
     probs, labels = run.probabilities(epoch), run.labels()
     if probs is None or len(labels) != len(probs):
         return None
     rows = np.flatnonzero((labels == true) & (probs.argmax(1) == predicted))
-    return _listing(run.index().get("names", []), rows, probs[rows, predicted], true == predicted)
+    names, typical = run.index().get("names", []), run.typicality(epoch)
+    return _listing(names, rows, probs[rows, predicted], true == predicted, typical, order)
 
 
-def cells(run: Run, epoch: int) -> dict[tuple[int, int], list[dict[str, Any]]] | None:
+def cells(run: Run, epoch: int, order: str = "p") -> dict[tuple[int, int], list[dict[str, Any]]] | None:
     """Every cell of one pass that holds images, as `cell` lists it ((true, predicted) ->
     images): one pass over the images, however many classes (an export of 200 classes has at
     most as many cells as images, not 40,000)."""
@@ -363,20 +398,36 @@ def cells(run: Run, epoch: int) -> dict[tuple[int, int], list[dict[str, Any]]] |
         return None
     predicted = probs.argmax(1)
     key = labels * probs.shape[1] + predicted
-    order = np.argsort(key, kind="stable")  # by cell, each cell's rows in order
-    starts = np.flatnonzero(np.diff(key[order], prepend=-1))
-    names = run.index().get("names", [])
+    by_cell = np.argsort(key, kind="stable")  # by cell, each cell's rows in order
+    starts = np.flatnonzero(np.diff(key[by_cell], prepend=-1))
+    names, typical = run.index().get("names", []), run.typicality(epoch)
     out = {}
-    for rows in np.split(order, starts[1:]):
+    for rows in np.split(by_cell, starts[1:]):
         t, p = int(labels[rows[0]]), int(predicted[rows[0]])
-        out[(t, p)] = _listing(names, rows, probs[rows, p], t == p)
+        out[(t, p)] = _listing(names, rows, probs[rows, p], t == p, typical, order)
     return out
 
 
-def _listing(names: list[str], rows: np.ndarray, p: np.ndarray, diagonal: bool) -> list[dict[str, Any]]:
-    """The images ``rows`` of one cell with ``p``, their probabilities of its predicted class."""
-    order = np.argsort(p if diagonal else -p, kind="stable")[:CELL_IMAGES]
-    return [{"index": int(rows[i]), "name": str(names[rows[i]]), "p": float(p[i])} for i in order]
+def _listing(
+    names: list[str],
+    rows: np.ndarray,
+    p: np.ndarray,
+    diagonal: bool,
+    typical: np.ndarray | None,
+    order: str,
+) -> list[dict[str, Any]]:
+    """The images ``rows`` of one cell with ``p``, their probabilities of its predicted class,
+    and the pass's ``typicality`` (N,) of every image, if recorded."""
+    if order not in ORDERS:
+        raise ValueError(f"order: {' or '.join(ORDERS)}")
+    key = typical[rows] if order == "typicality" and typical is not None else p if diagonal else -p
+    items: list[dict[str, Any]] = []
+    for i in np.argsort(key, kind="stable")[:CELL_IMAGES]:
+        row = int(rows[i])
+        items.append({"index": row, "name": str(names[row]), "p": float(p[i])})
+        if typical is not None:
+            items[-1]["typicality"] = float(typical[row])
+    return items
 
 
 def _passes(run: Run) -> list[tuple[int, np.ndarray]]:

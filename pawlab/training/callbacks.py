@@ -21,9 +21,10 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import numpy as np
+import torch
 from PIL import Image
 
 from pawlab import runlog
@@ -31,8 +32,11 @@ from pawlab.atomic import atomic_write, atomic_write_text
 from pawlab.config import MONITORS
 from pawlab.errors import TrainingDiverged
 from pawlab.figures import image_grid
+from pawlab.inference.typicality import FIT_IMAGES
+from pawlab.models.network import Network
 from pawlab.preprocessing import Preprocessing
 from pawlab.progress import progress_bar
+from pawlab.training.typicality import EpochFeatures, PenultimateFeatures
 
 if TYPE_CHECKING:
     from pawlab.training.loop import Trainer
@@ -49,6 +53,7 @@ __all__ = [
     "NaNGuard",
     "ProgressPrinter",
     "TrainingDiverged",
+    "TypicalityLog",
     "ValidationLog",
     "is_better",
 ]
@@ -331,12 +336,78 @@ class ValidationLog(Callback):
         if not trainer.is_main or probs is None:
             return
         path = self.run_dir / runlog.pass_file(trainer.state.epoch)
+        _write_array(trainer, path, probs, "a validation pass")
 
-        def write() -> None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda tmp: _save_npy(tmp, probs.astype(np.float16)))
 
-        _best_effort(trainer, "a validation pass", write)
+class TypicalityLog(Callback):
+    """Every validation pass's typicality of each validation image (`pawlab.training.typicality`:
+    a live estimate, fitted from the penultimate features of the epoch's training batches), in
+    the run directory beside the pass's probabilities: what a dashboard's cell sorts its odd
+    images out by. Nothing for a network without a linear layer, or without class
+    probabilities (``trainer.state.val_probs``)."""
+
+    order = 24
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.features: PenultimateFeatures | None = None
+        self.kept: EpochFeatures | None = None
+
+    def before_fit(self, trainer: Trainer) -> None:
+        if trainer.is_main and isinstance(trainer.network, Network):
+            try:
+                self.features = PenultimateFeatures(trainer.network)
+            except ValueError:  # no linear layer: no penultimate features
+                self.features = None
+
+    def before_epoch(self, trainer: Trainer) -> None:
+        if self.features is not None:
+            self.kept = EpochFeatures(cast(Network, trainer.network).num_classes)
+
+    def before_batch(self, trainer: Trainer) -> None:
+        # the epoch's last `FIT_IMAGES` images at most (as the model file's fit): the nearest
+        # to the weights validated, and a bounded cost
+        left = (trainer.batches_per_epoch - trainer.state.batch) * trainer.per_process_batch
+        if self.features is not None and left <= FIT_IMAGES:
+            self.features.start()
+
+    def after_batch(self, trainer: Trainer) -> None:
+        if self.features is None or self.kept is None:
+            return
+        x, y = self.features.take(), trainer.state.labels
+        if x is not None and y is not None and len(x) == len(y):  # one forward pass of the batch
+            self.kept.add(x, y)
+
+    def before_validation(self, trainer: Trainer) -> None:
+        if self.features is not None:
+            self.features.start()
+
+    def after_validation(self, trainer: Trainer) -> None:
+        if self.features is None or self.kept is None:
+            return
+        x, probs = self.features.take(), trainer.state.val_probs
+        if x is None or probs is None or len(x) != len(probs):
+            return
+        logits = torch.from_numpy(probs).clamp_min(1e-45).log()  # up to a constant per image
+        typical = self.kept.typicality(x, logits)
+        if typical is not None:
+            path = self.run_dir / runlog.typicality_file(trainer.state.epoch)
+            _write_array(trainer, path, typical, "a validation pass's typicality")
+
+    def after_fit(self, trainer: Trainer) -> None:
+        if self.features is not None:
+            self.features.remove()
+            self.features = None
+
+
+def _write_array(trainer: Trainer, path: Path, array: np.ndarray, what: str) -> None:
+    """``array`` as float16 in a .npy file at ``path``, atomically, on a best effort."""
+
+    def write() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: _save_npy(tmp, array.astype(np.float16)))
+
+    _best_effort(trainer, what, write)
 
 
 def _best_effort(trainer: Trainer, what: str, write: Callable[[], None]) -> None:

@@ -56,6 +56,7 @@ class TrainState:
     error: BaseException | None = None  # what ended the run, if an error did
     val_probs: np.ndarray | None = None  # the last validation pass's probabilities (N, classes)
     inputs: torch.Tensor | None = None  # during after_batch, the batch the network was given
+    labels: torch.Tensor | None = None  # during after_batch, that batch's labels (B,)
     epoch_images: int = 0  # images trained on so far in the running epoch, all processes
     epoch_started: float = 0.0  # time.perf_counter() when the running epoch's batches began
 
@@ -211,7 +212,7 @@ class Trainer:
         """One optimizer step on the rows ``idx``; returns the batch's loss."""
         x = self.inputs.batch(x_all[idx], augment=True)
         self.state.inputs = x
-        y = y_all[idx].to(self.device)
+        y = self.state.labels = y_all[idx].to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             loss = self.objective.loss(self, x, y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -237,7 +238,7 @@ class Trainer:
             count += len(idx)
             self.state.epoch_images = count * self.world_size
             self.emit(Event.AFTER_BATCH)
-            self.state.inputs = None  # callbacks have seen it; validation needs the memory
+            self.state.inputs = self.state.labels = None  # seen by callbacks; validation needs the memory
         seconds = max(time.perf_counter() - t0, 1e-9)
         if is_distributed():  # the loss over every process's share
             self._average_buffers()

@@ -51,6 +51,7 @@ from pawlab.training.callbacks import (
     MetricsLog,
     NaNGuard,
     ProgressPrinter,
+    TypicalityLog,
     ValidationLog,
 )
 from pawlab.training.loop import FeatureSet, Trainer, state_from_checkpoint
@@ -449,6 +450,7 @@ def _callbacks(config: TrainConfig, run: _Run, best: BestCheckpoint, last: bool)
         EventLog(run.run_dir / runlog.EVENTS, final=last),
         LastState(run.run_dir / runlog.LAST_STATE),
         ValidationLog(run.run_dir, v.images, v.names, v.labels, v.classes),
+        TypicalityLog(run.run_dir),
         InputsLog(run.run_dir, pre, v.images),
         ProgressPrinter(run.stream, bar=run.runtime.progress),
         *run.callbacks,

@@ -128,13 +128,39 @@ def _fit_mahalanobis(
         [x[labels == c].mean(0) if bool((labels == c).any()) else x.mean(0) for c in range(classes)]
     )
     centred = (x - means[labels]).double()
-    cov = centred.T @ centred / len(x)
+    return _whitened(means, centred.T @ centred / len(x), s)
+
+
+def _whitened(means: torch.Tensor, cov: torch.Tensor, s: Settings, cholesky: bool = False) -> Tensors:
+    """What "mahalanobis" keeps of class means (C, D) and their shared covariance (D, D) float64.
+    ``cholesky``: whiten by the inverse Cholesky factor, the same distances about 10x cheaper
+    to compute than by the eigendecomposition (falls back to it when the factor fails)."""
     # shrunk towards a multiple of the identity: fewer images than dimensions leave it singular
     shrink = float(s["shrinkage"]) * torch.trace(cov) / len(cov)
-    values, vectors = torch.linalg.eigh(cov + shrink * torch.eye(len(cov), dtype=cov.dtype))
+    eye = torch.eye(len(cov), dtype=cov.dtype)
+    shrunk = cov + shrink * eye
+    factor, info = torch.linalg.cholesky_ex(shrunk) if cholesky else (shrunk, torch.tensor(1))
+    if int(info) == 0:  # shrunk = L L^T: |(x - mean) @ L^-T|^2 is the distance
+        whiten = torch.linalg.solve_triangular(factor, eye, upper=False).T
+    else:
+        values, vectors = torch.linalg.eigh(shrunk)
+        whiten = vectors * values.clamp_min(1e-12).rsqrt()
     # (D, D): |(x - mean) @ whiten|^2 is the distance; half precision (a 1280-wide backbone: 3.3 MB)
-    whiten = (vectors * values.clamp_min(1e-12).rsqrt()).half()
-    return {"whiten": whiten, "means": means @ whiten.float()}  # the means whitened: (C, D)
+    whiten = whiten.half()
+    return {"whiten": whiten, "means": means.float() @ whiten.float()}  # the means whitened: (C, D)
+
+
+def mahalanobis_from_sums(counts: torch.Tensor, sums: torch.Tensor, scatter: torch.Tensor) -> State:
+    """ "mahalanobis" (default settings) fitted from sufficient statistics of training features
+    as it reads them, L2-normalised: per class their count (C,) and sum (C, D), and the sum of
+    their outer products (D, D). A training loop accumulates those as it goes, keeping no
+    features; a class without images gets the mean of all (as `fit`)."""
+    settings = dict(SCORERS.get("mahalanobis").defaults)
+    counts, sums, scatter = counts.double(), sums.double(), scatter.double()
+    means = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], sums.sum(0) / counts.sum())
+    # the sum over images of (x - mean_y)(x - mean_y)^T is scatter - sum_c n_c mean_c mean_c^T
+    cov = (scatter - (means.T * counts) @ means) / counts.sum()
+    return State("mahalanobis", settings, _whitened(means, cov, settings, cholesky=True))
 
 
 def _mahalanobis(

@@ -37,7 +37,13 @@ def test_run_list_and_one_runs_data(runs_root: Path) -> None:
     events = c.get(f"/api/runs/{rid}/events").json()
     assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "end"
     passes = c.get(f"/api/runs/{rid}/passes").json()
-    assert passes == {"epochs": [1, 2, 3], "classes": ["cat", "dog"], "damaged": {}}
+    assert passes == {
+        "epochs": [1, 2, 3],
+        "classes": ["cat", "dog"],
+        "damaged": {},
+        "typicality": [1, 2, 3],
+        "typicality_damaged": {},
+    }
 
 
 def test_the_matrix_agrees_with_the_epochs_accuracy(runs_root: Path) -> None:
@@ -125,7 +131,12 @@ def test_paths_never_reach_the_file_system(runs_root: Path, path: str) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    [{"epoch": 3, "true": 5, "predicted": 0}, {"epoch": "x", "true": 0, "predicted": 0}, {"epoch": 3}],
+    [
+        {"epoch": 3, "true": 5, "predicted": 0},
+        {"epoch": "x", "true": 0, "predicted": 0},
+        {"epoch": 3},
+        {"epoch": 3, "true": 0, "predicted": 0, "order": "size"},
+    ],
 )
 def test_bad_queries_are_400(runs_root: Path, query: dict[str, object]) -> None:
     rid = run_id(runs_root / "first")
@@ -265,10 +276,11 @@ def test_export_is_one_offline_file_with_every_answer(runs_root: Path, tmp_path:
         counts = data["responses"][f"api/runs/{rid}/matrix?epoch={epoch}"]["counts"]
         for t, p in itertools.product(range(2), range(2)):
             cell = f"api/runs/{rid}/cell?epoch={epoch}&true={t}&predicted={p}"
-            if counts[t][p]:
-                assert data["responses"][cell] == c.get("/" + cell).json()
-            else:
-                assert cell not in data["responses"]
+            for path in (cell, cell + "&order=typicality"):  # the page asks for both
+                if counts[t][p]:
+                    assert data["responses"][path] == c.get("/" + path).json()
+                else:
+                    assert path not in data["responses"]
     n = len(json.loads((runs_root / "first" / runlog.VALIDATION_INDEX).read_text())["labels"])
     assert len(data["thumbs"]) == n and data["thumbs"]["0"].startswith("data:image/jpeg;base64,")
 

@@ -181,8 +181,9 @@ def _colour_classes(root: Path, names: list[str], per_class: int) -> Path:
 
 def _hundred_classes(tmp_path: Path) -> tuple[Path, Path]:
     """(runs folder, the run): a real training of 4 epochs over 100 classes, one named `EVIL`,
-    and beside it a damaged copy: a line nested too deeply in its log, a pass of NaN, and a
-    pass whose header claims 10^11 floats."""
+    and beside it a damaged copy: a line nested too deeply in its log, a pass of NaN and its
+    typicality of NaN, a typicality of the wrong shape, and a pass whose header claims 10^11
+    floats; and a copy recorded before typicality was (no typicality files)."""
     from pawlab.config import RuntimeConfig, TrainConfig
     from pawlab.training import train
 
@@ -207,6 +208,11 @@ def _hundred_classes(tmp_path: Path) -> tuple[Path, Path]:
         fh.write("[" * 10**6 + "\n")
     nan = np.load(damaged / runlog.pass_file(4))
     np.save(damaged / runlog.pass_file(4), np.full_like(nan, np.nan))
+    np.save(damaged / runlog.typicality_file(4), np.full(len(nan), np.nan, np.float16))
+    np.save(damaged / runlog.typicality_file(3), np.zeros(3, np.float16))
+    old = Path(shutil.copytree(runs / "hundred", runs / "zz-old"))
+    for typical in (old / runlog.VALIDATION).glob("typicality-*.npy"):
+        typical.unlink()
     with open(damaged / runlog.pass_file(1), "wb") as fh:
         np.lib.format.write_array_header_1_0(fh, {"descr": "<f2", "fortran_order": False, "shape": (10**11,)})
     return runs, runs / "hundred"
@@ -220,7 +226,11 @@ def test_a_hundred_classes_and_damaged_runs(tmp_path: Path) -> None:
     import httpx2 as httpx
 
     runs, run = _hundred_classes(tmp_path)
-    shots = [tmp_path / "dashboard-100-classes.png", tmp_path / "dashboard-damaged.png"]
+    shots = [
+        tmp_path / "dashboard-100-classes.png",
+        tmp_path / "dashboard-damaged.png",
+        tmp_path / "dashboard-typicality.png",
+    ]
     errors: list[str] = []
     with LiveServer([runs]) as server, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
@@ -248,6 +258,17 @@ def test_a_hundred_classes_and_damaged_runs(tmp_path: Path) -> None:
         assert page.inner_text("#cell-title").startswith(
             f"true class{t:03d}, predicted class{t:03d}: {m['counts'][t][t]}"
         )
+        # each image's typicality beside its probability; sorted by it, the least typical first
+        shown = page.locator("#cell .thumb .typ").all_inner_texts()
+        assert len(shown) == m["counts"][t][t] and all(v.startswith("typicality 0.") for v in shown)
+        page.select_option("#cell-order", "typicality")
+        page.wait_for_function(
+            "document.getElementById('cell-title').textContent.endsWith('(least typical first)')"
+        )
+        shown = [float(v.split()[1]) for v in page.locator("#cell .thumb .typ").all_inner_texts()]
+        assert len(shown) == m["counts"][t][t] and shown == sorted(shown)
+        page.screenshot(path=str(shots[2]), clip=_below(page, ".cell-bar", 420))
+        page.select_option("#cell-order", "p")
         # the most confused pairs, each a link to its cell
         pairs = page.locator("#confused-list a")
         assert pairs.count() == min(
@@ -270,8 +291,19 @@ def test_a_hundred_classes_and_damaged_runs(tmp_path: Path) -> None:
         page.locator("#confused-list a").first.click()
         page.wait_for_selector("#cell .thumb")
         assert page.locator("#cell .thumb .p").first.inner_text().endswith(" –")  # p: null, drawn as a dash
+        assert page.locator("#cell .thumb .typ").first.inner_text() == "typicality –"  # NaN too
         page.locator("#cell .thumb").first.click()
         page.wait_for_selector("#chart-history .main-svg")
+        page.evaluate(
+            "s => { s.value = 2; s.dispatchEvent(new Event('input')); }",
+            page.locator("#pass-slider").element_handle(),
+        )  # epoch 3, whose typicality is of the wrong shape: its cells show none, and why
+        page.wait_for_selector("#cell-note:not(.hidden)")
+        assert page.inner_text("#cell-note") == (
+            f"typicality not shown: validation/typicality-00003.npy: (3,), not ({m['count']},): "
+            f"the index has {m['count']} images"
+        )
+        assert page.locator("#cell .thumb .typ").count() == 0
         page.evaluate(
             "s => { s.value = 0; s.dispatchEvent(new Event('input')); }",
             page.locator("#pass-slider").element_handle(),
@@ -285,6 +317,13 @@ def test_a_hundred_classes_and_damaged_runs(tmp_path: Path) -> None:
             f"the index has {n} images of 100 classes"
         )
         page.screenshot(path=str(shots[1]), full_page=True)
+        # a run recorded before typicality: its cells as before, no sorting by typicality
+        page.locator("#run-list li").nth(2).click()
+        page.wait_for_selector("#confused-list a")
+        page.locator("#confused-list a").first.click()
+        page.wait_for_function("document.getElementById('cell-title').textContent.endsWith('wrong first)')")
+        assert page.locator("#cell .thumb").count() and page.locator("#cell .thumb .typ").count() == 0
+        assert page.locator("#cell-order-box").is_hidden()
         # the export of 100 classes, offline: the listed pairs open their cells from the file
         offline = browser.new_page(viewport={"width": 1400, "height": 1300})
         offline.on("pageerror", lambda e: errors.append(str(e)))
@@ -293,9 +332,23 @@ def test_a_hundred_classes_and_damaged_runs(tmp_path: Path) -> None:
         offline.locator("#confused-list a").first.click()
         offline.wait_for_selector("#cell .thumb img")
         assert f"true {true}, predicted {predicted}: " in offline.inner_text("#cell-title")
+        offline.select_option("#cell-order", "typicality")  # the export holds that order too
+        offline.wait_for_function(
+            "document.getElementById('cell-title').textContent.endsWith('(least typical first)')"
+        )
+        shown = [float(v.split()[1]) for v in offline.locator("#cell .thumb .typ").all_inner_texts()]
+        assert shown and shown == sorted(shown)
         browser.close()
     assert errors == []
     _keep(shots)
+
+
+def _below(page: Any, selector: str, height: int) -> dict[str, float]:
+    """A screenshot's clip: ``selector`` scrolled to the top, the page's width, ``height`` down."""
+    page.locator(selector).evaluate("e => e.scrollIntoView()")
+    box = page.locator(selector).bounding_box()
+    assert box is not None
+    return {"x": 0, "y": box["y"], "width": page.viewport_size["width"], "height": height}
 
 
 def _keep(shots: list[Path]) -> None:

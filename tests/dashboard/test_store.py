@@ -130,3 +130,64 @@ def test_cells_are_computed_once_per_pass_however_many_classes(tmp_path: Path) -
         assert items == store.cell(run, 1, t, p)
     empty = [(t, p) for t in range(k) for p in range(k) if (t, p) not in cells]
     assert all(store.cell(run, 1, t, p) == [] for t, p in empty[:500])
+
+
+def test_a_cell_lists_each_images_typicality_and_sorts_by_it(runs_root: Path) -> None:
+    run = store.Run(runs_root / "first")
+    typical = np.load(runs_root / "first" / runlog.typicality_file(3)).astype(np.float32)
+    assert store.passes(run)["typicality"] == [1, 2, 3]
+    by_p = store.cell(run, 3, 0, 0)
+    by_typicality = store.cell(run, 3, 0, 0, "typicality")
+    assert (
+        by_p
+        and by_typicality
+        and sorted(by_p, key=lambda it: it["index"]) == sorted(by_typicality, key=lambda it: it["index"])
+    )
+    assert all(it["typicality"] == float(typical[it["index"]]) for it in by_p)
+    assert [it["p"] for it in by_p] == sorted(it["p"] for it in by_p)  # the least sure first, as ever
+    shown = [it["typicality"] for it in by_typicality]
+    assert shown == sorted(shown)  # the least typical first
+    with pytest.raises(ValueError, match="order: p or typicality"):
+        store.cell(run, 3, 0, 0, "size")
+
+
+def test_a_run_without_typicality_lists_its_cells_as_before(runs_root: Path, tmp_path: Path) -> None:
+    path = _copy(runs_root, tmp_path)
+    for epoch in (1, 2, 3):
+        (path / runlog.typicality_file(epoch)).unlink()
+    run = store.Run(path)
+    info = store.passes(run)
+    assert info["typicality"] == [] and info["typicality_damaged"] == {} and info["damaged"] == {}
+    items = store.cell(run, 3, 1, 1)
+    assert items and all(set(it) == {"index", "name", "p"} for it in items)
+    assert store.cell(run, 3, 1, 1, "typicality") == items  # nothing to sort by: by probability
+    assert store.matrix(run, 3) is not None
+
+
+@pytest.mark.parametrize(
+    ("write", "why"),
+    [
+        (lambda p, n: _header(p, {"descr": "<f2", "fortran_order": False, "shape": (10**11,)}),
+         "(100000000000,), not ({n},): the index has {n} images"),
+        (lambda p, n: np.save(p, np.zeros((n, 2), dtype=np.float16)),
+         "({n}, 2), not ({n},): the index has {n} images"),
+        (lambda p, n: np.save(p, np.zeros(n, dtype=np.int8)), "|i1 values, not floats"),
+        (lambda p, n: _header(p, {"descr": "<f2", "fortran_order": False, "shape": (n,)}, b"\0" * 6),
+         "cut short"),
+    ],
+)  # fmt: skip
+def test_damaged_typicality_is_that_passes_typicality_only(
+    runs_root: Path, tmp_path: Path, write: object, why: str
+) -> None:
+    path = _copy(runs_root, tmp_path)
+    n = _images(path)
+    write(path / runlog.typicality_file(2), n)  # type: ignore[operator]
+    run = store.Run(path)
+    assert run.typicality(2) is None
+    damage = f"validation/typicality-00002.npy: {why.format(n=n)}"
+    assert run.typicality_damage == {2: damage}
+    info = store.passes(run)
+    assert info["typicality"] == [1, 3] and info["typicality_damaged"] == {"2": damage}
+    assert info["damaged"] == {} and store.matrix(run, 2) is not None
+    items = store.cell(run, 2, 0, 0, "typicality")
+    assert items and all("typicality" not in it for it in items)

@@ -11,14 +11,21 @@ import numpy as np
 import pytest
 import torch
 
-from pawlab import checkpoint
+from pawlab import checkpoint, runlog
 from pawlab.config import RuntimeConfig, TrainConfig
 from pawlab.data import ImageSet
 from pawlab.errors import ConfigError, TrainingDiverged
 from pawlab.models import build
 from pawlab.preprocessing import Preprocessing
 from pawlab.training import Callback, Event, Trainer
-from pawlab.training.callbacks import BestCheckpoint, EarlyStopping, EventLog, ProgressPrinter
+from pawlab.training.callbacks import (
+    BestCheckpoint,
+    EarlyStopping,
+    EventLog,
+    ProgressPrinter,
+    TypicalityLog,
+    ValidationLog,
+)
 from tests.conftest import TINY
 from tests.training.test_loop import FAST, QUIET, _train
 
@@ -235,3 +242,42 @@ def test_a_resumed_model_file_describes_this_run(tree: Path, tmp_path: Path) -> 
         assert resumed[key] == first[key]
     assert resumed["training"]["config"] == {**first["training"]["config"], "epochs": 2}
     assert resumed["training"]["data"] == first["training"]["data"]
+
+
+def _logs(run: Path) -> list[Callback]:
+    _, val_set = _sets()
+    return [TypicalityLog(run), ValidationLog(run, val_set.images, val_set.names, val_set.labels, ["a", "b"])]
+
+
+def test_each_validation_pass_records_each_images_typicality(tmp_path: Path) -> None:
+    _trainer(_logs(tmp_path), FAST.with_(epochs=2)).fit()
+    assert runlog.pass_epochs(tmp_path) == [1, 2]
+    n = len(_sets()[1].labels)
+    for epoch in (1, 2):
+        typical = np.load(tmp_path / runlog.typicality_file(epoch))
+        assert typical.dtype == np.float16 and typical.shape == (n,)
+        # calibrated on the validation images themselves: each image's share of them below it
+        assert np.allclose(np.sort(typical), np.arange(n) / n, atol=1e-3)
+
+
+def test_a_network_without_a_linear_layer_trains_without_typicality(tmp_path: Path) -> None:
+    train_set, val_set = _sets()
+    spec = [{"type": "input", "size": 16, "channels": 3}, {"type": "conv", "kernel": 16, "filters": 2}]
+    network = build([*spec, {"type": "flatten"}], 2)
+    pre = Preprocessing.for_input((3, 16, 16))
+    config = FAST.with_(epochs=1)
+    Trainer(network, train_set, val_set, config, pre, _logs(tmp_path), {}, io.StringIO(), QUIET).fit()
+    assert (tmp_path / runlog.pass_file(1)).is_file()
+    assert not (tmp_path / runlog.typicality_file(1)).exists()
+
+
+def test_typicality_is_fitted_on_the_epochs_last_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pawlab.training import callbacks
+
+    monkeypatch.setattr(callbacks, "FIT_IMAGES", 16)  # of 24, in batches of 8: the last two
+    log = TypicalityLog(tmp_path)
+    _trainer([log], FAST.with_(epochs=1)).fit()
+    assert log.kept is not None and len(log.kept) == 16
+    assert (tmp_path / runlog.typicality_file(1)).is_file()

@@ -25,6 +25,7 @@ from pawlab.unknown import (
     to_tensors,
     typicality,
 )
+from pawlab.unknown.scorers import mahalanobis_from_sums
 
 D, C = 16, 3
 MEANS = 4.0 * torch.eye(C, D)  # class c is centred at 4 along axis c
@@ -135,3 +136,17 @@ def test_the_default_method_is_registered_and_fits_with_its_defaults(
 def test_typicality_needs_a_calibrated_state() -> None:
     with pytest.raises(ValueError, match="not calibrated"):
         typicality(State("msp", {}, {}), *sample(3, seed=0)[:2])
+
+
+def test_mahalanobis_from_sums_scores_as_the_fit_on_the_features(
+    train: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> None:
+    keep = train[2] != 1  # class 1 without images: both take the mean of all for it
+    features, logits, labels = (t[keep] for t in train)
+    x = torch.nn.functional.normalize(features, dim=1)  # as "mahalanobis" reads them
+    sums = torch.zeros(C, D).index_add_(0, labels, x)
+    state = mahalanobis_from_sums(torch.bincount(labels, minlength=C), sums, x.T @ x)
+    fitted = fit("mahalanobis", features, logits, labels)
+    queries, q_logits, _ = sample(200, seed=5)
+    assert state.method == "mahalanobis" and state.settings == fitted.settings
+    assert torch.allclose(score(state, queries, q_logits), score(fitted, queries, q_logits), rtol=0.01)

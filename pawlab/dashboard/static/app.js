@@ -11,6 +11,9 @@ const state = {
   pass: null,        // the epoch shown in the matrix
   classes: [],
   damaged: {},       // epoch -> why its validation pass is not shown
+  typical: [],       // epochs whose pass recorded each image's typicality
+  atypical: {},      // epoch -> why its typicality is not shown
+  order: "p",        // how a cell lists its images: "p" (by probability) or "typicality"
   source: null,      // EventSource of the open run
   cell: null,        // [true, predicted] shown below the matrix
 };
@@ -108,7 +111,7 @@ async function drawComparison() {
 
 function openRun(id) {
   if (state.source) state.source.close();
-  Object.assign(state, { current: id, events: [], passes: [], pass: null, cell: null, damaged: {} });
+  Object.assign(state, { current: id, events: [], passes: [], pass: null, cell: null, damaged: {}, typical: [], atypical: {} });
   for (const li of document.querySelectorAll("#run-list li")) li.classList.toggle("selected", li.dataset.id === id);
   $("cell").innerHTML = "";
   $("chart-history").classList.add("hidden");
@@ -222,6 +225,8 @@ async function refresh() {
   if (!info) return;
   state.classes = info.classes;
   state.damaged = info.damaged || {};
+  state.typical = info.typicality || [];  // none from a server or an export older than typicality
+  state.atypical = info.typicality_damaged || {};
   const follow = state.pass === null || state.pass === state.passes[state.passes.length - 1];
   state.passes = info.epochs;
   const slider = $("pass-slider");
@@ -248,6 +253,8 @@ async function drawMatrix() {
     clearMatrix();
     $("cell-title").textContent = "";
     $("cell").replaceChildren();
+    $("cell-order-box").classList.add("hidden");
+    $("cell-note").classList.add("hidden");
     return;
   }
   $("matrix-epoch").textContent = `after epoch ${m.epoch}: accuracy ${fmt(100 * m.accuracy, 2)}%`;
@@ -347,13 +354,29 @@ function thumb(item, extra, wrong, run = state.current, index = item.index) {
 
 async function showCell(t, p) {
   state.cell = [t, p];
-  const items = await api(`api/runs/${state.current}/cell?epoch=${state.pass}&true=${t}&predicted=${p}`).catch(() => []);
+  const typical = state.typical.includes(state.pass);
+  const byTypicality = typical && state.order === "typicality";
+  const order = byTypicality ? "&order=typicality" : "";
+  const items = await api(`api/runs/${state.current}/cell?epoch=${state.pass}&true=${t}&predicted=${p}${order}`).catch(() => []);
   const c = state.classes;
-  $("cell-title").textContent = `true ${c[t]}, predicted ${c[p]}: ${items.length}${items.length === 100 ? "+" : ""} images` +
-    (t === p ? " (least sure first)" : " (most confidently wrong first)");
+  const how = byTypicality ? "least typical first" : t === p ? "least sure first" : "most confidently wrong first";
+  $("cell-title").textContent = `true ${c[t]}, predicted ${c[p]}: ${items.length}${items.length === 100 ? "+" : ""} images (${how})`;
+  $("cell-order-box").classList.toggle("hidden", !typical);
+  const why = state.atypical[state.pass];
+  $("cell-note").textContent = why ? `typicality not shown: ${why}` : "";
+  $("cell-note").classList.toggle("hidden", !why);
   const box = $("cell");
   box.innerHTML = "";
-  for (const it of items) box.append(thumb(it, `p(${c[p]}) ${fmt(it.p, 3)}`, t !== p));
+  for (const it of items) {
+    const div = thumb(it, `p(${c[p]}) ${fmt(it.p, 3)}`, t !== p);
+    if ("typicality" in it) {  // null where the number was not finite
+      const typ = document.createElement("div");
+      typ.className = "typ";
+      typ.textContent = `typicality ${fmt(it.typicality, 3)}`;
+      div.insertBefore(typ, div.querySelector(".name"));
+    }
+    box.append(div);
+  }
 }
 
 async function showHistory(item, div) {
@@ -374,6 +397,11 @@ async function drawSuspects() {
   box.innerHTML = "";
   for (const r of rows.slice(0, 60)) box.append(thumb(r, `${r.label}→${r.predicted} ${fmt(r.p_true, 2)}`, true));
 }
+
+$("cell-order").addEventListener("change", (e) => {
+  state.order = e.target.value;
+  if (state.cell) showCell(...state.cell);
+});
 
 $("pass-slider").addEventListener("input", async (e) => {
   state.pass = state.passes[Number(e.target.value)];
