@@ -40,6 +40,7 @@ included; one thread); warm: about 2 minutes.
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,7 @@ from pawlab.inference.engine import to_inputs  # noqa: E402
 from pawlab.inference.features import trunk_features  # noqa: E402
 from pawlab.spec.training import DigitRecipe, digit_models, digit_split  # noqa: E402
 from pawlab.unknown import (  # noqa: E402
+    DEFAULT_THRESHOLD,
     SCORERS,
     auroc,
     calibrate,
@@ -241,6 +243,12 @@ def report(
     inside_name, inside = inside
     print(f"  {title}: fit on {len(train)} training images; in distribution {inside_name} ({len(inside)})")
     print("  out of distribution: " + ", ".join(f"{name} ({len(o)})" for name, o in others.items()))
+    n = len(inside) // 2
+    lowest = math.ceil(DEFAULT_THRESHOLD * n - 1e-9)  # refused: scoring below this many of the n
+    print(
+        f"  refused: calibrated on {n} images, a score below {lowest} of them is refused; with images "
+        f"like them, ceil(0.05 n)/(n + 1) = {lowest / (n + 1):.2%} expected (a rank argument)"
+    )
     sources = "".join(f" {name[:22]:>22}" for name in others)
     print(
         f"  {'':<12} {'fit s':>6} {'bytes':>10} {'us/img':>7} {'refused (sd)':>13} {'acc: kept / all':>16} "
