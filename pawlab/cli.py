@@ -18,6 +18,9 @@ from typing import Any, NoReturn
 from pawlab._version import __version__
 from pawlab.config import DEFAULT_BACKBONE, LAYOUTS, AugmentConfig, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.errors import ConfigError, PawlabError
+from pawlab.hosts import DASHBOARD_PORT, SERVE_PORT
+from pawlab.models import DEFAULT_ARCH
+from pawlab.optimizers import DEFAULT_OPTIMIZER, DEFAULT_SCHEDULE, OPTIMIZERS, SCHEDULES, choices
 from pawlab.terminal import PrintableStream
 
 
@@ -65,16 +68,21 @@ def _port(text: str) -> int:
     return value
 
 
+def _decays() -> str:
+    """The optimizers' default weight decays: ``0.01 for adamw, else 0``."""
+    decays = {name: OPTIMIZERS.get(name).weight_decay for name in OPTIMIZERS.names()}
+    others = [f"{d:g} for {name}" for name, d in decays.items() if d]
+    return ", ".join([*others, "else 0"])
+
+
 def _train_options(p: argparse.ArgumentParser, optimizer: bool = True) -> None:
     """The training flags shared by `train` and `compare`."""
     if optimizer:
-        p.add_argument("--optimizer", default="adam", help="sgd, rmsprop, adagrad, adam or adamw")
+        p.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, help=choices(OPTIMIZERS, DEFAULT_OPTIMIZER))
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's)")
-    p.add_argument("--schedule", default="constant", help="constant, step, cosine or one-cycle")
+    p.add_argument("--schedule", default=DEFAULT_SCHEDULE, help=choices(SCHEDULES, DEFAULT_SCHEDULE))
     p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument(
-        "--weight-decay", type=float, default=None, help="default: the optimizer's (0.01 for adamw, else 0)"
-    )
+    p.add_argument("--weight-decay", type=float, default=None, help=f"default: the optimizer's ({_decays()})")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--balance", default="none", help="imbalanced classes: none, weights or sampler")
@@ -278,7 +286,7 @@ def _add_train(commands: _Commands) -> None:
     p.add_argument("data", nargs="?", help="a prepared folder or any source `prepare` accepts")
     arch = p.add_mutually_exclusive_group()
     arch.add_argument(
-        "--arch", default=None, help="a built-in architecture (see `pawlab archs`); default cortex-cnn"
+        "--arch", default=None, help=f"a built-in architecture (see `pawlab archs`); default {DEFAULT_ARCH}"
     )
     arch.add_argument("--arch-file", type=Path, help="a network described in TOML, YAML or JSON")
     arch.add_argument("--resume", type=Path, metavar="RUN_DIR|MODEL", help="continue a run where it stopped")
@@ -313,14 +321,16 @@ def _add_train(commands: _Commands) -> None:
     p.add_argument(
         "--dashboard", action="store_true", help="serve the live dashboard on 127.0.0.1 while training"
     )
-    p.add_argument("--port", type=_port, default=8091, help="the dashboard's port (default 8091)")
+    p.add_argument(
+        "--port", type=_port, default=DASHBOARD_PORT, help=f"the dashboard's port (default {DASHBOARD_PORT})"
+    )
     _quiet(p)
 
 
 def _add_dashboard(commands: _Commands) -> None:
     p = commands.add("dashboard", "serve the live dashboard of training runs, past and running")
     p.add_argument("runs", nargs="*", type=Path, help="run directories, or folders of them (default: runs/)")
-    p.add_argument("--port", type=_port, default=8091, help="default 8091")
+    p.add_argument("--port", type=_port, default=DASHBOARD_PORT, help=f"default {DASHBOARD_PORT}")
     p.add_argument(
         "--host",
         default=None,
@@ -386,7 +396,7 @@ def _add_serve(commands: _Commands) -> None:
         help="model files or training runs' directories (followed: each better model answers), each "
         "PATH or NAME=PATH (default name: the file's stem, the run's directory name)",
     )
-    p.add_argument("--port", type=_port, default=8090, help="default 8090")
+    p.add_argument("--port", type=_port, default=SERVE_PORT, help=f"default {SERVE_PORT}")
     p.add_argument(
         "--host", default=None, help="listen on this address instead of 127.0.0.1 (beyond it: --token-file)"
     )
@@ -442,7 +452,7 @@ def _add_compare(commands: _Commands) -> None:
     p = commands.add("compare", "one run per optimizer on the same data, seed and network")
     p.add_argument("data", help="a prepared folder or any source `prepare` accepts")
     p.add_argument("--optimizers", default="sgd,rmsprop,adagrad,adam", help="comma-separated, one run each")
-    p.add_argument("--arch", default="cortex-cnn", help="a built-in architecture (see `pawlab archs`)")
+    p.add_argument("--arch", default=DEFAULT_ARCH, help="a built-in architecture (see `pawlab archs`)")
     p.add_argument("--arch-file", type=Path, help="a network described in TOML, YAML or JSON")
     p.add_argument("--epochs", type=_positive_int, default=10, help="epochs per run")
     p.add_argument("--out-dir", type=Path, default=Path("compare"), help="models, runs and the plot")
@@ -746,7 +756,7 @@ def _recipe(args: argparse.Namespace) -> tuple[Any, TrainConfig, int | None]:
     for flag in ("weights", "fine_tune", "freeze", "fine_tune_epochs", "fine_tune_lr"):
         if getattr(args, flag) not in (None, False):
             raise ConfigError(f"--{flag.replace('_', '-')} needs --backbone NAME")
-    arch: Any = load_arch_file(args.arch_file) if args.arch_file else (args.arch or "cortex-cnn")
+    arch: Any = load_arch_file(args.arch_file) if args.arch_file else (args.arch or DEFAULT_ARCH)
     return arch, TrainConfig().with_(**_recipe_changes(args)), args.size
 
 

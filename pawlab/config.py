@@ -11,11 +11,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from pawlab.errors import ConfigError
+from pawlab.optimizers import DEFAULT_OPTIMIZER, DEFAULT_SCHEDULE, OPTIMIZERS, SCHEDULES
 
 RESIZE_POLICIES = ("squash", "crop")  # how an image is fitted to the input size (see pawlab.data.decode)
 LAYOUTS = ("auto", "split", "classes")  # how a source's top folders are read (see pawlab.data.catalog)
-
-OPTIMIZERS = ("sgd", "rmsprop", "adagrad", "adam", "adamw")
 
 
 def _check(cond: bool, name: str, message: str) -> None:
@@ -121,7 +120,6 @@ class AugmentConfig:
         return ",".join(parts) or "none"
 
 
-SCHEDULES = ("constant", "step", "cosine", "one-cycle")
 PRECISIONS = ("auto", "fp32", "bf16")
 BALANCE = ("none", "weights", "sampler")
 # What `pawlab train DATA --backbone` (no name) and `transfer_architecture()` use. Chosen on
@@ -140,14 +138,14 @@ class TrainConfig:
     (Ctrl-C or SIGTERM). How it executes (device, precision, progress) is a `RuntimeConfig`."""
 
     epochs: int | None = 10
-    optimizer: str = "adam"
-    lr: float | None = None  # None: the optimizer's default (DEFAULT_LR)
+    optimizer: str = DEFAULT_OPTIMIZER  # a name of pawlab.optimizers.OPTIMIZERS
+    lr: float | None = None  # None: the optimizer's default
     batch_size: int = 64  # in all: under DDP each of N processes takes batch_size / N
     weight_decay: float | None = None  # None: the optimizer's default (0.01 for adamw, else 0)
     decay_all: bool = False  # decay biases and normalisation weights too (by default they are spared)
-    momentum: float = 0.9  # sgd and rmsprop
+    momentum: float = 0.9  # sgd
     nesterov: bool = False  # sgd
-    schedule: str = "constant"  # learning rate over the run: constant, step, cosine, one-cycle
+    schedule: str = DEFAULT_SCHEDULE  # the learning rate over the run: a name of SCHEDULES
     step_every: int = 10  # step schedule: epochs between decays
     step_gamma: float = 0.1  # step schedule: factor per decay
     label_smoothing: float = 0.0
@@ -177,9 +175,9 @@ class TrainConfig:
         if self.epochs is not None:
             _check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         _check(
-            self.optimizer in OPTIMIZERS,
+            self.optimizer in OPTIMIZERS.names(),
             "optimizer",
-            f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})",
+            f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS.names())})",
         )
         if self.lr is not None:
             _check(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be a positive number, got {self.lr}")
@@ -187,14 +185,15 @@ class TrainConfig:
         if self.weight_decay is not None:
             _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(
-            self.schedule in SCHEDULES,
+            self.schedule in SCHEDULES.names(),
             "schedule",
-            f"unknown schedule {self.schedule!r} (known: {', '.join(SCHEDULES)})",
+            f"unknown schedule {self.schedule!r} (known: {', '.join(SCHEDULES.names())})",
         )
+        endless = [name for name in SCHEDULES.names() if not SCHEDULES.get(name).needs_epochs]
         _check(
-            self.epochs is not None or self.schedule in ("constant", "step"),
+            self.epochs is not None or self.schedule in endless,
             "schedule",
-            f"{self.schedule} needs a number of epochs; use constant or step with --forever",
+            f"{self.schedule} needs a number of epochs; use {' or '.join(endless)} with --forever",
         )
         _check(self.step_every >= 1, "step_every", f"must be >= 1, got {self.step_every}")
         _check(0 < self.step_gamma <= 1, "step_gamma", f"must be in (0, 1], got {self.step_gamma}")
@@ -229,14 +228,14 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+        return self.lr if self.lr is not None else OPTIMIZERS.get(self.optimizer).lr
 
     @property
     def decay(self) -> float:
         """The weight decay used: as given (0 included), else the optimizer's default."""
         if self.weight_decay is not None:
             return self.weight_decay
-        return 0.01 if self.optimizer == "adamw" else 0.0
+        return OPTIMIZERS.get(self.optimizer).weight_decay
 
     def with_(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)
@@ -279,6 +278,3 @@ class RuntimeConfig:
 
     def with_(self, **changes: Any) -> RuntimeConfig:
         return replace(self, **changes)
-
-
-DEFAULT_LR = {"sgd": 0.01, "rmsprop": 1e-3, "adagrad": 1e-2, "adam": 1e-3, "adamw": 1e-3}

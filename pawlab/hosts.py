@@ -9,6 +9,8 @@ import ipaddress
 from pawlab.errors import ConfigError
 
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost"]
+DASHBOARD_PORT = 8091  # where Cortex's dashboard was
+SERVE_PORT = 8090
 EVERY_INTERFACE = ("0.0.0.0", "::")
 
 

@@ -2,8 +2,9 @@
 
     leaves  <-  data, models  <-  unknown  <-  inference  <-  training  <-  cli, demo, pawlab/__init__
 
-Leaves (errors, configs, registry, atomic writes, preprocessing, the checkpoint format,
-figures, runtime, runlog, hosts) import only leaves. data and models know nothing of each other.
+Leaves (errors, configs, registry, optimizers and schedules, atomic writes, preprocessing, the
+checkpoint format, figures, runtime, runlog, hosts) import only leaves. data and models know
+nothing of each other.
 inference may use data and models; training may use those and inference. Nothing imports the
 dashboard, spec or serve packages; serve may use data, models and inference. A module's
 subpackage is its first name below ``pawlab``.
@@ -26,6 +27,7 @@ LEAVES = {
     "errors",
     "figures",
     "hosts",
+    "optimizers",
     "preprocessing",
     "progress",
     "registry",

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from pawlab.dashboard.app import create_app
 from pawlab.dashboard.notebook import Dashboard, show, stop
-from pawlab.hosts import EVERY_INTERFACE, allowed_hosts, bind_address, url_host
+from pawlab.hosts import DASHBOARD_PORT, EVERY_INTERFACE, allowed_hosts, bind_address, url_host
 
 __all__ = ["DEFAULT_PORT", "Dashboard", "bind_address", "create_app", "serve", "show", "stop"]
 
-DEFAULT_PORT = 8091  # where Cortex's dashboard was
+DEFAULT_PORT = DASHBOARD_PORT
 
 
 def serve(

@@ -19,6 +19,7 @@ from pawlab.models.network import (
 )
 from pawlab.models.zoo import (
     ARCHITECTURES,
+    DEFAULT_ARCH,
     get_architecture,
     load_arch_file,
     preprocessing_for,
@@ -28,6 +29,7 @@ from pawlab.models.zoo import (
 __all__ = [
     "ARCHITECTURES",
     "BACKBONES",
+    "DEFAULT_ARCH",
     "LAYERS",
     "LayerSpec",
     "Network",

@@ -29,7 +29,7 @@ from typing import Any
 from pawlab import unknown
 from pawlab.checkpoint import read_meta
 from pawlab.errors import ConfigError
-from pawlab.hosts import EVERY_INTERFACE, bind_address, is_loopback, url_host
+from pawlab.hosts import EVERY_INTERFACE, SERVE_PORT, bind_address, is_loopback, url_host
 from pawlab.serve.app import create_app
 from pawlab.serve.lifecycle import ModelFile, Settings, run_server, stopped_line, wait_for
 from pawlab.serve.models import Batching, Loading, Served, model_names, run_model_file
@@ -47,7 +47,7 @@ __all__ = [
     "serve",
 ]
 
-DEFAULT_PORT = 8090
+DEFAULT_PORT = SERVE_PORT
 
 
 def read_token(path: Path) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from pawlab.config import MONITORS, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import load_dataset
 from pawlab.figures import line_plot
-from pawlab.models import LayerSpec, input_shape, with_input_size
+from pawlab.models import DEFAULT_ARCH, LayerSpec, input_shape, with_input_size
 from pawlab.training.runs import TrainResult, resolve_architecture, train
 
 
@@ -65,7 +65,7 @@ def compare_optimizers(
     optimizers: Sequence[str],
     config: TrainConfig,
     *,
-    arch: str | Sequence[LayerSpec] = "cortex-cnn",
+    arch: str | Sequence[LayerSpec] = DEFAULT_ARCH,
     out_dir: str | os.PathLike[str] = "compare",
     size: int | None = None,
     val_fraction: float = 0.2,

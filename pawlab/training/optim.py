@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from pawlab.config import TrainConfig
 from pawlab.models.layers import BackboneFeatures
+from pawlab.optimizers import OPTIMIZERS, SCHEDULES
 
 
 def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
-    lr, wd = cfg.learning_rate, cfg.decay
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
-    if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, momentum=0.0, weight_decay=wd)
-    if cfg.optimizer == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    """``cfg.optimizer`` (a name of `OPTIMIZERS`) over ``params`` at the recipe's rate and decay."""
+    build = OPTIMIZERS.get(cfg.optimizer).build
+    return build(params, cfg.learning_rate, cfg.decay, cfg.momentum, cfg.nesterov)
 
 
 def param_groups(network: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -76,17 +69,8 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The schedule's multiplier of the base learning rate at optimizer step ``step`` (counted
     from the first epoch; the schedule runs from epoch ``cfg.schedule_start``)."""
     step = max(0, step - cfg.schedule_start * steps_per_epoch)
-    if cfg.schedule == "constant":
-        return 1.0
-    if cfg.schedule == "step":
-        return float(cfg.step_gamma ** ((step // steps_per_epoch) // cfg.step_every))
-    assert cfg.epochs is not None
-    total = max(1, (cfg.epochs - cfg.schedule_start) * steps_per_epoch)
-    t = min(step / total, 1.0)
-    if cfg.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * t))
-    # one-cycle: linear warm-up over the first 30% from lr/25, then cosine down to lr/1e4
-    warm = 0.3
-    if t < warm:
-        return 1 / 25 + (1 - 1 / 25) * t / warm
-    return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * (t - warm) / (1 - warm)))
+    t = None
+    if cfg.epochs is not None:
+        total = max(1, (cfg.epochs - cfg.schedule_start) * steps_per_epoch)
+        t = min(step / total, 1.0)
+    return SCHEDULES.get(cfg.schedule).factor(t, step // steps_per_epoch, cfg.step_every, cfg.step_gamma)

@@ -30,6 +30,7 @@ from pawlab.inference.agreement import record_agreement
 from pawlab.inference.features import trunk_features
 from pawlab.inference.typicality import Source, record_unknown
 from pawlab.models import (
+    DEFAULT_ARCH,
     LayerSpec,
     Network,
     build,
@@ -211,7 +212,7 @@ def _model_meta(
 def train(
     data: str | os.PathLike[str] | Dataset,
     out: str | os.PathLike[str] | None = None,
-    arch: str | Sequence[LayerSpec] = "cortex-cnn",
+    arch: str | Sequence[LayerSpec] = DEFAULT_ARCH,
     config: TrainConfig = TrainConfig(),
     *,
     size: int | None = None,
