@@ -12,7 +12,7 @@ from typing import Any
 import onnx
 
 from pawlab.atomic import atomic_write_bytes, check_output_file
-from pawlab.errors import AgreementError, ConfigError
+from pawlab.errors import AgreementError, ConfigError, DataError
 from pawlab.export.check import (
     CALIBRATION_IMAGES,
     CHECK_IMAGES,
@@ -94,6 +94,7 @@ def _checked(
 ) -> dict[str, Any]:
     """The fp32 graph against pawlab's fp32 probabilities on the validation images."""
     val = sample(images.validation, CHECK_IMAGES)
+    log(f"checking the {precision} graph against pawlab's fp32 answers on {len(val)} validation images")
     reference = m.predict_proba(val.images)
     probs = run_session(session_for(graph.SerializeToString()), val.images)
     figures = compare(reference, probs, val.labels, m.classes, TOLERANCES[precision])
@@ -107,6 +108,8 @@ def _int8(
     """``graph`` quantized, and how it agrees with ``graph`` on the validation images."""
     from pawlab.export.quantize import quantize_int8
 
+    if not len(images.train):
+        raise DataError(f"{images.description}: no training images beside it to calibrate int8 on")
     calibration = sample(images.train, CALIBRATION_IMAGES)
     log(f"quantizing to int8, calibrated on {len(calibration)} training images")
     quantized = quantize_int8(graph, calibration.images)

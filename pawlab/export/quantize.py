@@ -2,7 +2,18 @@
 
 Weights are quantized per output channel (a depthwise convolution's channels differ in range
 by orders of magnitude: one scale for all of them loses the small ones), activations per
-tensor, their ranges taken from training images run through the fp32 graph.
+tensor, as uint8 (onnxruntime's fast x86 kernels take uint8 activations and int8 weights:
+VNNI's instruction multiplies exactly those), their ranges the min-max of each calibration
+batch averaged over the batches (a few extreme activations otherwise stretch a tensor's range
+and coarsen the rest). Measured on a cats/dogs EfficientNet-Lite0 head at 224x224, 1,000
+validation images, 300 calibration images (bench/export.py, 2 cores of a Xeon with VNNI and AMX):
+
+    setting                              accuracy     log loss    images/s vs fp32
+    chosen (U8S8, moving-average)        -0.10 pts    +0.0006     2.00x
+    U8S8, plain min-max                  -0.40 pts    +0.0054     1.52x
+    S8S8 (int8 activations), min-max     -0.40 pts    +0.0047     0.67x
+    per-tensor weights, min-max          -0.20 pts    +0.0068
+    (percentile calibration: killed for lack of memory, it keeps every activation)
 """
 
 from __future__ import annotations
@@ -36,6 +47,8 @@ class QuantSettings:
     weights: QuantType = QuantType.QInt8
     per_channel: bool = True
     method: CalibrationMethod = CalibrationMethod.MinMax
+    # min-max ranges averaged over the calibration batches rather than the extremes of all
+    moving_average: bool = True
     # ops left in float: the softmax, whose inputs' range calibration images rarely fill
     exclude_ops: tuple[str, ...] = ("Softmax",)
 
@@ -78,5 +91,6 @@ def quantize_int8(
             per_channel=settings.per_channel,
             calibrate_method=settings.method,
             nodes_to_exclude=[n.name for n in nodes if n.op_type in settings.exclude_ops],
+            extra_options={"CalibMovingAverage": settings.moving_average},
         )
         return onnx.load(out)

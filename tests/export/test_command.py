@@ -26,7 +26,7 @@ def test_export_writes_a_checked_onnx_file(model: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "onnx.checker passed" in lines[0]
-    assert lines[1].startswith("the fp32 graph agrees with pawlab's fp32 on 8 validation images")
+    assert lines[2].startswith("the fp32 graph agrees with pawlab's fp32 on 8 validation images")
     assert lines[-1] == f"wrote {out} (fp32)"
     meta = {p.key: p.value for p in onnx.load(out).metadata_props}
     assert json.loads(meta["classes"]) == ["cat", "dog"] and json.loads(meta["agreement"])["fp32"]["ok"]
