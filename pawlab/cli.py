@@ -540,6 +540,33 @@ def _add_unknown(commands: _Commands) -> None:
     _quiet(p)
 
 
+def _add_export(commands: _Commands) -> None:
+    p = commands.add("export", "a model file as an ONNX file for other runtimes, checked against pawlab")
+    p.add_argument("model", type=Path)
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only one so far)")
+    p.add_argument("--out", type=Path, required=True, help="the ONNX file to write, e.g. model.onnx")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="labelled images of the model's classes to check on (default: its training data's "
+        "validation split, re-created as in training)",
+    )
+    p.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="write it checked by onnx.checker only, not against pawlab's answers (no data needed)",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="static int8 quantization (QDQ), calibrated on training images and checked against fp32",
+    )
+    p.add_argument("--force", action="store_true", help="write it even where it does not agree")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (default: one per core)")
+    _quiet(p)
+
+
 def _add_archs(commands: _Commands) -> None:
     p = commands.add("archs", "list architectures and layers, or show one network's shapes")
     p.add_argument("arch", nargs="?", help="an architecture name or file")
@@ -640,6 +667,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         _add_compare,
         _add_inference,
         _add_unknown,
+        _add_export,
         _add_archs,
         _add_dashboard,
         _add_serve,
@@ -1025,6 +1053,15 @@ def cmd_evaluate_unknown(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pawlab.export import export_onnx
+
+    options = {name: getattr(args, name) for name in ("data", "check", "int8", "force", "workers")}
+    report = export_onnx(args.model, args.out, progress=not args.quiet, log=print, **options)
+    print(f"wrote {report.path} ({report.precision})")
+    return 0
+
+
 def cmd_archs(args: argparse.Namespace) -> int:
     from pawlab.models import ARCHITECTURES, LAYERS, build, get_architecture, load_arch_file
     from pawlab.training.presets import PRESETS
@@ -1106,6 +1143,7 @@ COMMANDS = {
     "submit": cmd_submit,
     "calibrate-unknown": cmd_calibrate_unknown,
     "evaluate-unknown": cmd_evaluate_unknown,
+    "export": cmd_export,
     "archs": cmd_archs,
     "dashboard": cmd_dashboard,
     "serve": cmd_serve,

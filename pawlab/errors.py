@@ -47,6 +47,11 @@ class OutputError(PawlabError):
     """An output path cannot be written: a folder where a file is wanted, a read-only place."""
 
 
+class AgreementError(PawlabError):
+    """A faster or exported form of a model does not agree with its fp32 answers within the
+    stated tolerances (`pawlab.export.check.TOLERANCES`); the message gives the figures."""
+
+
 class TrainingDiverged(PawlabError):
     """The training loss became NaN or infinite."""
 

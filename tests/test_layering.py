@@ -1,12 +1,13 @@
 """Imports point one way (the README's layout table names the rule):
 
     leaves  <-  data, models  <-  unknown  <-  inference  <-  training  <-  cli, demo, pawlab/__init__
+                                               inference  <-  export    <-  cli
 
 Leaves (errors, configs, registry, optimizers and schedules, atomic writes, preprocessing, the
 checkpoint format, figures, runtime, runlog, hosts) import only leaves. data and models know
 nothing of each other.
 inference may use data and models; training may use those and inference. Nothing imports the
-dashboard, spec or serve packages; serve may use data, models and inference. A module's
+dashboard, spec or serve packages; serve may use data, models and inference, and so may export. A module's
 subpackage is its first name below ``pawlab``.
 """
 
@@ -45,8 +46,9 @@ ALLOWED = {
     "training": {"data", "models", "unknown", "inference"},
     "dashboard": set(),
     "serve": {"data", "models", "unknown", "inference"},
+    "export": {"data", "models", "unknown", "inference"},
     "spec": {"data", "models", "unknown", "inference", "training"},
-    "top": {"data", "models", "unknown", "inference", "training", "dashboard", "spec", "serve"},
+    "top": {"data", "models", "unknown", "inference", "training", "dashboard", "spec", "serve", "export"},
 }
 NEVER_IMPORTED = {"dashboard", "spec", "serve"}  # only the CLI (and pawlab.serve) start them
 

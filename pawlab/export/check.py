@@ -1,0 +1,141 @@
+"""Does an exported graph answer as the model does? The images it is checked on, and the rule.
+
+The tolerances are here, in one place (`TOLERANCES`): an fp32 graph must give pawlab's fp32
+answers (the same class for every image, every probability within 1e-4); an int8 graph may
+lose at most 0.5 points of validation accuracy and raise the validation log loss by at most
+0.005 against the fp32 graph (the share of images keeping fp32's class is recorded, not a limit:
+what users see is accuracy and log loss, and int8 moves a few unsure images either way).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pawlab.config import DataConfig
+from pawlab.data import ImageSet, load_dataset
+from pawlab.data.datasets import layout_of
+from pawlab.errors import DataError
+from pawlab.inference import Model, metrics_from_probs
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a graph's answers may be from the reference's (None: not a limit)."""
+
+    same_class: float | None = None  # the least share of images keeping the reference's class
+    max_prob_diff: float | None = None  # the largest difference of any probability
+    accuracy_drop: float | None = None  # the largest loss of validation accuracy (0.005: half a point)
+    log_loss_rise: float | None = None  # the largest rise of validation log loss
+
+
+TOLERANCES = {
+    "fp32": Tolerance(same_class=1.0, max_prob_diff=1e-4),
+    "int8": Tolerance(accuracy_drop=0.005, log_loss_rise=0.005),
+}
+CHECK_IMAGES = 1000  # validation images, at most, a graph is checked on
+CALIBRATION_IMAGES = 300  # training images, at most, int8 activation ranges are taken from
+
+
+@dataclass(frozen=True)
+class CheckImages:
+    """Labelled images of a model's classes at its input size: ``validation`` to check on,
+    ``train`` to calibrate on; ``description`` says which, in words."""
+
+    validation: ImageSet
+    train: ImageSet
+    description: str
+
+
+def check_images(
+    model: Model, data: str | os.PathLike[str] | None = None, workers: int = 0, progress: bool = False
+) -> CheckImages:
+    """The model's own data split as in its training (the source its file records), or
+    ``data``'s split (as in training when it is that source); a one-line `DataError` when the
+    recorded source is not here and no ``data`` is given, or when the classes differ."""
+    record = model.meta.get("training", {}).get("data", {})
+    recorded = record.get("source")
+    where = model.path or "the model"
+    if data is None:
+        if not recorded or not Path(recorded).exists():
+            raise DataError(
+                f"{where}: its training data ({recorded or 'not recorded'}) is not here to check the "
+                "export on: give --data DIR (labelled images of its classes) or --no-check"
+            )
+        data = recorded
+    source = str(Path(data).expanduser().resolve())
+    own = source == recorded
+    pre = model.preprocessing
+    config = DataConfig(
+        size=pre.size[0],
+        val_fraction=float(record.get("val_fraction", 0.2)) if own else 0.2,
+        seed=int(record.get("seed", 0)) if own else 0,
+        workers=workers,
+        resize=pre.resize,
+        layout=layout_of(record.get("origin") or {}) if own else "auto",
+    )
+    ds = load_dataset(source, config, channels=pre.channels, progress=progress)
+    if ds.classes != model.classes:
+        raise DataError(f"{source}: classes {ds.classes} are not the model's {model.classes}")
+    if not len(ds.validation):
+        raise DataError(f"{source}: no validation images to check the export on")
+    split = "its own" if ds.presplit else f"fraction {config.val_fraction:g}, seed {config.seed}"
+    return CheckImages(ds.validation, ds.train, f"{source} validation split ({split})")
+
+
+def sample(images: ImageSet, limit: int, seed: int = 0) -> ImageSet:
+    """At most ``limit`` of ``images``, a seeded sample across the classes, in their order."""
+    if len(images) <= limit:
+        return images
+    rows = np.sort(np.random.default_rng(seed).permutation(len(images))[:limit])
+    return ImageSet(images.images[rows], images.labels[rows], [images.names[i] for i in rows], images.classes)
+
+
+def compare(
+    reference: np.ndarray, probs: np.ndarray, labels: np.ndarray, classes: list[str], tolerance: Tolerance
+) -> dict[str, Any]:
+    """``probs`` (N, classes) against ``reference`` (N, classes) on labelled images: the share
+    keeping the reference's class, the largest probability difference, both accuracies and log
+    losses and their changes; ``ok`` when within ``tolerance``, else ``failed`` says why."""
+    ref, new = metrics_from_probs(reference, labels, classes), metrics_from_probs(probs, labels, classes)
+    figures: dict[str, Any] = {
+        "images": len(labels),
+        "same_class": float((reference.argmax(1) == probs.argmax(1)).mean()),
+        "max_prob_diff": float(np.abs(reference - probs).max()),
+        "reference_accuracy": ref["accuracy"],
+        "accuracy": new["accuracy"],
+        "accuracy_change": new["accuracy"] - ref["accuracy"],
+        "reference_log_loss": ref["log_loss"],
+        "log_loss": new["log_loss"],
+        "log_loss_change": new["log_loss"] - ref["log_loss"],
+    }
+    failed = _outside(figures, tolerance)
+    return {**figures, "ok": not failed, "failed": failed}
+
+
+def _outside(f: dict[str, Any], t: Tolerance) -> list[str]:
+    """The figures outside ``t``, in words."""
+    out = []
+    if t.same_class is not None and f["same_class"] < t.same_class:
+        out.append(f"same class {f['same_class']:.2%} < {t.same_class:.2%}")
+    if t.max_prob_diff is not None and f["max_prob_diff"] > t.max_prob_diff:
+        out.append(f"probability difference {f['max_prob_diff']:.2g} > {t.max_prob_diff:g}")
+    if t.accuracy_drop is not None and -f["accuracy_change"] > t.accuracy_drop:
+        out.append(f"accuracy {100 * f['accuracy_change']:+.2f} points, below -{100 * t.accuracy_drop:g}")
+    if t.log_loss_rise is not None and f["log_loss_change"] > t.log_loss_rise:
+        out.append(f"log loss {f['log_loss_change']:+.4f} > +{t.log_loss_rise:g}")
+    return out
+
+
+def summary(figures: dict[str, Any]) -> str:
+    """One line of a comparison's figures."""
+    return (
+        f"{figures['images']} validation images: same class {figures['same_class']:.2%}, largest "
+        f"probability difference {figures['max_prob_diff']:.2g}, accuracy {figures['accuracy']:.4f} "
+        f"({100 * figures['accuracy_change']:+.2f} points), log loss {figures['log_loss']:.4f} "
+        f"({figures['log_loss_change']:+.4f})"
+    )
