@@ -12,9 +12,9 @@
    same class and the largest probability difference against fp32, accuracy and log loss
    against the labels (fp32's beside them), and each rule's verdict.
 4. images/s of `Model.predict_proba` on all the sampled images, batch --batch, uncompiled:
-   fp32, guarded bf16 under each rule, and unguarded bf16; medians of --repeat interleaved
-   runs. The guarded runs' probabilities on the held-out half are checked against the rule's
-   figures (the engine runs what the rule measured).
+   fp32, guarded bf16 under each rule, and unguarded bf16, taking turns every `CHUNK` images;
+   medians of --repeat runs. The guarded runs' probabilities on the held-out half are checked
+   against the rule's figures (the engine runs what the rule measured).
 """
 
 from __future__ import annotations
@@ -35,20 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from spec import cpu_class  # noqa: E402  (bench/spec.py)
 
+import pawlab.inference.agreement as agreement  # noqa: E402  (the rules and their tolerances)
 from pawlab.inference import Model, load_model  # noqa: E402
-from pawlab.inference.agreement import (  # noqa: E402
-    AGREE_MAX_PROB_DIFF,
-    AGREE_SAME_CLASS,
-    AGREEMENT_IMAGES,
-    MAX_RERUN,
-    agreement_figures,
-    agrees,
-    choose_guard,
-    describe,
-    guarded_agreement,
-)
 from pawlab.inference.evaluation import eval_set_for  # noqa: E402
 from pawlab.inference.guard import Guard  # noqa: E402
+
+CHUNK = 128  # images each path runs before the next takes its turn
 
 
 def old_rule(p_ref: torch.Tensor, p_fast: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
@@ -57,15 +49,15 @@ def old_rule(p_ref: torch.Tensor, p_fast: torch.Tensor, labels: torch.Tensor) ->
     re-runs: it did not look at labels)."""
     diff = (p_fast - p_ref).abs().amax(1)
     diff[p_fast.argmax(1) != p_ref.argmax(1)] = float("inf")
-    guard = Guard("confidence", choose_guard(1 - p_fast[::2].amax(1), diff[::2]))
+    guard = Guard("confidence", agreement.choose_guard(1 - p_fast[::2].amax(1), diff[::2]))
     rerun = guard.rerun(p_fast[1::2])
     guarded = torch.where(rerun[:, None], p_ref[1::2], p_fast[1::2])
-    figures = agreement_figures(p_ref[1::2], guarded, labels[1::2])
+    figures = agreement.agreement_figures(p_ref[1::2], guarded, labels[1::2])
     share = float(rerun.float().mean())
     ok = (
-        figures["same_class"] >= AGREE_SAME_CLASS
-        and figures["max_prob_diff"] <= AGREE_MAX_PROB_DIFF
-        and share <= MAX_RERUN
+        figures["same_class"] >= agreement.AGREE_SAME_CLASS
+        and figures["max_prob_diff"] <= agreement.AGREE_MAX_PROB_DIFF
+        and share <= agreement.MAX_RERUN
     )
     return {**figures, "rule": "confidence", "guard": guard.setting, "rerun": share, "ok": ok}
 
@@ -73,7 +65,8 @@ def old_rule(p_ref: torch.Tensor, p_fast: torch.Tensor, labels: torch.Tensor) ->
 def verdict(record: dict[str, Any]) -> str:
     if record["ok"]:
         return "bf16"
-    return "fp32 (too many re-runs)" if record["rerun"] > MAX_RERUN and agrees(record) else "fp32 (disagrees)"
+    many = record["rerun"] > agreement.MAX_RERUN and agreement.agrees(record)
+    return "fp32 (too many re-runs)" if many else "fp32 (disagrees)"
 
 
 def timed(model: Model, images: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
@@ -92,7 +85,7 @@ def main() -> None:
 
     exact = load_model(args.model, device="cpu", precision="fp32", compile="off")
     ev = eval_set_for(exact, args.data, progress=False)
-    rows = np.sort(np.random.default_rng(0).permutation(len(ev.images))[:AGREEMENT_IMAGES])
+    rows = np.sort(np.random.default_rng(0).permutation(len(ev.images))[: agreement.AGREEMENT_IMAGES])
     images, labels = ev.images.images[rows], torch.as_tensor(ev.images.labels[rows], dtype=torch.int64)
     pre = exact.preprocessing
     print(f"CPU: {cpu_class()}")
@@ -102,13 +95,13 @@ def main() -> None:
         f"rules chosen on {len(images) - len(images) // 2}, measured on {len(images) // 2}"
     )
     if "inference" in exact.meta:
-        print(f"the model file's record: {describe(exact.meta['inference'])}")
+        print(f"the model file's record: {agreement.describe(exact.meta['inference'])}")
 
     unguarded = load_model(args.model, device="cpu", precision="bf16", compile="off")
     unguarded.guard = None
     p_ref = torch.from_numpy(exact.predict_proba(images, batch_size=args.batch))
     p_fast = torch.from_numpy(unguarded.predict_proba(images, batch_size=args.batch))
-    old, new = old_rule(p_ref, p_fast, labels), guarded_agreement(p_ref, p_fast, labels)
+    old, new = old_rule(p_ref, p_fast, labels), agreement.guarded_agreement(p_ref, p_fast, labels)
     table(old, new)
     if args.repeat > 0:
         speeds(args, images, labels, p_ref, {"fp32": exact, "bf16 unguarded": unguarded}, old, new)
@@ -123,21 +116,30 @@ def speeds(
     old: dict[str, Any],
     new: dict[str, Any],
 ) -> None:
-    """images/s of each path, interleaved; the guarded paths' held-out figures as they ran."""
+    """images/s of each path, interleaved chunk by chunk (a busy spell of a shared machine
+    hits them all alike); the guarded paths' held-out figures as they ran."""
     paths |= {"bf16, old guard": _guarded(args.model, old), "bf16, new guard": _guarded(args.model, new)}
     runs: dict[str, list[float]] = {name: [] for name in paths}
-    outs: dict[str, np.ndarray] = {}
-    for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits them all
-        for name, model in paths.items():
-            sec, outs[name] = timed(model, images, args.batch)
+    outs: dict[str, list[np.ndarray]] = {}
+    for _ in range(args.repeat):
+        seconds = dict.fromkeys(paths, 0.0)
+        outs = {name: [] for name in paths}
+        for start in range(0, len(images), CHUNK):
+            for name, model in paths.items():
+                sec, probs = timed(model, images[start : start + CHUNK], args.batch)
+                seconds[name] += sec
+                outs[name].append(probs)
+        for name, sec in seconds.items():
             runs[name].append(sec)
     base = statistics.median(runs["fp32"])
-    print(f"images/s, batch {args.batch}, uncompiled, median of {args.repeat} interleaved runs:")
+    print(f"images/s, batch {args.batch}, uncompiled, median of {args.repeat} runs, turns of {CHUNK} images:")
     for name, secs in runs.items():
         sec = statistics.median(secs)
-        print(f"  {name:<18} {len(images) / sec:7.1f}  x{base / sec:.2f} fp32")
+        each = ", ".join(f"{len(images) / x:.1f}" for x in secs)
+        print(f"  {name:<18} {len(images) / sec:7.1f}  x{base / sec:.2f} fp32  ({each})")
     for name, record in (("bf16, old guard", old), ("bf16, new guard", new)):
-        got = agreement_figures(p_ref[1::2], torch.from_numpy(outs[name][1::2]), labels[1::2])
+        ran = torch.from_numpy(np.concatenate(outs[name]))
+        got = agreement.agreement_figures(p_ref[1::2], ran[1::2], labels[1::2])
         print(
             f"  {name} as the engine ran it, held-out half: same class {got['same_class']:.2%}, "
             f"largest difference {got['max_prob_diff']:.4f} (rule measured {record['max_prob_diff']:.4f})"

@@ -236,9 +236,12 @@ def describe(result: dict[str, Any]) -> str:
             f", accuracy {result['accuracy']:.2%} (fp32 {result['accuracy_fp32']:.2%}), "
             f"log loss {result['log_loss']:.4f} (fp32 {result['log_loss_fp32']:.4f})"
         )
+    unguarded = ""
+    if "unguarded_max_prob_diff" in result:
+        unguarded = f" ({result['unguarded_max_prob_diff']:.4f} unguarded)"
     guard = Guard.from_record({**result, "ok": True})
     return (
         f"{verdict} ({result['images']} validation images: same class {result['same_class']:.2%}, "
-        f"largest probability difference {result['max_prob_diff']:.4f}{scored}, "
+        f"largest probability difference {result['max_prob_diff']:.4f}{unguarded}{scored}, "
         f"{result['rerun']:.1%} run again in fp32: {guard.describe() if guard else 'no guard'})"
     )

@@ -24,6 +24,7 @@ from pawlab.inference.agreement import (
     agreement_figures,
     agrees,
     choose_margin,
+    describe,
     guarded_agreement,
 )
 from pawlab.inference.engine import predict_outputs
@@ -178,6 +179,18 @@ def test_guard_from_records_old_and_new() -> None:
     future = {**old, "rule": "something-newer", "setting": 1.0}
     assert Guard.from_record(future) is None and not agreed(future)
     assert not agreed({})
+
+
+def test_a_record_in_a_line() -> None:
+    p_ref = unsure_probs(400)
+    record = guarded_agreement(p_ref, bf16_like(p_ref, 0.004), p_ref.argmax(1))
+    line = describe(record)
+    assert line.startswith("agrees with fp32: bf16 for inference (200 validation images")
+    assert "accuracy 100.00% (fp32 100.00%)" in line and f"top-two margin < {record['margin']:.3g}" in line
+    old = describe({**OLD_RECORD, "rerun": 0.6, "ok": False})
+    assert old.startswith("would run too many images twice") and "p < 0.98" in old
+    assert "accuracy" not in old  # it had no labels
+    assert describe({**OLD_RECORD, "same_class": 0.9, "ok": False}).startswith("does not agree")
 
 
 def test_the_engine_runs_the_margin_rule() -> None:
