@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prepare import SHARED, build_set  # noqa: E402  (bench/prepare.py)
 
 from pawlab.inference import Model, load_model, submit  # noqa: E402
+from pawlab.inference.agreement import describe  # noqa: E402
 
 BATCH = 32
 
@@ -114,13 +115,7 @@ def main() -> None:
     backbones = ", ".join(str(x.get("name")) for x in layers if x.get("type") == "backbone") or "the model"
     print(f"{n} JPEGs, {backbones} at {size}x{size}, {torch.get_num_threads()} threads", flush=True)
     if record:
-        print(
-            f"model file's agreement record: guarded bf16 "
-            f"{'agrees' if record.get('ok') else 'does not agree'}"
-            f" with fp32 on {record.get('images')} validation photos (guard {record.get('guard', 0):.4f}, "
-            f"{record.get('rerun', 0):.1%} run again in fp32, largest probability difference "
-            f"{record.get('max_prob_diff', 0):.4f}; {record.get('unguarded_max_prob_diff', 0):.4f} unguarded)"
-        )
+        print(f"model file's agreement record: guarded bf16 {describe(record)}")
     print(f"fast path: {'guarded bf16' if fast.bf16 else 'fp32'}, compiled", flush=True)
 
     # the fp32 compile first, in a process that has compiled nothing yet (run the script with

@@ -43,10 +43,12 @@ requires_cats_dogs = pytest.mark.skipif(
 
 
 def make_image(label: str, seed: int, size: int = 24) -> Image.Image:
-    """A learnable toy image: 'cat' is bright on the left half, 'dog' on the right."""
+    """A learnable toy image: 'cat' is bright on the left half, 'dog' (or any other label) on
+    the right, 'bird' in the middle (a third class)."""
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
     half = slice(0, size // 2) if label in ("cat", "cats") else slice(size // 2, size)
+    half = slice(size // 4, 3 * size // 4) if label == "bird" else half
     arr[:, half] += 150
     return Image.fromarray(arr)
 

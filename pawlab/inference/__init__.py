@@ -3,7 +3,8 @@
 model.py       `Model` and `load_model`: predict an image, a list (`Predictions`), with test-time views
 engine.py      the one batched path: channels-last, guarded bf16, compiled frozen graphs
 features.py    a frozen trunk's features, computed once and cached
-agreement.py   whether guarded bf16 agrees with fp32 for a model (checked after training)
+guard.py       which images guarded bf16 runs again in fp32: the rules by name and a record's setting
+agreement.py   whether guarded bf16 agrees with fp32 (checked after training): the rule and its tolerances
 evaluation.py  `evaluate`: metrics, confusion matrix and figures on labelled data
 submission.py  `submit`: a streamed, resumable Kaggle CSV, sharded under torchrun
 unknowns.py    `calibrate_unknown`, `evaluate_unknown`: a model's in-distribution model, fitted and measured

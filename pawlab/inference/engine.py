@@ -4,9 +4,10 @@ uint8 batches (B, H, W, C) go to the device as bytes, are laid out channels-last
 normalised there, and run under ``inference_mode``. Two things make it faster, each only
 where it keeps the results:
 
-* bf16 autocast with a *guard*: an image whose bf16 top-class probability is below
-  ``1 - guard`` is run again in fp32. A model file asks for it only after `check_agreement`
-  found it agrees with fp32 on real images (same class, probabilities within 0.01).
+* bf16 autocast with a *guard* (`pawlab.inference.guard`): the images of a batch that bf16 may
+  have answered differently (those whose two likeliest classes are close) are run again in
+  fp32. A model file asks for it only after `check_agreement` found it agrees with fp32 on real
+  images (the class, the probabilities, accuracy and log loss).
 * `Compiled`: ``torch.compile`` (inductor), for long jobs (it costs tens of seconds once).
 
 Test-time augmentation views are made on the batch in torch.
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pawlab.inference.guard import Guard
 from pawlab.preprocessing import Preprocessing
 from pawlab.progress import progress_bar
 
@@ -166,11 +168,11 @@ class _RerunQueue:
         self.pending.append(item)
         return item
 
-    def add_view(self, item: _Pending, x: torch.Tensor, out: torch.Tensor, guard: float | None) -> None:
+    def add_view(self, item: _Pending, x: torch.Tensor, out: torch.Tensor, guard: Guard | None) -> None:
         """One view's outputs (B, ...) for inputs ``x`` (B, C, H, W); with a ``guard``, the rows
-        whose top-class probability is below ``1 - guard`` are queued."""
+        it sends back are queued."""
         if guard is not None:
-            unsure = torch.nonzero((1 - out[:, : self.classes].amax(1)) > guard).flatten().tolist()
+            unsure = torch.nonzero(guard.rerun(out[:, : self.classes])).flatten().tolist()
             self.queue += [(item, len(item.outs), row, x[row].clone()) for row in unsure]
             item.waiting += len(unsure)
         item.outs.append(out)
@@ -219,7 +221,7 @@ def run_batches(
     device: torch.device,
     *,
     bf16: bool = False,
-    guard: float | None = None,
+    guard: Guard | float | None = None,
     forward: Forward | None = None,
     rerun: Forward | None = None,
     rerun_batch: int = COMPILED_BATCH["fp32"],
@@ -232,8 +234,8 @@ def run_batches(
     their softmax probabilities (or outputs) averaged. ``forward``: what runs the network (e.g.
     a `Compiled` copy; default ``module``).
 
-    ``guard`` (with ``bf16`` and ``softmax``): images whose top-class probability is below
-    ``1 - guard`` are run again in fp32 by ``rerun`` (default ``module``). They are queued
+    ``guard`` (with ``bf16`` and ``softmax``): the images it sends back (`Guard.rerun`; a float:
+    the ``confidence`` rule's guard) are run again in fp32 by ``rerun`` (default ``module``). They are queued
     across batches and run ``rerun_batch`` at a time (a compiled ``rerun`` has one batch size,
     and a few images per batch would mostly be padding); a batch is yielded once all of its
     images are final. ``classes``: the outputs' first columns are the logits, the rest are
@@ -241,6 +243,8 @@ def run_batches(
     module.eval()
     run = forward or module
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if isinstance(guard, float | int):
+        guard = Guard("confidence", float(guard))
     guard = guard if bf16 and softmax else None  # it guards bf16 probabilities only
     reruns = _RerunQueue(rerun or module, rerun_batch, fmt, classes)
     with torch.inference_mode():

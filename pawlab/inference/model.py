@@ -27,6 +27,7 @@ from pawlab.inference.engine import (
     to_inputs,
 )
 from pawlab.inference.features import trunk_features
+from pawlab.inference.guard import Guard, agreed
 from pawlab.inference.typicality import WithFeatures, split_outputs
 from pawlab.models.network import Network, build
 from pawlab.preprocessing import Preprocessing
@@ -176,10 +177,8 @@ class Model:
         self.meta = meta
         self.path = path
         self.bf16 = self._use_bf16(precision)
-        # images whose bf16 top-class probability is below 1 - guard are run again in fp32
-        record = meta.get("inference", {})
-        agreed = bool(record.get("ok")) and "guard" in record
-        self.guard: float | None = float(record["guard"]) if self.bf16 and agreed else None
+        # which images of a bf16 batch run again in fp32: the rule and setting training recorded
+        self.guard = Guard.from_record(meta.get("inference", {})) if self.bf16 else None
         if compile not in ("auto", "on", "off"):
             raise ConfigError(f"compile: must be auto, on or off, got {compile!r}")
         self.compile = compile
@@ -206,8 +205,7 @@ class Model:
             raise ConfigError(f"precision: must be auto, fp32 or bf16, got {precision!r}")
         if precision != "auto":
             return precision == "bf16"
-        agreed = bool(self.meta.get("inference", {}).get("ok"))
-        return agreed and use_bf16("auto", self.device)
+        return agreed(self.meta.get("inference", {})) and use_bf16("auto", self.device)
 
     def prepare_for(self, images: int, tta: bool = False) -> None:
         """Get ready for a job of ``images`` images (each run once per view with ``tta``):
@@ -286,7 +284,7 @@ class Model:
     def _precision(self) -> str:
         if not self.bf16:
             return "fp32"
-        return f"bf16, guarded (p < {1 - self.guard:g} re-run in fp32)" if self.guard is not None else "bf16"
+        return f"bf16, guarded ({self.guard.describe()} re-run in fp32)" if self.guard is not None else "bf16"
 
     def __repr__(self) -> str:
         pre, m = self.preprocessing, self.metrics

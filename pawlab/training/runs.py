@@ -535,7 +535,8 @@ def _fit(
         fp32 = None
         if isinstance(val_set, FeatureSet):  # fp32 features are cached: only the head runs
             fp32 = lambda rows: trainer.inputs.logits(network, val_set.images[rows], 0)  # noqa: E731
-        record_agreement(run.out, network, run.ds.validation.images, pre, trainer.device, trainer.log, fp32)
+        val = run.ds.validation
+        record_agreement(run.out, network, val.images, pre, trainer.device, trainer.log, fp32, val.labels)
         _record_unknown(run.out, network, train_set, val_set, pre, trainer)
     result = TrainResult(
         run.out,

@@ -30,6 +30,13 @@ AGREEMENT_KEYS = {
     "max_prob_diff",
     "unguarded_max_prob_diff",
     "ok",
+    # the margin rule's: its name and setting, accuracy and log loss (None without labels)
+    "rule",
+    "margin",
+    "accuracy",
+    "accuracy_fp32",
+    "log_loss",
+    "log_loss_fp32",
 }
 
 

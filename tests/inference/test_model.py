@@ -438,6 +438,7 @@ def test_evaluate_and_predict_with_tta(transfer: tuple[Path, Path], tmp_path: Pa
 def test_inference_precision(transfer: tuple[Path, Path]) -> None:
     from pawlab.errors import ConfigError
     from pawlab.inference.engine import COMPILED_BATCH
+    from pawlab.inference.guard import Guard
     from pawlab.runtime import use_bf16
 
     src, model_path = transfer
@@ -448,9 +449,10 @@ def test_inference_precision(transfer: tuple[Path, Path]) -> None:
     assert auto.bf16 == (agreed and use_bf16("auto", auto.device))
     with pytest.raises(ConfigError, match="precision"):
         load_model(model_path, precision="nonsense")
-    # guarded bf16: the guard recorded by training's agreement check, used only with bf16
+    # guarded bf16: the rule and setting recorded by training's agreement check, only with bf16
     record = auto.meta.get("inference", {})
-    assert auto.guard == (record["guard"] if auto.bf16 else None)
+    assert auto.guard == (Guard.from_record(record) if auto.bf16 else None)
+    assert auto.guard is None or auto.guard.rule == "margin"
     assert load_model(model_path, precision="fp32").guard is None
     # compiling: on asks for it; auto only for long jobs; off never
     with pytest.raises(ConfigError, match="compile"):
