@@ -16,10 +16,17 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from pawlab._version import __version__
-from pawlab.config import DEFAULT_BACKBONE, LAYOUTS, AugmentConfig, DataConfig, RuntimeConfig, TrainConfig
+from pawlab.config import (
+    DEFAULT_ARCH,
+    DEFAULT_BACKBONE,
+    LAYOUTS,
+    AugmentConfig,
+    DataConfig,
+    RuntimeConfig,
+    TrainConfig,
+)
 from pawlab.errors import ConfigError, PawlabError
 from pawlab.hosts import DASHBOARD_PORT, SERVE_PORT
-from pawlab.models import DEFAULT_ARCH
 from pawlab.optimizers import DEFAULT_OPTIMIZER, DEFAULT_SCHEDULE, OPTIMIZERS, SCHEDULES, choices
 from pawlab.terminal import PrintableStream
 

@@ -128,6 +128,7 @@ BALANCE = ("none", "weights", "sampler")
 # within noise of the best combination (Lite1+Lite2, 0.0159), for about half its feature time;
 # Lite0 alone: 99.13%, 0.0254.
 DEFAULT_BACKBONE = "efficientnet_lite2"
+DEFAULT_ARCH = "cortex-cnn"  # what `pawlab train` builds when given no --arch nor --backbone
 
 MONITORS = {"val_loss": "min", "val_accuracy": "max"}
 

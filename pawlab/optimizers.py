@@ -11,14 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from pawlab.registry import Registry
 
+if TYPE_CHECKING:  # torch is imported where an optimizer is built: data code and the dashboard read configs
+    import torch
+
 # (params or groups, lr, weight decay, momentum, nesterov) -> an optimizer
-Build = Callable[[Any, float, float, float, bool], torch.optim.Optimizer]
+Build = Callable[[Any, float, float, float, bool], "torch.optim.Optimizer"]
 
 
 @dataclass(frozen=True)
@@ -29,22 +30,32 @@ class OptimizerKind:
 
 
 def _sgd(params: Any, lr: float, wd: float, momentum: float, nesterov: bool) -> torch.optim.Optimizer:
+    import torch
+
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=wd)
 
 
 def _rmsprop(params: Any, lr: float, wd: float, momentum: float, nesterov: bool) -> torch.optim.Optimizer:
+    import torch
+
     return torch.optim.RMSprop(params, lr=lr, momentum=0.0, weight_decay=wd)  # as Cortex compared it
 
 
 def _adagrad(params: Any, lr: float, wd: float, momentum: float, nesterov: bool) -> torch.optim.Optimizer:
+    import torch
+
     return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
 
 
 def _adam(params: Any, lr: float, wd: float, momentum: float, nesterov: bool) -> torch.optim.Optimizer:
+    import torch
+
     return torch.optim.Adam(params, lr=lr, weight_decay=wd)
 
 
 def _adamw(params: Any, lr: float, wd: float, momentum: float, nesterov: bool) -> torch.optim.Optimizer:
+    import torch
+
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
 
 

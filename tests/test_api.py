@@ -1,5 +1,5 @@
 """The public API: every exported name resolves, and importing data code, the run-directory
-reader or the dashboard does not import torch."""
+reader, the configurations, the CLI's parser or the dashboard does not import torch."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ def test_data_workers_and_the_dashboard_do_not_import_torch() -> None:
         f"pawlab.data.{m}" for m in ("catalog", "datasets", "decode", "pack", "sources", "workers")
     )
     dashboard = "pawlab.dashboard, pawlab.dashboard.app, pawlab.dashboard.store"
-    code = f"import sys, pawlab, pawlab.runlog, {modules}, {dashboard}; print('torch' in sys.modules)"
+    code = (
+        f"import sys, pawlab, pawlab.runlog, pawlab.config, pawlab.cli, {modules}, {dashboard}; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -19,7 +19,6 @@ from pawlab.models.network import (
 )
 from pawlab.models.zoo import (
     ARCHITECTURES,
-    DEFAULT_ARCH,
     get_architecture,
     load_arch_file,
     preprocessing_for,
@@ -29,7 +28,6 @@ from pawlab.models.zoo import (
 __all__ = [
     "ARCHITECTURES",
     "BACKBONES",
-    "DEFAULT_ARCH",
     "LAYERS",
     "LayerSpec",
     "Network",

@@ -23,7 +23,6 @@ from pawlab.registry import Registry
 
 ArchFactory = Callable[[], list[LayerSpec]]
 ARCHITECTURES: Registry[ArchFactory] = Registry("architecture")
-DEFAULT_ARCH = "cortex-cnn"  # what `pawlab train` builds when given no --arch nor --backbone
 
 
 def get_architecture(name: str) -> list[LayerSpec]:

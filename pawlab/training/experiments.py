@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pawlab.config import MONITORS, DataConfig, RuntimeConfig, TrainConfig
+from pawlab.config import DEFAULT_ARCH, MONITORS, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import load_dataset
 from pawlab.figures import line_plot
-from pawlab.models import DEFAULT_ARCH, LayerSpec, input_shape, with_input_size
+from pawlab.models import LayerSpec, input_shape, with_input_size
 from pawlab.training.runs import TrainResult, resolve_architecture, train
 
 

@@ -22,7 +22,7 @@ import torch
 from pawlab import checkpoint, runlog
 from pawlab._version import __version__
 from pawlab.atomic import check_output_file, check_output_folder
-from pawlab.config import DataConfig, RuntimeConfig, TrainConfig
+from pawlab.config import DEFAULT_ARCH, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import Dataset, ImageSet, load_dataset
 from pawlab.data.datasets import layout_of, untrained_classes, untrained_warning
 from pawlab.errors import ConfigError, ModelFileError, OutputError
@@ -30,7 +30,6 @@ from pawlab.inference.agreement import record_agreement
 from pawlab.inference.features import trunk_features
 from pawlab.inference.typicality import Source, record_unknown
 from pawlab.models import (
-    DEFAULT_ARCH,
     LayerSpec,
     Network,
     build,
