@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from pawlab.config import DataConfig
-from pawlab.data import ImageSet, load_dataset
-from pawlab.data.datasets import layout_of
+from pawlab.data import ImageSet
 from pawlab.errors import DataError
 from pawlab.inference import Model, metrics_from_probs
 from pawlab.inference.agreement import AGREE_ACCURACY, AGREE_LOG_LOSS
+from pawlab.inference.unknowns import training_splits
 
 
 @dataclass(frozen=True)
@@ -57,35 +56,21 @@ def check_images(
     model: Model, data: str | os.PathLike[str] | None = None, workers: int = 0, progress: bool = False
 ) -> CheckImages:
     """The model's own data split as in its training (the source its file records), or
-    ``data``'s split (as in training when it is that source); a one-line `DataError` when the
-    recorded source is not here and no ``data`` is given, or when the classes differ."""
-    record = model.meta.get("training", {}).get("data", {})
-    recorded = record.get("source")
-    where = model.path or "the model"
+    ``data``'s split (`training_splits`); a one-line `DataError` when the recorded source is not
+    here and no ``data`` is given, or when the classes differ."""
+    recorded = model.meta.get("training", {}).get("data", {}).get("source")
     if data is None:
         if not recorded or not Path(recorded).exists():
+            where = model.path or "the model"
             raise DataError(
                 f"{where}: its training data ({recorded or 'not recorded'}) is not here to check the "
                 "export on: give --data DIR (labelled images of its classes) or --no-check"
             )
         data = recorded
     source = str(Path(data).expanduser().resolve())
-    own = source == recorded
-    pre = model.preprocessing
-    config = DataConfig(
-        size=pre.size[0],
-        val_fraction=float(record.get("val_fraction", 0.2)) if own else 0.2,
-        seed=int(record.get("seed", 0)) if own else 0,
-        workers=workers,
-        resize=pre.resize,
-        layout=layout_of(record.get("origin") or {}) if own else "auto",
-    )
-    ds = load_dataset(source, config, channels=pre.channels, progress=progress)
-    if ds.classes != model.classes:
-        raise DataError(f"{source}: classes {ds.classes} are not the model's {model.classes}")
-    if not len(ds.validation):
-        raise DataError(f"{source}: no validation images to check the export on")
-    split = "its own" if ds.presplit else f"fraction {config.val_fraction:g}, seed {config.seed}"
+    ds = training_splits(model, source, workers=workers, progress=progress, purpose="to check the export on")
+    origin = ds.origin
+    split = "its own" if ds.presplit else f"fraction {origin.get('val_fraction')}, seed {origin.get('seed')}"
     return CheckImages(ds.validation, ds.train, f"{source} validation split ({split})")
 
 

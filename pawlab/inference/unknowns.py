@@ -30,11 +30,17 @@ SHOWN = 12  # out-of-distribution images in each source's figure: the most typic
 
 
 def training_splits(
-    model: Model, data: str | os.PathLike[str], *, workers: int = 0, progress: bool = True
+    model: Model,
+    data: str | os.PathLike[str],
+    *,
+    workers: int = 0,
+    progress: bool = True,
+    purpose: str = "to calibrate the in-distribution model on",
 ) -> Dataset:
     """``data``'s training and validation splits as training read them for ``model``: at its
     input size, channels and resize, split as recorded in the model file when ``data`` is its
-    own source (else its own split, or a seeded 80/20 one), labels in the model's class order."""
+    own source (else its own split, or a seeded 80/20 one), labels in the model's class order.
+    ``purpose``: what the validation images are for, in the error when there are none."""
     pre = model.preprocessing
     record = model.meta.get("training", {}).get("data", {})
     origin = record.get("origin") or record
@@ -55,7 +61,7 @@ def training_splits(
             f"{data}: its classes ({', '.join(ds.classes)}) are not the model's ({', '.join(model.classes)})"
         )
     if not len(ds.validation):
-        raise DataError(f"{data}: no validation images to calibrate the in-distribution model on")
+        raise DataError(f"{data}: no validation images {purpose}")
     order = np.array([model.classes.index(c) for c in ds.classes], dtype=np.int64)
     for part in (ds.train, ds.validation):
         part.labels, part.classes = order[part.labels], list(model.classes)
