@@ -100,7 +100,7 @@ def main() -> None:
     fp32 = session_for(graph.SerializeToString())
     p32 = run_session(fp32, val.images)
     ref = m.predict_proba(val.images)
-    figures = compare(ref, p32, val.labels, m.classes, TOLERANCES["fp32"])
+    figures = compare(ref, p32, val.labels, TOLERANCES["fp32"])
     print(f"fp32 graph vs pawlab fp32: {summary(figures)}")
     sessions: dict[str, object] = {"onnxruntime fp32": fp32}
     for name in args.variants.split(",") if args.variants else ["chosen"]:
@@ -109,7 +109,7 @@ def main() -> None:
         quantized = quantize_int8(graph, calibration.images, settings)
         took = time.perf_counter() - start
         s = session_for(quantized.SerializeToString())
-        figures = compare(p32, run_session(s, val.images), val.labels, m.classes, TOLERANCES["int8"])
+        figures = compare(p32, run_session(s, val.images), val.labels, TOLERANCES["int8"])
         verdict = "agrees" if figures["ok"] else f"does not agree ({'; '.join(figures['failed'])})"
         print(f"int8 {name} ({took:.0f}s to quantize) {verdict}: {summary(figures)}")
         sessions[f"onnxruntime int8 {name}"] = s

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from pawlab.data import ImageSet
 from pawlab.errors import DataError
-from pawlab.inference import Model, metrics_from_probs
-from pawlab.inference.agreement import AGREE_ACCURACY, AGREE_LOG_LOSS
+from pawlab.inference import Model
+from pawlab.inference.agreement import AGREE_ACCURACY, AGREE_LOG_LOSS, agreement_figures
 from pawlab.inference.unknowns import training_splits
 
 
@@ -83,22 +84,24 @@ def sample(images: ImageSet, limit: int, seed: int = 0) -> ImageSet:
 
 
 def compare(
-    reference: np.ndarray, probs: np.ndarray, labels: np.ndarray, classes: list[str], tolerance: Tolerance
+    reference: np.ndarray, probs: np.ndarray, labels: np.ndarray, tolerance: Tolerance
 ) -> dict[str, Any]:
-    """``probs`` (N, classes) against ``reference`` (N, classes) on labelled images: the share
-    keeping the reference's class, the largest probability difference, both accuracies and log
-    losses and their changes; ``ok`` when within ``tolerance``, else ``failed`` says why."""
-    ref, new = metrics_from_probs(reference, labels, classes), metrics_from_probs(probs, labels, classes)
+    """``probs`` (N, classes) against ``reference`` (N, classes) on labelled images, as bf16's
+    agreement is measured (`agreement_figures`): the share keeping the reference's class, the
+    largest probability difference, both accuracies and log losses and their changes; ``ok``
+    when within ``tolerance``, else ``failed`` says why."""
+    truth = torch.from_numpy(labels).long()
+    f = agreement_figures(torch.from_numpy(reference), torch.from_numpy(probs), truth)
     figures: dict[str, Any] = {
-        "images": len(labels),
-        "same_class": float((reference.argmax(1) == probs.argmax(1)).mean()),
-        "max_prob_diff": float(np.abs(reference - probs).max()),
-        "reference_accuracy": ref["accuracy"],
-        "accuracy": new["accuracy"],
-        "accuracy_change": new["accuracy"] - ref["accuracy"],
-        "reference_log_loss": ref["log_loss"],
-        "log_loss": new["log_loss"],
-        "log_loss_change": new["log_loss"] - ref["log_loss"],
+        "images": f["images"],
+        "same_class": f["same_class"],
+        "max_prob_diff": f["max_prob_diff"],
+        "reference_accuracy": f["accuracy_fp32"],
+        "accuracy": f["accuracy"],
+        "accuracy_change": f["accuracy"] - f["accuracy_fp32"],
+        "reference_log_loss": f["log_loss_fp32"],
+        "log_loss": f["log_loss"],
+        "log_loss_change": f["log_loss"] - f["log_loss_fp32"],
     }
     failed = _outside(figures, tolerance)
     return {**figures, "ok": not failed, "failed": failed}

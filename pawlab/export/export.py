@@ -97,7 +97,7 @@ def _checked(
     log(f"checking the {precision} graph against pawlab's fp32 answers on {len(val)} validation images")
     reference = m.predict_proba(val.images)
     probs = run_session(session_for(graph.SerializeToString()), val.images)
-    figures = compare(reference, probs, val.labels, m.classes, TOLERANCES[precision])
+    figures = compare(reference, probs, val.labels, TOLERANCES[precision])
     _verdict(f"the {precision} graph", "pawlab's fp32", figures, force, log)
     return figures
 
@@ -117,7 +117,7 @@ def _int8(
     val = sample(images.validation, CHECK_IMAGES)
     reference = run_session(session_for(graph.SerializeToString()), val.images)
     probs = run_session(session_for(quantized.SerializeToString()), val.images)
-    figures = compare(reference, probs, val.labels, m.classes, TOLERANCES["int8"])
+    figures = compare(reference, probs, val.labels, TOLERANCES["int8"])
     figures["calibration_images"] = len(calibration)
     _verdict("the int8 graph", "the fp32 graph", figures, force, log)
     return quantized, figures
