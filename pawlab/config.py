@@ -120,7 +120,10 @@ class AugmentConfig:
         return ",".join(parts) or "none"
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # training's
+# what runs a trained model's images (`pawlab.inference.routes`): a runtime and a precision
+INFERENCE_RUNTIMES = ("auto", "torch", "onnxruntime")
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 BALANCE = ("none", "weights", "sampler")
 # What `pawlab train DATA --backbone` (no name) and `transfer_architecture()` use. Chosen on
 # cats_and_dogs_filtered/train only (5-fold cross-validation, 3 seeds, the TRANSFER head;

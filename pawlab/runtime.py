@@ -110,3 +110,34 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+# CPU features that decide which inference route is fastest: bf16 and int8 instructions
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+
+
+def cpu_name_and_flags() -> tuple[str, tuple[str, ...]]:
+    """This CPU's model name and which of the instructions that matter to inference it has
+    (from /proc/cpuinfo; the platform's processor name elsewhere)."""
+    import platform
+
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()  # noqa: SIM115
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            name = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+    return name, tuple(f for f in _CPU_FLAGS if f in flags)
+
+
+def cpu_class() -> str:
+    """The CPU in words, for every speed figure: ``Intel(R) Xeon(R) Processor, 2 threads,
+    fast bf16 (avx2 avx512f avx512_bf16 avx512_vnni amx_bf16 amx_int8)``."""
+    name, flags = cpu_name_and_flags()
+    fast = "fast bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no fast bf16"
+    return f"{name}, {torch.get_num_threads()} threads, {fast} ({' '.join(flags) or 'no AVX2'})"

@@ -6,6 +6,7 @@ and ``huggingface-cli delete-cache`` do).
         <source>-<size>-<key>/ a packed copy of a source ("packed data")
         features/<key>/        a frozen backbone's features of one set of images ("features")
         spec/digits-v1/        the model specs' digit models ("spec models")
+        runtimes/<digest>/     a model file's ONNX graphs and fastest routes per CPU ("runtimes")
 
 Every entry is a folder holding the marker `ENTRY_MARKER`, written when pawlab makes it.
 `clear_cache` removes only entries it can prove are pawlab's: a regular (never a linked)
@@ -40,10 +41,15 @@ DAY = 86400.0
 ROOT_MARKER = ".pawlab-cache"
 ENTRY_MARKER = ".pawlab-entry"
 LOCK = ".lock"  # held while a run writes a packed copy (`pawlab.data.pack.locked`)
-EntryKind = Literal["packed data", "features", "spec models"]
+EntryKind = Literal["packed data", "features", "spec models", "runtimes"]
 ENTRY_KINDS: tuple[str, ...] = get_args(EntryKind)
 # where each kind's entries live below the root ("" is the root itself)
-CONTAINERS: dict[str, str] = {"packed data": "", "features": "features", "spec models": "spec"}
+CONTAINERS: dict[str, str] = {
+    "packed data": "",
+    "features": "features",
+    "spec models": "spec",
+    "runtimes": "runtimes",
+}
 FEATURES_FILE = "features.npy"  # a features entry's array
 # before markers: features/<key>.npy, and packed copies named <source>-<size>[-<resize>]-<key>
 _LEGACY_FEATURES = re.compile(r"[0-9a-f]{32}\.npy")
@@ -194,6 +200,8 @@ def _legacy_kind(path: Path, kind: str) -> str | None:
             return None
         with open(path, "rb") as fh:
             return kind if fh.read(len(_NPY_MAGIC)) == _NPY_MAGIC else None
+    if kind == "runtimes":  # none made before markers
+        return None
     return kind if _holds_model_file(path) else None
 
 

@@ -9,19 +9,13 @@ what users see is accuracy and log loss, and int8 moves a few unsure images eith
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pawlab.data import ImageSet
-from pawlab.errors import DataError
-from pawlab.inference import Model
 from pawlab.inference.agreement import AGREE_ACCURACY, AGREE_LOG_LOSS, agreement_figures
-from pawlab.inference.unknowns import training_splits
 
 
 @dataclass(frozen=True)
@@ -39,48 +33,6 @@ TOLERANCES = {
     # bf16's limits (`pawlab.inference.agreement`), one-sided: an int8 graph that does better passes
     "int8": Tolerance(accuracy_drop=AGREE_ACCURACY, log_loss_rise=AGREE_LOG_LOSS),
 }
-CHECK_IMAGES = 1000  # validation images, at most, a graph is checked on
-CALIBRATION_IMAGES = 300  # training images, at most, int8 activation ranges are taken from
-
-
-@dataclass(frozen=True)
-class CheckImages:
-    """Labelled images of a model's classes at its input size: ``validation`` to check on,
-    ``train`` to calibrate on; ``description`` says which, in words."""
-
-    validation: ImageSet
-    train: ImageSet
-    description: str
-
-
-def check_images(
-    model: Model, data: str | os.PathLike[str] | None = None, workers: int = 0, progress: bool = False
-) -> CheckImages:
-    """The model's own data split as in its training (the source its file records), or
-    ``data``'s split (`training_splits`); a one-line `DataError` when the recorded source is not
-    here and no ``data`` is given, or when the classes differ."""
-    recorded = model.meta.get("training", {}).get("data", {}).get("source")
-    if data is None:
-        if not recorded or not Path(recorded).exists():
-            where = model.path or "the model"
-            raise DataError(
-                f"{where}: its training data ({recorded or 'not recorded'}) is not here to check the "
-                "export on: give --data DIR (labelled images of its classes) or --no-check"
-            )
-        data = recorded
-    source = str(Path(data).expanduser().resolve())
-    ds = training_splits(model, source, workers=workers, progress=progress, purpose="to check the export on")
-    origin = ds.origin
-    split = "its own" if ds.presplit else f"fraction {origin.get('val_fraction')}, seed {origin.get('seed')}"
-    return CheckImages(ds.validation, ds.train, f"{source} validation split ({split})")
-
-
-def sample(images: ImageSet, limit: int, seed: int = 0) -> ImageSet:
-    """At most ``limit`` of ``images``, a seeded sample across the classes, in their order."""
-    if len(images) <= limit:
-        return images
-    rows = np.sort(np.random.default_rng(seed).permutation(len(images))[:limit])
-    return ImageSet(images.images[rows], images.labels[rows], [images.names[i] for i in rows], images.classes)
 
 
 def compare(

@@ -13,19 +13,12 @@ import onnx
 
 from pawlab.atomic import atomic_write_bytes, check_output_file
 from pawlab.errors import AgreementError, ConfigError, DataError
-from pawlab.export.check import (
-    CALIBRATION_IMAGES,
-    CHECK_IMAGES,
-    TOLERANCES,
-    CheckImages,
-    check_images,
-    compare,
-    sample,
-    summary,
-)
+from pawlab.export.check import TOLERANCES, compare, summary
 from pawlab.export.graph import to_onnx
 from pawlab.export.onnxfile import metadata, run_session, session_for, set_metadata
 from pawlab.inference import Model, load_model
+from pawlab.inference.runtimes import CALIBRATION_IMAGES, CHECK_IMAGES
+from pawlab.inference.splits import CheckImages, check_images, sample
 
 FORMATS = ("onnx",)
 
@@ -106,7 +99,7 @@ def _int8(
     graph: onnx.ModelProto, m: Model, images: CheckImages, force: bool, log: Callable[[str], None]
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """``graph`` quantized, and how it agrees with ``graph`` on the validation images."""
-    from pawlab.export.quantize import quantize_int8
+    from pawlab.inference.quantize import quantize_int8
 
     if not len(images.train):
         raise DataError(f"{images.description}: no training images beside it to calibrate int8 on")

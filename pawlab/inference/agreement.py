@@ -142,10 +142,11 @@ def agrees(figures: dict[str, Any]) -> bool:
 
 
 def guarded_agreement(
-    p_ref: torch.Tensor, p_fast: torch.Tensor, labels: torch.Tensor | None = None
+    p_ref: torch.Tensor, p_fast: torch.Tensor, labels: torch.Tensor | None = None, precision: str = "bf16"
 ) -> dict[str, Any]:
-    """The agreement record of guarded bf16 from probabilities of the same images, fp32's
-    ``p_ref`` and bf16's ``p_fast`` (N, K), and their true ``labels`` (N,) if known. The margin
+    """The agreement record of a guarded fast ``precision`` (bf16, or int8) from probabilities
+    of the same images, fp32's ``p_ref`` and the fast one's ``p_fast`` (N, K), and their true
+    ``labels`` (N,) if known. The margin
     is chosen on every other image (`choose_margin`); agreement is measured on the rest, images
     it was not chosen on (`agreement_figures`). ``ok`` when they agree (`agrees`) and at most
     `MAX_RERUN` of them run twice (otherwise fp32 alone is faster)."""
@@ -159,7 +160,7 @@ def guarded_agreement(
     figures = agreement_figures(p_ref[check], guarded, labels[check] if labels is not None else None)
     share = float(rerun.float().mean()) if len(rerun) else 1.0
     return {
-        "precision": "bf16",
+        "precision": precision,
         "rule": guard.rule,
         "margin": guard.setting,
         # pawlab before the margin rule reads this alone, as the confidence rule's guard
@@ -225,7 +226,7 @@ def record_agreement(
 def describe(result: dict[str, Any]) -> str:
     """An agreement record in a line: the verdict, then the figures."""
     if result["ok"]:
-        verdict = "agrees with fp32: bf16 for inference"
+        verdict = f"agrees with fp32: {result.get('precision', 'bf16')} for inference"
     elif result["rerun"] > MAX_RERUN and agrees(result):
         verdict = "would run too many images twice to be faster: fp32 for inference"
     else:

@@ -234,8 +234,9 @@ def run_batches(
     their softmax probabilities (or outputs) averaged. ``forward``: what runs the network (e.g.
     a `Compiled` copy; default ``module``).
 
-    ``guard`` (with ``bf16`` and ``softmax``): the images it sends back (`Guard.rerun`; a float:
-    the ``confidence`` rule's guard) are run again in fp32 by ``rerun`` (default ``module``). They are queued
+    ``guard`` (with ``softmax``): the images of a fast route (bf16, or an int8 ``forward``) it
+    sends back (`Guard.rerun`; a float: the ``confidence`` rule's guard) are run again in fp32
+    by ``rerun`` (default ``module``). They are queued
     across batches and run ``rerun_batch`` at a time (a compiled ``rerun`` has one batch size,
     and a few images per batch would mostly be padding); a batch is yielded once all of its
     images are final. ``classes``: the outputs' first columns are the logits, the rest are
@@ -245,7 +246,7 @@ def run_batches(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if isinstance(guard, float | int):
         guard = Guard("confidence", float(guard))
-    guard = guard if bf16 and softmax else None  # it guards bf16 probabilities only
+    guard = guard if softmax else None  # it reads probabilities
     reruns = _RerunQueue(rerun or module, rerun_batch, fmt, classes)
     with torch.inference_mode():
         for batch in batches:

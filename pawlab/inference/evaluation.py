@@ -12,7 +12,8 @@ import numpy as np
 
 from pawlab import display
 from pawlab.data import EvalSet, ImageSet, load_eval_set
-from pawlab.inference.model import Model, load_model
+from pawlab.inference.model import Model
+from pawlab.inference.runtimes import load_model
 from pawlab.terminal import printable
 
 

@@ -7,7 +7,7 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
@@ -22,12 +22,14 @@ from pawlab.inference.engine import (
     COMPILED_BATCH,
     TTA_VIEWS,
     Compiled,
+    Forward,
     folded,
     predict_outputs,
     to_inputs,
 )
 from pawlab.inference.features import trunk_features
 from pawlab.inference.guard import Guard, agreed
+from pawlab.inference.routes import Chooser, Route, check_route, requested
 from pawlab.inference.typicality import WithFeatures, split_outputs
 from pawlab.models.network import Network, build
 from pawlab.preprocessing import Preprocessing
@@ -156,6 +158,21 @@ class Predictions(Sequence[Prediction]):
         return display.section(repr(self).splitlines()[0], *parts)
 
 
+@dataclass
+class _Plan:
+    """How a `Route` runs here: ``forward`` runs a batch (None: the network as it is, eagerly),
+    ``rerun`` runs in fp32 what ``guard`` sends back, ``batch_size`` images at a time (None:
+    the engine's default)."""
+
+    forward: Forward | None = None
+    rerun: Forward | None = None
+    guard: Guard | None = None
+    batch_size: int | None = None
+    rerun_batch: int = COMPILED_BATCH["fp32"]
+    compiled: bool = False
+    sessions: list[Any] = field(default_factory=list)  # onnxruntime's, kept alive with the plan
+
+
 class Model:
     """A trained classifier loaded from its model file."""
 
@@ -169,24 +186,67 @@ class Model:
         device: str = "auto",
         precision: str = "auto",
         compile: str = "auto",
+        runtime: str = "auto",
     ) -> None:
+        check_route(runtime, precision, device)
+        if compile not in ("auto", "on", "off"):
+            raise ConfigError(f"compile: must be auto, on or off, got {compile!r}")
         self.device = resolve_device(device)
         self.network = network.to(self.device).to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
         self.classes = classes
         self.preprocessing = preprocessing
         self.meta = meta
         self.path = path
-        self.bf16 = self._use_bf16(precision)
-        # which images of a bf16 batch run again in fp32: the rule and setting training recorded
-        self.guard = Guard.from_record(meta.get("inference", {})) if self.bf16 else None
-        if compile not in ("auto", "on", "off"):
-            raise ConfigError(f"compile: must be auto, on or off, got {compile!r}")
-        self.compile = compile
-        self._compiled: Compiled | None = None  # bf16 (autocast) or fp32, as self.bf16
-        self._rerun: Compiled | None = None  # fp32, for the images the guard sends back
+        self.runtime, self.precision, self.compile = runtime, precision, compile
+        # the runtime cache of the model's file (`pawlab.inference.runtimes`): its ONNX graphs and
+        # the route measured fastest on this CPU; None for a model held in memory only (torch)
+        self.chooser: Chooser | None = None
+        self._route: Route | None = None  # resolved on first use (`route`)
+        self._settled = False  # whether ``auto`` has its measured (or recorded) route
+        self._plans: dict[Route, _Plan] = {}
         # its in-distribution model (`pawlab.unknown`): None for a file trained before pawlab fitted one
         self.unknown: unknown.State | None = None
         self._unknown_threshold = unknown.DEFAULT_THRESHOLD
+
+    @property
+    def route(self) -> Route:
+        """What runs this model's images: the route the settings name; for ``auto``, the one
+        measured fastest on this CPU if it was (`pawlab.inference.runtimes`), else torch with
+        bf16 where training found guarded bf16 agrees and the hardware runs it fast."""
+        if self._route is None:
+            self._route = requested(self.runtime, self.precision) or self._default_route()
+        return self._route
+
+    def _default_route(self) -> Route:
+        recorded = self.chooser.recorded() if self._may_choose() and self.chooser is not None else None
+        if recorded is not None:
+            self._settled = True
+            return recorded
+        fast = agreed(self.meta.get("inference", {})) and use_bf16("auto", self.device)
+        return Route("torch", "bf16" if fast else "fp32")
+
+    def _may_choose(self) -> bool:
+        """Whether ``auto`` may pick a route by measuring: the settings leave it open, and the
+        model runs on the CPU from a file."""
+        return (
+            self.runtime == "auto"
+            and self.precision == "auto"
+            and self.chooser is not None
+            and self.device.type == "cpu"
+        )
+
+    def use_route(self, route: Route) -> None:
+        """Run from now on by ``route`` (a measurement's choice, or a bench's)."""
+        self._route, self._settled = route, True
+
+    @property
+    def bf16(self) -> bool:
+        return self.route == Route("torch", "bf16")
+
+    @property
+    def guard(self) -> Guard | None:
+        """Which images of a fast route's batch run again in fp32 (None: none do)."""
+        return self._plan().guard
 
     @functools.cached_property
     def _runner(self) -> torch.nn.Module:
@@ -197,39 +257,86 @@ class Model:
         net = folded(self.network)
         return WithFeatures(net) if self.unknown is not None else net  # type: ignore[arg-type]
 
-    def _use_bf16(self, precision: str) -> bool:
-        """``auto``: bf16 only where the hardware runs it fast and training recorded that
-        this model's guarded bf16 predictions agree with fp32 (`pawlab.inference.agreement`);
-        ``bf16``: bf16 regardless (guarded where the check agreed)."""
-        if precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"precision: must be auto, fp32 or bf16, got {precision!r}")
-        if precision != "auto":
-            return precision == "bf16"
-        return agreed(self.meta.get("inference", {})) and use_bf16("auto", self.device)
+    def _plan(self) -> _Plan:
+        """This route's plan, made on first use: torch's guard from the model file's record (no
+        compiling: `prepare_for` does that); onnxruntime's sessions on the runtime graph."""
+        route = self.route
+        if route not in self._plans:
+            self._plans[route] = (
+                self._onnx_plan(route) if route.runtime == "onnxruntime" else self._torch_plan()
+            )
+        return self._plans[route]
+
+    def _torch_plan(self) -> _Plan:
+        if not self.bf16:
+            return _Plan()
+        # which images of a bf16 batch run again in fp32: the rule and setting training recorded
+        return _Plan(guard=Guard.from_record(self.meta.get("inference", {})))
+
+    def _onnx_plan(self, route: Route) -> _Plan:
+        """Sessions on the runtime graph at ``route``'s precision; int8 with an fp32 session for
+        the images its guard sends back."""
+        from pawlab.inference.ort import ORT_BATCH, OrtForward, network_graph, session_for
+
+        if self.chooser is None:
+            if route.precision != "fp32":
+                raise ConfigError(
+                    f"precision {route.precision} in onnxruntime needs a model loaded from its file"
+                )
+            pre = self.preprocessing
+            fp32 = network_graph(self._runner, pre.size, pre.channels).SerializeToString()
+        else:
+            fp32, _ = self.chooser.graph("fp32")
+        sessions = [session_for(fp32)]
+        plan = _Plan(forward=OrtForward(sessions[0]), batch_size=ORT_BATCH, rerun_batch=ORT_BATCH)
+        if route.precision == "int8":
+            assert self.chooser is not None
+            int8, record = self.chooser.graph("int8")
+            sessions.insert(0, session_for(int8))
+            plan = _Plan(
+                OrtForward(sessions[0]),
+                OrtForward(sessions[1]),
+                Guard.from_record(record),
+                ORT_BATCH,
+                ORT_BATCH,
+            )
+        plan.sessions = sessions
+        return plan
 
     def prepare_for(self, images: int, tta: bool = False) -> None:
-        """Get ready for a job of ``images`` images (each run once per view with ``tta``):
-        ``compile`` ``on``, or ``auto`` and at least `COMPILE_MIN_IMAGES` forward passes
-        (compiling costs tens of seconds once, then each batch runs faster). With guarded
-        bf16, the fp32 re-runs get a compiled graph of their own."""
+        """Get ready for a job of ``images`` images (each run once per view with ``tta``). A
+        long job (``compile`` ``on``, or ``auto`` and at least `COMPILE_MIN_IMAGES` forward
+        passes) with the route left to ``auto`` first measures which route is fastest here,
+        once per model and CPU (`pawlab.inference.runtimes`); in torch it compiles the network
+        (tens of seconds once, then each batch runs faster), and with guarded bf16 the fp32
+        re-runs get a compiled graph of their own."""
         images *= len(TTA_VIEWS) if tta else 1
-        wanted = self.compile == "on" or (self.compile == "auto" and images >= COMPILE_MIN_IMAGES)
-        if wanted and self._compiled is None:
-            self._compiled = Compiled(self._runner, COMPILED_BATCH["bf16" if self.bf16 else "fp32"])
-            if self.guard is not None:
-                self._rerun = Compiled(self._runner, COMPILED_BATCH["fp32"])
+        long = self.compile == "on" or (self.compile == "auto" and images >= COMPILE_MIN_IMAGES)
+        if long and not self._settled and self._may_choose() and self.chooser is not None:
+            self.use_route(self.chooser.choose())
+        plan = self._plan()
+        if long and self.route.runtime == "torch" and not plan.compiled:
+            plan.forward = Compiled(self._runner, COMPILED_BATCH["bf16" if self.bf16 else "fp32"])
+            plan.rerun = Compiled(self._runner, COMPILED_BATCH["fp32"]) if plan.guard is not None else None
+            plan.batch_size, plan.compiled = plan.forward.batch_size, True
+
+    def keep_only(self, route: Route) -> None:
+        """Use ``route`` and drop the other routes' plans (their compiled graphs, sessions)."""
+        self.use_route(route)
+        self._plans = {r: p for r, p in self._plans.items() if r == route}
 
     def warm_up(self, tta: bool = False) -> None:
         """Compile now the graphs `prepare_for` set up: a full batch through the network, and
         one through the fp32 re-runs' graph (compiled on the first unsure image otherwise), so
         no later batch waits tens of seconds for a compiler: a server's requests."""
-        pre = self.preprocessing
-        size = self._compiled.batch_size if self._compiled is not None else 1
+        pre, plan = self.preprocessing, self._plan()
+        size = plan.batch_size if plan.forward is not None and plan.batch_size else 1
         self.predict_proba(np.zeros((size, *pre.size, pre.channels), np.uint8), tta=tta)
-        if self._rerun is not None:
-            blank = np.zeros((self._rerun.batch_size, *pre.size, pre.channels), np.uint8)
+        if plan.rerun is not None:
+            blank = np.zeros((plan.rerun_batch, *pre.size, pre.channels), np.uint8)
+            fmt = torch.channels_last if self.route.runtime == "torch" else torch.contiguous_format
             with torch.inference_mode():  # as predict_outputs runs it: same graph, no recompiling
-                self._rerun(to_inputs(blank, pre, self.device))
+                plan.rerun(to_inputs(blank, pre, self.device, fmt))
 
     @classmethod
     def load(
@@ -238,7 +345,9 @@ class Model:
         device: str = "auto",
         precision: str = "auto",
         compile: str = "auto",
+        runtime: str = "auto",
     ) -> Model:
+        """The model file at ``path``, run as the settings say (`load_model`)."""
         ck = checkpoint.load(path)
         if checkpoint.model_kind(ck.meta) != "classifier":
             raise ModelFileError(
@@ -252,7 +361,7 @@ class Model:
                 ck.meta["architecture"], num_classes=len(classes), where=str(path), pretrained=False
             )
             checkpoint.load_weights(path, network, ck.model_state)
-        model = cls(network, classes, pre, ck.meta, Path(path), device, precision, compile)
+        model = cls(network, classes, pre, ck.meta, Path(path), device, precision, compile, runtime)
         state = unknown.from_tensors(ck.extra, ck.meta.get("unknown"), str(path))
         if state is not None:  # float16 in the file; float32 once here, not at every batch
             tensors = {k: t.float() if t.is_floating_point() else t for k, t in state.tensors.items()}
@@ -282,9 +391,13 @@ class Model:
         return dict(self.meta.get("metrics", {}))
 
     def _precision(self) -> str:
-        if not self.bf16:
-            return "fp32"
-        return f"bf16, guarded ({self.guard.describe()} re-run in fp32)" if self.guard is not None else "bf16"
+        """The route in words, e.g. ``torch bf16, guarded (top-two margin < 0.39 re-run in fp32)``."""
+        guard = self.guard
+        return (
+            f"{self.route}, guarded ({guard.describe()} re-run in fp32)"
+            if guard is not None
+            else str(self.route)
+        )
 
     def __repr__(self) -> str:
         pre, m = self.preprocessing, self.metrics
@@ -361,22 +474,25 @@ class Model:
         """Probabilities (N, classes), then with an in-distribution model the logits' logsumexp
         and the features (`WithFeatures`), averaged over the views."""
         views = TTA_VIEWS if tta else ("plain",)
-        if cached and self.network.trunk_length is not None:
+        if cached and self.network.trunk_length is not None and self.route.runtime == "torch":
             # cached features are fp32: the probabilities are exact, whatever the precision
             feats = trunk_features(
                 self.network.trunk, images, self.preprocessing, self.device, views=views, progress=progress
             )
             return self._head_outputs(torch.from_numpy(feats), len(views))
+        plan = self._plan()
         return predict_outputs(
             self._runner,
             images,
             self.preprocessing,
             self.device,
-            self._compiled.batch_size if self._compiled is not None else batch_size,
+            plan.batch_size or batch_size,
             bf16=self.bf16,
-            guard=self.guard,
-            forward=self._compiled,
-            rerun=self._rerun,
+            guard=plan.guard,
+            forward=plan.forward,
+            rerun=plan.rerun,
+            rerun_batch=plan.rerun_batch,
+            channels_last=self.route.runtime == "torch",  # onnxruntime reads NCHW
             views=views,
             softmax=True,
             classes=len(self.classes) if self.unknown is not None else None,
@@ -452,11 +568,3 @@ def _warn(notes: Sequence[str], stacklevel: int) -> None:
     ``warnings.warn`` were called where `_warn` is (2: the line that called that function)."""
     for note in notes:
         warnings.warn(note, SmallImageWarning, stacklevel=stacklevel + 1)
-
-
-def load_model(
-    path: str | os.PathLike[str], device: str = "auto", precision: str = "auto", compile: str = "auto"
-) -> Model:
-    """Load a model file written by `pawlab.train`. ``precision``: auto, fp32 or bf16;
-    ``compile``: auto (for jobs of many images), on or off (see `Model.prepare_for`)."""
-    return Model.load(path, device, precision, compile)

@@ -23,7 +23,8 @@ from pawlab.data.datasets import decode_task, decode_tasks
 from pawlab.data.sources import Source
 from pawlab.data.workers import default_workers, parallel_map
 from pawlab.errors import ConfigError, DataError, OutputError
-from pawlab.inference.model import Model, load_model
+from pawlab.inference.model import Model
+from pawlab.inference.runtimes import load_model
 from pawlab.progress import progress_bar
 from pawlab.runtime import barrier, rank, world_size
 

@@ -14,59 +14,19 @@ from typing import Any
 import numpy as np
 
 from pawlab import unknown
-from pawlab.config import DataConfig
-from pawlab.data import Dataset, Skipped, load_dataset, load_unlabeled
-from pawlab.data.datasets import decode_task, decode_tasks, layout_of
+from pawlab.data import Skipped, load_unlabeled
+from pawlab.data.datasets import decode_task, decode_tasks
 from pawlab.data.sources import Source as DataSource
 from pawlab.data.workers import default_workers, parallel_map
 from pawlab.errors import DataError, ModelFileError
 from pawlab.inference.evaluation import _report_dir, eval_set_for
 from pawlab.inference.features import trunk_features
-from pawlab.inference.model import Model, load_model
+from pawlab.inference.model import Model
+from pawlab.inference.splits import training_splits
 from pawlab.inference.typicality import Source, network_features, record_unknown
 from pawlab.terminal import printable
 
 SHOWN = 12  # out-of-distribution images in each source's figure: the most typical
-
-
-def training_splits(
-    model: Model,
-    data: str | os.PathLike[str],
-    *,
-    workers: int = 0,
-    progress: bool = True,
-    purpose: str = "to calibrate the in-distribution model on",
-) -> Dataset:
-    """``data``'s training and validation splits as training read them for ``model``: at its
-    input size, channels and resize, split as recorded in the model file when ``data`` is its
-    own source (else its own split, or a seeded 80/20 one), labels in the model's class order.
-    ``purpose``: what the validation images are for, in the error when there are none."""
-    pre = model.preprocessing
-    record = model.meta.get("training", {}).get("data", {})
-    origin = record.get("origin") or record
-    resolved = str(Path(data).expanduser().resolve())
-    own = resolved in (record.get("source"), origin.get("source"))
-    default = DataConfig()
-    config = DataConfig(
-        size=pre.size[0],
-        resize=pre.resize,
-        workers=workers,
-        val_fraction=float(origin.get("val_fraction", default.val_fraction)) if own else default.val_fraction,
-        seed=int(origin.get("seed", default.seed)) if own else default.seed,
-        layout=layout_of(origin) if own else default.layout,
-    )
-    ds = load_dataset(data, config, channels=pre.channels, progress=progress)
-    if sorted(ds.classes) != sorted(model.classes):
-        raise DataError(
-            f"{data}: its classes ({', '.join(ds.classes)}) are not the model's ({', '.join(model.classes)})"
-        )
-    if not len(ds.validation):
-        raise DataError(f"{data}: no validation images {purpose}")
-    order = np.array([model.classes.index(c) for c in ds.classes], dtype=np.int64)
-    for part in (ds.train, ds.validation):
-        part.labels, part.classes = order[part.labels], list(model.classes)
-    ds.classes = list(model.classes)
-    return ds
 
 
 def _source(model: Model, images: np.ndarray, labels: np.ndarray | None, progress: bool, what: str) -> Source:
@@ -92,7 +52,7 @@ def calibrate_unknown(
     images (`training_splits`), calibrate it on its validation images and keep it in the file,
     in place of any earlier one (rewritten atomically: whole, or untouched). ``log`` gets the
     line training prints about it."""
-    model = load_model(model_path, device, precision="fp32", compile="off")
+    model = Model.load(model_path, device, precision="fp32", compile="off")
     ds = training_splits(model, data, workers=workers, progress=progress)
     train = _source(model, ds.train.images, ds.train.labels, progress, "training images")
     validation = _source(model, ds.validation.images, None, progress, "validation images")
@@ -266,7 +226,7 @@ def evaluate_unknown(
     source, a grid of its most typical images (the worst mistakes) to ``report_dir`` (default:
     beside the model file, ``<model>-eval/``). ``class_map`` and ``layout``: how ``data`` is
     read, as for `evaluate`."""
-    m = model if isinstance(model, Model) else load_model(model, precision="fp32", compile="off")
+    m = model if isinstance(model, Model) else Model.load(model, precision="fp32", compile="off")
     if m.unknown is None:
         raise ModelFileError(
             f"{m.path}: has no in-distribution model (trained before pawlab fitted one); "

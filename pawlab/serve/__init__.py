@@ -90,6 +90,7 @@ def serve(
     compile: str = "auto",
     unknown_threshold: float = unknown.DEFAULT_THRESHOLD,
     quiet: bool = False,
+    runtime: str = "auto",
 ) -> None:
     """Serve ``models`` (model files or training runs' directories, each ``PATH`` or
     ``NAME=PATH``; the first answers requests naming none) until SIGTERM or Ctrl-C, then
@@ -99,7 +100,8 @@ def serve(
     ``no_auth``. ``workers``: processes answering on the one port, each with its own engines on
     its share of the cores (None: one per core on the CPU, one for a GPU; spawned: a script
     calling this with more than one needs ``if __name__ == "__main__":``). An image less
-    typical than ``unknown_threshold`` is answered as none of a model's classes."""
+    typical than ``unknown_threshold`` is answered as none of a model's classes. ``runtime``,
+    ``precision``: what runs each model (`pawlab.inference.load_model`)."""
     bind = bind_address(host)
     check_access(bind, token, no_auth)
     workers = auto_workers(device) if workers is None else workers
@@ -123,7 +125,7 @@ def serve(
         port,
         batching,
         limits,
-        Loading(tta, device, precision, compile, unknown_threshold),
+        Loading(tta, device, precision, compile, unknown_threshold, runtime),
         token,
         cors_origin,
         grace,

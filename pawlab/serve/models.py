@@ -45,6 +45,7 @@ class Loading:
     precision: str = "auto"
     compile: str = "auto"
     unknown_threshold: float = unknown.DEFAULT_THRESHOLD
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         unknown.check_threshold(self.unknown_threshold, "unknown_threshold")
@@ -100,7 +101,7 @@ class Version:
     @classmethod
     def load(cls, path: Path, loading: Loading) -> Version:
         """Load the model at ``path``, prepared and warmed up: its first batch pays no compiling."""
-        model = load_model(path, loading.device, loading.precision, loading.compile)
+        model = load_model(path, loading.device, loading.precision, loading.compile, loading.runtime)
         model.unknown_threshold = loading.unknown_threshold
         model.prepare_for(COMPILE_MIN_IMAGES, loading.tta)
         tta = loading.tta
@@ -147,9 +148,10 @@ class Served:
         precision: str = "auto",
         compile: str = "auto",
         unknown_threshold: float = unknown.DEFAULT_THRESHOLD,
+        runtime: str = "auto",
     ) -> Served:
         """Load the model at ``path`` (`Version.load`) and start its engine."""
-        loading = Loading(tta, device, precision, compile, unknown_threshold)
+        loading = Loading(tta, device, precision, compile, unknown_threshold, runtime)
         return cls.start(name, path, batching, loading)
 
     @classmethod

@@ -30,8 +30,8 @@ from PIL import ImageFont
 from pawlab.atomic import atomic_write_bytes
 from pawlab.errors import ConfigError, DataError
 from pawlab.figures import RIGHT, UNSURE, WRONG, draw_tile, fit_text, new_sheet, save_png
+from pawlab.inference import Model, load_model
 from pawlab.inference.evaluation import eval_set_for
-from pawlab.inference.model import Model, load_model
 from pawlab.progress import progress_bar
 from pawlab.spec.metamorphic import (
     FLIP,

@@ -34,8 +34,6 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from pawlab.export.graph import INPUT
-
 CALIBRATION_BATCH = 16  # images per calibration run
 
 
@@ -57,23 +55,25 @@ SETTINGS = QuantSettings()
 
 
 class _Batches(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime has no type hints
-    """Calibration pixels, `CALIBRATION_BATCH` images at a time, as the graph's input."""
+    """Calibration images, `CALIBRATION_BATCH` at a time, fed as the graph's input ``name``."""
 
-    def __init__(self, pixels: np.ndarray) -> None:
+    def __init__(self, name: str, pixels: np.ndarray) -> None:
+        self.name = name
         self._batches: Iterator[np.ndarray] = iter(
             [pixels[i : i + CALIBRATION_BATCH] for i in range(0, len(pixels), CALIBRATION_BATCH)]
         )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
-        return None if batch is None else {INPUT: np.ascontiguousarray(batch)}
+        return None if batch is None else {self.name: np.ascontiguousarray(batch)}
 
 
 def quantize_int8(
     graph: onnx.ModelProto, calibration: np.ndarray, settings: QuantSettings = SETTINGS
 ) -> onnx.ModelProto:
-    """``graph`` (fp32, uint8 pixels in) with int8 weights and activations in QDQ format,
-    activation ranges from ``calibration`` (uint8 (N, H, W, C) training images). The graph is
+    """``graph`` (fp32) with int8 weights and activations in QDQ format, activation ranges from
+    ``calibration``: training images as the graph's one input takes them (uint8 pixels
+    (N, H, W, C) for an exported file, normalised inputs (N, C, H, W) for the runtime's graph). The graph is
     first optimized and its shapes inferred (onnxruntime's ``quant_pre_process``), as the
     quantizer expects."""
     with tempfile.TemporaryDirectory(prefix="pawlab-int8-") as tmp:
@@ -84,7 +84,7 @@ def quantize_int8(
         quantize_static(
             str(ready),
             str(out),
-            _Batches(calibration),
+            _Batches(graph.graph.input[0].name, calibration),
             quant_format=QuantFormat.QDQ,
             activation_type=settings.activations,
             weight_type=settings.weights,
