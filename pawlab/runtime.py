@@ -120,10 +120,11 @@ def cpu_name_and_flags() -> tuple[str, tuple[str, ...]]:
     """This CPU's model name and which of the instructions that matter to inference it has
     (from /proc/cpuinfo; the platform's processor name elsewhere)."""
     import platform
+    from pathlib import Path
 
     name, flags = platform.processor() or platform.machine(), set()
     try:
-        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()  # noqa: SIM115
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         text = ""
     for line in text.splitlines():

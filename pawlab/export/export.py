@@ -15,8 +15,9 @@ from pawlab.atomic import atomic_write_bytes, check_output_file
 from pawlab.errors import AgreementError, ConfigError, DataError
 from pawlab.export.check import TOLERANCES, compare, summary
 from pawlab.export.graph import to_onnx
-from pawlab.export.onnxfile import metadata, run_session, session_for, set_metadata
+from pawlab.export.onnxfile import metadata, run_session, set_metadata
 from pawlab.inference import Model, load_model
+from pawlab.inference.ort import session_for
 from pawlab.inference.runtimes import CALIBRATION_IMAGES, CHECK_IMAGES
 from pawlab.inference.splits import CheckImages, check_images, sample
 
@@ -52,7 +53,7 @@ def export_onnx(
     (N, H, W, C) to probabilities (N, classes), its metadata saying what a program needs
     (`pawlab.export.onnxfile`). It is checked with ``onnx.checker`` and, unless not ``check``,
     against pawlab's fp32 answers on validation images of the model's own data (or ``data``'s);
-    ``int8``: quantized (`pawlab.export.quantize`), calibrated on its training images, and
+    ``int8``: quantized (`pawlab.inference.quantize`), calibrated on its training images, and
     checked against the fp32 graph. A check outside `TOLERANCES` is an `AgreementError` and
     writes nothing, unless ``force``. ``log``: each step's line."""
     if int8 and not check:

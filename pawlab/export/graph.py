@@ -7,19 +7,15 @@ softmax, so another program only decodes and resizes an image.
 
 from __future__ import annotations
 
-import io
-import warnings
-
 import onnx
 import torch
 
 from pawlab.inference.engine import folded
+from pawlab.inference.ort import to_graph
 from pawlab.preprocessing import Preprocessing
 
 INPUT = "pixels"  # uint8 (N, H, W, C): RGB, or grey for a one-channel model
 OUTPUT = "probabilities"  # float32 (N, classes), in the order of the metadata's classes
-# 17: what the TorchScript exporter and onnxruntime's quantizer both handle fully
-OPSET = 17
 
 
 class PixelsToProbabilities(torch.nn.Module):
@@ -43,27 +39,7 @@ class PixelsToProbabilities(torch.nn.Module):
 
 def to_onnx(network: torch.nn.Module, pre: Preprocessing) -> onnx.ModelProto:
     """``network`` (a pawlab `Network`, on the CPU) with ``pre``'s normalisation as an ONNX
-    model with a dynamic batch axis.
-
-    The TorchScript exporter (``dynamo=False``): the torch.export one needs ``onnxscript``,
-    which pawlab does not otherwise need, and tracing is exact here, since only the batch size
-    varies and every shape the network computes from the input's height and width (the
-    EfficientNets' "same" padding) is a constant for the model's one input size."""
+    model with a dynamic batch axis (traced as the runtime's graph is, `pawlab.inference.ort.to_graph`)."""
     module = PixelsToProbabilities(folded(network).cpu().float(), pre).eval()
     example = torch.zeros((2, *pre.size, pre.channels), dtype=torch.uint8)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        # the exporter's notice that it is the older one, and the tracer's about those constants
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
-        torch.onnx.export(
-            module,
-            (example,),
-            buffer,  # type: ignore[arg-type]  # a file object works, as its documentation says
-            input_names=[INPUT],
-            output_names=[OUTPUT],
-            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    return onnx.load_from_string(buffer.getvalue())
+    return to_graph(module, example, INPUT, OUTPUT)

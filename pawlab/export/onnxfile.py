@@ -29,6 +29,7 @@ import onnxruntime as ort
 from pawlab._version import __version__
 from pawlab.errors import ModelFileError
 from pawlab.export.graph import INPUT, OUTPUT
+from pawlab.inference.ort import session_for
 from pawlab.preprocessing import Preprocessing
 
 FORMAT = "pawlab-onnx 1"
@@ -111,16 +112,6 @@ def run_session(session: ort.InferenceSession, pixels: np.ndarray, batch_size: i
     ]
     width = session.get_outputs()[0].shape[1]
     return np.concatenate(outs) if outs else np.empty((0, width), np.float32)
-
-
-def session_for(model: str | os.PathLike[str] | bytes, threads: int | None = None) -> ort.InferenceSession:
-    """An onnxruntime CPU session on a file or serialized model; ``threads``: intra-op
-    threads (default: onnxruntime's, one per core)."""
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    source = model if isinstance(model, bytes) else os.fspath(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def load_onnx(path: str | os.PathLike[str], threads: int | None = None) -> OnnxModel:

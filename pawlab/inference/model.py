@@ -248,6 +248,25 @@ class Model:
         """Which images of a fast route's batch run again in fp32 (None: none do)."""
         return self._plan().guard
 
+    @guard.setter
+    def guard(self, value: Guard | None) -> None:
+        self._plan().guard = value
+
+    @property
+    def _compiled(self) -> Compiled | None:
+        """The torch route's compiled network, once `prepare_for` made it."""
+        forward = self._plan().forward
+        return forward if isinstance(forward, Compiled) else None
+
+    @property
+    def _rerun(self) -> Forward | None:
+        """What runs the guard's images again in fp32, where it is not the network itself."""
+        return self._plan().rerun
+
+    @_rerun.setter
+    def _rerun(self, value: Forward | None) -> None:
+        self._plan().rerun = value
+
     @functools.cached_property
     def _runner(self) -> torch.nn.Module:
         """What predicts images: `network` with batch-norms folded. A copy made on first use:
@@ -391,13 +410,11 @@ class Model:
         return dict(self.meta.get("metrics", {}))
 
     def _precision(self) -> str:
-        """The route in words, e.g. ``torch bf16, guarded (top-two margin < 0.39 re-run in fp32)``."""
-        guard = self.guard
-        return (
-            f"{self.route}, guarded ({guard.describe()} re-run in fp32)"
-            if guard is not None
-            else str(self.route)
-        )
+        """The route in words: ``bf16, guarded (top-two margin < 0.39 re-run in fp32)`` in torch,
+        ``onnxruntime int8, guarded (...)``."""
+        route, guard = self.route, self.guard
+        shown = route.precision if route.runtime == "torch" else str(route)
+        return f"{shown}, guarded ({guard.describe()} re-run in fp32)" if guard is not None else shown
 
     def __repr__(self) -> str:
         pre, m = self.preprocessing, self.metrics

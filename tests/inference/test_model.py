@@ -239,7 +239,7 @@ def test_submit_with_decoding_workers_writes_the_same_rows(
 
 def _killed_at_second_batch(path: Path) -> Model:
     """The model file loaded, its predictions interrupted (Ctrl-C) at the second batch."""
-    model = load_model(path)
+    model = load_model(path, runtime="torch")
     real, calls = model.predict_scored, {"n": 0}
 
     def killed(images: np.ndarray, batch_size: int | None = None, tta: bool = False) -> Any:
@@ -298,14 +298,14 @@ def test_a_resumed_compiled_submit_writes_the_bytes_of_an_uninterrupted_one(
     monkeypatch.setattr(model_module, "COMPILE_MIN_IMAGES", 10)
     test = _test_set(tmp_path / "test")
     full, part = tmp_path / "full.csv", tmp_path / "part.csv"
-    whole = load_model(trained[1], compile="auto")
+    whole = load_model(trained[1], compile="auto", runtime="torch")
     submit(whole, test, full, batch_size=4, workers=1, progress=False)
     if whole._compiled is None or whole._compiled.failed is not None:
         pytest.skip("torch.compile does not work here")
     killed = _killed_at_second_batch(trained[1])
     with pytest.raises(KeyboardInterrupt):
         submit(killed, test, part, batch_size=4, workers=1, progress=False)
-    resumed = load_model(trained[1], compile="auto")
+    resumed = load_model(trained[1], compile="auto", runtime="torch")
     report = submit(resumed, test, part, batch_size=4, workers=1, progress=False)
     assert report.resumed == 4 and resumed._compiled is not None
     assert part.read_bytes() == full.read_bytes()
@@ -463,7 +463,7 @@ def test_inference_precision(transfer: tuple[Path, Path]) -> None:
         ("on", 1, True),
         ("off", 10**6, False),
     ):
-        m = load_model(model_path, compile=mode)
+        m = load_model(model_path, compile=mode, runtime="torch")  # auto would measure routes first
         m.prepare_for(images)
         assert (m._compiled is not None) is compiled, (mode, images)
         # guarded bf16's fp32 re-runs get their own graph
