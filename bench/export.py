@@ -6,7 +6,7 @@ For a pawlab model file: the fp32 graph's agreement with pawlab (`pawlab.export.
 int8 graph's (as ``pawlab export --int8`` quantizes it) with the fp32 graph on the validation
 images, and ONNX Runtime's images/s at batch 32 for both (medians of interleaved repeats over
 the same validation images, decoded beforehand; the CPU named, with its int8 instructions).
-``--variants``: named other quantization settings (`VARIANTS`, `pawlab.export.quantize.QuantSettings`)
+``--variants``: named other quantization settings (`VARIANTS`, `pawlab.inference.quantize.QuantSettings`)
 instead of the chosen one, to see what it is worth.
 """
 
@@ -27,19 +27,14 @@ sys.path.insert(0, str(ROOT))
 
 from onnxruntime.quantization import QuantType  # noqa: E402
 
-from pawlab.export.check import (  # noqa: E402
-    CALIBRATION_IMAGES,
-    CHECK_IMAGES,
-    TOLERANCES,
-    check_images,
-    compare,
-    sample,
-    summary,
-)
+from pawlab.export.check import TOLERANCES, compare, summary  # noqa: E402
 from pawlab.export.graph import to_onnx  # noqa: E402
-from pawlab.export.onnxfile import run_session, session_for  # noqa: E402
-from pawlab.export.quantize import SETTINGS, quantize_int8  # noqa: E402
+from pawlab.export.onnxfile import run_session  # noqa: E402
 from pawlab.inference import load_model  # noqa: E402
+from pawlab.inference.ort import session_for  # noqa: E402
+from pawlab.inference.quantize import SETTINGS, quantize_int8  # noqa: E402
+from pawlab.inference.runtimes import CALIBRATION_IMAGES, CHECK_IMAGES  # noqa: E402
+from pawlab.inference.splits import check_images, sample  # noqa: E402
 
 BATCH = 32
 SPEED_IMAGES = 320  # of the validation images, timed
