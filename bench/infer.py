@@ -139,7 +139,8 @@ class Outcome:
     failed: dict[str, str] = field(default_factory=dict)  # label -> its submit's failure, last line
     eval_failed: dict[str, str] = field(default_factory=dict)  # label -> its scoring's failure
     metrics: dict[str, tuple[float, float]] = field(default_factory=dict)  # label -> accuracy, log loss
-    held_back: int = 0
+    held_back: int = 0  # images scored
+    classes: int = 0
 
 
 # -- the CPU class -----------------------------------------------------------------------------
@@ -456,6 +457,7 @@ def bench_model(task: Task, paths: list[InferencePath], args: argparse.Namespace
     plain = PlainSet(net, m, sorted(small.glob("*.jpg"), key=lambda p: int(p.stem)))
     r = time_paths(task, paths, args, plain)
     score_paths(task, paths, held_back(task, args.held_back), plain, r)
+    r.classes = len(m.classes)
     return about(task, m), r
 
 
@@ -518,12 +520,12 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def goals(paths: list[InferencePath], r: Outcome, classes: int, args: argparse.Namespace) -> list[str]:
+def goals(paths: list[InferencePath], r: Outcome, args: argparse.Namespace) -> list[str]:
     """Issue 25's goals for one model: speed (multi-class: against fp32; two classes: against
     today's default), and the default's accuracy and log loss against fp32's."""
     k = args.submission
     default = rate(r, "default", k)
-    if classes > 2:
+    if r.classes > 2:
         need = 1.6 if fast_bf16() else 1.3
         vs = ratio(default, rate(r, FP32, k))
         speed = check(
@@ -612,15 +614,14 @@ def main() -> None:
     cpu = cpu_class()
     verdicts = []
     for task in tasks(args):
-        print(f"\n{cpu}", flush=True)
+        print(f"\n{task.key}: running (the figures follow when all its paths are done)", flush=True)
         title, r = bench_model(task, paths, args)
-        print(title)
+        print(f"{title}\n{cpu}")
         print_speed(paths, r, args)
         print_accuracy(paths, r, held_back(task, args.held_back))
         if args.breakeven:
             breakeven(task, args)
-        classes = len(torch_model(task.model).classes)
-        verdicts.append((f"  {task.key} ({classes} classes):", goals(paths, r, classes, args)))
+        verdicts.append((f"  {task.key} ({r.classes} classes):", goals(paths, r, args)))
     print(f"\nissue 25's goals; {cpu}")
     for head, lines in verdicts:
         print(head, *lines, sep="\n")
