@@ -52,24 +52,25 @@ def _make_one(args: tuple[str, str, int]) -> None:
     im.crop((x, y, x + cw, y + ch)).save(dest, quality=rng.randint(75, 92))
 
 
-def build_set(dest: Path, n: int, numbered: bool = False) -> Path:
-    """N JPEGs named ``cat.0.jpg`` ... (a labelled set), or ``1.jpg`` ... (a Kaggle test set)."""
+def build_set(dest: Path, n: int, numbered: bool = False, source: Path = SHARED) -> Path:
+    """N JPEGs named ``cat.0.jpg`` ... (a labelled set), or ``1.jpg`` ... (a Kaggle test set),
+    copied from the photos of ``source`` (``SPLIT/CLASS/*.jpg``; one ``dest`` per source)."""
     marker = dest / f".complete-{n}"
     if marker.exists():
         return dest
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    originals = sorted(SHARED.glob("*/*/*.jpg"))
+    originals = sorted(source.glob("*/*/*.jpg"))
     if not originals:
-        sys.exit(f"no JPEGs under {SHARED}")
+        sys.exit(f"no JPEGs under {source}")
     jobs = []
-    counters = {"cat": 0, "dog": 0}
+    counters: dict[str, int] = {}
     for i in range(n):
         src = originals[i % len(originals)]
-        label = "cat" if src.parent.name.startswith("cat") else "dog"
-        name = f"{i + 1}.jpg" if numbered else f"{label}.{counters[label]}.jpg"
+        label = src.parent.name.removesuffix("s")  # Kaggle's names are singular: cats/ gives cat.0.jpg
+        name = f"{i + 1}.jpg" if numbered else f"{label}.{counters.get(label, 0)}.jpg"
         jobs.append((str(src), str(dest / name), i))
-        counters[label] += 1
+        counters[label] = counters.get(label, 0) + 1
     t0 = time.perf_counter()
     with ProcessPoolExecutor() as pool:
         list(pool.map(_make_one, jobs, chunksize=64))
