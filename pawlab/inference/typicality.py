@@ -120,14 +120,27 @@ def record_unknown(
 ) -> unknown.State:
     """Fit the in-distribution model of the model saved at ``path`` (``network`` is loaded
     with its weights) and keep it in the file, in place of any earlier one."""
-    start = time.perf_counter()
     ck = checkpoint.load(path, with_optimizer=True)
     network.load_state_dict(ck.model_state)
-    state = fit_state(network, train, validation, pre, device)
+    state = described_fit(network, train, validation, pre, device, log)
     tensors, entry = unknown.to_tensors(state)
     kept = {k: t for k, t in ck.extra.items() if not k.startswith(unknown.PREFIX)}
     meta = {**ck.meta, "unknown": entry}
     checkpoint.save(path, ck.model_state, meta, ck.optimizer_state, ck.rng, {**kept, **tensors})
+    return state
+
+
+def described_fit(
+    network: Network,
+    train: Source,
+    validation: Source,
+    pre: Preprocessing,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> unknown.State:
+    """`fit_state`, and a line to ``log`` of what it fitted and what it cost."""
+    start = time.perf_counter()
+    state = fit_state(network, train, validation, pre, device)
     log(
         f"in-distribution model: {state.method} on {min(len(train), FIT_IMAGES)} training images, "
         f"calibrated on {len(validation)} validation images ({state.nbytes / 1e6:.1f} MB, "

@@ -1,6 +1,7 @@
 """Training: one plain loop with named events, and the runs built on it.
 
-loop.py         `Trainer`: epochs, batches, validation, its state; fires `Event`s
+loop.py         `Trainer`: epochs, batches, validation, its state; fires `Event`s to `Callback`s
+objectives.py   what the loop minimises and how validation scores: (model, batch) in, no trainer
 callbacks.py    checkpoints, logs (metrics.jsonl, events.jsonl), progress, early stopping
 inputs.py       an epoch's order; batches of images or of cached features made into inputs
 optim.py        optimizers, parameter groups, learning-rate schedules
@@ -10,8 +11,7 @@ presets.py      named recipes
 experiments.py  the optimizer comparison
 """
 
-from pawlab.training.callbacks import Callback, Event
-from pawlab.training.loop import FeatureSet, Trainer, TrainState
+from pawlab.training.loop import Callback, Event, FeatureSet, Trainer, TrainState
 from pawlab.training.runs import TrainResult, resume, train
 
 __all__ = ["Callback", "Event", "FeatureSet", "TrainResult", "TrainState", "Trainer", "resume", "train"]

@@ -1,45 +1,39 @@
 """Callbacks: everything the training loop does besides training.
 
-The loop (`pawlab.training.loop.Trainer`) fires the events of `Event`, in this order:
-``before_fit``; per epoch ``before_epoch``, per batch ``before_batch``/``after_batch``, then
-``before_validation``/``after_validation`` and ``after_epoch``; ``on_exception`` when an error
-ends the run (not Ctrl-C or SIGTERM, which stop it cleanly); and ``after_fit``, always, last.
-
-A callback overrides any of those methods; ``order`` sorts callbacks (lower first). A callback
-with state to survive a resume implements ``state_dict``/``load_state_dict``; its state is saved
-under its ``state_key``, which must be unique among a run's callbacks. Only the process of rank
-0 writes files or prints (see ``trainer.is_main``).
+The loop (`pawlab.training.loop`) defines the events (`Event`) and the base class
+(`Callback`); these are the callbacks a run uses: the best model file and the resumable state,
+the run directory's logs and the dashboard's files, early stopping, the NaN guard, progress.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import sys
 import time
 from collections.abc import Callable
-from enum import StrEnum
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import Any, TextIO, cast
 
 import numpy as np
 import torch
 from PIL import Image
 
-from pawlab import runlog
+from pawlab import checkpoint, runlog, unknown
 from pawlab.atomic import atomic_write, atomic_write_text
+from pawlab.checkpoint import TrainingRecord
 from pawlab.config import MONITORS
-from pawlab.errors import TrainingDiverged
+from pawlab.errors import ConfigError, TrainingDiverged
 from pawlab.figures import image_grid
-from pawlab.inference.typicality import FIT_IMAGES
+from pawlab.inference.agreement import agreement_record
+from pawlab.inference.typicality import FIT_IMAGES, Source, described_fit
 from pawlab.models.network import Network
 from pawlab.preprocessing import Preprocessing
 from pawlab.progress import progress_bar
+from pawlab.training.loop import Callback, Event, FeatureSet, Trainer
+from pawlab.training.objectives import Validation
 from pawlab.training.typicality import EpochFeatures, PenultimateFeatures
-
-if TYPE_CHECKING:
-    from pawlab.training.loop import Trainer
 
 __all__ = [
     "BestCheckpoint",
@@ -47,9 +41,12 @@ __all__ = [
     "EarlyStopping",
     "Event",
     "EventLog",
+    "InDistribution",
+    "InferenceAgreement",
     "InputsLog",
     "LastState",
     "MetricsLog",
+    "ModelRecord",
     "NaNGuard",
     "ProgressPrinter",
     "TrainingDiverged",
@@ -57,72 +54,6 @@ __all__ = [
     "ValidationLog",
     "is_better",
 ]
-
-
-class Event(StrEnum):
-    """The loop's events; each is the name of a `Callback` method."""
-
-    BEFORE_FIT = "before_fit"
-    BEFORE_EPOCH = "before_epoch"
-    BEFORE_BATCH = "before_batch"
-    AFTER_BATCH = "after_batch"
-    BEFORE_VALIDATION = "before_validation"
-    AFTER_VALIDATION = "after_validation"
-    AFTER_EPOCH = "after_epoch"
-    ON_EXCEPTION = "on_exception"  # called with the error as well
-    AFTER_FIT = "after_fit"
-
-
-_PREFIXES = ("before_", "after_", "on_")
-
-
-class Callback:
-    """Override any of the event methods; ``order`` sorts callbacks (lower runs first).
-
-    A method named almost like an event (``after_epcoh``) is a `TypeError` when the class is
-    defined, not a callback that silently never runs."""
-
-    order = 0
-    _state_key: str | None = None
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        events = [e.value for e in Event]
-        for name, value in vars(cls).items():
-            if not callable(value) or not name.startswith(_PREFIXES) or name in events:
-                continue
-            close = difflib.get_close_matches(name, events, n=1, cutoff=0.8)
-            if close:
-                raise TypeError(
-                    f"{cls.__name__}.{name} is not an event of the training loop: did you mean "
-                    f"{close[0]}? (a helper method's name starts with _)"
-                )
-
-    @property
-    def state_key(self) -> str:
-        """Where this callback's state is saved (its class name unless set): two callbacks
-        with state need keys of their own."""
-        return self._state_key or type(self).__name__
-
-    @state_key.setter
-    def state_key(self, key: str) -> None:
-        self._state_key = key
-
-    def before_fit(self, trainer: Trainer) -> None: ...
-    def before_epoch(self, trainer: Trainer) -> None: ...
-    def before_batch(self, trainer: Trainer) -> None: ...
-    def after_batch(self, trainer: Trainer) -> None: ...
-    def before_validation(self, trainer: Trainer) -> None: ...
-    def after_validation(self, trainer: Trainer) -> None: ...
-    def after_epoch(self, trainer: Trainer) -> None: ...
-    def on_exception(self, trainer: Trainer, error: BaseException) -> None: ...
-    def after_fit(self, trainer: Trainer) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None
 
 
 def is_better(value: float, best: float | None, monitor: str) -> bool:
@@ -148,8 +79,13 @@ class NaNGuard(Callback):
 
 
 class BestCheckpoint(Callback):
-    """Owns the best score: save the model whenever the monitored validation metric improves
-    (atomically), and say so in ``trainer.state.improved``."""
+    """Owns the best score: write the model file whenever the monitored validation metric
+    improves (atomically), and say so in ``trainer.state.improved``; the score and its epoch
+    are in the file's card (``best``, ``best_epoch``), where a resumed run reads them.
+
+    It keeps the file's contents in memory: after the fit the network holds the best epoch's
+    weights again, the run's `ModelRecord` callbacks add their records to that model, and the
+    file is written once more, never read back to be amended."""
 
     order = 10
 
@@ -157,25 +93,99 @@ class BestCheckpoint(Callback):
         self.path, self.monitor = Path(path), monitor  # None: the training config's monitor
         self.best: float | None = None
         self.best_epoch = 0
+        self.kept: checkpoint.Checkpoint | None = None  # what the file holds
 
-    def after_validation(self, trainer: Trainer) -> None:
+    def after_validation(self, trainer: Trainer, validation: Validation) -> None:
         monitor = self.monitor or trainer.config.monitor
         value = trainer.state.metrics[monitor]
         if is_better(value, self.best, monitor):
             self.best, self.best_epoch = value, trainer.state.epoch
             trainer.state.improved = True
-            if trainer.is_main:
-                trainer.save(self.path)
+            self.save(trainer)
+
+    def save(self, trainer: Trainer) -> None:
+        """Keep the model of this moment, and write it (rank 0)."""
+        self.kept = trainer.dump_checkpoint().copy()
+        if trainer.is_main:
+            checkpoint.write(self.path, self.kept)
+
+    def after_fit(self, trainer: Trainer) -> None:
+        if self.kept is None or trainer.state.error is not None:
+            return
+        trainer.network.load_state_dict(self.kept.model_state)  # the best epoch's weights
+        records = [cb for cb in trainer.callbacks if isinstance(cb, ModelRecord)]
+        if not trainer.is_main or not records:
+            return
+        ck = self.kept
+        for cb in records:
+            ck = cb.record(trainer, ck)
+        if ck is not self.kept:
+            self.kept = ck
+            checkpoint.write(self.path, ck)
+
+    def on_save_checkpoint(self, trainer: Trainer, ck: checkpoint.Checkpoint) -> checkpoint.Checkpoint:
+        training = replace(ck.card.training or TrainingRecord(), best=self.best, best_epoch=self.best_epoch)
+        return replace(ck, card=replace(ck.card, training=training))
+
+    def on_load_checkpoint(self, trainer: Trainer, ck: checkpoint.Checkpoint) -> None:
+        t = ck.card.training or TrainingRecord()
+        self.best, self.best_epoch = t.best, int(t.best_epoch or 0)
+        if self.path.is_file():  # the resumed run's best model: what it keeps until one is better
+            self.kept = checkpoint.load(self.path, with_optimizer=True)
 
     def best_metrics(self, history: list[dict[str, float]]) -> dict[str, float]:
         """The metrics of the best epoch (the first, if no epoch had a score)."""
         return next((m for m in history if int(m["epoch"]) == self.best_epoch), history[0])
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.best_epoch = state.get("best"), int(state.get("best_epoch", 0))
+class ModelRecord(Callback):
+    """A record of the finished model in its file: at the end of the run, with the best
+    epoch's weights in ``trainer.network``, `BestCheckpoint` asks each for its part (rank 0)."""
+
+    def record(self, trainer: Trainer, ck: checkpoint.Checkpoint) -> checkpoint.Checkpoint:
+        """``ck`` with this record added."""
+        raise NotImplementedError
+
+
+class InferenceAgreement(ModelRecord):
+    """Whether guarded bf16 inference agrees with fp32 on the validation images (``inference``
+    in the card; `pawlab.inference.agreement`). ``images``: uint8 (N, H, W, C), also when the
+    loop trains on cached features, whose fp32 logits then come from the head alone."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, pre: Preprocessing) -> None:
+        self.images, self.labels, self.pre = images, labels, pre
+
+    def record(self, trainer: Trainer, ck: checkpoint.Checkpoint) -> checkpoint.Checkpoint:
+        network, val = cast(Network, trainer.network), trainer.val_set
+        fp32 = None
+        if isinstance(val, FeatureSet):  # fp32 features are cached: only the head runs
+            fp32 = lambda rows: trainer.inputs.logits(network, val.images[rows], 0)  # noqa: E731
+        found = agreement_record(
+            network, self.images, self.pre, trainer.device, trainer.log, fp32, self.labels
+        )
+        return ck if found is None else replace(ck, card=replace(ck.card, inference=found))
+
+
+class InDistribution(ModelRecord):
+    """The in-distribution model ("none of these", `pawlab.unknown`): fitted on the training
+    set, calibrated on the validation set, kept as the card's ``unknown`` and its tensors."""
+
+    def __init__(self, pre: Preprocessing) -> None:
+        self.pre = pre
+
+    def record(self, trainer: Trainer, ck: checkpoint.Checkpoint) -> checkpoint.Checkpoint:
+        t, v = trainer.train_set, trainer.val_set
+        cached = isinstance(t, FeatureSet)
+        fit_on, calibrate_on = Source(t.images, t.labels, cached), Source(v.images, None, cached)
+        network = cast(Network, trainer.network)
+        try:
+            state = described_fit(network, fit_on, calibrate_on, self.pre, trainer.device, trainer.log)
+        except (ValueError, ConfigError) as exc:  # no linear layer to read features before; no validation
+            trainer.log(f"no in-distribution model: {str(exc).splitlines()[0]}")
+            return ck
+        tensors, entry = unknown.to_tensors(state)
+        kept = {k: x for k, x in ck.extra.items() if not k.startswith(unknown.PREFIX)}
+        return replace(ck, card=replace(ck.card, unknown=entry), extra={**kept, **tensors})
 
 
 class LastState(Callback):
@@ -189,11 +199,11 @@ class LastState(Callback):
 
     def after_epoch(self, trainer: Trainer) -> None:
         if trainer.is_main:
-            trainer.save(self.path)
+            checkpoint.write(self.path, trainer.dump_checkpoint())
 
     def after_fit(self, trainer: Trainer) -> None:
         if trainer.state.interrupted and trainer.is_main:
-            trainer.save(self.path)
+            checkpoint.write(self.path, trainer.dump_checkpoint())
 
 
 class EarlyStopping(Callback):
@@ -295,7 +305,7 @@ class ValidationLog(Callback):
     """Every validation pass's class probabilities, and once the validation images' names,
     labels and thumbnails, in the run directory (see `pawlab.runlog`): what a dashboard's
     confusion matrix and per-image histories read. It costs no forward pass: validation has
-    computed them (``trainer.state.val_probs``).
+    computed them (the `Validation` of ``after_validation``).
 
     ``images``: the validation images, uint8 (N, H, W, C) (also when the loop trains on
     cached features), in the order of ``names`` and ``labels``."""
@@ -331,8 +341,8 @@ class ValidationLog(Callback):
             pil.save(thumbs / f"{i}.jpg", quality=85)
         atomic_write_text(index, json.dumps(self.index))  # last: the thumbnails are there
 
-    def after_validation(self, trainer: Trainer) -> None:
-        probs = trainer.state.val_probs
+    def after_validation(self, trainer: Trainer, validation: Validation) -> None:
+        probs = validation.probs
         if not trainer.is_main or probs is None:
             return
         path = self.run_dir / runlog.pass_file(trainer.state.epoch)
@@ -344,7 +354,7 @@ class TypicalityLog(Callback):
     a live estimate, fitted from the penultimate features of the epoch's training batches), in
     the run directory beside the pass's probabilities: what a dashboard's cell sorts its odd
     images out by. Nothing for a network without a linear layer, or without class
-    probabilities (``trainer.state.val_probs``)."""
+    probabilities (the `Validation` of ``after_validation``)."""
 
     order = 24
 
@@ -382,10 +392,10 @@ class TypicalityLog(Callback):
         if self.features is not None:
             self.features.start()
 
-    def after_validation(self, trainer: Trainer) -> None:
+    def after_validation(self, trainer: Trainer, validation: Validation) -> None:
         if self.features is None or self.kept is None:
             return
-        x, probs = self.features.take(), trainer.state.val_probs
+        x, probs = self.features.take(), validation.probs
         if x is None or probs is None or len(x) != len(probs):
             return
         logits = torch.from_numpy(probs).clamp_min(1e-45).log()  # up to a constant per image

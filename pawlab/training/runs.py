@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -22,13 +22,12 @@ import torch
 from pawlab import checkpoint, runlog
 from pawlab._version import __version__
 from pawlab.atomic import check_output_file, check_output_folder
+from pawlab.checkpoint import ModelCard, TrainingRecord
 from pawlab.config import DEFAULT_ARCH, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import Dataset, ImageSet, load_dataset
 from pawlab.data.datasets import layout_of, untrained_classes, untrained_warning
 from pawlab.errors import ConfigError, ModelFileError, OutputError
-from pawlab.inference.agreement import record_agreement
 from pawlab.inference.features import trunk_features
-from pawlab.inference.typicality import Source, record_unknown
 from pawlab.models import (
     LayerSpec,
     Network,
@@ -40,12 +39,14 @@ from pawlab.models import (
     with_input_size,
 )
 from pawlab.preprocessing import Preprocessing
-from pawlab.runtime import barrier, is_main, main_first, resolve_device
+from pawlab.runtime import is_main, main_first, resolve_device
 from pawlab.training.callbacks import (
     BestCheckpoint,
     Callback,
     EarlyStopping,
     EventLog,
+    InDistribution,
+    InferenceAgreement,
     InputsLog,
     LastState,
     MetricsLog,
@@ -54,7 +55,7 @@ from pawlab.training.callbacks import (
     TypicalityLog,
     ValidationLog,
 )
-from pawlab.training.loop import FeatureSet, Trainer, state_from_checkpoint
+from pawlab.training.loop import FeatureSet, Trainer
 
 __all__ = [
     "TrainResult",
@@ -110,7 +111,7 @@ class _Run:
     """What the phases of one run share: its data, model file, run directory and settings."""
 
     ds: Dataset
-    meta: dict[str, Any]  # the model file's description (architecture, classes, recipe, ...)
+    card: ModelCard  # what the model file says of itself (architecture, classes, recipe, ...)
     out: Path
     run_dir: Path
     callbacks: Sequence[Callback]
@@ -141,14 +142,14 @@ def run_dir_for(
     return default_run_dir(Path(out) if out is not None else None, arch if isinstance(arch, str) else "net")
 
 
-def resumed_run_dir(path: Path, training: Mapping[str, Any] | None = None) -> Path:
+def resumed_run_dir(path: Path, training: TrainingRecord | None = None) -> Path:
     """Where `resume` of ``path`` writes: the run directory itself, or the one its model file
     records (``training``: the file's training record, read from the file if not given)."""
     if path.is_dir():
         return path
     if training is None:
-        training = checkpoint.read_meta(path).get("training", {})
-    return Path(training.get("run_dir") or path.with_name(path.stem + "-run"))
+        training = checkpoint.read_card(path).training or TrainingRecord()
+    return Path(training.run_dir or path.with_name(path.stem + "-run"))
 
 
 def _load_data(
@@ -185,27 +186,25 @@ def _load_data(
         return load_dataset(data, cfg, channels=c, progress=progress and is_main())
 
 
-def _model_meta(
+def _model_card(
     spec: list[LayerSpec],
     classes: list[str],
     pre: Preprocessing,
     config: TrainConfig,
     data: dict[str, Any],
     run_dir: Path,
-) -> dict[str, Any]:
-    """The model file's description of itself (the loop adds metrics, history and state)."""
-    return {
-        "pawlab_version": __version__,
-        "architecture": spec,
-        "classes": classes,
-        "preprocessing": pre.to_json(),
-        "training": {
-            "config": config.to_json(),
-            "data": data,
-            "monitor": config.monitor,
-            "run_dir": str(run_dir.resolve()),
-        },
-    }
+) -> ModelCard:
+    """The model file's card (the loop adds metrics, history and state)."""
+    training = TrainingRecord(
+        config=config.to_json(), data=data, monitor=config.monitor, run_dir=str(run_dir.resolve())
+    )
+    return ModelCard(
+        pawlab_version=__version__,
+        architecture=spec,
+        classes=classes,
+        preprocessing=pre.to_json(),
+        training=training,
+    )
 
 
 def train(
@@ -291,8 +290,8 @@ def _train(
         "train_count": len(ds.train),
         "validation_count": len(ds.validation),
     }
-    meta = _model_meta(spec, ds.classes, pre, config, data_record, run)
-    return _fit_phases(network, config, _Run(ds, meta, out_path, run, callbacks, stream, runtime), None)
+    card = _model_card(spec, ds.classes, pre, config, data_record, run)
+    return _fit_phases(network, config, _Run(ds, card, out_path, run, callbacks, stream, runtime), None)
 
 
 @contextmanager
@@ -350,29 +349,28 @@ def resume(
     p = Path(path)
     state_file = p / runlog.LAST_STATE if p.is_dir() else p
     ck = checkpoint.load(state_file, with_optimizer=True)
-    t = ck.meta.get("training", {})
-    if "config" not in t or "data" not in t:
+    card, t = ck.card, ck.card.training
+    if t is None or t.config is None or t.data is None or card.architecture is None:
         raise ModelFileError(f"{state_file}: has no training state to resume from")
-    config = _resumed_config(TrainConfig.from_json(t["config"]), epochs, forever)
-    spec, pre = ck.meta["architecture"], Preprocessing.from_json(ck.meta["preprocessing"])
-    d = t["data"]
+    config = _resumed_config(TrainConfig.from_json(t.config), epochs, forever)
+    spec, pre = card.architecture, Preprocessing.from_json(card.preprocessing or {})
+    d = t.data
     source = data if data is not None else d["source"]
     layout = layout_of(d.get("origin") or {})
     ds = _load_data(
         source, spec, config, d["val_fraction"], workers, pre.resize, layout, progress=runtime.progress
     )
-    if ds.classes != ck.meta["classes"]:
-        raise ConfigError(f"data: classes {ds.classes} differ from the run's {ck.meta['classes']}")
+    if ds.classes != card.classes:
+        raise ConfigError(f"data: classes {ds.classes} differ from the run's {card.classes}")
     run = resumed_run_dir(p, t)
     out_path = Path(out) if out is not None else run / runlog.MODEL
     if out is None and not out_path.exists():
         out_path = Path((runlog.read_config(run) or {}).get("model", out_path))
     network = build(spec, num_classes=len(ds.classes), pretrained=False)  # the state has every weight
     network.load_state_dict(ck.model_state)  # before a frozen backbone's features are computed
-    meta = _model_meta(spec, ds.classes, pre, config, d, run)
-    state = state_from_checkpoint(ck)
+    new_card = _model_card(spec, ds.classes, pre, config, d, run)
     with _claimed(out_path, run, fresh=False, overwrite=True):
-        return _fit_phases(network, config, _Run(ds, meta, out_path, run, callbacks, stream, runtime), state)
+        return _fit_phases(network, config, _Run(ds, new_card, out_path, run, callbacks, stream, runtime), ck)
 
 
 def _unfrozen(spec: Sequence[LayerSpec]) -> list[LayerSpec] | None:
@@ -415,34 +413,56 @@ def _fine_tune_config(config: TrainConfig, done: int) -> TrainConfig:
 
 
 def _fit_phases(
-    network: Network, config: TrainConfig, run: _Run, state: Mapping[str, Any] | None
+    network: Network, config: TrainConfig, run: _Run, resumed: checkpoint.Checkpoint | None
 ) -> TrainResult:
     """`_fit`, then, with ``config.fine_tune_epochs``, fastai's ``fine_tune``: the best model
     of the head's training with its backbone unfrozen for that many more epochs, at
     ``fine_tune_lr`` (default the head's rate / `FINE_TUNE_LR_DIVISOR`) spread over the
     backbone's stages (``lr_spread``, default 100), a new one-cycle schedule, the same run
     directory and the same best score to beat."""
-    _check_fine_tune(config, run.meta["architecture"])
-    unfrozen = _unfrozen(run.meta["architecture"])
+    spec = run.card.architecture or []
+    _check_fine_tune(config, spec)
+    unfrozen = _unfrozen(spec)
     tune = bool(config.fine_tune_epochs)
-    phase = "" if state is None else f"resuming after epoch {state['loop']['epoch']}: "
-    first, carry = _fit(network, config, run, state, phase=phase, last=not tune)
+    best = BestCheckpoint(run.out, config.monitor)  # one best score to beat, over both phases
+    start = None if resumed is None else _Start(resumed, None)
+    first, carry = _fit(network, config, run, best, start, last=not tune)
     if not tune or first.interrupted:
         return first
     assert unfrozen is not None
     config = _fine_tune_config(config, done=int(first.history[-1]["epoch"]))
     network = build(unfrozen, num_classes=len(run.ds.classes), pretrained=False)
-    barrier()  # rank 0 has written the head's best model
-    network.load_state_dict(checkpoint.load(run.out).model_state)  # the head's best epoch
-    training = {**run.meta["training"], "config": config.to_json()}
-    run = replace(run, meta={**run.meta, "architecture": unfrozen, "training": training})
-    phase = f"fine-tuning the whole network from epoch {carry['loop']['epoch'] + 1}: "
-    second, _ = _fit(network, config, run, carry, phase=phase, last=True)
+    network.load_state_dict(carry)  # the head's best epoch, as its model file holds it
+    training = replace(run.card.training or TrainingRecord(), config=config.to_json())
+    run = replace(run, card=replace(run.card, architecture=unfrozen, training=training))
+    second, _ = _fit(network, config, run, best, _Start(None, first.history), last=True)
     return replace(second, seconds=first.seconds + second.seconds)
 
 
+@dataclass(frozen=True)
+class _Start:
+    """Where a phase starts: a resumed run's model file, or the history of the phase before."""
+
+    resumed: checkpoint.Checkpoint | None
+    history: list[dict[str, float]] | None
+
+    def load(self, trainer: Trainer) -> None:
+        if self.resumed is not None:
+            trainer.load_checkpoint(self.resumed)
+        elif self.history:  # the loop's epochs and history go on; its steps are whole epochs
+            last = self.history[-1]
+            trainer.load_state_dict(
+                {"loop": {"epoch": int(last["epoch"]), "history": self.history, "metrics": last}}
+            )
+
+    def describe(self, trainer: Trainer) -> str:
+        if self.resumed is not None:
+            return f"resuming after epoch {trainer.state.epoch}: "
+        return f"fine-tuning the whole network from epoch {trainer.state.epoch + 1}: "
+
+
 def _callbacks(config: TrainConfig, run: _Run, best: BestCheckpoint, last: bool) -> list[Callback]:
-    v, pre = run.ds.validation, Preprocessing.from_json(run.meta["preprocessing"])
+    v, pre = run.ds.validation, Preprocessing.from_json(run.card.preprocessing or {})
     cbs: list[Callback] = [
         NaNGuard(),
         best,
@@ -457,6 +477,8 @@ def _callbacks(config: TrainConfig, run: _Run, best: BestCheckpoint, last: bool)
     ]
     if config.patience is not None:
         cbs.append(EarlyStopping(config.patience))
+    if last:  # what the finished model's file records of it (after bf16's check, its unknowns)
+        cbs += [InferenceAgreement(v.images, v.labels, pre), InDistribution(pre)]
     return cbs
 
 
@@ -468,10 +490,10 @@ def _start_run_dir(run: _Run, config: TrainConfig, fresh: bool) -> None:
         runlog.start_fresh(run.run_dir)
     record = {
         "model": str(run.out.resolve()),
-        "architecture": run.meta["architecture"],
+        "architecture": run.card.architecture,
         "classes": run.ds.classes,
         "config": config.to_json(),
-        "data": run.meta["training"]["data"],
+        "data": (run.card.training or TrainingRecord()).data,
     }
     runlog.write_config(run.run_dir, record)
 
@@ -495,48 +517,32 @@ def _fit(
     network: Network,
     config: TrainConfig,
     run: _Run,
-    state: Mapping[str, Any] | None,
+    best: BestCheckpoint,
+    start: _Start | None,
     *,
-    phase: str,
     last: bool,
-) -> tuple[TrainResult, dict[str, Any]]:
-    """One training phase, from ``state`` (a resumed run's, or an earlier phase's) if given:
-    its result, and what a following phase carries on (epochs, history, best score).
-    ``last``: the run's last phase, which records whether bf16 inference agrees with fp32 and
-    ends the event log."""
-    start = time.perf_counter()
-    best = BestCheckpoint(run.out, config.monitor)
-    pre = Preprocessing.from_json(run.meta["preprocessing"])
+) -> tuple[TrainResult, dict[str, torch.Tensor]]:
+    """One training phase, from ``start`` if given: its result, and the weights of its best
+    epoch. ``last``: the run's last phase, which ends the event log and whose model file
+    records whether bf16 inference agrees with fp32 and the in-distribution model."""
+    t0 = time.perf_counter()
+    pre = Preprocessing.from_json(run.card.preprocessing or {})
     train_set, val_set = _sets(network, run.ds, config, run.runtime, pre)
-    trainer = Trainer(
-        network,
-        train_set,
-        val_set,
-        config,
-        pre,
-        _callbacks(config, run, best, last),
-        run.meta,
-        run.stream,
-        run.runtime,
-    )
-    if state is not None:
-        trainer.load_state_dict(state)
+    callbacks = _callbacks(config, run, best, last)
+    trainer = Trainer(network, train_set, val_set, config, pre, callbacks, run.card, run.stream, run.runtime)
+    if start is not None:
+        start.load(trainer)
     if trainer.is_main:
-        _start_run_dir(run, config, fresh=state is None)
-    trainer.log(_describe(trainer, run, phase))
+        _start_run_dir(run, config, fresh=start is None)
+    trainer.log(_describe(trainer, run, "" if start is None else start.describe(trainer)))
     untrained = untrained_classes(run.ds.train.counts())
     if untrained:
         trainer.log(untrained_warning(untrained))
     done = trainer.fit()
     if not done.history:
         raise KeyboardInterrupt  # stopped before the first epoch ended: nothing was saved
-    if last and trainer.is_main and run.out.exists():
-        fp32 = None
-        if isinstance(val_set, FeatureSet):  # fp32 features are cached: only the head runs
-            fp32 = lambda rows: trainer.inputs.logits(network, val_set.images[rows], 0)  # noqa: E731
-        val = run.ds.validation
-        record_agreement(run.out, network, val.images, pre, trainer.device, trainer.log, fp32, val.labels)
-        _record_unknown(run.out, network, train_set, val_set, pre, trainer)
+    if best.kept is None:
+        raise ModelFileError(f"{run.out}: no epoch had a {config.monitor} to keep")
     result = TrainResult(
         run.out,
         run.run_dir,
@@ -544,24 +550,9 @@ def _fit(
         best.best_metrics(done.history),
         run.ds.classes,
         done.interrupted,
-        time.perf_counter() - start,
+        time.perf_counter() - t0,
     )
-    loop = {"epoch": done.epoch, "history": done.history, "metrics": done.metrics}
-    return result, {"loop": loop, "callbacks": {best.state_key: best.state_dict()}}
-
-
-def _record_unknown(
-    path: Path, network: Network, train: ImageSet, validation: ImageSet, pre: Preprocessing, trainer: Trainer
-) -> None:
-    """Keep an in-distribution model in the model file (`record_unknown`), or say why not."""
-    cached = isinstance(train, FeatureSet)
-    fit_on = Source(train.images, train.labels, cached)
-    try:
-        record_unknown(
-            path, network, fit_on, Source(validation.images, None, cached), pre, trainer.device, trainer.log
-        )
-    except (ValueError, ConfigError) as exc:  # no linear layer to read features before; no validation
-        trainer.log(f"no in-distribution model: {str(exc).splitlines()[0]}")
+    return result, best.kept.model_state
 
 
 def _sets(
