@@ -120,8 +120,8 @@ class Checkpoint:
 
     @property
     def meta(self) -> dict[str, Any]:
-        """The card as the header's JSON document."""
-        return self.card.to_json()
+        """The header's JSON document: the card and the file's format."""
+        return _document(self.card)
 
     def copy(self) -> Checkpoint:
         """A copy whose tensors are its own: kept past the next training step."""
@@ -174,8 +174,8 @@ def save(
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tensors = {MODEL_PREFIX + k: v.detach().cpu().contiguous() for k, v in model_state.items()}
-    card = meta if isinstance(meta, ModelCard) else ModelCard.from_json(meta)
-    document = {"format": FORMAT, "format_version": FORMAT_VERSION, **card.to_json()}
+    card = meta if isinstance(meta, ModelCard) else _card(meta)
+    document = _document(card)
     if optimizer_state is not None:
         opt_tensors, opt_rest = _flatten_optimizer(optimizer_state)
         tensors.update(opt_tensors)
@@ -293,7 +293,12 @@ def _unreadable(p: Path, exc: Exception) -> ModelFileError:
     return ModelFileError(f"{p}: not a readable model file ({str(exc).splitlines()[0]})")
 
 
-def _card(meta: dict[str, Any]) -> ModelCard:
+def _document(card: ModelCard) -> dict[str, Any]:
+    """What a file's header holds of ``card`` (the optimizer's state aside)."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, **card.to_json()}
+
+
+def _card(meta: Mapping[str, Any]) -> ModelCard:
     """The card of a checked document: the file's own keys (format, optimizer) left out."""
     return ModelCard.from_json({k: v for k, v in meta.items() if k not in _FILE_KEYS})
 
@@ -315,7 +320,7 @@ def read_card(path: str | os.PathLike[str]) -> ModelCard:
 
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """`read_card` as the header's JSON document."""
-    return read_card(path).to_json()
+    return _document(read_card(path))
 
 
 def load(path: str | os.PathLike[str], *, with_optimizer: bool = False) -> Checkpoint:
