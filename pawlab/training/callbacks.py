@@ -24,6 +24,8 @@ from pawlab import checkpoint, runlog, unknown
 from pawlab.atomic import atomic_write, atomic_write_text
 from pawlab.checkpoint import TrainingRecord
 from pawlab.config import MONITORS
+from pawlab.data import Dataset
+from pawlab.data.datasets import untrained_classes, untrained_warning
 from pawlab.errors import ConfigError, TrainingDiverged
 from pawlab.figures import image_grid
 from pawlab.inference.agreement import agreement_record
@@ -49,6 +51,7 @@ __all__ = [
     "ModelRecord",
     "NaNGuard",
     "ProgressPrinter",
+    "RunDirectory",
     "TrainingDiverged",
     "TypicalityLog",
     "ValidationLog",
@@ -114,7 +117,7 @@ class BestCheckpoint(Callback):
             return
         trainer.network.load_state_dict(self.kept.model_state)  # the best epoch's weights
         records = [cb for cb in trainer.callbacks if isinstance(cb, ModelRecord)]
-        if not trainer.is_main or not records:
+        if not trainer.is_main or not records or not trainer.state.last_phase:
             return
         ck = self.kept
         for cb in records:
@@ -213,6 +216,12 @@ class EarlyStopping(Callback):
 
     def __init__(self, patience: int) -> None:
         self.patience, self.wait = patience, 0
+        self.phase: str | None = None  # the phase counted in; a new phase (fine-tuning) counts anew
+
+    def before_fit(self, trainer: Trainer) -> None:
+        if self.phase is not None and self.phase != trainer.state.phase:
+            self.wait = 0
+        self.phase = trainer.state.phase
 
     def after_epoch(self, trainer: Trainer) -> None:
         self.wait = 0 if trainer.state.improved else self.wait + 1
@@ -227,6 +236,55 @@ class EarlyStopping(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.wait = int(state.get("wait", 0))
+
+
+class RunDirectory(Callback):
+    """The run directory's ``config.json`` (the model file, the architecture, classes, recipe
+    and data of the running phase: `pawlab.runlog`), written as each phase begins, and the
+    phase's first line: what trains on what, where, and how. ``fresh``: a new run, which
+    starts new logs in an old run directory (a resumed one keeps them)."""
+
+    order = -20  # first: the line opens the phase
+
+    def __init__(self, run_dir: Path, model: Path, ds: Dataset, fresh: bool) -> None:
+        self.run_dir, self.model, self.ds, self.fresh = run_dir, model, ds, fresh
+        self.first = True
+
+    def before_fit(self, trainer: Trainer) -> None:
+        if trainer.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.fresh and self.first:
+                runlog.start_fresh(self.run_dir)
+            record = {
+                "model": str(self.model.resolve()),
+                "architecture": trainer.card.architecture,
+                "classes": self.ds.classes,
+                "config": trainer.config.to_json(),
+                "data": (trainer.card.training or TrainingRecord()).data,
+            }
+            runlog.write_config(self.run_dir, record)
+        trainer.log(self._describe(trainer))
+        untrained = untrained_classes(self.ds.train.counts())
+        if untrained:
+            trainer.log(untrained_warning(untrained))
+        self.first = False
+
+    def _describe(self, trainer: Trainer) -> str:
+        config, ds, state = trainer.config, self.ds, trainer.state
+        if state.phase:
+            phase = f"{state.phase} from epoch {state.epoch + 1}: "
+        else:
+            phase = f"resuming after epoch {state.epoch}: " if not self.fresh else ""
+        c, h, w = cast(Network, trainer.network).input_shape
+        where = f"{trainer.device}" + (f" x{trainer.world_size} processes" if trainer.world_size > 1 else "")
+        spread = f" (/{config.lr_spread:g} for the first layers)" if config.lr_spread > 1 else ""
+        head = "; head on cached backbone features" if isinstance(trainer.train_set, FeatureSet) else ""
+        return (
+            f"{phase}training {len(ds.train)} images ({', '.join(ds.classes)}), validating on "
+            f"{len(ds.validation)}, {c}x{h}x{w} on {where}{' bf16' if trainer.bf16 else ''}, "
+            f"{config.optimizer} lr {config.learning_rate:g}{spread} ({config.schedule}), "
+            f"augment {config.augment.describe()}{head}; run: {self.run_dir}"
+        )
 
 
 class MetricsLog(Callback):
@@ -251,15 +309,14 @@ class EventLog(Callback):
     """Every event worth watching as one JSON line in ``events.jsonl`` (kinds:
     `pawlab.runlog.EVENT_KINDS`), written as it happens: the start of the run, a sampled batch
     loss with the learning rate and images/s (about ``batches_per_epoch`` lines per epoch),
-    each epoch's metrics, and the end or failure of the run. A dashboard follows it.
-
-    ``final``: this fit is the run's last phase. A phase that another follows (training the
-    head before fine-tuning) writes no "end", unless it was interrupted: the run ends there."""
+    each epoch's metrics, and the end or failure of the run. A dashboard follows it. Each phase
+    starts; one that another follows (training the head before fine-tuning) writes no "end",
+    unless it was interrupted: the run ends there."""
 
     order = 35  # after the checkpoint: an epoch's line says whether its model was saved
 
-    def __init__(self, path: str | Path, samples_per_epoch: int = 20, final: bool = True) -> None:
-        self.path, self.samples, self.final = Path(path), samples_per_epoch, final
+    def __init__(self, path: str | Path, samples_per_epoch: int = 20) -> None:
+        self.path, self.samples = Path(path), samples_per_epoch
 
     def _write(self, trainer: Trainer, kind: runlog.EventKind, **fields: Any) -> None:
         if trainer.is_main:
@@ -297,7 +354,7 @@ class EventLog(Callback):
         self._write(trainer, "failed", epoch=trainer.state.epoch, error=f"{type(error).__name__}: {error}")
 
     def after_fit(self, trainer: Trainer) -> None:
-        if trainer.state.error is None and (self.final or trainer.state.interrupted):
+        if trainer.state.error is None and (trainer.state.last_phase or trainer.state.interrupted):
             self._write(trainer, "end", epoch=trainer.state.epoch, interrupted=trainer.state.interrupted)
 
 

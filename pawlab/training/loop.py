@@ -21,7 +21,7 @@ import itertools
 import math
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, TextIO
@@ -41,7 +41,7 @@ from pawlab.training.inputs import FeatureInputs, ImageInputs, Inputs, class_wei
 from pawlab.training.objectives import Batch, Classification, Objective, Validation
 from pawlab.training.optim import lr_factor, make_optimizer, param_groups
 
-__all__ = ["Callback", "Event", "FeatureSet", "TrainState", "Trainer"]
+__all__ = ["Callback", "Event", "FeatureSet", "Phase", "TrainState", "Trainer"]
 
 
 class Event(StrEnum):
@@ -144,10 +144,26 @@ class TrainState:
     labels: torch.Tensor | None = None  # during after_batch, that batch's labels (B,)
     epoch_images: int = 0  # images trained on so far in the running epoch, all processes
     epoch_started: float = 0.0  # time.perf_counter() when the running epoch's batches began
+    phase: str = ""  # the running phase's name ("" for a run's first, `Phase.name` after)
+    last_phase: bool = True  # no phase follows this fit: the run ends with it
 
     def images_per_s(self) -> float:
         """Training images (all processes) per second so far in the running epoch."""
         return self.epoch_images / max(time.perf_counter() - self.epoch_started, 1e-9)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A later stretch of a run (fastai's ``fine_tune``: the head, then the whole network). The
+    epochs, history, callbacks and best score go on; the network, recipe and sets are new."""
+
+    name: str  # what the run's lines call it ("fine-tuning the whole network")
+    # the last phase's network as the callbacks left it (`BestCheckpoint`: at its best epoch) -> this one's
+    network: Callable[[torch.nn.Module], torch.nn.Module]
+    architecture: list[dict[str, Any]]  # that network's layer list, for its model files
+    config: Callable[[int], TrainConfig]  # the epochs done so far -> this phase's recipe
+    train_set: ImageSet
+    val_set: ImageSet
 
 
 @dataclass
@@ -219,11 +235,22 @@ class Trainer:
         runtime: RuntimeConfig = RuntimeConfig(),
         objective: Objective | None = None,
     ) -> None:
-        self.config, self.runtime = config, runtime
+        self.runtime, self.preprocessing, self.given_objective = runtime, preprocessing, objective
         self.stream = stream or sys.stdout
         self.device = resolve_device(runtime.device)
         self.bf16 = use_bf16(runtime.precision, self.device)
-        fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
+        self.callbacks = _unique_keys(callbacks)
+        self.state = TrainState()
+        self.card = card or checkpoint.ModelCard()  # what the run's model files say of it
+        self._take(network, train_set, val_set, config)
+
+    def _take(
+        self, network: torch.nn.Module, train_set: ImageSet, val_set: ImageSet, config: TrainConfig
+    ) -> None:
+        """Train ``network`` on these sets by ``config`` from now on: new inputs, optimizer and
+        generators (seeded by the recipe)."""
+        self.config = config
+        fmt = torch.channels_last if self.runtime.channels_last else torch.contiguous_format
         self.network = network.to(self.device).to(memory_format=fmt)  # type: ignore[call-overload]
         self.train_set, self.val_set = train_set, val_set
         self.gen = torch.Generator().manual_seed(config.seed)  # shuffling: the same on every rank
@@ -231,15 +258,12 @@ class Trainer:
         self.inputs: Inputs = (
             FeatureInputs(self.device, self.aug_gen)
             if isinstance(train_set, FeatureSet)
-            else ImageInputs(preprocessing, self.device, fmt, config.augment, self.aug_gen)
+            else ImageInputs(self.preprocessing, self.device, fmt, config.augment, self.aug_gen)
         )
-        self.model = _for_training(self.inputs.learner(self.network), self.device, runtime.compile)
+        self.model = _for_training(self.inputs.learner(self.network), self.device, self.runtime.compile)
         # frozen parts (a pretrained backbone) have no gradients and no optimizer state
         self.optimizer = make_optimizer(param_groups(self.network, config), config)
-        self.callbacks = _unique_keys(callbacks)
-        self.state = TrainState()
-        self.card = card or checkpoint.ModelCard()  # what the run's model files say of it
-        self.objective: Objective = self._objective(objective)
+        self.objective: Objective = self._objective(self.given_objective)
 
     def _objective(self, objective: Objective | None) -> Objective:
         """``objective``, or cross-entropy with the recipe's class weights and label smoothing
@@ -409,6 +433,28 @@ class Trainer:
         finally:
             self.emit(Event.AFTER_FIT)
         return self.state
+
+    def run(self, then: Sequence[Phase] = ()) -> TrainState:
+        """The whole run: `fit`, then each phase of ``then`` (unless a phase was interrupted
+        or ended before its first epoch), each beginning where the one before left the network."""
+        phases = list(then)
+        self.state.last_phase = not phases
+        state = self.fit()
+        while phases and state.history and not state.interrupted:
+            self._begin(phases.pop(0), last=not phases)
+            state = self.fit()
+        return state
+
+    def _begin(self, phase: Phase, *, last: bool) -> None:
+        """Go on with ``phase``: its epochs are counted on from the last phase's, its steps as
+        whole epochs of its own batches (its schedule starts at ``config.schedule_start``)."""
+        done, history = self.state.epoch, self.state.history
+        config = phase.config(done)
+        self._take(phase.network(self.network), phase.train_set, phase.val_set, config)
+        self.state = TrainState(epoch=done, history=history, metrics=dict(history[-1]), phase=phase.name)
+        self.state.steps, self.state.last_phase = done * self.batches_per_epoch, last
+        training = replace(self.card.training or checkpoint.TrainingRecord(), config=config.to_json())
+        self.card = replace(self.card, architecture=phase.architecture, training=training)
 
     # -- state
     def state_dict(self) -> dict[str, Any]:

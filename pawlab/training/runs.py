@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,7 +26,7 @@ from pawlab.atomic import check_output_file, check_output_folder
 from pawlab.checkpoint import ModelCard, TrainingRecord
 from pawlab.config import DEFAULT_ARCH, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import Dataset, ImageSet, load_dataset
-from pawlab.data.datasets import layout_of, untrained_classes, untrained_warning
+from pawlab.data.datasets import layout_of
 from pawlab.errors import ConfigError, ModelFileError, OutputError
 from pawlab.inference.features import trunk_features
 from pawlab.models import (
@@ -52,10 +53,11 @@ from pawlab.training.callbacks import (
     MetricsLog,
     NaNGuard,
     ProgressPrinter,
+    RunDirectory,
     TypicalityLog,
     ValidationLog,
 )
-from pawlab.training.loop import FeatureSet, Trainer
+from pawlab.training.loop import FeatureSet, Phase, Trainer
 
 __all__ = [
     "TrainResult",
@@ -291,7 +293,7 @@ def _train(
         "validation_count": len(ds.validation),
     }
     card = _model_card(spec, ds.classes, pre, config, data_record, run)
-    return _fit_phases(network, config, _Run(ds, card, out_path, run, callbacks, stream, runtime), None)
+    return _fit_run(network, config, _Run(ds, card, out_path, run, callbacks, stream, runtime), None)
 
 
 @contextmanager
@@ -370,7 +372,7 @@ def resume(
     network.load_state_dict(ck.model_state)  # before a frozen backbone's features are computed
     new_card = _model_card(spec, ds.classes, pre, config, d, run)
     with _claimed(out_path, run, fresh=False, overwrite=True):
-        return _fit_phases(network, config, _Run(ds, new_card, out_path, run, callbacks, stream, runtime), ck)
+        return _fit_run(network, config, _Run(ds, new_card, out_path, run, callbacks, stream, runtime), ck)
 
 
 def _unfrozen(spec: Sequence[LayerSpec]) -> list[LayerSpec] | None:
@@ -412,147 +414,69 @@ def _fine_tune_config(config: TrainConfig, done: int) -> TrainConfig:
     )
 
 
-def _fit_phases(
+def _fit_run(
     network: Network, config: TrainConfig, run: _Run, resumed: checkpoint.Checkpoint | None
 ) -> TrainResult:
-    """`_fit`, then, with ``config.fine_tune_epochs``, fastai's ``fine_tune``: the best model
-    of the head's training with its backbone unfrozen for that many more epochs, at
-    ``fine_tune_lr`` (default the head's rate / `FINE_TUNE_LR_DIVISOR`) spread over the
-    backbone's stages (``lr_spread``, default 100), a new one-cycle schedule, the same run
-    directory and the same best score to beat."""
-    spec = run.card.architecture or []
-    _check_fine_tune(config, spec)
-    unfrozen = _unfrozen(spec)
-    tune = bool(config.fine_tune_epochs)
-    best = BestCheckpoint(run.out, config.monitor)  # one best score to beat, over both phases
-    start = None if resumed is None else _Start(resumed, None)
-    first, carry = _fit(network, config, run, best, start, last=not tune)
-    if not tune or first.interrupted:
-        return first
-    assert unfrozen is not None
-    config = _fine_tune_config(config, done=int(first.history[-1]["epoch"]))
-    network = build(unfrozen, num_classes=len(run.ds.classes), pretrained=False)
-    network.load_state_dict(carry)  # the head's best epoch, as its model file holds it
-    training = replace(run.card.training or TrainingRecord(), config=config.to_json())
-    run = replace(run, card=replace(run.card, architecture=unfrozen, training=training))
-    second, _ = _fit(network, config, run, best, _Start(None, first.history), last=True)
-    return replace(second, seconds=first.seconds + second.seconds)
+    """The run: its sets, its callbacks and phases on one `Trainer`, and what came of it."""
+    start = time.perf_counter()
+    _check_fine_tune(config, run.card.architecture or [])
+    pre = Preprocessing.from_json(run.card.preprocessing or {})
+    train_set, val_set = _sets(network, run.ds, config, run.runtime, pre)
+    best = BestCheckpoint(run.out, config.monitor)  # one best score to beat, over every phase
+    callbacks = _callbacks(config, run, best, fresh=resumed is None)
+    trainer = Trainer(network, train_set, val_set, config, pre, callbacks, run.card, run.stream, run.runtime)
+    if resumed is not None:
+        trainer.load_checkpoint(resumed)
+    done = trainer.run(_phases(config, run))
+    if not done.history:
+        raise KeyboardInterrupt  # stopped before the first epoch ended: nothing was saved
+    metrics = best.best_metrics(done.history)
+    seconds = time.perf_counter() - start
+    return TrainResult(run.out, run.run_dir, done.history, metrics, run.ds.classes, done.interrupted, seconds)
 
 
-@dataclass(frozen=True)
-class _Start:
-    """Where a phase starts: a resumed run's model file, or the history of the phase before."""
-
-    resumed: checkpoint.Checkpoint | None
-    history: list[dict[str, float]] | None
-
-    def load(self, trainer: Trainer) -> None:
-        if self.resumed is not None:
-            trainer.load_checkpoint(self.resumed)
-        elif self.history:  # the loop's epochs and history go on; its steps are whole epochs
-            last = self.history[-1]
-            trainer.load_state_dict(
-                {"loop": {"epoch": int(last["epoch"]), "history": self.history, "metrics": last}}
-            )
-
-    def describe(self, trainer: Trainer) -> str:
-        if self.resumed is not None:
-            return f"resuming after epoch {trainer.state.epoch}: "
-        return f"fine-tuning the whole network from epoch {trainer.state.epoch + 1}: "
+def _phases(config: TrainConfig, run: _Run) -> list[Phase]:
+    """With ``config.fine_tune_epochs``, fastai's ``fine_tune``: the best model of the head's
+    training with its backbone unfrozen for that many more epochs, at ``fine_tune_lr`` (default
+    the head's rate / `FINE_TUNE_LR_DIVISOR`) spread over the backbone's stages (``lr_spread``,
+    default 100), a new one-cycle schedule, the same run directory and best score to beat."""
+    unfrozen = _unfrozen(run.card.architecture or [])
+    if not config.fine_tune_epochs or unfrozen is None:
+        return []
+    whole = partial(_unfrozen_network, unfrozen, len(run.ds.classes))
+    tuned = partial(_fine_tune_config, config)
+    ds = run.ds
+    return [Phase("fine-tuning the whole network", whole, unfrozen, tuned, ds.train, ds.validation)]
 
 
-def _callbacks(config: TrainConfig, run: _Run, best: BestCheckpoint, last: bool) -> list[Callback]:
+def _unfrozen_network(spec: list[LayerSpec], classes: int, head: torch.nn.Module) -> Network:
+    """The network of ``spec`` (its backbone trainable) with the weights of ``head``'s."""
+    network = build(spec, num_classes=classes, pretrained=False)
+    network.load_state_dict(head.state_dict())
+    return network
+
+
+def _callbacks(config: TrainConfig, run: _Run, best: BestCheckpoint, *, fresh: bool) -> list[Callback]:
     v, pre = run.ds.validation, Preprocessing.from_json(run.card.preprocessing or {})
     cbs: list[Callback] = [
+        RunDirectory(run.run_dir, run.out, run.ds, fresh),
         NaNGuard(),
         best,
         MetricsLog(run.run_dir / runlog.METRICS),
-        EventLog(run.run_dir / runlog.EVENTS, final=last),
+        EventLog(run.run_dir / runlog.EVENTS),
         LastState(run.run_dir / runlog.LAST_STATE),
         ValidationLog(run.run_dir, v.images, v.names, v.labels, v.classes),
         TypicalityLog(run.run_dir),
         InputsLog(run.run_dir, pre, v.images),
         ProgressPrinter(run.stream, bar=run.runtime.progress),
         *run.callbacks,
+        # what the finished model's file records of it: bf16's agreement, its unknowns
+        InferenceAgreement(v.images, v.labels, pre),
+        InDistribution(pre),
     ]
     if config.patience is not None:
         cbs.append(EarlyStopping(config.patience))
-    if last:  # what the finished model's file records of it (after bf16's check, its unknowns)
-        cbs += [InferenceAgreement(v.images, v.labels, pre), InDistribution(pre)]
     return cbs
-
-
-def _start_run_dir(run: _Run, config: TrainConfig, fresh: bool) -> None:
-    """The run directory with this run's ``config.json``; a new run in an old run directory
-    starts new logs."""
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    if fresh:
-        runlog.start_fresh(run.run_dir)
-    record = {
-        "model": str(run.out.resolve()),
-        "architecture": run.card.architecture,
-        "classes": run.ds.classes,
-        "config": config.to_json(),
-        "data": (run.card.training or TrainingRecord()).data,
-    }
-    runlog.write_config(run.run_dir, record)
-
-
-def _describe(trainer: Trainer, run: _Run, phase: str) -> str:
-    """The run's first line: what trains on what, where, and how."""
-    config, ds = trainer.config, run.ds
-    c, h, w = trainer.network.input_shape
-    where = f"{trainer.device}" + (f" x{trainer.world_size} processes" if trainer.world_size > 1 else "")
-    spread = f" (/{config.lr_spread:g} for the first layers)" if config.lr_spread > 1 else ""
-    head = "; head on cached backbone features" if isinstance(trainer.train_set, FeatureSet) else ""
-    return (
-        f"{phase}training {len(ds.train)} images ({', '.join(ds.classes)}), validating on "
-        f"{len(ds.validation)}, {c}x{h}x{w} on {where}{' bf16' if trainer.bf16 else ''}, "
-        f"{config.optimizer} lr {config.learning_rate:g}{spread} ({config.schedule}), "
-        f"augment {config.augment.describe()}{head}; run: {run.run_dir}"
-    )
-
-
-def _fit(
-    network: Network,
-    config: TrainConfig,
-    run: _Run,
-    best: BestCheckpoint,
-    start: _Start | None,
-    *,
-    last: bool,
-) -> tuple[TrainResult, dict[str, torch.Tensor]]:
-    """One training phase, from ``start`` if given: its result, and the weights of its best
-    epoch. ``last``: the run's last phase, which ends the event log and whose model file
-    records whether bf16 inference agrees with fp32 and the in-distribution model."""
-    t0 = time.perf_counter()
-    pre = Preprocessing.from_json(run.card.preprocessing or {})
-    train_set, val_set = _sets(network, run.ds, config, run.runtime, pre)
-    callbacks = _callbacks(config, run, best, last)
-    trainer = Trainer(network, train_set, val_set, config, pre, callbacks, run.card, run.stream, run.runtime)
-    if start is not None:
-        start.load(trainer)
-    if trainer.is_main:
-        _start_run_dir(run, config, fresh=start is None)
-    trainer.log(_describe(trainer, run, "" if start is None else start.describe(trainer)))
-    untrained = untrained_classes(run.ds.train.counts())
-    if untrained:
-        trainer.log(untrained_warning(untrained))
-    done = trainer.fit()
-    if not done.history:
-        raise KeyboardInterrupt  # stopped before the first epoch ended: nothing was saved
-    if best.kept is None:
-        raise ModelFileError(f"{run.out}: no epoch had a {config.monitor} to keep")
-    result = TrainResult(
-        run.out,
-        run.run_dir,
-        done.history,
-        best.best_metrics(done.history),
-        run.ds.classes,
-        done.interrupted,
-        time.perf_counter() - t0,
-    )
-    return result, best.kept.model_state
 
 
 def _sets(
