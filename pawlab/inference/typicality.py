@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -122,28 +123,30 @@ def record_unknown(
     with its weights) and keep it in the file, in place of any earlier one."""
     ck = checkpoint.load(path, with_optimizer=True)
     network.load_state_dict(ck.model_state)
-    state = described_fit(network, train, validation, pre, device, log)
-    tensors, entry = unknown.to_tensors(state)
-    kept = {k: t for k, t in ck.extra.items() if not k.startswith(unknown.PREFIX)}
-    meta = {**ck.meta, "unknown": entry}
-    checkpoint.save(path, ck.model_state, meta, ck.optimizer_state, ck.rng, {**kept, **tensors})
+    ck, state = with_unknown(ck, network, (train, validation), pre, device, log)
+    checkpoint.write(path, ck)
     return state
 
 
-def described_fit(
+def with_unknown(
+    ck: checkpoint.Checkpoint,
     network: Network,
-    train: Source,
-    validation: Source,
+    sources: tuple[Source, Source],
     pre: Preprocessing,
     device: torch.device,
     log: Callable[[str], None],
-) -> unknown.State:
-    """`fit_state`, and a line to ``log`` of what it fitted and what it cost."""
+) -> tuple[checkpoint.Checkpoint, unknown.State]:
+    """``ck`` with the in-distribution model of ``network`` (its weights ``ck``'s), fitted on
+    the first of ``sources`` and calibrated on the second, in place of any earlier one; and
+    that model. ``log`` gets a line of what was fitted and what it cost."""
     start = time.perf_counter()
+    train, validation = sources
     state = fit_state(network, train, validation, pre, device)
     log(
         f"in-distribution model: {state.method} on {min(len(train), FIT_IMAGES)} training images, "
         f"calibrated on {len(validation)} validation images ({state.nbytes / 1e6:.1f} MB, "
         f"{time.perf_counter() - start:.1f}s)"
     )
-    return state
+    tensors, entry = unknown.to_tensors(state)
+    kept = {k: t for k, t in ck.extra.items() if not k.startswith(unknown.PREFIX)}
+    return replace(ck, card=replace(ck.card, unknown=entry), extra={**kept, **tensors}), state

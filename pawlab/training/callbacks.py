@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pawlab import checkpoint, runlog, unknown
+from pawlab import checkpoint, runlog
 from pawlab.atomic import atomic_write, atomic_write_text
 from pawlab.checkpoint import TrainingRecord
 from pawlab.config import MONITORS
@@ -29,7 +29,7 @@ from pawlab.data.datasets import untrained_classes, untrained_warning
 from pawlab.errors import ConfigError, TrainingDiverged
 from pawlab.figures import image_grid
 from pawlab.inference.agreement import agreement_record
-from pawlab.inference.typicality import FIT_IMAGES, Source, described_fit
+from pawlab.inference.typicality import FIT_IMAGES, Source, with_unknown
 from pawlab.models.network import Network
 from pawlab.preprocessing import Preprocessing
 from pawlab.progress import progress_bar
@@ -182,13 +182,13 @@ class InDistribution(ModelRecord):
         fit_on, calibrate_on = Source(t.images, t.labels, cached), Source(v.images, None, cached)
         network = cast(Network, trainer.network)
         try:
-            state = described_fit(network, fit_on, calibrate_on, self.pre, trainer.device, trainer.log)
+            found, _ = with_unknown(
+                ck, network, (fit_on, calibrate_on), self.pre, trainer.device, trainer.log
+            )
         except (ValueError, ConfigError) as exc:  # no linear layer to read features before; no validation
             trainer.log(f"no in-distribution model: {str(exc).splitlines()[0]}")
             return ck
-        tensors, entry = unknown.to_tensors(state)
-        kept = {k: x for k, x in ck.extra.items() if not k.startswith(unknown.PREFIX)}
-        return replace(ck, card=replace(ck.card, unknown=entry), extra={**kept, **tensors})
+        return found
 
 
 class LastState(Callback):
