@@ -1,14 +1,16 @@
 """The training loop: one plain loop with named events; everything else is a callback.
 
-`Trainer` runs epochs over in-memory sets and fires the events of `Event` to its `Callback`s,
-in this order: ``before_fit``; per epoch ``before_epoch``, per batch ``before_batch``/
-``after_batch``, then ``before_validation``/``after_validation`` (with what validation produced,
-a `Validation`) and ``after_epoch``; ``on_exception`` when an error ends the run (not Ctrl-C or
-SIGTERM, which stop it cleanly); and ``after_fit``, always, last. Checkpoints, the resumable
-state, the logs, progress, early stopping and the NaN guard are callbacks
-(`pawlab.training.callbacks`), and the loop knows none of them: it assembles a model file's
-contents (`Trainer.dump_checkpoint`), to which every callback contributes through
-``on_save_checkpoint``, and a callback writes it where it keeps one.
+`Trainer` runs a whole run: epochs over in-memory sets, and then any later `Phase` (fastai's
+``fine_tune``: the head, then the whole network), each a fit of its own. It fires the events of
+`Event` to its `Callback`s, in this order for each fit: ``before_fit``; per epoch
+``before_epoch``, per batch ``before_batch``/``after_batch``, then
+``before_validation``/``after_validation`` (with what validation produced, a `Validation`) and
+``after_epoch``; ``on_exception`` when an error ends the run (not Ctrl-C or SIGTERM, which stop
+it cleanly); and ``after_fit``, always, last. Checkpoints, the resumable state, the logs,
+progress, early stopping and the NaN guard are callbacks (`pawlab.training.callbacks`), and the
+loop knows none of them: it assembles a model file's contents (`Trainer.dump_checkpoint`), to
+which every callback contributes through ``on_save_checkpoint``, and a callback writes it where
+it keeps one.
 
 Under ``torchrun`` the loop is data-parallel (DDP): every process draws the same shuffled
 order and takes its own share of each batch; gradients are averaged; only rank 0 writes.

@@ -1,9 +1,10 @@
-"""Training runs: `train` and `resume`, each one or two phases of the loop in a run directory.
+"""Training runs: `train` and `resume`, recipe -> `Trainer` -> result.
 
-A run loads its data, builds (or restores) the network, and fits it with the standard
-callbacks, writing into its run directory (`pawlab.runlog` names the files). With
-``fine_tune_epochs`` a second phase unfreezes the pretrained backbone (fastai's
-``fine_tune``) and carries on the first phase's epochs, history and best score.
+A run loads its data, builds (or restores) the network and describes it (the model file's
+`ModelCard`), and hands one `Trainer` the sets, the standard callbacks (which write into its
+run directory: `pawlab.runlog` names the files) and its phases: with ``fine_tune_epochs`` a
+second phase unfreezes the pretrained backbone (fastai's ``fine_tune``) and carries on the
+first phase's epochs, history and best score.
 """
 
 from __future__ import annotations
