@@ -95,7 +95,7 @@ def make_trainer(
     net = build(spec(size), 2)
     callbacks = [NaNGuard(), MetricsLog(tmp / "metrics.jsonl"), ProgressPrinter(io.StringIO(), bar=False)]
     pre = Preprocessing.for_input((3, size, size))
-    return Trainer(net, train, val, cfg, pre, callbacks, {}, io.StringIO(), runtime=rt)
+    return Trainer(net, train, val, cfg, pre, callbacks, None, io.StringIO(), runtime=rt)
 
 
 def timed(fn: object) -> float:

@@ -3,8 +3,11 @@
 Tensors: the network's weights under ``model.`` and, for resuming, the optimizer's state
 tensors under ``optim.`` and the random generators' states under ``rng.``; what else a model
 carries under names of its own (``unknown.``: its in-distribution model, `pawlab.unknown`). The safetensors
-header's metadata holds one JSON document under the key ``pawlab``: architecture, classes,
-preprocessing, metrics, history and training state. A file alone is enough to predict, evaluate or resume.
+header's metadata holds one JSON document under the key ``pawlab``, the file's `ModelCard`:
+architecture, classes, preprocessing, metrics, history, the training record, the bf16 agreement
+record, the in-distribution model's entry. A file alone is enough to predict, evaluate or resume.
+The card is read from and written to that document here and nowhere else; keys this pawlab
+does not know are kept as they were found, and a key it knows is never written as null.
 
 Files are written atomically (temporary file, fsync, rename): a kill never leaves a broken
 model where a good one was.
@@ -12,13 +15,14 @@ model where a good one was.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -34,13 +38,104 @@ OPTIM_PREFIX = "optim."
 RNG_PREFIX = "rng."
 
 
+_Record = TypeVar("_Record", "TrainingRecord", "ModelCard")
+
+
+def _from_json(cls: type[_Record], d: Mapping[str, Any], **parsed: Any) -> _Record:
+    """``cls`` from a JSON object: its known keys as fields (``parsed`` in place of the raw
+    ones), the others kept in ``other``."""
+    known = {f.name for f in fields(cls)} - {"other"}
+    values = {k: v for k, v in d.items() if k in known}
+    return cls(**{**values, **parsed}, other={k: v for k, v in d.items() if k not in known})
+
+
+def _to_json(record: TrainingRecord | ModelCard) -> dict[str, Any]:
+    """The JSON object of a record: its fields that are set, then the keys it kept."""
+    out: dict[str, Any] = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if f.name != "other" and value is not None:
+            out[f.name] = value.to_json() if isinstance(value, TrainingRecord) else value
+    return {**out, **record.other}
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """How a model was trained (``training`` in the header): enough to resume it. Values are
+    JSON as `pawlab.config.TrainConfig.to_json` and the data loader wrote them."""
+
+    config: dict[str, Any] | None = None  # the recipe, `TrainConfig.to_json()`
+    data: dict[str, Any] | None = None  # the source, its origin and split, the counts
+    monitor: str | None = None
+    run_dir: str | None = None  # absolute
+    epoch: int | None = None  # epochs completed when the file was written
+    steps: int | None = None  # optimizer steps taken
+    best: float | None = None  # the best monitored score so far, and its epoch
+    best_epoch: int | None = None
+    callbacks: dict[str, dict[str, Any]] | None = None  # each callback's state by its state_key
+    other: Mapping[str, Any] = field(default_factory=dict)  # keys this pawlab does not know
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> TrainingRecord:
+        return _from_json(cls, d)
+
+    def to_json(self) -> dict[str, Any]:
+        return _to_json(self)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model file says of itself: the JSON document of its header, typed. Layer lists,
+    preprocessing and records stay JSON as their own modules read them."""
+
+    kind: str | None = None  # "classifier" when absent; "generator" (`pawlab.spec`)
+    pawlab_version: str | None = None
+    architecture: list[dict[str, Any]] | None = None  # the layer list
+    classes: list[str] | None = None
+    preprocessing: dict[str, Any] | None = None  # `Preprocessing.to_json()`
+    training: TrainingRecord | None = None
+    metrics: dict[str, float] | None = None  # the saved epoch's
+    history: list[dict[str, float]] | None = None  # every epoch's metrics up to the saved one
+    inference: dict[str, Any] | None = None  # the bf16 agreement record (`pawlab.inference.agreement`)
+    unknown: dict[str, Any] | None = None  # the in-distribution model's entry (`pawlab.unknown`)
+    other: Mapping[str, Any] = field(default_factory=dict)  # keys this pawlab does not know
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ModelCard:
+        t = d.get("training")
+        training = TrainingRecord.from_json(t) if isinstance(t, Mapping) else t
+        return _from_json(cls, d, **({} if t is None else {"training": training}))
+
+    def to_json(self) -> dict[str, Any]:
+        return _to_json(self)
+
+
 @dataclass
 class Checkpoint:
-    meta: dict[str, Any]
+    card: ModelCard
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict[str, Any] | None
     rng: dict[str, torch.Tensor] = field(default_factory=dict)  # random generators' states
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # other tensors, by their full names
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The header's JSON document: the card and the file's format."""
+        return _document(self.card)
+
+    def copy(self) -> Checkpoint:
+        """A copy whose tensors are its own: kept past the next training step."""
+
+        def own(ts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: t.detach().clone() for k, t in ts.items()}
+
+        return Checkpoint(
+            self.card,
+            own(self.model_state),
+            copy.deepcopy(self.optimizer_state),
+            own(self.rng),
+            own(self.extra),
+        )
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -69,7 +164,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any])
 def save(
     path: str | os.PathLike[str],
     model_state: dict[str, torch.Tensor],
-    meta: dict[str, Any],
+    meta: ModelCard | Mapping[str, Any],
     optimizer_state: dict[str, Any] | None = None,
     rng: dict[str, torch.Tensor] | None = None,
     extra: dict[str, torch.Tensor] | None = None,
@@ -79,18 +174,19 @@ def save(
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tensors = {MODEL_PREFIX + k: v.detach().cpu().contiguous() for k, v in model_state.items()}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
+    card = meta if isinstance(meta, ModelCard) else _card(meta)
+    document = _document(card)
     if optimizer_state is not None:
         opt_tensors, opt_rest = _flatten_optimizer(optimizer_state)
         tensors.update(opt_tensors)
-        meta["optimizer_state"] = opt_rest
+        document["optimizer_state"] = opt_rest
     for name, state in (rng or {}).items():
         tensors[RNG_PREFIX + name] = state.detach().cpu().contiguous()
     for name, t in (extra or {}).items():
         if name.startswith((MODEL_PREFIX, OPTIM_PREFIX, RNG_PREFIX)):
             raise ValueError(f"{name}: an extra tensor's name must not start with model., optim. or rng.")
         tensors[name] = t.detach().cpu().contiguous()
-    header = {"pawlab": json.dumps(meta)}
+    header = {"pawlab": json.dumps(document)}
     try:
         atomic_write(p, lambda tmp: save_file(tensors, str(tmp), metadata=header), fsync=True)
     except (OSError, SafetensorError) as exc:  # a full disk, a read-only folder
@@ -99,6 +195,11 @@ def save(
             f"{p}: cannot write the model file ({reason}); the one there before is unchanged"
         ) from None
     return p
+
+
+def write(path: str | os.PathLike[str], ck: Checkpoint) -> Path:
+    """`save` of everything ``ck`` holds."""
+    return save(path, ck.model_state, ck.card, ck.optimizer_state, ck.rng, ck.extra)
 
 
 def _meta(p: Path, header: dict[str, str]) -> dict[str, Any]:
@@ -192,8 +293,21 @@ def _unreadable(p: Path, exc: Exception) -> ModelFileError:
     return ModelFileError(f"{p}: not a readable model file ({str(exc).splitlines()[0]})")
 
 
-def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A model file's description alone, without reading its tensors; errors as `load`'s."""
+def _document(card: ModelCard) -> dict[str, Any]:
+    """What a file's header holds of ``card`` (the optimizer's state aside)."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, **card.to_json()}
+
+
+def _card(meta: Mapping[str, Any]) -> ModelCard:
+    """The card of a checked document: the file's own keys (format, optimizer) left out."""
+    return ModelCard.from_json({k: v for k, v in meta.items() if k not in _FILE_KEYS})
+
+
+_FILE_KEYS = ("format", "format_version", "optimizer_state")
+
+
+def read_card(path: str | os.PathLike[str]) -> ModelCard:
+    """A model file's card alone, without reading its tensors; errors as `load`'s."""
     p = _existing(path)
     try:
         with safe_open(str(p), framework="pt") as fh:
@@ -201,8 +315,12 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise _unreadable(p, exc) from None
     _check_format(p, meta)
-    meta.pop("optimizer_state", None)
-    return meta
+    return _card(meta)
+
+
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """`read_card` as the header's JSON document."""
+    return _document(read_card(path))
 
 
 def load(path: str | os.PathLike[str], *, with_optimizer: bool = False) -> Checkpoint:
@@ -229,5 +347,4 @@ def load(path: str | os.PathLike[str], *, with_optimizer: bool = False) -> Check
     optimizer_state = None
     if with_optimizer and "optimizer_state" in meta:
         optimizer_state = _unflatten_optimizer(optim_tensors, meta["optimizer_state"])
-    meta.pop("optimizer_state", None)
-    return Checkpoint(meta, model_state, optimizer_state, rng, extra)
+    return Checkpoint(_card(meta), model_state, optimizer_state, rng, extra)

@@ -1,6 +1,6 @@
 """Is bf16 inference safe for this model? Guarded bf16 checked against fp32 on real images.
 
-At the end of training (`record_agreement`) bf16 and fp32 run on up to `AGREEMENT_IMAGES`
+At the end of training (`agreement_record`) bf16 and fp32 run on up to `AGREEMENT_IMAGES`
 validation images. The rule (`guarded_agreement`): bf16 keeps every image except those whose two
 likeliest classes are close (`pawlab.inference.guard`'s ``margin`` rule), which run again in
 fp32; the margin is chosen on half of the images (`choose_margin`) and agreement measured on the
@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pawlab import checkpoint
 from pawlab.inference.engine import folded, predict_outputs
 from pawlab.inference.guard import Guard, margins
 from pawlab.preprocessing import Preprocessing
@@ -195,8 +193,7 @@ def check_agreement(
 AGREEMENT_IMAGES = 1000  # validation images on which bf16 inference is checked against fp32
 
 
-def record_agreement(
-    path: Path,
+def agreement_record(
     network: torch.nn.Module,
     images: np.ndarray,
     pre: Preprocessing,
@@ -204,23 +201,20 @@ def record_agreement(
     log: Callable[[str], None],
     fp32_logits: Callable[[np.ndarray], torch.Tensor] | None = None,
     labels: np.ndarray | None = None,
-) -> None:
-    """Check guarded bf16 inference of the model saved at ``path`` against fp32 on validation
-    ``images`` (uint8 (N, H, W, C)) and their ``labels`` (N,) and record the outcome in the
-    model file. ``network`` is loaded with the saved weights; ``fp32_logits(rows)``, when given,
-    supplies fp32 logits of those rows (a frozen trunk's cached features make them cheap)."""
+) -> dict[str, Any] | None:
+    """Check guarded bf16 inference of ``network`` against fp32 on validation ``images``
+    (uint8 (N, H, W, C)) and their ``labels`` (N,): the record a model file keeps (None where
+    bf16 is not fast here). ``fp32_logits(rows)``, when given, supplies fp32 logits of those
+    rows (a frozen trunk's cached features make them cheap)."""
     if not use_bf16("auto", device):
-        return
-    ck = checkpoint.load(path, with_optimizer=True)
-    network.load_state_dict(ck.model_state)
+        return None
     # a seeded sample across the classes (the arrays are in file-name order, often by class)
     rows = np.sort(np.random.default_rng(0).permutation(len(images))[:AGREEMENT_IMAGES])
     fp32 = fp32_logits(rows) if fp32_logits is not None else None
     truth = labels[rows] if labels is not None else None
     result = check_agreement(network, images[rows], pre, device, fp32, labels=truth)
     log(f"guarded bf16 inference {describe(result)}")
-    meta = {**ck.meta, "inference": result}
-    checkpoint.save(path, ck.model_state, meta, ck.optimizer_state, ck.rng, ck.extra)
+    return result
 
 
 def describe(result: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -120,17 +121,32 @@ def record_unknown(
 ) -> unknown.State:
     """Fit the in-distribution model of the model saved at ``path`` (``network`` is loaded
     with its weights) and keep it in the file, in place of any earlier one."""
-    start = time.perf_counter()
     ck = checkpoint.load(path, with_optimizer=True)
     network.load_state_dict(ck.model_state)
+    ck, state = with_unknown(ck, network, (train, validation), pre, device, log)
+    checkpoint.write(path, ck)
+    return state
+
+
+def with_unknown(
+    ck: checkpoint.Checkpoint,
+    network: Network,
+    sources: tuple[Source, Source],
+    pre: Preprocessing,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> tuple[checkpoint.Checkpoint, unknown.State]:
+    """``ck`` with the in-distribution model of ``network`` (its weights ``ck``'s), fitted on
+    the first of ``sources`` and calibrated on the second, in place of any earlier one; and
+    that model. ``log`` gets a line of what was fitted and what it cost."""
+    start = time.perf_counter()
+    train, validation = sources
     state = fit_state(network, train, validation, pre, device)
-    tensors, entry = unknown.to_tensors(state)
-    kept = {k: t for k, t in ck.extra.items() if not k.startswith(unknown.PREFIX)}
-    meta = {**ck.meta, "unknown": entry}
-    checkpoint.save(path, ck.model_state, meta, ck.optimizer_state, ck.rng, {**kept, **tensors})
     log(
         f"in-distribution model: {state.method} on {min(len(train), FIT_IMAGES)} training images, "
         f"calibrated on {len(validation)} validation images ({state.nbytes / 1e6:.1f} MB, "
         f"{time.perf_counter() - start:.1f}s)"
     )
-    return state
+    tensors, entry = unknown.to_tensors(state)
+    kept = {k: t for k, t in ck.extra.items() if not k.startswith(unknown.PREFIX)}
+    return replace(ck, card=replace(ck.card, unknown=entry), extra={**kept, **tensors}), state

@@ -190,7 +190,9 @@ def train_generator(
     )
     pixels = Preprocessing(size=(28, 28), channels=1, mean=(0.0,), std=(1.0,))  # inputs in [0, 1]
     callbacks = [NaNGuard(), ProgressPrinter(stream, bar=runtime.progress)]
-    trainer = Trainer(vae, ds.train, ds.validation, config, pixels, callbacks, {}, stream, runtime, objective)
+    trainer = Trainer(
+        vae, ds.train, ds.validation, config, pixels, callbacks, None, stream, runtime, objective
+    )
     trainer.log(
         f"generator: conditional VAE, latent {recipe.latent}, {recipe.vae_epochs} epochs, then "
         f"{recipe.guided_epochs} guided by {guide.name}; {len(ds.train)} digits on {trainer.device}"

@@ -1,17 +1,28 @@
 """Training: one plain loop with named events, and the runs built on it.
 
-loop.py         `Trainer`: epochs, batches, validation, its state; fires `Event`s
-callbacks.py    checkpoints, logs (metrics.jsonl, events.jsonl), progress, early stopping
+loop.py         `Trainer`: a run's phases, epochs, batches, validation, its state; fires `Event`s
+                to `Callback`s
+objectives.py   what the loop minimises and how validation scores: (model, batch) in, no trainer
+callbacks.py    the run directory, the best model file and its records, logs, progress, early stopping
 inputs.py       an epoch's order; batches of images or of cached features made into inputs
 optim.py        optimizers, parameter groups, learning-rate schedules
 augment.py      batch augmentation in torch
-runs.py         `train` and `resume`: data, network, run directory, fine-tuning phases
+runs.py         `train` and `resume`: data, network and card, then a `Trainer` runs it
 presets.py      named recipes
 experiments.py  the optimizer comparison
 """
 
-from pawlab.training.callbacks import Callback, Event
-from pawlab.training.loop import FeatureSet, Trainer, TrainState
+from pawlab.training.loop import Callback, Event, FeatureSet, Phase, Trainer, TrainState
 from pawlab.training.runs import TrainResult, resume, train
 
-__all__ = ["Callback", "Event", "FeatureSet", "TrainResult", "TrainState", "Trainer", "resume", "train"]
+__all__ = [
+    "Callback",
+    "Event",
+    "FeatureSet",
+    "Phase",
+    "TrainResult",
+    "TrainState",
+    "Trainer",
+    "resume",
+    "train",
+]

@@ -1,45 +1,41 @@
 """Callbacks: everything the training loop does besides training.
 
-The loop (`pawlab.training.loop.Trainer`) fires the events of `Event`, in this order:
-``before_fit``; per epoch ``before_epoch``, per batch ``before_batch``/``after_batch``, then
-``before_validation``/``after_validation`` and ``after_epoch``; ``on_exception`` when an error
-ends the run (not Ctrl-C or SIGTERM, which stop it cleanly); and ``after_fit``, always, last.
-
-A callback overrides any of those methods; ``order`` sorts callbacks (lower first). A callback
-with state to survive a resume implements ``state_dict``/``load_state_dict``; its state is saved
-under its ``state_key``, which must be unique among a run's callbacks. Only the process of rank
-0 writes files or prints (see ``trainer.is_main``).
+The loop (`pawlab.training.loop`) defines the events (`Event`) and the base class
+(`Callback`); these are the callbacks a run uses: the best model file and the resumable state,
+the run directory's logs and the dashboard's files, early stopping, the NaN guard, progress.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import sys
 import time
 from collections.abc import Callable
-from enum import StrEnum
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import Any, TextIO, cast
 
 import numpy as np
 import torch
 from PIL import Image
 
-from pawlab import runlog
+from pawlab import checkpoint, runlog
 from pawlab.atomic import atomic_write, atomic_write_text
+from pawlab.checkpoint import TrainingRecord
 from pawlab.config import MONITORS
-from pawlab.errors import TrainingDiverged
+from pawlab.data import Dataset
+from pawlab.data.datasets import untrained_classes, untrained_warning
+from pawlab.errors import ConfigError, TrainingDiverged
 from pawlab.figures import image_grid
-from pawlab.inference.typicality import FIT_IMAGES
+from pawlab.inference.agreement import agreement_record
+from pawlab.inference.typicality import FIT_IMAGES, Source, with_unknown
 from pawlab.models.network import Network
 from pawlab.preprocessing import Preprocessing
 from pawlab.progress import progress_bar
+from pawlab.training.loop import Callback, Event, FeatureSet, Trainer
+from pawlab.training.objectives import Validation
 from pawlab.training.typicality import EpochFeatures, PenultimateFeatures
-
-if TYPE_CHECKING:
-    from pawlab.training.loop import Trainer
 
 __all__ = [
     "BestCheckpoint",
@@ -47,82 +43,20 @@ __all__ = [
     "EarlyStopping",
     "Event",
     "EventLog",
+    "InDistribution",
+    "InferenceAgreement",
     "InputsLog",
     "LastState",
     "MetricsLog",
+    "ModelRecord",
     "NaNGuard",
     "ProgressPrinter",
+    "RunDirectory",
     "TrainingDiverged",
     "TypicalityLog",
     "ValidationLog",
     "is_better",
 ]
-
-
-class Event(StrEnum):
-    """The loop's events; each is the name of a `Callback` method."""
-
-    BEFORE_FIT = "before_fit"
-    BEFORE_EPOCH = "before_epoch"
-    BEFORE_BATCH = "before_batch"
-    AFTER_BATCH = "after_batch"
-    BEFORE_VALIDATION = "before_validation"
-    AFTER_VALIDATION = "after_validation"
-    AFTER_EPOCH = "after_epoch"
-    ON_EXCEPTION = "on_exception"  # called with the error as well
-    AFTER_FIT = "after_fit"
-
-
-_PREFIXES = ("before_", "after_", "on_")
-
-
-class Callback:
-    """Override any of the event methods; ``order`` sorts callbacks (lower runs first).
-
-    A method named almost like an event (``after_epcoh``) is a `TypeError` when the class is
-    defined, not a callback that silently never runs."""
-
-    order = 0
-    _state_key: str | None = None
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        events = [e.value for e in Event]
-        for name, value in vars(cls).items():
-            if not callable(value) or not name.startswith(_PREFIXES) or name in events:
-                continue
-            close = difflib.get_close_matches(name, events, n=1, cutoff=0.8)
-            if close:
-                raise TypeError(
-                    f"{cls.__name__}.{name} is not an event of the training loop: did you mean "
-                    f"{close[0]}? (a helper method's name starts with _)"
-                )
-
-    @property
-    def state_key(self) -> str:
-        """Where this callback's state is saved (its class name unless set): two callbacks
-        with state need keys of their own."""
-        return self._state_key or type(self).__name__
-
-    @state_key.setter
-    def state_key(self, key: str) -> None:
-        self._state_key = key
-
-    def before_fit(self, trainer: Trainer) -> None: ...
-    def before_epoch(self, trainer: Trainer) -> None: ...
-    def before_batch(self, trainer: Trainer) -> None: ...
-    def after_batch(self, trainer: Trainer) -> None: ...
-    def before_validation(self, trainer: Trainer) -> None: ...
-    def after_validation(self, trainer: Trainer) -> None: ...
-    def after_epoch(self, trainer: Trainer) -> None: ...
-    def on_exception(self, trainer: Trainer, error: BaseException) -> None: ...
-    def after_fit(self, trainer: Trainer) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None
 
 
 def is_better(value: float, best: float | None, monitor: str) -> bool:
@@ -148,8 +82,13 @@ class NaNGuard(Callback):
 
 
 class BestCheckpoint(Callback):
-    """Owns the best score: save the model whenever the monitored validation metric improves
-    (atomically), and say so in ``trainer.state.improved``."""
+    """Owns the best score: write the model file whenever the monitored validation metric
+    improves (atomically), and say so in ``trainer.state.improved``; the score and its epoch
+    are in the file's card (``best``, ``best_epoch``), where a resumed run reads them.
+
+    It keeps the file's contents in memory: after the fit the network holds the best epoch's
+    weights again, the run's `ModelRecord` callbacks add their records to that model, and the
+    file is written once more, never read back to be amended."""
 
     order = 10
 
@@ -157,25 +96,99 @@ class BestCheckpoint(Callback):
         self.path, self.monitor = Path(path), monitor  # None: the training config's monitor
         self.best: float | None = None
         self.best_epoch = 0
+        self.kept: checkpoint.Checkpoint | None = None  # what the file holds
 
-    def after_validation(self, trainer: Trainer) -> None:
+    def after_validation(self, trainer: Trainer, validation: Validation) -> None:
         monitor = self.monitor or trainer.config.monitor
         value = trainer.state.metrics[monitor]
         if is_better(value, self.best, monitor):
             self.best, self.best_epoch = value, trainer.state.epoch
             trainer.state.improved = True
-            if trainer.is_main:
-                trainer.save(self.path)
+            self.save(trainer)
+
+    def save(self, trainer: Trainer) -> None:
+        """Keep the model of this moment, and write it (rank 0)."""
+        self.kept = trainer.dump_checkpoint().copy()
+        if trainer.is_main:
+            checkpoint.write(self.path, self.kept)
+
+    def after_fit(self, trainer: Trainer) -> None:
+        if self.kept is None or trainer.state.error is not None:
+            return
+        trainer.network.load_state_dict(self.kept.model_state)  # the best epoch's weights
+        records = [cb for cb in trainer.callbacks if isinstance(cb, ModelRecord)]
+        if not trainer.is_main or not records or not trainer.state.last_phase:
+            return
+        ck = self.kept
+        for cb in records:
+            ck = cb.record(trainer, ck)
+        if ck is not self.kept:
+            self.kept = ck
+            checkpoint.write(self.path, ck)
+
+    def on_save_checkpoint(self, trainer: Trainer, ck: checkpoint.Checkpoint) -> checkpoint.Checkpoint:
+        training = replace(ck.card.training or TrainingRecord(), best=self.best, best_epoch=self.best_epoch)
+        return replace(ck, card=replace(ck.card, training=training))
+
+    def on_load_checkpoint(self, trainer: Trainer, ck: checkpoint.Checkpoint) -> None:
+        t = ck.card.training or TrainingRecord()
+        self.best, self.best_epoch = t.best, int(t.best_epoch or 0)
+        if self.path.is_file():  # the resumed run's best model: what it keeps until one is better
+            self.kept = checkpoint.load(self.path, with_optimizer=True)
 
     def best_metrics(self, history: list[dict[str, float]]) -> dict[str, float]:
         """The metrics of the best epoch (the first, if no epoch had a score)."""
         return next((m for m in history if int(m["epoch"]) == self.best_epoch), history[0])
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.best_epoch = state.get("best"), int(state.get("best_epoch", 0))
+class ModelRecord(Callback):
+    """A record of the finished model in its file: at the end of the run, with the best
+    epoch's weights in ``trainer.network``, `BestCheckpoint` asks each for its part (rank 0)."""
+
+    def record(self, trainer: Trainer, ck: checkpoint.Checkpoint) -> checkpoint.Checkpoint:
+        """``ck`` with this record added."""
+        raise NotImplementedError
+
+
+class InferenceAgreement(ModelRecord):
+    """Whether guarded bf16 inference agrees with fp32 on the validation images (``inference``
+    in the card; `pawlab.inference.agreement`). ``images``: uint8 (N, H, W, C), also when the
+    loop trains on cached features, whose fp32 logits then come from the head alone."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, pre: Preprocessing) -> None:
+        self.images, self.labels, self.pre = images, labels, pre
+
+    def record(self, trainer: Trainer, ck: checkpoint.Checkpoint) -> checkpoint.Checkpoint:
+        network, val = cast(Network, trainer.network), trainer.val_set
+        fp32 = None
+        if isinstance(val, FeatureSet):  # fp32 features are cached: only the head runs
+            fp32 = lambda rows: trainer.inputs.logits(network, val.images[rows], 0)  # noqa: E731
+        found = agreement_record(
+            network, self.images, self.pre, trainer.device, trainer.log, fp32, self.labels
+        )
+        return ck if found is None else replace(ck, card=replace(ck.card, inference=found))
+
+
+class InDistribution(ModelRecord):
+    """The in-distribution model ("none of these", `pawlab.unknown`): fitted on the training
+    set, calibrated on the validation set, kept as the card's ``unknown`` and its tensors."""
+
+    def __init__(self, pre: Preprocessing) -> None:
+        self.pre = pre
+
+    def record(self, trainer: Trainer, ck: checkpoint.Checkpoint) -> checkpoint.Checkpoint:
+        t, v = trainer.train_set, trainer.val_set
+        cached = isinstance(t, FeatureSet)
+        fit_on, calibrate_on = Source(t.images, t.labels, cached), Source(v.images, None, cached)
+        network = cast(Network, trainer.network)
+        try:
+            found, _ = with_unknown(
+                ck, network, (fit_on, calibrate_on), self.pre, trainer.device, trainer.log
+            )
+        except (ValueError, ConfigError) as exc:  # no linear layer to read features before; no validation
+            trainer.log(f"no in-distribution model: {str(exc).splitlines()[0]}")
+            return ck
+        return found
 
 
 class LastState(Callback):
@@ -189,11 +202,11 @@ class LastState(Callback):
 
     def after_epoch(self, trainer: Trainer) -> None:
         if trainer.is_main:
-            trainer.save(self.path)
+            checkpoint.write(self.path, trainer.dump_checkpoint())
 
     def after_fit(self, trainer: Trainer) -> None:
         if trainer.state.interrupted and trainer.is_main:
-            trainer.save(self.path)
+            checkpoint.write(self.path, trainer.dump_checkpoint())
 
 
 class EarlyStopping(Callback):
@@ -203,6 +216,12 @@ class EarlyStopping(Callback):
 
     def __init__(self, patience: int) -> None:
         self.patience, self.wait = patience, 0
+        self.phase: str | None = None  # the phase counted in; a new phase (fine-tuning) counts anew
+
+    def before_fit(self, trainer: Trainer) -> None:
+        if self.phase is not None and self.phase != trainer.state.phase:
+            self.wait = 0
+        self.phase = trainer.state.phase
 
     def after_epoch(self, trainer: Trainer) -> None:
         self.wait = 0 if trainer.state.improved else self.wait + 1
@@ -217,6 +236,55 @@ class EarlyStopping(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.wait = int(state.get("wait", 0))
+
+
+class RunDirectory(Callback):
+    """The run directory's ``config.json`` (the model file, the architecture, classes, recipe
+    and data of the running phase: `pawlab.runlog`), written as each phase begins, and the
+    phase's first line: what trains on what, where, and how. ``fresh``: a new run, which
+    starts new logs in an old run directory (a resumed one keeps them)."""
+
+    order = -20  # first: the line opens the phase
+
+    def __init__(self, run_dir: Path, model: Path, ds: Dataset, fresh: bool) -> None:
+        self.run_dir, self.model, self.ds, self.fresh = run_dir, model, ds, fresh
+        self.first = True
+
+    def before_fit(self, trainer: Trainer) -> None:
+        if trainer.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.fresh and self.first:
+                runlog.start_fresh(self.run_dir)
+            record = {
+                "model": str(self.model.resolve()),
+                "architecture": trainer.card.architecture,
+                "classes": self.ds.classes,
+                "config": trainer.config.to_json(),
+                "data": (trainer.card.training or TrainingRecord()).data,
+            }
+            runlog.write_config(self.run_dir, record)
+        trainer.log(self._describe(trainer))
+        untrained = untrained_classes(self.ds.train.counts())
+        if untrained:
+            trainer.log(untrained_warning(untrained))
+        self.first = False
+
+    def _describe(self, trainer: Trainer) -> str:
+        config, ds, state = trainer.config, self.ds, trainer.state
+        if state.phase:
+            phase = f"{state.phase} from epoch {state.epoch + 1}: "
+        else:
+            phase = f"resuming after epoch {state.epoch}: " if not self.fresh else ""
+        c, h, w = cast(Network, trainer.network).input_shape
+        where = f"{trainer.device}" + (f" x{trainer.world_size} processes" if trainer.world_size > 1 else "")
+        spread = f" (/{config.lr_spread:g} for the first layers)" if config.lr_spread > 1 else ""
+        head = "; head on cached backbone features" if isinstance(trainer.train_set, FeatureSet) else ""
+        return (
+            f"{phase}training {len(ds.train)} images ({', '.join(ds.classes)}), validating on "
+            f"{len(ds.validation)}, {c}x{h}x{w} on {where}{' bf16' if trainer.bf16 else ''}, "
+            f"{config.optimizer} lr {config.learning_rate:g}{spread} ({config.schedule}), "
+            f"augment {config.augment.describe()}{head}; run: {self.run_dir}"
+        )
 
 
 class MetricsLog(Callback):
@@ -241,15 +309,14 @@ class EventLog(Callback):
     """Every event worth watching as one JSON line in ``events.jsonl`` (kinds:
     `pawlab.runlog.EVENT_KINDS`), written as it happens: the start of the run, a sampled batch
     loss with the learning rate and images/s (about ``batches_per_epoch`` lines per epoch),
-    each epoch's metrics, and the end or failure of the run. A dashboard follows it.
-
-    ``final``: this fit is the run's last phase. A phase that another follows (training the
-    head before fine-tuning) writes no "end", unless it was interrupted: the run ends there."""
+    each epoch's metrics, and the end or failure of the run. A dashboard follows it. Each phase
+    starts; one that another follows (training the head before fine-tuning) writes no "end",
+    unless it was interrupted: the run ends there."""
 
     order = 35  # after the checkpoint: an epoch's line says whether its model was saved
 
-    def __init__(self, path: str | Path, samples_per_epoch: int = 20, final: bool = True) -> None:
-        self.path, self.samples, self.final = Path(path), samples_per_epoch, final
+    def __init__(self, path: str | Path, samples_per_epoch: int = 20) -> None:
+        self.path, self.samples = Path(path), samples_per_epoch
 
     def _write(self, trainer: Trainer, kind: runlog.EventKind, **fields: Any) -> None:
         if trainer.is_main:
@@ -287,7 +354,7 @@ class EventLog(Callback):
         self._write(trainer, "failed", epoch=trainer.state.epoch, error=f"{type(error).__name__}: {error}")
 
     def after_fit(self, trainer: Trainer) -> None:
-        if trainer.state.error is None and (self.final or trainer.state.interrupted):
+        if trainer.state.error is None and (trainer.state.last_phase or trainer.state.interrupted):
             self._write(trainer, "end", epoch=trainer.state.epoch, interrupted=trainer.state.interrupted)
 
 
@@ -295,7 +362,7 @@ class ValidationLog(Callback):
     """Every validation pass's class probabilities, and once the validation images' names,
     labels and thumbnails, in the run directory (see `pawlab.runlog`): what a dashboard's
     confusion matrix and per-image histories read. It costs no forward pass: validation has
-    computed them (``trainer.state.val_probs``).
+    computed them (the `Validation` of ``after_validation``).
 
     ``images``: the validation images, uint8 (N, H, W, C) (also when the loop trains on
     cached features), in the order of ``names`` and ``labels``."""
@@ -331,8 +398,8 @@ class ValidationLog(Callback):
             pil.save(thumbs / f"{i}.jpg", quality=85)
         atomic_write_text(index, json.dumps(self.index))  # last: the thumbnails are there
 
-    def after_validation(self, trainer: Trainer) -> None:
-        probs = trainer.state.val_probs
+    def after_validation(self, trainer: Trainer, validation: Validation) -> None:
+        probs = validation.probs
         if not trainer.is_main or probs is None:
             return
         path = self.run_dir / runlog.pass_file(trainer.state.epoch)
@@ -344,7 +411,7 @@ class TypicalityLog(Callback):
     a live estimate, fitted from the penultimate features of the epoch's training batches), in
     the run directory beside the pass's probabilities: what a dashboard's cell sorts its odd
     images out by. Nothing for a network without a linear layer, or without class
-    probabilities (``trainer.state.val_probs``)."""
+    probabilities (the `Validation` of ``after_validation``)."""
 
     order = 24
 
@@ -382,10 +449,10 @@ class TypicalityLog(Callback):
         if self.features is not None:
             self.features.start()
 
-    def after_validation(self, trainer: Trainer) -> None:
+    def after_validation(self, trainer: Trainer, validation: Validation) -> None:
         if self.features is None or self.kept is None:
             return
-        x, probs = self.features.take(), trainer.state.val_probs
+        x, probs = self.features.take(), validation.probs
         if x is None or probs is None or len(x) != len(probs):
             return
         logits = torch.from_numpy(probs).clamp_min(1e-45).log()  # up to a constant per image

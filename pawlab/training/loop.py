@@ -1,9 +1,16 @@
 """The training loop: one plain loop with named events; everything else is a callback.
 
-`Trainer` runs epochs over in-memory sets and fires the events of `Event` (see
-`pawlab.training.callbacks`): checkpoints, the resumable state, the logs, progress, early
-stopping and the NaN guard are callbacks, and the loop knows nothing of them. ``after_fit``
-always fires, also after an error (``on_exception`` first) or Ctrl-C.
+`Trainer` runs a whole run: epochs over in-memory sets, and then any later `Phase` (fastai's
+``fine_tune``: the head, then the whole network), each a fit of its own. It fires the events of
+`Event` to its `Callback`s, in this order for each fit: ``before_fit``; per epoch
+``before_epoch``, per batch ``before_batch``/``after_batch``, then
+``before_validation``/``after_validation`` (with what validation produced, a `Validation`) and
+``after_epoch``; ``on_exception`` when an error ends the run (not Ctrl-C or SIGTERM, which stop
+it cleanly); and ``after_fit``, always, last. Checkpoints, the resumable state, the logs,
+progress, early stopping and the NaN guard are callbacks (`pawlab.training.callbacks`), and the
+loop knows none of them: it assembles a model file's contents (`Trainer.dump_checkpoint`), to
+which every callback contributes through ``on_save_checkpoint``, and a callback writes it where
+it keeps one.
 
 Under ``torchrun`` the loop is data-parallel (DDP): every process draws the same shuffled
 order and takes its own share of each batch; gradients are averaged; only rank 0 writes.
@@ -11,14 +18,14 @@ order and takes its own share of each batch; gradients are averaged; only rank 0
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
-import os
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any, TextIO
 
 import numpy as np
@@ -29,14 +36,95 @@ from pawlab import checkpoint
 from pawlab.config import RuntimeConfig, TrainConfig
 from pawlab.data import ImageSet
 from pawlab.errors import ConfigError, ModelFileError
+from pawlab.models.network import Network
 from pawlab.preprocessing import Preprocessing
 from pawlab.runtime import is_distributed, is_main, rank, resolve_device, use_bf16, world_size
-from pawlab.training.callbacks import BestCheckpoint, Callback, Event
 from pawlab.training.inputs import FeatureInputs, ImageInputs, Inputs, class_weights, epoch_order
-from pawlab.training.objectives import Classification, Objective
+from pawlab.training.objectives import Batch, Classification, Objective, Validation
 from pawlab.training.optim import lr_factor, make_optimizer, param_groups
 
-__all__ = ["FeatureSet", "TrainState", "Trainer"]
+__all__ = ["Callback", "Event", "FeatureSet", "Phase", "TrainState", "Trainer"]
+
+
+class Event(StrEnum):
+    """The loop's events; each is the name of a `Callback` method."""
+
+    BEFORE_FIT = "before_fit"
+    BEFORE_EPOCH = "before_epoch"
+    BEFORE_BATCH = "before_batch"
+    AFTER_BATCH = "after_batch"
+    BEFORE_VALIDATION = "before_validation"
+    AFTER_VALIDATION = "after_validation"  # called with the pass's `Validation` as well
+    AFTER_EPOCH = "after_epoch"
+    ON_EXCEPTION = "on_exception"  # called with the error as well
+    AFTER_FIT = "after_fit"
+
+
+_PREFIXES = ("before_", "after_", "on_")
+# not events: the loop calls them as it assembles a model file, and as it continues from one
+_HOOKS = ("on_save_checkpoint", "on_load_checkpoint")
+
+
+class Callback:
+    """Override any of the event methods; ``order`` sorts callbacks (lower runs first).
+
+    A callback with state to survive a resume implements ``state_dict``/``load_state_dict``;
+    its state is saved under its ``state_key``, which must be unique among a run's callbacks.
+    ``on_save_checkpoint`` adds what the callback knows to a model file's contents. Only the
+    process of rank 0 writes files or prints (see ``trainer.is_main``).
+
+    A method named almost like an event (``after_epcoh``) is a `TypeError` when the class is
+    defined, not a callback that silently never runs."""
+
+    order = 0
+    _state_key: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        events = [e.value for e in Event]
+        for name, value in vars(cls).items():
+            if not callable(value) or not name.startswith(_PREFIXES) or name in (*events, *_HOOKS):
+                continue
+            close = difflib.get_close_matches(name, events, n=1, cutoff=0.8)
+            if close:
+                raise TypeError(
+                    f"{cls.__name__}.{name} is not an event of the training loop: did you mean "
+                    f"{close[0]}? (a helper method's name starts with _)"
+                )
+
+    @property
+    def state_key(self) -> str:
+        """Where this callback's state is saved (its class name unless set): two callbacks
+        with state need keys of their own."""
+        return self._state_key or type(self).__name__
+
+    @state_key.setter
+    def state_key(self, key: str) -> None:
+        self._state_key = key
+
+    def before_fit(self, trainer: Trainer) -> None: ...
+    def before_epoch(self, trainer: Trainer) -> None: ...
+    def before_batch(self, trainer: Trainer) -> None: ...
+    def after_batch(self, trainer: Trainer) -> None: ...
+    def before_validation(self, trainer: Trainer) -> None: ...
+    def after_validation(self, trainer: Trainer, validation: Validation) -> None: ...
+    def after_epoch(self, trainer: Trainer) -> None: ...
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None: ...
+    def after_fit(self, trainer: Trainer) -> None: ...
+
+    def on_save_checkpoint(self, trainer: Trainer, ck: checkpoint.Checkpoint) -> checkpoint.Checkpoint:
+        """``ck`` with what this callback adds to the model file (by default nothing)."""
+        return ck
+
+    def on_load_checkpoint(self, trainer: Trainer, ck: checkpoint.Checkpoint) -> None:
+        """Read what this callback keeps in a model file's card, when a run continues from it."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
 
 
 @dataclass
@@ -54,21 +142,56 @@ class TrainState:
     stop: bool = False  # set by a callback to end training after this epoch
     interrupted: bool = False  # Ctrl-C or SIGTERM
     error: BaseException | None = None  # what ended the run, if an error did
-    val_probs: np.ndarray | None = None  # the last validation pass's probabilities (N, classes)
     inputs: torch.Tensor | None = None  # during after_batch, the batch the network was given
     labels: torch.Tensor | None = None  # during after_batch, that batch's labels (B,)
     epoch_images: int = 0  # images trained on so far in the running epoch, all processes
     epoch_started: float = 0.0  # time.perf_counter() when the running epoch's batches began
+    phase: str = ""  # the running phase's name ("" for a run's first, `Phase.name` after)
+    last_phase: bool = True  # no phase follows this fit: the run ends with it
 
     def images_per_s(self) -> float:
         """Training images (all processes) per second so far in the running epoch."""
         return self.epoch_images / max(time.perf_counter() - self.epoch_started, 1e-9)
 
 
+@dataclass(frozen=True)
+class Phase:
+    """A later stretch of a run (fastai's ``fine_tune``: the head, then the whole network). The
+    epochs, history, callbacks and best score go on; the network, recipe and sets are new."""
+
+    name: str  # what the run's lines call it ("fine-tuning the whole network")
+    # the last phase's network as the callbacks left it (`BestCheckpoint`: at its best epoch) -> this one's
+    network: Callable[[torch.nn.Module], torch.nn.Module]
+    architecture: list[dict[str, Any]]  # that network's layer list, for its model files
+    config: Callable[[int], TrainConfig]  # the epochs done so far -> this phase's recipe
+    train_set: ImageSet
+    val_set: ImageSet
+
+
 @dataclass
 class FeatureSet(ImageSet):
     """An `ImageSet` whose ``images`` are a frozen trunk's cached features (N, views, F)
     float32: the loop trains the network's head on them."""
+
+
+@dataclass(frozen=True)
+class _HeldOut:
+    """The validation set as an objective reads it (`pawlab.training.objectives.HeldOut`)."""
+
+    inputs: Inputs
+    images: np.ndarray  # uint8 (N, H, W, C) images or (N, views, F) features
+    labels: np.ndarray  # (N,)
+    batch_size: int
+    epoch: int
+
+    def logits(self, network: Network, batch_size: int) -> torch.Tensor:
+        return self.inputs.logits(network, self.images, batch_size)
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        images, labels = torch.from_numpy(self.images), torch.from_numpy(self.labels)
+        for idx in torch.arange(len(images)).split(batch_size):
+            x = self.inputs.batch(images[idx], augment=False)
+            yield Batch(x, labels[idx].to(x.device), self.epoch)
 
 
 def _for_training(module: torch.nn.Module, device: torch.device, compile: bool) -> torch.nn.Module:
@@ -109,16 +232,27 @@ class Trainer:
         config: TrainConfig,
         preprocessing: Preprocessing,
         callbacks: Sequence[Callback] = (),
-        checkpoint_meta: dict[str, Any] | None = None,
+        card: checkpoint.ModelCard | None = None,
         stream: TextIO | None = None,
         runtime: RuntimeConfig = RuntimeConfig(),
         objective: Objective | None = None,
     ) -> None:
-        self.config, self.runtime = config, runtime
+        self.runtime, self.preprocessing, self.given_objective = runtime, preprocessing, objective
         self.stream = stream or sys.stdout
         self.device = resolve_device(runtime.device)
         self.bf16 = use_bf16(runtime.precision, self.device)
-        fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
+        self.callbacks = _unique_keys(callbacks)
+        self.state = TrainState()
+        self.card = card or checkpoint.ModelCard()  # what the run's model files say of it
+        self._take(network, train_set, val_set, config)
+
+    def _take(
+        self, network: torch.nn.Module, train_set: ImageSet, val_set: ImageSet, config: TrainConfig
+    ) -> None:
+        """Train ``network`` on these sets by ``config`` from now on: new inputs, optimizer and
+        generators (seeded by the recipe)."""
+        self.config = config
+        fmt = torch.channels_last if self.runtime.channels_last else torch.contiguous_format
         self.network = network.to(self.device).to(memory_format=fmt)  # type: ignore[call-overload]
         self.train_set, self.val_set = train_set, val_set
         self.gen = torch.Generator().manual_seed(config.seed)  # shuffling: the same on every rank
@@ -126,15 +260,12 @@ class Trainer:
         self.inputs: Inputs = (
             FeatureInputs(self.device, self.aug_gen)
             if isinstance(train_set, FeatureSet)
-            else ImageInputs(preprocessing, self.device, fmt, config.augment, self.aug_gen)
+            else ImageInputs(self.preprocessing, self.device, fmt, config.augment, self.aug_gen)
         )
-        self.model = _for_training(self.inputs.learner(self.network), self.device, runtime.compile)
+        self.model = _for_training(self.inputs.learner(self.network), self.device, self.runtime.compile)
         # frozen parts (a pretrained backbone) have no gradients and no optimizer state
         self.optimizer = make_optimizer(param_groups(self.network, config), config)
-        self.callbacks = _unique_keys(callbacks)
-        self.state = TrainState()
-        self.checkpoint_meta = checkpoint_meta or {}
-        self.objective: Objective = self._objective(objective)
+        self.objective: Objective = self._objective(self.given_objective)
 
     def _objective(self, objective: Objective | None) -> Objective:
         """``objective``, or cross-entropy with the recipe's class weights and label smoothing
@@ -164,18 +295,14 @@ class Trainer:
     def is_main(self) -> bool:
         return is_main()
 
-    @property
-    def best(self) -> BestCheckpoint | None:
-        """The callback that keeps the best score, if the run has one."""
-        return next((cb for cb in self.callbacks if isinstance(cb, BestCheckpoint)), None)
-
     # -- events and helpers
-    def emit(self, event: Event) -> None:
+    def emit(self, event: Event, *data: Any) -> None:
+        """Call every callback's method for ``event`` with the trainer and the event's data."""
         name = Event(event).value  # an unknown name is a ValueError, not a silent no-op
         if name == Event.ON_EXCEPTION:
             raise ValueError("on_exception carries the error: the loop fires it itself")
         for cb in self.callbacks:
-            getattr(cb, name)(self)
+            getattr(cb, name)(self, *data)
 
     def log(self, message: str) -> None:
         if self.is_main:
@@ -214,7 +341,7 @@ class Trainer:
         self.state.inputs = x
         y = self.state.labels = y_all[idx].to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = self.objective.loss(self, x, y)
+            loss = self.objective.loss(self.model, Batch(x, y, self.state.epoch))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -255,10 +382,12 @@ class Trainer:
                 dist.all_reduce(buf)
                 buf.div_(self.world_size)
 
-    def validate(self) -> dict[str, float]:
-        """The objective's metrics of the whole validation set (computed alike on every rank):
-        loss and accuracy for a classifier."""
-        return self.objective.validate(self)
+    def validate(self) -> Validation:
+        """The objective's pass over the whole validation set (computed alike on every rank):
+        for a classifier, loss and accuracy, and each image's class probabilities."""
+        val = self.val_set
+        held = _HeldOut(self.inputs, val.images, val.labels, self.config.batch_size, self.state.epoch)
+        return self.objective.validate(self.network, held)
 
     def _run_epoch(self, epoch: int) -> None:
         self.state.epoch, self.state.improved = epoch, False
@@ -266,17 +395,18 @@ class Trainer:
         t0 = time.perf_counter()
         train_loss, rate = self.train_epoch()
         self.emit(Event.BEFORE_VALIDATION)
+        validation = self.validate()
         metrics = {
             "epoch": float(epoch),
             "train_loss": train_loss,
-            **self.validate(),
+            **validation.metrics,
             "lr": self.lr,
             "images_per_s": rate * self.world_size,
         }
         metrics["seconds"] = time.perf_counter() - t0
         self.state.metrics = metrics
         self.state.history.append(metrics)  # the same dict: callbacks see one record
-        self.emit(Event.AFTER_VALIDATION)
+        self.emit(Event.AFTER_VALIDATION, validation)
         self.emit(Event.AFTER_EPOCH)
 
     def fit(self) -> TrainState:
@@ -305,6 +435,28 @@ class Trainer:
         finally:
             self.emit(Event.AFTER_FIT)
         return self.state
+
+    def run(self, then: Sequence[Phase] = ()) -> TrainState:
+        """The whole run: `fit`, then each phase of ``then`` (unless a phase was interrupted
+        or ended before its first epoch), each beginning where the one before left the network."""
+        phases = list(then)
+        self.state.last_phase = not phases
+        state = self.fit()
+        while phases and state.history and not state.interrupted:
+            self._begin(phases.pop(0), last=not phases)
+            state = self.fit()
+        return state
+
+    def _begin(self, phase: Phase, *, last: bool) -> None:
+        """Go on with ``phase``: its epochs are counted on from the last phase's, its steps as
+        whole epochs of its own batches (its schedule starts at ``config.schedule_start``)."""
+        done, history = self.state.epoch, self.state.history
+        config = phase.config(done)
+        self._take(phase.network(self.network), phase.train_set, phase.val_set, config)
+        self.state = TrainState(epoch=done, history=history, metrics=dict(history[-1]), phase=phase.name)
+        self.state.steps, self.state.last_phase = done * self.batches_per_epoch, last
+        training = replace(self.card.training or checkpoint.TrainingRecord(), config=config.to_json())
+        self.card = replace(self.card, architecture=phase.architecture, training=training)
 
     # -- state
     def state_dict(self) -> dict[str, Any]:
@@ -357,41 +509,42 @@ class Trainer:
             if cb.state_key in saved:
                 cb.load_state_dict(saved[cb.state_key])
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write weights, metrics and the full training state as a model file."""
+    def dump_checkpoint(self) -> checkpoint.Checkpoint:
+        """What a model file of this moment holds: weights, metrics and the full training
+        state, with each callback's ``on_save_checkpoint`` contribution. Its tensors are the
+        live ones: whoever keeps it past the next step copies them."""
         state = self.state_dict()
-        best = self.best
-        meta = {
-            **self.checkpoint_meta,
-            "metrics": self.state.metrics,
-            "history": self.state.history,
-            "training": {
-                **self.checkpoint_meta.get("training", {}),
-                "epoch": self.state.epoch,
-                "steps": self.state.steps,
-                "best": best.best if best is not None else None,
-                "best_epoch": best.best_epoch if best is not None else 0,
-                "callbacks": state["callbacks"],
-            },
-        }
-        return checkpoint.save(path, state["model"], meta, state["optimizer"], state["rng"])
+        training = replace(
+            self.card.training or checkpoint.TrainingRecord(),
+            epoch=self.state.epoch,
+            steps=self.state.steps,
+            callbacks=state["callbacks"],
+        )
+        card = replace(self.card, metrics=self.state.metrics, history=self.state.history, training=training)
+        ck = checkpoint.Checkpoint(card, state["model"], state["optimizer"], state["rng"])
+        for cb in self.callbacks:
+            ck = cb.on_save_checkpoint(self, ck)
+        return ck
+
+    def load_checkpoint(self, ck: checkpoint.Checkpoint) -> None:
+        """Continue from a model file's training state; each callback reads its part."""
+        self.load_state_dict(state_from_checkpoint(ck))
+        for cb in self.callbacks:
+            cb.on_load_checkpoint(self, ck)
 
 
 def state_from_checkpoint(ck: checkpoint.Checkpoint) -> dict[str, Any]:
     """A model file's training state in the form `Trainer.load_state_dict` takes."""
-    t = ck.meta.get("training", {})
-    callbacks = dict(t.get("callbacks", {}))
-    # files written before the checkpoint callback kept its own state had it here
-    callbacks.setdefault("BestCheckpoint", {"best": t.get("best"), "best_epoch": t.get("best_epoch", 0)})
+    t = ck.card.training or checkpoint.TrainingRecord()
     return {
         "model": ck.model_state,
         "optimizer": ck.optimizer_state,
         "rng": ck.rng,
         "loop": {
-            "epoch": int(t.get("epoch", 0)),
-            "steps": int(t.get("steps", 0)),
-            "history": list(ck.meta.get("history", [])),
-            "metrics": dict(ck.meta.get("metrics", {})),
+            "epoch": int(t.epoch or 0),
+            "steps": int(t.steps or 0),
+            "history": list(ck.card.history or []),
+            "metrics": dict(ck.card.metrics or {}),
         },
-        "callbacks": callbacks,
+        "callbacks": dict(t.callbacks or {}),
     }

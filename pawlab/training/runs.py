@@ -1,19 +1,21 @@
-"""Training runs: `train` and `resume`, each one or two phases of the loop in a run directory.
+"""Training runs: `train` and `resume`, recipe -> `Trainer` -> result.
 
-A run loads its data, builds (or restores) the network, and fits it with the standard
-callbacks, writing into its run directory (`pawlab.runlog` names the files). With
-``fine_tune_epochs`` a second phase unfreezes the pretrained backbone (fastai's
-``fine_tune``) and carries on the first phase's epochs, history and best score.
+A run loads its data, builds (or restores) the network and describes it (the model file's
+`ModelCard`), and hands one `Trainer` the sets, the standard callbacks (which write into its
+run directory: `pawlab.runlog` names the files) and its phases: with ``fine_tune_epochs`` a
+second phase unfreezes the pretrained backbone (fastai's ``fine_tune``) and carries on the
+first phase's epochs, history and best score.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,13 +24,12 @@ import torch
 from pawlab import checkpoint, runlog
 from pawlab._version import __version__
 from pawlab.atomic import check_output_file, check_output_folder
+from pawlab.checkpoint import ModelCard, TrainingRecord
 from pawlab.config import DEFAULT_ARCH, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import Dataset, ImageSet, load_dataset
-from pawlab.data.datasets import layout_of, untrained_classes, untrained_warning
+from pawlab.data.datasets import layout_of
 from pawlab.errors import ConfigError, ModelFileError, OutputError
-from pawlab.inference.agreement import record_agreement
 from pawlab.inference.features import trunk_features
-from pawlab.inference.typicality import Source, record_unknown
 from pawlab.models import (
     LayerSpec,
     Network,
@@ -40,21 +41,24 @@ from pawlab.models import (
     with_input_size,
 )
 from pawlab.preprocessing import Preprocessing
-from pawlab.runtime import barrier, is_main, main_first, resolve_device
+from pawlab.runtime import is_main, main_first, resolve_device
 from pawlab.training.callbacks import (
     BestCheckpoint,
     Callback,
     EarlyStopping,
     EventLog,
+    InDistribution,
+    InferenceAgreement,
     InputsLog,
     LastState,
     MetricsLog,
     NaNGuard,
     ProgressPrinter,
+    RunDirectory,
     TypicalityLog,
     ValidationLog,
 )
-from pawlab.training.loop import FeatureSet, Trainer, state_from_checkpoint
+from pawlab.training.loop import FeatureSet, Phase, Trainer
 
 __all__ = [
     "TrainResult",
@@ -110,7 +114,7 @@ class _Run:
     """What the phases of one run share: its data, model file, run directory and settings."""
 
     ds: Dataset
-    meta: dict[str, Any]  # the model file's description (architecture, classes, recipe, ...)
+    card: ModelCard  # what the model file says of itself (architecture, classes, recipe, ...)
     out: Path
     run_dir: Path
     callbacks: Sequence[Callback]
@@ -141,14 +145,14 @@ def run_dir_for(
     return default_run_dir(Path(out) if out is not None else None, arch if isinstance(arch, str) else "net")
 
 
-def resumed_run_dir(path: Path, training: Mapping[str, Any] | None = None) -> Path:
+def resumed_run_dir(path: Path, training: TrainingRecord | None = None) -> Path:
     """Where `resume` of ``path`` writes: the run directory itself, or the one its model file
     records (``training``: the file's training record, read from the file if not given)."""
     if path.is_dir():
         return path
     if training is None:
-        training = checkpoint.read_meta(path).get("training", {})
-    return Path(training.get("run_dir") or path.with_name(path.stem + "-run"))
+        training = checkpoint.read_card(path).training or TrainingRecord()
+    return Path(training.run_dir or path.with_name(path.stem + "-run"))
 
 
 def _load_data(
@@ -185,27 +189,25 @@ def _load_data(
         return load_dataset(data, cfg, channels=c, progress=progress and is_main())
 
 
-def _model_meta(
+def _model_card(
     spec: list[LayerSpec],
     classes: list[str],
     pre: Preprocessing,
     config: TrainConfig,
     data: dict[str, Any],
     run_dir: Path,
-) -> dict[str, Any]:
-    """The model file's description of itself (the loop adds metrics, history and state)."""
-    return {
-        "pawlab_version": __version__,
-        "architecture": spec,
-        "classes": classes,
-        "preprocessing": pre.to_json(),
-        "training": {
-            "config": config.to_json(),
-            "data": data,
-            "monitor": config.monitor,
-            "run_dir": str(run_dir.resolve()),
-        },
-    }
+) -> ModelCard:
+    """The model file's card (the loop adds metrics, history and state)."""
+    training = TrainingRecord(
+        config=config.to_json(), data=data, monitor=config.monitor, run_dir=str(run_dir.resolve())
+    )
+    return ModelCard(
+        pawlab_version=__version__,
+        architecture=spec,
+        classes=classes,
+        preprocessing=pre.to_json(),
+        training=training,
+    )
 
 
 def train(
@@ -291,8 +293,8 @@ def _train(
         "train_count": len(ds.train),
         "validation_count": len(ds.validation),
     }
-    meta = _model_meta(spec, ds.classes, pre, config, data_record, run)
-    return _fit_phases(network, config, _Run(ds, meta, out_path, run, callbacks, stream, runtime), None)
+    card = _model_card(spec, ds.classes, pre, config, data_record, run)
+    return _fit_run(network, config, _Run(ds, card, out_path, run, callbacks, stream, runtime), None)
 
 
 @contextmanager
@@ -350,29 +352,28 @@ def resume(
     p = Path(path)
     state_file = p / runlog.LAST_STATE if p.is_dir() else p
     ck = checkpoint.load(state_file, with_optimizer=True)
-    t = ck.meta.get("training", {})
-    if "config" not in t or "data" not in t:
+    card, t = ck.card, ck.card.training
+    if t is None or t.config is None or t.data is None or card.architecture is None:
         raise ModelFileError(f"{state_file}: has no training state to resume from")
-    config = _resumed_config(TrainConfig.from_json(t["config"]), epochs, forever)
-    spec, pre = ck.meta["architecture"], Preprocessing.from_json(ck.meta["preprocessing"])
-    d = t["data"]
+    config = _resumed_config(TrainConfig.from_json(t.config), epochs, forever)
+    spec, pre = card.architecture, Preprocessing.from_json(card.preprocessing or {})
+    d = t.data
     source = data if data is not None else d["source"]
     layout = layout_of(d.get("origin") or {})
     ds = _load_data(
         source, spec, config, d["val_fraction"], workers, pre.resize, layout, progress=runtime.progress
     )
-    if ds.classes != ck.meta["classes"]:
-        raise ConfigError(f"data: classes {ds.classes} differ from the run's {ck.meta['classes']}")
+    if ds.classes != card.classes:
+        raise ConfigError(f"data: classes {ds.classes} differ from the run's {card.classes}")
     run = resumed_run_dir(p, t)
     out_path = Path(out) if out is not None else run / runlog.MODEL
     if out is None and not out_path.exists():
         out_path = Path((runlog.read_config(run) or {}).get("model", out_path))
     network = build(spec, num_classes=len(ds.classes), pretrained=False)  # the state has every weight
     network.load_state_dict(ck.model_state)  # before a frozen backbone's features are computed
-    meta = _model_meta(spec, ds.classes, pre, config, d, run)
-    state = state_from_checkpoint(ck)
+    new_card = _model_card(spec, ds.classes, pre, config, d, run)
     with _claimed(out_path, run, fresh=False, overwrite=True):
-        return _fit_phases(network, config, _Run(ds, meta, out_path, run, callbacks, stream, runtime), state)
+        return _fit_run(network, config, _Run(ds, new_card, out_path, run, callbacks, stream, runtime), ck)
 
 
 def _unfrozen(spec: Sequence[LayerSpec]) -> list[LayerSpec] | None:
@@ -414,154 +415,69 @@ def _fine_tune_config(config: TrainConfig, done: int) -> TrainConfig:
     )
 
 
-def _fit_phases(
-    network: Network, config: TrainConfig, run: _Run, state: Mapping[str, Any] | None
+def _fit_run(
+    network: Network, config: TrainConfig, run: _Run, resumed: checkpoint.Checkpoint | None
 ) -> TrainResult:
-    """`_fit`, then, with ``config.fine_tune_epochs``, fastai's ``fine_tune``: the best model
-    of the head's training with its backbone unfrozen for that many more epochs, at
-    ``fine_tune_lr`` (default the head's rate / `FINE_TUNE_LR_DIVISOR`) spread over the
-    backbone's stages (``lr_spread``, default 100), a new one-cycle schedule, the same run
-    directory and the same best score to beat."""
-    _check_fine_tune(config, run.meta["architecture"])
-    unfrozen = _unfrozen(run.meta["architecture"])
-    tune = bool(config.fine_tune_epochs)
-    phase = "" if state is None else f"resuming after epoch {state['loop']['epoch']}: "
-    first, carry = _fit(network, config, run, state, phase=phase, last=not tune)
-    if not tune or first.interrupted:
-        return first
-    assert unfrozen is not None
-    config = _fine_tune_config(config, done=int(first.history[-1]["epoch"]))
-    network = build(unfrozen, num_classes=len(run.ds.classes), pretrained=False)
-    barrier()  # rank 0 has written the head's best model
-    network.load_state_dict(checkpoint.load(run.out).model_state)  # the head's best epoch
-    training = {**run.meta["training"], "config": config.to_json()}
-    run = replace(run, meta={**run.meta, "architecture": unfrozen, "training": training})
-    phase = f"fine-tuning the whole network from epoch {carry['loop']['epoch'] + 1}: "
-    second, _ = _fit(network, config, run, carry, phase=phase, last=True)
-    return replace(second, seconds=first.seconds + second.seconds)
+    """The run: its sets, its callbacks and phases on one `Trainer`, and what came of it."""
+    start = time.perf_counter()
+    _check_fine_tune(config, run.card.architecture or [])
+    pre = Preprocessing.from_json(run.card.preprocessing or {})
+    train_set, val_set = _sets(network, run.ds, config, run.runtime, pre)
+    best = BestCheckpoint(run.out, config.monitor)  # one best score to beat, over every phase
+    callbacks = _callbacks(config, run, best, fresh=resumed is None)
+    trainer = Trainer(network, train_set, val_set, config, pre, callbacks, run.card, run.stream, run.runtime)
+    if resumed is not None:
+        trainer.load_checkpoint(resumed)
+    done = trainer.run(_phases(config, run))
+    if not done.history:
+        raise KeyboardInterrupt  # stopped before the first epoch ended: nothing was saved
+    metrics = best.best_metrics(done.history)
+    seconds = time.perf_counter() - start
+    return TrainResult(run.out, run.run_dir, done.history, metrics, run.ds.classes, done.interrupted, seconds)
 
 
-def _callbacks(config: TrainConfig, run: _Run, best: BestCheckpoint, last: bool) -> list[Callback]:
-    v, pre = run.ds.validation, Preprocessing.from_json(run.meta["preprocessing"])
+def _phases(config: TrainConfig, run: _Run) -> list[Phase]:
+    """With ``config.fine_tune_epochs``, fastai's ``fine_tune``: the best model of the head's
+    training with its backbone unfrozen for that many more epochs, at ``fine_tune_lr`` (default
+    the head's rate / `FINE_TUNE_LR_DIVISOR`) spread over the backbone's stages (``lr_spread``,
+    default 100), a new one-cycle schedule, the same run directory and best score to beat."""
+    unfrozen = _unfrozen(run.card.architecture or [])
+    if not config.fine_tune_epochs or unfrozen is None:
+        return []
+    whole = partial(_unfrozen_network, unfrozen, len(run.ds.classes))
+    tuned = partial(_fine_tune_config, config)
+    ds = run.ds
+    return [Phase("fine-tuning the whole network", whole, unfrozen, tuned, ds.train, ds.validation)]
+
+
+def _unfrozen_network(spec: list[LayerSpec], classes: int, head: torch.nn.Module) -> Network:
+    """The network of ``spec`` (its backbone trainable) with the weights of ``head``'s."""
+    network = build(spec, num_classes=classes, pretrained=False)
+    network.load_state_dict(head.state_dict())
+    return network
+
+
+def _callbacks(config: TrainConfig, run: _Run, best: BestCheckpoint, *, fresh: bool) -> list[Callback]:
+    v, pre = run.ds.validation, Preprocessing.from_json(run.card.preprocessing or {})
     cbs: list[Callback] = [
+        RunDirectory(run.run_dir, run.out, run.ds, fresh),
         NaNGuard(),
         best,
         MetricsLog(run.run_dir / runlog.METRICS),
-        EventLog(run.run_dir / runlog.EVENTS, final=last),
+        EventLog(run.run_dir / runlog.EVENTS),
         LastState(run.run_dir / runlog.LAST_STATE),
         ValidationLog(run.run_dir, v.images, v.names, v.labels, v.classes),
         TypicalityLog(run.run_dir),
         InputsLog(run.run_dir, pre, v.images),
         ProgressPrinter(run.stream, bar=run.runtime.progress),
         *run.callbacks,
+        # what the finished model's file records of it: bf16's agreement, its unknowns
+        InferenceAgreement(v.images, v.labels, pre),
+        InDistribution(pre),
     ]
     if config.patience is not None:
         cbs.append(EarlyStopping(config.patience))
     return cbs
-
-
-def _start_run_dir(run: _Run, config: TrainConfig, fresh: bool) -> None:
-    """The run directory with this run's ``config.json``; a new run in an old run directory
-    starts new logs."""
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    if fresh:
-        runlog.start_fresh(run.run_dir)
-    record = {
-        "model": str(run.out.resolve()),
-        "architecture": run.meta["architecture"],
-        "classes": run.ds.classes,
-        "config": config.to_json(),
-        "data": run.meta["training"]["data"],
-    }
-    runlog.write_config(run.run_dir, record)
-
-
-def _describe(trainer: Trainer, run: _Run, phase: str) -> str:
-    """The run's first line: what trains on what, where, and how."""
-    config, ds = trainer.config, run.ds
-    c, h, w = trainer.network.input_shape
-    where = f"{trainer.device}" + (f" x{trainer.world_size} processes" if trainer.world_size > 1 else "")
-    spread = f" (/{config.lr_spread:g} for the first layers)" if config.lr_spread > 1 else ""
-    head = "; head on cached backbone features" if isinstance(trainer.train_set, FeatureSet) else ""
-    return (
-        f"{phase}training {len(ds.train)} images ({', '.join(ds.classes)}), validating on "
-        f"{len(ds.validation)}, {c}x{h}x{w} on {where}{' bf16' if trainer.bf16 else ''}, "
-        f"{config.optimizer} lr {config.learning_rate:g}{spread} ({config.schedule}), "
-        f"augment {config.augment.describe()}{head}; run: {run.run_dir}"
-    )
-
-
-def _fit(
-    network: Network,
-    config: TrainConfig,
-    run: _Run,
-    state: Mapping[str, Any] | None,
-    *,
-    phase: str,
-    last: bool,
-) -> tuple[TrainResult, dict[str, Any]]:
-    """One training phase, from ``state`` (a resumed run's, or an earlier phase's) if given:
-    its result, and what a following phase carries on (epochs, history, best score).
-    ``last``: the run's last phase, which records whether bf16 inference agrees with fp32 and
-    ends the event log."""
-    start = time.perf_counter()
-    best = BestCheckpoint(run.out, config.monitor)
-    pre = Preprocessing.from_json(run.meta["preprocessing"])
-    train_set, val_set = _sets(network, run.ds, config, run.runtime, pre)
-    trainer = Trainer(
-        network,
-        train_set,
-        val_set,
-        config,
-        pre,
-        _callbacks(config, run, best, last),
-        run.meta,
-        run.stream,
-        run.runtime,
-    )
-    if state is not None:
-        trainer.load_state_dict(state)
-    if trainer.is_main:
-        _start_run_dir(run, config, fresh=state is None)
-    trainer.log(_describe(trainer, run, phase))
-    untrained = untrained_classes(run.ds.train.counts())
-    if untrained:
-        trainer.log(untrained_warning(untrained))
-    done = trainer.fit()
-    if not done.history:
-        raise KeyboardInterrupt  # stopped before the first epoch ended: nothing was saved
-    if last and trainer.is_main and run.out.exists():
-        fp32 = None
-        if isinstance(val_set, FeatureSet):  # fp32 features are cached: only the head runs
-            fp32 = lambda rows: trainer.inputs.logits(network, val_set.images[rows], 0)  # noqa: E731
-        val = run.ds.validation
-        record_agreement(run.out, network, val.images, pre, trainer.device, trainer.log, fp32, val.labels)
-        _record_unknown(run.out, network, train_set, val_set, pre, trainer)
-    result = TrainResult(
-        run.out,
-        run.run_dir,
-        done.history,
-        best.best_metrics(done.history),
-        run.ds.classes,
-        done.interrupted,
-        time.perf_counter() - start,
-    )
-    loop = {"epoch": done.epoch, "history": done.history, "metrics": done.metrics}
-    return result, {"loop": loop, "callbacks": {best.state_key: best.state_dict()}}
-
-
-def _record_unknown(
-    path: Path, network: Network, train: ImageSet, validation: ImageSet, pre: Preprocessing, trainer: Trainer
-) -> None:
-    """Keep an in-distribution model in the model file (`record_unknown`), or say why not."""
-    cached = isinstance(train, FeatureSet)
-    fit_on = Source(train.images, train.labels, cached)
-    try:
-        record_unknown(
-            path, network, fit_on, Source(validation.images, None, cached), pre, trainer.device, trainer.log
-        )
-    except (ValueError, ConfigError) as exc:  # no linear layer to read features before; no validation
-        trainer.log(f"no in-distribution model: {str(exc).splitlines()[0]}")
 
 
 def _sets(

@@ -124,7 +124,7 @@ def test_callback_state_keys_must_be_unique_and_can_be_set(tmp_path: Path) -> No
     trainer = _trainer([a, b], FAST.with_(epochs=2))
     trainer.fit()
     a.wait, b.wait = 1, 4
-    trainer.save(tmp_path / "s.safetensors")
+    checkpoint.write(tmp_path / "s.safetensors", trainer.dump_checkpoint())
     saved = checkpoint.load(tmp_path / "s.safetensors").meta["training"]["callbacks"]
     assert saved["short"] == {"wait": 1} and saved["long"] == {"wait": 4}
     again = [EarlyStopping(5), EarlyStopping(5)]

@@ -18,7 +18,9 @@ from pawlab.errors import ConfigError, ModelFileError, OutputError, TrainingDive
 from pawlab.optimizers import OPTIMIZERS, SCHEDULES
 from pawlab.training import Callback, Trainer, TrainResult, resume, train
 from pawlab.training.augment import augment_batch, random_flip, random_rotate
+from pawlab.training.callbacks import BestCheckpoint
 from pawlab.training.inputs import class_weights, epoch_order
+from pawlab.training.objectives import Validation
 from pawlab.training.optim import lr_factor
 from tests.conftest import ROOT, TINY, run_ranks, write_tree
 
@@ -58,14 +60,14 @@ def test_saves_only_when_validation_loss_improves(
     tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     saved_epochs: list[int] = []
-    real_save = Trainer.save
+    real_save = BestCheckpoint.save
 
-    def spy(self: Trainer, path: object) -> Path:
-        if Path(str(path)).name == "m.safetensors":  # the best model, not the resumable state
-            saved_epochs.append(self.state.epoch)
-        return real_save(self, path)  # type: ignore[arg-type]
+    def spy(self: BestCheckpoint, trainer: Trainer) -> None:
+        if self.path.name == "m.safetensors":  # the best model, not the resumable state
+            saved_epochs.append(trainer.state.epoch)
+        real_save(self, trainer)
 
-    monkeypatch.setattr(Trainer, "save", spy)
+    monkeypatch.setattr(BestCheckpoint, "save", spy)
     result = _train(tree, tmp_path / "m.safetensors", FAST.with_(epochs=6))
     losses = [m["val_loss"] for m in result.history]  # type: ignore[attr-defined]
     expected = [i + 1 for i, v in enumerate(losses) if v < min(losses[:i], default=math.inf)]
@@ -105,7 +107,7 @@ def test_early_stopping(tree: Path, tmp_path: Path) -> None:
     class NeverImproves(Callback):
         order = 15  # after the checkpoint callback
 
-        def after_validation(self, trainer: Trainer) -> None:
+        def after_validation(self, trainer: Trainer, validation: Validation) -> None:
             trainer.state.improved = False
 
     result = _train(
@@ -249,7 +251,7 @@ def test_resume_never_replaces_a_better_model(
     class Worse(Callback):  # every resumed epoch looks worse than the best so far
         order = 5
 
-        def after_validation(self, trainer: Trainer) -> None:
+        def after_validation(self, trainer: Trainer, validation: Validation) -> None:
             trainer.state.metrics["val_loss"] = best_value + 1.0
 
     resume(tmp_path / "m-run", epochs=5, workers=1, stream=io.StringIO(), callbacks=[Worse()])

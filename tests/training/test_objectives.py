@@ -83,5 +83,6 @@ def test_classification_is_the_default_objective_with_the_configs_loss_settings(
     )
     assert isinstance(trainer.objective, Classification)
     assert trainer.objective.label_smoothing == 0.1 and trainer.objective.weights is not None
-    metrics = trainer.validate()
-    assert set(metrics) == {"val_loss", "val_accuracy"} and trainer.state.val_probs is not None
+    validation = trainer.validate()
+    metrics = validation.metrics
+    assert set(metrics) == {"val_loss", "val_accuracy"} and validation.probs is not None

@@ -4,11 +4,14 @@ model went); what a run records of its data and says about it."""
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
+from pawlab import checkpoint
 from pawlab.config import RuntimeConfig, TrainConfig
-from pawlab.inference import evaluate
-from pawlab.training import TrainResult, resume, train
+from pawlab.inference import evaluate, load_model
+from pawlab.training import Callback, Trainer, TrainResult, resume, train
+from pawlab.training.objectives import Validation
 from tests.conftest import TINY, write_tree
 from tests.test_display import assert_self_contained
 
@@ -94,3 +97,40 @@ def test_a_layout_is_recorded_and_a_class_never_trained_is_a_warning(tmp_path: P
     assert len(resume(model, epochs=2, stream=io.StringIO(), runtime=quiet).history) == 2
     report = evaluate(model, src, report_dir=tmp_path / "eval", progress=False)
     assert report.count == 5 and report.split == "the source's validation split"
+
+
+# The best model file of a run trained by pawlab 9a30c81, before `ModelCard`: the layers of
+# `TINY` with 2 filters pooled by 4, `write_tree(src, {"cat": 8, "dog": 8})`, val_fraction 0.5,
+# `TrainConfig(epochs=2, batch_size=8, seed=1)`, workers 1; its best score is under the
+# callbacks' "BestCheckpoint" key and beside it, as that pawlab wrote it.
+BEFORE_MODEL_CARD = Path(__file__).parent / "data" / "before-model-card.safetensors"
+
+
+def test_a_model_file_from_before_the_model_card_is_read_and_resumed(tmp_path: Path) -> None:
+    ck = checkpoint.load(BEFORE_MODEL_CARD, with_optimizer=True)
+    card = ck.card
+    assert card.classes == ["cat", "dog"] and card.training is not None and card.metrics is not None
+    assert card.training.best == card.metrics["val_loss"] and card.training.best_epoch == 2
+    assert card.inference is not None and card.unknown is not None and ck.optimizer_state is not None
+    # what this pawlab writes of it is what that pawlab wrote: the same header, key for key
+    again = checkpoint.write(tmp_path / "again.safetensors", ck)
+    assert checkpoint.read_meta(again) == checkpoint.read_meta(BEFORE_MODEL_CARD)
+    src = write_tree(tmp_path / "src", {"cat": 8, "dog": 8})
+    model = load_model(BEFORE_MODEL_CARD, precision="fp32")
+    assert model.classes == ["cat", "dog"] and len(model.predict(sorted(src.rglob("*.jpg")))) == 16
+    # its run goes on, with its best score to beat: an epoch that is worse keeps the file's model
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(BEFORE_MODEL_CARD, run / "last.safetensors")
+    out = Path(shutil.copy(BEFORE_MODEL_CARD, tmp_path / "m.safetensors"))
+
+    class Worse(Callback):
+        order = 5  # before the checkpoint callback
+
+        def after_validation(self, trainer: Trainer, validation: Validation) -> None:
+            trainer.state.metrics["val_loss"] = card.training.best + 1.0  # type: ignore[union-attr,operator]
+
+    result = resume(run, src, epochs=3, out=out, workers=1, stream=io.StringIO(), callbacks=[Worse()])
+    assert [int(m["epoch"]) for m in result.history] == [1, 2, 3]
+    kept = checkpoint.load(out).card
+    assert kept.metrics == card.metrics and kept.training is not None and kept.training.best_epoch == 2
