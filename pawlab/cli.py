@@ -132,7 +132,9 @@ _RECIPE_FLAGS = (
     "seed",
     "split_seed",
 )
-RUNTIME_FLAGS = frozenset({"device", "precision", "channels_last", "compile", "quiet", "dashboard", "port"})
+RUNTIME_FLAGS = frozenset(
+    {"device", "precision", "channels_last", "compile", "quiet", "dashboard", "port", "log"}
+)
 
 
 def _recipe_changes(args: argparse.Namespace) -> dict[str, Any]:
@@ -340,6 +342,14 @@ def _add_train(commands: _Commands) -> None:
     )
     p.add_argument(
         "--port", type=_port, default=DASHBOARD_PORT, help=f"the dashboard's port (default {DASHBOARD_PORT})"
+    )
+    p.add_argument(
+        "--log",
+        default="",
+        metavar="NAME[,NAME...]",
+        # the names of pawlab.training.loggers.LOGGERS (a test keeps them equal), written out
+        # here: the CLI starts without importing torch
+        help="log to experiment trackers too: tensorboard, mlflow, wandb (each an extra: see README)",
     )
     _quiet(p)
 
@@ -829,6 +839,7 @@ def _start_dashboard(run_dir: Path, port: int) -> subprocess.Popen[bytes]:
 def cmd_train(args: argparse.Namespace) -> int:
     from pawlab.runtime import init_distributed, launched_rank
     from pawlab.training import resume, train
+    from pawlab.training.loggers import loggers_for
     from pawlab.training.runs import resumed_run_dir, run_dir_for
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -847,6 +858,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 forever=args.forever,
                 out=args.out,
                 workers=args.workers,
+                callbacks=loggers_for(args.log, resumed_run_dir(p)),
                 runtime=_runtime(args),
             )
         elif args.data is None:
@@ -867,6 +879,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 layout=args.layout,
                 workers=args.workers,
                 run_dir=run_dir,
+                callbacks=loggers_for(args.log, run_dir),
                 runtime=_runtime(args),
                 overwrite=args.overwrite,
             )

@@ -229,6 +229,16 @@ def top_losses_grid(
 def confusion_matrix_plot(
     cm: np.ndarray | list[list[int]], classes: list[str], path: str | Path, *, title: str = "Confusion matrix"
 ) -> Path:
+    """`confusion_matrix_png` written to ``path`` (atomically)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, confusion_matrix_png(cm, classes, title=title))
+    return out
+
+
+def confusion_matrix_png(
+    cm: np.ndarray | list[list[int]], classes: list[str], *, title: str = "Confusion matrix"
+) -> bytes:
     """A PNG heat map of a confusion matrix (rows: true class, columns: predicted class).
 
     Each cell shows its count and, for up to 12 classes, the share of its row (the true class)
@@ -277,10 +287,7 @@ def confusion_matrix_plot(
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, buf.getvalue())
-    return out
+    return buf.getvalue()
 
 
 def line_plot(

@@ -56,6 +56,7 @@ __all__ = [
     "TypicalityLog",
     "ValidationLog",
     "is_better",
+    "is_sampled_batch",
 ]
 
 
@@ -305,6 +306,14 @@ class MetricsLog(Callback):
             runlog.append_json_line(self.path, record)
 
 
+def is_sampled_batch(trainer: Trainer, samples_per_epoch: int) -> bool:
+    """Whether the batch just trained is one of about ``samples_per_epoch`` evenly spaced in
+    its epoch (the last always is): the batches whose loss, rate and speed are logged."""
+    every = max(1, trainer.batches_per_epoch // samples_per_epoch)
+    i = trainer.state.batch
+    return (i + 1) % every == 0 or i + 1 == trainer.batches_per_epoch
+
+
 class EventLog(Callback):
     """Every event worth watching as one JSON line in ``events.jsonl`` (kinds:
     `pawlab.runlog.EVENT_KINDS`), written as it happens: the start of the run, a sampled batch
@@ -333,14 +342,12 @@ class EventLog(Callback):
         )
 
     def after_batch(self, trainer: Trainer) -> None:
-        every = max(1, trainer.batches_per_epoch // self.samples)
-        i = trainer.state.batch
-        if (i + 1) % every == 0 or i + 1 == trainer.batches_per_epoch:
+        if is_sampled_batch(trainer, self.samples):
             self._write(
                 trainer,
                 "batch",
                 epoch=trainer.state.epoch,
-                batch=i + 1,
+                batch=trainer.state.batch + 1,
                 step=trainer.state.steps,
                 loss=trainer.state.batch_loss,
                 lr=trainer.lr,
