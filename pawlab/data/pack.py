@@ -248,6 +248,15 @@ class PackResult:
     reused: int  # rows copied from the previous arrays
 
 
+def _deduped(out: Path, arrays: dict[str, Path], files: dict[str, _Rows], size: int) -> list[dict[str, Any]]:
+    """`_duplicates` of the splits, after dropping from ``arrays`` and ``files`` (in place) the
+    validation images that duplicate training ones."""
+    duplicates = _duplicates(files)
+    if duplicates:
+        arrays["validation"], files["validation"] = _drop_duplicates(out, arrays["validation"], files, size)
+    return duplicates
+
+
 def pack(
     source: Source,
     planned: Sequence[PlannedItem],
@@ -289,11 +298,7 @@ def pack(
         all_skipped = [{"name": n, "reason": r} for n, r in skipped] + all_skipped
         arrays = {split: plan.path for split, plan in plans.items()}
         files = {split: plan.files for split, plan in plans.items()}
-        duplicates = _duplicates(files)
-        if dedupe and duplicates:
-            arrays["validation"], files["validation"] = _drop_duplicates(
-                out, arrays["validation"], files, size
-            )
+        duplicates = _deduped(out, arrays, files, size) if dedupe else _duplicates(files)
         classes = sorted({f[1] for split in SPLITS for f in files[split]})
         problem = _problem(files, classes, all_skipped, strict)
         if problem is not None:  # the new arrays go with the error (_no_orphans_on_failure)

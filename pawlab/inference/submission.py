@@ -318,18 +318,8 @@ def submit(
     """
     start = time.perf_counter()
     check_output_file(out, "submission")  # before any work
-    m = model if isinstance(model, Model) else load_model(model)
-    if unknown_threshold is not None:
-        m.unknown_threshold = unknown_threshold
-    if unknown_column and m.unknown is None:
-        raise ConfigError(
-            f"{m.path or 'the model'}: no in-distribution model for --unknown-column (trained before pawlab "
-            "fitted one): pawlab calibrate-unknown MODEL DATA fits it"
-        )
-    source, names, skipped = load_unlabeled(test, m.preprocessing.size, m.preprocessing.channels)
-    numbered, unnumbered = _numbered(names)
-    skipped += unnumbered
-    _check_ids(numbered, skipped, source.path)
+    m = _loaded(model, unknown_column, unknown_threshold)
+    source, numbered, skipped = _listed(test, m)
     out_path = Path(out)
     job = _job(m, source.path, hard, tta, unknown_column)
     done = _open_job(out_path, job)
@@ -357,6 +347,30 @@ def submit(
     return SubmitReport(
         out_path, len(done) + written, written, len(done), skipped, failed, time.perf_counter() - start
     )
+
+
+def _loaded(model: Model | str | os.PathLike[str], unknown_column: bool, threshold: float | None) -> Model:
+    """``model`` (loaded if a path), its refusal threshold set; a `ConfigError` for an unknown
+    column it cannot fill."""
+    m = model if isinstance(model, Model) else load_model(model)
+    if threshold is not None:
+        m.unknown_threshold = threshold
+    if unknown_column and m.unknown is None:
+        raise ConfigError(
+            f"{m.path or 'the model'}: no in-distribution model for --unknown-column (trained before pawlab "
+            "fitted one): pawlab calibrate-unknown MODEL DATA fits it"
+        )
+    return m
+
+
+def _listed(test: str | os.PathLike[str], m: Model) -> tuple[Source, _Numbered, list[Skipped]]:
+    """The test set's source, its images by numeric id (id, name) and what is skipped (files
+    that are not images, or not named by a number)."""
+    source, names, skipped = load_unlabeled(test, m.preprocessing.size, m.preprocessing.channels)
+    numbered, unnumbered = _numbered(names)
+    skipped += unnumbered
+    _check_ids(numbered, skipped, source.path)
+    return source, numbered, skipped
 
 
 def _label(p: np.ndarray | None, classes: list[str], binary: bool, hard: bool) -> str:

@@ -109,6 +109,17 @@ def serve(
         raise ConfigError(f"workers={workers}: give 1 or more")
     if no_auth and not is_loopback(bind):
         print(f"pawlab serve: warning: --no-auth: anyone who can reach {bind} may use it", file=sys.stderr)
+    named = _model_files(models, quiet)
+    if named is None:
+        return
+    loading = Loading(tta, device, precision, compile, unknown_threshold, runtime)
+    settings = Settings(tuple(named), bind, port, batching, limits, loading, token, cors_origin, grace, quiet)
+    _run(settings, workers)
+
+
+def _model_files(models: Sequence[str | os.PathLike[str]], quiet: bool) -> list[ModelFile] | None:
+    """The files to serve (`model_names`), a run's once it wrote one (None: SIGTERM came first);
+    a missing or foreign file is its one line now, before any worker starts."""
     named = [
         ModelFile(name, run_model_file(path), True) if path.is_dir() else ModelFile(name, path, False)
         for name, path in model_names(models)
@@ -116,33 +127,26 @@ def serve(
     if not all(wait_for(m.path, m.name, quiet) for m in named if m.follow):
         if not quiet:
             print(stopped_line(0, 0), file=sys.stderr, flush=True)  # SIGTERM before a model came
-        return
+        return None
     for m in named:
-        read_meta(m.path)  # a missing or foreign file: its one line now, before any worker starts
-    settings = Settings(
-        tuple(named),
-        bind,
-        port,
-        batching,
-        limits,
-        Loading(tta, device, precision, compile, unknown_threshold, runtime),
-        token,
-        cors_origin,
-        grace,
-        quiet,
-    )
+        read_meta(m.path)
+    return named
+
+
+def _run(settings: Settings, workers: int) -> None:
+    """Answer on the port, in this process or ``workers`` of them, until stopped."""
 
     def announce() -> None:
-        if not quiet:
-            names = ", ".join(m.name for m in named)
-            print(f"serving {names}: http://{url_host(bind)}:{port}/v1/predict", flush=True)
+        if not settings.quiet:
+            names = ", ".join(m.name for m in settings.models)
+            print(f"serving {names}: http://{url_host(settings.bind)}:{settings.port}/v1/predict", flush=True)
 
     if workers == 1:
         tally = run_server(settings, announce)
         answered, unanswered = tally.answered, tally.unanswered
     else:
         answered, unanswered = run_workers(settings, workers, announce)
-    if not quiet:
+    if not settings.quiet:
         print(stopped_line(answered, unanswered), file=sys.stderr, flush=True)
 
 

@@ -490,6 +490,22 @@ def _all_transforms(
     return results, draw_at
 
 
+def _checked_specs(
+    model: Model, transforms: Sequence[TransformSpec] | None, opts: _Options
+) -> list[TransformSpec]:
+    """The transforms to run (default: the model's `allowed_transforms`), every name and
+    parameter checked, and the options, before any work: a `ConfigError` for the first wrong."""
+    if opts.steps < 1 or opts.random_samples < 0 or opts.refine < 0 or opts.batch_size < 1:
+        raise ConfigError("steps and batch_size must be >= 1, random_samples and refine >= 0")
+    specs: list[TransformSpec] = (
+        list(transforms) if transforms is not None else [*allowed_transforms(model.meta)]
+    )
+    for spec in specs:
+        kind, params = _split_spec(spec)
+        resolve_params(get_transform(kind), params)
+    return specs
+
+
 def robustness(
     model: Model,
     images: np.ndarray,
@@ -518,13 +534,8 @@ def robustness(
     and ``fragile.png`` (the ``fragile`` most fragile images beside their variants) go.
     """
     images, lab = _check_inputs(model, images, labels, classes)
-    if steps < 1 or random_samples < 0 or refine < 0 or batch_size < 1:
-        raise ConfigError("steps and batch_size must be >= 1, random_samples and refine >= 0")
-    specs = list(transforms) if transforms is not None else allowed_transforms(model.meta)
-    for spec in specs:  # every name and parameter checked before any work
-        kind, params = _split_spec(spec)
-        resolve_params(get_transform(kind), params)
     opts = _Options(random_samples, steps, refine, seed, batch_size)
+    specs = _checked_specs(model, transforms, opts)
     p0, typical = _predict_scored(model, images, batch_size)
     pred = p0.argmax(1)
     known = None if typical is None else typical >= model.unknown_threshold
