@@ -34,6 +34,27 @@ from pawlab.terminal import PrintableStream
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse's parser with one-line errors, and a list of the options added to it (``options``:
+    what `parse_args` needs to tell the flags a user gave from the defaults)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.options: list[argparse.Action] = []  # before argparse's own --help is added
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        return self._listed(super().add_argument(*args, **kwargs))
+
+    def add_mutually_exclusive_group(self, *, required: bool = False) -> Any:
+        group = super().add_mutually_exclusive_group(required=required)
+        add = group.add_argument
+        group.add_argument = lambda *args, **kwargs: self._listed(add(*args, **kwargs))  # type: ignore[method-assign]
+        return group
+
+    def _listed(self, action: argparse.Action) -> argparse.Action:
+        if action.option_strings and action.dest != "help":
+            self.options.append(action)
+        return action
+
     def error(self, message: str) -> NoReturn:
         """One line, not argparse's usage dump."""
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -713,14 +734,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     flags: dict[str, str] = {}
     for name, sub in commands.items():
         defaults[name] = {}
-        for action in sub._actions:  # argparse has no public list of them
-            if action.option_strings and action.dest != "help":
-                value = action.default
-                if isinstance(value, str) and callable(action.type):
-                    value = action.type(value)  # as argparse converts a string default
-                defaults[name][action.dest] = value
-                flags[action.dest] = max(action.option_strings, key=len)
-                action.default = argparse.SUPPRESS  # absent from the result unless given
+        for action in sub.options if isinstance(sub, _Parser) else []:
+            value = action.default
+            if isinstance(value, str) and callable(action.type):
+                value = action.type(value)  # as argparse converts a string default
+            defaults[name][action.dest] = value
+            flags[action.dest] = max(action.option_strings, key=len)
+            action.default = argparse.SUPPRESS  # absent from the result unless given
     args = parser.parse_args(argv)
     given = set(vars(args)) - {"command"}
     for dest, value in defaults[args.command].items():
