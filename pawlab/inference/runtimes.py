@@ -3,7 +3,9 @@ route that agrees with fp32, measured once per CPU.
 
     <cache>/runtimes/<digest of the model file>/
         fp32.onnx              the runtime graph (`pawlab.inference.ort`)
-        int8.onnx, int8.json   quantized (`pawlab.inference.quantize`) and its agreement record
+        int8-vnni.onnx, .json  quantized (`pawlab.inference.quantize`) and its agreement record;
+                               ``int8-avx2`` on CPUs without VNNI (7-bit weights: their int8
+                               dot products saturate otherwise), each checked on such a CPU
         route-<cpu>.json       the routes' times on this CPU, and the fastest that agrees
 
 int8 is calibrated on training images of the model's own data and checked as guarded bf16 is
@@ -21,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -117,14 +120,14 @@ class RuntimeCache:
     def graph(self, precision: str) -> tuple[bytes, dict[str, Any]]:
         if precision == "fp32":
             return self._fp32(), {}
-        record_path = self.folder / "int8.json"
+        record_path = self.int8_file.with_suffix(".json")
         with self._locked():
             if not record_path.exists():
                 self._make_int8()
         record = json.loads(record_path.read_text())
         if not record.get("ok"):
             raise AgreementError(f"{self.model.path}: guarded int8 {describe(record)}; use --precision fp32")
-        return (self.folder / "int8.onnx").read_bytes(), record
+        return self.int8_file.read_bytes(), record
 
     def _fp32(self) -> bytes:
         from pawlab.inference.ort import network_graph
@@ -158,28 +161,33 @@ class RuntimeCache:
         x = to_inputs(pixels, self.model.preprocessing, torch.device("cpu"), torch.contiguous_format)
         return x.numpy()
 
+    @property
+    def int8_file(self) -> Path:
+        """Where this CPU's int8 graph goes (its record beside it, ``.json``)."""
+        return self.folder / f"int8-{'vnni' if _has_vnni() else 'avx2'}.onnx"
+
     def _make_int8(self) -> None:
         """Quantize, check guarded int8 against fp32 on validation images, record both."""
+        import onnx
+
         from pawlab.inference.ort import OrtForward, session_for
-        from pawlab.inference.quantize import quantize_int8
+        from pawlab.inference.quantize import SETTINGS, quantize_int8
 
         images = self.images()
         calibration = sample(images.train, CALIBRATION_IMAGES)
         self.log(f"quantizing the model to int8 (once), calibrated on {len(calibration)} training images")
         fp32 = self._fp32()
-        import onnx
-
-        int8 = quantize_int8(
-            onnx.load_from_string(fp32), self._inputs(calibration.images)
-        ).SerializeToString()
+        settings = replace(SETTINGS, reduce_range=not _has_vnni())
+        graph = quantize_int8(onnx.load_from_string(fp32), self._inputs(calibration.images), settings)
+        int8 = graph.SerializeToString()
         val = sample(images.validation, CHECK_IMAGES)
         p_fp32, p_int8 = (self._probabilities(OrtForward(session_for(g)), val.images) for g in (fp32, int8))
         record = guarded_agreement(p_fp32, p_int8, torch.from_numpy(val.labels).long(), precision="int8")
         record = {**record, "images_from": images.description, "calibration_images": len(calibration)}
         self.log(f"guarded int8 {describe(record)}")
         if record["ok"]:
-            atomic_write_bytes(self.folder / "int8.onnx", int8)
-        atomic_write_text(self.folder / "int8.json", json.dumps(record, indent=1) + "\n")
+            atomic_write_bytes(self.int8_file, int8)
+        atomic_write_text(self.int8_file.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
 
     def _probabilities(
         self, forward: Callable[[torch.Tensor], torch.Tensor], pixels: np.ndarray
@@ -263,3 +271,9 @@ class RuntimeCache:
             m.predict_proba(pixels)
             best = min(best, time.perf_counter() - t0)
         return best
+
+
+def _has_vnni() -> bool:
+    """Whether this CPU multiplies uint8 by int8 in 32-bit sums (VNNI): without it onnxruntime's
+    int8 kernels sum in 16 bits, which 8-bit weights can saturate."""
+    return any(f in cpu_name_and_flags()[1] for f in ("avx512_vnni", "avx_vnni", "amx_int8"))

@@ -100,10 +100,10 @@ def test_int8_is_checked_like_bf16_and_its_verdict_kept(trained: tuple[Path, Pat
         _, record = cache.graph("int8")
     except AgreementError as exc:
         assert "\n" not in str(exc) and "agree" in str(exc)
-        record = json.loads((cache.folder / "int8.json").read_text())
-        assert not record["ok"] and not (cache.folder / "int8.onnx").exists()
+        record = json.loads(cache.int8_file.with_suffix(".json").read_text())
+        assert not record["ok"] and not cache.int8_file.exists()
     else:
-        assert record["ok"] and (cache.folder / "int8.onnx").exists()
+        assert record["ok"] and cache.int8_file.exists()
     assert record["precision"] == "int8" and record["rule"] == "margin"
     assert record["images"] > 0 and record["calibration_images"] > 0
     made = len(lines)
