@@ -511,7 +511,7 @@ def print_speed(paths: list[InferencePath], r: Outcome, args: argparse.Namespace
 
 def print_accuracy(paths: list[InferencePath], r: Outcome, data: Path) -> None:
     print(
-        f"  held-back images ({r.held_back} of {data}, never seen in training): accuracy, log loss; vs fp32's"
+        f"  held-back images ({r.held_back} of {data}, never trained on): accuracy, log loss; vs fp32's"
     )
     ref = r.metrics.get(FP32)
     for label in [p.label for p in paths if not p.skipped] + [PLAIN]:
