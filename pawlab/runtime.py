@@ -6,6 +6,7 @@ before the process group is set up) there is one process: rank 0 of a world of 1
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterator
@@ -116,6 +117,7 @@ def one_thread() -> Iterator[None]:
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
 
 
+@functools.cache
 def cpu_name_and_flags() -> tuple[str, tuple[str, ...]]:
     """This CPU's model name and which of the instructions that matter to inference it has
     (from /proc/cpuinfo; the platform's processor name elsewhere)."""

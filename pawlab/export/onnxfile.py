@@ -29,7 +29,7 @@ import onnxruntime as ort
 from pawlab._version import __version__
 from pawlab.errors import ModelFileError
 from pawlab.export.graph import INPUT, OUTPUT
-from pawlab.inference.ort import session_for
+from pawlab.inference.ort import run_batched, session_for
 from pawlab.preprocessing import Preprocessing
 
 FORMAT = "pawlab-onnx 1"
@@ -106,12 +106,7 @@ class OnnxModel:
 
 def run_session(session: ort.InferenceSession, pixels: np.ndarray, batch_size: int = RUN_BATCH) -> np.ndarray:
     """uint8 (N, H, W, C) -> `OUTPUT` (N, classes) float32 of a pawlab graph, in batches."""
-    outs = [
-        session.run([OUTPUT], {INPUT: np.ascontiguousarray(pixels[i : i + batch_size])})[0]
-        for i in range(0, len(pixels), batch_size)
-    ]
-    width = session.get_outputs()[0].shape[1]
-    return np.concatenate(outs) if outs else np.empty((0, width), np.float32)
+    return run_batched(session, pixels, batch_size)
 
 
 def load_onnx(path: str | os.PathLike[str], threads: int | None = None) -> OnnxModel:

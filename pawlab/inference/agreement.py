@@ -1,4 +1,5 @@
-"""Is bf16 inference safe for this model? Guarded bf16 checked against fp32 on real images.
+"""Is bf16 inference safe for this model? Guarded bf16 checked against fp32 on real images
+(and, by the same rule, guarded int8: `pawlab.inference.runtimes`).
 
 At the end of training (`agreement_record`) bf16 and fp32 run on up to `AGREEMENT_IMAGES`
 validation images. The rule (`guarded_agreement`): bf16 keeps every image except those whose two

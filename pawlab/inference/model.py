@@ -7,7 +7,7 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
@@ -169,8 +169,6 @@ class _Plan:
     guard: Guard | None = None
     batch_size: int | None = None
     rerun_batch: int = COMPILED_BATCH["fp32"]
-    compiled: bool = False
-    sessions: list[Any] = field(default_factory=list)  # onnxruntime's, kept alive with the plan
 
 
 class Model:
@@ -303,24 +301,15 @@ class Model:
                     f"precision {route.precision} in onnxruntime needs a model loaded from its file"
                 )
             pre = self.preprocessing
-            fp32 = network_graph(self._runner, pre.size, pre.channels).SerializeToString()
+            graph = network_graph(self._runner, pre.size, pre.channels).SerializeToString()
         else:
-            fp32, _ = self.chooser.graph("fp32")
-        sessions = [session_for(fp32)]
-        plan = _Plan(forward=OrtForward(sessions[0]), batch_size=ORT_BATCH, rerun_batch=ORT_BATCH)
-        if route.precision == "int8":
-            assert self.chooser is not None
-            int8, record = self.chooser.graph("int8")
-            sessions.insert(0, session_for(int8))
-            plan = _Plan(
-                OrtForward(sessions[0]),
-                OrtForward(sessions[1]),
-                Guard.from_record(record),
-                ORT_BATCH,
-                ORT_BATCH,
-            )
-        plan.sessions = sessions
-        return plan
+            graph, _ = self.chooser.graph("fp32")
+        fp32 = OrtForward(session_for(graph))
+        if route.precision == "fp32":
+            return _Plan(forward=fp32, batch_size=ORT_BATCH, rerun_batch=ORT_BATCH)
+        assert self.chooser is not None
+        int8, record = self.chooser.graph("int8")
+        return _Plan(OrtForward(session_for(int8)), fp32, Guard.from_record(record), ORT_BATCH, ORT_BATCH)
 
     def prepare_for(self, images: int, tta: bool = False) -> None:
         """Get ready for a job of ``images`` images (each run once per view with ``tta``). A
@@ -334,10 +323,10 @@ class Model:
         if long and not self._settled and self._may_choose() and self.chooser is not None:
             self.use_route(self.chooser.choose())
         plan = self._plan()
-        if long and self.route.runtime == "torch" and not plan.compiled:
+        if long and self.route.runtime == "torch" and not isinstance(plan.forward, Compiled):
             plan.forward = Compiled(self._runner, COMPILED_BATCH["bf16" if self.bf16 else "fp32"])
             plan.rerun = Compiled(self._runner, COMPILED_BATCH["fp32"]) if plan.guard is not None else None
-            plan.batch_size, plan.compiled = plan.forward.batch_size, True
+            plan.batch_size = plan.forward.batch_size
 
     def keep_only(self, route: Route) -> None:
         """Use ``route`` and drop the other routes' plans (their compiled graphs, sessions)."""

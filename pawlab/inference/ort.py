@@ -86,14 +86,18 @@ class OrtForward:
 
     def __init__(self, session: ort.InferenceSession, batch_size: int = ORT_BATCH) -> None:
         self.session, self.batch_size = session, batch_size
-        self.input = session.get_inputs()[0].name
-        self.output = session.get_outputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # onnxruntime reads a C-contiguous NCHW array; a channels-last tensor is copied once here
-        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        outs = [
-            self.session.run([self.output], {self.input: array[i : i + self.batch_size]})[0]
-            for i in range(0, len(array), self.batch_size)
-        ]
-        return torch.from_numpy(np.concatenate(outs))
+        return torch.from_numpy(run_batched(self.session, x.detach().float().cpu().numpy(), self.batch_size))
+
+
+def run_batched(session: ort.InferenceSession, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """A one-input, one-output session's outputs (N, K) for ``inputs`` (N, ...), run
+    ``batch_size`` at a time (an empty (0, K) array for none)."""
+    name, output = session.get_inputs()[0].name, session.get_outputs()[0]
+    outs = [
+        session.run([output.name], {name: np.ascontiguousarray(inputs[i : i + batch_size])})[0]
+        for i in range(0, len(inputs), batch_size)
+    ]
+    return np.concatenate(outs) if outs else np.empty((0, output.shape[1]), np.float32)

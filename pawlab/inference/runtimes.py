@@ -16,7 +16,9 @@ made again; only the model's data (the source its file records) can make one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import sys
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,12 +37,15 @@ from pawlab.data import cache
 from pawlab.data.pack import locked
 from pawlab.errors import AgreementError, DataError
 from pawlab.inference.agreement import describe, guarded_agreement
-from pawlab.inference.engine import COMPILE_MIN_IMAGES, to_inputs
+from pawlab.inference.engine import COMPILE_MIN_IMAGES, predict_outputs, to_inputs
 from pawlab.inference.guard import agreed
 from pawlab.inference.model import Model
 from pawlab.inference.routes import Route
 from pawlab.inference.splits import CheckImages, check_images, sample
 from pawlab.runtime import cpu_class, cpu_name_and_flags, use_bf16
+
+if TYPE_CHECKING:  # onnxruntime is imported only for a job that runs it
+    from pawlab.inference.ort import OrtForward
 
 CALIBRATION_IMAGES = 300  # training images, at most, int8 activation ranges are taken from
 CHECK_IMAGES = 1000  # validation images, at most, a route is checked on
@@ -74,7 +79,6 @@ class RuntimeCache:
         assert model.path is not None
         self.model = model
         self.log = log or (lambda line: print(f"pawlab: {line}", file=sys.stderr, flush=True))
-        self._folder: Path | None = None
         self._images: CheckImages | None | str = None  # str: why there are none
         self._held = False
 
@@ -92,25 +96,25 @@ class RuntimeCache:
             finally:
                 self._held = False
 
-    @property
+    @functools.cached_property
     def folder(self) -> Path:
-        if self._folder is None:
-            assert self.model.path is not None
-            with self.model.path.open("rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
-            self._folder = cache.entry("runtimes", digest[:32])
-        return self._folder
+        assert self.model.path is not None
+        with self.model.path.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        return cache.entry("runtimes", digest[:32])
 
+    @functools.cached_property
     def _route_file(self) -> Path:
-        import onnxruntime
-
+        """This CPU's record: keyed by its name and instruction sets, the threads, and the torch
+        and onnxruntime versions (read from the installed metadata: no import of onnxruntime
+        for a job that never runs it)."""
         name, flags = cpu_name_and_flags()
-        versions = f"{torch.__version__}|{onnxruntime.__version__}"
+        versions = f"{torch.__version__}|{importlib.metadata.version('onnxruntime')}"
         key = f"{name}|{' '.join(flags)}|{torch.get_num_threads()}|{versions}"
         return self.folder / f"route-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
     def recorded(self) -> Route | None:
-        path = self._route_file()
+        path = self._route_file
         try:
             record = json.loads(path.read_text())
             return Route.parse(record["route"]) if record.get("format") == ROUTE_FORMAT else None
@@ -189,15 +193,15 @@ class RuntimeCache:
             atomic_write_bytes(self.int8_file, int8)
         atomic_write_text(self.int8_file.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
 
-    def _probabilities(
-        self, forward: Callable[[torch.Tensor], torch.Tensor], pixels: np.ndarray
-    ) -> torch.Tensor:
-        k = len(self.model.classes)
-        outs = [
-            forward(torch.from_numpy(self._inputs(pixels[i : i + 64])))[:, :k].softmax(1)
-            for i in range(0, len(pixels), 64)
-        ]
-        return torch.cat(outs)
+    def _probabilities(self, forward: OrtForward, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 (N, H, W, C) -> probabilities (N, classes) of a runtime graph's session, run
+        by the engine as `Model` runs it (NCHW inputs, the logits softmaxed)."""
+        m, k = self.model, len(self.model.classes)
+        out = predict_outputs(
+            m._runner, pixels, m.preprocessing, torch.device("cpu"), forward.batch_size,
+            forward=forward, channels_last=False, softmax=True, classes=k,
+        )  # fmt: skip
+        return out[:, :k]
 
     def choose(self) -> Route:
         """Time each route that agrees on the same images, record the fastest, and use it
@@ -227,7 +231,7 @@ class RuntimeCache:
             "seconds": seconds,
             "timed_on": what,
         }
-        atomic_write_text(self._route_file(), json.dumps(record, indent=1) + "\n")
+        atomic_write_text(self._route_file, json.dumps(record, indent=1) + "\n")
         self.model.keep_only(best)
         return best
 
