@@ -37,6 +37,7 @@ from pawlab.data.pack import (
     pack,
 )
 from pawlab.data.sources import Source, open_source, read_entry, source_stamp
+from pawlab.data.workers import entry_point
 from pawlab.errors import DataError
 from pawlab.terminal import printable
 
@@ -262,6 +263,7 @@ def _skipped(packed: Packed) -> list[Skipped]:
     return [Skipped(s["name"], s["reason"]) for s in packed.manifest["skipped"]]
 
 
+@entry_point
 def load_dataset(
     path: str | os.PathLike[str],
     config: DataConfig = DataConfig(),
@@ -565,6 +567,7 @@ class PrepareReport:
         return out
 
 
+@entry_point
 def prepare(
     src: str | os.PathLike[str],
     out: str | os.PathLike[str],

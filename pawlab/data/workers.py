@@ -16,13 +16,15 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from functools import wraps
 from pathlib import Path
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 from pawlab.errors import WorkerError
 
 T = TypeVar("T")
 R = TypeVar("R")
+P = ParamSpec("P")
 
 
 # A container's CPU limit: cgroup v2's "QUOTA PERIOD" (or "max PERIOD"), or cgroup v1's two files
@@ -76,6 +78,19 @@ def refuse_in_starting_process() -> None:
     # its own refusal to start processes from there reads the same one
     if getattr(mp.current_process(), "_inheriting", False):
         raise WorkerError(_UNGUARDED)
+
+
+def entry_point(fn: Callable[P, R]) -> Callable[P, R]:
+    """A public function that refuses, first of all, to run in a process that is still starting
+    (`refuse_in_starting_process`): before it reads or writes anything that its parent, running
+    the same call, is writing."""
+
+    @wraps(fn)
+    def refusing(*args: P.args, **kwargs: P.kwargs) -> R:
+        refuse_in_starting_process()
+        return fn(*args, **kwargs)
+
+    return refusing
 
 
 # Chunks of tasks queued per worker ahead of the consumer: enough to keep the workers busy, few

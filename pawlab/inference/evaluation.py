@@ -12,6 +12,7 @@ import numpy as np
 
 from pawlab import display
 from pawlab.data import EvalSet, ImageSet, load_eval_set
+from pawlab.data.workers import entry_point
 from pawlab.inference.model import Model
 from pawlab.inference.runtimes import load_model
 from pawlab.terminal import printable
@@ -246,6 +247,7 @@ def eval_set_for(
     )
 
 
+@entry_point
 def evaluate(
     model: Model | str | os.PathLike[str],
     data: str | os.PathLike[str],

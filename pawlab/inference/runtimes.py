@@ -35,6 +35,7 @@ import torch
 from pawlab.atomic import atomic_write_bytes, atomic_write_text
 from pawlab.data import cache
 from pawlab.data.pack import locked
+from pawlab.data.workers import entry_point
 from pawlab.errors import AgreementError, DataError
 from pawlab.inference.agreement import describe, guarded_agreement
 from pawlab.inference.engine import COMPILE_MIN_IMAGES, predict_outputs, to_inputs
@@ -53,6 +54,7 @@ TIMED_IMAGES = 96  # validation images each route is timed on, after a warm-up b
 ROUTE_FORMAT = 1  # bump when what a route's time means changes: older records are measured again
 
 
+@entry_point
 def load_model(
     path: str | os.PathLike[str],
     device: str = "auto",

@@ -21,7 +21,7 @@ from pawlab.atomic import atomic_write_text, check_output_file, write_all
 from pawlab.data import Skipped, load_unlabeled
 from pawlab.data.datasets import decode_task, decode_tasks
 from pawlab.data.sources import Source
-from pawlab.data.workers import default_workers, parallel_map
+from pawlab.data.workers import default_workers, entry_point, parallel_map
 from pawlab.errors import ConfigError, DataError, OutputError
 from pawlab.inference.model import Model
 from pawlab.inference.runtimes import load_model
@@ -290,6 +290,7 @@ def _gathered(written: int, failed: list[Skipped]) -> tuple[int, list[Skipped]]:
     return sum(w for w, _ in gathered), [f for _, fs in gathered for f in fs]
 
 
+@entry_point
 def submit(
     model: Model | str | os.PathLike[str],
     test: str | os.PathLike[str],

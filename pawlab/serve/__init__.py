@@ -28,6 +28,7 @@ from typing import Any
 
 from pawlab import unknown
 from pawlab.checkpoint import read_meta
+from pawlab.data.workers import entry_point
 from pawlab.errors import ConfigError
 from pawlab.hosts import EVERY_INTERFACE, SERVE_PORT, bind_address, is_loopback, url_host
 from pawlab.serve.app import create_app
@@ -72,6 +73,7 @@ def check_access(bind: str, token: str | None, no_auth: bool) -> None:
         )
 
 
+@entry_point
 def serve(
     models: Sequence[str | os.PathLike[str]],
     *,

@@ -28,6 +28,7 @@ from pawlab.checkpoint import ModelCard, TrainingRecord
 from pawlab.config import DEFAULT_ARCH, DataConfig, RuntimeConfig, TrainConfig
 from pawlab.data import Dataset, ImageSet, load_dataset
 from pawlab.data.datasets import layout_of
+from pawlab.data.workers import entry_point
 from pawlab.errors import ConfigError, ModelFileError, OutputError
 from pawlab.inference.features import trunk_features
 from pawlab.models import (
@@ -210,6 +211,7 @@ def _model_card(
     )
 
 
+@entry_point
 def train(
     data: str | os.PathLike[str] | Dataset,
     out: str | os.PathLike[str] | None = None,
@@ -332,6 +334,7 @@ def _resumed_config(config: TrainConfig, epochs: int | None, forever: bool) -> T
     return config
 
 
+@entry_point
 def resume(
     path: str | os.PathLike[str],
     data: str | os.PathLike[str] | Dataset | None = None,

@@ -58,6 +58,31 @@ def test_a_script_without_a_main_guard_fails_instead_of_hanging(tmp_path: Path) 
     assert any(line.startswith(parent) for line in run.stderr.splitlines())
 
 
+def test_every_public_entry_refuses_in_a_starting_process_before_touching_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import multiprocessing as mp
+
+    import pawlab
+    from pawlab.serve import serve
+
+    entries = [
+        pawlab.prepare,
+        pawlab.load_dataset,
+        pawlab.train,
+        pawlab.resume,
+        pawlab.evaluate,
+        pawlab.submit,
+        pawlab.load_model,
+        serve,
+    ]
+    monkeypatch.setattr(mp.current_process(), "_inheriting", True, raising=False)
+    for entry in entries:
+        with pytest.raises(WorkerError, match="while a worker process was starting"):
+            entry(tmp_path / "in", tmp_path / "out")  # type: ignore[operator]
+    assert list(tmp_path.iterdir()) == []
+
+
 def _pid_or_wait(x: int) -> int:
     if x >= 4:
         time.sleep(600)  # a task that would hold a worker far longer than any test
