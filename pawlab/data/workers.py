@@ -97,6 +97,9 @@ def entry_point(fn: Callable[P, R]) -> Callable[P, R]:
 # enough that results waiting for a slow consumer (decoded images waiting for the network) stay
 # a few megabytes instead of the whole job.
 AHEAD = 4
+# Seconds a stopped worker has to clean up after itself (remove its temporary file) before it is
+# killed outright.
+STOP_SECONDS = 10.0
 
 
 class _Stopped(BaseException):
@@ -118,7 +121,14 @@ def _run_chunk(fn: Callable[[T], R], chunk: Sequence[T]) -> list[R]:
         _in_task = False
 
 
+_stopping = False  # SIGTERM seen: later ones must not interrupt the clean-up
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
+    global _stopping
+    if _stopping:
+        return
+    _stopping = True
     if _in_task:
         raise _Stopped
     os._exit(1)
@@ -127,16 +137,35 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def _exit_with_parent() -> None:
     """Worker initializer: end the worker when the process that started it is gone (killed,
     even by SIGKILL), instead of waiting for work forever; on SIGTERM (`Workers.close`), end
-    it once its task has cleaned up after itself."""
+    it once its task has cleaned up after itself.
+
+    A process-wide SIGTERM may land on any thread that does not block it (the decoders' native
+    threads too), and Python runs its handler only when the main thread next runs Python code:
+    never, for a worker waiting in a semaphore for work. So every signal also wakes a watching
+    thread (`signal.set_wakeup_fd`), which ends an idle worker itself and otherwise sends the
+    signal to the main thread, where it interrupts whatever waits there."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
     parent = mp.parent_process()
-    if parent is not None:
-        threading.Thread(target=_wait_then_exit, args=(parent.sentinel,), daemon=True).start()
+    watched = [wake_r] if parent is None else [wake_r, parent.sentinel]
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # the watcher inherits it
+    try:
+        threading.Thread(target=_watch, args=(watched, wake_r), daemon=True).start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
-def _wait_then_exit(sentinel: int) -> None:
-    mp.connection.wait([sentinel])
-    os._exit(1)
+def _watch(watched: list[int], wakeup: int) -> None:
+    while True:
+        ready = mp.connection.wait(watched)
+        if wakeup not in ready:  # the parent is gone
+            os._exit(1)
+        if signal.SIGTERM in os.read(wakeup, 64):
+            if not _in_task:
+                os._exit(1)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
 
 
 class Workers:
@@ -197,7 +226,10 @@ class Workers:
         for p in processes:
             p.terminate()
         for p in processes:
-            p.join()
+            p.join(STOP_SECONDS)
+            if p.is_alive():  # SIGTERM lost (seen: a worker idle on the task queue): end it for sure
+                p.kill()
+                p.join()
 
     def __enter__(self) -> Workers:
         return self
