@@ -271,14 +271,16 @@ def load_dataset(
     channels: int = 3,
     progress: bool = True,
 ) -> Dataset:
-    """Read, label, split and decode a labelled source into memory at ``config.size``.
+    """Read, label, split and decode a labelled source at ``config.size``.
 
-    Decoding happens once per source and size: later calls read the packed cache.
+    Decoding happens once per source and size: later calls read the packed cache. The images
+    are memory-mapped from it (copy-on-write): a set far larger than memory trains, and the
+    pages the kernel keeps are its to drop, not the process's own memory.
     """
     packed, presplit = packed_for(path, config, progress=progress)
     sets = {
         split: ImageSet(
-            images=to_channels(np.array(packed.images(split)), channels),
+            images=to_channels(packed.images(split, mode="c"), channels),
             labels=packed.labels(split),
             names=packed.names(split),
             classes=packed.classes,

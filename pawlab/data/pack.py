@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -78,9 +78,10 @@ class Packed:
     def resize(self) -> str:
         return str(self.manifest.get("resize", "squash"))
 
-    def images(self, split: str) -> np.ndarray:
-        """The split's images, memory-mapped read-only: (N, H, W, 3) uint8."""
-        arr: np.ndarray = np.load(self.root / self.manifest["arrays"][split], mmap_mode="r")
+    def images(self, split: str, mode: Literal["r", "c"] = "r") -> np.ndarray:
+        """The split's images, memory-mapped: (N, H, W, 3) uint8; read-only, or with ``mode``
+        ``c`` copy-on-write (writable, as torch wants its arrays, without writing the file)."""
+        arr: np.ndarray = np.load(self.root / self.manifest["arrays"][split], mmap_mode=mode)
         return arr
 
     def labels(self, split: str) -> np.ndarray:

@@ -2,28 +2,44 @@
 
 A network whose first trainable part is a frozen backbone splits into a trunk (fixed) and a
 head (trained): `Network.trunk` and `Network.head`. The trunk's outputs for a set of images
-depend only on its weights, the preprocessing, the view (plain or mirrored) and the pixels,
-so they are kept in the user cache's entry ``features/<key>/`` under a hash of exactly those, and
-every later epoch or run trains the head on them: seconds instead of minutes. The backbones of
-an ensemble are cached one by one, each key with the size it is fed and its renormalisation.
+depend only on its weights, the preprocessing, the views (plain, mirrored), the precision and
+the pixels, so they are kept in the user cache's entry ``features/<key>/`` under a hash of
+exactly those, and every later epoch or run trains the head on them: seconds instead of minutes.
+The backbones of an ensemble are cached one by one, each key with the size it is fed and its
+renormalisation.
+
+Memory stays flat whatever the number of images: features are written to their cache file a
+chunk at a time and read back memory-mapped ((N, views, F) float32; 100,000 photos of
+EfficientNet-Lite2 with their mirrors are 1 GB on disk, none of it private memory).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from pawlab.atomic import atomic_write_bytes
+from pawlab.atomic import atomic_write
 from pawlab.data import cache
-from pawlab.inference.engine import array_batches, folded, infer_batch, run_batches
+from pawlab.inference.engine import (
+    COMPILE_MIN_IMAGES,
+    COMPILED_BATCH,
+    Compiled,
+    Forward,
+    folded,
+    infer_batch,
+    to_inputs,
+)
 from pawlab.models.layers import BackboneEnsemble, Resized
 from pawlab.preprocessing import Preprocessing
 from pawlab.progress import progress_bar
 
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2  # 2: one entry holds every view, and the precision is part of the key
+CHUNK = 2048  # rows of an ensemble's parts joined at a time
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -37,8 +53,8 @@ def weights_digest(module: torch.nn.Module) -> str:
 def images_digest(images: np.ndarray) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(repr(images.shape).encode())
-    for start in range(0, len(images), 512):
-        h.update(np.ascontiguousarray(images[start : start + 512]).data)
+    for start in range(0, len(images), 64):  # 64 rows at a time: a few MB, however many images
+        h.update(np.ascontiguousarray(images[start : start + 64]).data)
     return h.hexdigest()
 
 
@@ -49,13 +65,17 @@ def trunk_features(
     device: torch.device,
     *,
     views: tuple[str, ...] = ("plain",),
-    batch_size: int | None = None,
+    bf16: bool = False,
+    compile: bool | None = None,
     progress: bool = True,
     what: str = "images",
 ) -> np.ndarray:
-    """float32 (N, len(views), F): the trunk's outputs for uint8 images (N, H, W, C), from the
-    cache when the same weights, preprocessing and pixels were seen before. An ensemble of
-    backbones is computed, and cached, one backbone at a time."""
+    """float32 (N, len(views), F), memory-mapped from the cache: the trunk's outputs for uint8
+    images (N, H, W, C), computed unless the same weights, preprocessing, views, precision and
+    pixels were seen before. ``bf16``: under bf16 autocast (the key says so: fp32 features are
+    never read for bf16 ones, nor the reverse). ``compile``: `Compiled` (default: where the job
+    has at least `COMPILE_MIN_IMAGES` forward passes on a CPU). An ensemble of backbones is
+    computed, and cached, one backbone at a time."""
     members = _members(trunk)
     if members:  # (N, views, F0 + F1 + ...), each backbone's part cached on its own
         parts = [
@@ -65,36 +85,42 @@ def trunk_features(
                 pre,
                 device,
                 views=views,
-                batch_size=batch_size,
+                bf16=bf16,
+                compile=compile,
                 progress=progress,
                 what=f"{what}, {m.member.name}",
             )
             for m in members
         ]
-        return np.concatenate(parts, axis=2)
+        return _joined(parts)
+    key = _key(trunk, images, pre, views, bf16)
+    feats = _cached(key)
+    if feats is None:
+        if compile is None:
+            compile = device.type == "cpu" and len(images) * len(views) >= COMPILE_MIN_IMAGES
+        # with batch-norms folded (the same features up to float rounding): 2x faster
+        passes = _passes(folded(trunk), images, pre, device, views, bf16, compile)
+        what = f"features ({what}{', and mirrored' if 'flip' in views else ''})"
+        _store(key, len(images), len(views), _counted(passes, len(images), what, progress))
+        feats = _cached(key)
+        assert feats is not None
+    return feats
+
+
+def _key(
+    trunk: torch.nn.Module, images: np.ndarray, pre: Preprocessing, views: Sequence[str], bf16: bool
+) -> str:
     base = {
         "version": FEATURES_VERSION,
         "weights": weights_digest(trunk),
         "preprocessing": pre.to_json(),
         "images": images_digest(images),
+        "views": list(views),
+        "precision": "bf16" if bf16 else "fp32",
     }
     if isinstance(trunk, Resized):  # its size and renormalisation are no weights
         base["resized"] = [trunk.size, trunk.scale.flatten().tolist(), trunk.shift.flatten().tolist()]
-    out = []
-    runner: torch.nn.Module | None = None  # the trunk with batch-norms folded, made if needed
-    for v in views:
-        key = hashlib.blake2b(json.dumps({**base, "view": v}, sort_keys=True).encode(), digest_size=16)
-        feats = _cached(key.hexdigest())
-        if feats is None:
-            # with batch-norms folded (fp32, the same features up to float rounding): 2x faster
-            if runner is None:
-                runner = folded(trunk)
-            feats = _compute(
-                runner, images, pre, device, v, batch_size or infer_batch(device), progress, what
-            )
-            _save(key.hexdigest(), feats)
-        out.append(feats)
-    return np.stack(out, axis=1)
+    return hashlib.blake2b(json.dumps(base, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
 def _members(trunk: torch.nn.Module) -> list[Resized]:
@@ -105,45 +131,102 @@ def _members(trunk: torch.nn.Module) -> list[Resized]:
     return []
 
 
-def _compute(
-    trunk: torch.nn.Module,
+def _passes(
+    runner: torch.nn.Module,
     images: np.ndarray,
     pre: Preprocessing,
     device: torch.device,
-    view: str,
-    batch_size: int,
-    progress: bool,
-    what: str,
-) -> np.ndarray:
-    # fp32: the head is trained on, and later predicts from, features of the same precision
-    bar = progress_bar(
-        total=len(images), desc=f"features ({what}{', mirrored' if view == 'flip' else ''})", enabled=progress
-    )
-    parts = []
-    for out in run_batches(trunk, array_batches(images, batch_size), pre, device, views=(view,)):
-        parts.append(out.numpy())
-        bar.update(len(out))
-    bar.close()
-    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+    views: Sequence[str],
+    bf16: bool,
+    compile: bool,
+) -> Iterator[np.ndarray]:
+    """Features (B, views, F) float32 per batch of images, in order: every view of a batch in
+    one forward pass (a compiled graph of `COMPILED_BATCH` passes, so fewer images per batch
+    with more views)."""
+    runner.eval()
+    per_pass = COMPILED_BATCH["bf16" if bf16 else "fp32"] if compile else infer_batch(device)
+    per_batch = max(1, per_pass // len(views))
+    forward: Forward = Compiled(runner, per_batch * len(views)) if compile else runner
+    fmt = torch.channels_last
+    with torch.inference_mode():
+        for start in range(0, len(images), per_batch):
+            batch = images[start : start + per_batch]  # uint8 (b, H, W, C)
+            x = torch.cat([to_inputs(batch, pre, device, fmt, v) for v in views])  # (views * b, C, H, W)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = forward(x.contiguous(memory_format=fmt)).float()  # (views * b, F)
+            yield out.view(len(views), len(batch), -1).transpose(0, 1).cpu().numpy()
+
+
+def _counted(parts: Iterator[np.ndarray], total: int, what: str, progress: bool) -> Iterator[np.ndarray]:
+    """``parts`` as they come, each counted on a progress bar (or in a log's lines) by its rows."""
+    bar = progress_bar(total=total, desc=what, enabled=progress)
+    try:
+        for part in parts:
+            yield part
+            bar.update(len(part))
+    finally:
+        bar.close()
+
+
+def _store(key: str, n: int, views: int, parts: Iterator[np.ndarray]) -> None:
+    """Write the (n, views, F) rows that ``parts`` yields in order, a part at a time, as the
+    cache entry ``key``'s file: whole or not at all."""
+    path = cache.entry("features", key) / cache.FEATURES_FILE
+
+    def write(tmp: Path) -> None:
+        out: np.memmap | None = None  # its width is known once the first part is
+        row = 0
+        for part in parts:
+            if out is None:
+                out = _new_file(tmp, (n, views, part.shape[-1]))
+            out[row : row + len(part)] = part
+            row += len(part)
+        if out is None:
+            _new_file(tmp, (n, views, 0))
+        else:
+            out.flush()
+            del out
+
+    atomic_write(path, write)
+
+
+def _new_file(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    out: np.memmap = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    return out
+
+
+def _joined(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The members' features (N, views, Fi) side by side (N, views, sum Fi), written once to the
+    cache a chunk at a time (keyed by the parts' own files) and memory-mapped."""
+    key = hashlib.blake2b(
+        json.dumps([FEATURES_VERSION, "joined", *(_file_of(p) for p in parts)]).encode(), digest_size=16
+    ).hexdigest()
+    feats = _cached(key)
+    if feats is None:
+        n, views = parts[0].shape[:2]
+        rows = range(0, n, CHUNK)
+        _store(key, n, views, (np.concatenate([p[r : r + CHUNK] for p in parts], axis=2) for r in rows))
+        feats = _cached(key)
+        assert feats is not None
+    return feats
+
+
+def _file_of(feats: np.ndarray) -> str:
+    """The cache file a memory-mapped features array was read from."""
+    filename = getattr(feats, "filename", None)
+    return str(filename) if filename is not None else images_digest(np.asarray(feats))
 
 
 def _cached(key: str) -> np.ndarray | None:
-    """The cached features of ``key``, or None; an earlier pawlab's flat ``features/<key>.npy``
-    is moved into its entry first."""
+    """The cached features of ``key``, memory-mapped copy-on-write (writable without writing
+    the file, as torch wants its arrays), or None; an earlier pawlab's flat
+    ``features/<key>.npy`` is moved into its entry first."""
     folder = cache.cache_root() / "features"
     flat = folder / f"{key}.npy"
     if flat.is_file() and not flat.is_symlink():
         cache.adopt_legacy_features(flat)
     try:
-        feats: np.ndarray = np.load(folder / key / cache.FEATURES_FILE)
+        feats: np.ndarray = np.load(folder / key / cache.FEATURES_FILE, mmap_mode="c")
         return feats
     except (OSError, ValueError):
         return None
-
-
-def _save(key: str, feats: np.ndarray) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, feats.astype(np.float32, copy=False))
-    atomic_write_bytes(cache.entry("features", key) / cache.FEATURES_FILE, buf.getvalue())

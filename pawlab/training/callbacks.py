@@ -154,7 +154,8 @@ class ModelRecord(Callback):
 class InferenceAgreement(ModelRecord):
     """Whether guarded bf16 inference agrees with fp32 on the validation images (``inference``
     in the card; `pawlab.inference.agreement`). ``images``: uint8 (N, H, W, C), also when the
-    loop trains on cached features, whose fp32 logits then come from the head alone."""
+    loop trains on cached features, whose fp32 logits then come from the head alone (when the
+    features are fp32 ones)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, pre: Preprocessing) -> None:
         self.images, self.labels, self.pre = images, labels, pre
@@ -162,7 +163,7 @@ class InferenceAgreement(ModelRecord):
     def record(self, trainer: Trainer, ck: checkpoint.Checkpoint) -> checkpoint.Checkpoint:
         network, val = cast(Network, trainer.network), trainer.val_set
         fp32 = None
-        if isinstance(val, FeatureSet):  # fp32 features are cached: only the head runs
+        if isinstance(val, FeatureSet) and val.precision == "fp32":  # cached: only the head runs
             fp32 = lambda rows: trainer.inputs.logits(network, val.images[rows], 0)  # noqa: E731
         found = agreement_record(
             network, self.images, self.pre, trainer.device, trainer.log, fp32, self.labels

@@ -75,6 +75,9 @@ class ImageInputs:
         return predict_outputs(network, images, self.pre, self.device, batch, channels_last=channels_last)
 
 
+HEAD_ROWS = 4096  # cached features the head reads per pass when validating (16 MB of Lite2's)
+
+
 class FeatureInputs:
     """A frozen trunk's cached features (B, views, F): one view per image, a random one when
     augmenting; only the network's head learns."""
@@ -95,13 +98,15 @@ class FeatureInputs:
         return features[torch.arange(len(features)), pick].to(self.device, non_blocking=True)
 
     def logits(self, network: Network, features: np.ndarray, batch_size: int = 0) -> torch.Tensor:
-        """fp32 logits (N, classes) of the head on the first (plain) view, on the CPU, in one
-        pass (a head is small; ``batch_size`` is for `ImageInputs`)."""
+        """fp32 logits (N, classes) of the head on the first (plain) view, on the CPU, in
+        passes of `HEAD_ROWS` rows (a head is small; ``batch_size`` is for `ImageInputs`)."""
         network.head.eval()
+        outs = []
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(features[:, 0])).to(self.device)
-            out: torch.Tensor = network.forward_head(x).float().cpu()
-        return out
+            for start in range(0, len(features), HEAD_ROWS):  # memory-mapped: read a part at a time
+                x = torch.from_numpy(np.ascontiguousarray(features[start : start + HEAD_ROWS, 0]))
+                outs.append(network.forward_head(x.to(self.device)).float().cpu())
+        return torch.cat(outs) if outs else torch.empty(0, network.num_classes)
 
 
 Inputs = ImageInputs | FeatureInputs

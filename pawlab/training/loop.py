@@ -171,7 +171,9 @@ class Phase:
 @dataclass
 class FeatureSet(ImageSet):
     """An `ImageSet` whose ``images`` are a frozen trunk's cached features (N, views, F)
-    float32: the loop trains the network's head on them."""
+    float32, memory-mapped: the loop trains the network's head on them."""
+
+    precision: str = "fp32"  # the trunk's when it computed them: fp32 or bf16
 
 
 @dataclass(frozen=True)

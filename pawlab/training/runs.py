@@ -42,7 +42,7 @@ from pawlab.models import (
     with_input_size,
 )
 from pawlab.preprocessing import Preprocessing
-from pawlab.runtime import is_main, main_first, resolve_device
+from pawlab.runtime import is_main, main_first, resolve_device, use_bf16
 from pawlab.training.callbacks import (
     BestCheckpoint,
     Callback,
@@ -495,15 +495,19 @@ def _sets(
     device = resolve_device(rt.device)
     trunk = network.trunk.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     views = ("plain", "flip") if aug.flip else ("plain",)
+    # bf16 where it is fast (the head learns from them as well as from fp32's: bench/transfer.py
+    # features), compiled for long jobs
+    bf16 = use_bf16(rt.precision, device)
     show = rt.progress and is_main()
     with main_first():  # rank 0 computes and caches; the others then read the cache
         train_feats = trunk_features(
-            trunk, ds.train.images, pre, device, views=views, progress=show, what="training images"
+            trunk, ds.train.images, pre, device, views=views, bf16=bf16, progress=show, what="training images"
         )
         val_feats = trunk_features(
-            trunk, ds.validation.images, pre, device, progress=show, what="validation images"
+            trunk, ds.validation.images, pre, device, bf16=bf16, progress=show, what="validation images"
         )
     t, v = ds.train, ds.validation
-    return FeatureSet(train_feats, t.labels, t.names, t.classes), FeatureSet(
-        val_feats, v.labels, v.names, v.classes
+    precision = "bf16" if bf16 else "fp32"
+    return FeatureSet(train_feats, t.labels, t.names, t.classes, precision), FeatureSet(
+        val_feats, v.labels, v.names, v.classes, precision
     )

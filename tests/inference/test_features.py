@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,8 @@ def test_trunk_features_are_the_trunks_outputs_and_cached(
     assert not cached_files()
     feats = trunk_features(trunk, batch, pre, CPU, views=("plain", "flip"), progress=False)
     assert feats.dtype == np.float32 and feats.shape == (5, 2, 1280)
-    assert len(cached_files()) == 2  # one file per view
+    assert isinstance(feats, np.memmap)  # read from the cache file, not held in memory
+    assert len(cached_files()) == 1  # both views in one entry, computed in one pass
     with torch.inference_mode():
         trunk.eval()
         plain = trunk(to_inputs(batch, pre, CPU)).numpy()
@@ -78,13 +80,41 @@ def test_trunk_features_are_the_trunks_outputs_and_cached(
     def no_compute(*args: object, **kwargs: object) -> np.ndarray:
         raise AssertionError("features computed again although cached")
 
-    monkeypatch.setattr(_features, "_compute", no_compute)
-    after_first = cached_files()
-    again = trunk_features(trunk, batch, pre, CPU, views=("plain", "flip"), progress=False)
+    with monkeypatch.context() as m:
+        m.setattr(_features, "_passes", no_compute)
+        again = trunk_features(trunk, batch, pre, CPU, views=("plain", "flip"), progress=False)
     assert np.array_equal(again, feats)
-    plain_only = trunk_features(trunk, batch, pre, CPU, progress=False)  # one of the cached views
-    assert plain_only.shape == (5, 1, 1280) and np.array_equal(plain_only[:, 0], feats[:, 0])
-    assert cached_files() == after_first
+    plain_only = trunk_features(trunk, batch, pre, CPU, progress=False)  # other views: its own entry
+    assert plain_only.shape == (5, 1, 1280)
+    np.testing.assert_allclose(plain_only[:, 0], feats[:, 0], rtol=1e-5, atol=1e-5)
+    assert len(cached_files()) == 2
+
+
+def test_bf16_features_are_their_own_entry_and_close_to_fp32s(network: Network) -> None:
+    trunk, pre = trunk_of(network), preprocessing_for(SPEC)
+    batch = images(6, seed=404)
+    fp32 = trunk_features(trunk, batch, pre, CPU, views=("plain", "flip"), progress=False)
+    bf16 = trunk_features(trunk, batch, pre, CPU, views=("plain", "flip"), bf16=True, progress=False)
+    assert len(cached_files()) == 2 and bf16.dtype == np.float32 and bf16.shape == fp32.shape
+    assert not np.array_equal(bf16, fp32)
+    # bf16 keeps 8 bits of mantissa: features agree to a few percent of their spread
+    assert np.abs(bf16 - fp32).mean() < 0.05 * np.abs(fp32).mean()
+
+
+def test_a_failed_pass_leaves_no_cache_file(network: Network, monkeypatch: pytest.MonkeyPatch) -> None:
+    trunk, pre = trunk_of(network), preprocessing_for(SPEC)
+    real = _features._passes
+
+    def failing(*args: object) -> Iterator[np.ndarray]:
+        parts = real(*args)  # type: ignore[arg-type]
+        yield next(parts)
+        raise KeyboardInterrupt  # Ctrl-C after the first batch
+
+    monkeypatch.setattr(_features, "_passes", failing)
+    with pytest.raises(KeyboardInterrupt):
+        trunk_features(trunk, images(20, seed=505), pre, CPU, progress=False)
+    assert not cached_files()
+    assert not [p for p in (cache_root() / "features").rglob("*") if p.suffix == ".tmp"]
 
 
 def test_an_earlier_pawlabs_flat_features_file_is_moved_into_a_marked_entry_and_reused(
@@ -104,7 +134,7 @@ def test_an_earlier_pawlabs_flat_features_file_is_moved_into_a_marked_entry_and_
     def no_compute(*args: object, **kwargs: object) -> np.ndarray:
         raise AssertionError("features computed again although cached")
 
-    monkeypatch.setattr(_features, "_compute", no_compute)
+    monkeypatch.setattr(_features, "_passes", no_compute)
     assert np.array_equal(trunk_features(trunk, batch, pre, CPU, progress=False), feats)
     assert not flat.exists() and cached_files() == {entry}
     assert [e.kind for e in list_cache().entries] == ["features"]
@@ -116,13 +146,13 @@ def test_other_images_preprocessing_or_weights_are_other_entries(
     trunk, pre = trunk_of(network), preprocessing_for(SPEC)
     batch = images(3, seed=202)
     calls: list[str] = []
-    real = _features._compute
+    real = _features._passes
 
-    def counting(*args: object) -> np.ndarray:
-        calls.append(str(args[4]))  # the view
+    def counting(*args: object) -> Iterator[np.ndarray]:
+        calls.append(str(args[4]))  # the views
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_features, "_compute", counting)
+    monkeypatch.setattr(_features, "_passes", counting)
     first = trunk_features(trunk, batch, pre, CPU, progress=False)
     other = trunk_features(trunk, images(3, seed=203), pre, CPU, progress=False)
     assert len(calls) == 2 and len(cached_files()) == 2

@@ -382,13 +382,15 @@ def test_resume_writes_into_the_directory_it_is_given(tree: Path, tmp_path: Path
 HEAD_LOG = "head on cached backbone features"
 
 
-def _transfer(src: Path, out: Path, config: TrainConfig) -> tuple[TrainResult, str]:
+def _transfer(
+    src: Path, out: Path, config: TrainConfig, runtime: RuntimeConfig = QUIET
+) -> tuple[TrainResult, str]:
     """A frozen EfficientNet-Lite0 with a new head, at 32x32: (result, training log)."""
     from pawlab.models import transfer_architecture
 
     buf = io.StringIO()
     spec = transfer_architecture("efficientnet_lite0", size=32)
-    return train(src, out, spec, config, workers=1, stream=buf, runtime=QUIET), buf.getvalue()
+    return train(src, out, spec, config, workers=1, stream=buf, runtime=runtime), buf.getvalue()
 
 
 def test_frozen_backbone_head_trains_on_cached_features(
@@ -403,7 +405,8 @@ def test_frozen_backbone_head_trains_on_cached_features(
     monkeypatch.setenv("PAWLAB_CACHE_DIR", str(tmp_path / "cache"))  # nothing cached yet
     src = write_tree(tmp_path / "src", {"cat": 8, "dog": 8})
     out = tmp_path / "m.safetensors"
-    result, log = _transfer(src, out, TrainConfig(epochs=2))
+    # fp32 features: the head's validation figures are then those of fp32 inference exactly
+    result, log = _transfer(src, out, TrainConfig(epochs=2), QUIET.with_(precision="fp32"))
     assert HEAD_LOG in log
     assert len(result.history) == 2
     # the training (plain view) and validation features were cached
@@ -434,8 +437,10 @@ def test_frozen_backbone_head_trains_on_cached_features(
     def no_compute(*args: object, **kwargs: object) -> np.ndarray:
         raise AssertionError("features computed again")
 
-    monkeypatch.setattr(_features, "_compute", no_compute)
-    again, log = _transfer(src, tmp_path / "again.safetensors", TrainConfig(epochs=1))
+    monkeypatch.setattr(_features, "_passes", no_compute)
+    again, log = _transfer(
+        src, tmp_path / "again.safetensors", TrainConfig(epochs=1), QUIET.with_(precision="fp32")
+    )
     assert HEAD_LOG in log and len(again.history) == 1
 
 
@@ -493,7 +498,7 @@ def test_resume_of_a_frozen_backbone_run_reuses_its_cached_features(
     def no_compute(*args: object, **kwargs: object) -> np.ndarray:
         raise AssertionError("features computed again: not those of the run's backbone")
 
-    monkeypatch.setattr(_features, "_compute", no_compute)
+    monkeypatch.setattr(_features, "_passes", no_compute)
     resume(tmp_path / "m-run", epochs=2, workers=1, stream=io.StringIO())
     assert checkpoint.load(tmp_path / "m-run" / "last.safetensors").meta["training"]["epoch"] == 2
 
