@@ -54,13 +54,9 @@ def _duration(seconds: float) -> str:
 
 def _rate(per_second: float) -> str:
     """``1234``, ``4.5``, ``0.25``: a rate with the digits that matter."""
-    return (
-        f"{per_second:.0f}"
-        if per_second >= 10
-        else f"{per_second:.1f}"
-        if per_second >= 1
-        else f"{per_second:.2f}"
-    )
+    if per_second >= 10:
+        return f"{per_second:.0f}"
+    return f"{per_second:.1f}" if per_second >= 1 else f"{per_second:.2f}"
 
 
 class LineProgress(Generic[T]):
