@@ -39,6 +39,7 @@ from pawlab.data.pack import (
 from pawlab.data.sources import Source, open_source, read_entry, source_stamp
 from pawlab.data.workers import entry_point
 from pawlab.errors import DataError
+from pawlab.progress import stage
 from pawlab.terminal import printable
 
 
@@ -150,10 +151,12 @@ def _check_validation(planned: Sequence[PlannedItem], where: str) -> None:
 
 
 def _plan(
-    source: Source, config: DataConfig
+    source: Source, config: DataConfig, progress: bool = True
 ) -> tuple[list[PlannedItem], list[tuple[str, str]], list[tuple[str, int, float]], bool]:
-    """Catalogue and split a source: (planned items, skipped files, all entries, presplit)."""
-    entries = source.entries()
+    """Catalogue and split a source: (planned items, skipped files, all entries, presplit).
+    ``progress``: lines in a log while a large folder is listed."""
+    with stage(f"listing {source.path}", unit="files", enabled=progress) as listing:
+        entries = source.entries(listing.update)
     stamps = {e.name: e for e in entries}
     cat = catalog([e.name for e in entries], config.layout, str(source.path))
     _check_classes(cat.items, str(source.path))
@@ -183,7 +186,7 @@ def pack_source(
     source = open_source(src, config.follow_links)
     out_dir = Path(out).expanduser().resolve()
     check_out_dir(out_dir, source.path)
-    planned, skipped, entries, presplit = _plan(source, config)
+    planned, skipped, entries, presplit = _plan(source, config, progress)
     settings = {
         "seed": config.seed,
         "val_fraction": config.val_fraction,

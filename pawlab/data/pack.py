@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -39,7 +39,7 @@ from pawlab.data.decode import ImageDecodeError, decode
 from pawlab.data.sources import Source, read_entry, source_stamp
 from pawlab.data.workers import Workers, default_workers, refuse_in_starting_process
 from pawlab.errors import DataError
-from pawlab.progress import progress_bar
+from pawlab.progress import progress_bar, stage
 
 PACK_FORMAT = "pawlab-prepared"
 PACK_VERSION = 2
@@ -226,16 +226,22 @@ def _new_array(path: Path, n: int, size: int) -> np.memmap[Any, Any]:
     return arr
 
 
-def _compact(root: Path, arr_path: Path, suffix: str, keep: np.ndarray, size: int) -> Path:
-    """A new array file with only the rows in ``keep`` (bool mask); the old one is deleted."""
+def _compact(
+    root: Path, arr_path: Path, suffix: str, keep: np.ndarray, size: int, why: str, progress: bool
+) -> Path:
+    """A new array file with only the rows in ``keep`` (bool mask); the old one is deleted.
+    ``why``: what the rows left out are, as a log says it."""
     new_path = root / f"{arr_path.stem}{suffix}.npy"
     src = np.load(arr_path, mmap_mode="r")
     dst = _new_array(new_path, int(keep.sum()), size)
     rows = np.flatnonzero(keep)
+    bar = progress_bar(total=len(rows), desc=f"dropping {why}", enabled=progress, log_only=True)
     for start in range(0, len(rows), 1024):
         chunk = rows[start : start + 1024]
         dst[start : start + len(chunk)] = src[chunk]
+        bar.update(len(chunk))
     dst.flush()
+    bar.close()
     del dst, src
     arr_path.unlink()
     return new_path
@@ -249,12 +255,16 @@ class PackResult:
     reused: int  # rows copied from the previous arrays
 
 
-def _deduped(out: Path, arrays: dict[str, Path], files: dict[str, _Rows], size: int) -> list[dict[str, Any]]:
+def _deduped(
+    out: Path, arrays: dict[str, Path], files: dict[str, _Rows], size: int, progress: bool
+) -> list[dict[str, Any]]:
     """`_duplicates` of the splits, after dropping from ``arrays`` and ``files`` (in place) the
     validation images that duplicate training ones."""
     duplicates = _duplicates(files)
     if duplicates:
-        arrays["validation"], files["validation"] = _drop_duplicates(out, arrays["validation"], files, size)
+        arrays["validation"], files["validation"] = _drop_duplicates(
+            out, arrays["validation"], files, size, progress
+        )
     return duplicates
 
 
@@ -281,14 +291,15 @@ def pack(
     """
     start = time.perf_counter()
     resize = str(settings.get("resize", "squash"))
-    fp = fingerprint(
-        source.path,
-        entries,
-        {**settings, "size": size, "png": png, "dedupe": dedupe, "strict": strict},
-        planned,
-    )
-    old = read_manifest(out)
-    current = _up_to_date(out, old, fp)
+    with stage(f"comparing {len(entries)} files with {out}", enabled=progress):
+        fp = fingerprint(
+            source.path,
+            entries,
+            {**settings, "size": size, "png": png, "dedupe": dedupe, "strict": strict},
+            planned,
+        )
+        old = read_manifest(out)
+        current = _up_to_date(out, old, fp)
     if current is not None:
         return PackResult(current, up_to_date=True, decoded=0, reused=0)
     _claim_folder(out, old)
@@ -299,7 +310,7 @@ def pack(
         all_skipped = [{"name": n, "reason": r} for n, r in skipped] + all_skipped
         arrays = {split: plan.path for split, plan in plans.items()}
         files = {split: plan.files for split, plan in plans.items()}
-        duplicates = _deduped(out, arrays, files, size) if dedupe else _duplicates(files)
+        duplicates = _deduped(out, arrays, files, size, progress) if dedupe else _duplicates(files)
         classes = sorted({f[1] for split in SPLITS for f in files[split]})
         problem = _problem(files, classes, all_skipped, strict)
         if problem is not None:  # the new arrays go with the error (_no_orphans_on_failure)
@@ -354,12 +365,14 @@ def _duplicates(files: dict[str, _Rows]) -> list[dict[str, Any]]:
     return [{"validation": f[0], "train": in_train[f[4]]} for f in files["validation"] if f[4] in in_train]
 
 
-def _drop_duplicates(out: Path, path: Path, files: dict[str, _Rows], size: int) -> tuple[Path, _Rows]:
+def _drop_duplicates(
+    out: Path, path: Path, files: dict[str, _Rows], size: int, progress: bool
+) -> tuple[Path, _Rows]:
     """The validation array (compacted to a ``d`` file) and rows without the exact duplicates of train."""
     in_train = {f[4] for f in files["train"]}
     keep = np.array([f[4] not in in_train for f in files["validation"]])
     kept = [f for f, k in zip(files["validation"], keep, strict=True) if k]
-    return _compact(out, path, "d", keep, size), kept
+    return _compact(out, path, "d", keep, size, "validation's duplicates of training images", progress), kept
 
 
 def _problem(
@@ -450,18 +463,24 @@ def _build_arrays(
     task_rows: list[tuple[str, int]] = []
     stamp = source_stamp(source.path)
     reused = 0
-    for split in SPLITS:
-        items, known_bad = _split_items(planned, split, old_skips)
-        skipped += known_bad
-        plan, fresh, copied = _fill_split(out / f"{split}-{token}.npy", items, size, old_rows, out, old)
-        plans[split] = plan
-        tasks += [(str(source.path), stamp, items[i].name, size, resize, str(plan.path), i) for i in fresh]
-        task_rows += [(split, i) for i in fresh]
-        reused += copied
+    arrays = f"packing {len(planned)} images at {size}x{size}: new arrays, unchanged images copied"
+    with stage(arrays, unit="img", enabled=progress) as copying:
+        for split in SPLITS:
+            items, known_bad = _split_items(planned, split, old_skips)
+            skipped += known_bad
+            plan, fresh, copied = _fill_split(
+                out / f"{split}-{token}.npy", items, size, old_rows, out, old, copying.update
+            )
+            plans[split] = plan
+            tasks += [
+                (str(source.path), stamp, items[i].name, size, resize, str(plan.path), i) for i in fresh
+            ]
+            task_rows += [(split, i) for i in fresh]
+            reused += copied
     results = pool.map(_decode_into, tasks, chunksize=64)
     skipped += _collect_decoded(results, task_rows, plans, progress)
     for plan in plans.values():
-        _finish_split(plan, out, size)
+        _finish_split(plan, out, size, progress)
     return plans, skipped, len(tasks), reused
 
 
@@ -524,9 +543,11 @@ def _fill_split(
     old_rows: dict[_FileKey, _OldRow],
     out: Path,
     old: dict[str, Any] | None,
+    tick: Callable[[int], object],
 ) -> tuple[_SplitPlan, list[int], int]:
-    """Create the split's (N, size, size, 3) array at ``path`` and copy in every unchanged row;
-    the plan, the rows left to decode and how many rows were copied."""
+    """Create the split's (N, size, size, 3) array at ``path`` and copy in every unchanged row
+    (``tick(n)`` after each ``n``); the plan, the rows left to decode and how many rows were
+    copied."""
     plan = _SplitPlan(path, items, [None] * len(items), np.ones(len(items), dtype=bool), [])
     arr = _new_array(path, len(items), size)
     copies: _Copies = {}
@@ -540,13 +561,20 @@ def _fill_split(
             plan.digests[i] = prev[2]
             if prev[3] is not None:
                 plan.notes[i] = prev[3]
-    copied = _copy_rows(arr, copies, out, old)
+    copied = _copy_rows(arr, copies, out, old, tick)
     arr.flush()
     return plan, fresh, copied
 
 
-def _copy_rows(arr: np.memmap[Any, Any], copies: _Copies, out: Path, old: dict[str, Any] | None) -> int:
-    """Copy rows from the previous arrays into ``arr``, 1024 at a time to bound memory; the count."""
+def _copy_rows(
+    arr: np.memmap[Any, Any],
+    copies: _Copies,
+    out: Path,
+    old: dict[str, Any] | None,
+    tick: Callable[[int], object],
+) -> int:
+    """Copy rows from the previous arrays into ``arr``, 1024 at a time to bound memory (``tick``
+    told of each chunk); the count."""
     copied = 0
     for old_split, pairs in copies.items():
         assert old is not None
@@ -554,6 +582,7 @@ def _copy_rows(arr: np.memmap[Any, Any], copies: _Copies, out: Path, old: dict[s
         for k in range(0, len(pairs), 1024):
             chunk = pairs[k : k + 1024]
             arr[[i for i, _ in chunk]] = previous[[r for _, r in chunk]]
+            tick(len(chunk))
         copied += len(pairs)
     return copied
 
@@ -583,11 +612,11 @@ def _collect_decoded(
     return skipped
 
 
-def _finish_split(plan: _SplitPlan, out: Path, size: int) -> None:
+def _finish_split(plan: _SplitPlan, out: Path, size: int, progress: bool) -> None:
     """Drop the rows that failed to decode (compacting the array to a ``c`` file) and fill in
     the plan's manifest rows."""
     if not plan.ok.all():
-        plan.path = _compact(out, plan.path, "c", plan.ok, size)
+        plan.path = _compact(out, plan.path, "c", plan.ok, size, "the unreadable files", progress)
     plan.files = [
         [it.name, it.label, it.size, it.mtime, plan.digests[i]]
         for i, it in enumerate(plan.items)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -180,13 +181,18 @@ def check_agreement(
     fp32_logits: torch.Tensor | None = None,
     batch_size: int | None = None,
     labels: np.ndarray | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Guarded bf16 against fp32 on real images, uint8 (N, H, W, C) with their true ``labels``
     (N,) if known: `guarded_agreement` of their bf16 and fp32 probabilities. ``fp32_logits``
-    (N, K): fp32's, when already known."""
-    ref = fp32_logits if fp32_logits is not None else predict_outputs(module, images, pre, device, batch_size)
+    (N, K): fp32's, when already known. ``progress``: each pass's lines in a log (no bar)."""
+    check = partial(
+        predict_outputs, pre=pre, device=device, batch_size=batch_size, progress=progress, log_only=True
+    )
+    what = "checking bf16 inference against fp32"
+    ref = fp32_logits if fp32_logits is not None else check(module, images, desc=f"{what}: fp32")
     fast = folded(module)  # as inference runs it
-    p_fast = F.softmax(predict_outputs(fast, images, pre, device, batch_size, bf16=True), 1)
+    p_fast = F.softmax(check(fast, images, desc=f"{what}: bf16", bf16=True), 1)
     truth = torch.as_tensor(labels, dtype=torch.int64) if labels is not None else None
     return guarded_agreement(F.softmax(ref, 1), p_fast, truth)
 
@@ -202,18 +208,20 @@ def agreement_record(
     log: Callable[[str], None],
     fp32_logits: Callable[[np.ndarray], torch.Tensor] | None = None,
     labels: np.ndarray | None = None,
+    progress: bool = False,
 ) -> dict[str, Any] | None:
     """Check guarded bf16 inference of ``network`` against fp32 on validation ``images``
     (uint8 (N, H, W, C)) and their ``labels`` (N,): the record a model file keeps (None where
     bf16 is not fast here). ``fp32_logits(rows)``, when given, supplies fp32 logits of those
-    rows (a frozen trunk's cached features make them cheap)."""
+    rows (a frozen trunk's cached features make them cheap). ``progress``: lines in a log while
+    it runs."""
     if not use_bf16("auto", device):
         return None
     # a seeded sample across the classes (the arrays are in file-name order, often by class)
     rows = np.sort(np.random.default_rng(0).permutation(len(images))[:AGREEMENT_IMAGES])
     fp32 = fp32_logits(rows) if fp32_logits is not None else None
     truth = labels[rows] if labels is not None else None
-    result = check_agreement(network, images[rows], pre, device, fp32, labels=truth)
+    result = check_agreement(network, images[rows], pre, device, fp32, labels=truth, progress=progress)
     log(f"guarded bf16 inference {describe(result)}")
     return result
 

@@ -272,12 +272,15 @@ def predict_outputs(
     device: torch.device,
     batch_size: int | None = None,
     progress: bool = False,
+    desc: str = "predicting",
+    log_only: bool = False,
     **kwargs: Any,
 ) -> torch.Tensor:
     """uint8 (N, H, W, C) -> outputs (N, ...) float32 on the CPU (see `run_batches`), in batches
-    of ``batch_size`` (default `infer_batch`); ``progress``: a bar, or lines in a log."""
+    of ``batch_size`` (default `infer_batch`); ``progress``: a bar, or lines in a log, named
+    ``desc`` (``log_only``: lines in a log, no bar)."""
     batches = array_batches(images, batch_size or infer_batch(device))
-    bar = progress_bar(total=len(images), desc="predicting", enabled=progress)
+    bar = progress_bar(total=len(images), desc=desc, enabled=progress, log_only=log_only)
     outs = []
     for out in run_batches(module, batches, pre, device, **kwargs):
         outs.append(out)

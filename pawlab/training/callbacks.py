@@ -32,7 +32,7 @@ from pawlab.inference.agreement import agreement_record
 from pawlab.inference.typicality import FIT_IMAGES, Source, with_unknown
 from pawlab.models.network import Network
 from pawlab.preprocessing import Preprocessing
-from pawlab.progress import progress_bar
+from pawlab.progress import progress_bar, stage
 from pawlab.training.loop import Callback, Event, FeatureSet, Trainer
 from pawlab.training.objectives import Validation
 from pawlab.training.typicality import EpochFeatures, PenultimateFeatures
@@ -58,6 +58,17 @@ __all__ = [
     "is_better",
     "is_sampled_batch",
 ]
+
+
+def shows_progress(trainer: Trainer) -> bool:
+    """Whether this process shows progress (bars, or lines in a log): not under ``-q``, rank 0."""
+    return trainer.runtime.progress and trainer.is_main
+
+
+def _write_model(trainer: Trainer, path: Path, ck: checkpoint.Checkpoint) -> None:
+    """The model file, with lines in a log while a large one is written."""
+    with stage(f"writing the model file {path}", enabled=shows_progress(trainer)):
+        checkpoint.write(path, ck)
 
 
 def is_better(value: float, best: float | None, monitor: str) -> bool:
@@ -111,7 +122,7 @@ class BestCheckpoint(Callback):
         """Keep the model of this moment, and write it (rank 0)."""
         self.kept = trainer.dump_checkpoint().copy()
         if trainer.is_main:
-            checkpoint.write(self.path, self.kept)
+            _write_model(trainer, self.path, self.kept)
 
     def after_fit(self, trainer: Trainer) -> None:
         if self.kept is None or trainer.state.error is not None:
@@ -125,7 +136,7 @@ class BestCheckpoint(Callback):
             ck = cb.record(trainer, ck)
         if ck is not self.kept:
             self.kept = ck
-            checkpoint.write(self.path, ck)
+            _write_model(trainer, self.path, ck)
 
     def on_save_checkpoint(self, trainer: Trainer, ck: checkpoint.Checkpoint) -> checkpoint.Checkpoint:
         training = replace(ck.card.training or TrainingRecord(), best=self.best, best_epoch=self.best_epoch)
@@ -166,7 +177,14 @@ class InferenceAgreement(ModelRecord):
         if isinstance(val, FeatureSet) and val.precision == "fp32":  # cached: only the head runs
             fp32 = lambda rows: trainer.inputs.logits(network, val.images[rows], 0)  # noqa: E731
         found = agreement_record(
-            network, self.images, self.pre, trainer.device, trainer.log, fp32, self.labels
+            network,
+            self.images,
+            self.pre,
+            trainer.device,
+            trainer.log,
+            fp32,
+            self.labels,
+            shows_progress(trainer),
         )
         return ck if found is None else replace(ck, card=replace(ck.card, inference=found))
 
@@ -183,10 +201,13 @@ class InDistribution(ModelRecord):
         cached = isinstance(t, FeatureSet)
         fit_on, calibrate_on = Source(t.images, t.labels, cached), Source(v.images, None, cached)
         network = cast(Network, trainer.network)
+        images = f"{min(len(t), FIT_IMAGES)} training, {len(v)} validation images"
+        fitting = f"fitting the in-distribution model ({images})"
         try:
-            found, _ = with_unknown(
-                ck, network, (fit_on, calibrate_on), self.pre, trainer.device, trainer.log
-            )
+            with stage(fitting, enabled=shows_progress(trainer)):
+                found, _ = with_unknown(
+                    ck, network, (fit_on, calibrate_on), self.pre, trainer.device, trainer.log
+                )
         except (ValueError, ConfigError) as exc:  # no linear layer to read features before; no validation
             trainer.log(f"no in-distribution model: {str(exc).splitlines()[0]}")
             return ck
@@ -387,10 +408,12 @@ class ValidationLog(Callback):
         thumb_size: int = 96,
     ) -> None:
         self.run_dir, self.images, self.thumb_size = Path(run_dir), images, thumb_size
+        self.progress = False  # lines in a log while the thumbnails are written (`shows_progress`)
         self.index = {"classes": classes, "names": names, "labels": [int(v) for v in labels]}
 
     def before_fit(self, trainer: Trainer) -> None:
         if trainer.is_main:
+            self.progress = shows_progress(trainer)
             _best_effort(trainer, "the validation thumbnails", self._write_index)
 
     def _write_index(self) -> None:
@@ -399,7 +422,10 @@ class ValidationLog(Callback):
         if index.is_file() and runlog.read_json(index) == self.index:
             return  # a resumed run: written already
         thumbs.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(self.images):
+        desc = "writing the dashboard's validation thumbnails"
+        for i, image in enumerate(
+            progress_bar(self.images, total=len(self.images), desc=desc, enabled=self.progress, log_only=True)
+        ):
             pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
             if max(pil.size) > self.thumb_size:
                 pil.thumbnail((self.thumb_size, self.thumb_size), Image.Resampling.BILINEAR)
@@ -533,8 +559,7 @@ _SHORT = {"val_loss": "val loss", "val_accuracy": "val acc"}  # the objective's 
 
 class ProgressPrinter(Callback):
     """Progress within each epoch on stderr (`pawlab.progress.progress_bar`: a bar with the loss
-    and images/s on a terminal, a widget in a notebook, a line every 30 s in a log) and one line
-    per epoch."""
+    and images/s on a terminal, a widget in a notebook, lines in a log) and one line per epoch."""
 
     order = 50
 

@@ -994,3 +994,18 @@ def test_prepare_records_decoder_warnings_as_notes_in_the_manifest(tmp_path: Pat
     (src / "dog" / "dog.0.jpg").unlink()
     changed = prepare(src, tmp_path / "packed", ONE, progress=False)
     assert changed.reused > 0 and changed.notes == report.notes
+
+
+def test_listing_a_folder_or_a_zip_counts_every_file_for_the_log(tmp_path: Path) -> None:
+    from pawlab.data.sources import open_source
+
+    src = write_tree(tmp_path / "src", {"cat": 3, "dog": 2})
+    (src / "notes.txt").write_text("not an image, listed all the same")
+    zipped = tmp_path / "src.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        for path in sorted(src.rglob("*")):
+            zf.write(path, path.relative_to(tmp_path).as_posix())
+    for source in (open_source(src), open_source(zipped)):
+        counted: list[int] = []
+        entries = source.entries(counted.append)  # a progress bar's update
+        assert sum(counted) == len(entries) == 6
