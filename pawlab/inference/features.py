@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from pawlab.inference.engine import (
 )
 from pawlab.models.layers import BackboneEnsemble, Resized
 from pawlab.preprocessing import Preprocessing
-from pawlab.progress import progress_bar
+from pawlab.progress import progress_bar, stage
 
 FEATURES_VERSION = 2  # 2: one entry holds every view, and the precision is part of the key
 CHUNK = 2048  # rows of an ensemble's parts joined at a time
@@ -50,11 +50,15 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def images_digest(images: np.ndarray) -> str:
+def images_digest(images: np.ndarray, tick: Callable[[int], object] | None = None) -> str:
+    """A hash of the pixels (and shape) of ``images``; ``tick(rows)`` after each part read."""
     h = hashlib.blake2b(digest_size=16)
     h.update(repr(images.shape).encode())
     for start in range(0, len(images), 64):  # 64 rows at a time: a few MB, however many images
-        h.update(np.ascontiguousarray(images[start : start + 64]).data)
+        part = np.ascontiguousarray(images[start : start + 64])
+        h.update(part.data)
+        if tick is not None:
+            tick(len(part))
     return h.hexdigest()
 
 
@@ -93,7 +97,8 @@ def trunk_features(
             for m in members
         ]
         return _joined(parts)
-    key = _key(trunk, images, pre, views, bf16)
+    with stage(f"reading {what}", total=len(images), unit="img", enabled=progress) as bar:
+        key = _key(trunk, images, pre, views, bf16, bar.update)
     feats = _cached(key)
     if feats is None:
         if compile is None:
@@ -108,13 +113,18 @@ def trunk_features(
 
 
 def _key(
-    trunk: torch.nn.Module, images: np.ndarray, pre: Preprocessing, views: Sequence[str], bf16: bool
+    trunk: torch.nn.Module,
+    images: np.ndarray,
+    pre: Preprocessing,
+    views: Sequence[str],
+    bf16: bool,
+    tick: Callable[[int], object] | None = None,
 ) -> str:
     base = {
         "version": FEATURES_VERSION,
         "weights": weights_digest(trunk),
         "preprocessing": pre.to_json(),
-        "images": images_digest(images),
+        "images": images_digest(images, tick),
         "views": list(views),
         "precision": "bf16" if bf16 else "fp32",
     }
