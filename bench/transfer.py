@@ -253,6 +253,8 @@ SET_SIDE = 200  # the issue's user trained on Kaggle's 200x200 copy
 SET_RECIPE = "crop 75-100% area, mirror 1/2, 200x200, JPEG 70-95"  # in the markers: a change rebuilds
 SET_MARKER = ".pawlab-bench-set.json"  # hidden: pawlab skips it when it reads a set
 LITE2_FEATURES = 1280  # channels at the end of Lite2's trunk
+HELD_BACK = 1_000  # the validation photos, packed and featured in each run's cache by evaluate
+RUN_BYTES = 100 * 1024**2  # a run's model file, run folder and evaluation figures
 PHOTO_BYTES = 16_000  # a 200x200 JPEG at quality 70-95, with room to spare
 GIB = 1024**3
 GOAL_SIZE, GOAL_FAST, GOAL_AVX2, BEFORE = 25_000, 300.0, 720.0, "746 s for 23,000"
@@ -267,6 +269,7 @@ STAGES = {
 }
 DONE = re.compile(r"^(?P<desc>.+?): done, (?P<count>\d+) (?P<unit>\w+) in (?P<took>\S+)(?P<rest>.*)$")
 RATE = re.compile(r"(\d+(?:\.\d+)?) (\w+)/s")
+EPOCH = re.compile(r"^epoch\s+\d+/\d+\s.*\s(\d+(?:\.\d+)?) img/s")
 DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
 
@@ -363,12 +366,13 @@ def _pool_count(pool: Path, seed: int) -> int:
     return n if same and isinstance(n, int) else -1
 
 
-def check_disk(work: Path, runs: list[int], keep: bool, missing_photos: int) -> None:
+def check_disk(work: Path, runs: list[int], keep: bool, missing_photos: int) -> str:
     """Stop with one line when ``work``'s disk cannot hold the photos still to make and the
     runs' caches: packed Lite2 arrays (N x 260 x 260 x 3 bytes) and features (N x 2 views x
-    1280 x 4 bytes); every run's with --keep, else the largest (each is removed after it)."""
+    1280 x 4 bytes) of the set and the held-back photos; every run's with --keep, else the
+    largest (each is removed after it)."""
     side = preprocessing_for(transfer_architecture(NAMES["lite2"])).size[0]
-    per_run = [n * (side * side * 3 + 2 * LITE2_FEATURES * 4) for n in runs]
+    per_run = [(n + HELD_BACK) * (side * side * 3 + 2 * LITE2_FEATURES * 4) + RUN_BYTES for n in runs]
     need = missing_photos * PHOTO_BYTES + (sum(per_run) if keep else max(per_run)) + GIB  # 1 GiB spare
     work.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(work).free
@@ -378,6 +382,7 @@ def check_disk(work: Path, runs: list[int], keep: bool, missing_photos: int) -> 
             f"({missing_photos} photos to make, caches of runs at {', '.join(map(str, runs))} images"
             f"{', all kept' if keep else ''}): free some or pass another --work"
         )
+    return f"disk: {free / GIB:.1f} GiB free at {work}, about {need / GIB:.1f} GiB needed"
 
 
 class PeakMemory:
@@ -406,7 +411,7 @@ class PeakMemory:
 class ScaleRun:
     """One ``pawlab train --backbone`` of a set and what came of it."""
 
-    label: str
+    precision: str  # --precision: auto (bf16 where fast) or fp32
     n: int
     folder: Path
     seconds: float = 0.0
@@ -414,6 +419,10 @@ class ScaleRun:
     failure: str = ""
     stages: dict[str, float | None] = field(default_factory=dict)
     held_back: tuple[float, float] | str = "not scored"
+
+    @property
+    def label(self) -> str:
+        return f"{self.n:,} {self.precision}"
 
     @property
     def log(self) -> Path:
@@ -473,30 +482,45 @@ def _batch_size(run_dir: Path) -> int | None:
     return None
 
 
+def _done_line(line: str, batch: int | None) -> tuple[str, float, float] | None:
+    """(stage, images, seconds) of a ``DESC: done, N UNIT in DURATION`` line, else None; the
+    stage is the issue's whose words the description holds, else the description itself."""
+    found = DONE.match(line.strip())
+    took = duration_seconds(found["took"]) if found else None
+    if not found or took is None:
+        return None
+    unit, count = found["unit"].lower(), int(found["count"])
+    per = 1 if unit.startswith(("img", "image", "photo")) else batch if unit.startswith("batch") else None
+    if per is None:
+        return None
+    rate = RATE.search(found["rest"])  # more precise than a duration in whole seconds
+    if rate and rate[2].lower() == unit and float(rate[1]) > 0:
+        took = count / float(rate[1])
+    stage = next((name for name, words in STAGES.items() if words.search(found["desc"])), found["desc"])
+    return stage, float(count * per), took
+
+
+def _epochs_rate(lines: list[str]) -> float | None:
+    """The head's images/s over all epochs from the loop's own epoch lines (``epoch 3/20 ...
+    0.4s 3767 img/s``): epochs of equal size, so the harmonic mean of their rates."""
+    rates = [float(m[1]) for line in lines if (m := EPOCH.match(line.strip())) and float(m[1]) > 0]
+    return len(rates) / sum(1 / r for r in rates) if rates else None
+
+
 def stage_rates(log: Path, batch: int | None) -> dict[str, float | None]:
-    """Images/s of each of the issue's stages from the log's ``DESC: done, N UNIT in DURATION``
-    lines (images summed over a stage's lines over their seconds; batches counted as ``batch``
-    images each); None for a stage that printed none. Other stages are added by description."""
-    done: dict[str, list[float]] = {}
-    for line in log.read_text(errors="replace").splitlines():
-        found = DONE.match(line.strip())
-        took = duration_seconds(found["took"]) if found else None
-        if not found or took is None:
-            continue
-        desc = found["desc"]
-        stage = next((name for name, words in STAGES.items() if words.search(desc)), desc)
-        unit = found["unit"].lower()
-        per = 1 if unit.startswith(("img", "image", "photo")) else batch if unit.startswith("batch") else None
-        if per is None:
-            continue
-        rate = RATE.search(found["rest"])  # more precise than a duration in whole seconds
-        if rate and rate[2].lower() == unit and float(rate[1]) > 0:
-            took = int(found["count"]) / float(rate[1])
-        images, seconds = done.setdefault(stage, [0.0, 0.0])
-        done[stage] = [images + int(found["count"]) * per, seconds + took]
+    """Images/s of each of the issue's stages from the log's ``done`` lines (images summed over
+    a stage's lines over their seconds; a batch counted as ``batch`` images), the head's from its
+    epoch lines when there are any; None for a stage that printed nothing. Stages the issue does
+    not name are added by description."""
+    lines = log.read_text(errors="replace").splitlines()
+    done: dict[str, tuple[float, float]] = {}
+    for stage, images, seconds in filter(None, (_done_line(line, batch) for line in lines)):
+        before = done.get(stage, (0.0, 0.0))
+        done[stage] = (before[0] + images, before[1] + seconds)
     rates: dict[str, float | None] = {name: None for name in STAGES}
     for name, (images, seconds) in done.items():
         rates[name] = images / seconds if seconds > 0 else None
+    rates["head"] = _epochs_rate(lines) or rates["head"]
     return rates
 
 
@@ -530,7 +554,7 @@ def scale_run(run: ScaleRun, photos: Path, extra: list[str], keep: bool) -> Scal
 
 
 def _rate(value: float | None) -> str:
-    return "?" if value is None else f"{value:,.0f}"
+    return "?" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def scale_table(runs: list[ScaleRun]) -> None:
@@ -539,7 +563,7 @@ def scale_table(runs: list[ScaleRun]) -> None:
     head += "".join(f" {name[:12] + ' img/s':>18}" for name in names)
     print(head + f" {'accuracy':>9} {'log loss':>9}")
     for run in runs:
-        row = f"{run.n:>8,} {run.label.split()[-1]:<9} {run.seconds:6.0f}s {run.peak / GIB:8.2f} GiB"
+        row = f"{run.n:>8,} {run.precision:<9} {run.seconds:6.0f}s {run.peak / GIB:8.2f} GiB"
         row += "".join(f" {_rate(run.stages.get(name)):>18}" for name in names)
         scored = run.held_back
         row += f" {scored[0]:9.2%} {scored[1]:9.4f}" if isinstance(scored, tuple) else f"  {scored}"
@@ -557,17 +581,17 @@ def scale_goals(runs: list[ScaleRun], fast: bool) -> None:
     limit = GOAL_FAST if fast else GOAL_AVX2
     kind = "fast bf16" if fast else "no fast bf16 (AVX2-only)"
     for run in runs:
-        if run.n == GOAL_SIZE and run.label.endswith("auto") and not run.failure:
+        if run.n == GOAL_SIZE and run.precision == "auto" and not run.failure:
             print(
                 f"  {GOAL_SIZE:,} photos trained in at most {limit:.0f} s ({kind}): {run.seconds:.0f} s, "
                 f"{_met(run.seconds <= limit)} (before this work: {BEFORE})"
             )
     for run in runs:
         print(
-            f"  peak private memory at most {GOAL_MEMORY / GIB:.0f} GiB, {run.n:,} {run.label.split()[-1]}: "
+            f"  peak private memory at most {GOAL_MEMORY / GIB:.0f} GiB, {run.label}: "
             f"{run.peak / GIB:.2f} GiB, {_met(run.peak <= GOAL_MEMORY and not run.failure)}"
         )
-    by = {(run.n, run.label.split()[-1]): run.held_back for run in runs}
+    by = {(run.n, run.precision): run.held_back for run in runs}
     for (n, label), fp32 in by.items():
         default = by.get((n, "auto"))
         if label != "fp32" or not isinstance(fp32, tuple) or not isinstance(default, tuple):
@@ -581,11 +605,11 @@ def scale_goals(runs: list[ScaleRun], fast: bool) -> None:
 
 
 def scale(args: argparse.Namespace) -> None:
-    sizes = sorted({int(s) for s in args.sizes.split(",")})
+    sizes = sorted({int(s) for s in args.sizes.split(",")} | ({args.fp32_at} if args.fp32_at else set()))
     runs = [n for n in sizes for _ in range(2 if n == args.fp32_at else 1)]
     pool = args.work / "photos"
-    check_disk(args.work, runs, args.keep, max(0, sizes[-1] - max(0, _pool_count(pool, args.seed))))
-    print(f"CPU: {cpu_class()}")
+    disk = check_disk(args.work, runs, args.keep, max(0, sizes[-1] - max(0, _pool_count(pool, args.seed))))
+    print(f"CPU: {cpu_class()}\n{disk}", flush=True)
     build_photos(pool, sizes[-1], args.seed)
     print(
         f"sets: Kaggle-like flat folders (cat.K.jpg, dog.K.jpg) of {', '.join(f'{n:,}' for n in sizes)} "
@@ -600,10 +624,9 @@ def scale(args: argparse.Namespace) -> None:
         photos = link_set(pool, args.work / f"set-{n}", n, args.seed)
         for f in photos.glob("*.jpg"):  # every run finds its source in the page cache
             f.read_bytes()
-        ways = [("auto", [])] + ([("fp32", ["--precision", "fp32"])] if n == args.fp32_at else [])
-        for label, extra in ways:
-            run = ScaleRun(f"{n} {label}", n, args.work / "runs" / f"{n}-{label}")
-            done.append(scale_run(run, photos, extra, args.keep))
+        for precision in ("auto", "fp32") if n == args.fp32_at else ("auto",):
+            run = ScaleRun(precision, n, args.work / "runs" / f"{n}-{precision}")
+            done.append(scale_run(run, photos, ["--precision", precision], args.keep))
     print(f"\npawlab train SET --backbone, whole command, on {cpu_class()}:")
     scale_table(done)
     scale_goals(done, bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
