@@ -264,7 +264,7 @@ GOAL_ACCURACY_POINTS, GOAL_LOG_LOSS = 0.1, 0.002
 STAGES = {
     "prepare": re.compile(r"decod|prepar|pack", re.I),
     "features": re.compile(r"feature", re.I),
-    "head": re.compile(r"epoch|head|train", re.I),
+    "head": re.compile(r"^epoch|head", re.I),
     "agreement": re.compile(r"agree|bf16|fp32", re.I),
 }
 DONE = re.compile(r"^(?P<desc>.+?): done, (?P<count>\d+) (?P<unit>\w+) in (?P<took>\S+)(?P<rest>.*)$")
@@ -579,12 +579,13 @@ def scale_goals(runs: list[ScaleRun], fast: bool) -> None:
     every size, fp32 against the default on the held-back photos."""
     print(f"goals, on {cpu_class()}:")
     limit = GOAL_FAST if fast else GOAL_AVX2
-    kind = "fast bf16" if fast else "no fast bf16 (AVX2-only)"
+    kind = "fast bf16" if fast else "no fast bf16: AVX2-only"
     for run in runs:
-        if run.n == GOAL_SIZE and run.precision == "auto" and not run.failure:
+        if run.n == GOAL_SIZE and run.precision == "auto":
+            took = "failed" if run.failure else f"{run.seconds:.0f} s"
             print(
-                f"  {GOAL_SIZE:,} photos trained in at most {limit:.0f} s ({kind}): {run.seconds:.0f} s, "
-                f"{_met(run.seconds <= limit)} (before this work: {BEFORE})"
+                f"  {GOAL_SIZE:,} photos trained in at most {limit:.0f} s ({kind}): {took}, "
+                f"{_met(run.seconds <= limit and not run.failure)} (before this work: {BEFORE})"
             )
     for run in runs:
         print(
