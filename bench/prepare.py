@@ -88,7 +88,7 @@ def baseline(files: list[Path], size: int) -> float:
     return time.perf_counter() - t0
 
 
-def _tree_rss(pid: int) -> tuple[int, int]:
+def tree_rss(pid: int) -> tuple[int, int]:
     """Summed resident memory (bytes) of a process and all its descendants: (anonymous, total).
 
     Total includes the pages of the memory-mapped arrays being written, which live in the
@@ -124,7 +124,7 @@ def run_prepare(src: Path, out: Path, size: int, extra: list[str]) -> tuple[floa
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak_anon = peak = 0
     while proc.poll() is None:
-        anon, total = _tree_rss(proc.pid)
+        anon, total = tree_rss(proc.pid)
         peak_anon, peak = max(peak_anon, anon), max(peak, total)
         time.sleep(0.02)
     seconds = time.perf_counter() - t0

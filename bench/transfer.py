@@ -3,6 +3,8 @@
     .venv/bin/python bench/transfer.py throughput [--n 256] [--repeat 3]
     .venv/bin/python bench/transfer.py cv [--folds 5] [--seeds 0,1,2] [--candidates lite0,lite2,lite0+lite2]
     .venv/bin/python bench/transfer.py final [--candidates lite0+lite2]
+    .venv/bin/python bench/transfer.py scale [--sizes 5000,25000,100000] [--work DIR] [--fp32-at 5000]
+        [--keep] [--seed 27] [--quick]
 
 ``throughput``: feature extraction images/s of each backbone on N photos already decoded at its
 size (the frozen trunk with batch-norms folded, as training computes features), fp32 and bf16,
@@ -19,6 +21,19 @@ folder is not read.
 ``PAWLAB_CACHE_DIR``): ``pawlab train train/ --backbone ...`` then ``pawlab evaluate`` on
 ``validation/``, wall time of both (prepare included: ``train`` packs the folder) and the
 validation accuracy and log loss.
+
+``scale`` (issue 27, Kaggle scale on a laptop): Kaggle-like flat folders (``cat.K.jpg``,
+``dog.K.jpg``) of each size, made from the 2,000 training photos (a random crop of 75-100% of the
+area, mirrored half the time, 200x200, JPEG quality 70-95, under a new id; seeded). The largest
+size is made once under --work (niced worker processes, reused by later runs) and every set is a
+folder of hard links to its first N photos. For each size, ``pawlab train SET --backbone`` as a
+user runs it, with fresh pawlab, inductor and Triton caches: the whole command's wall time, the
+peak private memory of its process tree (the sum of ``RssAnon`` over it and its workers, sampled
+every 0.2 s: mapped files' pages the kernel can drop do not count), each stage's images/s from
+its ``DESC: done, N UNIT in DURATION`` progress line ("?" where it printed none), and accuracy
+and log loss on the 1,000 ``validation/`` photos, never in a set. At --fp32-at, also
+``--precision fp32``, and the difference. Then the issue's goals, met or not, beside the CPU
+class. Logs stay in --work/runs; caches and models only with --keep. The disk is checked first.
 """
 
 from __future__ import annotations
@@ -27,24 +42,35 @@ import argparse
 import io
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from prepare import settle, tree_rss  # noqa: E402  (bench/prepare.py)
+
+from pawlab import runlog  # noqa: E402
 from pawlab.config import DataConfig, RuntimeConfig  # noqa: E402
 from pawlab.data import load_dataset  # noqa: E402
 from pawlab.inference.engine import Compiled, array_batches, folded, run_batches  # noqa: E402
 from pawlab.inference.features import trunk_features  # noqa: E402
 from pawlab.models import build, preprocessing_for, transfer_architecture  # noqa: E402
+from pawlab.runtime import cpu_class  # noqa: E402
 from pawlab.training.loop import FeatureSet, Trainer  # noqa: E402
 from pawlab.training.presets import TRANSFER  # noqa: E402
 
@@ -221,6 +247,392 @@ def final(args: argparse.Namespace) -> None:
             )
 
 
+# ---------------------------------------------------------------- scale: issue 27
+
+SET_SIDE = 200  # the issue's user trained on Kaggle's 200x200 copy
+SET_RECIPE = "crop 75-100% area, mirror 1/2, 200x200, JPEG 70-95"  # in the markers: a change rebuilds
+SET_MARKER = ".pawlab-bench-set.json"  # hidden: pawlab skips it when it reads a set
+LITE2_FEATURES = 1280  # channels at the end of Lite2's trunk
+HELD_BACK = 1_000  # the validation photos, packed and featured in each run's cache by evaluate
+RUN_BYTES = 100 * 1024**2  # a run's model file, run folder and evaluation figures
+PHOTO_BYTES = 16_000  # a 200x200 JPEG at quality 70-95, with room to spare
+GIB = 1024**3
+GOAL_SIZE, GOAL_FAST, GOAL_AVX2, BEFORE = 25_000, 300.0, 720.0, "746 s for 23,000"
+GOAL_MEMORY = 2 * GIB
+GOAL_ACCURACY_POINTS, GOAL_LOG_LOSS = 0.1, 0.002
+# the issue's stages, each recognised in a progress line's description by these words
+STAGES = {
+    "prepare": re.compile(r"decod|prepar|pack", re.I),
+    "features": re.compile(r"feature", re.I),
+    "head": re.compile(r"^epoch|head", re.I),
+    "agreement": re.compile(r"agree|bf16|fp32", re.I),
+}
+DONE = re.compile(r"^(?P<desc>.+?): done, (?P<count>\d+) (?P<unit>\w+) in (?P<took>\S+)(?P<rest>.*)$")
+RATE = re.compile(r"(\d+(?:\.\d+)?) (\w+)/s")
+EPOCH = re.compile(r"^epoch\s+\d+/\d+\s.*\s(\d+(?:\.\d+)?) img/s")
+DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def _nice() -> None:
+    """A builder worker yields to whatever else the machine runs (niceness 15 at least)."""
+    os.nice(max(0, 15 - os.nice(0)))
+
+
+def _set_photo(job: tuple[str, str, int, int]) -> None:
+    """One photo of a set: a random crop of 75-100% of the source's area (aspect 3:4 to 4:3, as
+    the source allows), mirrored half the time, squashed to 200x200, JPEG quality 70-95, from a
+    generator seeded by (seed, index); written whole (a ``.part`` renamed)."""
+    src, dest, seed, index = job
+    rng = np.random.default_rng((seed, index))
+    with Image.open(src) as opened:
+        im = opened.convert("RGB")
+    w, h = im.size
+    area, aspect = rng.uniform(0.75, 1.0), float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
+    cw, ch = min(w, round(w * np.sqrt(area * aspect))), min(h, round(h * np.sqrt(area / aspect)))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    im = im.crop((x, y, x + cw, y + ch))
+    if rng.random() < 0.5:
+        im = ImageOps.mirror(im)
+    im = im.resize((SET_SIDE, SET_SIDE), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    im.save(dest + ".part", "JPEG", quality=int(rng.integers(70, 96)))
+    os.replace(dest + ".part", dest)
+
+
+def set_jobs(n: int, seed: int, out: Path) -> list[tuple[str, str, int, int]]:
+    """The first ``n`` photos of every set, cat and dog in turn (so any first N are balanced):
+    photo i is ``cat.K.jpg`` or ``dog.K.jpg`` (K = i // 2), made from the K-th training photo
+    of its class (modulo 1,000)."""
+    sources = {c: sorted((PHOTOS / "train" / f"{c}s").glob("*.jpg")) for c in ("cat", "dog")}
+    if not all(sources.values()):
+        sys.exit(f"no photos under {PHOTOS / 'train'}/{{cats,dogs}}")
+    jobs = []
+    for i in range(n):
+        label, k = ("cat", "dog")[i % 2], i // 2
+        src = sources[label][k % len(sources[label])]
+        jobs.append((str(src), str(out / f"{label}.{k}.jpg"), seed, i))
+    return jobs
+
+
+def _marker(folder: Path) -> dict[str, object]:
+    try:
+        found = json.loads((folder / SET_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _write_marker(folder: Path, n: int, seed: int) -> None:
+    record = json.dumps({"n": n, "seed": seed, "recipe": SET_RECIPE})
+    (folder / (SET_MARKER + ".part")).write_text(record)
+    os.replace(folder / (SET_MARKER + ".part"), folder / SET_MARKER)
+
+
+def build_photos(pool: Path, n: int, seed: int) -> None:
+    """At least ``n`` photos in ``pool``, made in niced worker processes. The photos are made
+    one by one from (seed, index), so a larger pool extends a smaller one and an interrupted
+    build keeps what it wrote; another seed or recipe starts afresh."""
+    have = _pool_count(pool, seed)
+    if have >= n:
+        return
+    if have < 0:
+        shutil.rmtree(pool, ignore_errors=True)
+        pool.mkdir(parents=True)
+        _write_marker(pool, 0, seed)
+    todo = [job for job in set_jobs(n, seed, pool) if not Path(job[1]).exists()]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(initializer=_nice) as workers:
+        list(workers.map(_set_photo, todo, chunksize=64))
+    _write_marker(pool, n, seed)
+    print(f"made {len(todo)} photos in {pool} ({time.perf_counter() - start:.0f}s)", flush=True)
+
+
+def link_set(pool: Path, dest: Path, n: int, seed: int) -> Path:
+    """A Kaggle-like flat folder of the pool's first ``n`` photos, as hard links (no disk)."""
+    if _marker(dest) == {"n": n, "seed": seed, "recipe": SET_RECIPE}:
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for _, path, _, _ in set_jobs(n, seed, pool):
+        os.link(path, dest / Path(path).name)
+    _write_marker(dest, n, seed)
+    return dest
+
+
+def _pool_count(pool: Path, seed: int) -> int:
+    """How many photos the pool's marker vouches for; -1 without a marker of this seed and recipe."""
+    have = _marker(pool)
+    n = have.get("n")
+    same = have.get("seed") == seed and have.get("recipe") == SET_RECIPE
+    return n if same and isinstance(n, int) else -1
+
+
+def check_disk(work: Path, runs: list[int], keep: bool, missing_photos: int) -> str:
+    """Stop with one line when ``work``'s disk cannot hold the photos still to make and the
+    runs' caches: packed Lite2 arrays (N x 260 x 260 x 3 bytes) and features (N x 2 views x
+    1280 x 4 bytes) of the set and the held-back photos; every run's with --keep, else the
+    largest (each is removed after it)."""
+    side = preprocessing_for(transfer_architecture(NAMES["lite2"])).size[0]
+    per_run = [(n + HELD_BACK) * (side * side * 3 + 2 * LITE2_FEATURES * 4) + RUN_BYTES for n in runs]
+    need = missing_photos * PHOTO_BYTES + (sum(per_run) if keep else max(per_run)) + GIB  # 1 GiB spare
+    work.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(work).free
+    if free < need:
+        sys.exit(
+            f"{work}: {free / GIB:.1f} GiB free, the bench needs about {need / GIB:.1f} GiB "
+            f"({missing_photos} photos to make, caches of runs at {', '.join(map(str, runs))} images"
+            f"{', all kept' if keep else ''}): free some or pass another --work"
+        )
+    return f"disk: {free / GIB:.1f} GiB free at {work}, about {need / GIB:.1f} GiB needed"
+
+
+class PeakMemory:
+    """The peak private memory of a process tree: the sum of ``RssAnon`` over the process and
+    all its descendants (workers included), sampled every 0.2 s in a thread. Pages of mapped
+    files, which the kernel can drop, are not counted."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak = pid, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, tree_rss(self.pid)[0])
+            self.stop.wait(0.2)
+
+    def close(self) -> int:
+        self.stop.set()
+        self.thread.join()
+        return self.peak
+
+
+@dataclass
+class ScaleRun:
+    """One ``pawlab train --backbone`` of a set and what came of it."""
+
+    precision: str  # --precision: auto (bf16 where fast) or fp32
+    n: int
+    folder: Path
+    seconds: float = 0.0
+    peak: int = 0
+    failure: str = ""
+    stages: dict[str, float | None] = field(default_factory=dict)
+    held_back: tuple[float, float] | str = "not scored"
+
+    @property
+    def label(self) -> str:
+        return f"{self.n:,} {self.precision}"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "train.log"
+
+    @property
+    def model(self) -> Path:
+        return self.folder / "model.safetensors"
+
+    def env(self) -> dict[str, str]:
+        """Cold caches: pawlab's, inductor's and Triton's, fresh for this run."""
+        return {
+            **os.environ,
+            "PAWLAB_CACHE_DIR": str(self.folder / "cache"),
+            "TORCHINDUCTOR_CACHE_DIR": str(self.folder / "inductor"),
+            "TRITON_CACHE_DIR": str(self.folder / "triton"),
+        }
+
+
+def timed_train(run: ScaleRun, photos: Path, extra: list[str]) -> None:
+    """Runs the whole command (prepare, features, head, agreement), output to ``run.log``:
+    wall time, peak private memory, the exit status's last log line on failure."""
+    shutil.rmtree(run.folder, ignore_errors=True)
+    run.folder.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "pawlab", "train", str(photos), "--backbone"]
+    cmd += ["--run-dir", str(run.folder / "run"), "--out", str(run.model), *extra]
+    settle()
+    with run.log.open("w") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=run.env())
+        memory = PeakMemory(proc.pid)
+        code = proc.wait()
+        run.seconds, run.peak = time.perf_counter() - start, memory.close()
+    if code:
+        lines = run.log.read_text(errors="replace").strip().splitlines()
+        run.failure = f"exit {code}: {lines[-1] if lines else ''} (see {run.log})"
+
+
+def duration_seconds(text: str) -> float | None:
+    """``1h02m``, ``1m05s``, ``12s``, ``0.4s`` -> seconds; None for anything else."""
+    found = DURATION.match(text.rstrip(",;.)"))
+    if not found or not any(found.groups()):
+        return None
+    h, m, s = (float(g) if g else 0.0 for g in found.groups())
+    return h * 3600 + m * 60 + s
+
+
+def _batch_size(run_dir: Path) -> int | None:
+    """``batch_size`` anywhere in the run's config.json (to count the head's images)."""
+    stack: list[object] = [runlog.read_config(run_dir)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("batch_size"), int):
+                return int(item["batch_size"])
+            stack.extend(item.values())
+    return None
+
+
+def _done_line(line: str, batch: int | None) -> tuple[str, float, float] | None:
+    """(stage, images, seconds) of a ``DESC: done, N UNIT in DURATION`` line, else None; the
+    stage is the issue's whose words the description holds, else the description itself."""
+    found = DONE.match(line.strip())
+    took = duration_seconds(found["took"]) if found else None
+    if not found or took is None:
+        return None
+    unit, count = found["unit"].lower(), int(found["count"])
+    per = 1 if unit.startswith(("img", "image", "photo")) else batch if unit.startswith("batch") else None
+    if per is None:
+        return None
+    rate = RATE.search(found["rest"])  # more precise than a duration in whole seconds
+    if rate and rate[2].lower() == unit and float(rate[1]) > 0:
+        took = count / float(rate[1])
+    stage = next((name for name, words in STAGES.items() if words.search(found["desc"])), found["desc"])
+    return stage, float(count * per), took
+
+
+def _epochs_rate(lines: list[str]) -> float | None:
+    """The head's images/s over all epochs from the loop's own epoch lines (``epoch 3/20 ...
+    0.4s 3767 img/s``): epochs of equal size, so the harmonic mean of their rates."""
+    rates = [float(m[1]) for line in lines if (m := EPOCH.match(line.strip())) and float(m[1]) > 0]
+    return len(rates) / sum(1 / r for r in rates) if rates else None
+
+
+def stage_rates(log: Path, batch: int | None) -> dict[str, float | None]:
+    """Images/s of each of the issue's stages from the log's ``done`` lines (images summed over
+    a stage's lines over their seconds; a batch counted as ``batch`` images), the head's from its
+    epoch lines when there are any; None for a stage that printed nothing. Stages the issue does
+    not name are added by description."""
+    lines = log.read_text(errors="replace").splitlines()
+    done: dict[str, tuple[float, float]] = {}
+    for stage, images, seconds in filter(None, (_done_line(line, batch) for line in lines)):
+        before = done.get(stage, (0.0, 0.0))
+        done[stage] = (before[0] + images, before[1] + seconds)
+    rates: dict[str, float | None] = {name: None for name in STAGES}
+    for name, (images, seconds) in done.items():
+        rates[name] = images / seconds if seconds > 0 else None
+    rates["head"] = _epochs_rate(lines) or rates["head"]
+    return rates
+
+
+def held_back(run: ScaleRun) -> tuple[float, float] | str:
+    """(accuracy, log loss) on the 1,000 validation photos, or why not. They are not the
+    set's source (its training folder) and their folders are plural: ``cats=cat,dogs=dog``."""
+    cmd = [sys.executable, "-m", "pawlab", "evaluate", str(run.model), str(PHOTOS / "validation")]
+    cmd += ["--json", "-q", "--class-map", "cats=cat,dogs=dog", "--report-dir", str(run.folder / "eval")]
+    done = subprocess.run(cmd, env=run.env(), capture_output=True, text=True)
+    if done.returncode:
+        lines = done.stderr.strip().splitlines()
+        return f"evaluate failed: {lines[-1] if lines else done.returncode}"
+    report = json.loads(done.stdout)
+    (run.folder / "evaluate.json").write_text(done.stdout)
+    return float(report["accuracy"]), float(report["log_loss"])
+
+
+def scale_run(run: ScaleRun, photos: Path, extra: list[str], keep: bool) -> ScaleRun:
+    """Train, read the stages' rates, score on the held-back photos; without ``keep``, only the
+    log and the evaluation's JSON stay."""
+    print(f"  {run.label}: training ({run.log})", flush=True)
+    timed_train(run, photos, extra)
+    run.stages = stage_rates(run.log, _batch_size(run.folder / "run"))
+    if not run.failure:
+        run.held_back = held_back(run)
+    if not keep:
+        for child in run.folder.iterdir():
+            if child.name not in ("train.log", "evaluate.json"):
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    return run
+
+
+def _rate(value: float | None) -> str:
+    return "?" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def scale_table(runs: list[ScaleRun]) -> None:
+    names = list(dict.fromkeys(name for run in runs for name in run.stages))
+    head = f"{'images':>8} {'precision':<9} {'wall':>7} {'peak private':>12}"
+    head += "".join(f" {name[:12] + ' img/s':>18}" for name in names)
+    print(head + f" {'accuracy':>9} {'log loss':>9}")
+    for run in runs:
+        row = f"{run.n:>8,} {run.precision:<9} {run.seconds:6.0f}s {run.peak / GIB:8.2f} GiB"
+        row += "".join(f" {_rate(run.stages.get(name)):>18}" for name in names)
+        scored = run.held_back
+        row += f" {scored[0]:9.2%} {scored[1]:9.4f}" if isinstance(scored, tuple) else f"  {scored}"
+        print(row + (f"  FAILED {run.failure}" if run.failure else ""), flush=True)
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def scale_goals(runs: list[ScaleRun], fast: bool) -> None:
+    """The issue's goals beside the figures: the time at 25,000 for this CPU class, memory at
+    every size, fp32 against the default on the held-back photos."""
+    print(f"goals, on {cpu_class()}:")
+    limit = GOAL_FAST if fast else GOAL_AVX2
+    kind = "fast bf16" if fast else "no fast bf16: AVX2-only"
+    for run in runs:
+        if run.n == GOAL_SIZE and run.precision == "auto":
+            took = "failed" if run.failure else f"{run.seconds:.0f} s"
+            print(
+                f"  {GOAL_SIZE:,} photos trained in at most {limit:.0f} s ({kind}): {took}, "
+                f"{_met(run.seconds <= limit and not run.failure)} (before this work: {BEFORE})"
+            )
+    for run in runs:
+        print(
+            f"  peak private memory at most {GOAL_MEMORY / GIB:.0f} GiB, {run.label}: "
+            f"{run.peak / GIB:.2f} GiB, {_met(run.peak <= GOAL_MEMORY and not run.failure)}"
+        )
+    by = {(run.n, run.precision): run.held_back for run in runs}
+    for (n, label), fp32 in by.items():
+        default = by.get((n, "auto"))
+        if label != "fp32" or not isinstance(fp32, tuple) or not isinstance(default, tuple):
+            continue
+        points, loss = (default[0] - fp32[0]) * 100, default[1] - fp32[1]
+        print(
+            f"  held-back accuracy at {n:,}, auto - fp32: {points:+.2f} points (goal within "
+            f"{GOAL_ACCURACY_POINTS}): {_met(abs(points) <= GOAL_ACCURACY_POINTS)}; log loss "
+            f"{loss:+.4f} (goal within {GOAL_LOG_LOSS}): {_met(abs(loss) <= GOAL_LOG_LOSS)}"
+        )
+
+
+def scale(args: argparse.Namespace) -> None:
+    sizes = sorted({int(s) for s in args.sizes.split(",")} | ({args.fp32_at} if args.fp32_at else set()))
+    runs = [n for n in sizes for _ in range(2 if n == args.fp32_at else 1)]
+    pool = args.work / "photos"
+    disk = check_disk(args.work, runs, args.keep, max(0, sizes[-1] - max(0, _pool_count(pool, args.seed))))
+    print(f"CPU: {cpu_class()}\n{disk}", flush=True)
+    build_photos(pool, sizes[-1], args.seed)
+    print(
+        f"sets: Kaggle-like flat folders (cat.K.jpg, dog.K.jpg) of {', '.join(f'{n:,}' for n in sizes)} "
+        f"photos,\n  made from the 2,000 of {PHOTOS / 'train'} ({SET_RECIPE}, seed {args.seed}),\n"
+        f"  hard links into {pool}\n"
+        f"held back: the 1,000 original photos of {PHOTOS / 'validation'}, never in a training set\n"
+        "each run from cold caches (pawlab's, inductor's, Triton's), its JPEGs in the page cache",
+        flush=True,
+    )
+    done = []
+    for n in sizes:
+        photos = link_set(pool, args.work / f"set-{n}", n, args.seed)
+        for f in photos.glob("*.jpg"):  # every run finds its source in the page cache
+            f.read_bytes()
+        for precision in ("auto", "fp32") if n == args.fp32_at else ("auto",):
+            run = ScaleRun(precision, n, args.work / "runs" / f"{n}-{precision}")
+            done.append(scale_run(run, photos, ["--precision", precision], args.keep))
+    print(f"\npawlab train SET --backbone, whole command, on {cpu_class()}:")
+    scale_table(done)
+    scale_goals(done, bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -236,8 +648,17 @@ def main() -> None:
     )
     f = sub.add_parser("final")
     f.add_argument("--candidates", default="lite0,lite2,lite0+lite2")
+    s = sub.add_parser("scale")
+    s.add_argument("--sizes", default="5000,25000,100000", help="images per set, comma-separated")
+    s.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "pawlab-bench-scale")
+    s.add_argument("--fp32-at", type=int, default=5000, help="also train this size in fp32 (0: none)")
+    s.add_argument("--keep", action="store_true", help="keep every run's caches, run folder and model")
+    s.add_argument("--seed", type=int, default=27, help="of the photos made for the sets")
+    s.add_argument("--quick", action="store_true", help="to check the script: --sizes 200,400 --fp32-at 200")
     args = p.parse_args()
-    {"throughput": throughput, "cv": cross_validate, "final": final}[args.what](args)
+    if args.what == "scale" and args.quick:
+        args.sizes, args.fp32_at = "200,400", 200
+    {"throughput": throughput, "cv": cross_validate, "final": final, "scale": scale}[args.what](args)
 
 
 if __name__ == "__main__":
