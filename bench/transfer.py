@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/transfer.py throughput [--n 256] [--repeat 3]
     .venv/bin/python bench/transfer.py cv [--folds 5] [--seeds 0,1,2] [--candidates lite0,lite2,lite0+lite2]
+    .venv/bin/python bench/transfer.py features [--data DIR,DIR] [--candidate lite2] [--seeds 0,1,2]
     .venv/bin/python bench/transfer.py final [--candidates lite0+lite2]
     .venv/bin/python bench/transfer.py scale [--sizes 5000,25000,100000] [--work DIR] [--fp32-at 5000]
         [--keep] [--seed 27] [--quick]
@@ -16,6 +17,12 @@ repeats, with ratios to fp32 eager.
 photos (cached), then the default head recipe (`pawlab.training.presets.TRANSFER`) trained on
 K-1 folds by pawlab's loop and scored on the K-th, for every fold and seed. The validation
 folder is not read.
+
+``features`` (issue 27): training features in bf16 (compiled) where the CPU has fast bf16, as
+``pawlab train`` computes them, against fp32: on each training folder only (cats/dogs' and
+flowers5's by default), the default head recipe trained on the K-1 folds' bf16 features and on
+their fp32 features, both scored on the K-th fold's fp32 features (exact inference), for every
+fold and seed; the mean differences against the issue's bounds (0.1 points, 0.002 log loss).
 
 ``final``: for each candidate, as a user runs it, from a cold cache (a fresh
 ``PAWLAB_CACHE_DIR``): ``pawlab train train/ --backbone ...`` then ``pawlab evaluate`` on
@@ -75,6 +82,8 @@ from pawlab.training.loop import FeatureSet, Trainer  # noqa: E402
 from pawlab.training.presets import TRANSFER  # noqa: E402
 
 PHOTOS = ROOT.parent / "shared" / "data" / "cats_and_dogs_filtered"
+FLOWERS = ROOT.parent / "shared" / "data" / "flowers5"
+CPU = torch.device("cpu")
 NAMES = {"lite0": "efficientnet_lite0", "lite1": "efficientnet_lite1", "lite2": "efficientnet_lite2"}
 
 
@@ -141,22 +150,31 @@ def throughput(args: argparse.Namespace) -> None:
 
 
 def _head_scores(
-    spec: list, feats: np.ndarray, labels: np.ndarray, folds: int, seed: int
+    spec: list,
+    feats: np.ndarray,
+    labels: np.ndarray,
+    folds: int,
+    seed: int,
+    judged_on: np.ndarray | None = None,
 ) -> tuple[float, float]:
-    """(log loss, accuracy) of the recipe's head over ``folds`` folds of (N, views, F) features."""
+    """(log loss, accuracy) of the recipe's head over ``folds`` folds of (N, views, F) features:
+    trained on ``feats``, scored on the held-out fold of ``judged_on`` (default ``feats``)."""
+    judged = feats if judged_on is None else judged_on
+    classes = int(labels.max()) + 1
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(labels))
     fold_of = np.empty(len(labels), dtype=int)
     fold_of[order] = np.arange(len(labels)) % folds
-    probs = np.zeros((len(labels), 2))
+    probs = np.zeros((len(labels), classes))
     pre = preprocessing_for(spec)
     config = TRANSFER.with_(seed=seed)
+    names = [str(c) for c in range(classes)]
     for k in range(folds):
         tr, te = fold_of != k, fold_of == k
-        net = build(spec, 2, pretrained=False)
-        names = np.array([str(i) for i in range(len(labels))])
-        train_set = FeatureSet(feats[tr], labels[tr], list(names[tr]), ["cats", "dogs"])
-        val_set = FeatureSet(feats[te][:, :1], labels[te], list(names[te]), ["cats", "dogs"])
+        net = build(spec, classes, pretrained=False)
+        ids = np.array([str(i) for i in range(len(labels))])
+        train_set = FeatureSet(feats[tr], labels[tr], list(ids[tr]), names)
+        val_set = FeatureSet(feats[te][:, :1], labels[te], list(ids[te]), names)
         Trainer(
             net,
             train_set,
@@ -167,31 +185,36 @@ def _head_scores(
             runtime=RuntimeConfig(progress=False, precision="fp32"),
         ).fit()
         with torch.inference_mode():
-            logits = net.eval().forward_head(torch.from_numpy(feats[te][:, 0]))
+            logits = net.eval().forward_head(torch.from_numpy(np.ascontiguousarray(judged[te][:, 0])))
         probs[te] = torch.softmax(logits.float(), dim=1).numpy()  # the network returns logits
     p = np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1)
     return float(-np.log(p).mean()), float((probs.argmax(1) == labels).mean())
 
 
+def _photos(spec: list, data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, H, W, C) at the spec's size and labels (N,) of every photo in ``data``."""
+    pre = preprocessing_for(spec)
+    ds = load_dataset(data, DataConfig(size=pre.size[0], resize="crop", val_fraction=0.5), progress=False)
+    return np.concatenate([ds.train.images, ds.validation.images]), np.concatenate(
+        [ds.train.labels, ds.validation.labels]
+    )
+
+
 def cross_validate(args: argparse.Namespace) -> None:
     print(f"CPU: {cpu()}")
+    data = Path(args.data)
     print(
-        f"{args.folds}-fold cross-validation on {PHOTOS / 'train'} only, seeds {args.seeds}, "
+        f"{args.folds}-fold cross-validation on {data} only, seeds {args.seeds}, "
         f"recipe: TRANSFER ({TRANSFER.epochs} epochs, {TRANSFER.optimizer}, flip={TRANSFER.augment.flip})"
     )
     print(f"{'candidate':<18} {'log loss':>9} {'(sd)':>7} {'accuracy':>9} {'(sd)':>7}  features")
     for candidate in args.candidates.split(","):
         spec = transfer_architecture(backbones(candidate))
-        pre = preprocessing_for(spec)
         start = time.perf_counter()
-        ds = load_dataset(
-            PHOTOS / "train", DataConfig(size=pre.size[0], resize="crop", val_fraction=0.5), progress=False
-        )
-        images = np.concatenate([ds.train.images, ds.validation.images])
-        labels = np.concatenate([ds.train.labels, ds.validation.labels])
-        net = build(spec, 2)
+        images, labels = _photos(spec, data)
+        net = build(spec, int(labels.max()) + 1)
         views = ("plain", "flip") if TRANSFER.augment.flip else ("plain",)
-        feats = trunk_features(net.trunk, images, pre, torch.device("cpu"), views=views, progress=False)
+        feats = trunk_features(net.trunk, images, preprocessing_for(spec), CPU, views=views, progress=False)
         took = time.perf_counter() - start
         scores = [_head_scores(spec, feats, labels, args.folds, int(s)) for s in args.seeds.split(",")]
         ll, acc = [s[0] for s in scores], [s[1] for s in scores]
@@ -200,6 +223,55 @@ def cross_validate(args: argparse.Namespace) -> None:
             f"{statistics.mean(acc):9.4f} {statistics.pstdev(acc):7.4f}  {took:.0f}s ({len(labels)} photos)",
             flush=True,
         )
+
+
+# ---------------------------------------------------------------- training features: bf16 vs fp32
+
+# what issue 27 allows a fast path to cost, on photos never trained on
+FEATURES_MAX_ACCURACY_POINTS = 0.1
+FEATURES_MAX_LOG_LOSS = 0.002
+
+
+def features_precision(args: argparse.Namespace) -> None:
+    """The head trained on bf16 (compiled) features against the head trained on fp32 ones, both
+    judged on the held-out fold's fp32 features (what exact inference computes), fold by fold
+    and seed by seed on a training folder only."""
+    print(f"CPU: {cpu()}")
+    for data in args.data.split(","):
+        spec = transfer_architecture(backbones(args.candidate))
+        images, labels = _photos(spec, Path(data))
+        trunk, pre = build(spec, int(labels.max()) + 1).trunk, preprocessing_for(spec)
+        views = ("plain", "flip") if TRANSFER.augment.flip else ("plain",)
+        feats = {}
+        for precision in ("fp32", "bf16"):
+            start = time.perf_counter()
+            feats[precision] = trunk_features(
+                trunk, images, pre, CPU, views=views, bf16=precision == "bf16", compile=True, progress=False
+            )
+            took = time.perf_counter() - start
+            print(f"  {data}: {precision} compiled features of {len(images)} photos, {took:.0f}s")
+        rows = []
+        for seed in (int(s) for s in args.seeds.split(",")):
+            fp32 = _head_scores(spec, feats["fp32"], labels, args.folds, seed)
+            bf16 = _head_scores(spec, feats["bf16"], labels, args.folds, seed, judged_on=feats["fp32"])
+            rows.append((fp32, bf16))
+        _print_precision_rows(data, args.candidate, len(labels), rows)
+
+
+def _print_precision_rows(
+    data: str, candidate: str, n: int, rows: list[tuple[tuple[float, float], tuple[float, float]]]
+) -> None:
+    print(f"{data} ({n} photos, {candidate}): head trained on fp32 / bf16 features, judged on fp32 ones")
+    print(f"  {'seed':>4} {'fp32 log loss':>14} {'bf16 log loss':>14} {'fp32 acc':>9} {'bf16 acc':>9}")
+    for i, ((ll32, acc32), (ll16, acc16)) in enumerate(rows):
+        print(f"  {i:>4} {ll32:14.4f} {ll16:14.4f} {acc32:9.2%} {acc16:9.2%}")
+    d_ll = statistics.mean(b[0] - a[0] for a, b in rows)
+    d_acc = 100 * statistics.mean(b[1] - a[1] for a, b in rows)
+    ok = abs(d_ll) <= FEATURES_MAX_LOG_LOSS and abs(d_acc) <= FEATURES_MAX_ACCURACY_POINTS
+    print(
+        f"  bf16 - fp32: log loss {d_ll:+.4f} (goal within {FEATURES_MAX_LOG_LOSS}), accuracy "
+        f"{d_acc:+.2f} points (goal within {FEATURES_MAX_ACCURACY_POINTS}): {'met' if ok else 'NOT met'}"
+    )
 
 
 # ---------------------------------------------------------------- final, cold cache
@@ -646,6 +718,12 @@ def main() -> None:
     c.add_argument(
         "--candidates", default="lite0,lite1,lite2,lite0+lite1,lite0+lite2,lite1+lite2,lite0+lite1+lite2"
     )
+    c.add_argument("--data", default=str(PHOTOS / "train"))
+    fp = sub.add_parser("features")
+    fp.add_argument("--data", default=f"{PHOTOS / 'train'},{FLOWERS / 'train'}")
+    fp.add_argument("--candidate", default="lite2")
+    fp.add_argument("--folds", type=int, default=5)
+    fp.add_argument("--seeds", default="0,1,2")
     f = sub.add_parser("final")
     f.add_argument("--candidates", default="lite0,lite2,lite0+lite2")
     s = sub.add_parser("scale")
@@ -658,7 +736,14 @@ def main() -> None:
     args = p.parse_args()
     if args.what == "scale" and args.quick:
         args.sizes, args.fp32_at = "200,400", 200
-    {"throughput": throughput, "cv": cross_validate, "final": final, "scale": scale}[args.what](args)
+    modes = {
+        "throughput": throughput,
+        "cv": cross_validate,
+        "features": features_precision,
+        "final": final,
+        "scale": scale,
+    }
+    modes[args.what](args)
 
 
 if __name__ == "__main__":

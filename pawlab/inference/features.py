@@ -161,7 +161,7 @@ def _passes(
     with torch.inference_mode():
         for start in range(0, len(images), per_batch):
             batch = images[start : start + per_batch]  # uint8 (b, H, W, C)
-            x = torch.cat([to_inputs(batch, pre, device, fmt, v) for v in views])  # (views * b, C, H, W)
+            x = torch.cat(_views(batch, pre, device, fmt, views))  # (views * b, C, H, W)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = forward(x.contiguous(memory_format=fmt)).float()  # (views * b, F)
             yield out.view(len(views), len(batch), -1).transpose(0, 1).cpu().numpy()
@@ -176,6 +176,22 @@ def _counted(parts: Iterator[np.ndarray], total: int, what: str, progress: bool)
             bar.update(len(part))
     finally:
         bar.close()
+
+
+def _views(
+    batch: np.ndarray,
+    pre: Preprocessing,
+    device: torch.device,
+    fmt: torch.memory_format,
+    views: Sequence[str],
+) -> list[torch.Tensor]:
+    """Inputs (b, C, H, W) of each view of uint8 images (b, H, W, C); a mirror is the plain
+    inputs flipped (normalising is per pixel, so it is the same as normalising the mirror)."""
+    plain = to_inputs(batch, pre, device, fmt)
+    return [
+        plain if v == "plain" else plain.flip(-1) if v == "flip" else to_inputs(batch, pre, device, fmt, v)
+        for v in views
+    ]
 
 
 def _store(key: str, n: int, views: int, parts: Iterator[np.ndarray]) -> None:

@@ -301,7 +301,10 @@ class RunDirectory(Callback):
         c, h, w = cast(Network, trainer.network).input_shape
         where = f"{trainer.device}" + (f" x{trainer.world_size} processes" if trainer.world_size > 1 else "")
         spread = f" (/{config.lr_spread:g} for the first layers)" if config.lr_spread > 1 else ""
-        head = "; head on cached backbone features" if isinstance(trainer.train_set, FeatureSet) else ""
+        feats = trainer.train_set
+        head = ""
+        if isinstance(feats, FeatureSet):
+            head = f"; head on cached backbone features ({feats.precision})"
         return (
             f"{phase}training {len(ds.train)} images ({', '.join(ds.classes)}), validating on "
             f"{len(ds.validation)}, {c}x{h}x{w} on {where}{' bf16' if trainer.bf16 else ''}, "
