@@ -30,6 +30,7 @@ from pawlab.data import Dataset, ImageSet, load_dataset
 from pawlab.data.datasets import layout_of
 from pawlab.data.workers import entry_point
 from pawlab.errors import ConfigError, ModelFileError, OutputError
+from pawlab.inference.engine import COMPILE_MIN_IMAGES
 from pawlab.inference.features import trunk_features
 from pawlab.models import (
     LayerSpec,
@@ -498,14 +499,16 @@ def _sets(
     # bf16 where it is fast (the head learns from them as well as from fp32's: bench/transfer.py
     # features), compiled for long jobs
     bf16 = use_bf16(rt.precision, device)
+    # compiled when the job is long, both passes (the second finds the code in inductor's cache)
+    passes = len(ds.train) * len(views) + len(ds.validation)
+    compile = device.type == "cpu" and passes >= COMPILE_MIN_IMAGES
     show = rt.progress and is_main()
+    features = partial(
+        trunk_features, trunk, pre=pre, device=device, bf16=bf16, compile=compile, progress=show
+    )
     with main_first():  # rank 0 computes and caches; the others then read the cache
-        train_feats = trunk_features(
-            trunk, ds.train.images, pre, device, views=views, bf16=bf16, progress=show, what="training images"
-        )
-        val_feats = trunk_features(
-            trunk, ds.validation.images, pre, device, bf16=bf16, progress=show, what="validation images"
-        )
+        train_feats = features(ds.train.images, views=views, what="training images")
+        val_feats = features(ds.validation.images, what="validation images")
     t, v = ds.train, ds.validation
     precision = "bf16" if bf16 else "fp32"
     return FeatureSet(train_feats, t.labels, t.names, t.classes, precision), FeatureSet(

@@ -244,3 +244,25 @@ def test_cli_logs_to_tensorboard_and_mlflow(tmp_path: Path) -> None:
     proc = pawlab("train", tree, "--log", "tensorboard,nope", "--run-dir", tmp_path / "other")
     assert proc.returncode == 2
     assert_one_line_error(proc, "--log: unknown logger 'nope' (known: mlflow, tensorboard, wandb)")
+
+
+def test_a_resumed_run_logs_on_in_the_same_tracker_runs(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    tree, run = write_tree(tmp_path / "src", {"cat": 12, "dog": 12}), tmp_path / "run"
+    env = {"MLFLOW_TRACKING_URI": "", "MLFLOW_EXPERIMENT_NAME": "", "WANDB_MODE": ""}
+    common = ("--log", "mlflow,wandb", "--workers", "1", "-q")
+    first = pawlab(
+        "train", tree, "--arch", "keras-mlp", "--size", "16", "--epochs", "1", "--batch-size", "8",
+        "--run-dir", run, *common, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    again = pawlab("train", "--resume", run, "--epochs", "2", *common, cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    [found] = client.search_runs([client.get_experiment_by_name("pawlab").experiment_id])
+    assert found.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(found.info.run_id, "val_loss")] == [1, 2]
+    runs = sorted((run / "wandb").glob("offline-run-*"))  # a folder per process, one run id
+    ids = {re.fullmatch(r"offline-run-\d{8}_\d{6}-([a-z0-9]+)(-\d+)?", p.name).group(1) for p in runs}  # type: ignore[union-attr]
+    assert len(runs) == 2 and len(ids) == 1

@@ -27,8 +27,9 @@ ARTIFACTS = "mlartifacts"
 
 @LOGGERS.register("mlflow")
 class MLflowLogger(Callback):
-    """One MLflow run per `MLflowLogger` (rank 0): a fine-tuning phase goes on logging to the
-    head phase's run; ``after_fit`` ends it (finished, killed when interrupted, failed)."""
+    """One MLflow run per training run (rank 0): a fine-tuning phase, and a ``--resume``, go
+    on logging to the same run; ``after_fit`` ends it (finished, killed when interrupted,
+    failed)."""
 
     order = LOGGER_ORDER
 
@@ -36,6 +37,7 @@ class MLflowLogger(Callback):
         self.run_dir = Path(run_dir)
         self._tracking: Any = require("mlflow", "mlflow.tracking")
         self._entities: Any = require("mlflow", "mlflow.entities")
+        self._exceptions: Any = require("mlflow", "mlflow.exceptions")
         self.uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.run_dir.resolve() / DATABASE}"
         self.client: Any = None  # an MlflowClient while fitting
         self.run_id: str | None = None
@@ -44,13 +46,29 @@ class MLflowLogger(Callback):
         if not trainer.is_main:
             return
         self.client = self._tracking.MlflowClient(tracking_uri=self.uri)
-        if self.run_id is not None:  # the fine-tuning phase: the same run goes on
-            self.client.update_run(self.run_id, status="RUNNING")
+        if self.run_id is not None and self._goes_on(trainer):  # a later phase, or a resumed run
             return
         run = self.client.create_run(self._experiment(), run_name=self.run_dir.name)
         self.run_id = run.info.run_id
         params = [self._entities.Param(k, str(v)) for k, v in recipe(trainer.config).items()]
         self.client.log_batch(self.run_id, params=params)
+
+    def _goes_on(self, trainer: Trainer) -> bool:
+        """The run of ``run_id`` goes on (a fine-tuning phase, or ``--resume``); False where
+        the store no longer has it (another ``MLFLOW_TRACKING_URI``): then a new run begins."""
+        try:
+            self.client.update_run(self.run_id, status="RUNNING")
+        except self._exceptions.MlflowException:
+            trainer.log(f"mlflow: run {self.run_id} is not in {self.uri}: a new run")
+            return False
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run's id, kept with the resumable state: ``--resume`` logs to the same run."""
+        return {"run_id": self.run_id} if self.run_id else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.run_id = state.get("run_id") or self.run_id
 
     def _experiment(self) -> str:
         """The experiment's id, made if new; in the run directory's own store, its artifacts

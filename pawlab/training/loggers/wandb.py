@@ -20,8 +20,8 @@ __all__ = ["WandbLogger"]
 
 @LOGGERS.register("wandb")
 class WandbLogger(Callback):
-    """One W&B run per `WandbLogger` (rank 0); ``after_fit`` finishes it, and a fine-tuning
-    phase resumes it by its id."""
+    """One W&B run per training run (rank 0); ``after_fit`` finishes it, and a fine-tuning
+    phase or a ``--resume`` resumes it by its id."""
 
     order = LOGGER_ORDER
 
@@ -49,6 +49,13 @@ class WandbLogger(Callback):
         if self.run_id is None:
             trainer.log(f"wandb: run {self.run.id} in {Path(self.run.dir).parent}")
         self.run_id = self.run.id
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run's id, kept with the resumable state: ``--resume`` resumes the same run."""
+        return {"run_id": self.run_id} if self.run_id else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.run_id = state.get("run_id") or self.run_id
 
     def after_epoch(self, trainer: Trainer) -> None:
         if self.run is not None:
