@@ -250,7 +250,7 @@ def test_a_resumed_run_logs_on_in_the_same_tracker_runs(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     tree, run = write_tree(tmp_path / "src", {"cat": 12, "dog": 12}), tmp_path / "run"
-    env = {"MLFLOW_TRACKING_URI": "", "MLFLOW_EXPERIMENT_NAME": "", "WANDB_MODE": ""}
+    env = {"MLFLOW_TRACKING_URI": "", "MLFLOW_EXPERIMENT_NAME": "", "WANDB_MODE": "offline"}
     common = ("--log", "mlflow,wandb", "--workers", "1", "-q")
     first = pawlab(
         "train", tree, "--arch", "keras-mlp", "--size", "16", "--epochs", "1", "--batch-size", "8",
