@@ -338,6 +338,8 @@ STAGES = {
     "features": re.compile(r"feature", re.I),
     "head": re.compile(r"^epoch|head", re.I),
     "agreement": re.compile(r"agree|bf16|fp32", re.I),
+    "hashing": re.compile(r"^reading", re.I),  # the pixels' digest, the feature cache's key
+    "thumbnails": re.compile(r"thumbnail", re.I),
 }
 DONE = re.compile(r"^(?P<desc>.+?): done, (?P<count>\d+) (?P<unit>\w+) in (?P<took>\S+)(?P<rest>.*)$")
 RATE = re.compile(r"(\d+(?:\.\d+)?) (\w+)/s")
