@@ -157,38 +157,44 @@ def resumed_run_dir(path: Path, training: TrainingRecord | None = None) -> Path:
     return Path(training.run_dir or path.with_name(path.stem + "-run"))
 
 
-def _load_data(
-    data: str | os.PathLike[str] | Dataset,
-    spec: list[LayerSpec],
-    config: TrainConfig,
-    val_fraction: float,
-    workers: int,
-    resize: str,
-    layout: str,
-    *,
-    progress: bool,
-) -> Dataset:
-    c, h, w = input_shape(spec)
-    if h != w:
-        raise ConfigError("size: non-square inputs are not supported by the data loader yet")
-    if isinstance(data, Dataset):
-        if data.size != (h, w) or data.train.images.shape[-1] != c:
-            raise ConfigError(f"data: loaded at {data.size} but the network expects {c}x{h}x{w}")
-        if data.resize != resize:
-            raise ConfigError(
-                f"data: loaded with resize={data.resize} but the network expects resize={resize}"
-            )
-        return data
-    cfg = DataConfig(
-        size=h,
-        val_fraction=val_fraction,
-        seed=config.data_seed,
-        workers=workers,
-        resize=resize,
-        layout=layout,
-    )
-    with main_first():  # rank 0 builds the packed cache; the others then read it
-        return load_dataset(data, cfg, channels=c, progress=progress and is_main())
+@dataclass(frozen=True)
+class _Source:
+    """Where a run's images come from and how they are read: `train`'s and `resume`'s data
+    arguments, loaded for a network's input (`load`)."""
+
+    data: str | os.PathLike[str] | Dataset
+    resize: str | None = None  # None: the network's own (`preprocessing_for`)
+    val_fraction: float = 0.2
+    layout: str = "auto"
+    workers: int = 0
+
+    def load(self, spec: list[LayerSpec], config: TrainConfig, resize: str, progress: bool) -> Dataset:
+        """The images at the network's input size and ``resize`` (the policy resolved from
+        ``self.resize``), split by the recipe's data seed; a loaded `Dataset` must match them."""
+        c, h, w = input_shape(spec)
+        if h != w:
+            raise ConfigError("size: non-square inputs are not supported by the data loader yet")
+        if isinstance(self.data, Dataset):
+            return _matching(self.data, (c, h, w), resize)
+        cfg = DataConfig(
+            size=h,
+            val_fraction=self.val_fraction,
+            seed=config.data_seed,
+            workers=self.workers,
+            resize=resize,
+            layout=self.layout,
+        )
+        with main_first():  # rank 0 builds the packed cache; the others then read it
+            return load_dataset(self.data, cfg, channels=c, progress=progress and is_main())
+
+
+def _matching(data: Dataset, shape: tuple[int, int, int], resize: str) -> Dataset:
+    c, h, w = shape
+    if data.size != (h, w) or data.train.images.shape[-1] != c:
+        raise ConfigError(f"data: loaded at {data.size} but the network expects {c}x{h}x{w}")
+    if data.resize != resize:
+        raise ConfigError(f"data: loaded with resize={data.resize} but the network expects resize={resize}")
+    return data
 
 
 def _model_card(
@@ -253,45 +259,29 @@ def train(
     out_path = out_path or run / runlog.MODEL
     _check_fine_tune(config, spec)  # before anything is made
     with _claimed(out_path, run, fresh=True, overwrite=overwrite):
-        return _train(
-            data,
-            out_path,
-            run,
-            spec,
-            config,
-            resize,
-            val_fraction,
-            layout,
-            workers,
-            callbacks,
-            stream,
-            runtime,
-        )
+        source = _Source(data, resize, val_fraction, layout, workers)
+        return _train(source, out_path, run, spec, config, callbacks, stream, runtime)
 
 
 def _train(
-    data: str | os.PathLike[str] | Dataset,
+    source: _Source,
     out_path: Path,
     run: Path,
     spec: list[LayerSpec],
     config: TrainConfig,
-    resize: str | None,
-    val_fraction: float,
-    layout: str,
-    workers: int,
     callbacks: Sequence[Callback],
     stream: TextIO | None,
     runtime: RuntimeConfig,
 ) -> TrainResult:
-    pre = preprocessing_for(spec, resize)
-    ds = _load_data(data, spec, config, val_fraction, workers, pre.resize, layout, progress=runtime.progress)
+    pre = preprocessing_for(spec, source.resize)
+    ds = source.load(spec, config, pre.resize, progress=runtime.progress)
     torch.manual_seed(config.seed)
     network = build(spec, num_classes=len(ds.classes))
     data_record = {
         "source": ds.source,
         "origin": ds.origin,
         "presplit": ds.presplit,
-        "val_fraction": val_fraction,
+        "val_fraction": source.val_fraction,
         "seed": config.data_seed,
         "train_count": len(ds.train),
         "validation_count": len(ds.validation),
@@ -362,11 +352,9 @@ def resume(
     config = _resumed_config(TrainConfig.from_json(t.config), epochs, forever)
     spec, pre = card.architecture, Preprocessing.from_json(card.preprocessing or {})
     d = t.data
-    source = data if data is not None else d["source"]
-    layout = layout_of(d.get("origin") or {})
-    ds = _load_data(
-        source, spec, config, d["val_fraction"], workers, pre.resize, layout, progress=runtime.progress
-    )
+    given = data if data is not None else d["source"]
+    source = _Source(given, pre.resize, d["val_fraction"], layout_of(d.get("origin") or {}), workers)
+    ds = source.load(spec, config, pre.resize, progress=runtime.progress)
     if ds.classes != card.classes:
         raise ConfigError(f"data: classes {ds.classes} differ from the run's {card.classes}")
     run = resumed_run_dir(p, t)

@@ -473,13 +473,13 @@ def test_resize_policy_is_recorded(tree: Path, tmp_path: Path, monkeypatch: pyte
     loaded: list[str] = []
     from pawlab.training import runs
 
-    real = runs._load_data
+    real = runs._Source.load
 
     def spy(*args: Any, **kwargs: Any) -> Any:
-        loaded.append(args[5])  # resize
+        loaded.append(args[3])  # resize (after self, spec, config)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runs, "_load_data", spy)
+    monkeypatch.setattr(runs._Source, "load", spy)
     resume(tmp_path / "b-run", epochs=2, workers=1, stream=io.StringIO())
     assert loaded == ["crop"]
     last = checkpoint.load(tmp_path / "b-run" / "last.safetensors").meta
