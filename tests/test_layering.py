@@ -51,6 +51,7 @@ ALLOWED = {
     "top": {"data", "models", "unknown", "inference", "training", "dashboard", "spec", "serve", "export"},
 }
 NEVER_IMPORTED = {"dashboard", "spec", "serve"}  # only the CLI (and pawlab.serve) start them
+TOP_PACKAGES = {"cli"}  # the command line: a package at the top, beside demo and pawlab/__init__
 
 
 def layer(module: str) -> str:
@@ -60,6 +61,8 @@ def layer(module: str) -> str:
         return "top"
     if parts[1] in LEAVES:
         return "leaf"
+    if parts[1] in TOP_PACKAGES:
+        return "top"
     if (PACKAGE / parts[1]).is_dir():
         return parts[1]
     return "top"
@@ -111,10 +114,27 @@ def test_the_rule_catches_an_inverted_import(tmp_path: Path) -> None:
     assert found == ["training", "models"]
     assert "training" not in ALLOWED["inference"] and "models" not in ALLOWED["data"]
     assert layer("pawlab.runlog") == "leaf" and layer("pawlab.cli") == "top"
+    assert layer("pawlab.cli.train") == "top"
 
 
 def test_every_subpackage_has_a_layer() -> None:
     packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
-    assert packages <= set(ALLOWED)
-    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__", "cli", "demo"}
+    assert packages <= set(ALLOWED) | TOP_PACKAGES
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__", "demo"}
     assert modules == LEAVES, "a new top-level module: a leaf (add it to LEAVES) or in a subpackage?"
+
+
+def in_cli(module: str) -> bool:
+    return module.split(".")[:2] == ["pawlab", "cli"]
+
+
+def test_only_the_command_line_imports_the_command_line() -> None:
+    """`pawlab.cli` calls the API; nothing in pawlab imports it but itself and ``python -m pawlab``."""
+    wrong = [
+        f"{path.relative_to(PACKAGE)}:{line} imports {target}"
+        for path in SOURCES
+        if not in_cli(module_name(path)) and module_name(path) != "pawlab.__main__"
+        for line, target in pawlab_imports(path)
+        if in_cli(target)
+    ]
+    assert not wrong, "; ".join(wrong)
