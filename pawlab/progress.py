@@ -222,17 +222,28 @@ def progress_bar(
     notebook's output. ``log_only``: lines in a log, and nothing on a terminal or in a notebook
     (a step their bars never showed)."""
     out = stream or sys.stderr
-    if not enabled:
+    notebook = enabled and out is sys.stderr and in_notebook()
+    terminal = enabled and not notebook and out.isatty()
+    if not enabled or (log_only and (notebook or terminal)):
         return tqdm(iterable, total=total, disable=True)
-    if out is sys.stderr and in_notebook():
-        if log_only:
-            return tqdm(iterable, total=total, disable=True)
+    if notebook:
         return _notebook_bar(iterable, total, desc, unit, leave)
-    if out.isatty():
-        if log_only:
-            return tqdm(iterable, total=total, disable=True)
+    if terminal:
         return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, file=out)
     return LineProgress(iterable, total, desc, unit, out)
+
+
+@contextmanager
+def closing(bar: Any) -> Iterator[Any]:
+    """``bar`` (a `progress_bar`) closed when the block ends; when the block fails, its lines in
+    a log end without a done line."""
+    try:
+        yield bar
+    except BaseException:
+        if isinstance(bar, LineProgress):
+            bar.stop()
+        raise
+    bar.close()
 
 
 @contextmanager
@@ -242,11 +253,7 @@ def stage(
     """A step with no bar of its own, in a log (`progress_bar` with ``log_only``): its lines while
     it lasts (done/total where it calls ``update``, else the time so far) and its done line; no
     done line when it fails."""
-    bar = progress_bar(total=total, desc=desc, unit=unit, enabled=enabled, stream=stream, log_only=True)
-    try:
+    with closing(
+        progress_bar(total=total, desc=desc, unit=unit, enabled=enabled, stream=stream, log_only=True)
+    ) as bar:
         yield bar
-    except BaseException:
-        if isinstance(bar, LineProgress):
-            bar.stop()
-        raise
-    bar.close()

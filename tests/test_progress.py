@@ -18,7 +18,7 @@ from tqdm.notebook import tqdm as notebook_tqdm
 
 from pawlab import progress
 from pawlab.errors import ConfigError
-from pawlab.progress import LineProgress, progress_bar, stage
+from pawlab.progress import LineProgress, closing, progress_bar, stage
 from tests.conftest import write_tree
 from tests.test_cli import TINY_TOML, pawlab
 
@@ -189,6 +189,23 @@ def test_a_stage_without_a_count_says_how_long_it_has_run_and_nothing_when_it_fa
         _wait_for(lambda: failing.getvalue(), "a line from the timer")
         raise ValueError
     assert "done" not in failing.getvalue()
+
+
+def test_a_bar_closed_by_a_failing_block_ends_without_a_done_line() -> None:
+    failing = io.StringIO()
+    with (
+        pytest.raises(KeyboardInterrupt),
+        closing(progress_bar(total=4, desc="features", stream=failing)) as bar,
+    ):
+        bar.interval = bar.first = 0.0
+        bar.update(2)
+        raise KeyboardInterrupt
+    assert "features: 2/4 img" in failing.getvalue() and "done" not in failing.getvalue()
+    ok = io.StringIO()
+    with closing(progress_bar(total=1, desc="features", stream=ok)) as bar:
+        bar.interval = bar.first = 0.0
+        bar.update(1)
+    assert "features: done, 1 img" in ok.getvalue()
 
 
 def test_a_log_only_stage_shows_nothing_on_a_terminal_and_nothing_when_disabled(

@@ -235,13 +235,12 @@ def _compact(
     src = np.load(arr_path, mmap_mode="r")
     dst = _new_array(new_path, int(keep.sum()), size)
     rows = np.flatnonzero(keep)
-    bar = progress_bar(total=len(rows), desc=f"dropping {why}", enabled=progress, log_only=True)
-    for start in range(0, len(rows), 1024):
-        chunk = rows[start : start + 1024]
-        dst[start : start + len(chunk)] = src[chunk]
-        bar.update(len(chunk))
-    dst.flush()
-    bar.close()
+    with stage(f"dropping {why}", total=len(rows), unit="img", enabled=progress) as bar:
+        for start in range(0, len(rows), 1024):
+            chunk = rows[start : start + 1024]
+            dst[start : start + len(chunk)] = src[chunk]
+            bar.update(len(chunk))
+        dst.flush()
     del dst, src
     arr_path.unlink()
     return new_path

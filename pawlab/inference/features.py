@@ -36,7 +36,7 @@ from pawlab.inference.engine import (
 )
 from pawlab.models.layers import BackboneEnsemble, Resized
 from pawlab.preprocessing import Preprocessing
-from pawlab.progress import progress_bar, stage
+from pawlab.progress import closing, progress_bar, stage
 
 FEATURES_VERSION = 2  # 2: one entry holds every view, and the precision is part of the key
 CHUNK = 2048  # rows of an ensemble's parts joined at a time
@@ -168,14 +168,12 @@ def _passes(
 
 
 def _counted(parts: Iterator[np.ndarray], total: int, what: str, progress: bool) -> Iterator[np.ndarray]:
-    """``parts`` as they come, each counted on a progress bar (or in a log's lines) by its rows."""
-    bar = progress_bar(total=total, desc=what, enabled=progress)
-    try:
+    """``parts`` as they come, each counted on a progress bar (or in a log's lines) by its rows;
+    no done line when the pass fails or its parts are not all taken."""
+    with closing(progress_bar(total=total, desc=what, enabled=progress)) as bar:
         for part in parts:
             yield part
             bar.update(len(part))
-    finally:
-        bar.close()
 
 
 def _views(

@@ -159,18 +159,17 @@ def resumed_run_dir(path: Path, training: TrainingRecord | None = None) -> Path:
 
 @dataclass(frozen=True)
 class _Source:
-    """Where a run's images come from and how they are read: `train`'s and `resume`'s data
-    arguments, loaded for a network's input (`load`)."""
+    """Where a run's images come from and how they are split and read: `train`'s and `resume`'s
+    data arguments, loaded for a network's input (`load`)."""
 
     data: str | os.PathLike[str] | Dataset
-    resize: str | None = None  # None: the network's own (`preprocessing_for`)
     val_fraction: float = 0.2
     layout: str = "auto"
     workers: int = 0
 
     def load(self, spec: list[LayerSpec], config: TrainConfig, resize: str, progress: bool) -> Dataset:
-        """The images at the network's input size and ``resize`` (the policy resolved from
-        ``self.resize``), split by the recipe's data seed; a loaded `Dataset` must match them."""
+        """The images at the network's input size and ``resize`` policy (its `Preprocessing`'s),
+        split by the recipe's data seed; a loaded `Dataset` must match them."""
         c, h, w = input_shape(spec)
         if h != w:
             raise ConfigError("size: non-square inputs are not supported by the data loader yet")
@@ -258,13 +257,15 @@ def train(
     run = run_dir_for(run_dir, out_path, arch)
     out_path = out_path or run / runlog.MODEL
     _check_fine_tune(config, spec)  # before anything is made
+    pre = preprocessing_for(spec, resize)  # a bad resize too
     with _claimed(out_path, run, fresh=True, overwrite=overwrite):
-        source = _Source(data, resize, val_fraction, layout, workers)
-        return _train(source, out_path, run, spec, config, callbacks, stream, runtime)
+        source = _Source(data, val_fraction, layout, workers)
+        return _train(source, pre, out_path, run, spec, config, callbacks, stream, runtime)
 
 
 def _train(
     source: _Source,
+    pre: Preprocessing,
     out_path: Path,
     run: Path,
     spec: list[LayerSpec],
@@ -273,7 +274,6 @@ def _train(
     stream: TextIO | None,
     runtime: RuntimeConfig,
 ) -> TrainResult:
-    pre = preprocessing_for(spec, source.resize)
     ds = source.load(spec, config, pre.resize, progress=runtime.progress)
     torch.manual_seed(config.seed)
     network = build(spec, num_classes=len(ds.classes))
@@ -353,7 +353,7 @@ def resume(
     spec, pre = card.architecture, Preprocessing.from_json(card.preprocessing or {})
     d = t.data
     given = data if data is not None else d["source"]
-    source = _Source(given, pre.resize, d["val_fraction"], layout_of(d.get("origin") or {}), workers)
+    source = _Source(given, d["val_fraction"], layout_of(d.get("origin") or {}), workers)
     ds = source.load(spec, config, pre.resize, progress=runtime.progress)
     if ds.classes != card.classes:
         raise ConfigError(f"data: classes {ds.classes} differ from the run's {card.classes}")
