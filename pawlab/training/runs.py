@@ -117,6 +117,7 @@ class _Run:
 
     ds: Dataset
     card: ModelCard  # what the model file says of itself (architecture, classes, recipe, ...)
+    pre: Preprocessing  # how images become the network's input (the card's, resolved)
     out: Path
     run_dir: Path
     callbacks: Sequence[Callback]
@@ -287,7 +288,7 @@ def _train(
         "validation_count": len(ds.validation),
     }
     card = _model_card(spec, ds.classes, pre, config, data_record, run)
-    return _fit_run(network, config, _Run(ds, card, out_path, run, callbacks, stream, runtime), None)
+    return _fit_run(network, config, _Run(ds, card, pre, out_path, run, callbacks, stream, runtime), None)
 
 
 @contextmanager
@@ -364,8 +365,9 @@ def resume(
     network = build(spec, num_classes=len(ds.classes), pretrained=False)  # the state has every weight
     network.load_state_dict(ck.model_state)  # before a frozen backbone's features are computed
     new_card = _model_card(spec, ds.classes, pre, config, d, run)
+    resumed = _Run(ds, new_card, pre, out_path, run, callbacks, stream, runtime)
     with _claimed(out_path, run, fresh=False, overwrite=True):
-        return _fit_run(network, config, _Run(ds, new_card, out_path, run, callbacks, stream, runtime), ck)
+        return _fit_run(network, config, resumed, ck)
 
 
 def _unfrozen(spec: Sequence[LayerSpec]) -> list[LayerSpec] | None:
@@ -413,11 +415,12 @@ def _fit_run(
     """The run: its sets, its callbacks and phases on one `Trainer`, and what came of it."""
     start = time.perf_counter()
     _check_fine_tune(config, run.card.architecture or [])
-    pre = Preprocessing.from_json(run.card.preprocessing or {})
-    train_set, val_set = _sets(network, run.ds, config, run.runtime, pre)
+    train_set, val_set = _sets(network, run.ds, config, run.runtime, run.pre)
     best = BestCheckpoint(run.out, config.monitor)  # one best score to beat, over every phase
     callbacks = _callbacks(config, run, best, fresh=resumed is None)
-    trainer = Trainer(network, train_set, val_set, config, pre, callbacks, run.card, run.stream, run.runtime)
+    trainer = Trainer(
+        network, train_set, val_set, config, run.pre, callbacks, run.card, run.stream, run.runtime
+    )
     if resumed is not None:
         trainer.load_checkpoint(resumed)
     done = trainer.run(_phases(config, run))
@@ -450,7 +453,7 @@ def _unfrozen_network(spec: list[LayerSpec], classes: int, head: torch.nn.Module
 
 
 def _callbacks(config: TrainConfig, run: _Run, best: BestCheckpoint, *, fresh: bool) -> list[Callback]:
-    v, pre = run.ds.validation, Preprocessing.from_json(run.card.preprocessing or {})
+    v, pre = run.ds.validation, run.pre
     cbs: list[Callback] = [
         RunDirectory(run.run_dir, run.out, run.ds, fresh),
         NaNGuard(),
