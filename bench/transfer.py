@@ -3,9 +3,10 @@
     .venv/bin/python bench/transfer.py throughput [--n 256] [--repeat 3]
     .venv/bin/python bench/transfer.py cv [--folds 5] [--seeds 0,1,2] [--candidates lite0,lite2,lite0+lite2]
     .venv/bin/python bench/transfer.py features [--data DIR,DIR] [--candidate lite2] [--seeds 0,1,2]
+    .venv/bin/python bench/transfer.py mirror [--data DIR,DIR] [--sizes 250,500,1000,2000] [--seeds 0,1,2]
     .venv/bin/python bench/transfer.py final [--candidates lite0+lite2]
     .venv/bin/python bench/transfer.py scale [--sizes 5000,25000,100000] [--work DIR] [--fp32-at 5000]
-        [--keep] [--seed 27] [--quick]
+        [--mirrored-at 25000] [--keep] [--seed 27] [--quick]
 
 ``throughput``: feature extraction images/s of each backbone on N photos already decoded at its
 size (the frozen trunk with batch-norms folded, as training computes features), fp32 and bf16,
@@ -24,6 +25,13 @@ flowers5's by default), the default head recipe trained on the K-1 folds' bf16 f
 their fp32 features, both scored on the K-th fold's fp32 features (exact inference), for every
 fold and seed; the mean differences against the issue's bounds (0.1 points, 0.002 log loss).
 
+``mirror``: what the mirrored views add to the default head, by the number of distinct training
+photos: on each training folder only, the recipe's head trained on both views and on the plain
+view alone, on the same seeded subsets (``--sizes``, capped at a fold's training part) of each
+fold's training part, both scored on the held-out fold's plain view; mean differences and their
+spread over seeds. (Why the mirrored views stop where the training split is large:
+`pawlab.training.presets`.)
+
 ``final``: for each candidate, as a user runs it, from a cold cache (a fresh
 ``PAWLAB_CACHE_DIR``): ``pawlab train train/ --backbone ...`` then ``pawlab evaluate`` on
 ``validation/``, wall time of both (prepare included: ``train`` packs the folder) and the
@@ -39,7 +47,8 @@ peak private memory of its process tree (the sum of ``RssAnon`` over it and its 
 every 0.2 s: mapped files' pages the kernel can drop do not count), each stage's images/s from
 its ``DESC: done, N UNIT in DURATION`` progress line ("?" where it printed none), and accuracy
 and log loss on the 1,000 ``validation/`` photos, never in a set. At --fp32-at, also
-``--precision fp32``, and the difference. Then the issue's goals, met or not, beside the CPU
+``--precision fp32``; at --mirrored-at, also ``--augment flip`` (the mirrored views the recipe
+leaves out of large sets); and the differences. Then the issue's goals, met or not, beside the CPU
 class. Logs stay in --work/runs; caches and models only with --keep. The disk is checked first.
 """
 
@@ -156,9 +165,13 @@ def _head_scores(
     folds: int,
     seed: int,
     judged_on: np.ndarray | None = None,
+    train_size: int | None = None,
+    epochs: int | None = None,
 ) -> tuple[float, float]:
     """(log loss, accuracy) of the recipe's head over ``folds`` folds of (N, views, F) features:
-    trained on ``feats``, scored on the held-out fold of ``judged_on`` (default ``feats``)."""
+    trained on ``feats`` (on a seeded ``train_size`` of each fold's training part, where given),
+    scored on the held-out fold of ``judged_on`` (default ``feats``); ``epochs``: the recipe's
+    unless given."""
     judged = feats if judged_on is None else judged_on
     classes = int(labels.max()) + 1
     rng = np.random.default_rng(seed)
@@ -167,10 +180,13 @@ def _head_scores(
     fold_of[order] = np.arange(len(labels)) % folds
     probs = np.zeros((len(labels), classes))
     pre = preprocessing_for(spec)
-    config = TRANSFER.with_(seed=seed)
+    config = TRANSFER.with_(seed=seed, epochs=epochs or TRANSFER.epochs)
     names = [str(c) for c in range(classes)]
     for k in range(folds):
         tr, te = fold_of != k, fold_of == k
+        if train_size is not None:  # (N,) bool: a seeded subset of the fold's training part
+            keep = rng.permutation(np.flatnonzero(tr))[:train_size]
+            tr = np.isin(np.arange(len(labels)), keep)
         net = build(spec, classes, pretrained=False)
         ids = np.array([str(i) for i in range(len(labels))])
         train_set = FeatureSet(feats[tr], labels[tr], list(ids[tr]), names)
@@ -271,6 +287,64 @@ def _print_precision_rows(
     print(
         f"  bf16 - fp32: log loss {d_ll:+.4f} (goal within {FEATURES_MAX_LOG_LOSS}), accuracy "
         f"{d_acc:+.2f} points (goal within {FEATURES_MAX_ACCURACY_POINTS}): {'met' if ok else 'NOT met'}"
+    )
+
+
+# ---------------------------------------------------------------- mirrored views vs training size
+
+
+def mirror_curve(args: argparse.Namespace) -> None:
+    """What the mirrored views add to the head, by the number of distinct training photos: the
+    recipe's head trained with both views and with the plain view only, on the same seeded
+    subsets of each fold's training part, scored on the held-out fold's plain view; the features
+    are the ones `pawlab train` computes on this CPU (bf16 where it is fast)."""
+    print(f"CPU: {cpu()}")
+    bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    for data in args.data.split(","):
+        spec = transfer_architecture(backbones(args.candidate))
+        images, labels = _photos(spec, Path(data))
+        trunk, pre = build(spec, int(labels.max()) + 1).trunk, preprocessing_for(spec)
+        feats = trunk_features(
+            trunk, images, pre, CPU, views=("plain", "flip"), bf16=bf16, compile=True, progress=False
+        )
+        whole = len(labels) + (-len(labels) // args.folds)  # the smallest fold's training part
+        sizes = sorted({min(int(n), whole) for n in args.sizes.split(",")})
+        seeds = [int(s) for s in args.seeds.split(",")]
+        print(
+            f"{data} ({len(labels)} photos, {args.candidate}, {'bf16' if bf16 else 'fp32'} features), "
+            f"{args.folds} folds x seeds {args.seeds}: mirrored minus plain, on held-out folds"
+        )
+        print(
+            f"  {'train':>6} {'plain ll':>9} {'mirror ll':>9} {'d ll':>8} {'(sd)':>7} {'plain acc':>9} "
+            f"{'mirror acc':>10} {'d pts':>6} {'(sd)':>5}   plain at 2x epochs: {'d ll':>8} {'d pts':>6}"
+        )
+        for n in sizes:
+            _mirror_row(spec, feats, labels, args.folds, seeds, n)
+
+
+def _mirror_row(
+    spec: list, feats: np.ndarray, labels: np.ndarray, folds: int, seeds: list[int], n: int
+) -> None:
+    """One training size: the plain view, both views, and the plain view for twice the epochs
+    (both views take as many steps as the plain one: a random view per image and epoch; the
+    last column says what more steps alone would buy)."""
+    plain = [_head_scores(spec, feats[:, :1], labels, folds, s, feats, n) for s in seeds]
+    both = [_head_scores(spec, feats, labels, folds, s, feats, n) for s in seeds]
+    longer = [
+        _head_scores(spec, feats[:, :1], labels, folds, s, feats, n, 2 * (TRANSFER.epochs or 1))
+        for s in seeds
+    ]
+    d_ll = [b[0] - a[0] for a, b in zip(plain, both, strict=True)]
+    d_acc = [100 * (b[1] - a[1]) for a, b in zip(plain, both, strict=True)]
+    l_ll = statistics.mean(b[0] - a[0] for a, b in zip(plain, longer, strict=True))
+    l_acc = statistics.mean(100 * (b[1] - a[1]) for a, b in zip(plain, longer, strict=True))
+    print(
+        f"  {n:>6} {statistics.mean(p[0] for p in plain):9.4f} {statistics.mean(b[0] for b in both):9.4f} "
+        f"{statistics.mean(d_ll):+8.4f} {statistics.pstdev(d_ll):7.4f} "
+        f"{statistics.mean(p[1] for p in plain):9.2%} {statistics.mean(b[1] for b in both):10.2%} "
+        f"{statistics.mean(d_acc):+6.2f} {statistics.pstdev(d_acc):5.2f}   "
+        f"{'':>19}{l_ll:+8.4f} {l_acc:+6.2f}",
+        flush=True,
     )
 
 
@@ -481,11 +555,20 @@ class PeakMemory:
         return self.peak
 
 
+# how each run's command differs from `pawlab train SET --backbone`
+VARIANTS = {
+    "auto": ["--precision", "auto"],  # bf16 where fast: the default
+    "fp32": ["--precision", "fp32"],
+    # the mirrored views the recipe leaves out of large sets (`TRANSFER.mirror_below`)
+    "mirrored": ["--precision", "auto", "--augment", "flip"],
+}
+
+
 @dataclass
 class ScaleRun:
     """One ``pawlab train --backbone`` of a set and what came of it."""
 
-    precision: str  # --precision: auto (bf16 where fast) or fp32
+    variant: str  # a name of VARIANTS
     n: int
     folder: Path
     seconds: float = 0.0
@@ -496,7 +579,7 @@ class ScaleRun:
 
     @property
     def label(self) -> str:
-        return f"{self.n:,} {self.precision}"
+        return f"{self.n:,} {self.variant}"
 
     @property
     def log(self) -> Path:
@@ -633,11 +716,11 @@ def _rate(value: float | None) -> str:
 
 def scale_table(runs: list[ScaleRun]) -> None:
     names = list(dict.fromkeys(name for run in runs for name in run.stages))
-    head = f"{'images':>8} {'precision':<9} {'wall':>7} {'peak private':>12}"
+    head = f"{'images':>8} {'variant':<9} {'wall':>7} {'peak private':>12}"
     head += "".join(f" {name[:12] + ' img/s':>18}" for name in names)
     print(head + f" {'accuracy':>9} {'log loss':>9}")
     for run in runs:
-        row = f"{run.n:>8,} {run.precision:<9} {run.seconds:6.0f}s {run.peak / GIB:8.2f} GiB"
+        row = f"{run.n:>8,} {run.variant:<9} {run.seconds:6.0f}s {run.peak / GIB:8.2f} GiB"
         row += "".join(f" {_rate(run.stages.get(name)):>18}" for name in names)
         scored = run.held_back
         row += f" {scored[0]:9.2%} {scored[1]:9.4f}" if isinstance(scored, tuple) else f"  {scored}"
@@ -655,7 +738,7 @@ def scale_goals(runs: list[ScaleRun], fast: bool) -> None:
     limit = GOAL_FAST if fast else GOAL_AVX2
     kind = "fast bf16" if fast else "no fast bf16: AVX2-only"
     for run in runs:
-        if run.n == GOAL_SIZE and run.precision == "auto":
+        if run.n == GOAL_SIZE and run.variant == "auto":
             took = "failed" if run.failure else f"{run.seconds:.0f} s"
             print(
                 f"  {GOAL_SIZE:,} photos trained in at most {limit:.0f} s ({kind}): {took}, "
@@ -666,22 +749,24 @@ def scale_goals(runs: list[ScaleRun], fast: bool) -> None:
             f"  peak private memory at most {GOAL_MEMORY / GIB:.0f} GiB, {run.label}: "
             f"{run.peak / GIB:.2f} GiB, {_met(run.peak <= GOAL_MEMORY and not run.failure)}"
         )
-    by = {(run.n, run.precision): run.held_back for run in runs}
-    for (n, label), fp32 in by.items():
+    by = {(run.n, run.variant): run.held_back for run in runs}
+    for (n, label), other in by.items():
         default = by.get((n, "auto"))
-        if label != "fp32" or not isinstance(fp32, tuple) or not isinstance(default, tuple):
+        if label == "auto" or not isinstance(other, tuple) or not isinstance(default, tuple):
             continue
-        points, loss = (default[0] - fp32[0]) * 100, default[1] - fp32[1]
+        points, loss = (default[0] - other[0]) * 100, default[1] - other[1]
         print(
-            f"  held-back accuracy at {n:,}, auto - fp32: {points:+.2f} points (goal within "
+            f"  held-back accuracy at {n:,}, auto - {label}: {points:+.2f} points (goal within "
             f"{GOAL_ACCURACY_POINTS}): {_met(abs(points) <= GOAL_ACCURACY_POINTS)}; log loss "
             f"{loss:+.4f} (goal within {GOAL_LOG_LOSS}): {_met(abs(loss) <= GOAL_LOG_LOSS)}"
         )
 
 
 def scale(args: argparse.Namespace) -> None:
-    sizes = sorted({int(s) for s in args.sizes.split(",")} | ({args.fp32_at} if args.fp32_at else set()))
-    runs = [n for n in sizes for _ in range(2 if n == args.fp32_at else 1)]
+    extra = {"fp32": args.fp32_at, "mirrored": args.mirrored_at}
+    sizes = sorted({int(s) for s in args.sizes.split(",")} | {n for n in extra.values() if n})
+    variants = {n: ["auto", *(name for name, at in extra.items() if at == n)] for n in sizes}
+    runs = [n for n in sizes for _ in variants[n]]
     pool = args.work / "photos"
     disk = check_disk(args.work, runs, args.keep, max(0, sizes[-1] - max(0, _pool_count(pool, args.seed))))
     print(f"CPU: {cpu_class()}\n{disk}", flush=True)
@@ -699,9 +784,9 @@ def scale(args: argparse.Namespace) -> None:
         photos = link_set(pool, args.work / f"set-{n}", n, args.seed)
         for f in photos.glob("*.jpg"):  # every run finds its source in the page cache
             f.read_bytes()
-        for precision in ("auto", "fp32") if n == args.fp32_at else ("auto",):
-            run = ScaleRun(precision, n, args.work / "runs" / f"{n}-{precision}")
-            done.append(scale_run(run, photos, ["--precision", precision], args.keep))
+        for variant in variants[n]:
+            run = ScaleRun(variant, n, args.work / "runs" / f"{n}-{variant}")
+            done.append(scale_run(run, photos, VARIANTS[variant], args.keep))
     print(f"\npawlab train SET --backbone, whole command, on {cpu_class()}:")
     scale_table(done)
     scale_goals(done, bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
@@ -726,22 +811,35 @@ def main() -> None:
     fp.add_argument("--candidate", default="lite2")
     fp.add_argument("--folds", type=int, default=5)
     fp.add_argument("--seeds", default="0,1,2")
+    m = sub.add_parser("mirror")
+    m.add_argument("--data", default=f"{PHOTOS / 'train'},{FLOWERS / 'train'}")
+    m.add_argument("--candidate", default="lite2")
+    m.add_argument("--sizes", default="250,500,1000,2000,100000", help="training photos per fold")
+    m.add_argument("--folds", type=int, default=5)
+    m.add_argument("--seeds", default="0,1,2")
     f = sub.add_parser("final")
     f.add_argument("--candidates", default="lite0,lite2,lite0+lite2")
     s = sub.add_parser("scale")
     s.add_argument("--sizes", default="5000,25000,100000", help="images per set, comma-separated")
     s.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "pawlab-bench-scale")
     s.add_argument("--fp32-at", type=int, default=5000, help="also train this size in fp32 (0: none)")
+    s.add_argument(
+        "--mirrored-at",
+        type=int,
+        default=25_000,
+        help="also train this size with mirrored views, which the recipe leaves out there (0: none)",
+    )
     s.add_argument("--keep", action="store_true", help="keep every run's caches, run folder and model")
     s.add_argument("--seed", type=int, default=27, help="of the photos made for the sets")
     s.add_argument("--quick", action="store_true", help="to check the script: --sizes 200,400 --fp32-at 200")
     args = p.parse_args()
     if args.what == "scale" and args.quick:
-        args.sizes, args.fp32_at = "200,400", 200
+        args.sizes, args.fp32_at, args.mirrored_at = "200,400", 200, 400
     modes = {
         "throughput": throughput,
         "cv": cross_validate,
         "features": features_precision,
+        "mirror": mirror_curve,
         "final": final,
         "scale": scale,
     }

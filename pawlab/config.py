@@ -161,6 +161,9 @@ class TrainConfig:
     seed: int = 0  # the initialisation, shuffling and augmentation; also the split unless split_seed
     split_seed: int | None = None  # the train/validation split (None: seed), to re-initialise on one split
     cache_features: bool = True  # a frozen backbone's features are computed once and cached
+    # with cached features and flips: the mirrored views are computed only while the training
+    # split has fewer images than this (None: always); they double the feature pass
+    mirror_below: int | None = None
     # fastai's fine_tune: after the head is trained on a frozen backbone, this many epochs with
     # the backbone unfrozen (at `fine_tune_lr`, spread as `lr_spread` says)
     fine_tune_epochs: int = 0
@@ -213,6 +216,8 @@ class TrainConfig:
         )
         if self.patience is not None:
             _check(self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
+        if self.mirror_below is not None:
+            _check(self.mirror_below >= 1, "mirror_below", f"must be >= 1, got {self.mirror_below}")
         _check(self.fine_tune_epochs >= 0, "fine_tune_epochs", f"must be >= 0, got {self.fine_tune_epochs}")
         _check(
             self.fine_tune_lr is None or (math.isfinite(self.fine_tune_lr) and self.fine_tune_lr > 0),
@@ -240,6 +245,11 @@ class TrainConfig:
         if self.weight_decay is not None:
             return self.weight_decay
         return OPTIMIZERS.get(self.optimizer).weight_decay
+
+    def mirrored_views(self, train_images: int) -> bool:
+        """Whether a frozen backbone's cached features of ``train_images`` training images
+        include their mirrors (a random one of the two views per image and epoch)."""
+        return self.augment.flip and (self.mirror_below is None or train_images < self.mirror_below)
 
     def with_(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)

@@ -417,6 +417,17 @@ def test_parse_args_knows_which_flags_were_given() -> None:
     assert parse_args(["train", "data", "--backbone", "efficientnet_lite0"]).backbone == "efficientnet_lite0"
 
 
+def test_the_backbone_recipe_mirrors_below_its_size_unless_flips_are_asked_for() -> None:
+    from pawlab.cli import parse_args
+    from pawlab.cli.train import _recipe
+    from pawlab.training.presets import TRANSFER
+
+    _, config, _ = _recipe(parse_args(["train", "data", "--backbone"]))
+    assert config.augment.flip and config.mirror_below == TRANSFER.mirror_below is not None
+    _, config, _ = _recipe(parse_args(["train", "data", "--backbone", "--augment", "flip"]))
+    assert config.augment.flip and config.mirror_below is None and config.mirrored_views(10**6)
+
+
 def test_exit_codes(tmp_path: Path) -> None:
     """2 for usage and configuration errors, 1 for data, model-file and worker errors."""
     usage = pawlab("train", tmp_path, "--optimizer", "lbfgs")

@@ -111,6 +111,8 @@ def _recipe(args: argparse.Namespace) -> tuple[Any, TrainConfig, int | None]:
             if getattr(args, flag) is not None and not args.fine_tune:
                 raise ConfigError(f"--{flag.replace('_', '-')} needs --fine-tune")
         changes = _recipe_changes(args)
+        if "augment" in args.given:  # flips the user asks for are mirrored views at any size
+            changes["mirror_below"] = None
         if args.fine_tune:
             changes["fine_tune_epochs"] = args.fine_tune_epochs or 1
             if args.fine_tune_lr is not None:

@@ -23,7 +23,7 @@ from PIL import Image
 from pawlab import checkpoint, runlog
 from pawlab.atomic import atomic_write, atomic_write_text
 from pawlab.checkpoint import TrainingRecord
-from pawlab.config import MONITORS
+from pawlab.config import MONITORS, TrainConfig
 from pawlab.data import Dataset
 from pawlab.data.datasets import untrained_classes, untrained_warning
 from pawlab.errors import ConfigError, TrainingDiverged
@@ -304,13 +304,20 @@ class RunDirectory(Callback):
         feats = trainer.train_set
         head = ""
         if isinstance(feats, FeatureSet):
-            head = f"; head on cached backbone features ({feats.precision})"
+            head = f"; head on cached backbone features ({feats.precision}{_unmirrored(config, feats)})"
         return (
             f"{phase}training {len(ds.train)} images ({', '.join(ds.classes)}), validating on "
             f"{len(ds.validation)}, {c}x{h}x{w} on {where}{' bf16' if trainer.bf16 else ''}, "
             f"{config.optimizer} lr {config.learning_rate:g}{spread} ({config.schedule}), "
             f"augment {config.augment.describe()}{head}; run: {self.run_dir}"
         )
+
+
+def _unmirrored(config: TrainConfig, feats: FeatureSet) -> str:
+    """Why flips are asked for but the features have one view: the recipe's `mirror_below`."""
+    if not config.augment.flip or config.mirror_below is None or feats.images.shape[1] > 1:  # (N, views, F)
+        return ""
+    return f", no mirrored views from {config.mirror_below:,} training images"
 
 
 class MetricsLog(Callback):

@@ -479,14 +479,14 @@ def _sets(
     network: Network, ds: Dataset, config: TrainConfig, rt: RuntimeConfig, pre: Preprocessing
 ) -> tuple[ImageSet, ImageSet]:
     """The training and validation sets: with a frozen backbone first, as its cached features
-    (`FeatureSet`, mirrored too when augmenting with flips); the images themselves when there
-    is no frozen trunk, or augmentations other than flips."""
+    (`FeatureSet`, mirrored too when augmenting with flips, as `TrainConfig.mirrored_views`
+    says); the images themselves when there is no frozen trunk, or augmentations other than flips."""
     aug = config.augment
     if network.trunk_length is None or not config.cache_features or replace(aug, flip=False).enabled:
         return ds.train, ds.validation
     device = resolve_device(rt.device)
     trunk = network.trunk.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    views = ("plain", "flip") if aug.flip else ("plain",)
+    views = ("plain", "flip") if config.mirrored_views(len(ds.train)) else ("plain",)
     # bf16 where it is fast (the head learns from them as well as from fp32's: bench/transfer.py
     # features), compiled for long jobs
     bf16 = use_bf16(rt.precision, device)

@@ -444,6 +444,31 @@ def test_frozen_backbone_head_trains_on_cached_features(
     assert HEAD_LOG in log and len(again.history) == 1
 
 
+@pytest.mark.parametrize(("mirror_below", "views"), [(None, 2), (6, 1)])
+def test_flips_cache_mirrored_views_only_below_the_recipes_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mirror_below: int | None, views: int
+) -> None:
+    from pawlab.data.cache import cache_root
+
+    monkeypatch.setenv("PAWLAB_CACHE_DIR", str(tmp_path / "cache"))
+    src = write_tree(tmp_path / "src", {"cat": 6, "dog": 6})  # 9 or 10 training images
+    config = TrainConfig(epochs=1, augment=AugmentConfig(flip=True), mirror_below=mirror_below)
+    _, log = _transfer(src, tmp_path / "m.safetensors", config, QUIET.with_(precision="fp32"))
+    shapes = sorted(np.load(f, mmap_mode="r").shape for f in cache_root().glob("features/*/features.npy"))
+    assert [s[1] for s in shapes] == [1, views]  # (N, views, F): validation's, training's
+    assert HEAD_LOG in log
+    assert ("no mirrored views from 6 training images" in log) == (views == 1)
+
+
+def test_mirror_below_is_a_positive_number_of_images() -> None:
+    flips = TrainConfig(augment=AugmentConfig(flip=True), mirror_below=10_000)
+    assert flips.mirrored_views(9_999) and not flips.mirrored_views(10_000)
+    assert flips.with_(mirror_below=None).mirrored_views(10**6)
+    assert not TrainConfig(mirror_below=10_000).mirrored_views(10)  # no flips, no mirrors
+    with pytest.raises(ConfigError, match="mirror_below: must be >= 1, got 0"):
+        TrainConfig(mirror_below=0)
+
+
 def test_pixel_augmentation_runs_the_frozen_backbone(tmp_path: Path) -> None:
     from pawlab.models.backbones import load_backbone
 
