@@ -48,7 +48,11 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(
     _peak_numpy_bytes(tmp_path / "first", 10)  # what a process allocates once (imports, weights)
     small = _peak_numpy_bytes(tmp_path / "small", 40)
     large = _peak_numpy_bytes(tmp_path / "large", 160)
+    per_photo = SIZE * SIZE * 3 + 2 * 1280 * 4  # a packed image and its two views' features
     extra = 2 * (160 - 40)  # photos
-    held = extra * (SIZE * SIZE * 3 + 2 * 1280 * 4)  # what holding them and their features would add
+    held = extra * per_photo  # what holding them and their features would add
     # names, labels and the manifest's rows grow with the set: about a kilobyte a photo
     assert large - small < 0.1 * held, f"peak grew by {(large - small) / 2**20:.1f} MiB for {extra} photos"
+    # and a limit the large set cannot fit in: half of what its images and features alone take
+    limit = 2 * 160 * per_photo // 2
+    assert large < limit, f"peak {large / 2**20:.1f} MiB, over {limit / 2**20:.1f} MiB for {2 * 160} photos"
