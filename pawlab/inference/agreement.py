@@ -188,7 +188,7 @@ def check_agreement(
     (N, K): fp32's, when already known. ``progress``: each pass's lines in a log (no bar).
     Both passes run the network as inference does (`folded`): fp32 inference is the folded
     network too, and eager fp32 runs it faster than with its batch-norms (EfficientNet-Lite2 at
-    260x260 on 2 cores: about 1.15x)."""
+    260x260, 1,000 photos on 2 cores: 18-24 s, against 20-34 s)."""
     check = partial(
         predict_outputs, pre=pre, device=device, batch_size=batch_size, progress=progress, log_only=True
     )
