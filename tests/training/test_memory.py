@@ -54,5 +54,6 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(
     # names, labels and the manifest's rows grow with the set: about a kilobyte a photo
     assert large - small < 0.1 * held, f"peak grew by {(large - small) / 2**20:.1f} MiB for {extra} photos"
     # and a limit the large set cannot fit in: half of what its images and features alone take
-    limit = 2 * 160 * per_photo // 2
-    assert large < limit, f"peak {large / 2**20:.1f} MiB, over {limit / 2**20:.1f} MiB for {2 * 160} photos"
+    photos = 2 * 160
+    limit = photos * per_photo // 2
+    assert large < limit, f"peak {large / 2**20:.1f} MiB, over {limit / 2**20:.1f} MiB for {photos} photos"
