@@ -3,6 +3,7 @@
     .venv/bin/python bench/transfer.py throughput [--n 256] [--repeat 3]
     .venv/bin/python bench/transfer.py cv [--folds 5] [--seeds 0,1,2] [--candidates lite0,lite2,lite0+lite2]
     .venv/bin/python bench/transfer.py features [--data DIR,DIR] [--candidate lite2] [--seeds 0,1,2]
+        [--routes "torch bf16,onnxruntime int8"]
     .venv/bin/python bench/transfer.py mirror [--data DIR,DIR] [--sizes 250,500,1000,2000] [--seeds 0,1,2]
     .venv/bin/python bench/transfer.py final [--candidates lite0+lite2]
     .venv/bin/python bench/transfer.py scale [--sizes 5000,25000,100000] [--work DIR] [--fp32-at 5000]
@@ -19,11 +20,13 @@ photos (cached), then the default head recipe (`pawlab.training.presets.TRANSFER
 K-1 folds by pawlab's loop and scored on the K-th, for every fold and seed. The validation
 folder is not read.
 
-``features`` (issue 27): training features in bf16 (compiled) where the CPU has fast bf16, as
-``pawlab train`` computes them, against fp32: on each training folder only (cats/dogs' and
-flowers5's by default), the default head recipe trained on the K-1 folds' bf16 features and on
+``features`` (issues 25 and 27): training features by each of --routes (torch bf16, compiled,
+as ``pawlab train`` computes them where the CPU has fast bf16; onnxruntime int8, calibrated on
+300 of the photos) against torch fp32: on each training folder only (cats/dogs' and flowers5's
+by default), the default head recipe trained on the K-1 folds' features of the route and on
 their fp32 features, both scored on the K-th fold's fp32 features (exact inference), for every
-fold and seed; the mean differences against the issue's bounds (0.1 points, 0.002 log loss).
+fold and seed; the mean differences against issue 27's bounds (0.1 points, 0.002 log loss),
+each route's images/s and its features' distance from fp32's.
 
 ``mirror``: what the mirrored views add to the default head, by the number of distinct training
 photos: on each training folder only, the recipe's head trained on both views and on the plain
@@ -86,7 +89,9 @@ from pawlab import runlog  # noqa: E402
 from pawlab.config import DataConfig, RuntimeConfig  # noqa: E402
 from pawlab.data import load_dataset  # noqa: E402
 from pawlab.inference.engine import Compiled, array_batches, folded, run_batches  # noqa: E402
-from pawlab.inference.features import trunk_features  # noqa: E402
+from pawlab.inference.feature_routes import calibration_rows  # noqa: E402
+from pawlab.inference.features import TORCH_FP32, trunk_features  # noqa: E402
+from pawlab.inference.routes import Route  # noqa: E402
 from pawlab.models import build, preprocessing_for, transfer_architecture  # noqa: E402
 from pawlab.runtime import cpu_class  # noqa: E402
 from pawlab.training.loop import FeatureSet, Trainer  # noqa: E402
@@ -251,44 +256,69 @@ FEATURES_MAX_LOG_LOSS = 0.002
 
 
 def features_precision(args: argparse.Namespace) -> None:
-    """The head trained on bf16 (compiled) features against the head trained on fp32 ones, both
-    judged on the held-out fold's fp32 features (what exact inference computes), fold by fold
-    and seed by seed on a training folder only."""
+    """The head trained on each route's features (``--routes``: torch bf16, compiled, as training
+    computes them where the CPU has fast bf16; onnxruntime int8, calibrated on 300 of the photos)
+    against the head trained on fp32 ones, all judged on the held-out fold's fp32 features (what
+    exact inference computes), fold by fold and seed by seed on a training folder only; with
+    each route's images/s and how far its features are from fp32's."""
     print(f"CPU: {cpu()}")
+    routes = [Route.parse(r) for r in args.routes.split(",")]
     for data in args.data.split(","):
         spec = transfer_architecture(backbones(args.candidate))
         images, labels = _photos(spec, Path(data))
         trunk, pre = build(spec, int(labels.max()) + 1).trunk, preprocessing_for(spec)
         views = ("plain", "flip") if TRANSFER.augment.flip else ("plain",)
+        calibration = images[calibration_rows(len(images))]
         feats = {}
-        for precision in ("fp32", "bf16"):
+        for route in [TORCH_FP32, *routes]:
             start = time.perf_counter()
-            feats[precision] = trunk_features(
-                trunk, images, pre, CPU, views=views, bf16=precision == "bf16", compile=True, progress=False
-            )
+            feats[str(route)] = trunk_features(
+                trunk, images, pre, CPU, views=views, route=route, calibration=calibration, compile=True,
+                progress=False,
+            )  # fmt: skip
             took = time.perf_counter() - start
-            print(f"  {data}: {precision} compiled features of {len(images)} photos, {took:.0f}s")
-        rows = []
-        for seed in (int(s) for s in args.seeds.split(",")):
-            fp32 = _head_scores(spec, feats["fp32"], labels, args.folds, seed)
-            bf16 = _head_scores(spec, feats["bf16"], labels, args.folds, seed, judged_on=feats["fp32"])
-            rows.append((fp32, bf16))
-        _print_precision_rows(data, args.candidate, len(labels), rows)
+            dist = _feature_distance(feats[str(route)], feats[str(TORCH_FP32)])
+            print(
+                f"  {data}: {route} features of {len(images)} photos x {len(views)} views, {took:.0f}s "
+                f"({len(images) * len(views) / took:.0f} img/s, including making the graph); "
+                f"distance from fp32's (relative L2 per image): median {np.median(dist):.4f}, "
+                f"largest {dist.max():.4f}",
+                flush=True,
+            )
+        seeds = [int(s) for s in args.seeds.split(",")]
+        exact = {seed: _head_scores(spec, feats[str(TORCH_FP32)], labels, args.folds, seed) for seed in seeds}
+        for route in routes:
+            rows = []
+            for seed in seeds:
+                fp32 = exact[seed]
+                fast = _head_scores(
+                    spec, feats[str(route)], labels, args.folds, seed, judged_on=feats[str(TORCH_FP32)]
+                )
+                rows.append((fp32, fast))
+            _print_precision_rows(data, args.candidate, len(labels), str(route), rows)
+
+
+def _feature_distance(test: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """(N,) per image: the L2 distance of ``test``'s features (N, views, F) from ``ref``'s,
+    relative to ``ref``'s norm (the plain view)."""
+    a, b = test[:, 0], ref[:, 0]
+    return np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-12)
 
 
 def _print_precision_rows(
-    data: str, candidate: str, n: int, rows: list[tuple[tuple[float, float], tuple[float, float]]]
+    data: str, candidate: str, n: int, route: str, rows: list[tuple[tuple[float, float], tuple[float, float]]]
 ) -> None:
-    print(f"{data} ({n} photos, {candidate}): head trained on fp32 / bf16 features, judged on fp32 ones")
-    print(f"  {'seed':>4} {'fp32 log loss':>14} {'bf16 log loss':>14} {'fp32 acc':>9} {'bf16 acc':>9}")
+    print(f"{data} ({n} photos, {candidate}): head trained on fp32 / {route} features, judged on fp32 ones")
+    print(f"  {'seed':>4} {'fp32 log loss':>14} {'fast log loss':>14} {'fp32 acc':>9} {'fast acc':>9}")
     for i, ((ll32, acc32), (ll16, acc16)) in enumerate(rows):
         print(f"  {i:>4} {ll32:14.4f} {ll16:14.4f} {acc32:9.2%} {acc16:9.2%}")
     d_ll = statistics.mean(b[0] - a[0] for a, b in rows)
     d_acc = 100 * statistics.mean(b[1] - a[1] for a, b in rows)
     ok = abs(d_ll) <= FEATURES_MAX_LOG_LOSS and abs(d_acc) <= FEATURES_MAX_ACCURACY_POINTS
     print(
-        f"  bf16 - fp32: log loss {d_ll:+.4f} (goal within {FEATURES_MAX_LOG_LOSS}), accuracy "
-        f"{d_acc:+.2f} points (goal within {FEATURES_MAX_ACCURACY_POINTS}): {'met' if ok else 'NOT met'}"
+        f"  {route} - fp32: log loss {d_ll:+.4f} (goal within {FEATURES_MAX_LOG_LOSS}), accuracy "
+        f"{d_acc:+.2f} points (goal within {FEATURES_MAX_ACCURACY_POINTS}): {'met' if ok else 'NOT met'}",
+        flush=True,
     )
 
 
@@ -301,19 +331,19 @@ def mirror_curve(args: argparse.Namespace) -> None:
     subsets of each fold's training part, scored on the held-out fold's plain view; the features
     are the ones `pawlab train` computes on this CPU (bf16 where it is fast)."""
     print(f"CPU: {cpu()}")
-    bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    route = Route("torch", "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32")
     for data in args.data.split(","):
         spec = transfer_architecture(backbones(args.candidate))
         images, labels = _photos(spec, Path(data))
         trunk, pre = build(spec, int(labels.max()) + 1).trunk, preprocessing_for(spec)
         feats = trunk_features(
-            trunk, images, pre, CPU, views=("plain", "flip"), bf16=bf16, compile=True, progress=False
+            trunk, images, pre, CPU, views=("plain", "flip"), route=route, compile=True, progress=False
         )
         whole = len(labels) + (-len(labels) // args.folds)  # the smallest fold's training part
         sizes = sorted({min(int(n), whole) for n in args.sizes.split(",")})
         seeds = [int(s) for s in args.seeds.split(",")]
         print(
-            f"{data} ({len(labels)} photos, {args.candidate}, {'bf16' if bf16 else 'fp32'} features), "
+            f"{data} ({len(labels)} photos, {args.candidate}, {route.precision} features), "
             f"{args.folds} folds x seeds {args.seeds}: mirrored minus plain, on held-out folds"
         )
         print(
@@ -834,6 +864,9 @@ def main() -> None:
     fp.add_argument("--candidate", default="lite2")
     fp.add_argument("--folds", type=int, default=5)
     fp.add_argument("--seeds", default="0,1,2")
+    fp.add_argument(
+        "--routes", default="torch bf16,onnxruntime int8", help="comma-separated, each against fp32"
+    )
     m = sub.add_parser("mirror")
     m.add_argument("--data", default=f"{PHOTOS / 'train'},{FLOWERS / 'train'}")
     m.add_argument("--candidate", default="lite2")

@@ -120,10 +120,29 @@ class AugmentConfig:
         return ",".join(parts) or "none"
 
 
-PRECISIONS = ("auto", "fp32", "bf16")  # training's
-# what runs a trained model's images (`pawlab.inference.routes`): a runtime and a precision
+# training's: int8 is a frozen backbone's features only (in onnxruntime), the head trains in fp32
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+# what runs a trained model's images (`pawlab.inference.routes`), and a frozen backbone's in
+# training (`pawlab.inference.feature_routes`): a runtime and a precision
 INFERENCE_RUNTIMES = ("auto", "torch", "onnxruntime")
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "int8")
+
+
+def check_route(runtime: str, precision: str, device: str) -> None:
+    """A one-line `ConfigError` for a runtime or precision pawlab does not know, or a pair that
+    cannot run: int8 in torch, bf16 in onnxruntime, onnxruntime on a GPU."""
+    if runtime not in INFERENCE_RUNTIMES:
+        raise ConfigError(f"runtime: must be one of {', '.join(INFERENCE_RUNTIMES)}, got {runtime!r}")
+    if precision not in INFERENCE_PRECISIONS:
+        raise ConfigError(f"precision: must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}")
+    if runtime == "torch" and precision == "int8":
+        raise ConfigError("precision int8 runs in onnxruntime: use --runtime onnxruntime (or auto)")
+    if runtime == "onnxruntime" and precision == "bf16":
+        raise ConfigError("precision bf16 runs in torch: use --runtime torch (or auto)")
+    if runtime == "onnxruntime" and device not in ("auto", "cpu"):
+        raise ConfigError(f"runtime onnxruntime runs on the CPU, not {device}: use --runtime torch")
+
+
 BALANCE = ("none", "weights", "sampler")
 # What `pawlab train DATA --backbone` (no name) and `transfer_architecture()` use. Chosen on
 # cats_and_dogs_filtered/train only (5-fold cross-validation, 3 seeds, the TRANSFER head;
@@ -277,6 +296,9 @@ class RuntimeConfig:
     channels_last: bool = True  # the memory format of images in training
     compile: bool = False  # torch.compile the network
     progress: bool = True  # progress bars and per-epoch lines
+    # what computes a frozen backbone's features: torch, onnxruntime or auto
+    # (`pawlab.inference.feature_routes`)
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         _check(
@@ -289,6 +311,7 @@ class RuntimeConfig:
             "precision",
             f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
         )
+        check_route(self.runtime, self.precision, self.device)
 
     def with_(self, **changes: Any) -> RuntimeConfig:
         return replace(self, **changes)

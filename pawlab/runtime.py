@@ -138,6 +138,13 @@ def cpu_name_and_flags() -> tuple[str, tuple[str, ...]]:
     return name, tuple(f for f in _CPU_FLAGS if f in flags)
 
 
+def has_vnni() -> bool:
+    """Whether this CPU multiplies uint8 by int8 in 32-bit sums (VNNI): without it onnxruntime's
+    int8 kernels sum in 16 bits, which 8-bit weights can saturate (`pawlab.inference.quantize`'s
+    ``reduce_range``)."""
+    return any(f in cpu_name_and_flags()[1] for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def cpu_class() -> str:
     """The CPU in words, for every speed figure: ``Intel(R) Xeon(R) Processor, 2 threads,
     fast bf16 (avx2 avx512f avx512_bf16 avx512_vnni amx_bf16 amx_int8)``."""

@@ -149,7 +149,18 @@ def train_options(p: argparse.ArgumentParser, optimizer: bool = True) -> None:
     )
     p.add_argument("--size", type=positive_int, default=None, help="override the network's input size")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="auto", help="auto (bf16 where fast), fp32 or bf16")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (bf16 where fast), fp32, bf16, or int8 (a frozen backbone's features in onnxruntime)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=INFERENCE_RUNTIMES,
+        default="auto",
+        help="what computes a frozen backbone's features: torch, onnxruntime, or auto (torch bf16 "
+        "where fast, else the fastest measured on this CPU, once per backbone)",
+    )
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
 

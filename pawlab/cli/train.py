@@ -45,7 +45,7 @@ _RECIPE_FLAGS = (
     "split_seed",
 )
 RUNTIME_FLAGS = frozenset(
-    {"device", "precision", "channels_last", "compile", "quiet", "dashboard", "port", "log"}
+    {"device", "precision", "runtime", "channels_last", "compile", "quiet", "dashboard", "port", "log"}
 )
 
 
@@ -74,6 +74,7 @@ def _runtime(args: argparse.Namespace) -> RuntimeConfig:
         channels_last=args.channels_last,
         compile=args.compile,
         progress=not args.quiet,
+        runtime=args.runtime,
     )
 
 

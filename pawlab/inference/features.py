@@ -34,12 +34,14 @@ from pawlab.inference.engine import (
     infer_batch,
     to_inputs,
 )
+from pawlab.inference.routes import Route
 from pawlab.models.layers import BackboneEnsemble, Resized
 from pawlab.preprocessing import Preprocessing
 from pawlab.progress import closing, progress_bar, stage
 
 FEATURES_VERSION = 2  # 2: one entry holds every view, and the precision is part of the key
 CHUNK = 2048  # rows of an ensemble's parts joined at a time
+TORCH_FP32 = Route("torch", "fp32")
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -69,18 +71,21 @@ def trunk_features(
     device: torch.device,
     *,
     views: tuple[str, ...] = ("plain",),
-    bf16: bool = False,
+    route: Route = TORCH_FP32,
+    calibration: np.ndarray | None = None,
     compile: bool | None = None,
     progress: bool = True,
     what: str = "images",
 ) -> np.ndarray:
     """float32 (N, len(views), F), memory-mapped from the cache: the trunk's outputs for uint8
-    images (N, H, W, C), computed unless the same weights, preprocessing, views, precision and
-    pixels were seen before. ``bf16``: under bf16 autocast (the key says so: fp32 features are
-    never read for bf16 ones, nor the reverse). ``compile``: `Compiled` (default: where the job
-    has at least `COMPILE_MIN_IMAGES` forward passes on a CPU). An ensemble of backbones is
-    computed, and cached, one backbone at a time."""
-    members = _members(trunk)
+    images (N, H, W, C), computed unless the same weights, preprocessing, views, route and
+    pixels were seen before. ``route``: torch fp32 or bf16 (autocast), or onnxruntime fp32 or
+    int8 (`pawlab.inference.feature_routes`; int8 calibrated on ``calibration``, uint8 training
+    images), each its own entry: fp32 features are never read for bf16 ones, nor the reverse.
+    ``compile`` (torch): `Compiled` (default: where the job has at least `COMPILE_MIN_IMAGES`
+    forward passes on a CPU). An ensemble of backbones is computed, and cached, one backbone
+    at a time."""
+    members = backbone_members(trunk)
     if members:  # (N, views, F0 + F1 + ...), each backbone's part cached on its own
         parts = [
             trunk_features(
@@ -89,7 +94,8 @@ def trunk_features(
                 pre,
                 device,
                 views=views,
-                bf16=bf16,
+                route=route,
+                calibration=calibration,
                 compile=compile,
                 progress=progress,
                 what=f"{what}, {m.member.name}",
@@ -98,13 +104,10 @@ def trunk_features(
         ]
         return _joined(parts)
     with stage(f"reading {what}", total=len(images), unit="img", enabled=progress) as bar:
-        key = _key(trunk, images, pre, views, bf16, bar.update)
+        key = _key(trunk, images, pre, views, route, calibration, bar.update)
     feats = _cached(key)
     if feats is None:
-        if compile is None:
-            compile = device.type == "cpu" and len(images) * len(views) >= COMPILE_MIN_IMAGES
-        # with batch-norms folded (the same features up to float rounding): 2x faster
-        passes = _passes(folded(trunk), images, pre, device, views, bf16, compile)
+        passes = _route_passes(trunk, images, pre, device, views, route, calibration, compile, progress)
         what = f"features ({what}{', and mirrored' if 'flip' in views else ''})"
         _store(key, len(images), len(views), _counted(passes, len(images), what, progress))
         feats = _cached(key)
@@ -117,23 +120,27 @@ def _key(
     images: np.ndarray,
     pre: Preprocessing,
     views: Sequence[str],
-    bf16: bool,
+    route: Route,
+    calibration: np.ndarray | None,
     tick: Callable[[int], object] | None = None,
 ) -> str:
-    base = {
+    base: dict[str, object] = {
         "version": FEATURES_VERSION,
         "weights": weights_digest(trunk),
         "preprocessing": pre.to_json(),
         "images": images_digest(images, tick),
         "views": list(views),
-        "precision": "bf16" if bf16 else "fp32",
+        # torch's by precision alone, as before onnxruntime's (their entries stay valid)
+        "precision": route.precision if route.runtime == "torch" else str(route),
     }
+    if route.precision == "int8":  # another calibration, another graph
+        base["calibration"] = images_digest(calibration) if calibration is not None else None
     if isinstance(trunk, Resized):  # its size and renormalisation are no weights
         base["resized"] = [trunk.size, trunk.scale.flatten().tolist(), trunk.shift.flatten().tolist()]
     return hashlib.blake2b(json.dumps(base, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
-def _members(trunk: torch.nn.Module) -> list[Resized]:
+def backbone_members(trunk: torch.nn.Module) -> list[Resized]:
     """The backbones of a trunk that is a frozen ensemble (alone in a `Sequential`), else none."""
     modules = list(trunk) if isinstance(trunk, torch.nn.Sequential) else [trunk]
     if len(modules) == 1 and isinstance(modules[0], BackboneEnsemble):
@@ -141,7 +148,33 @@ def _members(trunk: torch.nn.Module) -> list[Resized]:
     return []
 
 
-def _passes(
+def _route_passes(
+    trunk: torch.nn.Module,
+    images: np.ndarray,
+    pre: Preprocessing,
+    device: torch.device,
+    views: Sequence[str],
+    route: Route,
+    calibration: np.ndarray | None,
+    compile: bool | None,
+    progress: bool,
+) -> Iterator[np.ndarray]:
+    """`_passes` of ``trunk`` by ``route`` (onnxruntime's graph made first: a line in a log
+    while it is, with ``progress``)."""
+    if route.runtime == "onnxruntime":
+        from pawlab.inference.feature_routes import ort_forward
+
+        with stage(f"preparing onnxruntime {route.precision} for the backbone", enabled=progress):
+            session = ort_forward(trunk, pre, route.precision, calibration)
+        nchw = torch.contiguous_format  # what onnxruntime reads
+        return _passes(session, images, pre, device, views, False, session.batch_size, nchw)
+    if compile is None:
+        compile = device.type == "cpu" and len(images) * len(views) >= COMPILE_MIN_IMAGES
+    # with batch-norms folded (the same features up to float rounding): 2x faster
+    return _torch_passes(folded(trunk), images, pre, device, views, route.precision == "bf16", compile)
+
+
+def _torch_passes(
     runner: torch.nn.Module,
     images: np.ndarray,
     pre: Preprocessing,
@@ -150,14 +183,27 @@ def _passes(
     bf16: bool,
     compile: bool,
 ) -> Iterator[np.ndarray]:
-    """Features (B, views, F) float32 per batch of images, in order: every view of a batch in
-    one forward pass (a compiled graph of `COMPILED_BATCH` passes, so fewer images per batch
-    with more views)."""
+    """`_passes` of ``runner``: a compiled graph of `COMPILED_BATCH` passes where asked."""
     runner.eval()
     per_pass = COMPILED_BATCH["bf16" if bf16 else "fp32"] if compile else infer_batch(device)
     per_batch = max(1, per_pass // len(views))
     forward: Forward = Compiled(runner, per_batch * len(views)) if compile else runner
-    fmt = torch.channels_last
+    return _passes(forward, images, pre, device, views, bf16, per_pass, torch.channels_last)
+
+
+def _passes(
+    forward: Forward,
+    images: np.ndarray,
+    pre: Preprocessing,
+    device: torch.device,
+    views: Sequence[str],
+    bf16: bool,
+    per_pass: int,
+    fmt: torch.memory_format,
+) -> Iterator[np.ndarray]:
+    """Features (B, views, F) float32 per batch of images, in order: every view of a batch in
+    one forward pass of ``per_pass`` inputs (so fewer images per batch with more views)."""
+    per_batch = max(1, per_pass // len(views))
     with torch.inference_mode():
         for start in range(0, len(images), per_batch):
             batch = images[start : start + per_batch]  # uint8 (b, H, W, C)

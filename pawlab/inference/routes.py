@@ -17,7 +17,9 @@ from typing import Any, Protocol
 
 from pawlab.config import INFERENCE_PRECISIONS as PRECISIONS
 from pawlab.config import INFERENCE_RUNTIMES as RUNTIMES
-from pawlab.errors import ConfigError
+from pawlab.config import check_route
+
+__all__ = ["PRECISIONS", "RUNS", "RUNTIMES", "Chooser", "Route", "check_route", "requested"]
 
 # the precisions each runtime runs
 RUNS = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8")}
@@ -42,21 +44,6 @@ class Route:
         """``"onnxruntime int8"`` -> its `Route` (ValueError for anything else)."""
         runtime, _, precision = text.partition(" ")
         return cls(runtime, precision)
-
-
-def check_route(runtime: str, precision: str, device: str) -> None:
-    """A one-line `ConfigError` for a runtime or precision pawlab does not know, or a pair that
-    cannot run: int8 in torch, bf16 in onnxruntime, onnxruntime on a GPU."""
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"runtime: must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if runtime == "torch" and precision == "int8":
-        raise ConfigError("precision int8 runs in onnxruntime: use --runtime onnxruntime (or auto)")
-    if runtime == "onnxruntime" and precision == "bf16":
-        raise ConfigError("precision bf16 runs in torch: use --runtime torch (or auto)")
-    if runtime == "onnxruntime" and device not in ("auto", "cpu"):
-        raise ConfigError(f"runtime onnxruntime runs on the CPU, not {device}: use --runtime torch")
 
 
 def requested(runtime: str, precision: str) -> Route | None:

@@ -43,7 +43,7 @@ from pawlab.inference.guard import agreed
 from pawlab.inference.model import Model
 from pawlab.inference.routes import Route
 from pawlab.inference.splits import CheckImages, check_images, sample
-from pawlab.runtime import cpu_class, cpu_name_and_flags, use_bf16
+from pawlab.runtime import cpu_class, cpu_name_and_flags, has_vnni, use_bf16
 
 if TYPE_CHECKING:  # onnxruntime is imported only for a job that runs it
     from pawlab.inference.ort import OrtForward
@@ -170,7 +170,7 @@ class RuntimeCache:
     @property
     def int8_file(self) -> Path:
         """Where this CPU's int8 graph goes (its record beside it, ``.json``)."""
-        return self.folder / f"int8-{'vnni' if _has_vnni() else 'avx2'}.onnx"
+        return self.folder / f"int8-{'vnni' if has_vnni() else 'avx2'}.onnx"
 
     def _make_int8(self) -> None:
         """Quantize, check guarded int8 against fp32 on validation images, record both."""
@@ -183,7 +183,7 @@ class RuntimeCache:
         calibration = sample(images.train, CALIBRATION_IMAGES)
         self.log(f"quantizing the model to int8 (once), calibrated on {len(calibration)} training images")
         fp32 = self._fp32()
-        settings = replace(SETTINGS, reduce_range=not _has_vnni())
+        settings = replace(SETTINGS, reduce_range=not has_vnni())
         graph = quantize_int8(onnx.load_from_string(fp32), self._inputs(calibration.images), settings)
         int8 = graph.SerializeToString()
         val = sample(images.validation, CHECK_IMAGES)
@@ -277,9 +277,3 @@ class RuntimeCache:
             m.predict_proba(pixels)
             best = min(best, time.perf_counter() - t0)
         return best
-
-
-def _has_vnni() -> bool:
-    """Whether this CPU multiplies uint8 by int8 in 32-bit sums (VNNI): without it onnxruntime's
-    int8 kernels sum in 16 bits, which 8-bit weights can saturate."""
-    return any(f in cpu_name_and_flags()[1] for f in ("avx512_vnni", "avx_vnni", "amx_int8"))

@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import torch
 
 from pawlab import checkpoint, runlog
@@ -31,7 +32,9 @@ from pawlab.data.datasets import layout_of
 from pawlab.data.workers import entry_point
 from pawlab.errors import ConfigError, ModelFileError, OutputError
 from pawlab.inference.engine import COMPILE_MIN_IMAGES
-from pawlab.inference.features import trunk_features
+from pawlab.inference.feature_routes import calibration_rows, choose, feature_route
+from pawlab.inference.features import TORCH_FP32, backbone_members, trunk_features
+from pawlab.inference.routes import Route
 from pawlab.models import (
     LayerSpec,
     Network,
@@ -43,7 +46,7 @@ from pawlab.models import (
     with_input_size,
 )
 from pawlab.preprocessing import Preprocessing
-from pawlab.runtime import is_main, main_first, resolve_device, use_bf16
+from pawlab.runtime import is_main, main_first, resolve_device
 from pawlab.training.callbacks import (
     BestCheckpoint,
     Callback,
@@ -483,25 +486,68 @@ def _sets(
     says); the images themselves when there is no frozen trunk, or augmentations other than flips."""
     aug = config.augment
     if network.trunk_length is None or not config.cache_features or replace(aug, flip=False).enabled:
+        _no_features_route(rt, network, config)
         return ds.train, ds.validation
     device = resolve_device(rt.device)
     trunk = network.trunk.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     views = ("plain", "flip") if config.mirrored_views(len(ds.train)) else ("plain",)
-    # bf16 where it is fast (the head learns from them as well as from fp32's: bench/transfer.py
-    # features), compiled for long jobs
-    bf16 = use_bf16(rt.precision, device)
     # compiled when the job is long, both passes (the second finds the code in inductor's cache)
     passes = len(ds.train) * len(views) + len(ds.validation)
     compile = device.type == "cpu" and passes >= COMPILE_MIN_IMAGES
+    route = _features_route(rt, trunk, pre, device, ds.train.images, compile)
+    # int8's activation ranges from training images: both sets' features from the same graph
+    calibration = ds.train.images[calibration_rows(len(ds.train))] if route.precision == "int8" else None
     show = rt.progress and is_main()
     features = partial(
-        trunk_features, trunk, pre=pre, device=device, bf16=bf16, compile=compile, progress=show
-    )
+        trunk_features, trunk, pre=pre, device=device, route=route, calibration=calibration,
+        compile=compile, progress=show,
+    )  # fmt: skip
     with main_first():  # rank 0 computes and caches; the others then read the cache
         train_feats = features(ds.train.images, views=views, what="training images")
         val_feats = features(ds.validation.images, what="validation images")
     t, v = ds.train, ds.validation
-    precision = "bf16" if bf16 else "fp32"
-    return FeatureSet(train_feats, t.labels, t.names, t.classes, precision), FeatureSet(
-        val_feats, v.labels, v.names, v.classes, precision
+    label = route.precision if route.runtime == "torch" else str(route)
+    return FeatureSet(train_feats, t.labels, t.names, t.classes, label), FeatureSet(
+        val_feats, v.labels, v.names, v.classes, label
     )
+
+
+def _features_route(
+    rt: RuntimeConfig,
+    trunk: torch.nn.Module,
+    pre: Preprocessing,
+    device: torch.device,
+    train_images: np.ndarray,
+    long_job: bool,
+) -> Route:
+    """What computes the frozen trunk's features (`pawlab.inference.feature_routes`): as asked;
+    with ``auto``, torch bf16 where it is fast (the head learns from them as well as from fp32's:
+    bench/transfer.py features), else, for a long job of one backbone on a CPU, the route
+    measured fastest here (once per backbone), else torch fp32."""
+    route = feature_route(rt.runtime, rt.precision, device)
+    ensemble = bool(backbone_members(trunk))
+    if route is not None and route.runtime == "onnxruntime" and ensemble:
+        raise ConfigError(
+            "runtime onnxruntime: a single backbone only (an ensemble's members resize the "
+            "input inside the network, which ONNX opset 17 cannot express); use --runtime torch"
+        )
+    if route is None:
+        with main_first():  # rank 0 measures and records; the others read its record
+            route = choose(trunk, pre, train_images) if long_job and not ensemble else TORCH_FP32
+    return route
+
+
+def _no_features_route(rt: RuntimeConfig, network: Network, config: TrainConfig) -> None:
+    """A one-line `ConfigError` where the settings ask for a features route (onnxruntime, int8)
+    that a run without cached backbone features has no use for."""
+    if rt.runtime != "onnxruntime" and rt.precision != "int8":
+        return
+    why = (
+        "the network has no frozen backbone"
+        if network.trunk_length is None
+        else "augmentations other than flips train on the images themselves"
+        if replace(config.augment, flip=False).enabled
+        else "backbone features are not cached (cache_features is off)"
+    )
+    flag = "--runtime onnxruntime" if rt.runtime == "onnxruntime" else "--precision int8"
+    raise ConfigError(f"{flag}: only a frozen backbone's cached features run there, and {why}")

@@ -13,6 +13,7 @@ from pawlab.data.cache import cache_root
 from pawlab.inference import features as _features
 from pawlab.inference.engine import to_inputs
 from pawlab.inference.features import trunk_features
+from pawlab.inference.routes import Route
 from pawlab.models import (
     Network,
     build,
@@ -23,6 +24,7 @@ from pawlab.models import (
 )
 
 CPU = torch.device("cpu")
+BF16 = Route("torch", "bf16")
 SPEC = transfer_architecture("efficientnet_lite0", size=32)
 
 
@@ -94,7 +96,7 @@ def test_bf16_features_are_their_own_entry_and_close_to_fp32s(network: Network) 
     trunk, pre = trunk_of(network), preprocessing_for(SPEC)
     batch = images(6, seed=404)
     fp32 = trunk_features(trunk, batch, pre, CPU, views=("plain", "flip"), progress=False)
-    bf16 = trunk_features(trunk, batch, pre, CPU, views=("plain", "flip"), bf16=True, progress=False)
+    bf16 = trunk_features(trunk, batch, pre, CPU, views=("plain", "flip"), route=BF16, progress=False)
     assert len(cached_files()) == 2 and bf16.dtype == np.float32 and bf16.shape == fp32.shape
     assert not np.array_equal(bf16, fp32)
     # bf16 keeps 8 bits of mantissa: features agree to a few percent of their spread

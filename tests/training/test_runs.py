@@ -7,8 +7,11 @@ import io
 import shutil
 from pathlib import Path
 
+import pytest
+
 from pawlab import checkpoint
 from pawlab.config import RuntimeConfig, TrainConfig
+from pawlab.errors import ConfigError
 from pawlab.inference import evaluate, load_model
 from pawlab.training import Callback, Trainer, TrainResult, resume, train
 from pawlab.training.objectives import Validation
@@ -134,3 +137,26 @@ def test_a_model_file_from_before_the_model_card_is_read_and_resumed(tmp_path: P
     assert [int(m["epoch"]) for m in result.history] == [1, 2, 3]
     kept = checkpoint.load(out).card
     assert kept.metrics == card.metrics and kept.training is not None and kept.training.best_epoch == 2
+
+
+def test_a_frozen_backbones_features_run_in_onnxruntime_int8_where_asked(tmp_path: Path) -> None:
+    from pawlab.models import transfer_architecture
+
+    src = write_tree(tmp_path / "src", {"cat": 6, "dog": 6})
+    log = io.StringIO()
+    int8 = RuntimeConfig(progress=False, runtime="onnxruntime", precision="int8")
+    spec = transfer_architecture("efficientnet_lite0", size=32)
+    train(
+        src, tmp_path / "m.safetensors", spec, TrainConfig(epochs=1, batch_size=8), stream=log, runtime=int8
+    )
+    assert "head on cached backbone features (onnxruntime int8" in log.getvalue()
+    assert load_model(tmp_path / "m.safetensors").predict(src / "cat" / "cat.0.jpg").classification in (
+        "cat",
+        "dog",
+    )
+    with pytest.raises(
+        ConfigError,
+        match="only a frozen backbone.s cached features run there, and the network has no frozen backbone",
+    ):
+        train(src, tmp_path / "n.safetensors", TINY, TrainConfig(epochs=1), stream=log, runtime=int8)
+    assert not (tmp_path / "n.safetensors").exists()
