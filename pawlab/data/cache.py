@@ -7,6 +7,7 @@ and ``huggingface-cli delete-cache`` do).
         features/<key>/        a frozen backbone's features of one set of images ("features")
         spec/digits-v1/        the model specs' digit models ("spec models")
         runtimes/<digest>/     a model file's ONNX graphs and fastest routes per CPU ("runtimes")
+        runtimes/trunk-<key>/  a frozen backbone's fastest features route per CPU ("runtimes")
 
 Every entry is a folder holding the marker `ENTRY_MARKER`, written when pawlab makes it.
 `clear_cache` removes only entries it can prove are pawlab's: a regular (never a linked)
