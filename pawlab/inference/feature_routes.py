@@ -49,7 +49,9 @@ TIMED_IMAGES = 64  # training images each candidate route is timed on, after a w
 # int8 median 0.060 on cats/dogs, bf16 0.045 and 0.047 on cats/dogs and flowers5.
 FEATURES_AGREE = 0.1
 ROUTE_FORMAT = 1  # bump when what a record's times mean changes: older records are measured again
-_graphs: dict[str, bytes] = {}  # this process's runtime graphs of trunks, by `_graph_key`
+_graphs: dict[
+    str, bytes
+] = {}  # this process's graphs of trunks, by weights, preprocessing, precision, calibration
 
 
 def feature_route(runtime: str, precision: str, device: torch.device) -> Route | None:

@@ -160,3 +160,29 @@ def test_a_frozen_backbones_features_run_in_onnxruntime_int8_where_asked(tmp_pat
     ):
         train(src, tmp_path / "n.safetensors", TINY, TrainConfig(epochs=1), stream=log, runtime=int8)
     assert not (tmp_path / "n.safetensors").exists()
+
+
+def test_an_ensembles_features_stay_in_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    import torch
+
+    from pawlab.inference import feature_routes
+    from pawlab.models import build, preprocessing_for, transfer_architecture
+    from pawlab.training import runs
+
+    spec = transfer_architecture("efficientnet_lite0,efficientnet_lite1", size=32)
+    trunk, pre, cpu = build(spec, 2).trunk, preprocessing_for(spec), torch.device("cpu")
+    pixels = np.zeros((4, 32, 32, 3), np.uint8)
+    ort = RuntimeConfig(progress=False, runtime="onnxruntime")
+    with pytest.raises(ConfigError, match="a single backbone only .* use --runtime torch") as err:
+        runs._features_route(ort, trunk, pre, cpu, pixels, long_job=True)
+    assert "\n" not in str(err.value)
+
+    # auto on a CPU without fast bf16 measures one backbone's routes, never an ensemble's
+    def no_measuring(*args: object) -> None:
+        raise AssertionError("an ensemble's routes measured")
+
+    monkeypatch.setattr(feature_routes, "use_bf16", lambda precision, device: precision == "bf16")
+    monkeypatch.setattr(runs, "choose", no_measuring)
+    auto = RuntimeConfig(progress=False)
+    assert str(runs._features_route(auto, trunk, pre, cpu, pixels, long_job=True)) == "torch fp32"
