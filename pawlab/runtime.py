@@ -9,13 +9,16 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar, cast
 
 import torch
 import torch.distributed as dist
 
 from pawlab.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -56,6 +59,16 @@ def main_first() -> Iterator[None]:
     yield
     if is_main():
         barrier()
+
+
+def decided_by_main(decide: Callable[[], T]) -> T:
+    """``decide()`` on rank 0, its result sent to every process (one process: just ``decide()``):
+    for a choice the ranks must share, such as what computes the features they all train on."""
+    if not is_distributed():
+        return decide()
+    box = [decide() if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return cast(T, box[0])
 
 
 def init_distributed(device: str = "auto") -> None:

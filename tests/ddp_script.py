@@ -11,7 +11,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from pawlab.config import RuntimeConfig, TrainConfig
-from pawlab.runtime import init_distributed
+from pawlab.runtime import decided_by_main, init_distributed
 from pawlab.training import Trainer, train
 from pawlab.training.callbacks import Callback
 
@@ -51,6 +51,8 @@ def main() -> None:
     )
     record = {
         "world": dist.get_world_size(),
+        # a choice every rank must share (the features' route): rank 0's, sent to the others
+        "decided": decided_by_main(lambda: f"rank {rank}'s choice"),
         "losses": [m["train_loss"] for m in result.history],
         "weights": capture.hexdigest,
     }

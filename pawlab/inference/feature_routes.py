@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -67,6 +68,12 @@ def feature_route(runtime: str, precision: str, device: torch.device) -> Route |
     return None if device.type == "cpu" else TORCH_FP32
 
 
+def graph_setting() -> str:
+    """What else an onnxruntime graph of a trunk, and so its features, depends on: the
+    onnxruntime version and, for int8, whether weights keep 7 bits (CPUs without VNNI)."""
+    return f"onnxruntime {importlib.metadata.version('onnxruntime')}, 7-bit int8 weights: {not has_vnni()}"
+
+
 def calibration_rows(n: int) -> np.ndarray:
     """The rows of ``n`` training images that int8's activation ranges come from: a seeded
     sample of at most `CALIBRATION_IMAGES`, in order."""
@@ -88,7 +95,7 @@ def _graph(
     trunk: torch.nn.Module, pre: Preprocessing, precision: str, calibration: np.ndarray | None
 ) -> bytes:
     digest = images_digest(calibration) if precision == "int8" and calibration is not None else None
-    key = f"{weights_digest(trunk)}|{pre.to_json()}|{precision}|{digest}"
+    key = f"{weights_digest(trunk)}|{pre.to_json()}|{precision}|{digest}|{graph_setting()}"
     if key not in _graphs:
         _graphs[key] = _make_graph(folded(trunk), pre, precision, calibration)
     return _graphs[key]
@@ -106,10 +113,11 @@ def _make_graph(
         raise ConfigError("precision int8: no training images to calibrate the backbone's int8 graph on")
     try:
         graph = network_graph(runner, pre.size, pre.channels)
-    except torch.onnx.errors.OnnxExporterError as exc:  # an ensemble member's antialiased resize
+    except torch.onnx.errors.OnnxExporterError as exc:  # an operation opset 17 has no form for
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(
-            f"runtime onnxruntime: this backbone does not export to ONNX ({str(exc).splitlines()[0]}); "
-            "use --runtime torch"
+            f"onnxruntime {precision}: this backbone does not export to ONNX ({first}); compute its "
+            "features in torch (--runtime torch, --precision auto, fp32 or bf16)"
         ) from None
     if precision == "fp32" or calibration is None:
         return bytes(graph.SerializeToString())
@@ -143,8 +151,12 @@ def choose(
     calibration = np.asarray(train_images[calibration_rows(len(train_images))])
     outputs, seconds = {}, {}
     for route in (TORCH_FP32, Route("onnxruntime", "fp32"), Route("onnxruntime", "int8")):
-        outputs[str(route)], seconds[str(route)] = _timed(trunk, pre, route, timed, calibration)
-    error = _relative_error(outputs["onnxruntime int8"], outputs["torch fp32"])
+        try:
+            outputs[str(route)], seconds[str(route)] = _timed(trunk, pre, route, timed, calibration)
+        except ConfigError as exc:  # a backbone that does not export: torch it is
+            say(f"features: not {route} ({exc})")
+    int8 = outputs.get("onnxruntime int8")
+    error = _relative_error(int8, outputs["torch fp32"]) if int8 is not None else math.inf
     candidates = [r for r in seconds if r != "onnxruntime int8" or error <= FEATURES_AGREE]
     best = min(candidates, key=lambda r: seconds[r])
     shown = ", ".join(f"{r} {len(timed) / s:.0f} img/s" for r, s in seconds.items())

@@ -133,8 +133,12 @@ def _key(
         # torch's by precision alone, as before onnxruntime's (their entries stay valid)
         "precision": route.precision if route.runtime == "torch" else str(route),
     }
-    if route.precision == "int8":  # another calibration, another graph
-        base["calibration"] = images_digest(calibration) if calibration is not None else None
+    if route.runtime == "onnxruntime":  # another version or calibration, another graph
+        from pawlab.inference.feature_routes import graph_setting
+
+        base["graph"] = graph_setting()
+        if route.precision == "int8":
+            base["calibration"] = images_digest(calibration) if calibration is not None else None
     if isinstance(trunk, Resized):  # its size and renormalisation are no weights
         base["resized"] = [trunk.size, trunk.scale.flatten().tolist(), trunk.shift.flatten().tolist()]
     return hashlib.blake2b(json.dumps(base, sort_keys=True).encode(), digest_size=16).hexdigest()

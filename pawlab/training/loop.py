@@ -173,7 +173,9 @@ class FeatureSet(ImageSet):
     """An `ImageSet` whose ``images`` are a frozen trunk's cached features (N, views, F)
     float32, memory-mapped: the loop trains the network's head on them."""
 
-    precision: str = "fp32"  # the trunk's when it computed them: fp32 or bf16
+    # what computed them (`pawlab.inference.feature_routes`): fp32 or bf16 in torch, or
+    # "onnxruntime fp32" / "onnxruntime int8"
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)

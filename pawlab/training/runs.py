@@ -46,7 +46,7 @@ from pawlab.models import (
     with_input_size,
 )
 from pawlab.preprocessing import Preprocessing
-from pawlab.runtime import is_main, main_first, resolve_device
+from pawlab.runtime import decided_by_main, is_main, main_first, resolve_device
 from pawlab.training.callbacks import (
     BestCheckpoint,
     Callback,
@@ -528,13 +528,22 @@ def _features_route(
     ensemble = bool(backbone_members(trunk))
     if route is not None and route.runtime == "onnxruntime" and ensemble:
         raise ConfigError(
-            "runtime onnxruntime: a single backbone only (an ensemble's members resize the "
-            "input inside the network, which ONNX opset 17 cannot express); use --runtime torch"
+            f"{_route_flag(rt)}: a single backbone only (an ensemble's members resize the input "
+            f"inside the network, which ONNX opset 17 cannot express); {_torch_instead(rt)}"
         )
-    if route is None:
-        with main_first():  # rank 0 measures and records; the others read its record
-            route = choose(trunk, pre, train_images) if long_job and not ensemble else TORCH_FP32
+    if route is None:  # rank 0 measures (once per backbone and CPU); every rank trains on its choice
+        measured = long_job and not ensemble
+        route = decided_by_main(lambda: choose(trunk, pre, train_images) if measured else TORCH_FP32)
     return route
+
+
+def _route_flag(rt: RuntimeConfig) -> str:
+    """The flag that put a run's features in onnxruntime."""
+    return "--runtime onnxruntime" if rt.runtime == "onnxruntime" else "--precision int8"
+
+
+def _torch_instead(rt: RuntimeConfig) -> str:
+    return "use --runtime torch" if rt.runtime == "onnxruntime" else "use --precision auto, fp32 or bf16"
 
 
 def _no_features_route(rt: RuntimeConfig, network: Network, config: TrainConfig) -> None:
@@ -549,5 +558,4 @@ def _no_features_route(rt: RuntimeConfig, network: Network, config: TrainConfig)
         if replace(config.augment, flip=False).enabled
         else "backbone features are not cached (cache_features is off)"
     )
-    flag = "--runtime onnxruntime" if rt.runtime == "onnxruntime" else "--precision int8"
-    raise ConfigError(f"{flag}: only a frozen backbone's cached features run there, and {why}")
+    raise ConfigError(f"{_route_flag(rt)}: only a frozen backbone's cached features run there, and {why}")

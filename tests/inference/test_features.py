@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,3 +170,20 @@ def test_other_images_preprocessing_or_weights_are_other_entries(
     assert len(calls) == 4 and len(cached_files()) == 4
     trunk_features(trunk, batch, pre, CPU, progress=False)  # the first again: cached
     assert len(calls) == 4
+
+
+@pytest.mark.parametrize("route", [_features.TORCH_FP32, BF16])
+def test_torchs_features_keep_the_cache_keys_they_had(network: Network, route: Route) -> None:
+    """The key as pawlab wrote it before onnxruntime could compute features: caches stay valid."""
+    trunk, pre = trunk_of(network), preprocessing_for(SPEC)
+    batch = images(3, seed=7)
+    before = {
+        "version": _features.FEATURES_VERSION,
+        "weights": _features.weights_digest(trunk),
+        "preprocessing": pre.to_json(),
+        "images": _features.images_digest(batch),
+        "views": ["plain", "flip"],
+        "precision": route.precision,
+    }
+    expected = hashlib.blake2b(json.dumps(before, sort_keys=True).encode(), digest_size=16).hexdigest()
+    assert _features._key(trunk, batch, pre, ("plain", "flip"), route, None) == expected

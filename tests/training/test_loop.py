@@ -348,6 +348,7 @@ def test_ddp_two_processes_train_one_model(tmp_path: Path) -> None:
     assert [rc for rc, _, _ in results] == [0, 0], results
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world"] == 2
+    assert ranks[0]["decided"] == ranks[1]["decided"] == "rank 0's choice"
     assert ranks[0]["weights"] == ranks[1]["weights"]  # one model, kept in step on both ranks
     assert ranks[0]["losses"] == ranks[1]["losses"]  # the loss is reduced over both shares
     assert ranks[0]["losses"][-1] < ranks[0]["losses"][0]

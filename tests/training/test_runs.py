@@ -139,17 +139,29 @@ def test_a_model_file_from_before_the_model_card_is_read_and_resumed(tmp_path: P
     assert kept.metrics == card.metrics and kept.training is not None and kept.training.best_epoch == 2
 
 
-def test_a_frozen_backbones_features_run_in_onnxruntime_int8_where_asked(tmp_path: Path) -> None:
+def test_a_frozen_backbones_features_run_in_onnxruntime_int8_where_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pawlab.inference import feature_routes
     from pawlab.models import transfer_architecture
 
     src = write_tree(tmp_path / "src", {"cat": 6, "dog": 6})
     log = io.StringIO()
     int8 = RuntimeConfig(progress=False, runtime="onnxruntime", precision="int8")
     spec = transfer_architecture("efficientnet_lite0", size=32)
+    graphs: list[str] = []
+    real = feature_routes._make_graph
+
+    def counted(*args: object) -> bytes:
+        graphs.append(str(args[2]))
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(feature_routes, "_make_graph", counted)
     train(
         src, tmp_path / "m.safetensors", spec, TrainConfig(epochs=1, batch_size=8), stream=log, runtime=int8
     )
     assert "head on cached backbone features (onnxruntime int8" in log.getvalue()
+    assert graphs == ["int8"]  # one graph, calibrated once, for the training and validation sets
     assert load_model(tmp_path / "m.safetensors").predict(src / "cat" / "cat.0.jpg").classification in (
         "cat",
         "dog",
@@ -173,10 +185,17 @@ def test_an_ensembles_features_stay_in_torch(monkeypatch: pytest.MonkeyPatch) ->
     spec = transfer_architecture("efficientnet_lite0,efficientnet_lite1", size=32)
     trunk, pre, cpu = build(spec, 2).trunk, preprocessing_for(spec), torch.device("cpu")
     pixels = np.zeros((4, 32, 32, 3), np.uint8)
-    ort = RuntimeConfig(progress=False, runtime="onnxruntime")
-    with pytest.raises(ConfigError, match="a single backbone only .* use --runtime torch") as err:
-        runs._features_route(ort, trunk, pre, cpu, pixels, long_job=True)
-    assert "\n" not in str(err.value)
+    for settings, advice in [
+        ({"runtime": "onnxruntime"}, "--runtime onnxruntime: a single backbone only .* use --runtime torch"),
+        (
+            {"precision": "int8"},
+            "--precision int8: a single backbone only .* use --precision auto, fp32 or bf16",
+        ),
+    ]:
+        with pytest.raises(ConfigError, match=advice) as err:
+            rt = RuntimeConfig(progress=False, **settings)
+            runs._features_route(rt, trunk, pre, cpu, pixels, long_job=True)
+        assert "\n" not in str(err.value)
 
     # auto on a CPU without fast bf16 measures one backbone's routes, never an ensemble's
     def no_measuring(*args: object) -> None:
