@@ -261,6 +261,7 @@ def train(
     run = run_dir_for(run_dir, out_path, arch)
     out_path = out_path or run / runlog.MODEL
     _check_fine_tune(config, spec)  # before anything is made
+    _check_features_route(runtime, spec, config)
     pre = preprocessing_for(spec, resize)  # a bad resize too
     with _claimed(out_path, run, fresh=True, overwrite=overwrite):
         source = _Source(data, val_fraction, layout, workers)
@@ -355,6 +356,7 @@ def resume(
         raise ModelFileError(f"{state_file}: has no training state to resume from")
     config = _resumed_config(TrainConfig.from_json(t.config), epochs, forever)
     spec, pre = card.architecture, Preprocessing.from_json(card.preprocessing or {})
+    _check_features_route(runtime, spec, config)  # before the data is read
     d = t.data
     given = data if data is not None else d["source"]
     source = _Source(given, d["val_fraction"], layout_of(d.get("origin") or {}), workers)
@@ -486,7 +488,6 @@ def _sets(
     says); the images themselves when there is no frozen trunk, or augmentations other than flips."""
     aug = config.augment
     if network.trunk_length is None or not config.cache_features or replace(aug, flip=False).enabled:
-        _no_features_route(rt, network, config)
         return ds.train, ds.validation
     device = resolve_device(rt.device)
     trunk = network.trunk.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -546,16 +547,20 @@ def _torch_instead(rt: RuntimeConfig) -> str:
     return "use --runtime torch" if rt.runtime == "onnxruntime" else "use --precision auto, fp32 or bf16"
 
 
-def _no_features_route(rt: RuntimeConfig, network: Network, config: TrainConfig) -> None:
-    """A one-line `ConfigError` where the settings ask for a features route (onnxruntime, int8)
-    that a run without cached backbone features has no use for."""
+def _check_features_route(rt: RuntimeConfig, spec: Sequence[LayerSpec], config: TrainConfig) -> None:
+    """A one-line `ConfigError`, before any work, where the settings ask for a features route
+    (onnxruntime, int8) that a run without cached backbone features has no use for."""
     if rt.runtime != "onnxruntime" and rt.precision != "int8":
         return
     why = (
         "the network has no frozen backbone"
-        if network.trunk_length is None
+        if _unfrozen(spec) is None
         else "augmentations other than flips train on the images themselves"
         if replace(config.augment, flip=False).enabled
         else "backbone features are not cached (cache_features is off)"
+        if not config.cache_features
+        else None
     )
+    if why is None:
+        return
     raise ConfigError(f"{_route_flag(rt)}: only a frozen backbone's cached features run there, and {why}")

@@ -171,7 +171,7 @@ def test_a_frozen_backbones_features_run_in_onnxruntime_int8_where_asked(
         match="only a frozen backbone.s cached features run there, and the network has no frozen backbone",
     ):
         train(src, tmp_path / "n.safetensors", TINY, TrainConfig(epochs=1), stream=log, runtime=int8)
-    assert not (tmp_path / "n.safetensors").exists()
+    assert not (tmp_path / "n.safetensors").exists() and not (tmp_path / "n-run").exists()  # before any work
 
 
 def test_an_ensembles_features_stay_in_torch(monkeypatch: pytest.MonkeyPatch) -> None:
