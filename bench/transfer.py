@@ -89,7 +89,7 @@ from pawlab import runlog  # noqa: E402
 from pawlab.config import DataConfig, RuntimeConfig  # noqa: E402
 from pawlab.data import load_dataset  # noqa: E402
 from pawlab.inference.engine import Compiled, array_batches, folded, run_batches  # noqa: E402
-from pawlab.inference.feature_routes import calibration_rows  # noqa: E402
+from pawlab.inference.feature_routes import calibration_rows, feature_distances, feature_route  # noqa: E402
 from pawlab.inference.features import TORCH_FP32, trunk_features  # noqa: E402
 from pawlab.inference.routes import Route  # noqa: E402
 from pawlab.models import build, preprocessing_for, transfer_architecture  # noqa: E402
@@ -277,7 +277,7 @@ def features_precision(args: argparse.Namespace) -> None:
                 progress=False,
             )  # fmt: skip
             took = time.perf_counter() - start
-            dist = _feature_distance(feats[str(route)], feats[str(TORCH_FP32)])
+            dist = feature_distances(feats[str(route)][:, 0], feats[str(TORCH_FP32)][:, 0])  # plain view
             print(
                 f"  {data}: {route} features of {len(images)} photos x {len(views)} views, {took:.0f}s "
                 f"({len(images) * len(views) / took:.0f} img/s, including making the graph); "
@@ -296,13 +296,6 @@ def features_precision(args: argparse.Namespace) -> None:
                 )
                 rows.append((fp32, fast))
             _print_precision_rows(data, args.candidate, len(labels), str(route), rows)
-
-
-def _feature_distance(test: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """(N,) per image: the L2 distance of ``test``'s features (N, views, F) from ``ref``'s,
-    relative to ``ref``'s norm (the plain view)."""
-    a, b = test[:, 0], ref[:, 0]
-    return np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-12)
 
 
 def _print_precision_rows(
@@ -331,7 +324,8 @@ def mirror_curve(args: argparse.Namespace) -> None:
     subsets of each fold's training part, scored on the held-out fold's plain view; the features
     are the ones `pawlab train` computes on this CPU (bf16 where it is fast)."""
     print(f"CPU: {cpu()}")
-    route = Route("torch", "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32")
+    route = feature_route("torch", "auto", CPU)  # as `pawlab train` computes them here
+    assert route is not None
     for data in args.data.split(","):
         spec = transfer_architecture(backbones(args.candidate))
         images, labels = _photos(spec, Path(data))

@@ -36,9 +36,9 @@ from pawlab.errors import ConfigError
 from pawlab.inference.engine import COMPILED_BATCH, Compiled, folded, to_inputs
 from pawlab.inference.features import TORCH_FP32, images_digest, weights_digest
 from pawlab.inference.routes import Route, check_route, requested
-from pawlab.inference.runtimes import CALIBRATION_IMAGES
+from pawlab.inference.runtimes import CALIBRATION_IMAGES, recorded_route, timing_key
 from pawlab.preprocessing import Preprocessing
-from pawlab.runtime import cpu_class, cpu_name_and_flags, has_vnni, use_bf16
+from pawlab.runtime import cpu_class, has_vnni, use_bf16
 
 if TYPE_CHECKING:  # onnxruntime is imported only for a job that runs it
     from pawlab.inference.ort import OrtForward
@@ -50,21 +50,21 @@ TIMED_IMAGES = 64  # training images each candidate route is timed on, after a w
 # int8 median 0.060 on cats/dogs, bf16 0.045 and 0.047 on cats/dogs and flowers5.
 FEATURES_AGREE = 0.1
 ROUTE_FORMAT = 1  # bump when what a record's times mean changes: older records are measured again
-_graphs: dict[
-    str, bytes
-] = {}  # this process's graphs of trunks, by weights, preprocessing, precision, calibration
+# this process's graphs of trunks, by weights, preprocessing, precision, calibration, setting
+_graphs: dict[str, bytes] = {}
 
 
 def feature_route(runtime: str, precision: str, device: torch.device) -> Route | None:
     """The route training's settings name for a frozen trunk's features, or None where ``auto``
     leaves a CPU without fast bf16 to measure (`choose`); a one-line `ConfigError` for a pair
     that cannot run."""
-    check_route(runtime, precision, "cpu" if device.type == "cpu" else device.type)
+    check_route(runtime, precision, device.type)
     route = requested(runtime, precision)
     if route is not None:
         return route
-    if runtime == "torch" or use_bf16("auto", device):
-        return Route("torch", "bf16" if use_bf16("auto", device) else "fp32")
+    fast = use_bf16("auto", device)
+    if runtime == "torch" or fast:
+        return Route("torch", "bf16" if fast else "fp32")
     return None if device.type == "cpu" else TORCH_FP32
 
 
@@ -104,8 +104,6 @@ def _graph(
 def _make_graph(
     runner: torch.nn.Module, pre: Preprocessing, precision: str, calibration: np.ndarray | None
 ) -> bytes:
-    import onnx
-
     from pawlab.inference.ort import network_graph
     from pawlab.inference.quantize import SETTINGS, quantize_int8
 
@@ -123,8 +121,7 @@ def _make_graph(
         return bytes(graph.SerializeToString())
     inputs = to_inputs(calibration, pre, torch.device("cpu"), torch.contiguous_format).numpy()
     settings = replace(SETTINGS, reduce_range=not has_vnni())
-    int8 = quantize_int8(onnx.load_from_string(graph.SerializeToString()), inputs, settings)
-    return bytes(int8.SerializeToString())
+    return bytes(quantize_int8(graph, inputs, settings).SerializeToString())
 
 
 def choose(
@@ -139,12 +136,9 @@ def choose(
     int8 calibrated on them as the job's will be) and recorded."""
     say = log or (lambda line: print(f"pawlab: {line}", file=sys.stderr, flush=True))
     path = _record_path(trunk, pre)
-    try:
-        record = json.loads(path.read_text())
-        if record.get("format") == ROUTE_FORMAT:
-            return Route.parse(record["route"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    recorded = recorded_route(path, ROUTE_FORMAT)
+    if recorded is not None:
+        return recorded
     rows = np.random.default_rng(1).permutation(len(train_images))[:TIMED_IMAGES]
     timed = np.asarray(train_images[np.sort(rows)])
     say(f"measuring the fastest way to compute this backbone's features on this CPU, once ({cpu_class()})")
@@ -161,8 +155,13 @@ def choose(
     best = min(candidates, key=lambda r: seconds[r])
     shown = ", ".join(f"{r} {len(timed) / s:.0f} img/s" for r, s in seconds.items())
     say(f"features: {best} ({shown}; int8 {error:.3f} from fp32); recorded for this backbone and CPU")
-    record = {"format": ROUTE_FORMAT, "route": best, "cpu": cpu_class(), "seconds": seconds}
-    record["int8_error"] = error
+    record = {
+        "format": ROUTE_FORMAT,
+        "route": best,
+        "cpu": cpu_class(),
+        "seconds": seconds,
+        "int8_error": error,
+    }
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     return Route.parse(best)
 
@@ -190,16 +189,20 @@ def _timed(
     return out.float().numpy(), best
 
 
+def feature_distances(test: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """(N,): each image's L2 distance of features ``test`` (N, F) from ``ref``, relative to
+    ``ref``'s norm."""
+    dist: np.ndarray = np.linalg.norm(test - ref, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
+    return dist
+
+
 def _relative_error(test: np.ndarray, ref: np.ndarray) -> float:
-    """The median image's L2 distance of ``test`` (N, F) from ``ref``, relative to ``ref``'s norm."""
-    dist = np.linalg.norm(test - ref, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
+    """The median image's `feature_distances`."""
+    dist = feature_distances(test, ref)
     return float(np.median(dist)) if len(dist) else 0.0
 
 
 def _record_path(trunk: torch.nn.Module, pre: Preprocessing) -> Path:
-    name, flags = cpu_name_and_flags()
-    versions = f"{torch.__version__}|{importlib.metadata.version('onnxruntime')}"
-    where = f"{name}|{' '.join(flags)}|{torch.get_num_threads()}|{versions}"
-    key = f"{weights_digest(trunk)}|{pre.to_json()}|{where}"
+    key = f"{weights_digest(trunk)}|{pre.to_json()}|{timing_key()}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:32]
     return cache.entry("runtimes", f"trunk-{digest}") / "features-route.json"

@@ -130,8 +130,7 @@ def _key(
         "preprocessing": pre.to_json(),
         "images": images_digest(images, tick),
         "views": list(views),
-        # torch's by precision alone, as before onnxruntime's (their entries stay valid)
-        "precision": route.precision if route.runtime == "torch" else str(route),
+        "precision": features_label(route),
     }
     if route.runtime == "onnxruntime":  # another version or calibration, another graph
         from pawlab.inference.feature_routes import graph_setting
@@ -142,6 +141,13 @@ def _key(
     if isinstance(trunk, Resized):  # its size and renormalisation are no weights
         base["resized"] = [trunk.size, trunk.scale.flatten().tolist(), trunk.shift.flatten().tolist()]
     return hashlib.blake2b(json.dumps(base, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def features_label(route: Route) -> str:
+    """How features computed by ``route`` are named, in their cache key and the training line:
+    torch's by precision alone, as before onnxruntime could compute them (their entries stay
+    valid), onnxruntime's by runtime and precision."""
+    return route.precision if route.runtime == "torch" else str(route)
 
 
 def backbone_members(trunk: torch.nn.Module) -> list[Resized]:

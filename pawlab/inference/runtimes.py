@@ -107,21 +107,11 @@ class RuntimeCache:
 
     @functools.cached_property
     def _route_file(self) -> Path:
-        """This CPU's record: keyed by its name and instruction sets, the threads, and the torch
-        and onnxruntime versions (read from the installed metadata: no import of onnxruntime
-        for a job that never runs it)."""
-        name, flags = cpu_name_and_flags()
-        versions = f"{torch.__version__}|{importlib.metadata.version('onnxruntime')}"
-        key = f"{name}|{' '.join(flags)}|{torch.get_num_threads()}|{versions}"
-        return self.folder / f"route-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+        """This CPU's record (`timing_key`)."""
+        return self.folder / f"route-{hashlib.sha256(timing_key().encode()).hexdigest()[:16]}.json"
 
     def recorded(self) -> Route | None:
-        path = self._route_file
-        try:
-            record = json.loads(path.read_text())
-            return Route.parse(record["route"]) if record.get("format") == ROUTE_FORMAT else None
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        return recorded_route(self._route_file, ROUTE_FORMAT)
 
     def graph(self, precision: str) -> tuple[bytes, dict[str, Any]]:
         if precision == "fp32":
@@ -277,3 +267,22 @@ class RuntimeCache:
             m.predict_proba(pixels)
             best = min(best, time.perf_counter() - t0)
         return best
+
+
+def timing_key() -> str:
+    """What a route's measured time depends on besides the network: the CPU's name and
+    instruction sets, the threads, and the torch and onnxruntime versions (read from the
+    installed metadata: no import of onnxruntime for a job that never runs it)."""
+    name, flags = cpu_name_and_flags()
+    versions = f"{torch.__version__}|{importlib.metadata.version('onnxruntime')}"
+    return f"{name}|{' '.join(flags)}|{torch.get_num_threads()}|{versions}"
+
+
+def recorded_route(path: Path, format: int) -> Route | None:
+    """The route a measurement recorded at ``path`` in ``format``, or None (no record, an
+    unreadable one, or one of another format: measured again)."""
+    try:
+        record = json.loads(path.read_text())
+        return Route.parse(record["route"]) if record.get("format") == format else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

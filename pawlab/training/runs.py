@@ -33,7 +33,7 @@ from pawlab.data.workers import entry_point
 from pawlab.errors import ConfigError, ModelFileError, OutputError
 from pawlab.inference.engine import COMPILE_MIN_IMAGES
 from pawlab.inference.feature_routes import calibration_rows, choose, feature_route
-from pawlab.inference.features import TORCH_FP32, backbone_members, trunk_features
+from pawlab.inference.features import TORCH_FP32, backbone_members, features_label, trunk_features
 from pawlab.inference.routes import Route
 from pawlab.models import (
     LayerSpec,
@@ -486,8 +486,7 @@ def _sets(
     """The training and validation sets: with a frozen backbone first, as its cached features
     (`FeatureSet`, mirrored too when augmenting with flips, as `TrainConfig.mirrored_views`
     says); the images themselves when there is no frozen trunk, or augmentations other than flips."""
-    aug = config.augment
-    if network.trunk_length is None or not config.cache_features or replace(aug, flip=False).enabled:
+    if _why_no_features(config, frozen_backbone=network.trunk_length is not None):
         return ds.train, ds.validation
     device = resolve_device(rt.device)
     trunk = network.trunk.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -507,7 +506,7 @@ def _sets(
         train_feats = features(ds.train.images, views=views, what="training images")
         val_feats = features(ds.validation.images, what="validation images")
     t, v = ds.train, ds.validation
-    label = route.precision if route.runtime == "torch" else str(route)
+    label = features_label(route)
     return FeatureSet(train_feats, t.labels, t.names, t.classes, label), FeatureSet(
         val_feats, v.labels, v.names, v.classes, label
     )
@@ -552,15 +551,17 @@ def _check_features_route(rt: RuntimeConfig, spec: Sequence[LayerSpec], config: 
     (onnxruntime, int8) that a run without cached backbone features has no use for."""
     if rt.runtime != "onnxruntime" and rt.precision != "int8":
         return
-    why = (
-        "the network has no frozen backbone"
-        if _unfrozen(spec) is None
-        else "augmentations other than flips train on the images themselves"
-        if replace(config.augment, flip=False).enabled
-        else "backbone features are not cached (cache_features is off)"
-        if not config.cache_features
-        else None
-    )
-    if why is None:
-        return
-    raise ConfigError(f"{_route_flag(rt)}: only a frozen backbone's cached features run there, and {why}")
+    why = _why_no_features(config, frozen_backbone=_unfrozen(spec) is not None)
+    if why is not None:
+        raise ConfigError(f"{_route_flag(rt)}: only a frozen backbone's cached features run there, and {why}")
+
+
+def _why_no_features(config: TrainConfig, *, frozen_backbone: bool) -> str | None:
+    """Why a run trains on its images rather than a frozen backbone's cached features, or None."""
+    if not frozen_backbone:
+        return "the network has no frozen backbone"
+    if replace(config.augment, flip=False).enabled:
+        return "augmentations other than flips train on the images themselves"
+    if not config.cache_features:
+        return "backbone features are not cached (cache_features is off)"
+    return None
