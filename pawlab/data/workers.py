@@ -6,11 +6,13 @@ with the process that started them. Workers import no torch.
 
 from __future__ import annotations
 
+import ast
 import math
 import multiprocessing as mp
 import multiprocessing.connection
 import os
 import signal
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +20,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import wraps
 from pathlib import Path
+from types import FrameType
 from typing import ParamSpec, TypeVar
 
 from pawlab.errors import WorkerError
@@ -78,6 +81,43 @@ def refuse_in_starting_process() -> None:
     # its own refusal to start processes from there reads the same one
     if getattr(mp.current_process(), "_inheriting", False):
         raise WorkerError(_UNGUARDED)
+
+
+def unguarded_script_line() -> tuple[str, int] | None:
+    """(script, line) when this call comes from a line at the top level of the running script
+    that no ``if`` block holds: worker processes, which run the script again as they start,
+    would make the same call there. None otherwise (a guarded call, an interactive session, a
+    script that cannot be read)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not isinstance(path, str):
+        return None
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and not (frame.f_code.co_name == "<module>" and frame.f_globals is vars(main)):
+        frame = frame.f_back
+    if frame is None or os.path.abspath(frame.f_code.co_filename) != os.path.abspath(path):
+        return None  # not the script's own code (a notebook cell, `python -c`)
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return None
+    line = frame.f_lineno
+    for node in tree.body:  # the top-level statement that holds the line
+        if node.lineno <= line <= (node.end_lineno or node.lineno):
+            return None if isinstance(node, ast.If) else (path, line)
+    return None
+
+
+def refuse_unguarded_script() -> None:
+    """`WorkerError`, before any worker starts, for a call that workers would make again as
+    they run the script (`unguarded_script_line`)."""
+    where = unguarded_script_line()
+    if where is not None:
+        raise WorkerError(
+            f"{Path(where[0]).name}, line {where[1]}: pawlab is called at the script's top level, and"
+            " the worker processes it starts would run it again: move the call under"
+            ' `if __name__ == "__main__":`'
+        )
 
 
 def entry_point(fn: Callable[P, R]) -> Callable[P, R]:
@@ -188,6 +228,7 @@ class Workers:
             return map(fn, tasks)
         if self._pool is None:
             refuse_in_starting_process()
+            refuse_unguarded_script()
             methods = mp.get_all_start_methods()
             context = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_exit_with_parent)

@@ -51,11 +51,26 @@ def test_a_script_without_a_main_guard_fails_instead_of_hanging(tmp_path: Path) 
     run = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
     )
-    assert run.returncode != 0
-    # the workers say why they stopped; the script itself ends with the error, not a wait
-    assert "WorkerError: pawlab was called while a worker process was starting" in run.stderr
-    parent = "pawlab.errors.WorkerError: a worker process exited unexpectedly"
-    assert any(line.startswith(parent) for line in run.stderr.splitlines())
+    assert run.returncode != 0, run.stderr
+    # the script ends with the error before any worker starts, naming the line to move
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("pawlab.errors.WorkerError: unguarded.py, line 2: "), run.stderr
+    assert 'move the call under `if __name__ == "__main__":`' in last
+    assert run.stderr.count("Traceback") == 1, run.stderr  # no worker ran the script again
+
+
+def test_only_a_call_from_the_scripts_unguarded_top_level_is_refused(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from pawlab.data.workers import unguarded_script_line\n"
+        "def where():\n"
+        "    return unguarded_script_line()\n"
+        "top = where()\n"
+        'if __name__ == "__main__":\n'
+        "    print(top, where())\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == f"{(str(script), 4)} None", run.stderr
 
 
 def test_every_public_entry_refuses_in_a_starting_process_before_touching_a_file(
