@@ -92,6 +92,13 @@ def unguarded_script_line() -> tuple[str, int] | None:
     path = getattr(main, "__file__", None)
     if main is None or not isinstance(path, str):
         return None
+    # what multiprocessing.spawn runs again in a starting worker: not a package's __main__
+    # (``python -m pawlab``), nor IPython's
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None and (name == "__main__" or name.endswith(".__main__")):
+        return None
+    if name is None and Path(path).stem == "ipython":
+        return None
     frame: FrameType | None = sys._getframe(1)
     while frame is not None and not (frame.f_code.co_name == "<module>" and frame.f_globals is vars(main)):
         frame = frame.f_back

@@ -60,8 +60,7 @@ def test_a_script_without_a_main_guard_fails_instead_of_hanging(tmp_path: Path) 
 
 
 def test_only_a_call_from_the_scripts_unguarded_top_level_is_refused(tmp_path: Path) -> None:
-    script = tmp_path / "script.py"
-    script.write_text(
+    code = (
         "from pawlab.data.workers import unguarded_script_line\n"
         "def where():\n"
         "    return unguarded_script_line()\n"
@@ -69,8 +68,17 @@ def test_only_a_call_from_the_scripts_unguarded_top_level_is_refused(tmp_path: P
         'if __name__ == "__main__":\n'
         "    print(top, where())\n"
     )
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert run.stdout.strip() == f"{(str(script), 4)} None", run.stderr
+    script = tmp_path / "script.py"
+    script.write_text(code)
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__main__.py").write_text(code)  # workers never run a package's __main__ again
+    runs = {
+        f"{(str(script), 4)} None": [sys.executable, str(script)],
+        "None None": [sys.executable, "-m", "pkg"],
+    }
+    for printed, command in runs.items():
+        run = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert run.stdout.strip() == printed, run.stderr
 
 
 def test_every_public_entry_refuses_in_a_starting_process_before_touching_a_file(
