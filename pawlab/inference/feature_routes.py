@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -150,11 +149,13 @@ def choose(
         except ConfigError as exc:  # a backbone that does not export: torch it is
             say(f"features: not {route} ({exc})")
     int8 = outputs.get("onnxruntime int8")
-    error = _relative_error(int8, outputs["torch fp32"]) if int8 is not None else math.inf
-    candidates = [r for r in seconds if r != "onnxruntime int8" or error <= FEATURES_AGREE]
+    error = _relative_error(int8, outputs["torch fp32"]) if int8 is not None else None  # None: not made
+    int8_agrees = error is not None and error <= FEATURES_AGREE
+    candidates = [r for r in seconds if r != "onnxruntime int8" or int8_agrees]
     best = min(candidates, key=lambda r: seconds[r])
     shown = ", ".join(f"{r} {len(timed) / s:.0f} img/s" for r, s in seconds.items())
-    say(f"features: {best} ({shown}; int8 {error:.3f} from fp32); recorded for this backbone and CPU")
+    int8_line = f"; int8 {error:.3f} from fp32" if error is not None else ""
+    say(f"features: {best} ({shown}{int8_line}); recorded for this backbone and CPU")
     record = {
         "format": ROUTE_FORMAT,
         "route": best,

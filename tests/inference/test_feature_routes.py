@@ -3,6 +3,7 @@ onnxruntime's features against torch's, and ``auto``'s measured choice."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,29 @@ def test_auto_measures_the_fastest_route_whose_features_agree_once(
 
     monkeypatch.setattr(feature_routes, "_timed", not_again)
     assert str(choose(trunk, pre, images(10, seed=4), lines.append)) == fastest
+
+
+def test_auto_leaves_out_routes_that_do_not_export_and_records_plain_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    net = build(SPEC, 2)
+    trunk, pre = net.trunk, preprocessing_for(SPEC)
+
+    def timed(
+        trunk: object, pre: object, route: Route, pixels: object, calibration: object
+    ) -> tuple[np.ndarray, float]:
+        if route.runtime == "onnxruntime":
+            raise ConfigError("this backbone does not export to ONNX")
+        return np.ones((4, 8), np.float32), 1.0
+
+    monkeypatch.setattr(feature_routes, "_timed", timed)
+    lines: list[str] = []
+    assert str(choose(trunk, pre, images(10, seed=4), lines.append)) == "torch fp32"
+    assert sum("features: not onnxruntime" in line for line in lines) == 2
+    assert "int8" not in lines[-1]
+
+    def strict(constant: str) -> None:
+        raise AssertionError(f"not JSON: {constant}")
+
+    record = json.loads(feature_routes._record_path(trunk, pre).read_text(), parse_constant=strict)
+    assert record["route"] == "torch fp32" and record["int8_error"] is None
