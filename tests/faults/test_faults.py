@@ -116,11 +116,16 @@ def test_two_trainings_on_one_out_the_second_is_refused_with_the_first_ones_pid(
     try:
         lock = tmp_path / "m-run" / runlog.LOCK
         deadline = time.monotonic() + 120
-        while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
+        while not (lock.exists() and lock.read_text().strip()):
+            assert first.poll() is None and time.monotonic() < deadline, "the first training took no lock"
             time.sleep(0.1)
         second = subprocess.run([*cmd, "--epochs", "1"], env=env, capture_output=True, text=True, timeout=120)
         assert second.returncode == 1 and second.stderr.count("\n") == 1
         assert f"another training (pid {first.pid})" in second.stderr
+        # stopped only once it has a model to keep (before its first epoch, SIGTERM saves nothing)
+        while not (out.is_file() and (tmp_path / "m-run" / runlog.LAST_STATE).is_file()):
+            assert first.poll() is None and time.monotonic() < deadline, "the first training saved nothing"
+            time.sleep(0.1)
     finally:
         first.terminate()
         first.wait(timeout=120)
@@ -195,7 +200,8 @@ def test_a_killed_training_resumed_ends_with_the_uninterrupted_model(tmp_path: P
     assert _pawlab("train", src, *recipe, "--out", clean).wait(300) == 0
     rng = np.random.default_rng(3)
     proc = _pawlab("train", src, *recipe, "--out", killed)
-    for at in sorted(rng.choice(np.arange(5, 55), 3, replace=False)):
+    for kills, at in enumerate(sorted(rng.choice(np.arange(5, 55), 3, replace=False))):
+        _wait_for_starts(run / runlog.EVENTS, kills + 1, proc)  # this process began, not only the last
         _wait_for_lines(run / runlog.METRICS, int(at), proc)
         time.sleep(float(rng.uniform(0.0, 0.05)))
         proc.kill()
@@ -212,6 +218,15 @@ def test_a_killed_training_resumed_ends_with_the_uninterrupted_model(tmp_path: P
         return [(r["epoch"], r["train_loss"], r["val_loss"], r["val_accuracy"]) for r in rows]
 
     assert figures(tmp_path / "killed-run") == figures(tmp_path / "clean-run")
+
+
+def _wait_for_starts(events: Path, starts: int, proc: subprocess.Popen[bytes]) -> None:
+    """Until ``events`` holds ``starts`` "start" events; the process must be alive."""
+    deadline = time.monotonic() + 120
+    while not (events.exists() and events.read_text().count('"event": "start"') >= starts):
+        assert proc.poll() is None, "the training ended before it was to be killed"
+        assert time.monotonic() < deadline, f"{events}: fewer than {starts} starts after 120 s"
+        time.sleep(0.005)
 
 
 def _wait_for_lines(path: Path, lines: int, proc: subprocess.Popen[bytes]) -> None:

@@ -44,6 +44,13 @@ class Server:
     ``--workers``) until `stop`; `url` once ``/v2/health/ready`` answers 200."""
 
     def __init__(self, *args: object, quiet: bool = True) -> None:
+        for _ in range(3):  # the free port may be taken by another socket before the server binds it
+            if self._start(args, quiet):
+                return
+        raise RuntimeError("pawlab serve found each free port taken")
+
+    def _start(self, args: tuple[object, ...], quiet: bool) -> bool:
+        """Started, and ready; False where its port was taken meanwhile."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -60,8 +67,11 @@ class Server:
         while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 status, err = self.stop()
+                if "address already in use" in err.lower():
+                    return False
                 raise RuntimeError(f"pawlab serve did not start (exit status {status}): {err}")
             time.sleep(0.1)
+        return True
 
     def _ready(self) -> bool:
         try:

@@ -65,8 +65,8 @@ def test_the_event_loop_never_touches_pixels(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_the_engine_s_deadline_counts_from_the_request_s_arrival() -> None:
-    served = Recording(decoding=1.0)
+    served = Recording(decoding=2.0)
     arrived = time.monotonic()
     predict(served, Limits(deadline_ms=10_000), uploads=1)
-    # not from when its images were decoded, a second later
-    assert served.deadlines[0] < arrived + 10.5
+    # not from when its images were decoded, two seconds later (a second of slack for a slow machine)
+    assert served.deadlines[0] < arrived + 11.0

@@ -67,7 +67,9 @@ def test_workers_answer_as_one_server_and_one_that_dies_is_replaced(
     shutil.copy(models["first"], model)
     srv = Server(model, "--workers", 2, "--unknown-threshold", 0.5, quiet=False)
     try:
-        first = workers(srv)
+        # ready once one worker answers; started once the parent has heard from both
+        assert srv.proc.stdout is not None and srv.proc.stdout.readline().startswith("serving first: ")
+        first = sorted(workers(srv), key=lambda w: w.create_time())
         assert len(first) == 2 and first[0].pid != first[1].pid
         for image, expected in zip(images, predictions(models["first"], *images, threshold=0.5), strict=True):
             answer = ask(srv.url, image.read_bytes())

@@ -76,7 +76,7 @@ def test_latent_codes_map_onto_the_normal_prior() -> None:
 def test_hypothesis_draws_keep_the_priors_spread(odd_over_2: ps.ModelSpec) -> None:
     drawn: list[np.ndarray] = []
 
-    @settings(max_examples=300, database=None, phases=[Phase.generate])
+    @settings(max_examples=300, database=None, phases=[Phase.generate], deadline=None)
     @given(odd_over_2.draws())
     def collect(draw: tuple[int, np.ndarray]) -> None:
         drawn.append(draw[1])

@@ -206,7 +206,7 @@ def test_the_strategy_does_not_see_later_changes_to_the_image() -> None:
     strategy = variants(img, "brightness")
     img[:] = 0
 
-    @settings(max_examples=5, database=None)
+    @settings(max_examples=5, database=None, deadline=None)
     @given(strategy, st.just(None))
     def prop(v: np.ndarray, _: None) -> None:
         assert v.max() > 0
