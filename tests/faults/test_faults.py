@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -114,18 +115,15 @@ def test_two_trainings_on_one_out_the_second_is_refused_with_the_first_ones_pid(
     ]
     first = subprocess.Popen([*cmd, "--forever", "--workers", "1"], env=env, stderr=subprocess.PIPE)
     try:
-        lock = tmp_path / "m-run" / runlog.LOCK
-        deadline = time.monotonic() + 120
-        while not (lock.exists() and lock.read_text().strip()):
-            assert first.poll() is None and time.monotonic() < deadline, "the first training took no lock"
-            time.sleep(0.1)
+        lock, deadline = tmp_path / "m-run" / runlog.LOCK, time.monotonic() + 120
+        holds_pid = lambda: lock.exists() and bool(lock.read_text().strip())  # noqa: E731
+        _wait_for(holds_pid, first, "a lock holding its pid", deadline)
         second = subprocess.run([*cmd, "--epochs", "1"], env=env, capture_output=True, text=True, timeout=120)
         assert second.returncode == 1 and second.stderr.count("\n") == 1
         assert f"another training (pid {first.pid})" in second.stderr
         # stopped only once it has a model to keep (before its first epoch, SIGTERM saves nothing)
-        while not (out.is_file() and (tmp_path / "m-run" / runlog.LAST_STATE).is_file()):
-            assert first.poll() is None and time.monotonic() < deadline, "the first training saved nothing"
-            time.sleep(0.1)
+        saved = tmp_path / "m-run" / runlog.LAST_STATE
+        _wait_for(lambda: out.is_file() and saved.is_file(), first, "a saved model and state", deadline)
     finally:
         first.terminate()
         first.wait(timeout=120)
@@ -220,21 +218,31 @@ def test_a_killed_training_resumed_ends_with_the_uninterrupted_model(tmp_path: P
     assert figures(tmp_path / "killed-run") == figures(tmp_path / "clean-run")
 
 
-def _wait_for_starts(events: Path, starts: int, proc: subprocess.Popen[bytes]) -> None:
-    """Until ``events`` holds ``starts`` "start" events; the process must be alive."""
-    deadline = time.monotonic() + 120
-    while not (events.exists() and events.read_text().count('"event": "start"') >= starts):
-        assert proc.poll() is None, "the training ended before it was to be killed"
-        assert time.monotonic() < deadline, f"{events}: fewer than {starts} starts after 120 s"
+def _wait_for(
+    done: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, deadline: float | None = None
+) -> None:
+    """Until ``done()``; the process must be alive, and get there by ``deadline`` (monotonic;
+    default: within 120 s)."""
+    deadline = time.monotonic() + 120 if deadline is None else deadline
+    while not done():
+        assert proc.poll() is None, f"the process ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} in time"
         time.sleep(0.005)
+
+
+def _wait_for_starts(events: Path, starts: int, proc: subprocess.Popen[bytes]) -> None:
+    """Until ``events`` holds ``starts`` "start" events."""
+
+    def done() -> bool:
+        return events.exists() and events.read_text().count('"event": "start"') >= starts
+
+    _wait_for(done, proc, f"{starts} starts in {events}")
 
 
 def _wait_for_lines(path: Path, lines: int, proc: subprocess.Popen[bytes]) -> None:
-    """Until ``path`` has ``lines`` lines (a training's epochs so far); the process must be alive."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_bytes().count(b"\n") >= lines:
-            return
-        assert proc.poll() is None, "the training ended before it was to be killed"
-        time.sleep(0.005)
-    raise AssertionError(f"{path}: fewer than {lines} lines after 120 s")
+    """Until ``path`` has ``lines`` lines (a training's epochs so far)."""
+
+    def done() -> bool:
+        return path.exists() and path.read_bytes().count(b"\n") >= lines
+
+    _wait_for(done, proc, f"{lines} lines in {path}")
